@@ -1,0 +1,603 @@
+//! The sweetspot command line, as a library: `sweetspot_cli::main()` is the whole program, so a
+//! third party can build its own binary that links its plugins and calls it (see
+//! `examples/custom-strategy`).
+
+mod plugins;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sweetspot_core::BuildContext;
+use sweetspot_core::recipe::{InputLayout, OnBadGroup, OutputFormat, Recipe, RecipeError};
+use sweetspot_core::registry::{self, PluginKind};
+use sweetspot_runner::{PairsJob, PairsSummary, RunError};
+
+pub use plugins::link_builtin_plugins;
+
+/// sweetspot: on-policy preference data for LLM alignment, from sampling to DPO.
+#[derive(Debug, Parser)]
+#[command(name = "sweetspot", version, about, long_about = None)]
+pub struct Cli {
+    /// Hide progress bars and info logs.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// More logging (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the registered plugins by kind.
+    Plugins(PluginsArgs),
+    /// Check a recipe: syntax, keys, plugin types and settings.
+    Validate {
+        /// The recipe (TOML).
+        recipe: PathBuf,
+    },
+    /// Build chosen/rejected pairs from scored samples.
+    Pairs(PairsArgs),
+    /// Print reward statistics of scored datasets.
+    Stats(StatsArgs),
+    /// Run every stage of a recipe.
+    Run {
+        /// The recipe (TOML).
+        #[arg(long, short)]
+        recipe: PathBuf,
+    },
+}
+
+/// `sweetspot plugins`.
+#[derive(Debug, Args)]
+pub struct PluginsArgs {
+    /// Only this kind.
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A plugin kind on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KindArg {
+    /// Samplers.
+    Sampler,
+    /// Reward models.
+    RewardModel,
+    /// Pair strategies.
+    PairStrategy,
+    /// Preference losses.
+    PreferenceLoss,
+}
+
+impl From<KindArg> for PluginKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::Sampler => Self::Sampler,
+            KindArg::RewardModel => Self::RewardModel,
+            KindArg::PairStrategy => Self::PairStrategy,
+            KindArg::PreferenceLoss => Self::PreferenceLoss,
+        }
+    }
+}
+
+/// `sweetspot pairs`: from a recipe, or from flags.
+#[derive(Debug, Args)]
+pub struct PairsArgs {
+    /// Take everything from this recipe's [pairs] table (--output still overrides its output).
+    #[arg(long, short, conflicts_with_all = ["input", "strategy"])]
+    pub recipe: Option<PathBuf>,
+    /// Scored samples (.jsonl or .parquet; long or grouped layout).
+    #[arg(long, short, required_unless_present = "recipe")]
+    pub input: Option<PathBuf>,
+    /// The input's layout.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub input_layout: LayoutArg,
+    /// The strategy (see `sweetspot plugins --kind pair-strategy`).
+    #[arg(long, short, required_unless_present = "recipe")]
+    pub strategy: Option<String>,
+    /// sigma: the chosen point (min, max or k such as 2).
+    #[arg(long, allow_negative_numbers = true)]
+    pub chosen: Option<String>,
+    /// sigma: the rejected point (min, max or k such as -2).
+    #[arg(long, allow_negative_numbers = true)]
+    pub rejected: Option<String>,
+    /// grid: the points, comma separated (default min,-2,-1,0,1,2,max).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    pub points: Option<Vec<String>>,
+    /// max-of-n-min-of-k: size of the rejected pool.
+    #[arg(long)]
+    pub k: Option<u64>,
+    /// max-of-n-min-of-k: `first` or `random`.
+    #[arg(long)]
+    pub subset: Option<String>,
+    /// Use only the first n samples of each group.
+    #[arg(long)]
+    pub n: Option<u64>,
+    /// Any other strategy key, as key=value (value in TOML syntax); repeatable.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// A folder (one file per dataset), or a .jsonl/.parquet file for one dataset.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Output format (default: from the output's extension, else jsonl).
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Groups too small for the strategy: error or skip.
+    #[arg(long, value_enum, default_value = "error")]
+    pub on_small_group: PolicyArg,
+    /// Groups with a NaN/infinite/null reward: error or skip.
+    #[arg(long, value_enum, default_value = "error")]
+    pub on_invalid_reward: PolicyArg,
+    /// Seed for random choices.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sweetspot stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Scored datasets (.jsonl or .parquet).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Use only the first n samples of each group.
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// The inputs' layout.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub input_layout: LayoutArg,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Input layout flag.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LayoutArg {
+    /// Detect from the first row.
+    Auto,
+    /// One row per sample.
+    Long,
+    /// One row per prompt.
+    Grouped,
+}
+
+impl From<LayoutArg> for InputLayout {
+    fn from(l: LayoutArg) -> Self {
+        match l {
+            LayoutArg::Auto => Self::Auto,
+            LayoutArg::Long => Self::Long,
+            LayoutArg::Grouped => Self::Grouped,
+        }
+    }
+}
+
+/// Output format flag.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    /// JSON Lines.
+    Jsonl,
+    /// Parquet.
+    Parquet,
+}
+
+/// Error-or-skip flag.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PolicyArg {
+    /// Stop with an error.
+    Error,
+    /// Skip and count.
+    Skip,
+}
+
+impl PolicyArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Skip => "skip",
+        }
+    }
+}
+
+/// An error of the command line: what to print and the exit code.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl From<RunError> for Failure {
+    fn from(e: RunError) -> Self {
+        Self {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<RecipeError> for Failure {
+    fn from(e: RecipeError) -> Self {
+        Self {
+            code: 2,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The whole program: parses `std::env::args`, runs, prints errors, returns the exit code.
+pub fn main() -> ExitCode {
+    link_builtin_plugins();
+    let cli = Cli::parse();
+    init_logging(cli.quiet, cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            let _ = std::io::stdout().flush();
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging(quiet: bool, verbose: u8) {
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Plugins(args) => plugins_cmd(&args),
+        Command::Validate { recipe } => validate_cmd(&recipe),
+        Command::Pairs(args) => pairs_cmd(args, cli.quiet),
+        Command::Stats(args) => stats_cmd(&args),
+        Command::Run { recipe } => run_cmd(&recipe, cli.quiet),
+    }
+}
+
+fn plugins_cmd(args: &PluginsArgs) -> Result<(), Failure> {
+    let kinds: Vec<PluginKind> = match args.kind {
+        Some(k) => vec![k.into()],
+        None => PluginKind::ALL.to_vec(),
+    };
+    let all: Vec<_> = registry::plugins()
+        .into_iter()
+        .filter(|p| kinds.contains(&p.kind))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let text = serde_json::to_string_pretty(&all).map_err(|e| Failure {
+            message: e.to_string(),
+            code: 1,
+        })?;
+        let _ = writeln!(out, "{text}");
+        return Ok(());
+    }
+    for kind in kinds {
+        let of_kind: Vec<_> = all.iter().filter(|p| p.kind == kind).collect();
+        let _ = writeln!(out, "{} ({}):", kind, of_kind.len());
+        if of_kind.is_empty() {
+            let _ = writeln!(out, "  (none compiled in)");
+        }
+        let width = of_kind.iter().map(|p| p.name.len()).max().unwrap_or(0);
+        for p in of_kind {
+            let _ = writeln!(
+                out,
+                "  {:width$}  {}  [{}]",
+                p.name, p.description, p.crate_name
+            );
+        }
+    }
+    Ok(())
+}
+
+fn base_dir(recipe: &Path) -> PathBuf {
+    match recipe.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn context(recipe: &Recipe, base: PathBuf) -> BuildContext {
+    BuildContext {
+        device: recipe.run.device.clone().unwrap_or_else(|| "cpu".into()),
+        base_dir: base,
+        seed: recipe.run.seed,
+    }
+}
+
+fn validate_cmd(path: &Path) -> Result<(), Failure> {
+    let recipe = Recipe::from_file(path)?;
+    let ctx = context(&recipe, base_dir(path));
+    let mut stages = Vec::new();
+    if let Some(pairs) = &recipe.pairs {
+        let mut datasets = 0;
+        for (i, s) in pairs.strategies.iter().enumerate() {
+            let built = s.build(&ctx).map_err(|e| Failure {
+                message: format!("{}: key `pairs.strategies[{i}]`: {e}", path.display()),
+                code: 2,
+            })?;
+            datasets += built.datasets().len();
+        }
+        stages.push(format!(
+            "pairs ({} strategies, {datasets} datasets)",
+            pairs.strategies.len()
+        ));
+    }
+    if stages.is_empty() {
+        return Err(Failure {
+            message: format!("{}: the recipe has no stage (add [pairs])", path.display()),
+            code: 2,
+        });
+    }
+    println!("{}: ok: {}", path.display(), stages.join(", "));
+    Ok(())
+}
+
+fn run_cmd(path: &Path, quiet: bool) -> Result<(), Failure> {
+    let recipe = Recipe::from_file(path)?;
+    let ctx = context(&recipe, base_dir(path));
+    let Some(pairs) = recipe.pairs else {
+        return Err(Failure {
+            message: format!("{}: the recipe has no stage (add [pairs])", path.display()),
+            code: 2,
+        });
+    };
+    let mut job = PairsJob::from_config(pairs, ctx);
+    job.quiet = quiet;
+    let summary = sweetspot_runner::run_pairs(job)?;
+    print_summary(&summary);
+    Ok(())
+}
+
+fn pairs_cmd(args: PairsArgs, quiet: bool) -> Result<(), Failure> {
+    let (recipe, base, origin) = match &args.recipe {
+        Some(path) => (Recipe::from_file(path)?, base_dir(path), path.clone()),
+        None => {
+            let text = flags_to_recipe(&args)?;
+            let origin = PathBuf::from("<command line>");
+            let recipe = Recipe::from_toml(&text, Some(&origin))?;
+            (recipe, PathBuf::from("."), origin)
+        }
+    };
+    let ctx = context(&recipe, base);
+    let Some(pairs) = recipe.pairs else {
+        return Err(Failure {
+            message: format!("{}: the recipe has no [pairs] table", origin.display()),
+            code: 2,
+        });
+    };
+    let mut job = PairsJob::from_config(pairs, ctx);
+    job.quiet = quiet;
+    if let (Some(_), Some(output)) = (&args.recipe, &args.output) {
+        job.output = output.clone();
+    }
+    let summary = sweetspot_runner::run_pairs(job)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
+    } else {
+        print_summary(&summary);
+    }
+    Ok(())
+}
+
+/// The flag form, written as a recipe so that it goes through the same checks.
+fn flags_to_recipe(args: &PairsArgs) -> Result<String, Failure> {
+    let usage = |message: String| Failure { message, code: 2 };
+    let (Some(input), Some(strategy)) = (&args.input, &args.strategy) else {
+        return Err(usage("give --recipe, or --input and --strategy".into()));
+    };
+    let Some(output) = &args.output else {
+        return Err(usage(
+            "give --output (a folder, or a .jsonl/.parquet file)".into(),
+        ));
+    };
+    let mut s = toml::Table::new();
+    s.insert("type".into(), toml::Value::String(strategy.clone()));
+    let point = |p: &str| match p.parse::<f64>() {
+        Ok(k) => toml::Value::Float(k),
+        Err(_) => toml::Value::String(p.to_string()),
+    };
+    if let Some(c) = &args.chosen {
+        s.insert("chosen".into(), point(c));
+    }
+    if let Some(r) = &args.rejected {
+        s.insert("rejected".into(), point(r));
+    }
+    if let Some(points) = &args.points {
+        s.insert(
+            "points".into(),
+            toml::Value::Array(points.iter().map(|p| point(p)).collect()),
+        );
+    }
+    if let Some(k) = args.k {
+        s.insert("k".into(), toml::Value::Integer(k as i64));
+    }
+    if let Some(subset) = &args.subset {
+        s.insert("subset".into(), toml::Value::String(subset.clone()));
+    }
+    if let Some(n) = args.n {
+        s.insert("n".into(), toml::Value::Integer(n as i64));
+    }
+    for param in &args.params {
+        let Some((key, value)) = param.split_once('=') else {
+            return Err(usage(format!("--param `{param}`: expected KEY=VALUE")));
+        };
+        let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        s.insert(key.trim().to_string(), value);
+    }
+    let mut pairs = toml::Table::new();
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    pairs.insert(
+        "input".into(),
+        toml::Value::String(abs(input).to_string_lossy().into_owned()),
+    );
+    pairs.insert(
+        "output".into(),
+        toml::Value::String(abs(output).to_string_lossy().into_owned()),
+    );
+    let layout: InputLayout = args.input_layout.into();
+    pairs.insert(
+        "input_layout".into(),
+        toml::Value::String(
+            match layout {
+                InputLayout::Auto => "auto",
+                InputLayout::Long => "long",
+                InputLayout::Grouped => "grouped",
+            }
+            .into(),
+        ),
+    );
+    if let Some(f) = args.format {
+        let f = match f {
+            FormatArg::Jsonl => OutputFormat::Jsonl,
+            FormatArg::Parquet => OutputFormat::Parquet,
+        };
+        pairs.insert("format".into(), toml::Value::String(f.extension().into()));
+    }
+    let _ = OnBadGroup::Error;
+    pairs.insert(
+        "on_small_group".into(),
+        toml::Value::String(args.on_small_group.as_str().into()),
+    );
+    pairs.insert(
+        "on_invalid_reward".into(),
+        toml::Value::String(args.on_invalid_reward.as_str().into()),
+    );
+    pairs.insert(
+        "strategies".into(),
+        toml::Value::Array(vec![toml::Value::Table(s)]),
+    );
+    let mut run = toml::Table::new();
+    run.insert("seed".into(), toml::Value::Integer(args.seed as i64));
+    let mut root = toml::Table::new();
+    root.insert("run".into(), toml::Value::Table(run));
+    root.insert("pairs".into(), toml::Value::Table(pairs));
+    toml::to_string(&root).map_err(|e| usage(format!("cannot form a recipe from the flags: {e}")))
+}
+
+fn print_summary(s: &PairsSummary) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "read {} groups ({} samples, {} layout, {} rows, {} bytes, {} pass) from {} in {:.2}s",
+        s.groups,
+        s.samples,
+        s.input_layout,
+        s.rows_read,
+        s.input_bytes_read,
+        s.input_passes,
+        s.input.display(),
+        s.seconds
+    );
+    let width = s
+        .datasets
+        .iter()
+        .map(|d| d.name.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    let _ = writeln!(out, "{:width$}  {:>8}  skipped groups", "dataset", "pairs");
+    for d in &s.datasets {
+        let skipped = if d.skipped.is_empty() {
+            "-".to_string()
+        } else {
+            d.skipped
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(out, "{:width$}  {:>8}  {skipped}", d.name, d.pairs);
+    }
+    let folder = s
+        .datasets
+        .first()
+        .and_then(|d| d.file.parent())
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "wrote {} dataset file(s) to {folder}; summary: {}",
+        s.datasets.len(),
+        s.summary_file.display()
+    );
+}
+
+fn stats_cmd(args: &StatsArgs) -> Result<(), Failure> {
+    let mut all = Vec::new();
+    for input in &args.inputs {
+        all.push(sweetspot_runner::dataset_stats(
+            input,
+            args.input_layout.into(),
+            args.n,
+        )?);
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&all).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let _ = writeln!(
+        out,
+        "{:<32} {:>8} {:>7} {:>9} {:>9} {:>8} {:>10} {:>10}",
+        "dataset", "groups", "mean n", "mean mu", "mean sd", "sd = 0", "max>mu+2sd", "min<mu-2sd"
+    );
+    for s in &all {
+        let name = s
+            .input
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<32} {:>8} {:>7.1} {:>9.4} {:>9.4} {:>7.1}% {:>9.1}% {:>9.1}%",
+            name,
+            s.groups,
+            s.mean_n,
+            s.mean_of_mu,
+            s.mean_of_sigma,
+            100.0 * s.frac_sigma_zero,
+            100.0 * s.frac_max_beyond_2sigma,
+            100.0 * s.frac_min_beyond_2sigma
+        );
+        if s.invalid_groups > 0 {
+            let _ = writeln!(
+                out,
+                "  ({} groups left out for a non-finite reward)",
+                s.invalid_groups
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! sweetspot-core: the data model, the four plugin traits, the plugin registry and the recipe
+//! schema of sweetspot.
+//!
+//! Everything else in the workspace (readers and writers, the model code, the trainer, the runner,
+//! the CLI and every plugin) builds on the types here. This crate compiles no burn backend: the one
+//! trait that touches tensors, [`PreferenceLoss`], uses burn's backend-free tensor API, whose
+//! tensors carry a runtime [`burn::tensor::Device`].
+//!
+//! Invariants:
+//! - Groups handed to a plugin hold their samples sorted by strictly increasing sample index.
+//! - Rewards inside a [`ScoredGroup`] are finite.
+//! - No plugin trait has a backend type parameter; every trait is object safe.
+
+pub mod error;
+pub mod model;
+pub mod plugin;
+pub mod points;
+pub mod recipe;
+pub mod registry;
+pub mod stats;
+
+pub use error::PluginError;
+pub use model::{
+    FinishReason, Message, PreferencePair, Prompt, PromptContent, Sample, SampleGroup, ScoredGroup,
+    ScoredSample,
+};
+pub use plugin::{
+    BuildContext, LogpReduction, LossInput, LossOutput, NoProgress, PairStrategy,
+    PairStrategyConfig, PreferenceLoss, PreferenceLossConfig, Progress, RewardModel,
+    RewardModelConfig, SampleRequest, Sampler, SamplerConfig, Selection, SkipReason,
+};
+pub use points::Point;
+pub use registry::{PluginInfo, PluginKind};
+pub use stats::RewardStats;
+
+/// Re-exported so that plugin crates can name the exact burn version the traits use.
+pub use burn;
+/// Re-exported for `inventory::submit!` in plugin crates.
+pub use inventory;

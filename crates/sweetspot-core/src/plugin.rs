@@ -1,0 +1,285 @@
+//! The four plugin traits and their recipe configurations.
+//!
+//! Each plugin kind has two traits: a `*Config` trait, deserialized from a recipe table through
+//! `#[typetag::serde(tag = "type")]`, whose `build` makes the working plugin, and the plugin trait
+//! itself. All are object safe and carry no burn backend type parameter: a plugin that needs
+//! tensors picks its runtime device from [`BuildContext::device`].
+//!
+//! Data moves in streams of groups: a stage hands a plugin a batch and the plugin passes each
+//! finished group to a sink as soon as it is done, so a runner can write, checkpoint and resume
+//! group by group.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Tensor;
+
+use crate::error::PluginError;
+use crate::model::{Prompt, SampleGroup, ScoredGroup};
+
+/// A progress hook: a plugin reports units of work (tokens, samples, groups) as it goes. The
+/// runner backs it with a progress bar; tests use [`NoProgress`].
+pub trait Progress: Send + Sync {
+    /// Sets the total number of units, when known.
+    fn set_total(&self, total: Option<u64>);
+    /// Adds `n` finished units.
+    fn advance(&self, n: u64);
+    /// Shows a short status message.
+    fn message(&self, message: &str);
+}
+
+/// A [`Progress`] that shows nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn set_total(&self, _total: Option<u64>) {}
+    fn advance(&self, _n: u64) {}
+    fn message(&self, _message: &str) {}
+}
+
+/// What a plugin's `build` gets from the runner.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// The device the recipe or `--device` asked for, as written (`cpu`, `wgpu`, `cuda:0`, ...).
+    /// Plugins that use burn resolve it through the model crate.
+    pub device: String,
+    /// The recipe's folder: relative paths in a plugin's configuration are resolved against it.
+    pub base_dir: PathBuf,
+    /// The run's seed.
+    pub seed: u64,
+}
+
+impl BuildContext {
+    /// A context for the CPU with base folder `base_dir`.
+    pub fn new(base_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            device: "cpu".to_string(),
+            base_dir: base_dir.into(),
+            seed: 0,
+        }
+    }
+
+    /// `path` resolved against [`BuildContext::base_dir`] unless it is absolute.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sampler
+// ---------------------------------------------------------------------------------------------
+
+/// How many samples to draw, and from which random stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRequest {
+    /// Samples per prompt.
+    pub n: usize,
+    /// The run's seed. The draw for (prompt id, sample index) must depend on this seed and those
+    /// two only, never on which other prompts share a batch.
+    pub seed: u64,
+    /// Sample indices below this are already done for every prompt in the batch (resume).
+    pub first_index: u32,
+}
+
+/// Draws `n` responses per prompt from a policy.
+pub trait Sampler: Send {
+    /// Samples `request.n` responses for every prompt in `prompts` and hands each prompt's group
+    /// to `sink` as soon as that group is complete, in any order.
+    fn sample(
+        &mut self,
+        prompts: &[Prompt],
+        request: &SampleRequest,
+        progress: &dyn Progress,
+        sink: &mut dyn FnMut(SampleGroup) -> Result<(), PluginError>,
+    ) -> Result<(), PluginError>;
+}
+
+/// A sampler's recipe table (`[sampler]`, with `type = "..."`).
+#[typetag::serde(tag = "type")]
+pub trait SamplerConfig: fmt::Debug + Send + Sync {
+    /// Checks the configuration and loads what the sampler needs.
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sampler>, PluginError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reward model
+// ---------------------------------------------------------------------------------------------
+
+/// Scores samples.
+pub trait RewardModel: Send {
+    /// Names of the per-objective rewards this model returns, in order (empty when it returns
+    /// only the scalar reward).
+    fn objectives(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Scores every sample of every group in `groups` and hands each scored group to `sink`, in
+    /// any order. A reward must not depend on which other samples share a batch.
+    fn score(
+        &mut self,
+        groups: Vec<SampleGroup>,
+        progress: &dyn Progress,
+        sink: &mut dyn FnMut(ScoredGroup) -> Result<(), PluginError>,
+    ) -> Result<(), PluginError>;
+}
+
+/// A reward model's recipe table (`[reward]`, with `type = "..."`).
+#[typetag::serde(tag = "type")]
+pub trait RewardModelConfig: fmt::Debug + Send + Sync {
+    /// Checks the configuration and loads the reward model.
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn RewardModel>, PluginError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pair strategy
+// ---------------------------------------------------------------------------------------------
+
+/// Why a group gave no pair for a dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SkipReason(pub Cow<'static, str>);
+
+impl SkipReason {
+    /// All rewards of the group are equal (sigma = 0).
+    pub const SIGMA_ZERO: Self = Self(Cow::Borrowed("sigma_zero"));
+    /// Chosen and rejected are the same sample.
+    pub const SAME_SAMPLE: Self = Self(Cow::Borrowed("same_sample"));
+    /// The chosen reward is not strictly higher than the rejected one.
+    pub const CHOSEN_NOT_HIGHER: Self = Self(Cow::Borrowed("chosen_not_higher"));
+    /// The group has fewer samples than the strategy needs (when the recipe skips such groups).
+    pub const TOO_FEW_SAMPLES: Self = Self(Cow::Borrowed("too_few_samples"));
+    /// The group has a NaN or infinite reward (when the recipe skips such groups).
+    pub const INVALID_REWARD: Self = Self(Cow::Borrowed("invalid_reward"));
+
+    /// A strategy's own reason.
+    pub fn custom(reason: impl Into<String>) -> Self {
+        Self(Cow::Owned(reason.into()))
+    }
+
+    /// The reason's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The outcome of one group for one dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// A pair: positions in the group's `samples` (not sample indices).
+    Pair {
+        /// Position of the chosen sample.
+        chosen: usize,
+        /// Position of the rejected sample.
+        rejected: usize,
+    },
+    /// No pair, and why.
+    Skip(SkipReason),
+}
+
+impl Selection {
+    /// The checks every strategy applies to a candidate pair: sigma = 0, the same sample twice,
+    /// a chosen reward that is not strictly higher. `rewards` are the rewards of the samples the
+    /// strategy used, `sigma` their population standard deviation.
+    pub fn checked(rewards: &[f64], sigma: f64, chosen: usize, rejected: usize) -> Self {
+        if sigma == 0.0 {
+            Self::Skip(SkipReason::SIGMA_ZERO)
+        } else if chosen == rejected {
+            Self::Skip(SkipReason::SAME_SAMPLE)
+        } else if rewards[chosen] <= rewards[rejected] {
+            Self::Skip(SkipReason::CHOSEN_NOT_HIGHER)
+        } else {
+            Self::Pair { chosen, rejected }
+        }
+    }
+}
+
+/// Turns one prompt's scored group into chosen/rejected pairs, for one or more datasets at once.
+pub trait PairStrategy: Send + Sync {
+    /// The names of the datasets this strategy writes, in a fixed order; each becomes one output
+    /// file. Names are unique within a run and safe in file names.
+    fn datasets(&self) -> Vec<String>;
+
+    /// The fewest samples a group must have. Smaller groups are an error, or a counted
+    /// `too_few_samples` skip where the recipe says so, before [`PairStrategy::select`] is called.
+    fn min_samples(&self) -> usize;
+
+    /// Chooses one [`Selection`] per dataset, in the order of [`PairStrategy::datasets`], and
+    /// pushes them to `out` (which is empty on entry). `group` has at least
+    /// [`PairStrategy::min_samples`] samples, sorted by strictly increasing sample index, all with
+    /// finite rewards.
+    fn select(&self, group: &ScoredGroup, out: &mut Vec<Selection>) -> Result<(), PluginError>;
+}
+
+/// A pair strategy's recipe table (`[[pairs.strategies]]`, with `type = "..."`).
+#[typetag::serde(tag = "type")]
+pub trait PairStrategyConfig: fmt::Debug + Send + Sync {
+    /// Checks the configuration and makes the strategy.
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn PairStrategy>, PluginError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Preference loss
+// ---------------------------------------------------------------------------------------------
+
+/// How a loss wants response log-probabilities reduced over tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogpReduction {
+    /// Summed over response tokens (DPO, IPO, hinge).
+    Sum,
+    /// Averaged over response tokens (SimPO).
+    Mean,
+}
+
+/// One batch of pairs as the trainer hands it to a loss. Every tensor has shape `[batch]` and
+/// lives on the trainer's device.
+#[derive(Debug, Clone)]
+pub struct LossInput {
+    /// Policy log-probabilities of the chosen responses, reduced as the loss asked.
+    pub policy_chosen: Tensor<1>,
+    /// Policy log-probabilities of the rejected responses.
+    pub policy_rejected: Tensor<1>,
+    /// Reference log-probabilities of the chosen responses (`None` for reference-free losses).
+    pub reference_chosen: Option<Tensor<1>>,
+    /// Reference log-probabilities of the rejected responses.
+    pub reference_rejected: Option<Tensor<1>>,
+}
+
+/// What a loss returns.
+#[derive(Debug, Clone)]
+pub struct LossOutput {
+    /// Per-pair losses, shape `[batch]`; the trainer averages them.
+    pub losses: Tensor<1>,
+    /// Implicit rewards of the chosen responses, shape `[batch]` (detached or not; the trainer
+    /// only logs them).
+    pub chosen_rewards: Tensor<1>,
+    /// Implicit rewards of the rejected responses, shape `[batch]`.
+    pub rejected_rewards: Tensor<1>,
+}
+
+/// A preference-optimization loss over response log-probabilities.
+pub trait PreferenceLoss: Send + Sync {
+    /// Whether the loss needs reference-model log-probabilities.
+    fn needs_reference(&self) -> bool;
+    /// How response log-probabilities are reduced over tokens for this loss.
+    fn reduction(&self) -> LogpReduction;
+    /// The per-pair losses and implicit rewards for `input`.
+    fn compute(&self, input: LossInput) -> Result<LossOutput, PluginError>;
+}
+
+/// A loss's recipe table (`[train.loss]`, with `type = "..."`).
+#[typetag::serde(tag = "type")]
+pub trait PreferenceLossConfig: fmt::Debug + Send + Sync {
+    /// Checks the configuration and makes the loss.
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn PreferenceLoss>, PluginError>;
+}

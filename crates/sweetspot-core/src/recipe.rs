@@ -1,0 +1,444 @@
+//! The recipe schema: a TOML file, typed with serde, with plugin tables deserialized through
+//! typetag (`type = "..."`). Unknown keys are errors everywhere.
+//!
+//! Relative paths in a recipe are resolved against the recipe file's folder, so a recipe runs the
+//! same from any working directory.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::plugin::PairStrategyConfig;
+use crate::registry::{self, PluginKind};
+
+/// A whole recipe.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Settings of the whole run.
+    #[serde(default)]
+    pub run: RunConfig,
+    /// The pair-building stage.
+    pub pairs: Option<PairsConfig>,
+}
+
+/// `[run]`: settings of the whole run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// A name for the run, shown in logs and summaries.
+    pub name: Option<String>,
+    /// The device: `cpu` (the default), `wgpu`, `cuda`, `cuda:1`, ... `--device` overrides it.
+    pub device: Option<String>,
+    /// The seed every random choice derives from.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// How an input's rows are laid out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputLayout {
+    /// Detected from the first row's keys.
+    #[default]
+    Auto,
+    /// One row per sample: `prompt_id`, `prompt`, `sample_index`, `response`, `reward`.
+    Long,
+    /// One row per prompt (the SimPO on-policy layout): `prompt`, `all_generated_responses`,
+    /// `all_rm_scores`, and optionally `prompt_id`.
+    Grouped,
+}
+
+/// The file format of an output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    /// JSON Lines.
+    #[default]
+    Jsonl,
+    /// Apache Parquet.
+    Parquet,
+}
+
+impl OutputFormat {
+    /// The file extension, without the dot.
+    pub fn extension(&self) -> &'static str {
+        match self {
+            Self::Jsonl => "jsonl",
+            Self::Parquet => "parquet",
+        }
+    }
+}
+
+/// What to do with a group that cannot be used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnBadGroup {
+    /// Stop with an error naming file, line and field.
+    #[default]
+    Error,
+    /// Skip the group and count it in the summary.
+    Skip,
+}
+
+/// `[pairs]`: build preference pairs from scored samples.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairsConfig {
+    /// Scored samples: `.jsonl` or `.parquet`, long or grouped layout.
+    pub input: PathBuf,
+    /// The input's layout.
+    #[serde(default)]
+    pub input_layout: InputLayout,
+    /// The output: a folder (one file per dataset plus `summary.json`), or, for a run that writes
+    /// one dataset, a `.jsonl` / `.parquet` file.
+    pub output: PathBuf,
+    /// The output format; by default the output file's extension, else JSONL.
+    pub format: Option<OutputFormat>,
+    /// Groups with fewer samples than a strategy needs.
+    #[serde(default)]
+    pub on_small_group: OnBadGroup,
+    /// Groups with a NaN or infinite reward.
+    #[serde(default)]
+    pub on_invalid_reward: OnBadGroup,
+    /// The strategies, all applied in one pass over the input.
+    pub strategies: Vec<Box<dyn PairStrategyConfig>>,
+}
+
+/// Where the plugin tables of a recipe live, and their kind. `*` stands for every element of an
+/// array of tables.
+const PLUGIN_TABLES: &[(&[&str], PluginKind)] = &[
+    (&["pairs", "strategies", "*"], PluginKind::PairStrategy),
+    (&["sampler"], PluginKind::Sampler),
+    (&["reward"], PluginKind::RewardModel),
+    (&["train", "loss"], PluginKind::PreferenceLoss),
+];
+
+/// A recipe that cannot be read: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipeError {
+    /// The recipe file, when it came from one.
+    pub path: Option<PathBuf>,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// The dotted key, when known (`pairs.strategies[0].chosen`).
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for RecipeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.path {
+            Some(p) => write!(f, "{}", p.display())?,
+            None => f.write_str("<recipe>")?,
+        }
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        f.write_str(": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "key `{key}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RecipeError {}
+
+/// The 1-based line and column of byte `offset` in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+impl Recipe {
+    /// Reads and checks the recipe at `path`.
+    pub fn from_file(path: &Path) -> Result<Self, RecipeError> {
+        let text = std::fs::read_to_string(path).map_err(|e| RecipeError {
+            path: Some(path.to_path_buf()),
+            line: None,
+            column: None,
+            key: None,
+            message: format!("cannot read the recipe: {e}"),
+        })?;
+        Self::from_toml(&text, Some(path))
+    }
+
+    /// Parses and checks a recipe's text; `path` is only used in errors.
+    pub fn from_toml(text: &str, path: Option<&Path>) -> Result<Self, RecipeError> {
+        parse_checked(text, path)
+    }
+}
+
+/// Parses `text` as `T`, with plugin `type`s checked against the registry first, and errors that
+/// carry line, column and key.
+pub fn parse_checked<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: Option<&Path>,
+) -> Result<T, RecipeError> {
+    let err_at = |span: Option<Range<usize>>, key: Option<String>, message: String| {
+        let (line, column) = match span {
+            Some(s) => {
+                let (l, c) = line_col(text, s.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        RecipeError {
+            path: path.map(Path::to_path_buf),
+            line,
+            column,
+            key,
+            message,
+        }
+    };
+    let doc = toml::de::DeTable::parse(text)
+        .map_err(|e| err_at(e.span(), None, e.message().to_string()))?;
+    check_plugin_types(doc.get_ref(), &mut Vec::new(), &err_at)?;
+    toml::from_str::<T>(text).map_err(|e| {
+        let mut message = e.message().trim().to_string();
+        // typetag names the trait object in its messages; name the plugin kind instead.
+        for (trait_name, kind) in [
+            ("PairStrategyConfig", PluginKind::PairStrategy),
+            ("SamplerConfig", PluginKind::Sampler),
+            ("RewardModelConfig", PluginKind::RewardModel),
+            ("PreferenceLossConfig", PluginKind::PreferenceLoss),
+        ] {
+            message = message.replace(trait_name, kind.noun());
+        }
+        // Errors inside a plugin table come back through typetag without the key's span: find
+        // the failing table and the key that makes it fail.
+        if let Some((span, key)) = e
+            .span()
+            .and_then(|at| pinpoint_plugin_error(text, doc.get_ref(), at.start))
+        {
+            return err_at(Some(span), Some(key), message);
+        }
+        let key = e
+            .span()
+            .and_then(|span| key_at(doc.get_ref(), span.start, &mut Vec::new()));
+        err_at(e.span(), key, message)
+    })
+}
+
+/// Deserializes one plugin table of kind `kind` on its own.
+fn probe(kind: PluginKind, table: &toml::Table) -> Result<(), String> {
+    let text = toml::to_string(table).map_err(|e| e.to_string())?;
+    let r = match kind {
+        PluginKind::PairStrategy => toml::from_str::<Box<dyn PairStrategyConfig>>(&text).map(drop),
+        PluginKind::Sampler => {
+            toml::from_str::<Box<dyn crate::plugin::SamplerConfig>>(&text).map(drop)
+        }
+        PluginKind::RewardModel => {
+            toml::from_str::<Box<dyn crate::plugin::RewardModelConfig>>(&text).map(drop)
+        }
+        PluginKind::PreferenceLoss => {
+            toml::from_str::<Box<dyn crate::plugin::PreferenceLossConfig>>(&text).map(drop)
+        }
+    };
+    r.map_err(|e| e.message().to_string())
+}
+
+/// The span and dotted key of the key that makes a plugin table fail, if a plugin table fails.
+fn pinpoint_plugin_error(
+    text: &str,
+    doc: &toml::de::DeTable<'_>,
+    error_at: usize,
+) -> Option<(Range<usize>, String)> {
+    let values: toml::Table = toml::from_str(text).ok()?;
+    for (pattern, kind) in PLUGIN_TABLES {
+        let mut found = Vec::new();
+        collect_tables(doc, pattern, &mut Vec::new(), None, &mut found);
+        for (path, span, spanned) in found {
+            if !(span.contains(&error_at) || span.start == error_at) {
+                continue;
+            }
+            let table = table_at(&values, &path)?;
+            let Err(original) = probe(*kind, table) else {
+                continue;
+            };
+            // The first key whose removal changes the error is the one to blame.
+            for (k, v) in spanned.iter() {
+                let name = k.get_ref();
+                if name == "type" {
+                    continue;
+                }
+                let mut without = table.clone();
+                without.remove(name.as_ref());
+                if probe(*kind, &without).err().as_deref() != Some(original.as_str()) {
+                    let at = if original.contains(&format!("`{name}`")) {
+                        k.span()
+                    } else {
+                        v.span()
+                    };
+                    return Some((at, format!("{}.{name}", dotted(&path))));
+                }
+            }
+            return Some((span, dotted(&path)));
+        }
+    }
+    None
+}
+
+/// The table at `path` (segments as [`collect_tables`] writes them) in `root`.
+fn table_at<'a>(root: &'a toml::Table, path: &[String]) -> Option<&'a toml::Table> {
+    let mut value: Option<&toml::Value> = None;
+    let mut table = root;
+    for seg in path {
+        if let Some(i) = seg.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            let idx: usize = i.parse().ok()?;
+            value = value?.as_array()?.get(idx);
+        } else {
+            value = table.get(seg.as_str());
+        }
+        if let Some(t) = value.and_then(|v| v.as_table()) {
+            table = t;
+        }
+    }
+    value?.as_table()
+}
+
+type ErrAt<'a> = dyn Fn(Option<Range<usize>>, Option<String>, String) -> RecipeError + 'a;
+
+fn dotted(path: &[String]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        if seg.starts_with('[') {
+            out.push_str(seg);
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+/// Checks every plugin table's `type` against the registry.
+fn check_plugin_types(
+    root: &toml::de::DeTable<'_>,
+    _scratch: &mut Vec<String>,
+    err_at: &ErrAt<'_>,
+) -> Result<(), RecipeError> {
+    for (pattern, kind) in PLUGIN_TABLES {
+        let mut found = Vec::new();
+        collect_tables(root, pattern, &mut Vec::new(), None, &mut found);
+        for (path, span, table) in found {
+            let key = dotted(&path);
+            let Some(ty) = table.iter().find(|(k, _)| k.get_ref() == "type") else {
+                let names: Vec<_> = registry::plugins_of(*kind).iter().map(|p| p.name).collect();
+                return Err(err_at(
+                    Some(span),
+                    Some(key),
+                    format!(
+                        "missing `type`: name a {} ({})",
+                        kind.noun(),
+                        names.join(", ")
+                    ),
+                ));
+            };
+            let key = format!("{key}.type");
+            let toml::de::DeValue::String(name) = ty.1.get_ref() else {
+                return Err(err_at(
+                    Some(ty.1.span()),
+                    Some(key),
+                    "`type` must be a string".to_string(),
+                ));
+            };
+            if registry::find(*kind, name).is_none() {
+                return Err(err_at(
+                    Some(ty.1.span()),
+                    Some(key),
+                    registry::unknown_message(*kind, name),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+type Found<'a, 'i> = Vec<(Vec<String>, Range<usize>, &'a toml::de::DeTable<'i>)>;
+
+fn collect_tables<'a, 'i>(
+    table: &'a toml::de::DeTable<'i>,
+    pattern: &[&str],
+    path: &mut Vec<String>,
+    span: Option<Range<usize>>,
+    found: &mut Found<'a, 'i>,
+) {
+    let Some((first, rest)) = pattern.split_first() else {
+        found.push((path.clone(), span.unwrap_or(0..0), table));
+        return;
+    };
+    let Some((_, value)) = table.iter().find(|(k, _)| k.get_ref() == first) else {
+        return;
+    };
+    path.push((*first).to_string());
+    match value.get_ref() {
+        toml::de::DeValue::Table(t) => {
+            collect_tables(t, rest, path, Some(value.span()), found);
+        }
+        toml::de::DeValue::Array(items) if rest.first() == Some(&"*") => {
+            for (i, item) in items.iter().enumerate() {
+                if let toml::de::DeValue::Table(t) = item.get_ref() {
+                    path.push(format!("[{i}]"));
+                    collect_tables(t, &rest[1..], path, Some(item.span()), found);
+                    path.pop();
+                }
+            }
+        }
+        _ => {}
+    }
+    path.pop();
+}
+
+/// The dotted key at byte `offset`: a key whose name covers it, else the deepest value that does.
+fn key_at(table: &toml::de::DeTable<'_>, offset: usize, path: &mut Vec<String>) -> Option<String> {
+    for (k, v) in table.iter() {
+        path.push(k.get_ref().to_string());
+        if k.span().contains(&offset) {
+            let key = dotted(path);
+            path.pop();
+            return Some(key);
+        }
+        let found = match v.get_ref() {
+            toml::de::DeValue::Table(t) => key_at(t, offset, path),
+            toml::de::DeValue::Array(items) => {
+                let mut found = None;
+                for (i, item) in items.iter().enumerate() {
+                    path.push(format!("[{i}]"));
+                    found = match item.get_ref() {
+                        toml::de::DeValue::Table(t) => key_at(t, offset, path),
+                        _ => None,
+                    }
+                    .or_else(|| item.span().contains(&offset).then(|| dotted(path)));
+                    path.pop();
+                    if found.is_some() {
+                        break;
+                    }
+                }
+                found
+            }
+            _ => None,
+        }
+        .or_else(|| v.span().contains(&offset).then(|| dotted(path)));
+        path.pop();
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}

@@ -1,0 +1,287 @@
+//! Atomic writers: every output goes to a temporary file beside its target, and all of a run's
+//! outputs are renamed into place together in [`OutputSet::commit`].
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_schema::{DataType, Field, Fields, Schema};
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+use serde::Serialize;
+use sweetspot_core::recipe::OutputFormat;
+use tempfile::NamedTempFile;
+
+use crate::PARQUET_ROW_GROUP_ROWS;
+use crate::error::WriteError;
+
+/// Writes rows of one serializable type to one file, as JSONL or Parquet.
+pub struct RowWriter {
+    target: PathBuf,
+    inner: Inner,
+    rows: u64,
+}
+
+enum Inner {
+    Jsonl(BufWriter<NamedTempFile>),
+    Parquet {
+        decoder: Box<arrow_json::reader::Decoder>,
+        writer: Box<ArrowWriter<NamedTempFile>>,
+        pending: usize,
+    },
+}
+
+impl std::fmt::Debug for RowWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowWriter")
+            .field("target", &self.target)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+fn message_list() -> DataType {
+    DataType::List(Arc::new(Field::new(
+        "item",
+        DataType::Struct(Fields::from(vec![
+            Field::new("content", DataType::Utf8, false),
+            Field::new("role", DataType::Utf8, false),
+        ])),
+        true,
+    )))
+}
+
+/// The Arrow schema of [`crate::PairRow`] (TRL's conversational preference format).
+pub fn pair_schema() -> Schema {
+    Schema::new(vec![
+        Field::new("prompt", message_list(), false),
+        Field::new("chosen", message_list(), false),
+        Field::new("rejected", message_list(), false),
+        Field::new("prompt_id", DataType::Utf8, false),
+        Field::new("chosen_index", DataType::Int64, false),
+        Field::new("rejected_index", DataType::Int64, false),
+        Field::new("score_chosen", DataType::Float64, false),
+        Field::new("score_rejected", DataType::Float64, false),
+    ])
+}
+
+impl RowWriter {
+    /// A writer of preference pairs to `target` (created in [`OutputSet::commit`]).
+    pub fn pairs(target: &Path, format: OutputFormat) -> Result<Self, WriteError> {
+        Self::new(target, format, pair_schema())
+    }
+
+    /// A writer of rows with Arrow schema `schema` (used for Parquet only).
+    pub fn new(target: &Path, format: OutputFormat, schema: Schema) -> Result<Self, WriteError> {
+        let dir = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let io = |source| WriteError::Io {
+            path: target.to_path_buf(),
+            source,
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".sweetspot-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(io)?;
+        let enc = |e: &dyn std::fmt::Display| WriteError::Encode {
+            path: target.to_path_buf(),
+            message: e.to_string(),
+        };
+        let inner = match format {
+            OutputFormat::Jsonl => Inner::Jsonl(BufWriter::with_capacity(1 << 16, tmp)),
+            OutputFormat::Parquet => {
+                let schema = Arc::new(schema);
+                let decoder = arrow_json::ReaderBuilder::new(schema.clone())
+                    .with_batch_size(PARQUET_ROW_GROUP_ROWS)
+                    .build_decoder()
+                    .map_err(|e| enc(&e))?;
+                let props = WriterProperties::builder()
+                    .set_compression(parquet::basic::Compression::SNAPPY)
+                    .set_max_row_group_row_count(Some(PARQUET_ROW_GROUP_ROWS))
+                    .build();
+                let writer = ArrowWriter::try_new(tmp, schema, Some(props)).map_err(|e| enc(&e))?;
+                Inner::Parquet {
+                    decoder: Box::new(decoder),
+                    writer: Box::new(writer),
+                    pending: 0,
+                }
+            }
+        };
+        Ok(Self {
+            target: target.to_path_buf(),
+            inner,
+            rows: 0,
+        })
+    }
+
+    /// The file this writer will become.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Writes one row.
+    pub fn write<T: Serialize>(&mut self, row: &T) -> Result<(), WriteError> {
+        let target = &self.target;
+        let enc = |e: &dyn std::fmt::Display| WriteError::Encode {
+            path: target.clone(),
+            message: e.to_string(),
+        };
+        match &mut self.inner {
+            Inner::Jsonl(w) => {
+                serde_json::to_writer(&mut *w, row).map_err(|e| enc(&e))?;
+                w.write_all(b"\n").map_err(|source| WriteError::Io {
+                    path: target.clone(),
+                    source,
+                })?;
+            }
+            Inner::Parquet {
+                decoder,
+                writer,
+                pending,
+            } => {
+                decoder
+                    .serialize(std::slice::from_ref(row))
+                    .map_err(|e| enc(&e))?;
+                *pending += 1;
+                if *pending >= PARQUET_ROW_GROUP_ROWS {
+                    if let Some(batch) = decoder.flush().map_err(|e| enc(&e))? {
+                        writer.write(&batch).map_err(|e| enc(&e))?;
+                    }
+                    *pending = 0;
+                }
+            }
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Flushes everything into the temporary file and returns it.
+    fn finish(self) -> Result<(PathBuf, NamedTempFile), WriteError> {
+        let target = self.target;
+        let enc = |e: &dyn std::fmt::Display| WriteError::Encode {
+            path: target.clone(),
+            message: e.to_string(),
+        };
+        let io = |source| WriteError::Io {
+            path: target.clone(),
+            source,
+        };
+        let tmp = match self.inner {
+            Inner::Jsonl(w) => {
+                let tmp = w.into_inner().map_err(|e| io(e.into_error()))?;
+                tmp.as_file().sync_all().map_err(io)?;
+                tmp
+            }
+            Inner::Parquet {
+                mut decoder,
+                mut writer,
+                ..
+            } => {
+                if let Some(batch) = decoder.flush().map_err(|e| enc(&e))? {
+                    writer.write(&batch).map_err(|e| enc(&e))?;
+                }
+                let tmp = writer.into_inner().map_err(|e| enc(&e))?;
+                tmp.as_file().sync_all().map_err(io)?;
+                tmp
+            }
+        };
+        Ok((target, tmp))
+    }
+}
+
+/// A run's outputs: nothing appears at the targets until [`OutputSet::commit`]; dropping the set
+/// uncommitted removes every temporary file.
+#[derive(Debug, Default)]
+pub struct OutputSet {
+    writers: Vec<RowWriter>,
+    extra: Vec<(PathBuf, Vec<u8>)>,
+}
+
+impl OutputSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a writer; returns its index for [`OutputSet::writer`].
+    pub fn add(&mut self, writer: RowWriter) -> usize {
+        self.writers.push(writer);
+        self.writers.len() - 1
+    }
+
+    /// The writer at `index`.
+    pub fn writer(&mut self, index: usize) -> &mut RowWriter {
+        &mut self.writers[index]
+    }
+
+    /// The writers, in the order added.
+    pub fn writers(&self) -> &[RowWriter] {
+        &self.writers
+    }
+
+    /// A small file written whole at commit (a summary, say).
+    pub fn add_file(&mut self, target: PathBuf, contents: Vec<u8>) {
+        self.extra.push((target, contents));
+    }
+
+    /// Finishes every file and renames each into place.
+    pub fn commit(self) -> Result<Vec<PathBuf>, WriteError> {
+        let mut ready = Vec::with_capacity(self.writers.len() + self.extra.len());
+        for w in self.writers {
+            ready.push(w.finish()?);
+        }
+        for (target, contents) in self.extra {
+            ready.push((target.clone(), write_temp(&target, &contents)?));
+        }
+        let mut done = Vec::with_capacity(ready.len());
+        for (target, tmp) in ready {
+            tmp.persist(&target).map_err(|e| WriteError::Io {
+                path: target.clone(),
+                source: e.error,
+            })?;
+            done.push(target);
+        }
+        Ok(done)
+    }
+}
+
+fn write_temp(target: &Path, contents: &[u8]) -> Result<NamedTempFile, WriteError> {
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let io = |source| WriteError::Io {
+        path: target.to_path_buf(),
+        source,
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".sweetspot-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.write_all(contents).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    Ok(tmp)
+}
+
+/// Writes `contents` to `target` atomically (temporary file, then rename).
+pub fn write_atomic(target: &Path, contents: &[u8]) -> Result<(), WriteError> {
+    let tmp = write_temp(target, contents)?;
+    tmp.persist(target).map_err(|e| WriteError::Io {
+        path: target.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn _assert_send(_: &File) {}

@@ -1,0 +1,65 @@
+use std::path::PathBuf;
+
+use sweetspot_core::PluginError;
+use sweetspot_core::recipe::RecipeError;
+use sweetspot_io::{ReadError, WriteError};
+
+/// Why a run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The recipe cannot be read.
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    /// An input cannot be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// An output cannot be written.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// A plugin failed.
+    #[error("{plugin}: {source}")]
+    Plugin {
+        /// Which plugin (`pair strategy #1`, say).
+        plugin: String,
+        /// Its error.
+        #[source]
+        source: PluginError,
+    },
+    /// The stage's settings do not fit together.
+    #[error("{0}")]
+    Config(String),
+    /// A group with fewer samples than a strategy needs.
+    #[error(
+        "{}:{}: {}prompt `{prompt_id}` has {has} samples but {strategy} needs {needs} \
+         (set on_small_group = \"skip\" to skip such groups)",
+        path.display(),
+        at.number(),
+        field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default()
+    )]
+    SmallGroup {
+        /// The input.
+        path: PathBuf,
+        /// The line or row where the group starts.
+        at: sweetspot_io::Position,
+        /// The field that holds the samples, in the grouped layout.
+        field: Option<String>,
+        /// The prompt.
+        prompt_id: String,
+        /// Samples in the group.
+        has: usize,
+        /// Samples the strategy needs.
+        needs: usize,
+        /// The strategy's datasets.
+        strategy: String,
+    },
+}
+
+impl RunError {
+    /// The process exit code for this error: 2 for recipes and settings, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Recipe(_) | Self::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! sweetspot-runner: turns a recipe into stages and runs them, streaming group by group.
+//!
+//! Invariants:
+//! - A stage reads its input once, front to back, and holds one group at a time.
+//! - A stage's outputs appear all together, only when the stage succeeds (see
+//!   [`sweetspot_io::OutputSet`]); a failed stage leaves no output file behind.
+//! - Every error names the file and, for data, the line or row and field.
+
+mod error;
+mod pairs;
+mod progress;
+mod stats;
+
+pub use error::RunError;
+pub use pairs::{DatasetSummary, PairsJob, PairsSummary, run_pairs};
+pub use progress::BarProgress;
+pub use stats::{DatasetStats, dataset_stats};

@@ -1,0 +1,286 @@
+//! `sweetspot pairs` end to end: layouts, formats, one pass, the reference implementation.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+
+const QUICKSTART: &str = "quickstart/recipe.toml";
+
+fn run_recipe(input: &std::path::Path, out: &std::path::Path) -> serde_json::Value {
+    // The quickstart recipe's strategies, over another input.
+    let recipe = std::fs::read_to_string(example(QUICKSTART)).unwrap();
+    let recipe = recipe.replace(
+        "input = \"scored.jsonl\"",
+        &format!("input = {:?}", input.to_str().unwrap()),
+    );
+    let dir = out.parent().unwrap();
+    let path = dir.join(format!(
+        "{}.toml",
+        out.file_name().unwrap().to_str().unwrap()
+    ));
+    std::fs::write(&path, recipe).unwrap();
+    let o = sweetspot([
+        "pairs".as_ref(),
+        "--json".as_ref(),
+        "--recipe".as_ref(),
+        path.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_ok(&o);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn grouped_long_and_parquet_inputs_give_identical_pairs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = [
+        example("quickstart/scored.jsonl"),
+        example("data/scored-long.jsonl"),
+        example("data/scored-grouped.parquet"),
+        example("data/scored-long.parquet"),
+    ];
+    let mut outputs = Vec::new();
+    for (i, input) in inputs.iter().enumerate() {
+        let out = tmp.path().join(format!("out{i}"));
+        let summary = run_recipe(input, &out);
+        assert_eq!(summary["groups"], 40, "{}", input.display());
+        assert_eq!(summary["samples"], 640, "{}", input.display());
+        outputs.push(out);
+    }
+    let names = files(&outputs[0]);
+    assert_eq!(names.len(), 24, "{names:?}"); // 21 grid + max-min + min-of-5 + summary
+    for name in names.iter().filter(|n| n.ends_with(".jsonl")) {
+        let first = std::fs::read(outputs[0].join(name)).unwrap();
+        assert!(!first.is_empty());
+        for (i, out) in outputs.iter().enumerate().skip(1) {
+            let other = std::fs::read(out.join(name)).unwrap();
+            assert!(
+                first == other,
+                "{name} differs between {} and {}",
+                inputs[0].display(),
+                inputs[i].display()
+            );
+        }
+    }
+}
+
+#[test]
+fn grid_reads_its_input_once_and_writes_21_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = example("quickstart/scored.jsonl");
+    let out = tmp.path().join("grid");
+    let o = sweetspot([
+        "pairs".as_ref(),
+        "--json".as_ref(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--strategy".as_ref(),
+        "grid".as_ref(),
+        "--output".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_ok(&o);
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let size = std::fs::metadata(&input).unwrap().len();
+    let lines = std::fs::read_to_string(&input).unwrap().lines().count() as u64;
+    assert_eq!(summary["input_passes"], 1);
+    assert_eq!(summary["input_bytes_read"].as_u64(), Some(size));
+    assert_eq!(summary["rows_read"].as_u64(), Some(lines));
+    let written: Vec<_> = files(&out)
+        .into_iter()
+        .filter(|f| f.ends_with(".jsonl"))
+        .collect();
+    assert_eq!(written.len(), 21, "{written:?}");
+    assert!(out.join("summary.json").exists());
+    assert_eq!(summary["datasets"].as_array().unwrap().len(), 21);
+}
+
+#[test]
+fn pairs_match_the_python_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ref");
+    let summary = run_recipe(&example("quickstart/scored.jsonl"), &out);
+    let reference: BTreeMap<String, serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/reference_pairs.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(reference.len(), 23);
+    for d in summary["datasets"].as_array().unwrap() {
+        let name = d["name"].as_str().unwrap();
+        let want = &reference[name];
+        assert_eq!(d["skipped"], want["skipped"], "{name}");
+        let rows = read_jsonl(&out.join(format!("{name}.jsonl")));
+        let got: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| serde_json::json!([r["prompt_id"], r["chosen_index"], r["rejected_index"]]))
+            .collect();
+        assert_eq!(&serde_json::Value::Array(got), &want["pairs"], "{name}");
+    }
+}
+
+#[test]
+fn output_rows_are_trl_conversational() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pairs.jsonl");
+    let input = example("quickstart/scored.jsonl");
+    let o = sweetspot([
+        "pairs".as_ref(),
+        "-i".as_ref(),
+        input.as_os_str(),
+        "-s".as_ref(),
+        "sigma".as_ref(),
+        "--chosen".as_ref(),
+        "max".as_ref(),
+        "--rejected".as_ref(),
+        "-2".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_ok(&o);
+    assert!(tmp.path().join("pairs.summary.json").exists());
+    let rows = read_jsonl(&out);
+    assert_eq!(rows.len(), 39);
+    let keys: Vec<&str> = rows[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    for k in [
+        "prompt",
+        "chosen",
+        "rejected",
+        "prompt_id",
+        "chosen_index",
+        "rejected_index",
+        "score_chosen",
+        "score_rejected",
+    ] {
+        assert!(keys.contains(&k), "missing {k} in {keys:?}");
+    }
+    assert_eq!(rows[0]["prompt"][0]["role"], "user");
+    assert_eq!(rows[0]["chosen"][0]["role"], "assistant");
+    assert_eq!(rows[0]["rejected"][0]["role"], "assistant");
+    // Prompt ex-004 is a chat with a system message: kept as is.
+    let chat = rows.iter().find(|r| r["prompt_id"] == "ex-004").unwrap();
+    assert_eq!(chat["prompt"][0]["role"], "system");
+    assert_eq!(chat["prompt"][1]["role"], "user");
+    // Flag form and the same strategy from `grid` agree.
+    let grid = tmp.path().join("grid");
+    let o = sweetspot([
+        "pairs".as_ref(),
+        "-i".as_ref(),
+        input.as_os_str(),
+        "-s".as_ref(),
+        "grid".as_ref(),
+        "-o".as_ref(),
+        grid.as_os_str(),
+    ]);
+    assert_ok(&o);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(grid.join("grid_max_vs_-2.jsonl")).unwrap()
+    );
+}
+
+#[test]
+fn parquet_output_has_the_same_rows() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let input = example("quickstart/scored.jsonl");
+    let out = tmp.path().join("pairs.parquet");
+    let o = sweetspot([
+        "pairs".as_ref(),
+        "-i".as_ref(),
+        input.as_os_str(),
+        "-s".as_ref(),
+        "max-min".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_ok(&o);
+    let reader = SerializedFileReader::new(std::fs::File::open(&out).unwrap()).unwrap();
+    assert_eq!(reader.metadata().file_metadata().num_rows(), 39);
+    let schema = reader.metadata().file_metadata().schema_descr();
+    let cols: Vec<String> = schema.columns().iter().map(|c| c.path().string()).collect();
+    assert!(
+        cols.contains(&"prompt.list.item.content".to_string()),
+        "{cols:?}"
+    );
+    assert!(cols.contains(&"score_rejected".to_string()), "{cols:?}");
+    // Read back through sweetspot's own Parquet path is covered by the input tests; here the
+    // first row's ids must match the JSONL output.
+    let jsonl = tmp.path().join("pairs.jsonl");
+    let o = sweetspot([
+        "pairs".as_ref(),
+        "-i".as_ref(),
+        input.as_os_str(),
+        "-s".as_ref(),
+        "max-min".as_ref(),
+        "-o".as_ref(),
+        jsonl.as_os_str(),
+    ]);
+    assert_ok(&o);
+    let mut rows = reader.get_row_iter(None).unwrap();
+    let first = rows.next().unwrap().unwrap().to_json_value();
+    let want = &read_jsonl(&jsonl)[0];
+    assert_eq!(first["prompt_id"], want["prompt_id"]);
+    assert_eq!(first["chosen_index"], want["chosen_index"]);
+    assert_eq!(first["score_chosen"], want["score_chosen"]);
+    assert_eq!(first["chosen"], want["chosen"]);
+}
+
+#[test]
+fn quickstart_recipe_validates_and_runs() {
+    let recipe = example(QUICKSTART);
+    let o = sweetspot(["validate".as_ref(), recipe.as_os_str()]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("23 datasets"), "{}", stdout(&o));
+    let tmp = tempfile::tempdir().unwrap();
+    let o = sweetspot([
+        "pairs".as_ref(),
+        "--recipe".as_ref(),
+        recipe.as_os_str(),
+        "--output".as_ref(),
+        tmp.path().as_os_str(),
+    ]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("grid_max_vs_-2"), "{}", stdout(&o));
+    assert_eq!(files(tmp.path()).len(), 24);
+}
+
+#[test]
+fn stats_hand_computed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("s.jsonl");
+    // Group a: 1,2,3,4 (mu 2.5, sd 1.118; max 4 < 4.736). Group b: 5,5,5 (sd 0).
+    // Group c: nine 0s and a 10 (mu 1, sd 3; max 10 > 7; min 0 > -5).
+    let c: Vec<f64> = (0..10).map(|i| if i == 9 { 10.0 } else { 0.0 }).collect();
+    let rows = [
+        serde_json::json!({"prompt_id": "a", "prompt": "a", "all_generated_responses": ["1","2","3","4"], "all_rm_scores": [1.0, 2.0, 3.0, 4.0]}),
+        serde_json::json!({"prompt_id": "b", "prompt": "b", "all_generated_responses": ["1","2","3"], "all_rm_scores": [5.0, 5.0, 5.0]}),
+        serde_json::json!({"prompt_id": "c", "prompt": "c", "all_generated_responses": vec!["x"; 10], "all_rm_scores": c}),
+    ];
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&input, text).unwrap();
+    let o = sweetspot(["stats".as_ref(), "--json".as_ref(), input.as_os_str()]);
+    assert_ok(&o);
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s = &s[0];
+    assert_eq!(s["groups"], 3);
+    assert_eq!(s["samples"], 17);
+    let close = |v: &serde_json::Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-9;
+    assert!(
+        close(&s["mean_of_sigma"], (1.25f64.sqrt() + 0.0 + 3.0) / 3.0),
+        "{s}"
+    );
+    assert!(close(&s["frac_sigma_zero"], 1.0 / 3.0), "{s}");
+    assert!(close(&s["frac_max_beyond_2sigma"], 0.5), "{s}");
+    assert!(close(&s["frac_min_beyond_2sigma"], 0.0), "{s}");
+    // The table form names the file.
+    let o = sweetspot(["stats".as_ref(), input.as_os_str()]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("s.jsonl"));
+}

@@ -1,0 +1,105 @@
+//! The linker pitfall: the `sweetspot` binary's registry must hold every plugin of every crate
+//! under `plugins/`, and each plugin's example table must deserialize through typetag under the
+//! same name.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+
+/// Package name and number of `inventory::submit!` registrations of each crate in `plugins/`.
+fn workspace_plugins() -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(root().join("plugins")).unwrap() {
+        let dir = entry.unwrap().path();
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        let name = manifest
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("name = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
+        let mut count = 0;
+        let mut stack = vec![dir.join("src")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    count += std::fs::read_to_string(&p)
+                        .unwrap()
+                        .matches("inventory::submit!")
+                        .count();
+                }
+            }
+        }
+        out.insert(name, count);
+    }
+    out
+}
+
+#[test]
+fn binary_registry_holds_every_workspace_plugin() {
+    let o = sweetspot(["plugins", "--json"]);
+    assert_ok(&o);
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let expected = workspace_plugins();
+    assert!(!expected.is_empty());
+    for (krate, count) in &expected {
+        assert!(*count > 0, "{krate} registers no plugin");
+        let in_binary = listed
+            .iter()
+            .filter(|p| p["crate_name"] == krate.as_str())
+            .count();
+        assert_eq!(
+            in_binary, *count,
+            "{krate}: {count} registrations in the source, {in_binary} in the binary \
+             (is the crate linked in sweetspot_cli::link_builtin_plugins?)"
+        );
+    }
+    let strategies: Vec<&str> = listed
+        .iter()
+        .filter(|p| p["kind"] == "pair-strategy")
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(
+        strategies,
+        vec!["grid", "max-min", "max-of-n-min-of-k", "sigma"]
+    );
+}
+
+#[test]
+fn every_example_table_deserializes_under_its_name() {
+    let o = sweetspot(["plugins", "--json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for p in listed.iter().filter(|p| p["kind"] == "pair-strategy") {
+        let example = p["example"].as_str().unwrap();
+        let recipe = format!(
+            "[pairs]\ninput = \"x.jsonl\"\noutput = \"out\"\n\n[[pairs.strategies]]\n{example}\n"
+        );
+        let path = tmp
+            .path()
+            .join(format!("{}.toml", p["name"].as_str().unwrap()));
+        std::fs::write(&path, recipe).unwrap();
+        let o = sweetspot(["validate".as_ref(), path.as_os_str()]);
+        assert!(o.status.success(), "{}: {}", p["name"], stderr(&o));
+    }
+}
+
+#[test]
+fn plugins_lists_by_kind() {
+    let o = sweetspot(["plugins"]);
+    assert_ok(&o);
+    let text = stdout(&o);
+    for kind in [
+        "sampler",
+        "reward-model",
+        "pair-strategy",
+        "preference-loss",
+    ] {
+        assert!(text.contains(&format!("{kind} (")), "{text}");
+    }
+    assert!(text.contains("max-of-n-min-of-k"));
+}
