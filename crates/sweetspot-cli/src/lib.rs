@@ -41,7 +41,7 @@ pub enum Command {
         recipe: PathBuf,
     },
     /// Build chosen/rejected pairs from scored samples.
-    Pairs(PairsArgs),
+    Pairs(Box<PairsArgs>),
     /// Print reward statistics of scored datasets.
     Stats(StatsArgs),
     /// Run every stage of a recipe.
@@ -269,7 +269,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Plugins(args) => plugins_cmd(&args),
         Command::Validate { recipe } => validate_cmd(&recipe),
-        Command::Pairs(args) => pairs_cmd(args, cli.quiet),
+        Command::Pairs(args) => pairs_cmd(*args, cli.quiet),
         Command::Stats(args) => stats_cmd(&args),
         Command::Run { recipe } => run_cmd(&recipe, cli.quiet),
     }

@@ -354,12 +354,11 @@ impl ScoredReader {
         let parsed = match parse_long(line) {
             Ok(p) => p,
             Err(e) => {
-                if self.options.on_invalid_reward == OnBadGroup::Skip {
-                    if let Some(patched) = nonfinite_to_null(line) {
-                        if let Ok(p) = parse_long(&patched) {
-                            return self.long_rec(at, p);
-                        }
-                    }
+                if self.options.on_invalid_reward == OnBadGroup::Skip
+                    && let Some(patched) = nonfinite_to_null(line)
+                    && let Ok(p) = parse_long(&patched)
+                {
+                    return self.long_rec(at, p);
                 }
                 return Err(self.diagnose(at, line, e));
             }

@@ -29,29 +29,8 @@ pub enum RunError {
     #[error("{0}")]
     Config(String),
     /// A group with fewer samples than a strategy needs.
-    #[error(
-        "{}:{}: {}prompt `{prompt_id}` has {has} samples but {strategy} needs {needs} \
-         (set on_small_group = \"skip\" to skip such groups)",
-        path.display(),
-        at.number(),
-        field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default()
-    )]
-    SmallGroup {
-        /// The input.
-        path: PathBuf,
-        /// The line or row where the group starts.
-        at: sweetspot_io::Position,
-        /// The field that holds the samples, in the grouped layout.
-        field: Option<String>,
-        /// The prompt.
-        prompt_id: String,
-        /// Samples in the group.
-        has: usize,
-        /// Samples the strategy needs.
-        needs: usize,
-        /// The strategy's datasets.
-        strategy: String,
-    },
+    #[error(transparent)]
+    SmallGroup(Box<SmallGroupError>),
 }
 
 impl RunError {
@@ -62,4 +41,30 @@ impl RunError {
             _ => 1,
         }
     }
+}
+
+/// A group with fewer samples than a strategy needs.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{}:{}: {}prompt `{prompt_id}` has {has} samples but {strategy} needs {needs} \
+     (set on_small_group = \"skip\" to skip such groups)",
+    path.display(),
+    at.number(),
+    field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default()
+)]
+pub struct SmallGroupError {
+    /// The input.
+    pub path: PathBuf,
+    /// The line or row where the group starts.
+    pub at: sweetspot_io::Position,
+    /// The field that holds the samples, in the grouped layout.
+    pub field: Option<String>,
+    /// The prompt.
+    pub prompt_id: String,
+    /// Samples in the group.
+    pub has: usize,
+    /// Samples the strategy needs.
+    pub needs: usize,
+    /// The strategy's datasets.
+    pub strategy: String,
 }

@@ -11,7 +11,7 @@ mod pairs;
 mod progress;
 mod stats;
 
-pub use error::RunError;
+pub use error::{RunError, SmallGroupError};
 pub use pairs::{DatasetSummary, PairsJob, PairsSummary, run_pairs};
 pub use progress::BarProgress;
 pub use stats::{DatasetStats, dataset_stats};

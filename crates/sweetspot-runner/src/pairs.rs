@@ -235,7 +235,7 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
                     }
                     continue;
                 }
-                return Err(RunError::SmallGroup {
+                return Err(RunError::SmallGroup(Box::new(crate::error::SmallGroupError {
                     path: job.input.clone(),
                     at,
                     field: (reader.is_long() == Some(false))
@@ -244,7 +244,7 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
                     has: group.samples.len(),
                     needs,
                     strategy: format!("strategy `{}`", b.label),
-                });
+                })));
             }
             selections.clear();
             b.strategy
