@@ -12,6 +12,9 @@
 //! (`sweetspot`), with samples/s and the peak RSS of the pairs stage alone.
 
 use std::io::{BufRead, BufWriter, Read, Write};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::Path;
 use std::time::Instant;
 

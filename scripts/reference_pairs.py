@@ -3,7 +3,7 @@
 
 Reads a grouped-layout JSONL file (SimPO's on-policy layout) and writes, for every dataset the
 quickstart recipe builds, the (prompt_id, chosen_index, rejected_index) of each pair and the
-number of groups skipped per reason. The Rust test `tests/reference.rs` compares sweetspot's
+number of groups skipped per reason. The Rust test `pairs_match_the_python_reference` in `tests/pairs.rs` compares sweetspot's
 output with this file.
 
 Rule (from the foundation issue): per prompt, mu = mean, sigma = population std (ddof = 0);

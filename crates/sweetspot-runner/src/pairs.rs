@@ -8,7 +8,12 @@ use std::time::Instant;
 use serde::Serialize;
 use sweetspot_core::recipe::{InputLayout, OnBadGroup, OutputFormat, PairsConfig};
 use sweetspot_core::{BuildContext, PairStrategy, PairStrategyConfig, Selection, SkipReason};
-use sweetspot_io::{OutputSet, PairRow, ReadOptions, Record, RowWriter, ScoredReader};
+use sweetspot_io::{
+    OutputSet, PairRow, ReadError, ReadOptions, Record, RowWriter, ScoredReader,
+};
+
+/// Groups read ahead of the selecting thread, at most.
+pub const PIPELINE_GROUPS: usize = 64;
 
 use crate::error::RunError;
 use crate::progress::BarProgress;
@@ -210,13 +215,38 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
     let progress = BarProgress::new("pairs", "bytes", job.quiet);
     sweetspot_core::Progress::set_total(&progress, Some(reader.progress().1));
 
+    // Two-stage pipeline: one thread reads and parses, this one selects and writes. The channel
+    // holds at most PIPELINE_GROUPS groups, so memory stays bounded.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Record, Option<bool>), ReadError>>(
+        PIPELINE_GROUPS,
+    );
+    let bar = progress.clone();
+    let reader_thread = std::thread::Builder::new()
+        .name("sweetspot-read".into())
+        .spawn(move || {
+            let mut n = 0u32;
+            while let Some(record) = reader.next() {
+                let failed = record.is_err();
+                let is_long = reader.is_long();
+                if tx.send(record.map(|r| (r, is_long))).is_err() || failed {
+                    break;
+                }
+                n += 1;
+                if n % 64 == 0 {
+                    bar.set_position(reader.progress().0);
+                }
+            }
+            reader
+        })
+        .map_err(|e| RunError::Config(format!("cannot start the reader thread: {e}")))?;
+
     let mut pairs = vec![0u64; names.len()];
     let mut skipped: Vec<BTreeMap<SkipReason, u64>> = vec![BTreeMap::new(); names.len()];
     let mut samples = 0u64;
     let mut selections = Vec::new();
-    let mut since_tick = 0u32;
-    while let Some(record) = reader.next() {
-        let (group, at) = match record? {
+    for message in rx.iter() {
+        let (record, is_long) = message?;
+        let (group, at) = match record {
             Record::Group { group, at } => (group, at),
             Record::InvalidReward { .. } => {
                 for s in skipped.iter_mut() {
@@ -238,7 +268,7 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
                 return Err(RunError::SmallGroup(Box::new(crate::error::SmallGroupError {
                     path: job.input.clone(),
                     at,
-                    field: (reader.is_long() == Some(false))
+                    field: (is_long == Some(false))
                         .then(|| "all_generated_responses".to_string()),
                     prompt_id: group.prompt.id.clone(),
                     has: group.samples.len(),
@@ -288,12 +318,10 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
                 }
             }
         }
-        since_tick += 1;
-        if since_tick >= 64 {
-            since_tick = 0;
-            progress.set_position(reader.progress().0);
-        }
     }
+    let reader = reader_thread
+        .join()
+        .map_err(|_| RunError::Config("the reader thread panicked".into()))?;
     progress.finish();
 
     let datasets: Vec<DatasetSummary> = names
