@@ -120,7 +120,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
-    let input = dir.join(if long { "bench-long.jsonl" } else { "bench.jsonl" });
+    let input = dir.join(if long {
+        "bench-long.jsonl"
+    } else {
+        "bench.jsonl"
+    });
     let t = Instant::now();
     generate(&input, prompts, samples, long)?;
     let size = std::fs::metadata(&input)?.len();

@@ -8,9 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 use sweetspot_core::recipe::{InputLayout, OnBadGroup, OutputFormat, PairsConfig};
 use sweetspot_core::{BuildContext, PairStrategy, PairStrategyConfig, Selection, SkipReason};
-use sweetspot_io::{
-    OutputSet, PairRow, ReadError, ReadOptions, Record, RowWriter, ScoredReader,
-};
+use sweetspot_io::{OutputSet, PairRow, ReadError, ReadOptions, Record, RowWriter, ScoredReader};
 
 /// Groups read ahead of the selecting thread, at most.
 pub const PIPELINE_GROUPS: usize = 64;
@@ -217,9 +215,8 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
 
     // Two-stage pipeline: one thread reads and parses, this one selects and writes. The channel
     // holds at most PIPELINE_GROUPS groups, so memory stays bounded.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Record, Option<bool>), ReadError>>(
-        PIPELINE_GROUPS,
-    );
+    let (tx, rx) =
+        std::sync::mpsc::sync_channel::<Result<(Record, Option<bool>), ReadError>>(PIPELINE_GROUPS);
     let bar = progress.clone();
     let reader_thread = std::thread::Builder::new()
         .name("sweetspot-read".into())
@@ -265,16 +262,18 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
                     }
                     continue;
                 }
-                return Err(RunError::SmallGroup(Box::new(crate::error::SmallGroupError {
-                    path: job.input.clone(),
-                    at,
-                    field: (is_long == Some(false))
-                        .then(|| "all_generated_responses".to_string()),
-                    prompt_id: group.prompt.id.clone(),
-                    has: group.samples.len(),
-                    needs,
-                    strategy: format!("strategy `{}`", b.label),
-                })));
+                return Err(RunError::SmallGroup(Box::new(
+                    crate::error::SmallGroupError {
+                        path: job.input.clone(),
+                        at,
+                        field: (is_long == Some(false))
+                            .then(|| "all_generated_responses".to_string()),
+                        prompt_id: group.prompt.id.clone(),
+                        has: group.samples.len(),
+                        needs,
+                        strategy: format!("strategy `{}`", b.label),
+                    },
+                )));
             }
             selections.clear();
             b.strategy
