@@ -1,0 +1,377 @@
+//! The Llama-family decoder on burn: RMSNorm, RoPE (with Llama-3.1 scaling), grouped-query
+//! attention, SwiGLU, tied or untied embeddings; batched with an attention mask and a KV cache.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use crate::config::LlamaConfig;
+use crate::error::ModelError;
+
+/// The value masked attention scores are set to: finite, so a row with every key masked (a pad
+/// query) gives a uniform distribution instead of NaN.
+const MASKED: f32 = -1.0e30;
+
+/// Longest RoPE table built up front.
+const MAX_ROPE_POSITIONS: usize = 32_768;
+
+/// SwiGLU feed-forward.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// Gate projection.
+    pub gate_proj: Linear,
+    /// Up projection.
+    pub up_proj: Linear,
+    /// Down projection.
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// Grouped-query self-attention.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// Query projection.
+    pub q_proj: Linear,
+    /// Key projection.
+    pub k_proj: Linear,
+    /// Value projection.
+    pub v_proj: Linear,
+    /// Output projection.
+    pub o_proj: Linear,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+}
+
+/// One decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    /// Attention.
+    pub self_attn: Attention,
+    /// Feed-forward.
+    pub mlp: Mlp,
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Norm before the feed-forward.
+    pub post_attention_layernorm: RmsNorm,
+}
+
+/// The decoder stack (Hugging Face's `LlamaModel`).
+#[derive(Module, Debug)]
+pub struct LlamaModel {
+    /// Token embeddings.
+    pub embed_tokens: Embedding,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer>,
+    /// Final norm.
+    pub norm: RmsNorm,
+}
+
+/// The parameters of a causal LM, named as Hugging Face names them.
+#[derive(Module, Debug)]
+pub struct LlamaParams {
+    /// The decoder.
+    pub model: LlamaModel,
+    /// The output projection; `None` when tied to the embeddings.
+    pub lm_head: Option<Linear>,
+}
+
+/// Per-layer keys and values of the tokens seen so far, `[batch, kv_heads, len, head_dim]`.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions (key slots) cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keeps only the batch rows in `rows` (for dropping finished sequences).
+    pub fn retain_rows(&mut self, rows: &Tensor<1, Int>) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().select(0, rows.clone());
+            *v = v.clone().select(0, rows.clone());
+        }
+    }
+}
+
+/// A Llama-family causal language model with its RoPE tables.
+#[derive(Debug)]
+pub struct Llama {
+    /// The parameters.
+    pub params: LlamaParams,
+    /// The configuration.
+    pub config: LlamaConfig,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    device: Device,
+}
+
+impl Llama {
+    /// A model with freshly initialized (random) weights on `device`.
+    pub fn init(config: &LlamaConfig, device: &Device) -> Self {
+        let h = config.hidden_size;
+        let hd = config.head_dim();
+        let linear =
+            |i: usize, o: usize, bias: bool| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let norm = || {
+            RmsNormConfig::new(h)
+                .with_epsilon(config.rms_norm_eps)
+                .init(device)
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| DecoderLayer {
+                self_attn: Attention {
+                    q_proj: linear(h, config.num_attention_heads * hd, config.attention_bias),
+                    k_proj: linear(h, config.kv_heads() * hd, config.attention_bias),
+                    v_proj: linear(h, config.kv_heads() * hd, config.attention_bias),
+                    o_proj: linear(config.num_attention_heads * hd, h, config.attention_bias),
+                    n_heads: config.num_attention_heads,
+                    n_kv_heads: config.kv_heads(),
+                    head_dim: hd,
+                },
+                mlp: Mlp {
+                    gate_proj: linear(h, config.intermediate_size, config.mlp_bias),
+                    up_proj: linear(h, config.intermediate_size, config.mlp_bias),
+                    down_proj: linear(config.intermediate_size, h, config.mlp_bias),
+                },
+                input_layernorm: norm(),
+                post_attention_layernorm: norm(),
+            })
+            .collect();
+        let params = LlamaParams {
+            model: LlamaModel {
+                embed_tokens: EmbeddingConfig::new(config.vocab_size, h).init(device),
+                layers,
+                norm: norm(),
+            },
+            lm_head: (!config.tie_word_embeddings).then(|| linear(h, config.vocab_size, false)),
+        };
+        let (cos, sin) = rope_tables(config, device);
+        Self {
+            params,
+            config: config.clone(),
+            cos,
+            sin,
+            device: device.clone(),
+        }
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Hidden states after the final norm, `[batch, tokens, hidden]`.
+    ///
+    /// - `tokens`: `[batch, tokens]` ids of the new tokens.
+    /// - `positions`: `[batch, tokens]` RoPE positions (for left padding, count real tokens only).
+    /// - `key_mask`: `[batch, cached + tokens]`, true where a key slot is a real token.
+    /// - `cache`: keys/values of earlier slots; extended with the new ones.
+    pub fn forward_hidden(
+        &self,
+        tokens: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        key_mask: Tensor<2, Bool>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>, ModelError> {
+        let [b, t] = tokens.dims();
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let [mb, ms] = key_mask.dims();
+        if mb != b || ms != past + t {
+            return Err(ModelError::Input(format!(
+                "key mask is [{mb}, {ms}], expected [{b}, {}]",
+                past + t
+            )));
+        }
+        let max_pos = self.cos.dims()[0];
+        let (cos, sin) = {
+            let flat: Tensor<1, Int> = positions.reshape([b * t]);
+            let hd = self.config.head_dim();
+            let max_seen = flat.clone().max().into_scalar::<i64>();
+            if max_seen as usize >= max_pos {
+                return Err(ModelError::Input(format!(
+                    "position {max_seen} is beyond the RoPE table ({max_pos} positions)"
+                )));
+            }
+            (
+                self.cos
+                    .clone()
+                    .select(0, flat.clone())
+                    .reshape([b, 1, t, hd]),
+                self.sin.clone().select(0, flat).reshape([b, 1, t, hd]),
+            )
+        };
+        // allowed[b, q, s] = key is real && s <= past + q
+        let causal: Vec<bool> = (0..t)
+            .flat_map(|q| (0..past + t).map(move |s| s <= past + q))
+            .collect();
+        let causal =
+            Tensor::<2, Bool>::from_data(TensorData::new(causal, [t, past + t]), &self.device);
+        let allowed = causal
+            .unsqueeze::<3>()
+            .expand([b, t, past + t])
+            .bool_and(key_mask.unsqueeze_dim::<3>(1).expand([b, t, past + t]));
+        let masked = allowed.bool_not().unsqueeze_dim::<4>(1);
+
+        let mut x = self.params.model.embed_tokens.forward(tokens);
+        let mut cache = cache;
+        if let Some(c) = cache.as_deref_mut()
+            && c.layers.len() != self.params.model.layers.len()
+        {
+            c.layers = vec![None; self.params.model.layers.len()];
+        }
+        for (i, layer) in self.params.model.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let h = layer.input_layernorm.forward(x.clone());
+            let h = attention(&layer.self_attn, h, &cos, &sin, &masked, slot);
+            x = x + h;
+            let h = layer.post_attention_layernorm.forward(x.clone());
+            x = x + layer.mlp.forward(h);
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        Ok(self.params.model.norm.forward(x))
+    }
+
+    /// Logits `[batch, tokens, vocab]` from hidden states.
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.params.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                let [b, t, h] = hidden.dims();
+                let w = self.params.model.embed_tokens.weight.val();
+                let v = w.dims()[0];
+                hidden
+                    .reshape([b * t, h])
+                    .matmul(w.transpose())
+                    .reshape([b, t, v])
+            }
+        }
+    }
+
+    /// Logits for every position: [`Llama::forward_hidden`] then [`Llama::logits`].
+    pub fn forward(
+        &self,
+        tokens: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        key_mask: Tensor<2, Bool>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>, ModelError> {
+        let hidden = self.forward_hidden(tokens, positions, key_mask, cache)?;
+        Ok(self.logits(hidden))
+    }
+
+    /// Replaces the parameters (after loading weights).
+    pub fn with_params(mut self, params: LlamaParams) -> Self {
+        self.params = params;
+        self
+    }
+}
+
+fn rotate_half(x: Tensor<4>) -> Tensor<4> {
+    let d = x.dims()[3];
+    let x1 = x.clone().narrow(3, 0, d / 2);
+    let x2 = x.narrow(3, d / 2, d / 2);
+    Tensor::cat(vec![x2.neg(), x1], 3)
+}
+
+fn attention(
+    attn: &Attention,
+    x: Tensor<3>,
+    cos: &Tensor<4>,
+    sin: &Tensor<4>,
+    masked: &Tensor<4, Bool>,
+    cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+) -> Tensor<3> {
+    let [b, t, _] = x.dims();
+    let (h, kvh, hd) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
+    let q = attn
+        .q_proj
+        .forward(x.clone())
+        .reshape([b, t, h, hd])
+        .swap_dims(1, 2);
+    let k = attn
+        .k_proj
+        .forward(x.clone())
+        .reshape([b, t, kvh, hd])
+        .swap_dims(1, 2);
+    let v = attn
+        .v_proj
+        .forward(x)
+        .reshape([b, t, kvh, hd])
+        .swap_dims(1, 2);
+    let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
+    let k = k.clone() * cos.clone() + rotate_half(k) * sin.clone();
+    let (k, v) = match cache {
+        Some(slot) => {
+            let kv = match slot.take() {
+                Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                None => (k, v),
+            };
+            *slot = Some(kv.clone());
+            kv
+        }
+        None => (k, v),
+    };
+    let s = k.dims()[2];
+    let rep = h / kvh;
+    // Query heads h*rep .. h*rep+rep share key/value head h: fold them into the query axis rather
+    // than repeating keys and values.
+    let q = q.reshape([b, kvh, rep * t, hd]);
+    let scale = 1.0 / (hd as f64).sqrt();
+    let scores = q
+        .matmul(k.swap_dims(2, 3))
+        .mul_scalar(scale)
+        .reshape([b, h, t, s]);
+    let scores = scores.mask_fill(masked.clone().expand([b, h, t, s]), MASKED);
+    let probs = softmax(scores, 3).reshape([b, kvh, rep * t, s]);
+    let out = probs.matmul(v).reshape([b, h, t, hd]);
+    let out = out.swap_dims(1, 2).reshape([b, t, h * hd]);
+    attn.o_proj.forward(out)
+}
+
+/// cos and sin tables `[positions, head_dim]`, as transformers builds them: f32 inverse
+/// frequencies times f32 positions, both halves the same.
+fn rope_tables(config: &LlamaConfig, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    let inv = config.inv_freq();
+    let hd = config.head_dim();
+    let n = config.max_position_embeddings.clamp(1, MAX_ROPE_POSITIONS);
+    let mut cos = Vec::with_capacity(n * hd);
+    let mut sin = Vec::with_capacity(n * hd);
+    for p in 0..n {
+        let row: Vec<f32> = inv.iter().map(|f| p as f32 * f).collect();
+        for _ in 0..2 {
+            cos.extend(row.iter().map(|a| (*a as f64).cos() as f32));
+            sin.extend(row.iter().map(|a| (*a as f64).sin() as f32));
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(cos, [n, hd]), device),
+        Tensor::from_data(TensorData::new(sin, [n, hd]), device),
+    )
+}

@@ -1,0 +1,248 @@
+//! Numerical parity with transformers on tiny random-weight models written by
+//! `scripts/make_model_fixtures.py`. Tolerance: 1e-4 absolute on logits in f32 (the models'
+//! logits are of order 1), exact greedy tokens.
+
+use std::path::PathBuf;
+
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use sweetspot_model::{KvCache, Llama, resolve_device};
+
+const TOL: f32 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/models")
+        .join(name)
+}
+
+struct Reference {
+    prompts: Vec<Vec<u32>>,
+    greedy: Vec<Vec<u32>>,
+    tensors: Vec<u8>,
+}
+
+impl Reference {
+    fn load(name: &str) -> Self {
+        let dir = fixture(name);
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                .unwrap();
+        let ids = |v: &serde_json::Value| -> Vec<Vec<u32>> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    p.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|t| t.as_u64().unwrap() as u32)
+                        .collect()
+                })
+                .collect()
+        };
+        Self {
+            prompts: ids(&json["prompts"]),
+            greedy: ids(&json["greedy"]),
+            tensors: std::fs::read(dir.join("reference.safetensors")).unwrap(),
+        }
+    }
+
+    fn tensor(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
+        let st = safetensors::SafeTensors::deserialize(&self.tensors).unwrap();
+        let t = st.tensor(name).unwrap();
+        let data = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        (t.shape().to_vec(), data)
+    }
+}
+
+fn model(name: &str) -> Llama {
+    let device = resolve_device("cpu").unwrap();
+    Llama::from_pretrained(&fixture(name), &device).unwrap()
+}
+
+fn ints(rows: &[Vec<i64>], device: &burn::tensor::Device) -> Tensor<2, Int> {
+    let b = rows.len();
+    let t = rows[0].len();
+    let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+    Tensor::from_data(TensorData::new(flat, [b, t]), device)
+}
+
+fn bools(rows: &[Vec<bool>], device: &burn::tensor::Device) -> Tensor<2, Bool> {
+    let b = rows.len();
+    let t = rows[0].len();
+    let flat: Vec<bool> = rows.iter().flatten().copied().collect();
+    Tensor::from_data(TensorData::new(flat, [b, t]), device)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn logits_alone(m: &Llama, ids: &[u32]) -> Vec<f32> {
+    let d = m.device().clone();
+    let t = ids.len();
+    let tokens = ints(&[ids.iter().map(|&i| i as i64).collect()], &d);
+    let pos = ints(&[(0..t as i64).collect()], &d);
+    let mask = bools(&[vec![true; t]], &d);
+    m.forward(tokens, pos, mask, None)
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+fn check_unpadded(name: &str) {
+    let m = model(name);
+    let r = Reference::load(name);
+    for (i, ids) in r.prompts.iter().enumerate() {
+        let (shape, want) = r.tensor(&format!("logits_{i}"));
+        assert_eq!(shape, vec![ids.len(), 256]);
+        let got = logits_alone(&m, ids);
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff < TOL, "{name} prompt {i}: max |diff| {diff}");
+    }
+}
+
+fn check_padded(name: &str) {
+    let m = model(name);
+    let r = Reference::load(name);
+    let d = m.device().clone();
+    let t = r.prompts.iter().map(Vec::len).max().unwrap();
+    let mut tokens = Vec::new();
+    let mut pos = Vec::new();
+    let mut mask = Vec::new();
+    for p in &r.prompts {
+        let pad = t - p.len();
+        tokens.push(
+            (0..pad)
+                .map(|_| 0)
+                .chain(p.iter().map(|&x| x as i64))
+                .collect(),
+        );
+        pos.push((0..pad).map(|_| 0).chain(0..p.len() as i64).collect());
+        mask.push((0..t).map(|j| j >= pad).collect());
+    }
+    let got = m
+        .forward(ints(&tokens, &d), ints(&pos, &d), bools(&mask, &d), None)
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let (shape, want) = r.tensor("padded_logits");
+    assert_eq!(shape, vec![r.prompts.len(), t, 256]);
+    // Compare real positions only (transformers' values at pad positions are arbitrary).
+    let v = 256;
+    for (b, p) in r.prompts.iter().enumerate() {
+        let pad = t - p.len();
+        for j in pad..t {
+            let o = (b * t + j) * v;
+            let diff = max_abs_diff(&got[o..o + v], &want[o..o + v]);
+            assert!(
+                diff < TOL,
+                "{name} padded row {b} pos {j}: max |diff| {diff}"
+            );
+        }
+        // And the padded row equals the row alone.
+        let alone = logits_alone(&m, p);
+        let o = (b * t + pad) * v;
+        let diff = max_abs_diff(&got[o..o + p.len() * v], &alone);
+        assert!(
+            diff < TOL,
+            "{name} row {b}: padded vs alone max |diff| {diff}"
+        );
+    }
+}
+
+/// Greedy decoding with the KV cache, one prompt at a time.
+fn check_greedy(name: &str) {
+    let m = model(name);
+    let r = Reference::load(name);
+    let d = m.device().clone();
+    for (i, ids) in r.prompts.iter().enumerate() {
+        let mut cache = KvCache::new();
+        let mut seq: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
+        let mut input = seq.clone();
+        let mut out = Vec::new();
+        for _ in 0..r.greedy[i].len() {
+            let past = cache.len();
+            let t = input.len();
+            let tokens = ints(&[input.clone()], &d);
+            let pos = ints(&[(past as i64..(past + t) as i64).collect()], &d);
+            let mask = bools(&[vec![true; past + t]], &d);
+            let logits = m.forward(tokens, pos, mask, Some(&mut cache)).unwrap();
+            let last: Vec<f32> = logits
+                .narrow(1, t - 1, 1)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            let next = last
+                .iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |acc, (j, &x)| {
+                    if x > acc.1 { (j, x) } else { acc }
+                })
+                .0 as u32;
+            out.push(next);
+            seq.push(next as i64);
+            input = vec![next as i64];
+        }
+        assert_eq!(out, r.greedy[i], "{name} prompt {i}");
+    }
+}
+
+#[test]
+fn gqa_logits() {
+    check_unpadded("gqa");
+}
+
+#[test]
+fn tied_logits() {
+    check_unpadded("tied");
+}
+
+#[test]
+fn llama31_rope_scaling_logits() {
+    check_unpadded("llama31");
+}
+
+#[test]
+fn padded_batches() {
+    for name in ["gqa", "tied", "llama31"] {
+        check_padded(name);
+    }
+}
+
+#[test]
+fn greedy_with_kv_cache() {
+    for name in ["gqa", "tied", "llama31"] {
+        check_greedy(name);
+    }
+}
+
+/// The tolerance bites: the Llama-3.1 model with its rope scaling dropped is far outside it.
+#[test]
+fn parity_is_sensitive_to_rope_scaling() {
+    let r = Reference::load("llama31");
+    let (_, want) = r.tensor("logits_1");
+    let device = resolve_device("cpu").unwrap();
+    let dir = fixture("llama31");
+    let mut cfg = sweetspot_model::LlamaConfig::from_file(&dir.join("config.json")).unwrap();
+    cfg.rope_parameters = None;
+    cfg.rope_scaling = None;
+    cfg.rope_theta = 500000.0;
+    let loaded = Llama::from_pretrained(&dir, &device).unwrap();
+    let unscaled = Llama::init(&cfg, &device).with_params(loaded.params);
+    let diff = max_abs_diff(&logits_alone(&unscaled, &r.prompts[1]), &want);
+    assert!(
+        diff > 100.0 * TOL,
+        "dropping rope scaling changed logits by only {diff}"
+    );
+}
