@@ -74,11 +74,17 @@ fn every_example_table_deserializes_under_its_name() {
     let o = sweetspot(["plugins", "--json"]);
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    for p in listed.iter().filter(|p| p["kind"] == "pair-strategy") {
+    for p in &listed {
         let example = p["example"].as_str().unwrap();
-        let recipe = format!(
-            "[pairs]\ninput = \"x.jsonl\"\noutput = \"out\"\n\n[[pairs.strategies]]\n{example}\n"
-        );
+        let recipe = match p["kind"].as_str().unwrap() {
+            "pair-strategy" => format!(
+                "[pairs]\ninput = \"x.jsonl\"\noutput = \"out\"\n\n[[pairs.strategies]]\n{example}\n"
+            ),
+            "sampler" => format!(
+                "[generate]\nprompts = \"p.jsonl\"\noutput = \"s.jsonl\"\nn = 2\n\n[sampler]\n{example}\n"
+            ),
+            other => panic!("no recipe table for kind {other} yet"),
+        };
         let path = tmp
             .path()
             .join(format!("{}.toml", p["name"].as_str().unwrap()));

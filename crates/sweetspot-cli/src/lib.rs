@@ -26,6 +26,10 @@ pub struct Cli {
     /// More logging (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// The device for model plugins: cpu (default), wgpu, wgpu:cpu, cuda, cuda:N. Overrides the
+    /// recipe's `[run].device`.
+    #[arg(long, global = true)]
+    pub device: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -40,6 +44,8 @@ pub enum Command {
         /// The recipe (TOML).
         recipe: PathBuf,
     },
+    /// Sample n responses per prompt with a sampler plugin.
+    Generate(Box<GenerateArgs>),
     /// Build chosen/rejected pairs from scored samples.
     Pairs(Box<PairsArgs>),
     /// Print reward statistics of scored datasets.
@@ -141,6 +147,44 @@ pub struct PairsArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `sweetspot generate`: from a recipe, or from flags (the `burn` sampler).
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Take the [sampler] and [generate] tables from this recipe.
+    #[arg(long, short, conflicts_with_all = ["model", "prompts"])]
+    pub recipe: Option<PathBuf>,
+    /// A model folder (config.json, safetensors, tokenizer.json) or a .gguf file.
+    #[arg(long, short, required_unless_present = "recipe")]
+    pub model: Option<PathBuf>,
+    /// Prompts (JSONL: `prompt` as text or messages, optional `prompt_id`).
+    #[arg(long, short, required_unless_present = "recipe")]
+    pub prompts: Option<PathBuf>,
+    /// Samples per prompt.
+    #[arg(long, short, default_value_t = 4)]
+    pub n: usize,
+    /// Samples out (JSONL, long layout). With --recipe, overrides [generate].output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Softmax temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Nucleus sampling mass (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Top-k (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Longest response in tokens.
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Seed: the sample for (prompt id, sample index) depends on it and those two only.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// `sweetspot stats`.
@@ -266,13 +310,103 @@ fn init_logging(quiet: bool, verbose: u8) {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
+    let device = cli.device.clone();
     match cli.command {
+        Command::Generate(args) => generate_cmd(*args, device, cli.quiet),
         Command::Plugins(args) => plugins_cmd(&args),
         Command::Validate { recipe } => validate_cmd(&recipe),
-        Command::Pairs(args) => pairs_cmd(*args, cli.quiet),
+        Command::Pairs(args) => {
+            let _ = DEVICE_OVERRIDE.set(device);
+            pairs_cmd(*args, cli.quiet)
+        }
         Command::Stats(args) => stats_cmd(&args),
         Command::Run { recipe } => run_cmd(&recipe, cli.quiet),
     }
+}
+
+/// `--device`, set once at start.
+static DEVICE_OVERRIDE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+fn generate_cmd(args: GenerateArgs, device: Option<String>, quiet: bool) -> Result<(), Failure> {
+    let _ = DEVICE_OVERRIDE.set(device);
+    let usage = |message: String| Failure { message, code: 2 };
+    let (recipe, base, origin) = match &args.recipe {
+        Some(path) => (Recipe::from_file(path)?, base_dir(path), path.clone()),
+        None => {
+            let (Some(model), Some(prompts)) = (&args.model, &args.prompts) else {
+                return Err(usage("give --recipe, or --model and --prompts".into()));
+            };
+            let Some(output) = &args.output else {
+                return Err(usage("give --output (a .jsonl file)".into()));
+            };
+            let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            let mut sampler = toml::Table::new();
+            sampler.insert("type".into(), toml::Value::String("burn".into()));
+            let s = |p: &Path| toml::Value::String(abs(p).to_string_lossy().into_owned());
+            sampler.insert("model".into(), s(model));
+            sampler.insert(
+                "temperature".into(),
+                toml::Value::Float(args.temperature as f64),
+            );
+            sampler.insert("top_p".into(), toml::Value::Float(args.top_p as f64));
+            sampler.insert("top_k".into(), toml::Value::Integer(args.top_k as i64));
+            sampler.insert(
+                "max_new_tokens".into(),
+                toml::Value::Integer(args.max_new_tokens as i64),
+            );
+            sampler.insert(
+                "batch_size".into(),
+                toml::Value::Integer(args.batch_size as i64),
+            );
+            let mut generate = toml::Table::new();
+            generate.insert("prompts".into(), s(prompts));
+            generate.insert("output".into(), s(output));
+            generate.insert("n".into(), toml::Value::Integer(args.n as i64));
+            let mut run = toml::Table::new();
+            run.insert("seed".into(), toml::Value::Integer(args.seed as i64));
+            let mut root = toml::Table::new();
+            root.insert("run".into(), toml::Value::Table(run));
+            root.insert("sampler".into(), toml::Value::Table(sampler));
+            root.insert("generate".into(), toml::Value::Table(generate));
+            let text = toml::to_string(&root).map_err(|e| usage(e.to_string()))?;
+            let origin = PathBuf::from("<command line>");
+            (
+                Recipe::from_toml(&text, Some(&origin))?,
+                PathBuf::from("."),
+                origin,
+            )
+        }
+    };
+    let ctx = context(&recipe, base);
+    let (Some(sampler), Some(gen_cfg)) = (recipe.sampler, recipe.generate) else {
+        return Err(usage(format!(
+            "{}: the recipe needs [sampler] and [generate] tables",
+            origin.display()
+        )));
+    };
+    let output = match (&args.recipe, &args.output) {
+        (Some(_), Some(o)) => o.clone(),
+        _ => ctx.resolve(&gen_cfg.output),
+    };
+    let job = sweetspot_runner::GenerateJob {
+        prompts: ctx.resolve(&gen_cfg.prompts),
+        output,
+        n: gen_cfg.n,
+        sampler,
+        ctx,
+        prompts_per_call: 8,
+        quiet,
+    };
+    let s = sweetspot_runner::run_generate(job)?;
+    println!(
+        "wrote {} samples for {} prompts ({} resumed from an interrupted run) to {} in {:.1}s",
+        s.samples,
+        s.prompts,
+        s.resumed_prompts,
+        s.output.display(),
+        s.seconds
+    );
+    Ok(())
 }
 
 fn plugins_cmd(args: &PluginsArgs) -> Result<(), Failure> {
@@ -320,7 +454,12 @@ fn base_dir(recipe: &Path) -> PathBuf {
 
 fn context(recipe: &Recipe, base: PathBuf) -> BuildContext {
     BuildContext {
-        device: recipe.run.device.clone().unwrap_or_else(|| "cpu".into()),
+        device: DEVICE_OVERRIDE
+            .get()
+            .cloned()
+            .flatten()
+            .or_else(|| recipe.run.device.clone())
+            .unwrap_or_else(|| "cpu".into()),
         base_dir: base,
         seed: recipe.run.seed,
     }
@@ -344,9 +483,22 @@ fn validate_cmd(path: &Path) -> Result<(), Failure> {
             pairs.strategies.len()
         ));
     }
+    match (&recipe.sampler, &recipe.generate) {
+        (Some(_), Some(g)) => stages.insert(0, format!("generate ({} samples per prompt)", g.n)),
+        (None, Some(_)) => {
+            return Err(Failure {
+                message: format!("{}: [generate] needs a [sampler] table", path.display()),
+                code: 2,
+            });
+        }
+        _ => {}
+    }
     if stages.is_empty() {
         return Err(Failure {
-            message: format!("{}: the recipe has no stage (add [pairs])", path.display()),
+            message: format!(
+                "{}: the recipe has no stage (add [generate] or [pairs])",
+                path.display()
+            ),
             code: 2,
         });
     }

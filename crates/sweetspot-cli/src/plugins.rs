@@ -8,4 +8,5 @@
 /// Makes sure every built-in plugin crate is linked. Called from [`crate::main`].
 pub fn link_builtin_plugins() {
     sweetspot_strategies::link();
+    sweetspot_burn_sampler::link();
 }

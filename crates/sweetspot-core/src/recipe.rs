@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::plugin::PairStrategyConfig;
+use crate::plugin::{PairStrategyConfig, SamplerConfig};
 use crate::registry::{self, PluginKind};
 
 /// A whole recipe.
@@ -20,8 +20,24 @@ pub struct Recipe {
     /// Settings of the whole run.
     #[serde(default)]
     pub run: RunConfig,
+    /// The sampler the generate stage uses.
+    pub sampler: Option<Box<dyn SamplerConfig>>,
+    /// The generate stage: prompts in, n samples per prompt out.
+    pub generate: Option<GenerateConfig>,
     /// The pair-building stage.
     pub pairs: Option<PairsConfig>,
+}
+
+/// `[generate]`: sample n responses per prompt with the `[sampler]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateConfig {
+    /// Prompts (JSONL: `prompt`, optional `prompt_id`).
+    pub prompts: PathBuf,
+    /// Samples out (JSONL, long layout).
+    pub output: PathBuf,
+    /// Samples per prompt.
+    pub n: usize,
 }
 
 /// `[run]`: settings of the whole run.

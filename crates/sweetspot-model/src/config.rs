@@ -169,17 +169,20 @@ impl LlamaConfig {
                 self.hidden_act
             ));
         }
-        if self.num_attention_heads == 0 || self.num_attention_heads % self.kv_heads() != 0 {
+        if self.num_attention_heads == 0
+            || self.kv_heads() == 0
+            || !self.num_attention_heads.is_multiple_of(self.kv_heads())
+        {
             return Err(format!(
                 "field `num_key_value_heads`: {} does not divide num_attention_heads = {}",
                 self.kv_heads(),
                 self.num_attention_heads
             ));
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err("field `hidden_size`: not a multiple of num_attention_heads".into());
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err("field `head_dim`: RoPE needs an even head size".into());
         }
         if let Some(s) = self.scaling() {
@@ -260,7 +263,8 @@ impl LlamaConfig {
             .map(|f| {
                 let wavelen = 2.0 * std::f32::consts::PI / f;
                 let scaled = if wavelen > low_wavelen { f / factor } else { f };
-                let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                // transformers: neither high- nor low-frequency (NaN never occurs here).
+                let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                 if medium {
                     let smooth = (old / wavelen - low) / (high - low);
                     (1.0 - smooth) * scaled / factor + smooth * scaled

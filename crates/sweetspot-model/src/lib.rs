@@ -15,10 +15,14 @@
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod generate;
+pub mod gguf;
 pub mod llama;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::LlamaConfig;
 pub use device::resolve_device;
 pub use error::ModelError;
 pub use llama::{KvCache, Llama};
+pub use tokenizer::Tokenizer;

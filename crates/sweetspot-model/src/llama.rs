@@ -263,12 +263,13 @@ impl Llama {
         match &self.params.lm_head {
             Some(head) => head.forward(hidden),
             None => {
+                // W [V, H] times h^T [H, B*T]: the embedding matrix is used as stored (no
+                // transposed copy of it), only the small activations and logits are transposed.
                 let [b, t, h] = hidden.dims();
                 let w = self.params.model.embed_tokens.weight.val();
                 let v = w.dims()[0];
-                hidden
-                    .reshape([b * t, h])
-                    .matmul(w.transpose())
+                w.matmul(hidden.reshape([b * t, h]).transpose())
+                    .transpose()
                     .reshape([b, t, v])
             }
         }

@@ -7,11 +7,13 @@
 //! - Every error names the file and, for data, the line or row and field.
 
 mod error;
+mod generate;
 mod pairs;
 mod progress;
 mod stats;
 
 pub use error::{RunError, SmallGroupError};
+pub use generate::{GenerateJob, GenerateSummary, partial_path, run_generate};
 pub use pairs::{DatasetSummary, PairsJob, PairsSummary, run_pairs};
 pub use progress::BarProgress;
 pub use stats::{DatasetStats, dataset_stats};

@@ -1,0 +1,337 @@
+//! Batched generation on the device: greedy or sampled (temperature, top-k, top-p), per-sequence
+//! stop, KV cache, finished rows dropped from the batch.
+//!
+//! Reproducibility: every sequence draws from its own ChaCha8 stream seeded by SHA-256 of
+//! (seed, prompt id, sample index), one uniform per generated token, so a sample does not depend
+//! on which other sequences share its batch.
+
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+use sweetspot_core::FinishReason;
+
+use crate::error::ModelError;
+use crate::llama::{KvCache, Llama};
+
+/// How to pick each next token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 means greedy (argmax, first index on ties).
+    pub temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens with this much probability (1 = off).
+    pub top_p: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Longest response, in tokens.
+    pub max_new_tokens: usize,
+}
+
+impl SamplingParams {
+    /// Greedy decoding of up to `max_new_tokens`.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens,
+        }
+    }
+}
+
+/// One sequence to generate.
+#[derive(Debug, Clone)]
+pub struct SeqRequest {
+    /// The prompt's token ids.
+    pub prompt_ids: Vec<u32>,
+    /// The run's seed.
+    pub seed: u64,
+    /// The prompt's id (for the random stream).
+    pub prompt_id: String,
+    /// The sample's index (for the random stream).
+    pub sample_index: u32,
+}
+
+/// One generated response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Response token ids (the end token included when it stopped on one).
+    pub tokens: Vec<u32>,
+    /// Why it stopped.
+    pub finish_reason: FinishReason,
+    /// Summed log-probability of the response tokens under the model's unmodified distribution
+    /// (temperature 1, no top-k/top-p).
+    pub logprob: f64,
+}
+
+/// The random stream of sequence (seed, prompt id, sample index).
+pub fn sequence_rng(seed: u64, prompt_id: &str, sample_index: u32) -> ChaCha8Rng {
+    let mut h = Sha256::new();
+    h.update(b"sweetspot/sample/v1");
+    h.update(seed.to_le_bytes());
+    h.update((prompt_id.len() as u64).to_le_bytes());
+    h.update(prompt_id.as_bytes());
+    h.update(sample_index.to_le_bytes());
+    ChaCha8Rng::from_seed(h.finalize().into())
+}
+
+/// Picks a token from `logits` (one row) with uniform draw `u` in [0, 1).
+pub fn pick(logits: &[f32], p: &SamplingParams, u: f64) -> u32 {
+    if p.temperature <= 0.0 {
+        return argmax(logits);
+    }
+    let t = p.temperature as f64;
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    // Sort by logit, descending; ties by token id.
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    let mut keep = idx.len();
+    if p.top_k > 0 && p.top_k < keep {
+        // Like transformers: keep every token whose logit reaches the k-th largest.
+        let kth = logits[idx[p.top_k - 1]];
+        keep = idx.iter().take_while(|&&i| logits[i] >= kth).count();
+    }
+    let max = logits[idx[0]] as f64 / t;
+    let weights: Vec<f64> = idx[..keep]
+        .iter()
+        .map(|&i| (logits[i] as f64 / t - max).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    if p.top_p < 1.0 {
+        // Keep the most likely tokens until their mass reaches top_p (at least one).
+        let mut mass = 0.0;
+        let mut n = 0;
+        for w in &weights {
+            n += 1;
+            mass += w / total;
+            if mass >= p.top_p as f64 {
+                break;
+            }
+        }
+        keep = n.max(1);
+    }
+    let total: f64 = weights[..keep].iter().sum();
+    let target = u * total;
+    let mut acc = 0.0;
+    for (j, w) in weights[..keep].iter().enumerate() {
+        acc += w;
+        if target < acc {
+            return idx[j] as u32;
+        }
+    }
+    idx[keep - 1] as u32
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn log_softmax_at(row: &[f32], token: u32) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+    row[token as usize] as f64 - max - sum.ln()
+}
+
+struct Active {
+    /// Index into the requests.
+    req: usize,
+    rng: ChaCha8Rng,
+    tokens: Vec<u32>,
+    logprob: f64,
+    next_pos: i64,
+}
+
+/// Generates one response per request, all in one batch. `stop_ids` end a response.
+pub fn generate(
+    model: &Llama,
+    requests: &[SeqRequest],
+    stop_ids: &[u32],
+    params: &SamplingParams,
+    mut on_token: impl FnMut(usize),
+) -> Result<Vec<Generation>, ModelError> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(r) = requests.iter().find(|r| r.prompt_ids.is_empty()) {
+        return Err(ModelError::Input(format!(
+            "prompt `{}` has no tokens",
+            r.prompt_id
+        )));
+    }
+    let device = model.device().clone();
+    let vocab = model.config.vocab_size;
+    let b = requests.len();
+    let t = requests
+        .iter()
+        .map(|r| r.prompt_ids.len())
+        .max()
+        .unwrap_or(0);
+    let mut tokens = Vec::with_capacity(b * t);
+    let mut positions = Vec::with_capacity(b * t);
+    let mut mask = Vec::with_capacity(b * t);
+    for r in requests {
+        let pad = t - r.prompt_ids.len();
+        tokens.extend(std::iter::repeat_n(0i64, pad));
+        tokens.extend(r.prompt_ids.iter().map(|&x| x as i64));
+        positions.extend(std::iter::repeat_n(0i64, pad));
+        positions.extend(0..r.prompt_ids.len() as i64);
+        mask.extend((0..t).map(|j| j >= pad));
+    }
+    // The key mask lives on the host ([rows][slots]) and is uploaded each step: it is tiny, and
+    // burn-flex 0.22 turns a selected Bool tensor into U8, which `cat` then rejects.
+    let mut key_mask: Vec<Vec<bool>> = mask.chunks(t).map(<[bool]>::to_vec).collect();
+    let upload = |m: &[Vec<bool>]| -> Tensor<2, Bool> {
+        let (n, s) = (m.len(), m.first().map_or(0, Vec::len));
+        Tensor::from_data(TensorData::new(m.concat(), [n, s]), &device)
+    };
+    let mut cache = KvCache::new();
+    let mut input: Tensor<2, Int> = Tensor::from_data(TensorData::new(tokens, [b, t]), &device);
+    let mut pos: Tensor<2, Int> = Tensor::from_data(TensorData::new(positions, [b, t]), &device);
+    let mut active: Vec<Active> = requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Active {
+            req: i,
+            rng: sequence_rng(r.seed, &r.prompt_id, r.sample_index),
+            tokens: Vec::new(),
+            logprob: 0.0,
+            next_pos: r.prompt_ids.len() as i64,
+        })
+        .collect();
+    let mut done: Vec<Option<Generation>> = vec![None; b];
+    let to_vec = |x: Tensor<3>| -> Result<Vec<f32>, ModelError> {
+        x.into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| ModelError::Input(format!("cannot read logits: {e:?}")))
+    };
+    while !active.is_empty() {
+        let hidden = model.forward_hidden(input, pos, upload(&key_mask), Some(&mut cache))?;
+        let steps = hidden.dims()[1];
+        let last = hidden.narrow(1, steps - 1, 1);
+        let logits = to_vec(model.logits(last))?;
+        let mut keep = Vec::with_capacity(active.len());
+        let mut next_tokens = Vec::with_capacity(active.len());
+        for (row, a) in active.iter_mut().enumerate() {
+            let l = &logits[row * vocab..(row + 1) * vocab];
+            let u: f64 = a.rng.random();
+            let tok = pick(l, params, u);
+            a.logprob += log_softmax_at(l, tok);
+            a.tokens.push(tok);
+            a.next_pos += 1;
+            let stopped = stop_ids.contains(&tok);
+            if stopped || a.tokens.len() >= params.max_new_tokens {
+                done[a.req] = Some(Generation {
+                    tokens: std::mem::take(&mut a.tokens),
+                    finish_reason: if stopped {
+                        sweetspot_core::FinishReason::Stop
+                    } else {
+                        sweetspot_core::FinishReason::Length
+                    },
+                    logprob: a.logprob,
+                });
+            } else {
+                keep.push(row);
+                next_tokens.push(tok as i64);
+            }
+        }
+        on_token(active.len());
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < active.len() {
+            let rows: Tensor<1, Int> = Tensor::from_data(
+                TensorData::new(
+                    keep.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                    [keep.len()],
+                ),
+                &device,
+            );
+            cache.retain_rows(&rows);
+            let mut i = 0;
+            key_mask.retain(|_| {
+                let k = keep.contains(&i);
+                i += 1;
+                k
+            });
+            let mut i = 0;
+            active.retain(|_| {
+                let k = keep.contains(&i);
+                i += 1;
+                k
+            });
+        }
+        let n = active.len();
+        input = Tensor::from_data(TensorData::new(next_tokens, [n, 1]), &device);
+        pos = Tensor::from_data(
+            TensorData::new(
+                active.iter().map(|a| a.next_pos - 1).collect::<Vec<_>>(),
+                [n, 1],
+            ),
+            &device,
+        );
+        for row in key_mask.iter_mut() {
+            row.push(true);
+        }
+    }
+    done.into_iter()
+        .enumerate()
+        .map(|(i, g)| g.ok_or_else(|| ModelError::Input(format!("sequence {i} did not finish"))))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_first_maximum() {
+        let p = SamplingParams::greedy(1);
+        assert_eq!(pick(&[0.1, 0.7, 0.7, 0.2], &p, 0.5), 1);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 1,
+            max_new_tokens: 1,
+        };
+        for u in [0.0, 0.3, 0.999] {
+            assert_eq!(pick(&[0.1, 3.0, 0.7], &p, u), 1);
+        }
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution() {
+        // logits ln(1), ln(3): probabilities 0.25 and 0.75 at temperature 1.
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 1,
+        };
+        let l = [0.0f32, 3f32.ln()];
+        // Sorted descending: token 1 (0.75) first, then token 0.
+        assert_eq!(pick(&l, &p, 0.70), 1);
+        assert_eq!(pick(&l, &p, 0.80), 0);
+        // top_p 0.5 keeps only token 1.
+        let p = SamplingParams { top_p: 0.5, ..p };
+        assert_eq!(pick(&l, &p, 0.99), 1);
+    }
+
+    #[test]
+    fn streams_depend_on_their_key_only() {
+        let a: u64 = sequence_rng(1, "p", 3).random();
+        assert_eq!(a, sequence_rng(1, "p", 3).random::<u64>());
+        assert_ne!(a, sequence_rng(1, "p", 4).random::<u64>());
+        assert_ne!(a, sequence_rng(2, "p", 3).random::<u64>());
+        assert_ne!(a, sequence_rng(1, "q", 3).random::<u64>());
+    }
+}

@@ -1,0 +1,197 @@
+//! The generate stage: prompts in, n samples per prompt out (long layout, no reward yet).
+//!
+//! Resumable: groups are appended whole to `<output>.partial` as the sampler finishes them. A
+//! killed run leaves that file behind; the next run keeps its complete groups (dropping a torn
+//! last line or a group cut short), skips those prompts, and appends the rest. Sampling depends
+//! only on (seed, prompt id, sample index), so a resumed run writes the same rows as an
+//! uninterrupted one. The output appears, by rename, only when every prompt is done.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use sweetspot_core::{BuildContext, PluginError, Progress, SampleRequest, SamplerConfig};
+use sweetspot_io::{SampleRow, WriteError, read_prompts};
+
+use crate::error::RunError;
+use crate::progress::BarProgress;
+
+/// Everything the generate stage needs, paths resolved.
+#[derive(Debug)]
+pub struct GenerateJob {
+    /// Prompts (JSONL).
+    pub prompts: PathBuf,
+    /// Samples out (JSONL).
+    pub output: PathBuf,
+    /// Samples per prompt.
+    pub n: usize,
+    /// The sampler.
+    pub sampler: Box<dyn SamplerConfig>,
+    /// Build context (device, seed, base folder).
+    pub ctx: BuildContext,
+    /// Prompts handed to the sampler per call.
+    pub prompts_per_call: usize,
+    /// Hide the progress bar.
+    pub quiet: bool,
+}
+
+/// What a generate run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateSummary {
+    /// The output file.
+    pub output: PathBuf,
+    /// Prompts in the input.
+    pub prompts: usize,
+    /// Prompts already done by an earlier, interrupted run.
+    pub resumed_prompts: usize,
+    /// Samples written in all.
+    pub samples: usize,
+    /// Wall time of this run, seconds.
+    pub seconds: f64,
+}
+
+/// `<output>.partial`.
+pub fn partial_path(output: &Path) -> PathBuf {
+    let mut name = output.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    output.with_file_name(name)
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> RunError + '_ {
+    move |source| {
+        RunError::Write(WriteError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// Keeps the complete groups of an interrupted run's partial file; returns their prompt ids.
+fn recover(partial: &Path, n: usize) -> Result<(HashSet<String>, usize), RunError> {
+    let file = match std::fs::File::open(partial) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((HashSet::new(), 0)),
+        Err(e) => return Err(io_err(partial)(e)),
+    };
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut order = Vec::new();
+    for line in std::io::BufReader::new(file).lines() {
+        let Ok(line) = line else { break };
+        // A torn last line (the run was killed mid-write) does not parse: stop there.
+        let Ok(row) = serde_json::from_str::<SampleRow>(&line) else {
+            break;
+        };
+        if !groups.contains_key(&row.prompt_id) {
+            order.push(row.prompt_id.clone());
+        }
+        groups.entry(row.prompt_id).or_default().push(line);
+    }
+    let mut kept = String::new();
+    let mut done = HashSet::new();
+    let mut rows = 0;
+    for id in order {
+        let lines = &groups[&id];
+        if lines.len() == n {
+            for l in lines {
+                kept.push_str(l);
+                kept.push('\n');
+            }
+            rows += n;
+            done.insert(id);
+        }
+    }
+    sweetspot_io::write_atomic(partial, kept.as_bytes())?;
+    Ok((done, rows))
+}
+
+/// Runs the generate stage.
+pub fn run_generate(job: GenerateJob) -> Result<GenerateSummary, RunError> {
+    let start = Instant::now();
+    if job.n == 0 {
+        return Err(RunError::Config("`n` must be at least 1".into()));
+    }
+    let prompts = read_prompts(&job.prompts)?;
+    if let Some(parent) = job.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let partial = partial_path(&job.output);
+    let (done, mut written) = recover(&partial, job.n)?;
+    let todo: Vec<_> = prompts
+        .iter()
+        .filter(|p| !done.contains(&p.id))
+        .cloned()
+        .collect();
+    if !done.is_empty() {
+        tracing::info!(
+            done = done.len(),
+            left = todo.len(),
+            "resuming from {}",
+            partial.display()
+        );
+    }
+    // Load the model before creating any file, so a bad model leaves nothing behind.
+    let mut sampler = if todo.is_empty() {
+        None
+    } else {
+        Some(
+            job.sampler
+                .build(&job.ctx)
+                .map_err(|source| RunError::Plugin {
+                    plugin: "sampler".into(),
+                    source,
+                })?,
+        )
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&partial)
+        .map_err(io_err(&partial))?;
+    if let Some(sampler) = sampler.as_mut() {
+        let progress = BarProgress::new("generate", "sequences", job.quiet);
+        progress.set_total(Some((todo.len() * job.n) as u64));
+        let request = SampleRequest {
+            n: job.n,
+            seed: job.ctx.seed,
+            first_index: 0,
+        };
+        for chunk in todo.chunks(job.prompts_per_call.max(1)) {
+            let mut sink = |group: sweetspot_core::SampleGroup| -> Result<(), PluginError> {
+                let mut buf = Vec::new();
+                for s in &group.samples {
+                    serde_json::to_writer(&mut buf, &SampleRow::new(&group.prompt, s))
+                        .map_err(|e| PluginError::other("encoding a sample", e))?;
+                    buf.push(b'\n');
+                }
+                // One write per group, so a kill leaves whole groups and at most one torn one.
+                file.write_all(&buf)
+                    .and_then(|_| file.flush())
+                    .map_err(|source| PluginError::Io {
+                        path: partial.clone(),
+                        source,
+                    })?;
+                written += group.samples.len();
+                Ok(())
+            };
+            sampler
+                .sample(chunk, &request, &progress, &mut sink)
+                .map_err(|source| RunError::Plugin {
+                    plugin: "sampler".into(),
+                    source,
+                })?;
+        }
+        progress.finish();
+    }
+    file.sync_all().map_err(io_err(&partial))?;
+    drop(file);
+    std::fs::rename(&partial, &job.output).map_err(io_err(&job.output))?;
+    Ok(GenerateSummary {
+        output: job.output,
+        prompts: prompts.len(),
+        resumed_prompts: done.len(),
+        samples: written,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,233 @@
+//! `burn`: sweetspot's native sampler. Loads a Llama-family model (a Hugging Face folder with
+//! `config.json`, safetensors and tokenizer files, or a GGUF file), renders each prompt with the
+//! model's chat template, and draws n responses per prompt in batches on the device, streaming
+//! each prompt's group out as soon as its n samples are done.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sweetspot_core::{
+    BuildContext, PluginError, PluginInfo, PluginKind, Progress, Prompt, PromptContent, Sample,
+    SampleGroup, SampleRequest, Sampler, SamplerConfig,
+};
+use sweetspot_model::generate::{SamplingParams, SeqRequest, generate};
+use sweetspot_model::gguf::Gguf;
+use sweetspot_model::{Llama, Tokenizer, resolve_device};
+
+/// Call from a binary to make sure this crate is linked (and its plugin registered).
+#[inline(never)]
+pub fn link() {
+    std::hint::black_box(());
+}
+
+/// The `[sampler]` table with `type = "burn"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BurnSamplerConfig {
+    /// A model folder (config.json, model.safetensors or shards, tokenizer.json) or a .gguf file.
+    pub model: PathBuf,
+    /// Softmax temperature (the paper samples at 0.8); 0 is greedy.
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    /// Nucleus sampling mass (1 = off).
+    #[serde(default = "one")]
+    pub top_p: f32,
+    /// Top-k (0 = off).
+    #[serde(default)]
+    pub top_k: usize,
+    /// Longest response in tokens.
+    #[serde(default = "default_max_new")]
+    pub max_new_tokens: usize,
+    /// Sequences per batch on the device.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// The device; `[run].device` / `--device` when absent.
+    pub device: Option<String>,
+}
+
+fn default_temperature() -> f32 {
+    0.8
+}
+fn one() -> f32 {
+    1.0
+}
+fn default_max_new() -> usize {
+    512
+}
+fn default_batch() -> usize {
+    16
+}
+
+inventory::submit! {
+    PluginInfo {
+        kind: PluginKind::Sampler,
+        name: "burn",
+        description: "native Llama-family sampler on burn (safetensors or GGUF; cpu, wgpu, cuda)",
+        crate_name: env!("CARGO_PKG_NAME"),
+        example: "type = \"burn\"\nmodel = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"",
+    }
+}
+
+/// A loaded model and tokenizer.
+pub struct BurnSampler {
+    model: Llama,
+    tokenizer: Tokenizer,
+    params: SamplingParams,
+    batch_size: usize,
+}
+
+impl std::fmt::Debug for BurnSampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BurnSampler")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+fn model_err(e: sweetspot_model::ModelError) -> PluginError {
+    PluginError::other("burn sampler", e)
+}
+
+/// Loads a model folder or GGUF file with its tokenizer.
+pub fn load(path: &std::path::Path, device: &str) -> Result<(Llama, Tokenizer), PluginError> {
+    let device = resolve_device(device).map_err(model_err)?;
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        let gguf = Gguf::open(path).map_err(model_err)?;
+        let tok = Tokenizer::from_gguf(&gguf, path).map_err(model_err)?;
+        let model = Llama::from_gguf(&gguf, &device).map_err(model_err)?;
+        Ok((model, tok))
+    } else {
+        let model = Llama::from_pretrained(path, &device).map_err(model_err)?;
+        let tok = Tokenizer::from_dir(path, &model.config.eos_ids()).map_err(model_err)?;
+        Ok((model, tok))
+    }
+}
+
+#[typetag::serde(name = "burn")]
+impl SamplerConfig for BurnSamplerConfig {
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sampler>, PluginError> {
+        if self.batch_size == 0 {
+            return Err(PluginError::config(
+                "burn",
+                "`batch_size` must be at least 1",
+            ));
+        }
+        let valid = self.temperature.is_finite()
+            && self.temperature >= 0.0
+            && self.top_p > 0.0
+            && self.top_p <= 1.0;
+        if !valid {
+            return Err(PluginError::config(
+                "burn",
+                "`temperature` must be >= 0 and `top_p` in (0, 1]",
+            ));
+        }
+        let path = ctx.resolve(&self.model);
+        let device = self.device.clone().unwrap_or_else(|| ctx.device.clone());
+        tracing::info!(model = %path.display(), device, "loading model");
+        let (model, tokenizer) = load(&path, &device)?;
+        Ok(Box::new(BurnSampler {
+            model,
+            tokenizer,
+            params: SamplingParams {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                top_k: self.top_k,
+                max_new_tokens: self.max_new_tokens,
+            },
+            batch_size: self.batch_size,
+        }))
+    }
+}
+
+impl BurnSampler {
+    fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, PluginError> {
+        let ids = if self.tokenizer.has_chat_template() {
+            self.tokenizer.encode_chat(&prompt.content.to_messages())
+        } else {
+            match &prompt.content {
+                PromptContent::Text(t) => self.tokenizer.encode(t, true),
+                PromptContent::Chat(_) => {
+                    return Err(PluginError::Input(format!(
+                        "prompt `{}` is a chat, but the model has no chat template",
+                        prompt.id
+                    )));
+                }
+            }
+        };
+        ids.map_err(model_err)
+    }
+}
+
+impl Sampler for BurnSampler {
+    fn sample(
+        &mut self,
+        prompts: &[Prompt],
+        request: &SampleRequest,
+        progress: &dyn Progress,
+        sink: &mut dyn FnMut(SampleGroup) -> Result<(), PluginError>,
+    ) -> Result<(), PluginError> {
+        let n = request.n;
+        let first = request.first_index as usize;
+        let mut encoded = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            encoded.push(self.prompt_ids(p)?);
+        }
+        // Every (prompt, sample) in prompt order, so groups complete one after another.
+        let jobs: Vec<(usize, u32)> = (0..prompts.len())
+            .flat_map(|p| (first..n).map(move |s| (p, s as u32)))
+            .collect();
+        let mut pending: BTreeMap<usize, Vec<Sample>> = BTreeMap::new();
+        let stop = self.tokenizer.stop_ids().to_vec();
+        for chunk in jobs.chunks(self.batch_size) {
+            let reqs: Vec<SeqRequest> = chunk
+                .iter()
+                .map(|&(p, s)| SeqRequest {
+                    prompt_ids: encoded[p].clone(),
+                    seed: request.seed,
+                    prompt_id: prompts[p].id.clone(),
+                    sample_index: s,
+                })
+                .collect();
+            let out = generate(&self.model, &reqs, &stop, &self.params, |n| {
+                progress.advance(n as u64)
+            })
+            .map_err(model_err)?;
+            for (&(p, s), g) in chunk.iter().zip(out) {
+                let body: Vec<u32> = g
+                    .tokens
+                    .iter()
+                    .copied()
+                    .filter(|t| !stop.contains(t))
+                    .collect();
+                let text = self.tokenizer.decode(&body, true).map_err(model_err)?;
+                pending.entry(p).or_default().push(Sample {
+                    prompt_id: prompts[p].id.clone(),
+                    sample_index: s,
+                    response: text,
+                    token_count: Some(g.tokens.len() as u32),
+                    finish_reason: Some(g.finish_reason),
+                    logprob: Some(g.logprob),
+                });
+            }
+            let complete: Vec<usize> = pending
+                .iter()
+                .filter(|(_, v)| v.len() == n - first)
+                .map(|(&p, _)| p)
+                .collect();
+            for p in complete {
+                let mut samples = pending.remove(&p).unwrap_or_default();
+                samples.sort_by_key(|s| s.sample_index);
+                sink(SampleGroup {
+                    prompt: prompts[p].clone(),
+                    samples,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}

