@@ -15,6 +15,9 @@ and reference.safetensors + reference.json:
 - reference.json: the prompts' token ids, and each prompt's greedy continuation
   (`generate(do_sample=False)`, no end token) of `new_tokens` tokens.
 
+`gqa-sharded` holds the `gqa` weights as transformers' `save_pretrained(max_shard_size=...)`
+writes them (model.safetensors.index.json and shards).
+
 The models: `gqa` (4 query heads over 2 key/value heads, untied), `tied` (tied embeddings,
 multi-head), `llama31` (Llama-3.1 rope scaling, GQA). Hidden size 64, 2 layers, vocab 256.
 """
@@ -106,6 +109,11 @@ def main():
                        "transformers": __import__("transformers").__version__,
                        "torch": torch.__version__}, f, indent=1)
         print(name, "ok", [len(p) for p in prompts], greedy[0])
+        if name == "gqa":
+            # The same weights, sharded as transformers shards them (index + several files).
+            sharded = os.path.join(OUT, "gqa-sharded")
+            model.save_pretrained(sharded, max_shard_size="100KB", safe_serialization=True)
+            print("gqa-sharded", sorted(os.listdir(sharded)))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ fn req(ids: &[u32], prompt: usize, sample: u32) -> SeqRequest {
 
 #[test]
 fn batched_greedy_equals_transformers() {
-    let device = resolve_device("cpu").unwrap();
+    let device = resolve_device(&test_device()).unwrap();
     for name in ["gqa", "tied", "llama31"] {
         let m = Llama::from_pretrained(&fixture(name), &device).unwrap();
         let (ps, greedy) = prompts(name);
@@ -66,7 +66,7 @@ fn batched_greedy_equals_transformers() {
 
 #[test]
 fn same_seed_same_samples_alone_or_batched() {
-    let device = resolve_device("cpu").unwrap();
+    let device = resolve_device(&test_device()).unwrap();
     let m = Llama::from_pretrained(&fixture("gqa"), &device).unwrap();
     let (ps, _) = prompts("gqa");
     let params = SamplingParams {
@@ -116,4 +116,9 @@ fn same_seed_same_samples_alone_or_batched() {
             .zip(&together)
             .any(|(a, b)| a.tokens != b.tokens)
     );
+}
+
+/// The device the tests run on: `SWEETSPOT_TEST_DEVICE` (e.g. `wgpu` or `wgpu:cpu`), else `cpu`.
+fn test_device() -> String {
+    std::env::var("SWEETSPOT_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())
 }

@@ -60,7 +60,7 @@ impl Reference {
 }
 
 fn model(name: &str) -> Llama {
-    let device = resolve_device("cpu").unwrap();
+    let device = resolve_device(&test_device()).unwrap();
     Llama::from_pretrained(&fixture(name), &device).unwrap()
 }
 
@@ -232,7 +232,7 @@ fn greedy_with_kv_cache() {
 fn parity_is_sensitive_to_rope_scaling() {
     let r = Reference::load("llama31");
     let (_, want) = r.tensor("logits_1");
-    let device = resolve_device("cpu").unwrap();
+    let device = resolve_device(&test_device()).unwrap();
     let dir = fixture("llama31");
     let mut cfg = sweetspot_model::LlamaConfig::from_file(&dir.join("config.json")).unwrap();
     cfg.rope_parameters = None;
@@ -245,4 +245,42 @@ fn parity_is_sensitive_to_rope_scaling() {
         diff > 100.0 * TOL,
         "dropping rope scaling changed logits by only {diff}"
     );
+}
+
+/// Sharded checkpoints (`model.safetensors.index.json`) load to the same model.
+#[test]
+fn sharded_checkpoint_loads_the_same_weights() {
+    let files = sweetspot_model::weights::safetensors_files(&fixture("gqa-sharded")).unwrap();
+    assert!(files.len() > 1, "{files:?}");
+    let r = Reference::load("gqa");
+    let (_, want) = r.tensor("logits_1");
+    let sharded = model("gqa-sharded");
+    let diff = max_abs_diff(&logits_alone(&sharded, &r.prompts[1]), &want);
+    assert!(diff < TOL, "sharded: max |diff| {diff}");
+}
+
+/// A checkpoint missing a tensor is an error naming it, not a half-random model.
+#[test]
+fn missing_tensor_is_an_error() {
+    let tmp = std::env::temp_dir().join(format!("sweetspot-missing-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let src = fixture("gqa-sharded");
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, tmp.join(f.file_name().unwrap())).unwrap();
+    }
+    // Drop the last shard.
+    let mut shards = sweetspot_model::weights::safetensors_files(&tmp).unwrap();
+    std::fs::remove_file(shards.pop().unwrap()).unwrap();
+    let device = resolve_device(&test_device()).unwrap();
+    let err = Llama::from_pretrained(&tmp, &device)
+        .unwrap_err()
+        .to_string();
+    std::fs::remove_dir_all(&tmp).ok();
+    assert!(err.contains("model-0000"), "{err}");
+}
+
+/// The device the tests run on: `SWEETSPOT_TEST_DEVICE` (e.g. `wgpu` or `wgpu:cpu`), else `cpu`.
+fn test_device() -> String {
+    std::env::var("SWEETSPOT_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())
 }

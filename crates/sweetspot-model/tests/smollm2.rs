@@ -80,7 +80,7 @@ fn greedy_generation_matches_transformers() {
     let Some(path) = gguf_path() else { return };
     let gguf = Gguf::open(&path).unwrap();
     let tok = Tokenizer::from_gguf(&gguf, &path).unwrap();
-    let device = resolve_device("cpu").unwrap();
+    let device = resolve_device(&test_device()).unwrap();
     let model = Llama::from_gguf(&gguf, &device).unwrap();
     let r = reference();
     let chats = r["chats"].as_array().unwrap();
@@ -112,4 +112,9 @@ fn greedy_generation_matches_transformers() {
             c["greedy_text"].as_str().unwrap()
         );
     }
+}
+
+/// The device the tests run on: `SWEETSPOT_TEST_DEVICE` (e.g. `wgpu` or `wgpu:cpu`), else `cpu`.
+fn test_device() -> String {
+    std::env::var("SWEETSPOT_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())
 }
