@@ -157,6 +157,11 @@ pub fn generate(
     if requests.is_empty() {
         return Ok(Vec::new());
     }
+    if params.max_new_tokens == 0 {
+        return Err(ModelError::Input(
+            "max_new_tokens must be at least 1".into(),
+        ));
+    }
     if let Some(r) = requests.iter().find(|r| r.prompt_ids.is_empty()) {
         return Err(ModelError::Input(format!(
             "prompt `{}` has no tokens",

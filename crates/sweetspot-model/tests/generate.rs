@@ -1,36 +1,18 @@
 //! Generation on the tiny fixture models: the same seed gives the same samples whether a prompt is
 //! generated alone or in a batch, and greedy batched generation equals transformers'.
 
-use std::path::PathBuf;
+mod common;
 
+use common::{fixture, id_lists, test_device};
 use sweetspot_model::generate::{SamplingParams, SeqRequest, generate};
 use sweetspot_model::{Llama, resolve_device};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/models")
-        .join(name)
-}
 
 fn prompts(name: &str) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
     let v: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture(name).join("reference.json")).unwrap(),
     )
     .unwrap();
-    let ids = |v: &serde_json::Value| -> Vec<Vec<u32>> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                p.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|t| t.as_u64().unwrap() as u32)
-                    .collect()
-            })
-            .collect()
-    };
-    (ids(&v["prompts"]), ids(&v["greedy"]))
+    (id_lists(&v["prompts"]), id_lists(&v["greedy"]))
 }
 
 fn req(ids: &[u32], prompt: usize, sample: u32) -> SeqRequest {
@@ -116,9 +98,4 @@ fn same_seed_same_samples_alone_or_batched() {
             .zip(&together)
             .any(|(a, b)| a.tokens != b.tokens)
     );
-}
-
-/// The device the tests run on: `SWEETSPOT_TEST_DEVICE` (e.g. `wgpu` or `wgpu:cpu`), else `cpu`.
-fn test_device() -> String {
-    std::env::var("SWEETSPOT_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())
 }

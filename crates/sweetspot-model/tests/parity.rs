@@ -2,18 +2,13 @@
 //! `scripts/make_model_fixtures.py`. Tolerance: 1e-4 absolute on logits in f32 (the models'
 //! logits are of order 1), exact greedy tokens.
 
-use std::path::PathBuf;
+mod common;
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
+use common::{fixture, id_lists, test_device};
 use sweetspot_model::{KvCache, Llama, resolve_device};
 
 const TOL: f32 = 1e-4;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/models")
-        .join(name)
-}
 
 struct Reference {
     prompts: Vec<Vec<u32>>,
@@ -27,22 +22,9 @@ impl Reference {
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
                 .unwrap();
-        let ids = |v: &serde_json::Value| -> Vec<Vec<u32>> {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|p| {
-                    p.as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|t| t.as_u64().unwrap() as u32)
-                        .collect()
-                })
-                .collect()
-        };
         Self {
-            prompts: ids(&json["prompts"]),
-            greedy: ids(&json["greedy"]),
+            prompts: id_lists(&json["prompts"]),
+            greedy: id_lists(&json["greedy"]),
             tensors: std::fs::read(dir.join("reference.safetensors")).unwrap(),
         }
     }
@@ -278,9 +260,4 @@ fn missing_tensor_is_an_error() {
         .to_string();
     std::fs::remove_dir_all(&tmp).ok();
     assert!(err.contains("model-0000"), "{err}");
-}
-
-/// The device the tests run on: `SWEETSPOT_TEST_DEVICE` (e.g. `wgpu` or `wgpu:cpu`), else `cpu`.
-fn test_device() -> String {
-    std::env::var("SWEETSPOT_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())
 }

@@ -6,7 +6,11 @@
 //! The GGUF is fetched by `scripts/fetch_smollm2.sh` (CI does); without it these tests say so and
 //! pass, except under CI, where a missing file is a failure.
 
+mod common;
+
 use std::path::PathBuf;
+
+use common::test_device;
 
 use sweetspot_core::Message;
 use sweetspot_model::generate::{SamplingParams, SeqRequest, generate};
@@ -112,9 +116,4 @@ fn greedy_generation_matches_transformers() {
             c["greedy_text"].as_str().unwrap()
         );
     }
-}
-
-/// The device the tests run on: `SWEETSPOT_TEST_DEVICE` (e.g. `wgpu` or `wgpu:cpu`), else `cpu`.
-fn test_device() -> String {
-    std::env::var("SWEETSPOT_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())
 }
