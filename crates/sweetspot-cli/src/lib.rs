@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sweetspot_core::BuildContext;
-use sweetspot_core::recipe::{InputLayout, OnBadGroup, OutputFormat, Recipe, RecipeError};
+use sweetspot_core::recipe::{InputLayout, OutputFormat, Recipe, RecipeError};
 use sweetspot_core::registry::{self, PluginKind};
 use sweetspot_runner::{PairsJob, PairsSummary, RunError};
 
@@ -633,7 +633,6 @@ fn flags_to_recipe(args: &PairsArgs) -> Result<String, Failure> {
         };
         pairs.insert("format".into(), toml::Value::String(f.extension().into()));
     }
-    let _ = OnBadGroup::Error;
     pairs.insert(
         "on_small_group".into(),
         toml::Value::String(args.on_small_group.as_str().into()),

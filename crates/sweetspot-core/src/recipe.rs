@@ -222,7 +222,7 @@ pub fn parse_checked<T: serde::de::DeserializeOwned>(
     };
     let doc = toml::de::DeTable::parse(text)
         .map_err(|e| err_at(e.span(), None, e.message().to_string()))?;
-    check_plugin_types(doc.get_ref(), &mut Vec::new(), &err_at)?;
+    check_plugin_types(doc.get_ref(), &err_at)?;
     toml::from_str::<T>(text).map_err(|e| {
         let mut message = e.message().trim().to_string();
         // typetag names the trait object in its messages; name the plugin kind instead.
@@ -344,11 +344,7 @@ fn dotted(path: &[String]) -> String {
 }
 
 /// Checks every plugin table's `type` against the registry.
-fn check_plugin_types(
-    root: &toml::de::DeTable<'_>,
-    _scratch: &mut Vec<String>,
-    err_at: &ErrAt<'_>,
-) -> Result<(), RecipeError> {
+fn check_plugin_types(root: &toml::de::DeTable<'_>, err_at: &ErrAt<'_>) -> Result<(), RecipeError> {
     for (pattern, kind) in PLUGIN_TABLES {
         let mut found = Vec::new();
         collect_tables(root, pattern, &mut Vec::new(), None, &mut found);
