@@ -496,6 +496,11 @@ pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<
 }
 
 impl Gguf {
+    /// An optional integer metadata value.
+    fn meta_opt(&self, key: &str) -> Option<u64> {
+        self.get(key).and_then(Value::as_u64)
+    }
+
     fn meta_u(&self, key: &str) -> Result<usize, ModelError> {
         self.get(key)
             .and_then(Value::as_u64)
@@ -516,7 +521,7 @@ impl Gguf {
         }
         let heads = self.meta_u("llama.attention.head_count")?;
         let hidden = self.meta_u("llama.embedding_length")?;
-        let vocab = match self.get("llama.vocab_size").and_then(Value::as_u64) {
+        let vocab = match self.meta_opt("llama.vocab_size") {
             Some(v) => v as usize,
             None => self
                 .get("tokenizer.ggml.tokens")
@@ -532,12 +537,10 @@ impl Gguf {
             num_hidden_layers: self.meta_u("llama.block_count")?,
             num_attention_heads: heads,
             num_key_value_heads: self
-                .get("llama.attention.head_count_kv")
-                .and_then(Value::as_u64)
+                .meta_opt("llama.attention.head_count_kv")
                 .map(|v| v as usize),
             head_dim: self
-                .get("llama.attention.key_length")
-                .and_then(Value::as_u64)
+                .meta_opt("llama.attention.key_length")
                 .map(|v| v as usize),
             rms_norm_eps: self
                 .get("llama.attention.layer_norm_rms_epsilon")
@@ -554,16 +557,13 @@ impl Gguf {
             attention_bias: false,
             mlp_bias: false,
             bos_token_id: self
-                .get("tokenizer.ggml.bos_token_id")
-                .and_then(Value::as_u64)
+                .meta_opt("tokenizer.ggml.bos_token_id")
                 .map(|v| v as u32),
             eos_token_id: self
-                .get("tokenizer.ggml.eos_token_id")
-                .and_then(Value::as_u64)
+                .meta_opt("tokenizer.ggml.eos_token_id")
                 .map(|v| TokenIds::One(v as u32)),
             pad_token_id: self
-                .get("tokenizer.ggml.padding_token_id")
-                .and_then(Value::as_u64)
+                .meta_opt("tokenizer.ggml.padding_token_id")
                 .map(|v| v as u32),
             hidden_act: "silu".into(),
         };
