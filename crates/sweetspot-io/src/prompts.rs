@@ -5,7 +5,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sweetspot_core::{FinishReason, Prompt, PromptContent, Sample};
+use sweetspot_core::{Prompt, PromptContent, Sample};
 
 use crate::error::{Position, ReadError};
 
@@ -75,39 +75,24 @@ pub fn read_prompts(path: &Path) -> Result<Vec<Prompt>, ReadError> {
     Ok(out)
 }
 
-/// One sample in the long layout, before scoring.
+/// One sample in the long layout, before scoring: the prompt beside the sample's own fields
+/// (`prompt_id`, `sample_index`, `response`, and `token_count`, `finish_reason`, `logprob` when
+/// known).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SampleRow {
-    /// The prompt's id.
-    pub prompt_id: String,
     /// The prompt.
     pub prompt: PromptContent,
-    /// The sample's index.
-    pub sample_index: u32,
-    /// The response.
-    pub response: String,
-    /// Response tokens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_count: Option<u32>,
-    /// Why generation stopped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finish_reason: Option<FinishReason>,
-    /// Summed log-probability under the sampling policy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logprob: Option<f64>,
+    /// The sample.
+    #[serde(flatten)]
+    pub sample: Sample,
 }
 
 impl SampleRow {
     /// The row for `sample` of `prompt`.
     pub fn new(prompt: &Prompt, sample: &Sample) -> Self {
         Self {
-            prompt_id: prompt.id.clone(),
             prompt: prompt.content.clone(),
-            sample_index: sample.sample_index,
-            response: sample.response.clone(),
-            token_count: sample.token_count,
-            finish_reason: sample.finish_reason,
-            logprob: sample.logprob,
+            sample: sample.clone(),
         }
     }
 }

@@ -83,10 +83,11 @@ fn recover(partial: &Path, n: usize) -> Result<(HashSet<String>, usize), RunErro
         let Ok(row) = serde_json::from_str::<SampleRow>(&line) else {
             break;
         };
-        if !groups.contains_key(&row.prompt_id) {
-            order.push(row.prompt_id.clone());
+        let id = row.sample.prompt_id;
+        if !groups.contains_key(&id) {
+            order.push(id.clone());
         }
-        groups.entry(row.prompt_id).or_default().push(line);
+        groups.entry(id).or_default().push(line);
     }
     let mut kept = String::new();
     let mut done = HashSet::new();
