@@ -83,6 +83,9 @@ fn every_example_table_deserializes_under_its_name() {
             "sampler" => format!(
                 "[generate]\nprompts = \"p.jsonl\"\noutput = \"s.jsonl\"\nn = 2\n\n[sampler]\n{example}\n"
             ),
+            "reward-model" => format!(
+                "[score]\ninput = \"s.jsonl\"\noutput = \"scored.jsonl\"\n\n[reward]\n{example}\n"
+            ),
             other => panic!("no recipe table for kind {other} yet"),
         };
         let path = tmp

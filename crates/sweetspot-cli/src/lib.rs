@@ -46,6 +46,8 @@ pub enum Command {
     },
     /// Sample n responses per prompt with a sampler plugin.
     Generate(Box<GenerateArgs>),
+    /// Score samples with a reward-model plugin.
+    Score(Box<ScoreArgs>),
     /// Build chosen/rejected pairs from scored samples.
     Pairs(Box<PairsArgs>),
     /// Print reward statistics of scored datasets.
@@ -187,6 +189,35 @@ pub struct GenerateArgs {
     pub seed: u64,
 }
 
+/// `sweetspot score`: from a recipe, or from flags.
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// Take the [reward] and [score] tables from this recipe.
+    #[arg(long, short, conflicts_with_all = ["model", "input"])]
+    pub recipe: Option<PathBuf>,
+    /// Samples (JSONL, long layout, as `sweetspot generate` writes them).
+    #[arg(long, short, required_unless_present = "recipe")]
+    pub input: Option<PathBuf>,
+    /// Scored samples out (JSONL, long layout). With --recipe, overrides [score].output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// The reward model type (see `sweetspot plugins --kind reward-model`).
+    #[arg(long = "type", short = 't', default_value = "seq-cls")]
+    pub kind: String,
+    /// The reward model: a model folder (or, for `judge`, a .gguf file).
+    #[arg(long, short, required_unless_present = "recipe")]
+    pub model: Option<PathBuf>,
+    /// Most sequences per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Any other reward-model key, as key=value (value in TOML syntax); repeatable.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `sweetspot stats`.
 #[derive(Debug, Args)]
 pub struct StatsArgs {
@@ -313,6 +344,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let device = cli.device.clone();
     match cli.command {
         Command::Generate(args) => generate_cmd(*args, device, cli.quiet),
+        Command::Score(args) => score_cmd(*args, device, cli.quiet),
         Command::Plugins(args) => plugins_cmd(&args),
         Command::Validate { recipe } => validate_cmd(&recipe),
         Command::Pairs(args) => {
@@ -320,7 +352,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             pairs_cmd(*args, cli.quiet)
         }
         Command::Stats(args) => stats_cmd(&args),
-        Command::Run { recipe } => run_cmd(&recipe, cli.quiet),
+        Command::Run { recipe } => run_cmd(&recipe, device, cli.quiet),
     }
 }
 
@@ -409,6 +441,111 @@ fn generate_cmd(args: GenerateArgs, device: Option<String>, quiet: bool) -> Resu
     Ok(())
 }
 
+/// A `key=value` flag as a TOML value (`value` in TOML syntax, else a string).
+fn param_value(kv: &str) -> Result<(String, toml::Value), Failure> {
+    let Some((k, v)) = kv.split_once('=') else {
+        return Err(Failure {
+            message: format!("--param {kv}: expected KEY=VALUE"),
+            code: 2,
+        });
+    };
+    let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(v.to_string()));
+    Ok((k.trim().to_string(), value))
+}
+
+fn score_cmd(args: ScoreArgs, device: Option<String>, quiet: bool) -> Result<(), Failure> {
+    let _ = DEVICE_OVERRIDE.set(device);
+    let usage = |message: String| Failure { message, code: 2 };
+    let (recipe, base, origin) = match &args.recipe {
+        Some(path) => (Recipe::from_file(path)?, base_dir(path), path.clone()),
+        None => {
+            let (Some(model), Some(input)) = (&args.model, &args.input) else {
+                return Err(usage("give --recipe, or --model and --input".into()));
+            };
+            let Some(output) = &args.output else {
+                return Err(usage("give --output (a .jsonl file)".into()));
+            };
+            let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            let s = |p: &Path| toml::Value::String(abs(p).to_string_lossy().into_owned());
+            let mut reward = toml::Table::new();
+            reward.insert("type".into(), toml::Value::String(args.kind.clone()));
+            reward.insert("model".into(), s(model));
+            reward.insert(
+                "batch_size".into(),
+                toml::Value::Integer(args.batch_size as i64),
+            );
+            for kv in &args.params {
+                let (k, v) = param_value(kv)?;
+                reward.insert(k, v);
+            }
+            let mut score = toml::Table::new();
+            score.insert("input".into(), s(input));
+            score.insert("output".into(), s(output));
+            let mut root = toml::Table::new();
+            root.insert("reward".into(), toml::Value::Table(reward));
+            root.insert("score".into(), toml::Value::Table(score));
+            let text = toml::to_string(&root).map_err(|e| usage(e.to_string()))?;
+            let origin = PathBuf::from("<command line>");
+            (
+                Recipe::from_toml(&text, Some(&origin))?,
+                PathBuf::from("."),
+                origin,
+            )
+        }
+    };
+    let ctx = context(&recipe, base);
+    let (Some(reward), Some(cfg)) = (recipe.reward, recipe.score) else {
+        return Err(usage(format!(
+            "{}: the recipe needs [reward] and [score] tables",
+            origin.display()
+        )));
+    };
+    let mut job = score_job(reward, cfg, ctx, quiet);
+    if let (Some(_), Some(o)) = (&args.recipe, &args.output) {
+        job.output = o.clone();
+    }
+    let s = sweetspot_runner::run_score(job)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+    } else {
+        print_score_summary(&s);
+    }
+    Ok(())
+}
+
+fn score_job(
+    reward: Box<dyn sweetspot_core::RewardModelConfig>,
+    cfg: sweetspot_core::recipe::ScoreConfig,
+    ctx: BuildContext,
+    quiet: bool,
+) -> sweetspot_runner::ScoreJob {
+    sweetspot_runner::ScoreJob {
+        input: ctx.resolve(&cfg.input),
+        output: ctx.resolve(&cfg.output),
+        reward,
+        ctx,
+        groups_per_call: cfg.groups_per_call,
+        quiet,
+    }
+}
+
+fn print_score_summary(s: &sweetspot_runner::ScoreSummary) {
+    println!(
+        "scored {} samples of {} prompts ({} resumed from an interrupted run) into {} in {:.1}s",
+        s.samples,
+        s.groups,
+        s.resumed_groups,
+        s.output.display(),
+        s.seconds
+    );
+    if !s.objectives.is_empty() {
+        println!("objective_rewards per sample: {}", s.objectives.join(", "));
+    }
+}
+
 fn plugins_cmd(args: &PluginsArgs) -> Result<(), Failure> {
     let kinds: Vec<PluginKind> = match args.kind {
         Some(k) => vec![k.into()],
@@ -493,10 +630,23 @@ fn validate_cmd(path: &Path) -> Result<(), Failure> {
         }
         _ => {}
     }
+    match (&recipe.reward, &recipe.score) {
+        (Some(_), Some(_)) => {
+            let at = usize::from(recipe.generate.is_some());
+            stages.insert(at, "score".to_string());
+        }
+        (None, Some(_)) => {
+            return Err(Failure {
+                message: format!("{}: [score] needs a [reward] table", path.display()),
+                code: 2,
+            });
+        }
+        _ => {}
+    }
     if stages.is_empty() {
         return Err(Failure {
             message: format!(
-                "{}: the recipe has no stage (add [generate] or [pairs])",
+                "{}: the recipe has no stage (add [generate], [score] or [pairs])",
                 path.display()
             ),
             code: 2,
@@ -506,19 +656,58 @@ fn validate_cmd(path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-fn run_cmd(path: &Path, quiet: bool) -> Result<(), Failure> {
+fn run_cmd(path: &Path, device: Option<String>, quiet: bool) -> Result<(), Failure> {
+    let _ = DEVICE_OVERRIDE.set(device);
     let recipe = Recipe::from_file(path)?;
     let ctx = context(&recipe, base_dir(path));
-    let Some(pairs) = recipe.pairs else {
-        return Err(Failure {
-            message: format!("{}: the recipe has no stage (add [pairs])", path.display()),
-            code: 2,
-        });
-    };
-    let mut job = PairsJob::from_config(pairs, ctx);
-    job.quiet = quiet;
-    let summary = sweetspot_runner::run_pairs(job)?;
-    print_summary(&summary);
+    let usage = |message: String| Failure { message, code: 2 };
+    if recipe.generate.is_none() && recipe.score.is_none() && recipe.pairs.is_none() {
+        return Err(usage(format!(
+            "{}: the recipe has no stage (add [generate], [score] or [pairs])",
+            path.display()
+        )));
+    }
+    // Stages run in pipeline order: generate, score, pairs.
+    if let Some(gen_cfg) = recipe.generate {
+        let Some(sampler) = recipe.sampler else {
+            return Err(usage(format!(
+                "{}: [generate] needs a [sampler] table",
+                path.display()
+            )));
+        };
+        let s = sweetspot_runner::run_generate(sweetspot_runner::GenerateJob {
+            prompts: ctx.resolve(&gen_cfg.prompts),
+            output: ctx.resolve(&gen_cfg.output),
+            n: gen_cfg.n,
+            sampler,
+            ctx: ctx.clone(),
+            prompts_per_call: 8,
+            quiet,
+        })?;
+        println!(
+            "generate: wrote {} samples for {} prompts to {} in {:.1}s",
+            s.samples,
+            s.prompts,
+            s.output.display(),
+            s.seconds
+        );
+    }
+    if let Some(cfg) = recipe.score {
+        let Some(reward) = recipe.reward else {
+            return Err(usage(format!(
+                "{}: [score] needs a [reward] table",
+                path.display()
+            )));
+        };
+        let s = sweetspot_runner::run_score(score_job(reward, cfg, ctx.clone(), quiet))?;
+        print_score_summary(&s);
+    }
+    if let Some(pairs) = recipe.pairs {
+        let mut job = PairsJob::from_config(pairs, ctx);
+        job.quiet = quiet;
+        let summary = sweetspot_runner::run_pairs(job)?;
+        print_summary(&summary);
+    }
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::plugin::{PairStrategyConfig, SamplerConfig};
+use crate::plugin::{PairStrategyConfig, RewardModelConfig, SamplerConfig};
 use crate::registry::{self, PluginKind};
 
 /// A whole recipe.
@@ -24,6 +24,10 @@ pub struct Recipe {
     pub sampler: Option<Box<dyn SamplerConfig>>,
     /// The generate stage: prompts in, n samples per prompt out.
     pub generate: Option<GenerateConfig>,
+    /// The reward model the score stage uses.
+    pub reward: Option<Box<dyn RewardModelConfig>>,
+    /// The score stage: samples in, scored samples out.
+    pub score: Option<ScoreConfig>,
     /// The pair-building stage.
     pub pairs: Option<PairsConfig>,
 }
@@ -38,6 +42,24 @@ pub struct GenerateConfig {
     pub output: PathBuf,
     /// Samples per prompt.
     pub n: usize,
+}
+
+/// `[score]`: score samples with the `[reward]` model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreConfig {
+    /// Samples (JSONL, long layout, as `[generate]` writes them).
+    pub input: PathBuf,
+    /// Scored samples out (JSONL, long layout with `reward`, the input of `[pairs]`).
+    pub output: PathBuf,
+    /// Prompt groups handed to the reward model per call (its samples are length-sorted into
+    /// batches together; a killed run resumes at a call boundary).
+    #[serde(default = "default_groups_per_call")]
+    pub groups_per_call: usize,
+}
+
+fn default_groups_per_call() -> usize {
+    64
 }
 
 /// `[run]`: settings of the whole run.

@@ -16,7 +16,7 @@ mod rows;
 mod write;
 
 pub use error::{Position, ReadError, WriteError};
-pub use prompts::{SampleRow, read_prompts};
+pub use prompts::{SampleReader, SampleRow, read_prompts};
 pub use read::{InputKind, ReadOptions, Record, ScoredReader};
 pub use rows::{PairRow, ScoredRow};
 pub use write::{OutputSet, RowWriter, pair_schema, write_atomic};

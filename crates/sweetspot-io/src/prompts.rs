@@ -5,7 +5,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sweetspot_core::{Prompt, PromptContent, Sample};
+use sweetspot_core::{Prompt, PromptContent, Sample, SampleGroup};
 
 use crate::error::{Position, ReadError};
 
@@ -94,5 +94,148 @@ impl SampleRow {
             prompt: prompt.content.clone(),
             sample: sample.clone(),
         }
+    }
+}
+
+/// Streams a samples file (JSONL, [`SampleRow`] per line, as `sweetspot generate` writes it) as
+/// groups: the consecutive rows of one prompt. A prompt's rows must be consecutive and its sample
+/// indices distinct; memory holds one group and an 8-byte fingerprint per prompt seen.
+pub struct SampleReader {
+    path: std::path::PathBuf,
+    lines: std::io::Lines<std::io::BufReader<std::fs::File>>,
+    line_no: u64,
+    pending: Option<(SampleRow, u64)>,
+    seen: HashSet<u64>,
+    done: bool,
+}
+
+impl std::fmt::Debug for SampleReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SampleReader")
+            .field("path", &self.path)
+            .field("line", &self.line_no)
+            .finish_non_exhaustive()
+    }
+}
+
+fn fingerprint(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
+impl SampleReader {
+    /// Opens `path`.
+    pub fn open(path: &Path) -> Result<Self, ReadError> {
+        let file = std::fs::File::open(path).map_err(|source| ReadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            lines: std::io::BufReader::new(file).lines(),
+            line_no: 0,
+            pending: None,
+            seen: HashSet::new(),
+            done: false,
+        })
+    }
+
+    fn next_row(&mut self) -> Result<Option<(SampleRow, u64)>, ReadError> {
+        if let Some(p) = self.pending.take() {
+            return Ok(Some(p));
+        }
+        loop {
+            let Some(line) = self.lines.next() else {
+                return Ok(None);
+            };
+            self.line_no += 1;
+            let at = Position::Line(self.line_no);
+            let line = line.map_err(|e| ReadError::Row {
+                path: self.path.clone(),
+                at,
+                field: None,
+                message: e.to_string(),
+            })?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let row: SampleRow = serde_json::from_str(&line).map_err(|e| {
+                let msg = e.to_string();
+                let field = msg
+                    .strip_prefix("missing field `")
+                    .and_then(|r| r.split('`').next())
+                    .map(str::to_string);
+                ReadError::Row {
+                    path: self.path.clone(),
+                    at,
+                    message: if field.is_some() {
+                        "missing".into()
+                    } else {
+                        format!("not a valid sample row: {msg}")
+                    },
+                    field,
+                }
+            })?;
+            return Ok(Some((row, self.line_no)));
+        }
+    }
+
+    fn next_group(&mut self) -> Result<Option<SampleGroup>, ReadError> {
+        let Some((first, start)) = self.next_row()? else {
+            return Ok(None);
+        };
+        let path = self.path.clone();
+        let group_err = |line: u64, message: String| ReadError::Group {
+            path: path.clone(),
+            at: Position::Line(line),
+            message,
+        };
+        let id = first.sample.prompt_id.clone();
+        if !self.seen.insert(fingerprint(&id)) {
+            return Err(group_err(
+                start,
+                format!("the rows of prompt `{id}` are not consecutive (it appeared before)"),
+            ));
+        }
+        let prompt = Prompt {
+            id: id.clone(),
+            content: first.prompt,
+        };
+        let mut samples = vec![first.sample];
+        let mut indices: HashSet<u32> = samples.iter().map(|s| s.sample_index).collect();
+        while let Some((row, line)) = self.next_row()? {
+            if row.sample.prompt_id != id {
+                self.pending = Some((row, line));
+                break;
+            }
+            if !indices.insert(row.sample.sample_index) {
+                return Err(group_err(
+                    line,
+                    format!(
+                        "prompt `{id}` has sample_index {} twice",
+                        row.sample.sample_index
+                    ),
+                ));
+            }
+            samples.push(row.sample);
+        }
+        Ok(Some(SampleGroup { prompt, samples }))
+    }
+}
+
+impl Iterator for SampleReader {
+    type Item = Result<SampleGroup, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let r = self.next_group().transpose();
+        if matches!(r, Some(Err(_)) | None) {
+            self.done = true;
+        }
+        r
     }
 }

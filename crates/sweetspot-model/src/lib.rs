@@ -3,6 +3,7 @@
 //! - [`config`]: a Llama-family configuration read from Hugging Face `config.json`.
 //! - [`llama`]: the decoder (RMSNorm, RoPE with Llama-3.1 scaling, grouped-query attention,
 //!   SwiGLU, tied or untied embeddings), batched with an attention mask and a KV cache.
+//! - [`reward`]: reward heads (sequence classification, ArmoRM, LM judge) and batch scoring.
 //! - [`weights`]: safetensors loading (single file or sharded) through burn-store.
 //! - [`device`]: the runtime device from a name (`cpu`, `wgpu`, `cuda:0`).
 //!
@@ -18,11 +19,35 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod reward;
 pub mod tokenizer;
 pub mod weights;
 
+pub use burn::tensor::Device;
 pub use config::LlamaConfig;
 pub use device::resolve_device;
 pub use error::ModelError;
 pub use llama::{KvCache, Llama};
+pub use reward::{RewardInput, RewardNet, RewardOutput};
 pub use tokenizer::Tokenizer;
+
+/// Loads a causal LM with its tokenizer: a model folder (config.json, safetensors,
+/// tokenizer.json) or a `.gguf` file.
+pub fn load_causal_lm(
+    path: &std::path::Path,
+    device: &burn::tensor::Device,
+) -> Result<(Llama, Tokenizer), ModelError> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        let gguf = gguf::Gguf::open(path)?;
+        let tok = Tokenizer::from_gguf(&gguf, path)?;
+        let model = Llama::from_gguf(&gguf, device)?;
+        Ok((model, tok))
+    } else {
+        let model = Llama::from_pretrained(path, device)?;
+        let tok = Tokenizer::from_dir(path, &model.config.eos_ids())?;
+        Ok((model, tok))
+    }
+}

@@ -77,6 +77,46 @@ pub struct LlamaModel {
     pub norm: RmsNorm,
 }
 
+impl LlamaModel {
+    /// A decoder with freshly initialized (random) weights on `device`.
+    pub fn init(config: &LlamaConfig, device: &Device) -> Self {
+        let h = config.hidden_size;
+        let hd = config.head_dim();
+        let linear =
+            |i: usize, o: usize, bias: bool| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let norm = || {
+            RmsNormConfig::new(h)
+                .with_epsilon(config.rms_norm_eps)
+                .init(device)
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| DecoderLayer {
+                self_attn: Attention {
+                    q_proj: linear(h, config.num_attention_heads * hd, config.attention_bias),
+                    k_proj: linear(h, config.kv_heads() * hd, config.attention_bias),
+                    v_proj: linear(h, config.kv_heads() * hd, config.attention_bias),
+                    o_proj: linear(config.num_attention_heads * hd, h, config.attention_bias),
+                    n_heads: config.num_attention_heads,
+                    n_kv_heads: config.kv_heads(),
+                    head_dim: hd,
+                },
+                mlp: Mlp {
+                    gate_proj: linear(h, config.intermediate_size, config.mlp_bias),
+                    up_proj: linear(h, config.intermediate_size, config.mlp_bias),
+                    down_proj: linear(config.intermediate_size, h, config.mlp_bias),
+                },
+                input_layernorm: norm(),
+                post_attention_layernorm: norm(),
+            })
+            .collect();
+        Self {
+            embed_tokens: EmbeddingConfig::new(config.vocab_size, h).init(device),
+            layers,
+            norm: norm(),
+        }
+    }
+}
+
 /// The parameters of a causal LM, named as Hugging Face names them.
 #[derive(Module, Debug)]
 pub struct LlamaParams {
@@ -134,42 +174,19 @@ impl Llama {
     /// A model with freshly initialized (random) weights on `device`.
     pub fn init(config: &LlamaConfig, device: &Device) -> Self {
         let h = config.hidden_size;
-        let hd = config.head_dim();
-        let linear =
-            |i: usize, o: usize, bias: bool| LinearConfig::new(i, o).with_bias(bias).init(device);
-        let norm = || {
-            RmsNormConfig::new(h)
-                .with_epsilon(config.rms_norm_eps)
-                .init(device)
-        };
-        let layers = (0..config.num_hidden_layers)
-            .map(|_| DecoderLayer {
-                self_attn: Attention {
-                    q_proj: linear(h, config.num_attention_heads * hd, config.attention_bias),
-                    k_proj: linear(h, config.kv_heads() * hd, config.attention_bias),
-                    v_proj: linear(h, config.kv_heads() * hd, config.attention_bias),
-                    o_proj: linear(config.num_attention_heads * hd, h, config.attention_bias),
-                    n_heads: config.num_attention_heads,
-                    n_kv_heads: config.kv_heads(),
-                    head_dim: hd,
-                },
-                mlp: Mlp {
-                    gate_proj: linear(h, config.intermediate_size, config.mlp_bias),
-                    up_proj: linear(h, config.intermediate_size, config.mlp_bias),
-                    down_proj: linear(config.intermediate_size, h, config.mlp_bias),
-                },
-                input_layernorm: norm(),
-                post_attention_layernorm: norm(),
-            })
-            .collect();
         let params = LlamaParams {
-            model: LlamaModel {
-                embed_tokens: EmbeddingConfig::new(config.vocab_size, h).init(device),
-                layers,
-                norm: norm(),
-            },
-            lm_head: (!config.tie_word_embeddings).then(|| linear(h, config.vocab_size, false)),
+            model: LlamaModel::init(config, device),
+            lm_head: (!config.tie_word_embeddings).then(|| {
+                LinearConfig::new(h, config.vocab_size)
+                    .with_bias(false)
+                    .init(device)
+            }),
         };
+        Self::from_params(config, params, device)
+    }
+
+    /// A model from parameters built or loaded elsewhere (a reward model's backbone, say).
+    pub fn from_params(config: &LlamaConfig, params: LlamaParams, device: &Device) -> Self {
         let (cos, sin) = rope_tables(config, device);
         Self {
             params,
@@ -178,6 +195,11 @@ impl Llama {
             sin,
             device: device.clone(),
         }
+    }
+
+    /// Positions the RoPE tables cover (the longest sequence the model takes).
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
     }
 
     /// The device the model lives on.

@@ -270,7 +270,18 @@ impl Tokenizer {
     /// The token ids of a chat prompt: the rendered template, encoded without adding special
     /// tokens (the template writes them itself, so there is no double BOS).
     pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>, ModelError> {
-        let text = self.render_chat(messages, true)?;
+        self.encode_messages(messages, true)
+    }
+
+    /// The token ids of a whole conversation (a reward model's input: the prompt's turns and the
+    /// response as the last assistant turn), rendered without a generation prompt and encoded
+    /// without adding special tokens, as `apply_chat_template(messages, tokenize=True)` does.
+    pub fn encode_messages(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, ModelError> {
+        let text = self.render_chat(messages, add_generation_prompt)?;
         self.encode(&text, false)
     }
 }

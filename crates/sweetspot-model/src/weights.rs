@@ -49,74 +49,80 @@ impl Llama {
     pub fn from_pretrained(dir: &Path, device: &burn::tensor::Device) -> Result<Self, ModelError> {
         let config = LlamaConfig::from_file(&dir.join("config.json"))?;
         let mut model = Llama::init(&config, device);
-        let files = safetensors_files(dir)?;
-        let mut loaded = BTreeSet::new();
-        let mut unused = BTreeSet::new();
-        for file in &files {
-            let mut store = SafetensorsStore::from_file(file.clone())
-                .with_from_adapter(PyTorchToBurnAdapter)
-                .allow_partial(true);
-            for (from, to) in KEY_REMAP {
-                store = store.with_key_remapping(*from, *to);
-            }
-            let result = model
-                .params
-                .load_from(&mut store)
-                .map_err(|e| ModelError::Weights {
-                    path: file.clone(),
-                    message: e.to_string(),
-                })?;
-            if let Some(err) = result.errors.first() {
-                return Err(ModelError::Weights {
-                    path: file.clone(),
-                    message: format!("{err:?}"),
-                });
-            }
-            loaded.extend(result.applied);
-            unused.extend(result.unused);
-        }
-        // Every parameter must come from some shard.
-        let all: Vec<String> = model
-            .params
-            .collect(None, None, false)
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
-        let missing: Vec<&String> = all.iter().filter(|p| !loaded.contains(*p)).collect();
-        if !missing.is_empty() {
-            return Err(ModelError::Weights {
-                path: dir.to_path_buf(),
-                message: format!(
-                    "{} parameters missing from the checkpoint, e.g. {}",
-                    missing.len(),
-                    missing
-                        .iter()
-                        .take(3)
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
-        }
-        let unused: Vec<_> = unused
-            .into_iter()
-            .filter(|k| !k.ends_with("rotary_emb.inv_freq"))
-            .collect();
-        if !unused.is_empty() {
-            return Err(ModelError::Weights {
-                path: dir.to_path_buf(),
-                message: format!(
-                    "{} checkpoint tensors have no place in the model, e.g. {}",
-                    unused.len(),
-                    unused
-                        .iter()
-                        .take(3)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
-        }
+        load_safetensors(&mut model.params, dir)?;
         Ok(model)
     }
+}
+
+/// Loads every parameter of `module` from the safetensors files of the model folder `dir`
+/// (through burn-store, PyTorch layouts adapted, names remapped by [`KEY_REMAP`]). A parameter
+/// the checkpoint lacks, or a checkpoint tensor with no place in the module, is an error.
+pub fn load_safetensors<M: ModuleSnapshot>(module: &mut M, dir: &Path) -> Result<(), ModelError> {
+    let files = safetensors_files(dir)?;
+    let mut loaded = BTreeSet::new();
+    let mut unused = BTreeSet::new();
+    for file in &files {
+        let mut store = SafetensorsStore::from_file(file.clone())
+            .with_from_adapter(PyTorchToBurnAdapter)
+            .allow_partial(true);
+        for (from, to) in KEY_REMAP {
+            store = store.with_key_remapping(*from, *to);
+        }
+        let result = module
+            .load_from(&mut store)
+            .map_err(|e| ModelError::Weights {
+                path: file.clone(),
+                message: e.to_string(),
+            })?;
+        if let Some(err) = result.errors.first() {
+            return Err(ModelError::Weights {
+                path: file.clone(),
+                message: format!("{err:?}"),
+            });
+        }
+        loaded.extend(result.applied);
+        unused.extend(result.unused);
+    }
+    // Every parameter must come from some shard.
+    let all: Vec<String> = module
+        .collect(None, None, false)
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    let missing: Vec<&String> = all.iter().filter(|p| !loaded.contains(*p)).collect();
+    if !missing.is_empty() {
+        return Err(ModelError::Weights {
+            path: dir.to_path_buf(),
+            message: format!(
+                "{} parameters missing from the checkpoint, e.g. {}",
+                missing.len(),
+                missing
+                    .iter()
+                    .take(3)
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    let unused: Vec<_> = unused
+        .into_iter()
+        .filter(|k| !k.ends_with("rotary_emb.inv_freq"))
+        .collect();
+    if !unused.is_empty() {
+        return Err(ModelError::Weights {
+            path: dir.to_path_buf(),
+            message: format!(
+                "{} checkpoint tensors have no place in the model, e.g. {}",
+                unused.len(),
+                unused
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    Ok(())
 }

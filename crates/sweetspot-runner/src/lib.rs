@@ -1,7 +1,8 @@
 //! sweetspot-runner: turns a recipe into stages and runs them, streaming group by group.
 //!
 //! Invariants:
-//! - A stage reads its input once, front to back, and holds one group at a time.
+//! - A stage reads its input once, front to back, and holds one group (score: one call's
+//!   groups) at a time.
 //! - A stage's outputs appear all together, only when the stage succeeds (see
 //!   [`sweetspot_io::OutputSet`]); a failed stage leaves no output file behind.
 //! - Every error names the file and, for data, the line or row and field.
@@ -10,10 +11,12 @@ mod error;
 mod generate;
 mod pairs;
 mod progress;
+mod score;
 mod stats;
 
 pub use error::{RunError, SmallGroupError};
 pub use generate::{GenerateJob, GenerateSummary, partial_path, run_generate};
 pub use pairs::{DatasetSummary, PairsJob, PairsSummary, run_pairs};
 pub use progress::BarProgress;
+pub use score::{ScoreJob, ScoreSummary, run_score};
 pub use stats::{DatasetStats, dataset_stats};

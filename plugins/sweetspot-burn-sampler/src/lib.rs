@@ -12,7 +12,6 @@ use sweetspot_core::{
     SampleGroup, SampleRequest, Sampler, SamplerConfig,
 };
 use sweetspot_model::generate::{SamplingParams, SeqRequest, generate};
-use sweetspot_model::gguf::Gguf;
 use sweetspot_model::{Llama, Tokenizer, resolve_device};
 
 /// Call from a binary to make sure this crate is linked (and its plugin registered).
@@ -92,19 +91,7 @@ fn model_err(e: sweetspot_model::ModelError) -> PluginError {
 /// Loads a model folder or GGUF file with its tokenizer.
 pub fn load(path: &std::path::Path, device: &str) -> Result<(Llama, Tokenizer), PluginError> {
     let device = resolve_device(device).map_err(model_err)?;
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        let gguf = Gguf::open(path).map_err(model_err)?;
-        let tok = Tokenizer::from_gguf(&gguf, path).map_err(model_err)?;
-        let model = Llama::from_gguf(&gguf, &device).map_err(model_err)?;
-        Ok((model, tok))
-    } else {
-        let model = Llama::from_pretrained(path, &device).map_err(model_err)?;
-        let tok = Tokenizer::from_dir(path, &model.config.eos_ids()).map_err(model_err)?;
-        Ok((model, tok))
-    }
+    sweetspot_model::load_causal_lm(path, &device).map_err(model_err)
 }
 
 #[typetag::serde(name = "burn")]

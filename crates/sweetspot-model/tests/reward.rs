@@ -1,0 +1,260 @@
+//! Reward heads against the references of `scripts/make_reward_fixtures.py`: a tiny ArmoRM
+//! (`LlamaForRewardModelWithGating` written from the published modeling code on transformers'
+//! `LlamaModel`) and a tiny `LlamaForSequenceClassification`, both with a Llama-3-style tokenizer
+//! and chat template.
+//!
+//! Tolerance: 1e-4 absolute on rewards, gating weights and scores (f32 on both sides; the
+//! differences seen on the CPU are below 1e-5).
+
+mod common;
+
+use common::{fixture, test_device};
+use sweetspot_core::Message;
+use sweetspot_model::reward::{LLAMA3_GATING_PATTERN, Padding, RewardHead, find_last};
+use sweetspot_model::{RewardInput, RewardNet, Tokenizer, resolve_device};
+
+const TOL: f32 = 1e-4;
+
+struct Case {
+    messages: Vec<Message>,
+    ids: Vec<u32>,
+    gating_position: Option<usize>,
+    rewards: Option<Vec<f32>>,
+    gating: Option<Vec<f32>>,
+    score: f32,
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn reference(name: &str) -> (serde_json::Value, Vec<Case>) {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = v["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Case {
+            messages: serde_json::from_value(c["messages"].clone()).unwrap(),
+            ids: common::id_lists(&serde_json::json!([c["ids"]])).remove(0),
+            gating_position: c["gating_position"].as_u64().map(|p| p as usize),
+            rewards: c.get("rewards").map(floats),
+            gating: c.get("gating").map(floats),
+            score: c["score"].as_f64().unwrap() as f32,
+        })
+        .collect();
+    (v, cases)
+}
+
+fn close(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= TOL, "{what}[{i}]: {x} vs {y}");
+    }
+}
+
+fn tokenizer(name: &str) -> Tokenizer {
+    Tokenizer::from_dir(&fixture(name), &[]).unwrap()
+}
+
+fn inputs(tok: &Tokenizer, cases: &[Case], gating: bool) -> Vec<RewardInput> {
+    let pattern = tok.encode(LLAMA3_GATING_PATTERN, false).unwrap();
+    cases
+        .iter()
+        .map(|c| {
+            let ids = tok.encode_messages(&c.messages, false).unwrap();
+            RewardInput {
+                gating_position: if gating {
+                    find_last(&ids, &pattern)
+                } else {
+                    None
+                },
+                ids,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn conversations_render_and_encode_as_transformers_does() {
+    for name in ["armorm", "seq-cls"] {
+        let tok = tokenizer(name);
+        let (_, cases) = reference(name);
+        for (i, c) in cases.iter().enumerate() {
+            let ids = tok.encode_messages(&c.messages, false).unwrap();
+            assert_eq!(ids, c.ids, "{name} conversation {i}");
+            // One BOS, although the tokenizer's post-processor would add another.
+            assert_ne!(ids[1], ids[0], "{name} conversation {i}: double BOS");
+        }
+    }
+}
+
+#[test]
+fn armorm_matches_the_reference_alone_and_in_padded_batches() {
+    let device = resolve_device(&test_device()).unwrap();
+    let net = RewardNet::armorm_from_pretrained(&fixture("armorm"), &device).unwrap();
+    let tok = tokenizer("armorm");
+    let (v, cases) = reference("armorm");
+    let pattern = tok.encode(LLAMA3_GATING_PATTERN, false).unwrap();
+    assert_eq!(
+        serde_json::to_value(&pattern).unwrap(),
+        v["gating_pattern_ids"]
+    );
+    let ins = inputs(&tok, &cases, true);
+    for (c, input) in cases.iter().zip(&ins) {
+        assert_eq!(input.gating_position, c.gating_position);
+    }
+    let check = |outs: &[sweetspot_model::RewardOutput], what: &str| {
+        for (i, (c, o)) in cases.iter().zip(outs).enumerate() {
+            close(
+                o.rewards.as_ref().unwrap(),
+                c.rewards.as_ref().unwrap(),
+                &format!("{what} {i} rewards"),
+            );
+            close(
+                o.gating.as_ref().unwrap(),
+                c.gating.as_ref().unwrap(),
+                &format!("{what} {i} gating"),
+            );
+            close(&[o.score], &[c.score], &format!("{what} {i} score"));
+        }
+    };
+    let alone: Vec<_> = ins
+        .iter()
+        .map(|i| {
+            net.score_batch(std::slice::from_ref(i), Padding::Right)
+                .unwrap()
+                .remove(0)
+        })
+        .collect();
+    check(&alone, "alone");
+    // The gating position is found and read at the right slot whichever side is padded.
+    check(
+        &net.score_batch(&ins, Padding::Left).unwrap(),
+        "left-padded",
+    );
+    check(
+        &net.score_batch(&ins, Padding::Right).unwrap(),
+        "right-padded",
+    );
+    check(
+        &net.score_all(&ins, 2, 1 << 20, |_| {}).unwrap(),
+        "bucketed",
+    );
+}
+
+#[test]
+fn the_transform_matrix_and_gating_position_matter() {
+    // Sensitivity: reading the gating network at the last token instead of the end of the prompt
+    // changes the score, so the parity test above would catch a wrong position.
+    let device = resolve_device(&test_device()).unwrap();
+    let net = RewardNet::armorm_from_pretrained(&fixture("armorm"), &device).unwrap();
+    let tok = tokenizer("armorm");
+    let (_, cases) = reference("armorm");
+    let mut ins = inputs(&tok, &cases, true);
+    for i in &mut ins {
+        i.gating_position = Some(i.ids.len() - 1);
+    }
+    let outs = net.score_batch(&ins, Padding::Right).unwrap();
+    let differs = cases
+        .iter()
+        .zip(&outs)
+        .any(|(c, o)| (c.score - o.score).abs() > 100.0 * TOL);
+    assert!(differs, "the gating position had no effect");
+    // And an identity transform (what a generic loader would assume) changes scores too.
+    let mut net = net;
+    if let RewardHead::ArmoRm(head) = &mut net.head {
+        head.transform = burn::tensor::Tensor::eye(19, &device);
+    }
+    let ins = inputs(&tok, &cases, true);
+    let outs = net.score_batch(&ins, Padding::Right).unwrap();
+    let differs = cases
+        .iter()
+        .zip(&outs)
+        .any(|(c, o)| (c.score - o.score).abs() > 100.0 * TOL);
+    assert!(differs, "the transform matrix had no effect");
+}
+
+#[test]
+fn seq_cls_matches_transformers_alone_and_padded() {
+    let device = resolve_device(&test_device()).unwrap();
+    let net = RewardNet::seq_cls_from_pretrained(&fixture("seq-cls"), &device).unwrap();
+    let tok = tokenizer("seq-cls");
+    let (v, cases) = reference("seq-cls");
+    let ins = inputs(&tok, &cases, false);
+    let batch = floats(&v["right_padded_batch_scores"]);
+    for padding in [Padding::Left, Padding::Right] {
+        let outs = net.score_batch(&ins, padding).unwrap();
+        for (i, (c, o)) in cases.iter().zip(&outs).enumerate() {
+            close(&[o.score], &[c.score], &format!("{padding:?} {i}"));
+            close(
+                &[o.score],
+                &[batch[i]],
+                &format!("{padding:?} {i} vs batch"),
+            );
+            assert!(o.rewards.is_none());
+        }
+    }
+}
+
+#[test]
+fn a_score_does_not_depend_on_its_batch() {
+    // Each conversation alone vs inside mixed batches of every size, padded on either side.
+    let device = resolve_device(&test_device()).unwrap();
+    let net = RewardNet::seq_cls_from_pretrained(&fixture("seq-cls"), &device).unwrap();
+    let tok = tokenizer("seq-cls");
+    let (_, cases) = reference("seq-cls");
+    let ins = inputs(&tok, &cases, false);
+    let alone: Vec<f32> = ins
+        .iter()
+        .map(|i| {
+            net.score_batch(std::slice::from_ref(i), Padding::Left)
+                .unwrap()[0]
+                .score
+        })
+        .collect();
+    for size in 2..=ins.len() {
+        for padding in [Padding::Left, Padding::Right] {
+            // Rotate so each conversation meets different neighbours.
+            for start in 0..ins.len() {
+                let idx: Vec<usize> = (0..size).map(|k| (start + k) % ins.len()).collect();
+                let batch: Vec<RewardInput> = idx.iter().map(|&i| ins[i].clone()).collect();
+                let outs = net.score_batch(&batch, padding).unwrap();
+                for (&i, o) in idx.iter().zip(&outs) {
+                    close(
+                        &[o.score],
+                        &[alone[i]],
+                        &format!("conversation {i} in batch {idx:?} {padding:?}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn wrong_architectures_and_missing_positions_are_errors() {
+    let device = resolve_device(&test_device()).unwrap();
+    // An ArmoRM folder is not a sequence classifier.
+    let e = RewardNet::seq_cls_from_pretrained(&fixture("armorm"), &device).unwrap_err();
+    assert!(e.to_string().contains("armorm"), "{e}");
+    // A seq-cls checkpoint lacks ArmoRM's gating tensors.
+    let e = RewardNet::armorm_from_pretrained(&fixture("seq-cls"), &device).unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
+    let net = RewardNet::armorm_from_pretrained(&fixture("armorm"), &device).unwrap();
+    let e = net
+        .score_batch(
+            &[RewardInput {
+                ids: vec![1, 2, 3],
+                gating_position: None,
+            }],
+            Padding::Right,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("gating position"), "{e}");
+}

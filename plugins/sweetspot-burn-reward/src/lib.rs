@@ -1,0 +1,529 @@
+//! sweetspot's reward models on burn, over the model crate's Llama backbone:
+//!
+//! - `seq-cls` (and its alias `skywork`): Hugging Face `LlamaForSequenceClassification` with one
+//!   label, such as Skywork-Reward-Llama-3.1-8B.
+//! - `armorm`: ArmoRM-Llama3-8B-v0.1's `LlamaForRewardModelWithGating`; also returns the 19
+//!   objective rewards.
+//! - `judge`: any causal LM as a judge, reward `log P(yes) - log P(no)` after a grading prompt.
+//!
+//! Each renders (prompt, response) with the reward model's own chat template as a conversation
+//! whose last turn is the response, encodes it without adding special tokens (the template writes
+//! the BOS), and scores a call's samples in length-sorted batches. A score depends on its own
+//! tokens only, never on the batch.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sweetspot_core::{
+    BuildContext, Message, PluginError, PluginInfo, PluginKind, Progress, Prompt, PromptContent,
+    RewardModel, RewardModelConfig, SampleGroup, ScoredGroup, ScoredSample,
+};
+use sweetspot_model::reward::{ARMORM_OBJECTIVES, LLAMA3_GATING_PATTERN, RewardHead, find_last};
+use sweetspot_model::{ModelError, RewardInput, RewardNet, Tokenizer, resolve_device};
+
+/// Call from a binary to make sure this crate is linked (and its plugins registered).
+#[inline(never)]
+pub fn link() {
+    std::hint::black_box(());
+}
+
+/// The judge's default grading prompt; `{prompt}` and `{response}` are replaced.
+pub const DEFAULT_JUDGE_TEMPLATE: &str = "Here is a request and a response to it.\n\n\
+[Request]\n{prompt}\n\n[Response]\n{response}\n\n\
+Is the response helpful, correct and appropriate? Answer Yes or No.";
+
+fn default_batch() -> usize {
+    16
+}
+fn default_batch_tokens() -> usize {
+    16 * 512
+}
+fn default_pattern() -> String {
+    LLAMA3_GATING_PATTERN.to_string()
+}
+fn default_template() -> String {
+    DEFAULT_JUDGE_TEMPLATE.to_string()
+}
+fn default_yes() -> String {
+    "Yes".into()
+}
+fn default_no() -> String {
+    "No".into()
+}
+
+/// The `[reward]` table with `type = "seq-cls"` (or `"skywork"`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeqClsConfig {
+    /// A model folder: config.json, safetensors (one file or shards), tokenizer.json and the
+    /// chat template.
+    pub model: PathBuf,
+    /// Most sequences per batch.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Most padded tokens per batch (long sequences go in smaller batches).
+    #[serde(default = "default_batch_tokens")]
+    pub max_batch_tokens: usize,
+    /// The device; `[run].device` / `--device` when absent.
+    pub device: Option<String>,
+}
+
+/// `type = "skywork"`: the same as `seq-cls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SkyworkConfig(pub SeqClsConfig);
+
+/// The `[reward]` table with `type = "armorm"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArmoRmConfig {
+    /// A model folder in ArmoRM's layout (`LlamaForRewardModelWithGating`).
+    pub model: PathBuf,
+    /// Most sequences per batch.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Most padded tokens per batch.
+    #[serde(default = "default_batch_tokens")]
+    pub max_batch_tokens: usize,
+    /// The text whose tokens' last occurrence is where the gating network reads (the end of the
+    /// prompt); Llama-3's `<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n`.
+    #[serde(default = "default_pattern")]
+    pub gating_pattern: String,
+    /// The device; `[run].device` / `--device` when absent.
+    pub device: Option<String>,
+}
+
+/// The `[reward]` table with `type = "judge"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeConfig {
+    /// A causal LM: a model folder or a .gguf file.
+    pub model: PathBuf,
+    /// The grading prompt, sent as one user turn; `{prompt}` and `{response}` are replaced.
+    #[serde(default = "default_template")]
+    pub template: String,
+    /// The answer that counts for the response (one token).
+    #[serde(default = "default_yes")]
+    pub yes: String,
+    /// The answer that counts against it (one token).
+    #[serde(default = "default_no")]
+    pub no: String,
+    /// Most sequences per batch.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Most padded tokens per batch.
+    #[serde(default = "default_batch_tokens")]
+    pub max_batch_tokens: usize,
+    /// The device; `[run].device` / `--device` when absent.
+    pub device: Option<String>,
+}
+
+inventory::submit! {
+    PluginInfo {
+        kind: PluginKind::RewardModel,
+        name: "seq-cls",
+        description: "LlamaForSequenceClassification with one label (Skywork-Reward), read at the last token",
+        crate_name: env!("CARGO_PKG_NAME"),
+        example: "type = \"seq-cls\"\nmodel = \"models/Skywork-Reward-Llama-3.1-8B\"",
+    }
+}
+
+inventory::submit! {
+    PluginInfo {
+        kind: PluginKind::RewardModel,
+        name: "skywork",
+        description: "alias of seq-cls",
+        crate_name: env!("CARGO_PKG_NAME"),
+        example: "type = \"skywork\"\nmodel = \"models/Skywork-Reward-Llama-3.1-8B\"",
+    }
+}
+
+inventory::submit! {
+    PluginInfo {
+        kind: PluginKind::RewardModel,
+        name: "armorm",
+        description: "ArmoRM (LlamaForRewardModelWithGating): 19 objectives mixed by a gating network",
+        crate_name: env!("CARGO_PKG_NAME"),
+        example: "type = \"armorm\"\nmodel = \"models/ArmoRM-Llama3-8B-v0.1\"",
+    }
+}
+
+inventory::submit! {
+    PluginInfo {
+        kind: PluginKind::RewardModel,
+        name: "judge",
+        description: "a causal LM as judge: log P(Yes) - log P(No) after a grading prompt",
+        crate_name: env!("CARGO_PKG_NAME"),
+        example: "type = \"judge\"\nmodel = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"",
+    }
+}
+
+fn model_err(context: &str) -> impl Fn(ModelError) -> PluginError + '_ {
+    move |e| PluginError::other(context, e)
+}
+
+fn check_batches(
+    plugin: &str,
+    batch_size: usize,
+    max_batch_tokens: usize,
+) -> Result<(), PluginError> {
+    if batch_size == 0 || max_batch_tokens == 0 {
+        return Err(PluginError::config(
+            plugin,
+            "`batch_size` and `max_batch_tokens` must be at least 1",
+        ));
+    }
+    Ok(())
+}
+
+fn device_for(
+    cfg: Option<&String>,
+    ctx: &BuildContext,
+) -> Result<sweetspot_model::Device, PluginError> {
+    let name = cfg.cloned().unwrap_or_else(|| ctx.device.clone());
+    resolve_device(&name).map_err(model_err("reward model"))
+}
+
+#[typetag::serde(name = "seq-cls")]
+impl RewardModelConfig for SeqClsConfig {
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn RewardModel>, PluginError> {
+        check_batches("seq-cls", self.batch_size, self.max_batch_tokens)?;
+        let dir = ctx.resolve(&self.model);
+        let device = device_for(self.device.as_ref(), ctx)?;
+        tracing::info!(model = %dir.display(), "loading sequence-classification reward model");
+        let net =
+            RewardNet::seq_cls_from_pretrained(&dir, &device).map_err(model_err("seq-cls"))?;
+        let tokenizer = Tokenizer::from_dir(&dir, &[]).map_err(model_err("seq-cls"))?;
+        BurnReward::boxed(
+            net,
+            tokenizer,
+            Input::Conversation,
+            self.batch_size,
+            self.max_batch_tokens,
+        )
+    }
+}
+
+#[typetag::serde(name = "skywork")]
+impl RewardModelConfig for SkyworkConfig {
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn RewardModel>, PluginError> {
+        self.0.build(ctx)
+    }
+}
+
+#[typetag::serde(name = "armorm")]
+impl RewardModelConfig for ArmoRmConfig {
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn RewardModel>, PluginError> {
+        check_batches("armorm", self.batch_size, self.max_batch_tokens)?;
+        let dir = ctx.resolve(&self.model);
+        let device = device_for(self.device.as_ref(), ctx)?;
+        tracing::info!(model = %dir.display(), "loading ArmoRM reward model");
+        let net = RewardNet::armorm_from_pretrained(&dir, &device).map_err(model_err("armorm"))?;
+        let tokenizer = Tokenizer::from_dir(&dir, &[]).map_err(model_err("armorm"))?;
+        let pattern = tokenizer
+            .encode(&self.gating_pattern, false)
+            .map_err(model_err("armorm"))?;
+        if pattern.is_empty() {
+            return Err(PluginError::config("armorm", "`gating_pattern` is empty"));
+        }
+        BurnReward::boxed(
+            net,
+            tokenizer,
+            Input::Gated {
+                pattern,
+                text: self.gating_pattern.clone(),
+            },
+            self.batch_size,
+            self.max_batch_tokens,
+        )
+    }
+}
+
+#[typetag::serde(name = "judge")]
+impl RewardModelConfig for JudgeConfig {
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn RewardModel>, PluginError> {
+        check_batches("judge", self.batch_size, self.max_batch_tokens)?;
+        for key in ["{prompt}", "{response}"] {
+            if !self.template.contains(key) {
+                return Err(PluginError::config(
+                    "judge",
+                    format!("`template` must contain {key}"),
+                ));
+            }
+        }
+        let path = ctx.resolve(&self.model);
+        let device = device_for(self.device.as_ref(), ctx)?;
+        tracing::info!(model = %path.display(), "loading judge model");
+        let (model, tokenizer) =
+            sweetspot_model::load_causal_lm(&path, &device).map_err(model_err("judge"))?;
+        if !tokenizer.has_chat_template() {
+            return Err(PluginError::config(
+                "judge",
+                format!("{}: the model has no chat template", path.display()),
+            ));
+        }
+        let one_token = |key: &str, word: &str| -> Result<u32, PluginError> {
+            let ids = tokenizer.encode(word, false).map_err(model_err("judge"))?;
+            match ids[..] {
+                [id] => Ok(id),
+                _ => Err(PluginError::config(
+                    "judge",
+                    format!(
+                        "`{key}` = {word:?} is {} tokens for this tokenizer; it must be one",
+                        ids.len()
+                    ),
+                )),
+            }
+        };
+        let yes = one_token("yes", &self.yes)?;
+        let no = one_token("no", &self.no)?;
+        let net = RewardNet::judge(model, yes, no).map_err(model_err("judge"))?;
+        BurnReward::boxed(
+            net,
+            tokenizer,
+            Input::Judge {
+                template: self.template.clone(),
+            },
+            self.batch_size,
+            self.max_batch_tokens,
+        )
+    }
+}
+
+/// How a (prompt, response) becomes the model's input.
+#[derive(Debug)]
+enum Input {
+    /// The prompt's turns, then the response as the assistant's turn.
+    Conversation,
+    /// The same, plus the gating position at the last occurrence of `pattern`.
+    Gated { pattern: Vec<u32>, text: String },
+    /// One user turn, the grading prompt, then the generation prompt.
+    Judge { template: String },
+}
+
+/// A loaded reward model.
+pub struct BurnReward {
+    net: RewardNet,
+    tokenizer: Tokenizer,
+    input: Input,
+    batch_size: usize,
+    max_batch_tokens: usize,
+}
+
+impl std::fmt::Debug for BurnReward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BurnReward")
+            .field("input", &self.input)
+            .field("batch_size", &self.batch_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The prompt as plain text for a judge's grading prompt: a text prompt as it is, a single user
+/// message as its content, a longer chat as `role: content` lines.
+fn prompt_text(content: &PromptContent) -> String {
+    match content {
+        PromptContent::Text(t) => t.clone(),
+        PromptContent::Chat(m) if m.len() == 1 && m[0].role == "user" => m[0].content.clone(),
+        PromptContent::Chat(m) => m
+            .iter()
+            .map(|m| format!("{}: {}", m.role, m.content))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}
+
+/// `template` with `{prompt}` and `{response}` replaced in one pass (a response that contains
+/// `{prompt}` stays as written).
+fn fill(template: &str, prompt: &str, response: &str) -> String {
+    let mut out = String::with_capacity(template.len() + prompt.len() + response.len());
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("{prompt}") {
+            out.push_str(prompt);
+            rest = t;
+        } else if let Some(t) = tail.strip_prefix("{response}") {
+            out.push_str(response);
+            rest = t;
+        } else {
+            out.push('{');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+impl BurnReward {
+    fn boxed(
+        net: RewardNet,
+        tokenizer: Tokenizer,
+        input: Input,
+        batch_size: usize,
+        max_batch_tokens: usize,
+    ) -> Result<Box<dyn RewardModel>, PluginError> {
+        if !tokenizer.has_chat_template() {
+            return Err(PluginError::Input(
+                "the reward model's tokenizer has no chat template".into(),
+            ));
+        }
+        Ok(Box::new(Self {
+            net,
+            tokenizer,
+            input,
+            batch_size,
+            max_batch_tokens,
+        }))
+    }
+
+    fn encode(
+        &self,
+        prompt: &Prompt,
+        response: &str,
+        index: u32,
+    ) -> Result<RewardInput, PluginError> {
+        let which = || format!("prompt `{}` sample {index}", prompt.id);
+        let err = |e: ModelError| PluginError::Input(format!("{}: {e}", which()));
+        let ids = match &self.input {
+            Input::Conversation | Input::Gated { .. } => {
+                let mut messages = prompt.content.to_messages();
+                messages.push(Message {
+                    role: "assistant".into(),
+                    content: response.to_string(),
+                });
+                self.tokenizer
+                    .encode_messages(&messages, false)
+                    .map_err(err)?
+            }
+            Input::Judge { template } => {
+                let text = fill(template, &prompt_text(&prompt.content), response);
+                let messages = [Message {
+                    role: "user".into(),
+                    content: text,
+                }];
+                self.tokenizer
+                    .encode_messages(&messages, true)
+                    .map_err(err)?
+            }
+        };
+        let max = self.net.max_tokens();
+        if ids.len() > max {
+            return Err(PluginError::Input(format!(
+                "{}: {} tokens, more than the reward model's {max} positions",
+                which(),
+                ids.len()
+            )));
+        }
+        let gating_position = match &self.input {
+            Input::Gated { pattern, text } => Some(find_last(&ids, pattern).ok_or_else(|| {
+                PluginError::Input(format!(
+                    "{}: the gating pattern {text:?} does not occur in the rendered \
+                     conversation (is the model's chat template Llama-3's?)",
+                    which()
+                ))
+            })?),
+            _ => None,
+        };
+        Ok(RewardInput {
+            ids,
+            gating_position,
+        })
+    }
+}
+
+impl RewardModel for BurnReward {
+    fn objectives(&self) -> Vec<String> {
+        match &self.net.head {
+            RewardHead::ArmoRm(head) => {
+                let n = head.regression.weight.dims()[1];
+                if n == ARMORM_OBJECTIVES.len() {
+                    ARMORM_OBJECTIVES.iter().map(|s| s.to_string()).collect()
+                } else {
+                    (0..n).map(|i| format!("objective-{i}")).collect()
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn score(
+        &mut self,
+        groups: Vec<SampleGroup>,
+        progress: &dyn Progress,
+        sink: &mut dyn FnMut(ScoredGroup) -> Result<(), PluginError>,
+    ) -> Result<(), PluginError> {
+        let mut inputs = Vec::new();
+        for g in &groups {
+            for s in &g.samples {
+                inputs.push(self.encode(&g.prompt, &s.response, s.sample_index)?);
+            }
+        }
+        let outputs = self
+            .net
+            .score_all(&inputs, self.batch_size, self.max_batch_tokens, |n| {
+                progress.advance(n as u64)
+            })
+            .map_err(model_err("scoring"))?;
+        let mut outputs = outputs.into_iter();
+        for g in groups {
+            let mut samples = Vec::with_capacity(g.samples.len());
+            for s in g.samples {
+                let Some(o) = outputs.next() else {
+                    return Err(PluginError::Input(
+                        "the model returned too few scores".into(),
+                    ));
+                };
+                if !o.score.is_finite() {
+                    return Err(PluginError::Input(format!(
+                        "prompt `{}` sample {}: the reward is {}",
+                        g.prompt.id, s.sample_index, o.score
+                    )));
+                }
+                samples.push(ScoredSample {
+                    sample: s,
+                    reward: f64::from(o.score),
+                    objective_rewards: o.rewards.map(|r| r.into_iter().map(f64::from).collect()),
+                });
+            }
+            sink(ScoredGroup {
+                prompt: g.prompt,
+                samples,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_replaces_in_one_pass() {
+        assert_eq!(fill("Q: {prompt} A: {response}.", "p", "r"), "Q: p A: r.");
+        assert_eq!(fill("{response}", "p", "{prompt}"), "{prompt}");
+        assert_eq!(fill("{x} {prompt}", "p", "r"), "{x} p");
+    }
+
+    #[test]
+    fn chat_prompts_become_text_for_the_judge() {
+        let single = PromptContent::Chat(vec![Message {
+            role: "user".into(),
+            content: "hi".into(),
+        }]);
+        assert_eq!(prompt_text(&single), "hi");
+        let two = PromptContent::Chat(vec![
+            Message {
+                role: "system".into(),
+                content: "be brief".into(),
+            },
+            Message {
+                role: "user".into(),
+                content: "hi".into(),
+            },
+        ]);
+        assert_eq!(prompt_text(&two), "system: be brief\nuser: hi");
+    }
+}
