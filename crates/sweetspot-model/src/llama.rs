@@ -258,6 +258,7 @@ impl Llama {
             .expand([b, t, past + t])
             .bool_and(key_mask.unsqueeze_dim::<3>(1).expand([b, t, past + t]));
         let masked = allowed.bool_not().unsqueeze_dim::<4>(1);
+        let fused = is_flex(&self.device);
 
         let mut x = self.params.model.embed_tokens.forward(tokens);
         let mut cache = cache;
@@ -269,7 +270,7 @@ impl Llama {
         for (i, layer) in self.params.model.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let h = layer.input_layernorm.forward(x.clone());
-            let h = attention(&layer.self_attn, h, &cos, &sin, &masked, slot);
+            let h = attention(&layer.self_attn, h, &cos, &sin, &masked, slot, fused);
             x = x + h;
             let h = layer.post_attention_layernorm.forward(x.clone());
             x = x + layer.mlp.forward(h);
@@ -316,6 +317,20 @@ impl Llama {
     }
 }
 
+/// Whether `device` is burn-flex's CPU device, whose fused attention kernel is used. Other
+/// backends take the explicit masked-softmax path the parity tests pin down everywhere.
+fn is_flex(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    {
+        *device == Device::flex()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 fn rotate_half(x: Tensor<4>) -> Tensor<4> {
     let d = x.dims()[3];
     let x1 = x.clone().narrow(3, 0, d / 2);
@@ -330,6 +345,7 @@ fn attention(
     sin: &Tensor<4>,
     masked: &Tensor<4, Bool>,
     cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    fused: bool,
 ) -> Tensor<3> {
     let [b, t, _] = x.dims();
     let (h, kvh, hd) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
@@ -361,6 +377,20 @@ fn attention(
         }
         None => (k, v),
     };
+    if fused {
+        // burn-flex's fused attention: tiled over keys with an online softmax, grouped-query
+        // heads without repeats, no [t, s] score tensor per head in memory. Rows whose keys are
+        // all masked (pad queries) come out as zeros; real rows never read them.
+        let out = burn::tensor::module::attention(
+            q,
+            k,
+            v,
+            Some(masked.clone()),
+            None,
+            burn::tensor::ops::AttentionModuleOptions::default(),
+        );
+        return attn.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]));
+    }
     let s = k.dims()[2];
     let rep = h / kvh;
     // Query heads h*rep .. h*rep+rep share key/value head h: fold them into the query axis rather

@@ -1,0 +1,83 @@
+//! Reward-model scoring speed: a sequence-classification model of SmolLM2-135M's size (the
+//! SmolLM2-135M-Instruct backbone from the Q4_1 GGUF, dequantized to f32, plus a one-label
+//! `score` head) on the CPU (`flex`), batches of 16 sequences of 512 tokens.
+//!
+//!     scripts/fetch_smollm2.sh && cargo bench -p sweetspot-model --bench reward
+//!
+//! `scripts/bench_reward_transformers.py` runs the same forward with transformers'
+//! `LlamaForSequenceClassification`. Environment: SWEETSPOT_BENCH_DEVICE (default `cpu`),
+//! SWEETSPOT_BENCH_ROUNDS (default 3).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::nn::LinearConfig;
+use sweetspot_model::gguf::Gguf;
+use sweetspot_model::reward::{Padding, RewardHead};
+use sweetspot_model::{Llama, RewardInput, RewardNet, resolve_device};
+
+// The allocator the `sweetspot` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BATCH: usize = 16;
+const TOKENS: usize = 512;
+
+fn main() {
+    let path = std::env::var_os("SWEETSPOT_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    if !path.exists() {
+        eprintln!("{} not found: run scripts/fetch_smollm2.sh", path.display());
+        return;
+    }
+    let device_name = std::env::var("SWEETSPOT_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let rounds: usize = std::env::var("SWEETSPOT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let device = resolve_device(&device_name).expect("device");
+    let gguf = Gguf::open(&path).expect("gguf");
+    let backbone = Llama::from_gguf(&gguf, &device).expect("model");
+    let hidden = backbone.config.hidden_size;
+    let vocab = backbone.config.vocab_size as u64;
+    let net = RewardNet {
+        backbone,
+        head: RewardHead::SeqCls {
+            score: LinearConfig::new(hidden, 1).with_bias(false).init(&device),
+        },
+    };
+    // Deterministic pseudo-random tokens (the speed does not depend on them).
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let inputs: Vec<RewardInput> = (0..BATCH)
+        .map(|_| RewardInput {
+            ids: (0..TOKENS)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x % vocab) as u32
+                })
+                .collect(),
+            gating_position: None,
+        })
+        .collect();
+    net.score_batch(&inputs[..2], Padding::Right)
+        .expect("warm-up");
+    println!("| batch x tokens | round | seconds | samples/s | tokens/s |");
+    println!("|---|---:|---:|---:|---:|");
+    for round in 1..=rounds {
+        let t = Instant::now();
+        let out = net.score_batch(&inputs, Padding::Right).expect("score");
+        let s = t.elapsed().as_secs_f64();
+        assert_eq!(out.len(), BATCH);
+        println!(
+            "| {BATCH} x {TOKENS} | {round} | {s:.2} | {:.2} | {:.0} |",
+            BATCH as f64 / s,
+            (BATCH * TOKENS) as f64 / s
+        );
+    }
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""transformers' side of the reward-model benchmark (crates/sweetspot-model/benches/reward.rs):
+`LlamaForSequenceClassification` (one label) with SmolLM2-135M-Instruct's configuration and
+backbone weights from the same Q4_1 GGUF (dequantized to f32), a forward pass over batches of
+16 sequences of 512 tokens under `torch.no_grad()`, on the CPU with as many threads as the machine
+has cores, in transformers' default attention implementation (sdpa).
+
+    python3 scripts/bench_reward_transformers.py
+"""
+
+import os
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaForSequenceClassification
+
+DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BATCH, TOKENS, ROUNDS = 16, 512, 3
+
+
+def main():
+    torch.set_num_threads(os.cpu_count())
+    lm = AutoModelForCausalLM.from_pretrained(DIR, gguf_file=GGUF, dtype=torch.float32)
+    cfg = lm.config
+    cfg.num_labels = 1
+    model = LlamaForSequenceClassification(cfg).eval()
+    model.model.load_state_dict(lm.model.state_dict())
+    del lm
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, cfg.vocab_size, (BATCH, TOKENS), generator=g)
+    mask = torch.ones_like(x)
+    with torch.no_grad():
+        model(x[:2], attention_mask=mask[:2])
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"attention {model.config._attn_implementation}")
+    print("| batch x tokens | round | seconds | samples/s | tokens/s |")
+    print("|---|---:|---:|---:|---:|")
+    for r in range(1, ROUNDS + 1):
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = model(x, attention_mask=mask).logits
+        s = time.perf_counter() - t
+        assert out.shape == (BATCH, 1)
+        print(f"| {BATCH} x {TOKENS} | {r} | {s:.2f} | {BATCH / s:.2f} | {BATCH * TOKENS / s:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
