@@ -4,21 +4,6 @@
 mod common;
 
 use common::*;
-use std::path::PathBuf;
-
-fn smollm2() -> Option<PathBuf> {
-    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing under CI",
-        p.display()
-    );
-    eprintln!("skipping: {} not found", p.display());
-    None
-}
 
 const PROMPTS: &str = r#"{"prompt_id": "france", "prompt": "What is the capital of France?"}
 {"prompt_id": "sea", "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Describe the sea."}]}

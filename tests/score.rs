@@ -12,20 +12,6 @@ fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures/models").join(name)
 }
 
-fn smollm2() -> Option<PathBuf> {
-    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing under CI",
-        p.display()
-    );
-    eprintln!("skipping: {} not found", p.display());
-    None
-}
-
 /// A samples file as `generate` writes it: `prompts` prompts of `n` samples each.
 fn write_samples(path: &Path, prompts: usize, n: usize) {
     let words = [

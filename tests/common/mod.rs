@@ -66,3 +66,19 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// SmolLM2-135M-Instruct's GGUF (scripts/fetch_smollm2.sh). `None`, after saying so, when it is
+/// absent, except under CI, where it must be there.
+pub fn smollm2() -> Option<PathBuf> {
+    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing under CI",
+        p.display()
+    );
+    eprintln!("skipping: {} not found", p.display());
+    None
+}

@@ -396,17 +396,7 @@ fn generate_cmd(args: GenerateArgs, device: Option<String>, quiet: bool) -> Resu
             generate.insert("n".into(), toml::Value::Integer(args.n as i64));
             let mut run = toml::Table::new();
             run.insert("seed".into(), toml::Value::Integer(args.seed as i64));
-            let mut root = toml::Table::new();
-            root.insert("run".into(), toml::Value::Table(run));
-            root.insert("sampler".into(), toml::Value::Table(sampler));
-            root.insert("generate".into(), toml::Value::Table(generate));
-            let text = toml::to_string(&root).map_err(|e| usage(e.to_string()))?;
-            let origin = PathBuf::from("<command line>");
-            (
-                Recipe::from_toml(&text, Some(&origin))?,
-                PathBuf::from("."),
-                origin,
-            )
+            flag_recipe([("run", run), ("sampler", sampler), ("generate", generate)])?
         }
     };
     let ctx = context(&recipe, base);
@@ -439,6 +429,27 @@ fn generate_cmd(args: GenerateArgs, device: Option<String>, quiet: bool) -> Resu
         s.seconds
     );
     Ok(())
+}
+
+/// A recipe made from command-line flags, as tables, so that flags go through the same parser
+/// and checks as a recipe file. Returns the recipe, its base folder and its origin for messages.
+fn flag_recipe<const N: usize>(
+    tables: [(&str, toml::Table); N],
+) -> Result<(Recipe, PathBuf, PathBuf), Failure> {
+    let root: toml::Table = tables
+        .into_iter()
+        .map(|(k, t)| (k.to_string(), toml::Value::Table(t)))
+        .collect();
+    let text = toml::to_string(&root).map_err(|e| Failure {
+        message: e.to_string(),
+        code: 2,
+    })?;
+    let origin = PathBuf::from("<command line>");
+    Ok((
+        Recipe::from_toml(&text, Some(&origin))?,
+        PathBuf::from("."),
+        origin,
+    ))
 }
 
 /// A `key=value` flag as a TOML value (`value` in TOML syntax, else a string).
@@ -484,16 +495,7 @@ fn score_cmd(args: ScoreArgs, device: Option<String>, quiet: bool) -> Result<(),
             let mut score = toml::Table::new();
             score.insert("input".into(), s(input));
             score.insert("output".into(), s(output));
-            let mut root = toml::Table::new();
-            root.insert("reward".into(), toml::Value::Table(reward));
-            root.insert("score".into(), toml::Value::Table(score));
-            let text = toml::to_string(&root).map_err(|e| usage(e.to_string()))?;
-            let origin = PathBuf::from("<command line>");
-            (
-                Recipe::from_toml(&text, Some(&origin))?,
-                PathBuf::from("."),
-                origin,
-            )
+            flag_recipe([("reward", reward), ("score", score)])?
         }
     };
     let ctx = context(&recipe, base);

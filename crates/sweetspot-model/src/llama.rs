@@ -389,7 +389,9 @@ fn attention(
             None,
             burn::tensor::ops::AttentionModuleOptions::default(),
         );
-        return attn.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]));
+        return attn
+            .o_proj
+            .forward(out.swap_dims(1, 2).reshape([b, t, h * hd]));
     }
     let s = k.dims()[2];
     let rep = h / kvh;
