@@ -86,6 +86,9 @@ fn every_example_table_deserializes_under_its_name() {
             "reward-model" => format!(
                 "[score]\ninput = \"s.jsonl\"\noutput = \"scored.jsonl\"\n\n[reward]\n{example}\n"
             ),
+            "preference-loss" => format!(
+                "[train]\npairs = \"p.jsonl\"\npolicy = \"m\"\noutput = \"run\"\n\n[train.loss]\n{example}\n"
+            ),
             other => panic!("no recipe table for kind {other} yet"),
         };
         let path = tmp

@@ -50,6 +50,8 @@ pub enum Command {
     Score(Box<ScoreArgs>),
     /// Build chosen/rejected pairs from scored samples.
     Pairs(Box<PairsArgs>),
+    /// Train a policy on preference pairs (DPO, IPO, hinge, SimPO).
+    Train(Box<TrainArgs>),
     /// Print reward statistics of scored datasets.
     Stats(StatsArgs),
     /// Run every stage of a recipe.
@@ -218,6 +220,39 @@ pub struct ScoreArgs {
     pub json: bool,
 }
 
+/// `sweetspot train`: from a recipe, or from flags.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Take the [train] table from this recipe.
+    #[arg(long, short, conflicts_with_all = ["pairs", "policy"])]
+    pub recipe: Option<PathBuf>,
+    /// Pairs in TRL's format (JSONL), as `sweetspot pairs` writes them.
+    #[arg(long, required_unless_present = "recipe")]
+    pub pairs: Option<PathBuf>,
+    /// The policy to start from: a model folder or a .gguf file.
+    #[arg(long, short = 'm', required_unless_present = "recipe")]
+    pub policy: Option<PathBuf>,
+    /// The run folder (trained policy, metrics.jsonl, checkpoint). With --recipe, overrides
+    /// [train].output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// The loss (see `sweetspot plugins --kind preference-loss`).
+    #[arg(long, default_value = "dpo")]
+    pub loss: String,
+    /// The loss's beta.
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// Any other loss key, as key=value (value in TOML syntax); repeatable.
+    #[arg(long = "loss-param", value_name = "KEY=VALUE")]
+    pub loss_params: Vec<String>,
+    /// Any other [train] key, as key=value (value in TOML syntax); repeatable.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// Seed of the data order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
 /// `sweetspot stats`.
 #[derive(Debug, Args)]
 pub struct StatsArgs {
@@ -345,6 +380,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Generate(args) => generate_cmd(*args, device, cli.quiet),
         Command::Score(args) => score_cmd(*args, device, cli.quiet),
+        Command::Train(args) => train_cmd(*args, device, cli.quiet),
         Command::Plugins(args) => plugins_cmd(&args),
         Command::Validate { recipe } => validate_cmd(&recipe),
         Command::Pairs(args) => {
@@ -518,6 +554,74 @@ fn score_cmd(args: ScoreArgs, device: Option<String>, quiet: bool) -> Result<(),
     Ok(())
 }
 
+fn train_cmd(args: TrainArgs, device: Option<String>, quiet: bool) -> Result<(), Failure> {
+    let _ = DEVICE_OVERRIDE.set(device);
+    let usage = |message: String| Failure { message, code: 2 };
+    let (recipe, base, origin) = match &args.recipe {
+        Some(path) => (Recipe::from_file(path)?, base_dir(path), path.clone()),
+        None => {
+            let (Some(pairs), Some(policy)) = (&args.pairs, &args.policy) else {
+                return Err(usage("give --recipe, or --pairs and --policy".into()));
+            };
+            let Some(output) = &args.output else {
+                return Err(usage("give --output (the run folder)".into()));
+            };
+            let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            let s = |p: &Path| toml::Value::String(abs(p).to_string_lossy().into_owned());
+            let mut loss = toml::Table::new();
+            loss.insert("type".into(), toml::Value::String(args.loss.clone()));
+            if let Some(b) = args.beta {
+                loss.insert("beta".into(), toml::Value::Float(b));
+            }
+            for kv in &args.loss_params {
+                let (k, v) = param_value(kv)?;
+                loss.insert(k, v);
+            }
+            let mut train = toml::Table::new();
+            train.insert("pairs".into(), s(pairs));
+            train.insert("policy".into(), s(policy));
+            train.insert("output".into(), s(output));
+            for kv in &args.params {
+                let (k, v) = param_value(kv)?;
+                train.insert(k, v);
+            }
+            train.insert("loss".into(), toml::Value::Table(loss));
+            let mut run = toml::Table::new();
+            run.insert("seed".into(), toml::Value::Integer(args.seed as i64));
+            flag_recipe([("run", run), ("train", train)])?
+        }
+    };
+    let ctx = context(&recipe, base);
+    let Some(mut cfg) = recipe.train else {
+        return Err(usage(format!(
+            "{}: the recipe needs a [train] table",
+            origin.display()
+        )));
+    };
+    if let (Some(_), Some(o)) = (&args.recipe, &args.output) {
+        cfg.output = o.clone();
+    }
+    let s = sweetspot_runner::run_train(cfg, &ctx, quiet)?;
+    print_train_summary(&s);
+    Ok(())
+}
+
+fn print_train_summary(s: &sweetspot_runner::TrainSummary) {
+    let loss = s
+        .last_loss
+        .map(|l| format!(", last loss {l:.4}"))
+        .unwrap_or_default();
+    match &s.policy {
+        Some(p) => println!(
+            "trained {} steps ({} resumed from an interrupted run){loss}; policy in {}",
+            s.total_steps,
+            s.resumed_steps,
+            p.display()
+        ),
+        None => println!("stopped after {} of {} steps{loss}", s.steps, s.total_steps),
+    }
+}
+
 fn score_job(
     reward: Box<dyn sweetspot_core::RewardModelConfig>,
     cfg: sweetspot_core::recipe::ScoreConfig,
@@ -645,10 +749,17 @@ fn validate_cmd(path: &Path) -> Result<(), Failure> {
         }
         _ => {}
     }
+    if let Some(train) = &recipe.train {
+        train.loss.build(&ctx).map_err(|e| Failure {
+            message: format!("{}: key `train.loss`: {e}", path.display()),
+            code: 2,
+        })?;
+        stages.push("train".to_string());
+    }
     if stages.is_empty() {
         return Err(Failure {
             message: format!(
-                "{}: the recipe has no stage (add [generate], [score] or [pairs])",
+                "{}: the recipe has no stage (add [generate], [score], [pairs] or [train])",
                 path.display()
             ),
             code: 2,
@@ -663,13 +774,17 @@ fn run_cmd(path: &Path, device: Option<String>, quiet: bool) -> Result<(), Failu
     let recipe = Recipe::from_file(path)?;
     let ctx = context(&recipe, base_dir(path));
     let usage = |message: String| Failure { message, code: 2 };
-    if recipe.generate.is_none() && recipe.score.is_none() && recipe.pairs.is_none() {
+    if recipe.generate.is_none()
+        && recipe.score.is_none()
+        && recipe.pairs.is_none()
+        && recipe.train.is_none()
+    {
         return Err(usage(format!(
-            "{}: the recipe has no stage (add [generate], [score] or [pairs])",
+            "{}: the recipe has no stage (add [generate], [score], [pairs] or [train])",
             path.display()
         )));
     }
-    // Stages run in pipeline order: generate, score, pairs.
+    // Stages run in pipeline order: generate, score, pairs, train.
     if let Some(gen_cfg) = recipe.generate {
         let Some(sampler) = recipe.sampler else {
             return Err(usage(format!(
@@ -705,10 +820,14 @@ fn run_cmd(path: &Path, device: Option<String>, quiet: bool) -> Result<(), Failu
         print_score_summary(&s);
     }
     if let Some(pairs) = recipe.pairs {
-        let mut job = PairsJob::from_config(pairs, ctx);
+        let mut job = PairsJob::from_config(pairs, ctx.clone());
         job.quiet = quiet;
         let summary = sweetspot_runner::run_pairs(job)?;
         print_summary(&summary);
+    }
+    if let Some(train) = recipe.train {
+        let s = sweetspot_runner::run_train(train, &ctx, quiet)?;
+        print_train_summary(&s);
     }
     Ok(())
 }

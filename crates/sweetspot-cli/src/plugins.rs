@@ -10,4 +10,5 @@ pub fn link_builtin_plugins() {
     sweetspot_strategies::link();
     sweetspot_burn_sampler::link();
     sweetspot_burn_reward::link();
+    sweetspot_losses::link();
 }

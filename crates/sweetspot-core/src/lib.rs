@@ -25,9 +25,9 @@ pub use model::{
     ScoredSample,
 };
 pub use plugin::{
-    BuildContext, LogpReduction, LossInput, LossOutput, NoProgress, PairStrategy,
-    PairStrategyConfig, PreferenceLoss, PreferenceLossConfig, Progress, RewardModel,
-    RewardModelConfig, SampleRequest, Sampler, SamplerConfig, Selection, SkipReason,
+    BuildContext, LossInput, LossOutput, NoProgress, PairStrategy, PairStrategyConfig,
+    PreferenceLoss, PreferenceLossConfig, Progress, RewardModel, RewardModelConfig, SampleRequest,
+    Sampler, SamplerConfig, Selection, SkipReason,
 };
 pub use points::Point;
 pub use registry::{PluginInfo, PluginKind};

@@ -232,20 +232,12 @@ pub trait PairStrategyConfig: fmt::Debug + Send + Sync {
 // Preference loss
 // ---------------------------------------------------------------------------------------------
 
-/// How a loss wants response log-probabilities reduced over tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogpReduction {
-    /// Summed over response tokens (DPO, IPO, hinge).
-    Sum,
-    /// Averaged over response tokens (SimPO).
-    Mean,
-}
-
 /// One batch of pairs as the trainer hands it to a loss. Every tensor has shape `[batch]` and
-/// lives on the trainer's device.
+/// lives on the trainer's device; log-probabilities are summed over response tokens (a loss that
+/// wants averages divides by the token counts).
 #[derive(Debug, Clone)]
 pub struct LossInput {
-    /// Policy log-probabilities of the chosen responses, reduced as the loss asked.
+    /// Policy log-probabilities of the chosen responses (tracked for gradients).
     pub policy_chosen: Tensor<1>,
     /// Policy log-probabilities of the rejected responses.
     pub policy_rejected: Tensor<1>,
@@ -253,6 +245,10 @@ pub struct LossInput {
     pub reference_chosen: Option<Tensor<1>>,
     /// Reference log-probabilities of the rejected responses.
     pub reference_rejected: Option<Tensor<1>>,
+    /// Response tokens of each chosen response, as floats.
+    pub chosen_tokens: Tensor<1>,
+    /// Response tokens of each rejected response, as floats.
+    pub rejected_tokens: Tensor<1>,
 }
 
 /// What a loss returns.
@@ -260,19 +256,21 @@ pub struct LossInput {
 pub struct LossOutput {
     /// Per-pair losses, shape `[batch]`; the trainer averages them.
     pub losses: Tensor<1>,
-    /// Implicit rewards of the chosen responses, shape `[batch]` (detached or not; the trainer
-    /// only logs them).
+    /// Implicit rewards of the chosen responses, shape `[batch]` (the trainer only logs them).
     pub chosen_rewards: Tensor<1>,
     /// Implicit rewards of the rejected responses, shape `[batch]`.
     pub rejected_rewards: Tensor<1>,
+    /// The chosen log-probabilities as this loss uses them (summed, or averaged for SimPO),
+    /// logged as `logps/chosen`.
+    pub chosen_logps: Tensor<1>,
+    /// The rejected log-probabilities as this loss uses them, logged as `logps/rejected`.
+    pub rejected_logps: Tensor<1>,
 }
 
 /// A preference-optimization loss over response log-probabilities.
 pub trait PreferenceLoss: Send + Sync {
     /// Whether the loss needs reference-model log-probabilities.
     fn needs_reference(&self) -> bool;
-    /// How response log-probabilities are reduced over tokens for this loss.
-    fn reduction(&self) -> LogpReduction;
     /// The per-pair losses and implicit rewards for `input`.
     fn compute(&self, input: LossInput) -> Result<LossOutput, PluginError>;
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::plugin::{PairStrategyConfig, RewardModelConfig, SamplerConfig};
+use crate::plugin::{PairStrategyConfig, PreferenceLossConfig, RewardModelConfig, SamplerConfig};
 use crate::registry::{self, PluginKind};
 
 /// A whole recipe.
@@ -30,6 +30,103 @@ pub struct Recipe {
     pub score: Option<ScoreConfig>,
     /// The pair-building stage.
     pub pairs: Option<PairsConfig>,
+    /// The training stage.
+    pub train: Option<TrainConfig>,
+}
+
+/// `[train]`: preference optimization of a policy on pairs.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Pairs in TRL's preference format (JSONL: `prompt`, `chosen`, `rejected`, as messages or
+    /// text), as `[pairs]` writes them.
+    pub pairs: PathBuf,
+    /// The policy to start from: a model folder or a `.gguf` file. It is also the reference.
+    pub policy: PathBuf,
+    /// The run folder: the trained policy (Hugging Face layout), `metrics.jsonl`, checkpoints.
+    pub output: PathBuf,
+    /// Passes over the pairs.
+    #[serde(default = "one")]
+    pub epochs: usize,
+    /// Pairs per optimizer step (the effective batch).
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Pairs per forward/backward pass; gradients accumulate up to `batch_size`.
+    #[serde(default = "default_micro_batch")]
+    pub micro_batch_size: usize,
+    /// Peak learning rate.
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    /// Fraction of the steps spent warming the learning rate up linearly from 0.
+    #[serde(default = "default_warmup")]
+    pub warmup_ratio: f64,
+    /// The decay after warm-up.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Decoupled weight decay (not on norms or biases, as transformers' Trainer does it).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Global gradient-norm limit; 0 turns clipping off.
+    #[serde(default = "one_f")]
+    pub max_grad_norm: f64,
+    /// AdamW beta 1.
+    #[serde(default = "default_beta1")]
+    pub adam_beta1: f64,
+    /// AdamW beta 2.
+    #[serde(default = "default_beta2")]
+    pub adam_beta2: f64,
+    /// AdamW epsilon.
+    #[serde(default = "default_eps")]
+    pub adam_epsilon: f64,
+    /// Write a checkpoint every this many optimizer steps (0: only at the end).
+    #[serde(default = "default_save_steps")]
+    pub save_steps: usize,
+    /// The loss (`[train.loss]`).
+    pub loss: Box<dyn PreferenceLossConfig>,
+}
+
+/// A learning-rate decay after warm-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// Linear to 0 at the last step.
+    #[default]
+    Linear,
+    /// Half a cosine to 0 at the last step.
+    Cosine,
+    /// Constant after warm-up.
+    Constant,
+}
+
+fn one() -> usize {
+    1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn default_batch() -> usize {
+    128
+}
+fn default_micro_batch() -> usize {
+    8
+}
+fn default_lr() -> f64 {
+    3e-7
+}
+fn default_warmup() -> f64 {
+    0.01
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_save_steps() -> usize {
+    50
 }
 
 /// `[generate]`: sample n responses per prompt with the `[sampler]`.

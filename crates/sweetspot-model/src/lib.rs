@@ -16,6 +16,7 @@
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod gguf;
 pub mod llama;

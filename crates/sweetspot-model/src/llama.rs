@@ -315,14 +315,34 @@ impl Llama {
         self.params = params;
         self
     }
+
+    /// The model with its parameters passed through `f` (an optimizer step), without a second
+    /// reference to the old ones alive meanwhile.
+    pub fn map_params(self, f: impl FnOnce(LlamaParams) -> LlamaParams) -> Self {
+        let Llama {
+            params,
+            config,
+            cos,
+            sin,
+            device,
+        } = self;
+        Llama {
+            params: f(params),
+            config,
+            cos,
+            sin,
+            device,
+        }
+    }
 }
 
-/// Whether `device` is burn-flex's CPU device, whose fused attention kernel is used. Other
-/// backends take the explicit masked-softmax path the parity tests pin down everywhere.
+/// Whether `device` is burn-flex's CPU device without autodiff, whose fused attention kernel is
+/// used (its backward does not handle grouped-query heads). Other backends, and training, take
+/// the explicit masked-softmax path the parity tests pin down everywhere.
 fn is_flex(device: &Device) -> bool {
     #[cfg(feature = "flex")]
     {
-        *device == Device::flex()
+        !device.is_autodiff() && *device == Device::flex()
     }
     #[cfg(not(feature = "flex"))]
     {

@@ -239,6 +239,42 @@ impl Tokenizer {
             .map_err(|e| ModelError::Input(format!("cannot decode: {e}")))
     }
 
+    /// Writes `tokenizer.json` and `tokenizer_config.json` (chat template, BOS and EOS tokens)
+    /// to `dir`, as transformers reads them.
+    pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        let path = dir.join("tokenizer.json");
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = std::path::PathBuf::from(tmp);
+        self.inner
+            .save(&tmp, false)
+            .map_err(|e| tok_err(&path, e))?;
+        std::fs::rename(&tmp, &path).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mut cfg = serde_json::Map::new();
+        cfg.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
+        if let Some(t) = &self.chat_template {
+            cfg.insert("chat_template".into(), t.clone().into());
+        }
+        if let Some(t) = &self.bos_token {
+            cfg.insert("bos_token".into(), t.clone().into());
+        }
+        if let Some(t) = &self.eos_token {
+            cfg.insert("eos_token".into(), t.clone().into());
+        }
+        let text = serde_json::to_string_pretty(&serde_json::Value::Object(cfg))
+            .map_err(|e| tok_err(&path, e))?;
+        let path = dir.join("tokenizer_config.json");
+        std::fs::write(&path, text).map_err(|source| ModelError::Io { path, source })
+    }
+
+    /// The chat template's source, when there is one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
     /// Whether a chat template is available.
     pub fn has_chat_template(&self) -> bool {
         self.chat_template.is_some()

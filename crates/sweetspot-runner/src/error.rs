@@ -28,6 +28,9 @@ pub enum RunError {
     /// The stage's settings do not fit together.
     #[error("{0}")]
     Config(String),
+    /// Training failed.
+    #[error("train: {0}")]
+    Train(#[from] sweetspot_train::TrainError),
     /// A group with fewer samples than a strategy needs.
     #[error(transparent)]
     SmallGroup(Box<SmallGroupError>),

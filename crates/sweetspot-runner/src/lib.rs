@@ -13,6 +13,7 @@ mod pairs;
 mod progress;
 mod score;
 mod stats;
+mod train;
 
 pub use error::{RunError, SmallGroupError};
 pub use generate::{GenerateJob, GenerateSummary, partial_path, run_generate};
@@ -20,3 +21,5 @@ pub use pairs::{DatasetSummary, PairsJob, PairsSummary, run_pairs};
 pub use progress::BarProgress;
 pub use score::{ScoreJob, ScoreSummary, run_score};
 pub use stats::{DatasetStats, dataset_stats};
+pub use sweetspot_train::run::TrainSummary;
+pub use train::run_train;

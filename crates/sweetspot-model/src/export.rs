@@ -1,0 +1,136 @@
+//! Writing a model out in Hugging Face's layout: `config.json`, `model.safetensors` (f32, names
+//! and `[out, in]` layouts as transformers has them) and the tokenizer files, so that
+//! `AutoModelForCausalLM.from_pretrained` and [`Llama::from_pretrained`] both load it.
+
+use std::path::Path;
+
+use burn::tensor::Tensor;
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::error::ModelError;
+use crate::llama::{Llama, LlamaParams};
+use crate::tokenizer::Tokenizer;
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it and a rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+fn values(t: Tensor<2>, transpose: bool) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
+    let t = if transpose { t.transpose() } else { t };
+    let shape = t.dims().to_vec();
+    let v = t
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| ModelError::Input(format!("reading a weight: {e:?}")))?;
+    Ok((shape, v))
+}
+
+fn vector(t: Tensor<1>) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
+    let shape = t.dims().to_vec();
+    let v = t
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| ModelError::Input(format!("reading a weight: {e:?}")))?;
+    Ok((shape, v))
+}
+
+/// One parameter in transformers' naming and layout: (name, shape, values).
+pub type HfTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Every parameter as (transformers name, shape, values in transformers' layout).
+pub fn hf_tensors(params: &LlamaParams) -> Result<Vec<HfTensor>, ModelError> {
+    let mut out = Vec::new();
+    let mut push = |name: String, (shape, v): (Vec<usize>, Vec<f32>)| out.push((name, shape, v));
+    let m = &params.model;
+    push(
+        "model.embed_tokens.weight".into(),
+        values(m.embed_tokens.weight.val(), false)?,
+    );
+    for (i, l) in m.layers.iter().enumerate() {
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        let a = &l.self_attn;
+        for (name, lin) in [
+            ("self_attn.q_proj", &a.q_proj),
+            ("self_attn.k_proj", &a.k_proj),
+            ("self_attn.v_proj", &a.v_proj),
+            ("self_attn.o_proj", &a.o_proj),
+            ("mlp.gate_proj", &l.mlp.gate_proj),
+            ("mlp.up_proj", &l.mlp.up_proj),
+            ("mlp.down_proj", &l.mlp.down_proj),
+        ] {
+            push(
+                p(&format!("{name}.weight")),
+                values(lin.weight.val(), true)?,
+            );
+            if let Some(b) = &lin.bias {
+                push(p(&format!("{name}.bias")), vector(b.val())?);
+            }
+        }
+        push(
+            p("input_layernorm.weight"),
+            vector(l.input_layernorm.gamma.val())?,
+        );
+        push(
+            p("post_attention_layernorm.weight"),
+            vector(l.post_attention_layernorm.gamma.val())?,
+        );
+    }
+    push("model.norm.weight".into(), vector(m.norm.gamma.val())?);
+    if let Some(head) = &params.lm_head {
+        push("lm_head.weight".into(), values(head.weight.val(), true)?);
+    }
+    Ok(out)
+}
+
+impl Llama {
+    /// Writes the model and `tokenizer` to the folder `dir` in Hugging Face's layout. Each file
+    /// appears whole (temporary file, then rename).
+    pub fn save_pretrained(&self, dir: &Path, tokenizer: &Tokenizer) -> Result<(), ModelError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let tensors = hf_tensors(&self.params)?;
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .into_iter()
+            .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(n, s, b)| {
+                TensorView::new(Dtype::F32, s.clone(), b)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| ModelError::Input(format!("tensor `{n}`: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        let data = safetensors::serialize(views, Some(meta))
+            .map_err(|e| ModelError::Input(format!("safetensors: {e}")))?;
+        write_atomic(&dir.join("model.safetensors"), &data)?;
+        let mut config = serde_json::to_value(&self.config)
+            .map_err(|e| ModelError::Input(format!("config: {e}")))?;
+        if let Some(obj) = config.as_object_mut() {
+            obj.retain(|_, v| !v.is_null());
+            obj.insert(
+                "architectures".into(),
+                serde_json::json!(["LlamaForCausalLM"]),
+            );
+            obj.insert("torch_dtype".into(), serde_json::json!("float32"));
+        }
+        let text = serde_json::to_string_pretty(&config)
+            .map_err(|e| ModelError::Input(format!("config: {e}")))?;
+        write_atomic(&dir.join("config.json"), text.as_bytes())?;
+        tokenizer.save(dir)
+    }
+}

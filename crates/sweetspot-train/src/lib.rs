@@ -1,0 +1,530 @@
+//! sweetspot-train: preference optimization of a Llama-family policy on burn.
+//!
+//! - [`tokenize_pair`]: a TRL conversational pair to token ids as TRL's `DPOTrainer` makes them:
+//!   the prompt rendered with the generation prompt, prompt + completion rendered whole, and the
+//!   completion starting where the two diverge.
+//! - [`response_logps`]: per-sequence log-probabilities of the completion tokens only (prompt and
+//!   padding masked), chosen and rejected in one batch.
+//! - [`Trainer::step`]: one optimizer step: policy forward on the autodiff device, the
+//!   [`PreferenceLoss`] plugin, backward, global-norm gradient clipping as
+//!   `torch.nn.utils.clip_grad_norm_` does it, and AdamW with every hyper-parameter explicit.
+//!
+//! Invariants:
+//! - The loss sees summed response log-probabilities and token counts; nothing else about the
+//!   batch (see `sweetspot_core::LossInput`).
+//! - Gradients are clipped by their global norm over all parameters (burn's own clipping is per
+//!   tensor, which is not what TRL does); the logged `grad_norm` is the norm before clipping.
+//! - Parity with TRL is the proof: `tests/trl.rs` replays two steps of TRL's DPOTrainer (and of
+//!   CPOTrainer's SimPO loss) from `scripts/trl_dpo_reference.py`.
+
+pub mod run;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use sweetspot_core::{LossInput, Message, PluginError, PreferenceLoss};
+use sweetspot_model::llama::LlamaParams;
+use sweetspot_model::{Llama, ModelError, Tokenizer};
+
+/// Errors of the trainer.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The loss plugin failed.
+    #[error("loss: {0}")]
+    Loss(#[from] PluginError),
+    /// Bad input: an empty batch, a pair without completion tokens.
+    #[error("{0}")]
+    Input(String),
+}
+
+/// One preference pair as token ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizedPair {
+    /// The prompt (rendered with the generation prompt, cut where the completions start).
+    pub prompt: Vec<u32>,
+    /// The chosen completion.
+    pub chosen: Vec<u32>,
+    /// The rejected completion.
+    pub rejected: Vec<u32>,
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Tokenizes a conversational pair the way TRL's `DPOTrainer` does.
+pub fn tokenize_pair(
+    tok: &Tokenizer,
+    prompt: &[Message],
+    chosen: &[Message],
+    rejected: &[Message],
+) -> Result<TokenizedPair, TrainError> {
+    let prompt_ids = tok.encode_messages(prompt, true)?;
+    let full = |completion: &[Message]| {
+        let mut m = prompt.to_vec();
+        m.extend_from_slice(completion);
+        tok.encode_messages(&m, false)
+    };
+    let with_chosen = full(chosen)?;
+    let with_rejected = full(rejected)?;
+    let cut =
+        common_prefix(&prompt_ids, &with_chosen).min(common_prefix(&prompt_ids, &with_rejected));
+    Ok(TokenizedPair {
+        prompt: prompt_ids[..cut].to_vec(),
+        chosen: with_chosen[cut..].to_vec(),
+        rejected: with_rejected[cut..].to_vec(),
+    })
+}
+
+/// Summed log-probabilities of each sequence's completion tokens, `[sequences]`, and the number
+/// of completion tokens of each. `seqs` are (prompt, completion) pairs; they are right-padded
+/// into one batch.
+pub fn response_logps(
+    model: &Llama,
+    seqs: &[(&[u32], &[u32])],
+) -> Result<(Tensor<1>, Vec<usize>), TrainError> {
+    let n = seqs.len();
+    let t = seqs
+        .iter()
+        .map(|(p, c)| p.len() + c.len())
+        .max()
+        .ok_or_else(|| TrainError::Input("an empty batch".into()))?;
+    let device = model.device().clone();
+    let mut tokens = vec![0i64; n * t];
+    let mut positions = vec![0i64; n * t];
+    let mut key_mask = vec![false; n * t];
+    // target[r, i] is the token at i + 1; weight 1 where that token is part of the completion.
+    let mut targets = vec![0i64; n * (t - 1).max(1)];
+    let mut weights = vec![0f32; n * (t - 1).max(1)];
+    let mut counts = Vec::with_capacity(n);
+    for (r, (p, c)) in seqs.iter().enumerate() {
+        if c.is_empty() || p.is_empty() {
+            return Err(TrainError::Input(format!(
+                "sequence {r} has an empty prompt or completion"
+            )));
+        }
+        let all: Vec<u32> = p.iter().chain(c.iter()).copied().collect();
+        for (i, &id) in all.iter().enumerate() {
+            tokens[r * t + i] = i64::from(id);
+            positions[r * t + i] = i as i64;
+            key_mask[r * t + i] = true;
+            if i > 0 {
+                targets[r * (t - 1) + i - 1] = i64::from(id);
+                if i >= p.len() {
+                    weights[r * (t - 1) + i - 1] = 1.0;
+                }
+            }
+        }
+        counts.push(c.len());
+    }
+    let ints = |v: Vec<i64>, shape: [usize; 2]| {
+        Tensor::<2, Int>::from_data(TensorData::new(v, shape), &device)
+    };
+    let hidden = model.forward_hidden(
+        ints(tokens, [n, t]),
+        ints(positions, [n, t]),
+        Tensor::<2, Bool>::from_data(TensorData::new(key_mask, [n, t]), &device),
+        None,
+    )?;
+    let hidden = hidden.narrow(1, 0, t - 1);
+    let logps = log_softmax(model.logits(hidden), 2);
+    let picked = logps
+        .gather(2, ints(targets, [n, t - 1]).unsqueeze_dim::<3>(2))
+        .reshape([n, t - 1]);
+    let w = Tensor::<2>::from_data(TensorData::new(weights, [n, t - 1]), &device);
+    Ok(((picked * w).sum_dim(1).reshape([n]), counts))
+}
+
+/// AdamW and clipping settings, each explicit (burn's defaults differ from PyTorch's).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OptimizerSettings {
+    /// Adam's beta 1.
+    pub beta1: f32,
+    /// Adam's beta 2.
+    pub beta2: f32,
+    /// Adam's epsilon (PyTorch and TRL: 1e-8).
+    pub epsilon: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Global gradient-norm limit (`None`: no clipping).
+    pub max_grad_norm: Option<f64>,
+}
+
+impl Default for OptimizerSettings {
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 0.0,
+            max_grad_norm: Some(1.0),
+        }
+    }
+}
+
+/// Metrics of one optimizer step, named as TRL logs them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepMetrics {
+    /// Mean loss over the pairs.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate of the step.
+    pub lr: f64,
+    /// `rewards/chosen`.
+    pub rewards_chosen: f64,
+    /// `rewards/rejected`.
+    pub rewards_rejected: f64,
+    /// `rewards/accuracies`.
+    pub rewards_accuracies: f64,
+    /// `rewards/margins`.
+    pub rewards_margins: f64,
+    /// `logps/chosen`.
+    pub logps_chosen: f64,
+    /// `logps/rejected`.
+    pub logps_rejected: f64,
+}
+
+fn mean(t: Tensor<1>) -> f64 {
+    t.mean().into_scalar::<f64>()
+}
+
+/// Sums the squares of every gradient.
+struct SquaredNorm<'a> {
+    grads: &'a GradientsParams,
+    total: f64,
+}
+
+impl ModuleVisitor for SquaredNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            self.total += g.square().sum().into_scalar::<f64>();
+        }
+    }
+}
+
+/// Multiplies every gradient by a factor.
+struct Scale<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl ModuleVisitor for Scale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            self.grads.register(param.id, g.mul_scalar(self.factor));
+        }
+    }
+}
+
+/// Detaches a module's parameters from the autodiff device (for saving and comparing).
+struct NoGrad;
+
+impl ModuleMapper for NoGrad {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|t| t.without_autodiff())
+    }
+}
+
+fn scaled<const D: usize>(p: Param<Tensor<D>>, keep: f64) -> Param<Tensor<D>> {
+    p.map(|t| Tensor::from_inner(t.inner().mul_scalar(keep)).require_grad())
+}
+
+/// Decoupled weight decay, `p <- p (1 - lr wd)`, before the Adam update (as
+/// `torch.optim.AdamW` orders it), on the parameter group transformers' `Trainer` decays:
+/// embeddings and linear weights; not norms, not biases.
+fn decay(mut p: LlamaParams, keep: f64) -> LlamaParams {
+    if keep == 1.0 {
+        return p;
+    }
+    p.model.embed_tokens.weight = scaled(p.model.embed_tokens.weight, keep);
+    if let Some(head) = p.lm_head.as_mut() {
+        head.weight = scaled(head.weight.clone(), keep);
+    }
+    for layer in &mut p.model.layers {
+        let a = &mut layer.self_attn;
+        let m = &mut layer.mlp;
+        for lin in [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ] {
+            lin.weight = scaled(lin.weight.clone(), keep);
+        }
+    }
+    p
+}
+
+/// A policy being trained, with its frozen reference and the optimizer state.
+pub struct Trainer {
+    policy: Option<Llama>,
+    reference: Option<Llama>,
+    loss: Box<dyn PreferenceLoss>,
+    optim: ModuleOptimizer,
+    settings: OptimizerSettings,
+    steps: usize,
+    precomputed: bool,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("settings", &self.settings)
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Trainer {
+    /// A trainer for `policy` (on an autodiff device: `Device::autodiff()`), with `reference`
+    /// (`None` for reference-free losses) on the same device, so that both run the same kernels
+    /// and the implicit rewards start at exactly 0, as in TRL. The reference is frozen.
+    pub fn new(
+        policy: Llama,
+        reference: Option<Llama>,
+        loss: Box<dyn PreferenceLoss>,
+        settings: OptimizerSettings,
+    ) -> Result<Self, TrainError> {
+        if !policy.device().is_autodiff() {
+            return Err(TrainError::Input(
+                "the policy must live on an autodiff device".into(),
+            ));
+        }
+        if let Some(r) = &reference
+            && r.device() != policy.device()
+        {
+            return Err(TrainError::Input(
+                "the reference model must be on the policy's device".into(),
+            ));
+        }
+        let reference = reference.map(|r| r.map_params(|p| p.no_grad()));
+        // Weight decay is applied here, per parameter group (see `decay`), not by burn's AdamW.
+        let optim = AdamWConfig::new()
+            .with_beta_1(settings.beta1)
+            .with_beta_2(settings.beta2)
+            .with_epsilon(settings.epsilon)
+            .with_weight_decay(0.0)
+            .init();
+        Ok(Self {
+            policy: Some(policy),
+            reference,
+            loss,
+            optim,
+            settings,
+            steps: 0,
+            precomputed: false,
+        })
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> Option<&Llama> {
+        self.policy.as_ref()
+    }
+
+    /// The policy's parameters off the autodiff graph.
+    pub fn policy_params(&self) -> Option<LlamaParams> {
+        self.policy
+            .as_ref()
+            .map(|p| p.params.clone().map(&mut NoGrad))
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// The optimizer (for checkpoints).
+    pub fn optimizer(&self) -> &ModuleOptimizer {
+        &self.optim
+    }
+
+    /// Restores the optimizer state saved by [`ModuleOptimizer::save`] (the policy's parameter
+    /// ids must be those it was saved with).
+    pub fn load_optimizer(&mut self, path: &std::path::Path) -> Result<(), TrainError> {
+        let optim = std::mem::replace(&mut self.optim, AdamWConfig::new().init());
+        self.optim = optim
+            .load(path)
+            .map_err(|e| TrainError::Input(format!("{}: {e:?}", path.display())))?;
+        Ok(())
+    }
+
+    /// Whether reference log-probabilities come with each step (cached) instead of from the
+    /// reference model.
+    pub fn set_precomputed_reference(&mut self, on: bool) {
+        if on {
+            self.reference = None;
+        }
+        self.precomputed = on;
+    }
+
+    /// One optimizer step on `pairs` at learning rate `lr`, all in one forward/backward pass,
+    /// reference log-probabilities from the reference model.
+    pub fn step(&mut self, pairs: &[TokenizedPair], lr: f64) -> Result<StepMetrics, TrainError> {
+        let refs: Vec<&TokenizedPair> = pairs.iter().collect();
+        self.accumulate_step(&refs, None, pairs.len().max(1), lr)
+    }
+
+    /// One optimizer step on `pairs` at learning rate `lr`, in forward/backward passes of at most
+    /// `micro` pairs whose gradients add up to those of the mean loss over all `pairs`.
+    /// `reference` holds the pairs' (chosen, rejected) reference log-probabilities when they are
+    /// precomputed.
+    pub fn accumulate_step(
+        &mut self,
+        pairs: &[&TokenizedPair],
+        reference: Option<&(Vec<f32>, Vec<f32>)>,
+        micro: usize,
+        lr: f64,
+    ) -> Result<StepMetrics, TrainError> {
+        let total = pairs.len();
+        if total == 0 {
+            return Err(TrainError::Input("an empty batch".into()));
+        }
+        let Some(policy) = self.policy.take() else {
+            return Err(TrainError::Input("the trainer lost its policy".into()));
+        };
+        let result = self.accumulate(&policy, pairs, reference, micro.max(1), lr);
+        let (metrics, grads) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                self.policy = Some(policy);
+                return Err(e);
+            }
+        };
+        let optim = &mut self.optim;
+        let keep = 1.0 - lr * f64::from(self.settings.weight_decay);
+        self.policy = Some(policy.map_params(|params| optim.step(lr, decay(params, keep), grads)));
+        self.steps += 1;
+        Ok(metrics)
+    }
+
+    fn accumulate(
+        &self,
+        policy: &Llama,
+        pairs: &[&TokenizedPair],
+        reference: Option<&(Vec<f32>, Vec<f32>)>,
+        micro: usize,
+        lr: f64,
+    ) -> Result<(StepMetrics, GradientsParams), TrainError> {
+        let total = pairs.len();
+        let mut acc = burn::optim::GradientsAccumulator::new();
+        let mut sums = [0f64; 7];
+        for (k, chunk) in pairs.chunks(micro).enumerate() {
+            let refs = reference.map(|(c, r)| {
+                let at = k * micro;
+                (
+                    c[at..at + chunk.len()].to_vec(),
+                    r[at..at + chunk.len()].to_vec(),
+                )
+            });
+            let weight = chunk.len() as f64 / total as f64;
+            let (m, grads) = self.micro_step(policy, chunk, refs, weight)?;
+            acc.accumulate(&policy.params, grads);
+            for (s, v) in sums.iter_mut().zip(m) {
+                *s += v * weight;
+            }
+        }
+        let mut grads = acc.grads();
+        let mut norm = SquaredNorm {
+            grads: &grads,
+            total: 0.0,
+        };
+        policy.params.visit(&mut norm);
+        let grad_norm = norm.total.sqrt();
+        if let Some(max) = self.settings.max_grad_norm {
+            // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
+            let factor = max / (grad_norm + 1e-6);
+            if factor < 1.0 {
+                policy.params.visit(&mut Scale {
+                    grads: &mut grads,
+                    factor,
+                });
+            }
+        }
+        let metrics = StepMetrics {
+            loss: sums[0],
+            grad_norm,
+            lr,
+            rewards_chosen: sums[1],
+            rewards_rejected: sums[2],
+            rewards_accuracies: sums[3],
+            rewards_margins: sums[4],
+            logps_chosen: sums[5],
+            logps_rejected: sums[6],
+        };
+        Ok((metrics, grads))
+    }
+
+    /// Forward and backward of one micro-batch; its loss is weighted by `weight` (its share of
+    /// the step's pairs). Returns the micro-batch's unweighted means (loss, rewards/chosen,
+    /// rewards/rejected, accuracies, margins, logps/chosen, logps/rejected) and its gradients.
+    fn micro_step(
+        &self,
+        policy: &Llama,
+        pairs: &[&TokenizedPair],
+        reference: Option<(Vec<f32>, Vec<f32>)>,
+        weight: f64,
+    ) -> Result<([f64; 7], GradientsParams), TrainError> {
+        let b = pairs.len();
+        let seqs: Vec<(&[u32], &[u32])> = pairs
+            .iter()
+            .map(|p| (p.prompt.as_slice(), p.chosen.as_slice()))
+            .chain(
+                pairs
+                    .iter()
+                    .map(|p| (p.prompt.as_slice(), p.rejected.as_slice())),
+            )
+            .collect();
+        let device: Device = policy.device().clone();
+        let (logps, counts) = response_logps(policy, &seqs)?;
+        let counts: Vec<f32> = counts.iter().map(|&c| c as f32).collect();
+        let counts = Tensor::<1>::from_data(TensorData::new(counts, [2 * b]), &device);
+        let floats = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [b]), &device);
+        let (ref_c, ref_r) = if !self.loss.needs_reference() {
+            (None, None)
+        } else if let Some((c, r)) = reference {
+            (Some(floats(c)), Some(floats(r)))
+        } else if let Some(model) = &self.reference {
+            let (r, _) = response_logps(model, &seqs)?;
+            let r = r.detach();
+            (Some(r.clone().narrow(0, 0, b)), Some(r.narrow(0, b, b)))
+        } else {
+            return Err(TrainError::Input(
+                "the loss needs reference log-probabilities".into(),
+            ));
+        };
+        let out = self.loss.compute(LossInput {
+            policy_chosen: logps.clone().narrow(0, 0, b),
+            policy_rejected: logps.narrow(0, b, b),
+            reference_chosen: ref_c,
+            reference_rejected: ref_r,
+            chosen_tokens: counts.clone().narrow(0, 0, b),
+            rejected_tokens: counts.narrow(0, b, b),
+        })?;
+        let loss = out.losses.mean();
+        let loss_value = loss.clone().into_scalar::<f64>();
+        let grads = GradientsParams::from_grads(loss.mul_scalar(weight).backward(), &policy.params);
+        let cr = out.chosen_rewards.without_autodiff();
+        let rr = out.rejected_rewards.without_autodiff();
+        let accuracies = cr.clone().greater(rr.clone()).float();
+        Ok((
+            [
+                loss_value,
+                mean(cr.clone()),
+                mean(rr.clone()),
+                mean(accuracies),
+                mean(cr - rr),
+                mean(out.chosen_logps.without_autodiff()),
+                mean(out.rejected_logps.without_autodiff()),
+            ],
+            grads,
+        ))
+    }
+}

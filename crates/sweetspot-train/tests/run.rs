@@ -1,0 +1,223 @@
+//! Whole training runs on the tiny policy fixture: metrics log, learning-rate schedule, gradient
+//! accumulation, the reference cache, export, and kill-and-resume to the same final weights.
+
+use std::path::{Path, PathBuf};
+
+use sweetspot_core::{NoProgress, PreferenceLossConfig};
+use sweetspot_losses::DpoConfig;
+use sweetspot_model::{Llama, resolve_device};
+use sweetspot_train::run::{Decay, TrainSettings, learning_rate, run_training};
+use sweetspot_train::{OptimizerSettings, Trainer, tokenize_pair};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn write_pairs(path: &Path) {
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("dpo/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let mut text = String::new();
+    let pairs = r["pairs"].as_array().unwrap();
+    // Six pairs: the four of the TRL fixture, two of them again with the texts swapped.
+    for (i, p) in pairs.iter().chain(pairs.iter().take(2)).enumerate() {
+        let mut p = p.clone();
+        if i >= pairs.len() {
+            let c = p["chosen"].clone();
+            p["chosen"] = p["rejected"].clone();
+            p["rejected"] = c;
+        }
+        text.push_str(&p.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn settings(dir: &Path, out: &str) -> TrainSettings {
+    TrainSettings {
+        pairs: dir.join("pairs.jsonl"),
+        policy: fixtures().join("models/policy"),
+        output: dir.join(out),
+        device: resolve_device("cpu").unwrap(),
+        epochs: 2,
+        batch_size: 4,
+        micro_batch_size: 2,
+        learning_rate: 1e-3,
+        warmup_ratio: 0.25,
+        decay: Decay::Linear,
+        optimizer: OptimizerSettings {
+            weight_decay: 0.01,
+            ..OptimizerSettings::default()
+        },
+        save_steps: 1,
+        seed: 7,
+        stop_after: None,
+    }
+}
+
+fn loss() -> Box<dyn sweetspot_core::PreferenceLoss> {
+    DpoConfig {
+        beta: 0.1,
+        label_smoothing: 0.0,
+        robust: false,
+    }
+    .build(&sweetspot_core::BuildContext::new("."))
+    .unwrap()
+}
+
+#[test]
+fn schedule_follows_transformers() {
+    // 10 steps, 2 warm-up: 0, 0.5, then linear from 1 down to 1/8 at the last step.
+    let lr: Vec<f64> = (0..10)
+        .map(|s| learning_rate(1.0, s, 10, 2, Decay::Linear))
+        .collect();
+    assert_eq!(lr[0], 0.0);
+    assert_eq!(lr[1], 0.5);
+    assert_eq!(lr[2], 1.0);
+    assert!((lr[9] - 0.125).abs() < 1e-12);
+    assert!((learning_rate(1.0, 6, 10, 2, Decay::Cosine) - 0.5).abs() < 1e-12);
+    assert_eq!(learning_rate(1.0, 9, 10, 2, Decay::Constant), 1.0);
+}
+
+#[test]
+fn accumulated_micro_batches_equal_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pairs(&dir.path().join("pairs.jsonl"));
+    let device = resolve_device("cpu").unwrap().autodiff();
+    let policy_dir = fixtures().join("models/policy");
+    let (_, tok) = sweetspot_model::load_causal_lm(&policy_dir, &device).unwrap();
+    let pairs = sweetspot_train::run::read_pairs(&dir.path().join("pairs.jsonl"), &tok).unwrap();
+    // The four distinct pairs (the swapped copies would cancel gradients to rounding noise,
+    // which Adam then blows up to whole steps).
+    let refs: Vec<_> = pairs.iter().take(4).collect();
+    let mut metrics = Vec::new();
+    let mut params = Vec::new();
+    for micro in [4, 3, 1] {
+        let policy = Llama::from_pretrained(&policy_dir, &device).unwrap();
+        let reference = Llama::from_pretrained(&policy_dir, &device).unwrap();
+        let mut t = Trainer::new(
+            policy,
+            Some(reference),
+            loss(),
+            OptimizerSettings::default(),
+        )
+        .unwrap();
+        // Two steps, so the second runs at policy != reference.
+        t.accumulate_step(&refs, None, micro, 1e-3).unwrap();
+        metrics.push(t.accumulate_step(&refs, None, micro, 1e-3).unwrap());
+        params.push(sweetspot_model::export::hf_tensors(&t.policy_params().unwrap()).unwrap());
+    }
+    for (m, p) in metrics.iter().zip(&params).skip(1) {
+        // The first steps differ in float rounding only; Adam carries that into the second.
+        assert!(
+            (m.loss - metrics[0].loss).abs() < 1e-4 * metrics[0].loss,
+            "{m:?} vs {:?}",
+            metrics[0]
+        );
+        assert!((m.grad_norm - metrics[0].grad_norm).abs() < 1e-3 * metrics[0].grad_norm);
+        let mut worst = 0f32;
+        let mut loose = 0;
+        let mut n = 0;
+        for ((_, _, a), (_, _, b)) in p.iter().zip(&params[0]) {
+            for (x, y) in a.iter().zip(b) {
+                worst = worst.max((x - y).abs());
+                loose += usize::from((x - y).abs() > 1e-6);
+                n += 1;
+            }
+        }
+        assert!(
+            loose * 1000 <= n && worst <= 2e-4,
+            "{loose} of {n}, worst {worst}"
+        );
+    }
+    // Sanity: the pairs were tokenized by TRL's rule.
+    assert_eq!(
+        pairs[0],
+        tokenize_pair(
+            &tok,
+            &[sweetspot_core::Message::new(
+                "user",
+                "What is the capital of France?"
+            )],
+            &[sweetspot_core::Message::new("assistant", "Paris.")],
+            &[sweetspot_core::Message::new(
+                "assistant",
+                "Lyon, on the Seine, is the capital."
+            )],
+        )
+        .unwrap()
+    );
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pairs(&dir.path().join("pairs.jsonl"));
+
+    let whole = settings(dir.path(), "whole");
+    let s = run_training(&whole, loss(), &NoProgress).unwrap();
+    assert_eq!((s.total_steps, s.steps, s.resumed_steps), (4, 4, 0));
+    assert!(!s.reference_cached);
+    let metrics = std::fs::read_to_string(whole.output.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0]["learning_rate"], 0.0); // warm-up starts at 0, as transformers does
+    assert_eq!(lines[0]["rewards/chosen"], 0.0); // policy = reference at the first step
+    for key in [
+        "loss",
+        "grad_norm",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+    ] {
+        assert!(lines[3][key].is_number(), "{key}");
+    }
+    let policy = s.policy.unwrap();
+
+    // Killed after step 1, then after step 3, then finished.
+    let mut parts = settings(dir.path(), "parts");
+    for (stop, resumed) in [(Some(1), 0), (Some(2), 1), (None, 3)] {
+        parts.stop_after = stop;
+        let s = run_training(&parts, loss(), &NoProgress).unwrap();
+        assert_eq!(s.resumed_steps, resumed);
+        assert!(
+            s.reference_cached,
+            "the reference log-probabilities are reused"
+        );
+    }
+    let resumed = parts.output.join("policy");
+    assert_eq!(
+        read(&resumed.join("model.safetensors")),
+        read(&policy.join("model.safetensors")),
+        "resumed weights differ"
+    );
+    assert_eq!(
+        std::fs::read_to_string(parts.output.join("metrics.jsonl")).unwrap(),
+        metrics
+    );
+
+    // The export loads back (as transformers' layout) and the training moved it.
+    let device = resolve_device("cpu").unwrap();
+    let trained = Llama::from_pretrained(&policy, &device).unwrap();
+    let initial = Llama::from_pretrained(&fixtures().join("models/policy"), &device).unwrap();
+    let a = sweetspot_model::export::hf_tensors(&trained.params).unwrap();
+    let b = sweetspot_model::export::hf_tensors(&initial.params).unwrap();
+    let moved = a
+        .iter()
+        .zip(&b)
+        .flat_map(|(x, y)| x.2.iter().zip(&y.2))
+        .filter(|(x, y)| (*x - *y).abs() > 1e-4)
+        .count();
+    assert!(moved > 1000, "only {moved} weights moved");
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(policy.join(f).exists(), "{f}");
+    }
+}

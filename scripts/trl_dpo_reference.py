@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Records TRL's preference losses and two optimizer steps on a tiny random-weight policy.
+
+Needs torch, transformers, tokenizers, safetensors, datasets and trl. Run from the repository
+root:
+
+    python3 scripts/trl_dpo_reference.py
+
+Writes tests/fixtures/models/policy/ (a tiny `LlamaForCausalLM` with the Llama-3-style tokenizer
+and chat template of scripts/make_reward_fixtures.py) and tests/fixtures/dpo/:
+
+- reference.json: the pairs (TRL's conversational format), the token ids TRL trains on
+  (`prompt_ids`, `chosen_ids`, `rejected_ids`: the completion starts where the rendered prompt
+  and prompt + completion diverge), the hyper-parameters, and for each loss the metrics TRL
+  logs for each of the two steps (loss, grad_norm, rewards/*, logps/*);
+- after_<loss>.safetensors: every parameter after the two AdamW steps (the first step's
+  losses are at policy = reference; the second's are not).
+
+Losses: `sigmoid` (DPO), `robust` (label_smoothing 0.1), `ipo`, `hinge` with TRL's
+`DPOTrainer` (two steps: batch = all pairs, constant learning rate, AdamW eps 1e-8, weight decay,
+gradient clipping at 1.0, dropout off, the reference model a frozen copy of the initial policy);
+`simpo` with the loss of TRL's `CPOTrainer` (`cpo_loss`, loss_type "simpo", cpo_alpha 0) on
+length-averaged log-probabilities of the same tokens, and the same step written out in torch
+(`clip_grad_norm_`, `torch.optim.AdamW` with the Trainer's parameter groups: no weight decay
+on biases and norms), since the CPO trainer tokenizes differently.
+"""
+
+import copy
+import json
+import os
+import shutil
+import sys
+import tempfile
+import types
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from safetensors.torch import save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_reward_fixtures import COMMON, tokenizer  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+POLICY = os.path.join(ROOT, "tests", "fixtures", "models", "policy")
+OUT = os.path.join(ROOT, "tests", "fixtures", "dpo")
+
+PAIRS = [
+    {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
+     "chosen": [{"role": "assistant", "content": "Paris."}],
+     "rejected": [{"role": "assistant", "content": "Lyon, on the Seine, is the capital."}]},
+    {"prompt": [{"role": "user", "content": "Add 12345 and 678."}],
+     "chosen": [{"role": "assistant", "content": "13023"}],
+     "rejected": [{"role": "assistant", "content": "I do not know."}]},
+    {"prompt": [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "Say hi."}],
+     "chosen": [{"role": "assistant", "content": "Hi! A quick brown fox says hello."}],
+     "rejected": [{"role": "assistant", "content": "No."}]},
+    {"prompt": [{"role": "user", "content": "Tell me a fact."}],
+     "chosen": [{"role": "assistant", "content": "Foxes are quick."}],
+     "rejected": [{"role": "assistant", "content": "Dogs can be lazy, or not at all."}]},
+]
+
+HYPER = dict(beta=0.1, learning_rate=1e-3, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999,
+             adam_epsilon=1e-8, max_grad_norm=1.0, label_smoothing=0.1, simpo_gamma=0.5)
+
+STEPS = 2
+
+METRICS = ["loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
+           "rewards/margins", "logps/chosen", "logps/rejected"]
+
+
+def make_policy(tok):
+    torch.manual_seed(2026)
+    cfg = LlamaConfig(**COMMON, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    cfg._attn_implementation = "eager"
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.8, 1.2)
+            else:
+                p.normal_(0.0, 0.08)
+    os.makedirs(POLICY, exist_ok=True)
+    model.config.architectures = ["LlamaForCausalLM"]
+    model.config.save_pretrained(POLICY)
+    tok.save_pretrained(POLICY)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(POLICY, "model.safetensors"), metadata={"format": "pt"})
+    return model
+
+
+def load_policy():
+    model = LlamaForCausalLM.from_pretrained(POLICY, dtype=torch.float32)
+    model.config._attn_implementation = "eager"
+    return model
+
+
+def save_params(model, name):
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(OUT, f"after_{name}.safetensors"))
+
+
+def dpo_step(tok, loss_type, label_smoothing):
+    from trl import DPOConfig, DPOTrainer
+    model = load_policy()
+    ref = load_policy()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = DPOConfig(
+            output_dir=tmp, per_device_train_batch_size=len(PAIRS), gradient_accumulation_steps=1,
+            max_steps=STEPS, learning_rate=HYPER["learning_rate"], lr_scheduler_type="constant",
+            warmup_steps=0, weight_decay=HYPER["weight_decay"], adam_beta1=HYPER["adam_beta1"],
+            adam_beta2=HYPER["adam_beta2"], adam_epsilon=HYPER["adam_epsilon"],
+            max_grad_norm=HYPER["max_grad_norm"], beta=HYPER["beta"], loss_type=[loss_type],
+            label_smoothing=label_smoothing, logging_steps=1, report_to=[], seed=0,
+            save_strategy="no", use_cpu=True, bf16=False, fp16=False, disable_dropout=True,
+            optim="adamw_torch", dataloader_drop_last=False, max_length=None)
+        trainer = DPOTrainer(model=model, ref_model=ref, args=args,
+                             train_dataset=Dataset.from_list(PAIRS), processing_class=tok)
+        tokenized = [{k: trainer.train_dataset[i][k] for k in ("prompt_ids", "chosen_ids",
+                                                                "rejected_ids")}
+                     for i in range(len(PAIRS))]
+        trainer.train()
+        logs = [h for h in trainer.state.log_history if "loss" in h]
+    save_params(trainer.model, loss_type)
+    return tokenized, [{k: h[k] for k in METRICS} for h in logs]
+
+
+def simpo_step(tokenized):
+    from trl.experimental.cpo import CPOTrainer
+    model = load_policy()
+    model.train()
+    ids, masks = [], []
+    for which in ("chosen_ids", "rejected_ids"):
+        for t in tokenized:
+            ids.append(t["prompt_ids"] + t[which])
+            masks.append([0] * len(t["prompt_ids"]) + [1] * len(t[which]))
+    width = max(len(i) for i in ids)
+    x = torch.zeros(len(ids), width, dtype=torch.long)
+    attn = torch.zeros(len(ids), width, dtype=torch.long)
+    comp = torch.zeros(len(ids), width, dtype=torch.long)
+    for r, (i, m) in enumerate(zip(ids, masks)):
+        x[r, :len(i)] = torch.tensor(i)
+        attn[r, :len(i)] = 1
+        comp[r, :len(m)] = torch.tensor(m)
+    target = x[:, 1:]
+    mask = comp[:, 1:].float()
+    n = len(tokenized)
+    ns = types.SimpleNamespace(alpha=0.0, accelerator=types.SimpleNamespace(device="cpu"),
+                               loss_type="simpo", simpo_gamma=HYPER["simpo_gamma"],
+                               beta=HYPER["beta"], label_smoothing=0.0)
+    # As transformers' Trainer groups parameters: no weight decay on biases and norms.
+    from transformers import Trainer
+    decay = set(Trainer.get_decay_parameter_names(None, model))
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if n in decay],
+         "weight_decay": HYPER["weight_decay"]},
+        {"params": [p for n, p in model.named_parameters() if n not in decay],
+         "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=HYPER["learning_rate"],
+                            betas=(HYPER["adam_beta1"], HYPER["adam_beta2"]),
+                            eps=HYPER["adam_epsilon"], weight_decay=HYPER["weight_decay"])
+    steps = []
+    for _ in range(STEPS):
+        logits = model(x, attention_mask=attn).logits[:, :-1]
+        per_token = torch.gather(logits.log_softmax(-1), 2, target.unsqueeze(-1)).squeeze(-1)
+        avg = (per_token * mask).sum(-1) / mask.sum(-1)
+        chosen, rejected = avg[:n], avg[n:]
+        losses, cr, rr = CPOTrainer.cpo_loss(ns, chosen, rejected)
+        loss = losses.mean()
+        opt.zero_grad()
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), HYPER["max_grad_norm"])
+        opt.step()
+        steps.append({"loss": loss.item(), "grad_norm": grad_norm.item(),
+                      "rewards/chosen": cr.mean().item(), "rewards/rejected": rr.mean().item(),
+                      "rewards/accuracies": (cr > rr).float().mean().item(),
+                      "rewards/margins": (cr - rr).mean().item(),
+                      "logps/chosen": chosen.mean().item(),
+                      "logps/rejected": rejected.mean().item()})
+    save_params(model, "simpo")
+    return steps
+
+
+def main():
+    import transformers
+    import trl
+    tok = tokenizer()
+    make_policy(tok)
+    os.makedirs(OUT, exist_ok=True)
+    results = {}
+    tokenized = None
+    for name, loss_type, ls in [("sigmoid", "sigmoid", 0.0), ("robust", "robust", 0.1),
+                                ("ipo", "ipo", 0.0), ("hinge", "hinge", 0.0)]:
+        torch.manual_seed(0)
+        tokenized, metrics = dpo_step(tok, loss_type, ls)
+        results[name] = metrics
+        print(name, metrics)
+    torch.manual_seed(0)
+    results["simpo"] = simpo_step(tokenized)
+    print("simpo", results["simpo"])
+    with open(os.path.join(OUT, "reference.json"), "w") as f:
+        json.dump({"pairs": PAIRS, "tokenized": tokenized, "hyper": HYPER, "steps": results,
+                   "trl": trl.__version__, "transformers": transformers.__version__,
+                   "torch": torch.__version__}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
