@@ -22,7 +22,7 @@ import time
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
@@ -64,7 +64,15 @@ def main():
     with open(PAIRS, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    model = AutoModelForCausalLM.from_pretrained(DIR, gguf_file=GGUF, dtype=torch.float32)
+    # transformers marks a GGUF-loaded model as quantized and refuses to train it: move the same
+    # (dequantized f32) weights into a plain model.
+    lm = AutoModelForCausalLM.from_pretrained(DIR, gguf_file=GGUF, dtype=torch.float32)
+    cfg = lm.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = LlamaForCausalLM(cfg)
+    model.load_state_dict(lm.state_dict())
+    del lm
     timer = Timer()
     with tempfile.TemporaryDirectory() as tmp:
         args = DPOConfig(output_dir=tmp, per_device_train_batch_size=BATCH, max_steps=STEPS,

@@ -130,13 +130,33 @@ pub fn response_logps(
         Tensor::<2, Bool>::from_data(TensorData::new(key_mask, [n, t]), &device),
         None,
     )?;
-    let hidden = hidden.narrow(1, 0, t - 1);
-    let logps = log_softmax(model.logits(hidden), 2);
-    let picked = logps
-        .gather(2, ints(targets, [n, t - 1]).unsqueeze_dim::<3>(2))
-        .reshape([n, t - 1]);
-    let w = Tensor::<2>::from_data(TensorData::new(weights, [n, t - 1]), &device);
-    Ok(((picked * w).sum_dim(1).reshape([n]), counts))
+    // Only completion positions need logits: gather their hidden states (prompt positions are
+    // about half of a typical pair), project, take log-softmax, pick the targets, and sum per
+    // sequence with a [sequences, positions] 0/1 matrix.
+    let width = hidden.dims()[2];
+    let flat = hidden.narrow(1, 0, t - 1).reshape([n * (t - 1), width]);
+    let mut rows = Vec::new();
+    let mut picked_targets = Vec::new();
+    let mut owner = Vec::new();
+    for (i, &w) in weights.iter().enumerate() {
+        if w > 0.0 {
+            rows.push(i as i64);
+            picked_targets.push(targets[i]);
+            owner.push(i / (t - 1));
+        }
+    }
+    let k = rows.len();
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(rows, [k]), &device);
+    let h = flat.select(0, idx).unsqueeze_dim::<3>(0);
+    let logps = log_softmax(model.logits(h), 2);
+    let tgt = Tensor::<1, Int>::from_data(TensorData::new(picked_targets, [k]), &device);
+    let picked = logps.gather(2, tgt.reshape([1, k, 1])).reshape([k, 1]);
+    let mut onehot = vec![0f32; n * k];
+    for (j, &o) in owner.iter().enumerate() {
+        onehot[o * k + j] = 1.0;
+    }
+    let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [n, k]), &device);
+    Ok((onehot.matmul(picked).reshape([n]), counts))
 }
 
 /// AdamW and clipping settings, each explicit (burn's defaults differ from PyTorch's).
