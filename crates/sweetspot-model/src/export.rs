@@ -27,8 +27,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-fn values(t: Tensor<2>, transpose: bool) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
-    let t = if transpose { t.transpose() } else { t };
+fn host<const D: usize>(t: Tensor<D>) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
     let shape = t.dims().to_vec();
     let v = t
         .into_data()
@@ -38,14 +37,13 @@ fn values(t: Tensor<2>, transpose: bool) -> Result<(Vec<usize>, Vec<f32>), Model
     Ok((shape, v))
 }
 
+/// A burn weight in transformers' layout (`Linear` weights are stored `[in, out]`).
+fn values(t: Tensor<2>, transpose: bool) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
+    host(if transpose { t.transpose() } else { t })
+}
+
 fn vector(t: Tensor<1>) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
-    let shape = t.dims().to_vec();
-    let v = t
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_err(|e| ModelError::Input(format!("reading a weight: {e:?}")))?;
-    Ok((shape, v))
+    host(t)
 }
 
 /// One parameter in transformers' naming and layout: (name, shape, values).

@@ -15,7 +15,7 @@ use burn::module::Module;
 use sweetspot_core::{BuildContext, PreferenceLossConfig};
 use sweetspot_losses::DpoConfig;
 use sweetspot_model::{Llama, resolve_device};
-use sweetspot_train::{OptimizerSettings, Trainer, response_logps};
+use sweetspot_train::{OptimizerSettings, Trainer, pair_sequences, response_logps};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -62,15 +62,7 @@ fn main() {
     let mut refs = Vec::new();
     for step in 0..STEPS {
         let batch = &pairs[step * BATCH..(step + 1) * BATCH];
-        let seqs: Vec<(&[u32], &[u32])> = batch
-            .iter()
-            .map(|p| (p.prompt.as_slice(), p.chosen.as_slice()))
-            .chain(
-                batch
-                    .iter()
-                    .map(|p| (p.prompt.as_slice(), p.rejected.as_slice())),
-            )
-            .collect();
+        let seqs = pair_sequences(batch);
         let (l, _) = response_logps(&frozen, &seqs).expect("reference");
         let v = l.detach().into_data().try_to_vec::<f32>().expect("values");
         refs.push((v[..BATCH].to_vec(), v[BATCH..].to_vec()));

@@ -80,6 +80,21 @@ pub fn tokenize_pair(
     })
 }
 
+/// The sequences of a batch of pairs as [`response_logps`] takes them: every (prompt, chosen),
+/// then every (prompt, rejected).
+pub fn pair_sequences<P: std::borrow::Borrow<TokenizedPair>>(pairs: &[P]) -> Vec<(&[u32], &[u32])> {
+    let pairs: Vec<&TokenizedPair> = pairs.iter().map(|p| p.borrow()).collect();
+    pairs
+        .iter()
+        .map(|p| (p.prompt.as_slice(), p.chosen.as_slice()))
+        .chain(
+            pairs
+                .iter()
+                .map(|p| (p.prompt.as_slice(), p.rejected.as_slice())),
+        )
+        .collect()
+}
+
 /// Summed log-probabilities of each sequence's completion tokens, `[sequences]`, and the number
 /// of completion tokens of each. `seqs` are (prompt, completion) pairs; they are right-padded
 /// into one batch.
@@ -493,15 +508,7 @@ impl Trainer {
         weight: f64,
     ) -> Result<([f64; 7], GradientsParams), TrainError> {
         let b = pairs.len();
-        let seqs: Vec<(&[u32], &[u32])> = pairs
-            .iter()
-            .map(|p| (p.prompt.as_slice(), p.chosen.as_slice()))
-            .chain(
-                pairs
-                    .iter()
-                    .map(|p| (p.prompt.as_slice(), p.rejected.as_slice())),
-            )
-            .collect();
+        let seqs = pair_sequences(pairs);
         let device: Device = policy.device().clone();
         let (logps, counts) = response_logps(policy, &seqs)?;
         let counts: Vec<f32> = counts.iter().map(|&c| c as f32).collect();

@@ -30,7 +30,10 @@ use sha2::{Digest, Sha256};
 use sweetspot_core::{Message, PreferenceLoss, Progress, PromptContent};
 use sweetspot_model::{Llama, Tokenizer};
 
-use crate::{OptimizerSettings, StepMetrics, TokenizedPair, TrainError, Trainer, response_logps};
+use crate::{
+    OptimizerSettings, StepMetrics, TokenizedPair, TrainError, Trainer, pair_sequences,
+    response_logps,
+};
 
 /// The learning-rate schedule after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,15 +241,7 @@ fn reference_logps(
     let mut rejected = Vec::with_capacity(pairs.len());
     progress.message("reference log-probabilities");
     for batch in pairs.chunks(micro.max(1)) {
-        let seqs: Vec<(&[u32], &[u32])> = batch
-            .iter()
-            .map(|p| (p.prompt.as_slice(), p.chosen.as_slice()))
-            .chain(
-                batch
-                    .iter()
-                    .map(|p| (p.prompt.as_slice(), p.rejected.as_slice())),
-            )
-            .collect();
+        let seqs = pair_sequences(batch);
         let (l, _) = response_logps(&frozen, &seqs)?;
         let v = l
             .detach()

@@ -13,10 +13,8 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::Tensor;
 use sweetspot_core::{BuildContext, Message, PreferenceLossConfig};
 use sweetspot_losses::{DpoConfig, HingeConfig, IpoConfig, SimpoConfig};
-use sweetspot_model::llama::LlamaParams;
 use sweetspot_model::{Llama, Tokenizer, resolve_device};
 use sweetspot_train::{OptimizerSettings, StepMetrics, TokenizedPair, Trainer, tokenize_pair};
 
@@ -106,49 +104,6 @@ fn check_metrics(m: &StepMetrics, want: &serde_json::Value, what: &str) {
     );
 }
 
-/// Every parameter as (transformers name, values in transformers' layout).
-fn named(params: &LlamaParams) -> Vec<(String, Vec<f32>)> {
-    let vals = |t: Tensor<2>, transpose: bool| -> Vec<f32> {
-        let t = if transpose { t.transpose() } else { t };
-        t.into_data().try_to_vec::<f32>().unwrap()
-    };
-    let vec1 = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
-    let mut out = vec![
-        (
-            "model.embed_tokens.weight".to_string(),
-            vals(params.model.embed_tokens.weight.val(), false),
-        ),
-        (
-            "model.norm.weight".to_string(),
-            vec1(params.model.norm.gamma.val()),
-        ),
-    ];
-    if let Some(head) = &params.lm_head {
-        out.push(("lm_head.weight".into(), vals(head.weight.val(), true)));
-    }
-    for (i, l) in params.model.layers.iter().enumerate() {
-        let p = |s: &str| format!("model.layers.{i}.{s}.weight");
-        let a = &l.self_attn;
-        for (name, w) in [
-            ("self_attn.q_proj", &a.q_proj),
-            ("self_attn.k_proj", &a.k_proj),
-            ("self_attn.v_proj", &a.v_proj),
-            ("self_attn.o_proj", &a.o_proj),
-            ("mlp.gate_proj", &l.mlp.gate_proj),
-            ("mlp.up_proj", &l.mlp.up_proj),
-            ("mlp.down_proj", &l.mlp.down_proj),
-        ] {
-            out.push((p(name), vals(w.weight.val(), true)));
-        }
-        out.push((p("input_layernorm"), vec1(l.input_layernorm.gamma.val())));
-        out.push((
-            p("post_attention_layernorm"),
-            vec1(l.post_attention_layernorm.gamma.val()),
-        ));
-    }
-    out
-}
-
 fn run(name: &str, loss: &dyn PreferenceLossConfig) {
     let r = reference();
     let pairs = pairs(&r);
@@ -176,7 +131,7 @@ fn run(name: &str, loss: &dyn PreferenceLossConfig) {
     let params = trainer.policy_params().unwrap();
     let mut worst = 0f32;
     let mut diffs = Vec::new();
-    for (key, got) in named(&params) {
+    for (key, _, got) in sweetspot_model::export::hf_tensors(&params).unwrap() {
         let t = after.tensor(&key).unwrap();
         let want: Vec<f32> = t
             .data()
