@@ -306,7 +306,6 @@ pub struct Trainer {
     optim: ModuleOptimizer,
     settings: OptimizerSettings,
     steps: usize,
-    precomputed: bool,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -355,7 +354,6 @@ impl Trainer {
             optim,
             settings,
             steps: 0,
-            precomputed: false,
         })
     }
 
@@ -389,15 +387,6 @@ impl Trainer {
             .load(path)
             .map_err(|e| TrainError::Input(format!("{}: {e:?}", path.display())))?;
         Ok(())
-    }
-
-    /// Whether reference log-probabilities come with each step (cached) instead of from the
-    /// reference model.
-    pub fn set_precomputed_reference(&mut self, on: bool) {
-        if on {
-            self.reference = None;
-        }
-        self.precomputed = on;
     }
 
     /// One optimizer step on `pairs` at learning rate `lr`, all in one forward/backward pass,

@@ -432,6 +432,7 @@ pub fn run_training(
 
     // Resume.
     let mut start = 0;
+    // No reference model: the cached log-probabilities come with each step.
     let mut trainer = match std::fs::read(checkpoint.join("state.json")) {
         Ok(bytes) => {
             let state: State = serde_json::from_slice(&bytes)
@@ -457,7 +458,6 @@ pub fn run_training(
             Trainer::new(policy, None, loss, s.optimizer)?
         }
     };
-    trainer.set_precomputed_reference(true);
     let mut metrics_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
