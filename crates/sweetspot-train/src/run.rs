@@ -435,6 +435,8 @@ pub fn run_training(
     // No reference model: the cached log-probabilities come with each step.
     let mut trainer = match std::fs::read(checkpoint.join("state.json")) {
         Ok(bytes) => {
+            // The checkpoint's weights replace the initial ones: free those first.
+            drop(policy);
             let state: State = serde_json::from_slice(&bytes)
                 .map_err(|e| TrainError::Input(format!("{}: {e}", checkpoint.display())))?;
             let model = Llama::from_pretrained(&checkpoint, &device)?
