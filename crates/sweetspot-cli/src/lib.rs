@@ -407,11 +407,9 @@ fn generate_cmd(args: GenerateArgs, device: Option<String>, quiet: bool) -> Resu
             let Some(output) = &args.output else {
                 return Err(usage("give --output (a .jsonl file)".into()));
             };
-            let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
             let mut sampler = toml::Table::new();
             sampler.insert("type".into(), toml::Value::String("burn".into()));
-            let s = |p: &Path| toml::Value::String(abs(p).to_string_lossy().into_owned());
-            sampler.insert("model".into(), s(model));
+            sampler.insert("model".into(), path_value(model));
             sampler.insert(
                 "temperature".into(),
                 toml::Value::Float(args.temperature as f64),
@@ -427,8 +425,8 @@ fn generate_cmd(args: GenerateArgs, device: Option<String>, quiet: bool) -> Resu
                 toml::Value::Integer(args.batch_size as i64),
             );
             let mut generate = toml::Table::new();
-            generate.insert("prompts".into(), s(prompts));
-            generate.insert("output".into(), s(output));
+            generate.insert("prompts".into(), path_value(prompts));
+            generate.insert("output".into(), path_value(output));
             generate.insert("n".into(), toml::Value::Integer(args.n as i64));
             let mut run = toml::Table::new();
             run.insert("seed".into(), toml::Value::Integer(args.seed as i64));
@@ -488,6 +486,13 @@ fn flag_recipe<const N: usize>(
     ))
 }
 
+/// A path from the command line as an absolute path in a flag-made recipe (whose base folder is
+/// `.`, so relative paths would otherwise depend on where the recipe is resolved).
+fn path_value(p: &Path) -> toml::Value {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    toml::Value::String(abs.to_string_lossy().into_owned())
+}
+
 /// A `key=value` flag as a TOML value (`value` in TOML syntax, else a string).
 fn param_value(kv: &str) -> Result<(String, toml::Value), Failure> {
     let Some((k, v)) = kv.split_once('=') else {
@@ -515,11 +520,9 @@ fn score_cmd(args: ScoreArgs, device: Option<String>, quiet: bool) -> Result<(),
             let Some(output) = &args.output else {
                 return Err(usage("give --output (a .jsonl file)".into()));
             };
-            let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-            let s = |p: &Path| toml::Value::String(abs(p).to_string_lossy().into_owned());
             let mut reward = toml::Table::new();
             reward.insert("type".into(), toml::Value::String(args.kind.clone()));
-            reward.insert("model".into(), s(model));
+            reward.insert("model".into(), path_value(model));
             reward.insert(
                 "batch_size".into(),
                 toml::Value::Integer(args.batch_size as i64),
@@ -529,8 +532,8 @@ fn score_cmd(args: ScoreArgs, device: Option<String>, quiet: bool) -> Result<(),
                 reward.insert(k, v);
             }
             let mut score = toml::Table::new();
-            score.insert("input".into(), s(input));
-            score.insert("output".into(), s(output));
+            score.insert("input".into(), path_value(input));
+            score.insert("output".into(), path_value(output));
             flag_recipe([("reward", reward), ("score", score)])?
         }
     };
@@ -566,8 +569,6 @@ fn train_cmd(args: TrainArgs, device: Option<String>, quiet: bool) -> Result<(),
             let Some(output) = &args.output else {
                 return Err(usage("give --output (the run folder)".into()));
             };
-            let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-            let s = |p: &Path| toml::Value::String(abs(p).to_string_lossy().into_owned());
             let mut loss = toml::Table::new();
             loss.insert("type".into(), toml::Value::String(args.loss.clone()));
             if let Some(b) = args.beta {
@@ -578,9 +579,9 @@ fn train_cmd(args: TrainArgs, device: Option<String>, quiet: bool) -> Result<(),
                 loss.insert(k, v);
             }
             let mut train = toml::Table::new();
-            train.insert("pairs".into(), s(pairs));
-            train.insert("policy".into(), s(policy));
-            train.insert("output".into(), s(output));
+            train.insert("pairs".into(), path_value(pairs));
+            train.insert("policy".into(), path_value(policy));
+            train.insert("output".into(), path_value(output));
             for kv in &args.params {
                 let (k, v) = param_value(kv)?;
                 train.insert(k, v);
@@ -915,15 +916,8 @@ fn flags_to_recipe(args: &PairsArgs) -> Result<String, Failure> {
         s.insert(key.trim().to_string(), value);
     }
     let mut pairs = toml::Table::new();
-    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    pairs.insert(
-        "input".into(),
-        toml::Value::String(abs(input).to_string_lossy().into_owned()),
-    );
-    pairs.insert(
-        "output".into(),
-        toml::Value::String(abs(output).to_string_lossy().into_owned()),
-    );
+    pairs.insert("input".into(), path_value(input));
+    pairs.insert("output".into(), path_value(output));
     let layout: InputLayout = args.input_layout.into();
     pairs.insert(
         "input_layout".into(),

@@ -144,7 +144,12 @@ impl LlamaConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        Self::from_json(&text, path)
+    }
+
+    /// Parses and checks the text of `config.json` (`path` names it in errors).
+    pub fn from_json(text: &str, path: &Path) -> Result<Self, ModelError> {
+        let cfg: Self = serde_json::from_str(text).map_err(|e| ModelError::Config {
             path: path.to_path_buf(),
             message: format!("line {}: {e}", e.line()),
         })?;

@@ -18,8 +18,9 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file beside it and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+/// Writes `bytes` to `path` through a temporary file beside it and a rename, so the file appears
+/// whole or not at all.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);

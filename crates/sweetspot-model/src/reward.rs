@@ -190,11 +190,11 @@ fn default_gating_layers() -> usize {
 
 fn read_configs(dir: &Path) -> Result<(LlamaConfig, HeadConfig), ModelError> {
     let path = dir.join("config.json");
-    let config = LlamaConfig::from_file(&path)?;
     let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
         path: path.clone(),
         source,
     })?;
+    let config = LlamaConfig::from_json(&text, &path)?;
     let head = serde_json::from_str(&text).map_err(|e| ModelError::Config {
         path: path.clone(),
         message: e.to_string(),

@@ -7,6 +7,7 @@ use serde::Serialize;
 use sweetspot_core::Message;
 
 use crate::error::ModelError;
+use crate::export::write_atomic;
 use crate::gguf::{Gguf, Value};
 
 /// A tokenizer with its chat template and end tokens.
@@ -243,16 +244,8 @@ impl Tokenizer {
     /// to `dir`, as transformers reads them.
     pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
         let path = dir.join("tokenizer.json");
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = std::path::PathBuf::from(tmp);
-        self.inner
-            .save(&tmp, false)
-            .map_err(|e| tok_err(&path, e))?;
-        std::fs::rename(&tmp, &path).map_err(|source| ModelError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let json = self.inner.to_string(false).map_err(|e| tok_err(&path, e))?;
+        write_atomic(&path, json.as_bytes())?;
         let mut cfg = serde_json::Map::new();
         cfg.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
         if let Some(t) = &self.chat_template {
@@ -266,8 +259,7 @@ impl Tokenizer {
         }
         let text = serde_json::to_string_pretty(&serde_json::Value::Object(cfg))
             .map_err(|e| tok_err(&path, e))?;
-        let path = dir.join("tokenizer_config.json");
-        std::fs::write(&path, text).map_err(|source| ModelError::Io { path, source })
+        write_atomic(&dir.join("tokenizer_config.json"), text.as_bytes())
     }
 
     /// The chat template's source, when there is one.

@@ -28,6 +28,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sweetspot_core::{Message, PreferenceLoss, Progress, PromptContent};
+use sweetspot_model::export::write_atomic;
 use sweetspot_model::{Llama, Tokenizer};
 
 use crate::{
@@ -282,14 +283,6 @@ impl ModuleMapper for SetIds {
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::Input(format!("{}: {e}", path.display()))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
 fn save_checkpoint(
