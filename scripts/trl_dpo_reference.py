@@ -23,6 +23,10 @@ gradient clipping at 1.0, dropout off, the reference model a frozen copy of the 
 length-averaged log-probabilities of the same tokens, and the same step written out in torch
 (`clip_grad_norm_`, `torch.optim.AdamW` with the Trainer's parameter groups: no weight decay
 on biases and norms), since the CPO trainer tokenizes differently.
+
+`python3 scripts/trl_dpo_reference.py --bf16` leaves the policy as it is and writes
+tests/fixtures/dpo/reference_bf16.json: the sigmoid loss's two steps with `bf16=True` (mixed
+precision: f32 weights and optimizer, the forward and backward autocast to bf16).
 """
 
 import copy
@@ -103,7 +107,7 @@ def save_params(model, name):
     save_file(state, os.path.join(OUT, f"after_{name}.safetensors"))
 
 
-def dpo_step(tok, loss_type, label_smoothing):
+def dpo_step(tok, loss_type, label_smoothing, bf16=False):
     from trl import DPOConfig, DPOTrainer
     model = load_policy()
     ref = load_policy()
@@ -115,7 +119,7 @@ def dpo_step(tok, loss_type, label_smoothing):
             adam_beta2=HYPER["adam_beta2"], adam_epsilon=HYPER["adam_epsilon"],
             max_grad_norm=HYPER["max_grad_norm"], beta=HYPER["beta"], loss_type=[loss_type],
             label_smoothing=label_smoothing, logging_steps=1, report_to=[], seed=0,
-            save_strategy="no", use_cpu=True, bf16=False, fp16=False, disable_dropout=True,
+            save_strategy="no", use_cpu=True, bf16=bf16, fp16=False, disable_dropout=True,
             optim="adamw_torch", dataloader_drop_last=False, max_length=None)
         trainer = DPOTrainer(model=model, ref_model=ref, args=args,
                              train_dataset=Dataset.from_list(PAIRS), processing_class=tok)
@@ -124,7 +128,8 @@ def dpo_step(tok, loss_type, label_smoothing):
                      for i in range(len(PAIRS))]
         trainer.train()
         logs = [h for h in trainer.state.log_history if "loss" in h]
-    save_params(trainer.model, loss_type)
+    if not bf16:
+        save_params(trainer.model, loss_type)
     return tokenized, [{k: h[k] for k in METRICS} for h in logs]
 
 
@@ -189,6 +194,16 @@ def main():
     import transformers
     import trl
     tok = tokenizer()
+    if "--bf16" in sys.argv:
+        # Mixed precision (`bf16=True`: autocast to bf16 on the CPU) on the committed policy.
+        torch.manual_seed(0)
+        _, metrics = dpo_step(tok, "sigmoid", 0.0, bf16=True)
+        print("sigmoid bf16", metrics)
+        with open(os.path.join(OUT, "reference_bf16.json"), "w") as f:
+            json.dump({"steps": {"sigmoid": metrics}, "trl": trl.__version__,
+                       "transformers": transformers.__version__, "torch": torch.__version__},
+                      f, indent=1)
+        return
     make_policy(tok)
     os.makedirs(OUT, exist_ok=True)
     results = {}

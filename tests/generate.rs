@@ -126,3 +126,42 @@ fn unknown_device_is_a_clean_error() {
         assert!(err.contains("--features wgpu"), "{err}");
     }
 }
+
+#[test]
+fn bf16_weights_generate_the_same_answer() {
+    let Some(model) = smollm2() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("prompts.jsonl");
+    std::fs::write(&prompts, PROMPTS).unwrap();
+    let run = |dtype: &str| {
+        let out = tmp.path().join(format!("{dtype}.jsonl"));
+        let o = sweetspot([
+            "generate".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--prompts".as_ref(),
+            prompts.as_os_str(),
+            "--n".as_ref(),
+            "1".as_ref(),
+            "--temperature".as_ref(),
+            "0".as_ref(),
+            "--max-new-tokens".as_ref(),
+            "12".as_ref(),
+            "--dtype".as_ref(),
+            dtype.as_ref(),
+            "--output".as_ref(),
+            out.as_os_str(),
+        ]);
+        assert_ok(&o);
+        read_jsonl(&out)
+    };
+    let (full, half) = (run("f32"), run("bf16"));
+    assert_eq!(half.len(), 3);
+    let answer = |rows: &[serde_json::Value]| rows[0]["response"].as_str().unwrap().to_string();
+    assert!(answer(&full).contains("Paris"), "{}", answer(&full));
+    assert!(answer(&half).contains("Paris"), "bf16: {}", answer(&half));
+    for row in &half {
+        assert!(row["token_count"].as_u64().unwrap() >= 1);
+        assert!(row["logprob"].as_f64().unwrap() < 0.0);
+    }
+}

@@ -189,6 +189,9 @@ pub struct GenerateArgs {
     /// Seed: the sample for (prompt id, sample index) depends on it and those two only.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The weights' float type: f32 (default), bf16 or f16.
+    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
+    pub dtype: Option<String>,
 }
 
 /// `sweetspot score`: from a recipe, or from flags.
@@ -215,6 +218,9 @@ pub struct ScoreArgs {
     /// Any other reward-model key, as key=value (value in TOML syntax); repeatable.
     #[arg(long = "param", value_name = "KEY=VALUE")]
     pub params: Vec<String>,
+    /// The weights' float type: f32 (default), bf16 or f16.
+    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
+    pub dtype: Option<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -251,6 +257,9 @@ pub struct TrainArgs {
     /// Seed of the data order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Compute type: f32 (default), or bf16 / f16 mixed precision (weights stay f32).
+    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
+    pub dtype: Option<String>,
 }
 
 /// `sweetspot stats`.
@@ -424,6 +433,9 @@ fn generate_cmd(args: GenerateArgs, device: Option<String>, quiet: bool) -> Resu
                 "batch_size".into(),
                 toml::Value::Integer(args.batch_size as i64),
             );
+            if let Some(d) = &args.dtype {
+                sampler.insert("dtype".into(), toml::Value::String(d.clone()));
+            }
             let mut generate = toml::Table::new();
             generate.insert("prompts".into(), path_value(prompts));
             generate.insert("output".into(), path_value(output));
@@ -531,6 +543,9 @@ fn score_cmd(args: ScoreArgs, device: Option<String>, quiet: bool) -> Result<(),
                 let (k, v) = param_value(kv)?;
                 reward.insert(k, v);
             }
+            if let Some(d) = &args.dtype {
+                reward.insert("dtype".into(), toml::Value::String(d.clone()));
+            }
             let mut score = toml::Table::new();
             score.insert("input".into(), path_value(input));
             score.insert("output".into(), path_value(output));
@@ -585,6 +600,9 @@ fn train_cmd(args: TrainArgs, device: Option<String>, quiet: bool) -> Result<(),
             for kv in &args.params {
                 let (k, v) = param_value(kv)?;
                 train.insert(k, v);
+            }
+            if let Some(d) = &args.dtype {
+                train.insert("dtype".into(), toml::Value::String(d.clone()));
             }
             train.insert("loss".into(), toml::Value::Table(loss));
             let mut run = toml::Table::new();

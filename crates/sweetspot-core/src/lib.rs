@@ -30,6 +30,7 @@ pub use plugin::{
     Sampler, SamplerConfig, Selection, SkipReason,
 };
 pub use points::Point;
+pub use recipe::Precision;
 pub use registry::{PluginInfo, PluginKind};
 pub use stats::RewardStats;
 

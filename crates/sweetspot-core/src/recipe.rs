@@ -81,8 +81,61 @@ pub struct TrainConfig {
     /// Write a checkpoint every this many optimizer steps (0: only at the end).
     #[serde(default = "default_save_steps")]
     pub save_steps: usize,
+    /// Float type of the policy's weights, gradients and optimizer moments (and of the
+    /// reference pass); `bf16` halves the memory where the device computes in it.
+    #[serde(default)]
+    pub dtype: Precision,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them
+    /// (less memory, more time), like TRL's `gradient_checkpointing`.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     /// The loss (`[train.loss]`).
     pub loss: Box<dyn PreferenceLossConfig>,
+}
+
+/// The float type a model's weights are held and computed in. Norm statistics, softmax and
+/// the logits stay in f32 whatever the choice, as in transformers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit float (every backend).
+    #[default]
+    F32,
+    /// bfloat16: f32's range with an 8-bit mantissa.
+    Bf16,
+    /// IEEE half precision.
+    F16,
+}
+
+impl Precision {
+    /// The name recipes use (`f32`, `bf16`, `f16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            "f16" => Ok(Self::F16),
+            other => Err(format!(
+                "unknown dtype `{other}` (expected f32, bf16 or f16)"
+            )),
+        }
+    }
 }
 
 /// A learning-rate decay after warm-up.

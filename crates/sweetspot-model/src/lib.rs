@@ -6,6 +6,7 @@
 //! - [`reward`]: reward heads (sequence classification, ArmoRM, LM judge) and batch scoring.
 //! - [`weights`]: safetensors loading (single file or sharded) through burn-store.
 //! - [`device`]: the runtime device from a name (`cpu`, `wgpu`, `cuda:0`).
+//! - [`precision`]: f32, bf16 or f16 weights, and what stays in f32 regardless.
 //!
 //! Invariants:
 //! - No backend type parameter anywhere: tensors carry their runtime device.
@@ -20,6 +21,7 @@ pub mod export;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod precision;
 pub mod reward;
 pub mod tokenizer;
 pub mod weights;
@@ -29,25 +31,28 @@ pub use config::LlamaConfig;
 pub use device::resolve_device;
 pub use error::ModelError;
 pub use llama::{KvCache, Llama};
+pub use precision::Precision;
 pub use reward::{RewardInput, RewardNet, RewardOutput};
 pub use tokenizer::Tokenizer;
 
 /// Loads a causal LM with its tokenizer: a model folder (config.json, safetensors,
-/// tokenizer.json) or a `.gguf` file.
+/// tokenizer.json) or a `.gguf` file, its weights in `precision`.
 pub fn load_causal_lm(
     path: &std::path::Path,
     device: &burn::tensor::Device,
+    precision: Precision,
 ) -> Result<(Llama, Tokenizer), ModelError> {
+    precision::check_supported(device, precision)?;
     if path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     {
         let gguf = gguf::Gguf::open(path)?;
         let tok = Tokenizer::from_gguf(&gguf, path)?;
-        let model = Llama::from_gguf(&gguf, device)?;
+        let model = Llama::from_gguf(&gguf, device)?.to_precision(precision)?;
         Ok((model, tok))
     } else {
-        let model = Llama::from_pretrained(path, device)?;
+        let model = Llama::from_pretrained_as(path, device, precision)?;
         let tok = Tokenizer::from_dir(path, &model.config.eos_ids())?;
         Ok((model, tok))
     }

@@ -8,6 +8,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
+use crate::precision::{Precision, cast_module, cast_tracked, check_supported, precision_of};
 
 /// The value masked attention scores are set to: finite, so a row with every key masked (a pad
 /// query) gives a uniform distribution instead of NaN.
@@ -197,6 +198,32 @@ impl Llama {
         }
     }
 
+    /// The model with its weights cast to `precision` (an error where the device cannot compute
+    /// in it). Activations follow the weights; see [`crate::precision`] for what stays in f32.
+    pub fn to_precision(self, precision: Precision) -> Result<Self, ModelError> {
+        check_supported(&self.device, precision)?;
+        Ok(self.map_params(|p| cast_module(p, precision)))
+    }
+
+    /// A copy whose weights are `precision` casts of this model's and stay on the autodiff
+    /// graph: a backward pass through the copy's forward reaches this model's parameters.
+    /// Mixed-precision training keeps f32 master weights and computes through such a copy.
+    pub fn compute_copy(&self, precision: Precision) -> Result<Self, ModelError> {
+        check_supported(&self.device, precision)?;
+        Ok(Self {
+            params: cast_tracked(self.params.clone(), precision),
+            config: self.config.clone(),
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            device: self.device.clone(),
+        })
+    }
+
+    /// The float type the weights are held in.
+    pub fn precision(&self) -> Precision {
+        precision_of(self.params.model.embed_tokens.weight.val().dtype()).unwrap_or_default()
+    }
+
     /// Positions the RoPE tables cover (the longest sequence the model takes).
     pub fn max_positions(&self) -> usize {
         self.cos.dims()[0]
@@ -261,6 +288,10 @@ impl Llama {
         let fused = is_flex(&self.device);
 
         let mut x = self.params.model.embed_tokens.forward(tokens);
+        let (cos, sin) = match x.dtype() {
+            burn::tensor::DType::F32 => (cos, sin),
+            dtype => (cos.cast(dtype), sin.cast(dtype)),
+        };
         let mut cache = cache;
         if let Some(c) = cache.as_deref_mut()
             && c.layers.len() != self.params.model.layers.len()
@@ -281,9 +312,9 @@ impl Llama {
         Ok(self.params.model.norm.forward(x))
     }
 
-    /// Logits `[batch, tokens, vocab]` from hidden states.
+    /// Logits `[batch, tokens, vocab]` from hidden states, in f32 whatever the weights' type.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
-        match &self.params.lm_head {
+        let logits = match &self.params.lm_head {
             Some(head) => head.forward(hidden),
             None => {
                 // W [V, H] times h^T [H, B*T]: the embedding matrix is used as stored (no
@@ -295,7 +326,8 @@ impl Llama {
                     .transpose()
                     .reshape([b, t, v])
             }
-        }
+        };
+        to_f32(logits)
     }
 
     /// Logits for every position: [`Llama::forward_hidden`] then [`Llama::logits`].
@@ -348,6 +380,15 @@ fn is_flex(device: &Device) -> bool {
     {
         let _ = device;
         false
+    }
+}
+
+/// `x` in f32 (unchanged when it is already).
+pub(crate) fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if x.dtype() == burn::tensor::DType::F32 {
+        x
+    } else {
+        x.cast(burn::tensor::FloatDType::F32)
     }
 }
 
@@ -423,8 +464,16 @@ fn attention(
         .matmul(k.swap_dims(2, 3))
         .mul_scalar(scale)
         .reshape([b, h, t, s]);
-    let scores = scores.mask_fill(masked.clone().expand([b, h, t, s]), MASKED);
+    // Masking and softmax in f32 (as transformers' eager attention), the product in the weights'
+    // type.
+    let dtype = v.dtype();
+    let scores = to_f32(scores).mask_fill(masked.clone().expand([b, h, t, s]), MASKED);
     let probs = softmax(scores, 3).reshape([b, kvh, rep * t, s]);
+    let probs = if dtype == burn::tensor::DType::F32 {
+        probs
+    } else {
+        probs.cast(dtype)
+    };
     let out = probs.matmul(v).reshape([b, h, t, hd]);
     let out = out.swap_dims(1, 2).reshape([b, t, h * hd]);
     attn.o_proj.forward(out)

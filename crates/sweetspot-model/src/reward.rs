@@ -25,7 +25,9 @@ use serde::Deserialize;
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
+use crate::llama::to_f32;
 use crate::llama::{Llama, LlamaModel, LlamaParams};
+use crate::precision::{Precision, cast_module, check_supported};
 use crate::weights::load_safetensors;
 
 /// The 19 objectives of ArmoRM-Llama3-8B-v0.1, in the order of its regression layer.
@@ -204,7 +206,13 @@ fn read_configs(dir: &Path) -> Result<(LlamaConfig, HeadConfig), ModelError> {
 
 impl RewardNet {
     /// Loads a `LlamaForSequenceClassification` folder with one label (Skywork-Reward's layout).
-    pub fn seq_cls_from_pretrained(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+    /// The backbone's weights are held in `precision`, the head's in f32.
+    pub fn seq_cls_from_pretrained(
+        dir: &Path,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self, ModelError> {
+        check_supported(device, precision)?;
         let (config, head) = read_configs(dir)?;
         let labels = head
             .num_labels
@@ -235,18 +243,24 @@ impl RewardNet {
                 .with_bias(false)
                 .init(device),
         };
-        load_safetensors(&mut params, dir)?;
+        load_safetensors(&mut params, dir, precision)?;
         Ok(Self {
-            backbone: backbone(&config, params.model, device),
+            backbone: backbone(&config, params.model, device, precision),
             head: RewardHead::SeqCls {
-                score: params.score,
+                score: cast_module(params.score, Precision::F32),
             },
         })
     }
 
     /// Loads a `LlamaForRewardModelWithGating` folder (ArmoRM): every head tensor, the transform
-    /// matrix included, comes from the checkpoint.
-    pub fn armorm_from_pretrained(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+    /// matrix included, comes from the checkpoint. The backbone's weights are held in
+    /// `precision`, the head's in f32.
+    pub fn armorm_from_pretrained(
+        dir: &Path,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self, ModelError> {
+        check_supported(device, precision)?;
         let (config, head) = read_configs(dir)?;
         let n = head.num_objectives;
         let h = config.hidden_size;
@@ -266,14 +280,14 @@ impl RewardNet {
             },
             reward_transform_matrix: Param::from_tensor(Tensor::zeros([n, n], device)),
         };
-        load_safetensors(&mut params, dir)?;
+        load_safetensors(&mut params, dir, precision)?;
         Ok(Self {
-            backbone: backbone(&config, params.model, device),
+            backbone: backbone(&config, params.model, device, precision),
             head: RewardHead::ArmoRm(Box::new(ArmoRmHead {
-                regression: params.regression_layer,
-                gating: params.gating,
+                regression: cast_module(params.regression_layer, Precision::F32),
+                gating: cast_module(params.gating, Precision::F32),
                 temperature: head.gating_temperature,
-                transform: params.reward_transform_matrix.val(),
+                transform: to_f32(params.reward_transform_matrix.val()),
             })),
         })
     }
@@ -352,6 +366,7 @@ impl RewardNet {
             None,
         )?;
         let width = hidden.dims()[2];
+        // Heads read the hidden states in f32 (the judge's logits are f32 already).
         let flat = hidden.reshape([b * t, width]);
         let rows = |idx: Vec<i64>| {
             let n = idx.len();
@@ -370,7 +385,7 @@ impl RewardNet {
             Ok(v.chunks(c.max(1)).map(<[f32]>::to_vec).collect())
         };
         match &self.head {
-            RewardHead::SeqCls { score } => Ok(vec2(score.forward(h_last))?
+            RewardHead::SeqCls { score } => Ok(vec2(score.forward(to_f32(h_last)))?
                 .into_iter()
                 .map(|row| RewardOutput {
                     score: row[0],
@@ -402,8 +417,8 @@ impl RewardNet {
                     temperature,
                     transform,
                 } = armo.as_ref();
-                let rewards = regression.forward(h_last);
-                let mut x = rows(gate);
+                let rewards = regression.forward(to_f32(h_last));
+                let mut x = to_f32(rows(gate));
                 let n_layers = gating.layers.len();
                 for (i, layer) in gating.layers.iter().enumerate() {
                     x = layer.forward(x);
@@ -469,11 +484,11 @@ impl RewardNet {
     }
 }
 
-fn backbone(config: &LlamaConfig, model: LlamaModel, device: &Device) -> Llama {
+fn backbone(config: &LlamaConfig, model: LlamaModel, device: &Device, p: Precision) -> Llama {
     Llama::from_params(
         config,
         LlamaParams {
-            model,
+            model: cast_module(model, p),
             lm_head: None,
         },
         device,

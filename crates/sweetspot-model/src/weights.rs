@@ -3,11 +3,14 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn::store::{
+    FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
+};
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
 use crate::llama::Llama;
+use crate::precision::{Precision, check_supported};
 
 /// Key renames applied when loading (regex, replacement): checkpoints whose names differ from
 /// transformers' Llama layout. Llama, Mistral and SmolLM2 checkpoints need none.
@@ -43,27 +46,44 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
 }
 
 impl Llama {
-    /// Loads a model folder: `config.json` and safetensors weights (f32, f16 or bf16, cast to
-    /// the model's float type). Tensors stream from memory-mapped files one at a time; no second
-    /// copy of the weights is made.
+    /// Loads a model folder: `config.json` and safetensors weights (f32, f16 or bf16) in f32.
     pub fn from_pretrained(dir: &Path, device: &burn::tensor::Device) -> Result<Self, ModelError> {
+        Self::from_pretrained_as(dir, device, Precision::F32)
+    }
+
+    /// Loads a model folder with its weights in `precision`, whatever type the files store.
+    /// Tensors stream from memory-mapped files one at a time and are converted on the host
+    /// before they reach the device (which may not even store the file's type: wgpu has no
+    /// bf16); no second copy of the model is made.
+    pub fn from_pretrained_as(
+        dir: &Path,
+        device: &burn::tensor::Device,
+        precision: Precision,
+    ) -> Result<Self, ModelError> {
+        check_supported(device, precision)?;
         let config = LlamaConfig::from_file(&dir.join("config.json"))?;
         let mut model = Llama::init(&config, device);
-        load_safetensors(&mut model.params, dir)?;
+        load_safetensors(&mut model.params, dir, precision)?;
         Ok(model)
     }
 }
 
 /// Loads every parameter of `module` from the safetensors files of the model folder `dir`
-/// (through burn-store, PyTorch layouts adapted, names remapped by [`KEY_REMAP`]). A parameter
-/// the checkpoint lacks, or a checkpoint tensor with no place in the module, is an error.
-pub fn load_safetensors<M: ModuleSnapshot>(module: &mut M, dir: &Path) -> Result<(), ModelError> {
+/// (through burn-store, PyTorch layouts adapted, names remapped by [`KEY_REMAP`], float tensors
+/// converted to `precision` on the host). A parameter the checkpoint lacks, or a checkpoint
+/// tensor with no place in the module, is an error.
+pub fn load_safetensors<M: ModuleSnapshot>(
+    module: &mut M,
+    dir: &Path,
+    precision: Precision,
+) -> Result<(), ModelError> {
+    let target = burn::tensor::DType::from(crate::precision::float_dtype(precision));
     let files = safetensors_files(dir)?;
     let mut loaded = BTreeSet::new();
     let mut unused = BTreeSet::new();
     for file in &files {
         let mut store = SafetensorsStore::from_file(file.clone())
-            .with_from_adapter(PyTorchToBurnAdapter)
+            .with_from_adapter(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(target)))
             .allow_partial(true);
         for (from, to) in KEY_REMAP {
             store = store.with_key_remapping(*from, *to);

@@ -11,7 +11,7 @@ mod common;
 use common::{fixture, test_device};
 use sweetspot_core::Message;
 use sweetspot_model::reward::{LLAMA3_GATING_PATTERN, Padding, RewardHead, find_last};
-use sweetspot_model::{RewardInput, RewardNet, Tokenizer, resolve_device};
+use sweetspot_model::{Precision, RewardInput, RewardNet, Tokenizer, resolve_device};
 
 const TOL: f32 = 1e-4;
 
@@ -97,7 +97,8 @@ fn conversations_render_and_encode_as_transformers_does() {
 #[test]
 fn armorm_matches_the_reference_alone_and_in_padded_batches() {
     let device = resolve_device(&test_device()).unwrap();
-    let net = RewardNet::armorm_from_pretrained(&fixture("armorm"), &device).unwrap();
+    let net =
+        RewardNet::armorm_from_pretrained(&fixture("armorm"), &device, Precision::F32).unwrap();
     let tok = tokenizer("armorm");
     let (v, cases) = reference("armorm");
     let pattern = tok.encode(LLAMA3_GATING_PATTERN, false).unwrap();
@@ -153,7 +154,8 @@ fn the_transform_matrix_and_gating_position_matter() {
     // Sensitivity: reading the gating network at the last token instead of the end of the prompt
     // changes the score, so the parity test above would catch a wrong position.
     let device = resolve_device(&test_device()).unwrap();
-    let net = RewardNet::armorm_from_pretrained(&fixture("armorm"), &device).unwrap();
+    let net =
+        RewardNet::armorm_from_pretrained(&fixture("armorm"), &device, Precision::F32).unwrap();
     let tok = tokenizer("armorm");
     let (_, cases) = reference("armorm");
     let mut ins = inputs(&tok, &cases, true);
@@ -183,7 +185,8 @@ fn the_transform_matrix_and_gating_position_matter() {
 #[test]
 fn seq_cls_matches_transformers_alone_and_padded() {
     let device = resolve_device(&test_device()).unwrap();
-    let net = RewardNet::seq_cls_from_pretrained(&fixture("seq-cls"), &device).unwrap();
+    let net =
+        RewardNet::seq_cls_from_pretrained(&fixture("seq-cls"), &device, Precision::F32).unwrap();
     let tok = tokenizer("seq-cls");
     let (v, cases) = reference("seq-cls");
     let ins = inputs(&tok, &cases, false);
@@ -206,7 +209,8 @@ fn seq_cls_matches_transformers_alone_and_padded() {
 fn a_score_does_not_depend_on_its_batch() {
     // Each conversation alone vs inside mixed batches of every size, padded on either side.
     let device = resolve_device(&test_device()).unwrap();
-    let net = RewardNet::seq_cls_from_pretrained(&fixture("seq-cls"), &device).unwrap();
+    let net =
+        RewardNet::seq_cls_from_pretrained(&fixture("seq-cls"), &device, Precision::F32).unwrap();
     let tok = tokenizer("seq-cls");
     let (_, cases) = reference("seq-cls");
     let ins = inputs(&tok, &cases, false);
@@ -241,12 +245,15 @@ fn a_score_does_not_depend_on_its_batch() {
 fn wrong_architectures_and_missing_positions_are_errors() {
     let device = resolve_device(&test_device()).unwrap();
     // An ArmoRM folder is not a sequence classifier.
-    let e = RewardNet::seq_cls_from_pretrained(&fixture("armorm"), &device).unwrap_err();
+    let e = RewardNet::seq_cls_from_pretrained(&fixture("armorm"), &device, Precision::F32)
+        .unwrap_err();
     assert!(e.to_string().contains("armorm"), "{e}");
     // A seq-cls checkpoint lacks ArmoRM's gating tensors.
-    let e = RewardNet::armorm_from_pretrained(&fixture("seq-cls"), &device).unwrap_err();
+    let e = RewardNet::armorm_from_pretrained(&fixture("seq-cls"), &device, Precision::F32)
+        .unwrap_err();
     assert!(e.to_string().contains("missing"), "{e}");
-    let net = RewardNet::armorm_from_pretrained(&fixture("armorm"), &device).unwrap();
+    let net =
+        RewardNet::armorm_from_pretrained(&fixture("armorm"), &device, Precision::F32).unwrap();
     let e = net
         .score_batch(
             &[RewardInput {

@@ -51,6 +51,8 @@ pub fn run_train(
         },
         save_steps: cfg.save_steps,
         seed: ctx.seed,
+        dtype: cfg.dtype,
+        gradient_checkpointing: cfg.gradient_checkpointing,
         stop_after: None,
     };
     let bar = BarProgress::new("train", "steps", quiet);

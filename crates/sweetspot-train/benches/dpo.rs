@@ -6,7 +6,8 @@
 //!     cargo bench -p sweetspot-train --bench dpo
 //!
 //! Environment: SWEETSPOT_BENCH_PAIRS (default /tmp/dpo_bench_pairs.jsonl),
-//! SWEETSPOT_BENCH_DEVICE (default `cpu`).
+//! SWEETSPOT_BENCH_DEVICE (default `cpu`), SWEETSPOT_BENCH_DTYPE (compute precision, default
+//! `f32`), SWEETSPOT_BENCH_CHECKPOINTING (set: gradient checkpointing).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,7 +15,7 @@ use std::time::Instant;
 use burn::module::Module;
 use sweetspot_core::{BuildContext, PreferenceLossConfig};
 use sweetspot_losses::DpoConfig;
-use sweetspot_model::{Llama, resolve_device};
+use sweetspot_model::{Llama, Precision, resolve_device};
 use sweetspot_train::{OptimizerSettings, Trainer, pair_sequences, response_logps};
 
 #[global_allocator]
@@ -49,8 +50,16 @@ fn main() {
         return;
     }
     let device_name = std::env::var("SWEETSPOT_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
-    let device = resolve_device(&device_name).expect("device").autodiff();
-    let (policy, tok) = sweetspot_model::load_causal_lm(&gguf, &device).expect("model");
+    let mut device = resolve_device(&device_name).expect("device").autodiff();
+    if std::env::var_os("SWEETSPOT_BENCH_CHECKPOINTING").is_some() {
+        device = device.gradient_checkpointing();
+    }
+    let dtype: Precision = std::env::var("SWEETSPOT_BENCH_DTYPE")
+        .unwrap_or_else(|_| "f32".into())
+        .parse()
+        .expect("dtype");
+    let (policy, tok) =
+        sweetspot_model::load_causal_lm(&gguf, &device, Precision::F32).expect("model");
     let pairs = sweetspot_train::run::read_pairs(&pairs_path, &tok).expect("pairs");
     let mean_len = pairs
         .iter()
@@ -58,7 +67,9 @@ fn main() {
         .sum::<usize>() as f64
         / pairs.len() as f64;
     // Reference log-probabilities, computed once (sweetspot caches them on disk).
-    let frozen = Llama::from_params(&policy.config, policy.params.clone().no_grad(), &device);
+    let frozen = Llama::from_params(&policy.config, policy.params.clone().no_grad(), &device)
+        .compute_copy(dtype)
+        .expect("dtype");
     let mut refs = Vec::new();
     for step in 0..STEPS {
         let batch = &pairs[step * BATCH..(step + 1) * BATCH];
@@ -75,9 +86,16 @@ fn main() {
     }
     .build(&BuildContext::new("."))
     .expect("loss");
-    let mut trainer =
-        Trainer::new(policy, None, loss, OptimizerSettings::default()).expect("trainer");
-    println!("device {device_name}, mean sequence {mean_len:.0} tokens");
+    let mut trainer = Trainer::new(policy, None, loss, OptimizerSettings::default())
+        .and_then(|t| t.with_compute_precision(dtype))
+        .expect("trainer");
+    println!(
+        "device {device_name}, compute {dtype}, gradient checkpointing {}, mean sequence \
+         {mean_len:.0} tokens",
+        device
+            .gradient_checkpointing_strategy()
+            .map_or("?".into(), |s| format!("{s:?}"))
+    );
     println!("| step | seconds | pairs/s |");
     println!("|---:|---:|---:|");
     let mut timed = Vec::new();

@@ -25,7 +25,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use sweetspot_core::{LossInput, Message, PluginError, PreferenceLoss};
 use sweetspot_model::llama::LlamaParams;
-use sweetspot_model::{Llama, ModelError, Tokenizer};
+use sweetspot_model::{Llama, ModelError, Precision, Tokenizer};
 
 /// Errors of the trainer.
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +237,11 @@ struct SquaredNorm<'a> {
 impl ModuleVisitor for SquaredNorm<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
+            let g = if g.dtype() == burn::tensor::DType::F32 {
+                g
+            } else {
+                g.cast(burn::tensor::FloatDType::F32)
+            };
             self.total += g.square().sum().into_scalar::<f64>();
         }
     }
@@ -266,7 +271,16 @@ impl ModuleMapper for NoGrad {
 }
 
 fn scaled<const D: usize>(p: Param<Tensor<D>>, keep: f64) -> Param<Tensor<D>> {
-    p.map(|t| Tensor::from_inner(t.inner().mul_scalar(keep)).require_grad())
+    p.map(|t| {
+        // Lifted back with the parameter's gradient-checkpointing strategy: a parameter under
+        // another strategy than its inputs is refused by autodiff.
+        let strategy = t.gradient_checkpointing_strategy();
+        let mut u = Tensor::from_inner(t.inner().mul_scalar(keep));
+        if let Some(s) = strategy {
+            u = u.with_gradient_checkpointing_strategy(s);
+        }
+        u.require_grad()
+    })
 }
 
 /// Decoupled weight decay, `p <- p (1 - lr wd)`, before the Adam update (as
@@ -305,6 +319,7 @@ pub struct Trainer {
     loss: Box<dyn PreferenceLoss>,
     optim: ModuleOptimizer,
     settings: OptimizerSettings,
+    compute: Precision,
     steps: usize,
 }
 
@@ -353,8 +368,22 @@ impl Trainer {
             loss,
             optim,
             settings,
+            compute: Precision::F32,
             steps: 0,
         })
+    }
+
+    /// Mixed precision: forward and backward passes (activations, the reference model's pass)
+    /// in `precision` through casts of the weights, while the weights, their gradients and
+    /// Adam's moments stay in the policy's own type (f32). This is TRL's `bf16 = true`; weights
+    /// held in bf16 themselves would round away every update smaller than 2^-8 of a weight,
+    /// which at DPO's learning rates (3e-7) is nearly all of them.
+    pub fn with_compute_precision(mut self, precision: Precision) -> Result<Self, TrainError> {
+        if let Some(p) = &self.policy {
+            sweetspot_model::precision::check_supported(p.device(), precision)?;
+        }
+        self.compute = precision;
+        Ok(self)
     }
 
     /// The policy.
@@ -499,7 +528,16 @@ impl Trainer {
         let b = pairs.len();
         let seqs = pair_sequences(pairs);
         let device: Device = policy.device().clone();
-        let (logps, counts) = response_logps(policy, &seqs)?;
+        // The forward runs through `model`; gradients are collected for `policy`'s parameters
+        // (the same tensors, or the f32 originals of `model`'s casts).
+        let copy;
+        let model = if self.compute == Precision::F32 {
+            policy
+        } else {
+            copy = policy.compute_copy(self.compute)?;
+            &copy
+        };
+        let (logps, counts) = response_logps(model, &seqs)?;
         let counts: Vec<f32> = counts.iter().map(|&c| c as f32).collect();
         let counts = Tensor::<1>::from_data(TensorData::new(counts, [2 * b]), &device);
         let floats = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [b]), &device);
@@ -508,7 +546,7 @@ impl Trainer {
         } else if let Some((c, r)) = reference {
             (Some(floats(c)), Some(floats(r)))
         } else if let Some(model) = &self.reference {
-            let (r, _) = response_logps(model, &seqs)?;
+            let (r, _) = response_logps(&model.compute_copy(self.compute)?, &seqs)?;
             let r = r.detach();
             (Some(r.clone().narrow(0, 0, b)), Some(r.narrow(0, b, b)))
         } else {

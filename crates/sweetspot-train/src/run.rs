@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sweetspot_core::{Message, PreferenceLoss, Progress, PromptContent};
 use sweetspot_model::export::write_atomic;
-use sweetspot_model::{Llama, Tokenizer};
+use sweetspot_model::{Llama, Precision, Tokenizer};
 
 use crate::{
     OptimizerSettings, StepMetrics, TokenizedPair, TrainError, Trainer, pair_sequences,
@@ -76,6 +76,10 @@ pub struct TrainSettings {
     pub save_steps: usize,
     /// Seed of the data order.
     pub seed: u64,
+    /// Compute precision (mixed precision when not f32; weights stay f32).
+    pub dtype: Precision,
+    /// Recompute memory-bound activations in the backward pass.
+    pub gradient_checkpointing: bool,
     /// Stop after this many optimizer steps of the run (a test's stand-in for a kill).
     pub stop_after: Option<usize>,
 }
@@ -189,8 +193,17 @@ fn tokenize_pair_checked(
     Ok(p)
 }
 
-fn cache_key(pairs: &Path, policy: &Path, tok: &Tokenizer) -> Result<String, TrainError> {
+fn cache_key(
+    pairs: &Path,
+    policy: &Path,
+    tok: &Tokenizer,
+    dtype: Precision,
+) -> Result<String, TrainError> {
     let mut h = Sha256::new();
+    // f32 keys stay as they were before the dtype existed.
+    if dtype != Precision::F32 {
+        h.update(dtype.name().as_bytes());
+    }
     let bytes =
         std::fs::read(pairs).map_err(|e| TrainError::Input(format!("{}: {e}", pairs.display())))?;
     h.update(&bytes);
@@ -231,13 +244,15 @@ fn reference_logps(
     policy: &Llama,
     pairs: &[TokenizedPair],
     micro: usize,
+    dtype: Precision,
     progress: &dyn Progress,
 ) -> Result<RefCache, TrainError> {
     let frozen = Llama::from_params(
         &policy.config,
         policy.params.clone().no_grad(),
         policy.device(),
-    );
+    )
+    .compute_copy(dtype)?;
     let mut chosen = Vec::with_capacity(pairs.len());
     let mut rejected = Vec::with_capacity(pairs.len());
     progress.message("reference log-probabilities");
@@ -372,8 +387,13 @@ pub fn run_training(
             "`epochs`, `batch_size` and `micro_batch_size` must be at least 1".into(),
         ));
     }
-    let device = s.device.clone().autodiff();
-    let (policy, tok) = sweetspot_model::load_causal_lm(&s.policy, &device)?;
+    sweetspot_model::precision::check_supported(&s.device, s.dtype)?;
+    let device = if s.gradient_checkpointing {
+        s.device.clone().autodiff().gradient_checkpointing()
+    } else {
+        s.device.clone().autodiff()
+    };
+    let (policy, tok) = sweetspot_model::load_causal_lm(&s.policy, &device, Precision::F32)?;
     let pairs = read_pairs(&s.pairs, &tok)?;
     let max = policy.max_positions();
     if let Some((i, p)) = pairs
@@ -393,7 +413,7 @@ pub fn run_training(
     // Reference log-probabilities: cached beside the pairs file.
     let mut reference_cached = false;
     let refs = if loss.needs_reference() {
-        let key = cache_key(&s.pairs, &s.policy, &tok)?;
+        let key = cache_key(&s.pairs, &s.policy, &tok, s.dtype)?;
         let mut name = s.pairs.file_name().unwrap_or_default().to_os_string();
         name.push(format!(".ref-{key}.json"));
         let cache = s.pairs.with_file_name(name);
@@ -407,7 +427,7 @@ pub fn run_training(
                 Some(c)
             }
             None => {
-                let c = reference_logps(&policy, &pairs, s.micro_batch_size, progress)?;
+                let c = reference_logps(&policy, &pairs, s.micro_batch_size, s.dtype, progress)?;
                 let bytes = serde_json::to_vec(&c).map_err(|e| TrainError::Input(e.to_string()))?;
                 write_atomic(&cache, &bytes)?;
                 Some(c)
@@ -434,7 +454,8 @@ pub fn run_training(
                 .map_err(|e| TrainError::Input(format!("{}: {e}", checkpoint.display())))?;
             let model = Llama::from_pretrained(&checkpoint, &device)?
                 .map_params(|p| p.map(&mut SetIds(state.param_ids.clone().into_iter())));
-            let mut t = Trainer::new(model, None, loss, s.optimizer)?;
+            let mut t =
+                Trainer::new(model, None, loss, s.optimizer)?.with_compute_precision(s.dtype)?;
             t.load_optimizer(&checkpoint.join("optimizer.bin"))?;
             start = state.steps;
             // Keep exactly the metrics of the steps the checkpoint holds.
@@ -450,7 +471,7 @@ pub fn run_training(
         }
         Err(_) => {
             let _ = std::fs::remove_file(&metrics_path);
-            Trainer::new(policy, None, loss, s.optimizer)?
+            Trainer::new(policy, None, loss, s.optimizer)?.with_compute_precision(s.dtype)?
         }
     };
     let mut metrics_file = std::fs::OpenOptions::new()

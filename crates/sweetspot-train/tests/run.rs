@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use sweetspot_core::{NoProgress, PreferenceLossConfig};
 use sweetspot_losses::DpoConfig;
-use sweetspot_model::{Llama, resolve_device};
+use sweetspot_model::{Llama, Precision, resolve_device};
 use sweetspot_train::run::{Decay, TrainSettings, learning_rate, run_training};
 use sweetspot_train::{OptimizerSettings, Trainer, tokenize_pair};
 
@@ -52,6 +52,8 @@ fn settings(dir: &Path, out: &str) -> TrainSettings {
         },
         save_steps: 1,
         seed: 7,
+        dtype: Precision::F32,
+        gradient_checkpointing: false,
         stop_after: None,
     }
 }
@@ -86,7 +88,7 @@ fn accumulated_micro_batches_equal_one_batch() {
     write_pairs(&dir.path().join("pairs.jsonl"));
     let device = resolve_device("cpu").unwrap().autodiff();
     let policy_dir = fixtures().join("models/policy");
-    let (_, tok) = sweetspot_model::load_causal_lm(&policy_dir, &device).unwrap();
+    let (_, tok) = sweetspot_model::load_causal_lm(&policy_dir, &device, Precision::F32).unwrap();
     let pairs = sweetspot_train::run::read_pairs(&dir.path().join("pairs.jsonl"), &tok).unwrap();
     // The four distinct pairs (the swapped copies would cancel gradients to rounding noise,
     // which Adam then blows up to whole steps).
@@ -220,4 +222,60 @@ fn a_killed_run_resumes_to_the_same_weights() {
     for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
         assert!(policy.join(f).exists(), "{f}");
     }
+}
+
+/// A mixed-precision run (`dtype = "bf16"`) with gradient checkpointing: it trains (its losses
+/// track the f32 run's within bf16 rounding), exports f32 master weights, and caches its
+/// reference log-probabilities under a key of its own (bf16's are not f32's).
+#[test]
+fn bf16_run_with_checkpointing_trains_and_keeps_its_own_cache() {
+    let device = resolve_device("cpu").unwrap();
+    if !device.supports_dtype(burn::tensor::FloatDType::BF16) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_pairs(&dir.path().join("pairs.jsonl"));
+    let full = run_training(&settings(dir.path(), "f32"), loss(), &NoProgress).unwrap();
+    let mut half = settings(dir.path(), "bf16");
+    half.dtype = Precision::Bf16;
+    half.gradient_checkpointing = true;
+    let s = run_training(&half, loss(), &NoProgress).unwrap();
+    assert!(
+        !s.reference_cached,
+        "the f32 run's reference log-probabilities must not be reused"
+    );
+    assert_eq!(s.steps, full.steps);
+    let caches = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".ref-")
+        })
+        .count();
+    assert_eq!(caches, 2);
+    let losses = |out: &str| -> Vec<f64> {
+        std::fs::read_to_string(dir.path().join(out).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (a, b) = (losses("f32"), losses("bf16"));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 0.05, "f32 loss {x}, bf16 loss {y}");
+    }
+    assert!(
+        a.iter().zip(&b).any(|(x, y)| x != y),
+        "bf16 computed as f32"
+    );
+    let trained = Llama::from_pretrained(&s.policy.unwrap(), &device).unwrap();
+    assert_eq!(trained.precision(), Precision::F32);
 }

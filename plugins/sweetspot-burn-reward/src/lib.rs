@@ -19,7 +19,7 @@ use sweetspot_core::{
     RewardModel, RewardModelConfig, SampleGroup, ScoredGroup, ScoredSample,
 };
 use sweetspot_model::reward::{ARMORM_OBJECTIVES, LLAMA3_GATING_PATTERN, RewardHead, find_last};
-use sweetspot_model::{ModelError, RewardInput, RewardNet, Tokenizer, resolve_device};
+use sweetspot_model::{ModelError, Precision, RewardInput, RewardNet, Tokenizer, resolve_device};
 
 /// Call from a binary to make sure this crate is linked (and its plugins registered).
 #[inline(never)]
@@ -66,6 +66,9 @@ pub struct SeqClsConfig {
     pub max_batch_tokens: usize,
     /// The device; `[run].device` / `--device` when absent.
     pub device: Option<String>,
+    /// Float type of the model's weights (`f32`, `bf16`, `f16`); heads compute in f32.
+    #[serde(default)]
+    pub dtype: Precision,
 }
 
 /// `type = "skywork"`: the same as `seq-cls`.
@@ -91,6 +94,9 @@ pub struct ArmoRmConfig {
     pub gating_pattern: String,
     /// The device; `[run].device` / `--device` when absent.
     pub device: Option<String>,
+    /// Float type of the model's weights (`f32`, `bf16`, `f16`); heads compute in f32.
+    #[serde(default)]
+    pub dtype: Precision,
 }
 
 /// The `[reward]` table with `type = "judge"`.
@@ -116,6 +122,9 @@ pub struct JudgeConfig {
     pub max_batch_tokens: usize,
     /// The device; `[run].device` / `--device` when absent.
     pub device: Option<String>,
+    /// Float type of the model's weights (`f32`, `bf16`, `f16`); heads compute in f32.
+    #[serde(default)]
+    pub dtype: Precision,
 }
 
 inventory::submit! {
@@ -191,8 +200,8 @@ impl RewardModelConfig for SeqClsConfig {
         let dir = ctx.resolve(&self.model);
         let device = device_for(self.device.as_ref(), ctx)?;
         tracing::info!(model = %dir.display(), "loading sequence-classification reward model");
-        let net =
-            RewardNet::seq_cls_from_pretrained(&dir, &device).map_err(model_err("seq-cls"))?;
+        let net = RewardNet::seq_cls_from_pretrained(&dir, &device, self.dtype)
+            .map_err(model_err("seq-cls"))?;
         let tokenizer = Tokenizer::from_dir(&dir, &[]).map_err(model_err("seq-cls"))?;
         BurnReward::boxed(
             net,
@@ -218,7 +227,8 @@ impl RewardModelConfig for ArmoRmConfig {
         let dir = ctx.resolve(&self.model);
         let device = device_for(self.device.as_ref(), ctx)?;
         tracing::info!(model = %dir.display(), "loading ArmoRM reward model");
-        let net = RewardNet::armorm_from_pretrained(&dir, &device).map_err(model_err("armorm"))?;
+        let net = RewardNet::armorm_from_pretrained(&dir, &device, self.dtype)
+            .map_err(model_err("armorm"))?;
         let tokenizer = Tokenizer::from_dir(&dir, &[]).map_err(model_err("armorm"))?;
         let pattern = tokenizer
             .encode(&self.gating_pattern, false)
@@ -254,8 +264,8 @@ impl RewardModelConfig for JudgeConfig {
         let path = ctx.resolve(&self.model);
         let device = device_for(self.device.as_ref(), ctx)?;
         tracing::info!(model = %path.display(), "loading judge model");
-        let (model, tokenizer) =
-            sweetspot_model::load_causal_lm(&path, &device).map_err(model_err("judge"))?;
+        let (model, tokenizer) = sweetspot_model::load_causal_lm(&path, &device, self.dtype)
+            .map_err(model_err("judge"))?;
         if !tokenizer.has_chat_template() {
             return Err(PluginError::config(
                 "judge",

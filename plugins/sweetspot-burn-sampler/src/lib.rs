@@ -12,7 +12,7 @@ use sweetspot_core::{
     SampleGroup, SampleRequest, Sampler, SamplerConfig,
 };
 use sweetspot_model::generate::{SamplingParams, SeqRequest, generate};
-use sweetspot_model::{Llama, Tokenizer, resolve_device};
+use sweetspot_model::{Llama, Precision, Tokenizer, resolve_device};
 
 /// Call from a binary to make sure this crate is linked (and its plugin registered).
 #[inline(never)]
@@ -43,6 +43,9 @@ pub struct BurnSamplerConfig {
     pub batch_size: usize,
     /// The device; `[run].device` / `--device` when absent.
     pub device: Option<String>,
+    /// Float type of the weights (`f32`, `bf16`, `f16`); the logits and sampling stay in f32.
+    #[serde(default)]
+    pub dtype: Precision,
 }
 
 fn default_temperature() -> f32 {
@@ -88,10 +91,14 @@ fn model_err(e: sweetspot_model::ModelError) -> PluginError {
     PluginError::other("burn sampler", e)
 }
 
-/// Loads a model folder or GGUF file with its tokenizer.
-pub fn load(path: &std::path::Path, device: &str) -> Result<(Llama, Tokenizer), PluginError> {
+/// Loads a model folder or GGUF file with its tokenizer, the weights in `dtype`.
+pub fn load(
+    path: &std::path::Path,
+    device: &str,
+    dtype: Precision,
+) -> Result<(Llama, Tokenizer), PluginError> {
     let device = resolve_device(device).map_err(model_err)?;
-    sweetspot_model::load_causal_lm(path, &device).map_err(model_err)
+    sweetspot_model::load_causal_lm(path, &device, dtype).map_err(model_err)
 }
 
 #[typetag::serde(name = "burn")]
@@ -116,7 +123,7 @@ impl SamplerConfig for BurnSamplerConfig {
         let path = ctx.resolve(&self.model);
         let device = self.device.clone().unwrap_or_else(|| ctx.device.clone());
         tracing::info!(model = %path.display(), device, "loading model");
-        let (model, tokenizer) = load(&path, &device)?;
+        let (model, tokenizer) = load(&path, &device, self.dtype)?;
         Ok(Box::new(BurnSampler {
             model,
             tokenizer,
