@@ -47,17 +47,24 @@ pub fn check_supported(device: &Device, precision: Precision) -> Result<(), Mode
     }
 }
 
-struct Cast(FloatDType);
+/// Casts every float parameter to a type: as new leaves (`tracked = false`: a leaf that took
+/// gradients takes them itself), or kept on the autodiff graph (`tracked = true`: gradients flow
+/// back to the originals).
+struct Cast {
+    target: FloatDType,
+    tracked: bool,
+}
 
 impl ModuleMapper for Cast {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let target = self.0;
+        let (target, tracked) = (self.target, self.tracked);
         param.map(|t| {
             if t.dtype() == DType::from(target) {
                 return t;
             }
-            // A leaf stays a leaf: the cast value is detached and, if the original took
-            // gradients, takes them itself.
+            if tracked {
+                return t.cast(target);
+            }
             let grad = t.is_require_grad();
             let cast = t.cast(target).detach();
             if grad { cast.require_grad() } else { cast }
@@ -68,26 +75,17 @@ impl ModuleMapper for Cast {
 /// Every float parameter of `module` cast to `precision`, one tensor at a time (the old copy of
 /// a tensor is freed as its cast is made). Parameters already in it are left as they are.
 pub fn cast_module<M: Module>(module: M, precision: Precision) -> M {
-    module.map(&mut Cast(float_dtype(precision)))
-}
-
-struct CastTracked(FloatDType);
-
-impl ModuleMapper for CastTracked {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let target = self.0;
-        param.map(|t| {
-            if t.dtype() == DType::from(target) {
-                t
-            } else {
-                t.cast(target)
-            }
-        })
-    }
+    module.map(&mut Cast {
+        target: float_dtype(precision),
+        tracked: false,
+    })
 }
 
 /// Every float parameter of `module` cast to `precision` with the casts kept on the autodiff
 /// graph (gradients flow back to the originals, cast back to their type).
 pub fn cast_tracked<M: Module>(module: M, precision: Precision) -> M {
-    module.map(&mut CastTracked(float_dtype(precision)))
+    module.map(&mut Cast {
+        target: float_dtype(precision),
+        tracked: true,
+    })
 }

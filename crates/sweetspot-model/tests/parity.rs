@@ -5,7 +5,7 @@
 mod common;
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use common::{fixture, id_lists, test_device};
+use common::{fixture, id_lists, max_abs_diff, test_device};
 use sweetspot_model::{KvCache, Llama, resolve_device};
 
 const TOL: f32 = 1e-4;
@@ -58,14 +58,6 @@ fn bools(rows: &[Vec<bool>], device: &burn::tensor::Device) -> Tensor<2, Bool> {
     let t = rows[0].len();
     let flat: Vec<bool> = rows.iter().flatten().copied().collect();
     Tensor::from_data(TensorData::new(flat, [b, t]), device)
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn logits_alone(m: &Llama, ids: &[u32]) -> Vec<f32> {

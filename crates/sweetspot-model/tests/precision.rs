@@ -10,7 +10,7 @@
 mod common;
 
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
-use common::{fixture, id_lists, test_device};
+use common::{fixture, id_lists, max_abs_diff, test_device};
 use sweetspot_model::{Llama, Precision, resolve_device};
 
 fn agreement(precision: Precision) -> f32 {
@@ -52,14 +52,6 @@ fn prompts(name: &str) -> Vec<Vec<u32>> {
     )
     .unwrap();
     id_lists(&json["prompts"])
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn logits(m: &Llama, rows: &[Vec<u32>]) -> Vec<f32> {

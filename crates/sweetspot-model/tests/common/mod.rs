@@ -30,3 +30,12 @@ pub fn id_lists(v: &serde_json::Value) -> Vec<Vec<u32>> {
         })
         .collect()
 }
+
+/// The largest absolute difference between two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
