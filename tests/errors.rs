@@ -273,3 +273,74 @@ fn unknown_strategy_on_the_command_line() {
     let err = assert_clean_failure(&o, 2);
     assert!(err.contains("did you mean `max-min`?"), "{err}");
 }
+
+/// Outputs get the permissions any other file gets (0644 before the umask), not the 0600 of a
+/// temporary file; a killed run's hidden temporary files are removed by the next run.
+#[test]
+fn outputs_are_readable_and_stale_temporary_files_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(&input, GOOD).unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // A killed process (no such pid) left this; a live one's would stay.
+    let stale = out.join(".sweetspot-4194304999-AbCdEf.tmp");
+    std::fs::write(&stale, "half a file").unwrap();
+    let o = sweetspot([
+        "pairs".as_ref(),
+        "-i".as_ref(),
+        input.as_os_str(),
+        "-s".as_ref(),
+        "max-min".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_ok(&o);
+    assert!(!stale.exists(), "{:?}", files(&out));
+    assert_eq!(files(&out), ["max-min.jsonl", "summary.json"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["max-min.jsonl", "summary.json"] {
+            let mode = std::fs::metadata(out.join(f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o044, 0o044, "{f}: mode {mode:o}");
+        }
+    }
+}
+
+/// `--device` belongs to the commands that load a model; `run` takes the recipe as an argument.
+#[test]
+fn device_only_where_a_model_loads_and_run_takes_the_recipe() {
+    let o = sweetspot([
+        "pairs", "--device", "cpu", "-i", "x", "-s", "max-min", "-o", "y",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--device"), "{}", stderr(&o));
+    let o = sweetspot(["stats", "--device", "cpu", "x.jsonl"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let help = stdout(&sweetspot(["pairs", "--help"]));
+    assert!(!help.contains("--device"), "{help}");
+    let help = stdout(&sweetspot(["generate", "--help"]));
+    assert!(
+        help.contains("--device") && help.contains("--restart"),
+        "{help}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = tmp.path().join("r.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[pairs]\ninput = {:?}\noutput = \"out\"\n[[pairs.strategies]]\ntype = \"max-min\"\n",
+            example("quickstart/scored.jsonl")
+        ),
+    )
+    .unwrap();
+    assert_ok(&sweetspot(["run".as_ref(), recipe.as_os_str()]));
+    assert!(tmp.path().join("out/max-min.jsonl").exists());
+    assert_ok(&sweetspot([
+        "run".as_ref(),
+        "-r".as_ref(),
+        recipe.as_os_str(),
+    ]));
+}

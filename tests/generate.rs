@@ -59,6 +59,13 @@ fn generates_n_samples_per_prompt_and_resumes_after_a_kill() {
     let partial = format!("{}\n{}\n{}\n{}", lines[0], lines[1], lines[2], lines[3])
         + "\n{\"prompt_id\": \"sea\", \"prompt\": [{\"ro";
     std::fs::write(tmp.path().join("b.jsonl.partial"), partial).unwrap();
+    // ... beside the record a killed run leaves: what it was making, not yet complete.
+    let mut record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("a.jsonl.record.json")).unwrap(),
+    )
+    .unwrap();
+    record["complete"] = serde_json::Value::Null;
+    std::fs::write(tmp.path().join("b.jsonl.record.json"), record.to_string()).unwrap();
     let o = generate(&model, tmp.path(), "b.jsonl");
     assert_ok(&o);
     assert!(stdout(&o).contains("1 resumed"), "{}", stdout(&o));
@@ -96,9 +103,9 @@ fn unknown_device_is_a_clean_error() {
     let prompts = tmp.path().join("p.jsonl");
     std::fs::write(&prompts, PROMPTS).unwrap();
     let o = sweetspot([
+        "generate".as_ref(),
         "--device".as_ref(),
         "tpu".as_ref(),
-        "generate".as_ref(),
         "-m".as_ref(),
         model.as_os_str(),
         "-p".as_ref(),
@@ -106,15 +113,19 @@ fn unknown_device_is_a_clean_error() {
         "-o".as_ref(),
         tmp.path().join("x.jsonl").as_os_str(),
     ]);
-    let err = assert_clean_failure(&o, 1);
-    assert!(err.contains("unknown device `tpu`"), "{err}");
+    // A name that is no device at all is a usage error, found before anything loads.
+    let err = assert_clean_failure(&o, 2);
+    assert!(
+        err.contains("key `run.device`: unknown device `tpu`"),
+        "{err}"
+    );
     assert!(!tmp.path().join("x.jsonl.partial").exists());
     // A backend that is not compiled in names the feature to enable.
     if !cfg!(feature = "wgpu") {
         let o = sweetspot([
+            "generate".as_ref(),
             "--device".as_ref(),
             "wgpu".as_ref(),
-            "generate".as_ref(),
             "-m".as_ref(),
             model.as_os_str(),
             "-p".as_ref(),

@@ -74,8 +74,35 @@ fn every_example_table_deserializes_under_its_name() {
     let o = sweetspot(["plugins", "--json"]);
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
     let tmp = tempfile::tempdir().unwrap();
+    // The inputs the recipes name exist (validate checks them); models are the fixtures.
+    for f in ["x.jsonl", "p.jsonl", "s.jsonl"] {
+        std::fs::write(tmp.path().join(f), "{}\n").unwrap();
+    }
+    let models = root().join("tests/fixtures/models");
     for p in &listed {
         let example = p["example"].as_str().unwrap();
+        // An example's `model` points at a real model of its kind (the judge's Yes/No must be
+        // one token each, as in SmolLM2's tokenizer).
+        let model = match p["name"].as_str().unwrap() {
+            "armorm" => models.join("armorm"),
+            "seq-cls" | "skywork" => models.join("seq-cls"),
+            "judge" => match smollm2() {
+                Some(m) => m,
+                None => continue,
+            },
+            _ => models.join("policy"),
+        };
+        let example: String = example
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("model =") {
+                    format!("model = {model:?}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
         let recipe = match p["kind"].as_str().unwrap() {
             "pair-strategy" => format!(
                 "[pairs]\ninput = \"x.jsonl\"\noutput = \"out\"\n\n[[pairs.strategies]]\n{example}\n"
@@ -87,7 +114,8 @@ fn every_example_table_deserializes_under_its_name() {
                 "[score]\ninput = \"s.jsonl\"\noutput = \"scored.jsonl\"\n\n[reward]\n{example}\n"
             ),
             "preference-loss" => format!(
-                "[train]\npairs = \"p.jsonl\"\npolicy = \"m\"\noutput = \"run\"\n\n[train.loss]\n{example}\n"
+                "[train]\npairs = \"p.jsonl\"\npolicy = {:?}\noutput = \"run\"\n\n[train.loss]\n{example}\n",
+                models.join("policy")
             ),
             other => panic!("no recipe table for kind {other} yet"),
         };

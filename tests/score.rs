@@ -110,8 +110,11 @@ fn scores_every_sample_in_the_long_layout_and_pairs_read_it() {
     rewards.sort_by(f64::total_cmp);
     rewards.dedup();
     assert!(rewards.len() > 6);
-    // Nothing left beside the output.
-    assert_eq!(files(tmp.path()), ["samples.jsonl", "scored.jsonl"]);
+    // Nothing left beside the output and its record.
+    assert_eq!(
+        files(tmp.path()),
+        ["samples.jsonl", "scored.jsonl", "scored.jsonl.record.json"]
+    );
 
     // The batch size does not change a reward (beyond 1e-4).
     let other = tmp.path().join("scored-b1.jsonl");
@@ -169,6 +172,12 @@ fn fake_kill(output: &Path, full: &str, groups_per_call: usize, k: usize, n: usi
             .to_string(),
     )
     .unwrap();
+    // The record of what the run was making, not yet complete (the finished run left it).
+    let record = output.with_file_name("scored.jsonl.record.json");
+    let mut r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    r["complete"] = serde_json::Value::Null;
+    std::fs::write(&record, r.to_string()).unwrap();
 }
 
 #[test]
@@ -211,7 +220,12 @@ fn a_killed_run_resumes_to_the_same_rows() {
     assert_eq!(std::fs::read_to_string(&output).unwrap(), full);
     assert_eq!(
         files(tmp.path()),
-        ["recipe.toml", "samples.jsonl", "scored.jsonl"]
+        [
+            "recipe.toml",
+            "samples.jsonl",
+            "scored.jsonl",
+            "scored.jsonl.record.json"
+        ]
     );
 
     // Killed between the write of a call and its progress record: that call is done again.

@@ -26,10 +26,6 @@ pub struct Cli {
     /// More logging (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// The device for model plugins: cpu (default), wgpu, wgpu:cpu, cuda, cuda:N. Overrides the
-    /// recipe's `[run].device`.
-    #[arg(long, global = true)]
-    pub device: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -39,10 +35,13 @@ pub struct Cli {
 pub enum Command {
     /// List the registered plugins by kind.
     Plugins(PluginsArgs),
-    /// Check a recipe: syntax, keys, plugin types and settings.
+    /// Check a recipe without running it: syntax, keys, plugin types, every value's range,
+    /// input files, outputs that would overwrite inputs.
     Validate {
         /// The recipe (TOML).
         recipe: PathBuf,
+        #[command(flatten)]
+        model: ModelFlags,
     },
     /// Sample n responses per prompt with a sampler plugin.
     Generate(Box<GenerateArgs>),
@@ -54,12 +53,33 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// Print reward statistics of scored datasets.
     Stats(StatsArgs),
-    /// Run every stage of a recipe.
+    /// Run every stage of a recipe (the whole recipe is checked before the first starts).
     Run {
         /// The recipe (TOML).
-        #[arg(long, short)]
-        recipe: PathBuf,
+        #[arg(
+            required_unless_present = "recipe_flag",
+            conflicts_with = "recipe_flag"
+        )]
+        recipe: Option<PathBuf>,
+        /// The recipe (TOML), as a flag.
+        #[arg(long = "recipe", short = 'r', value_name = "RECIPE")]
+        recipe_flag: Option<PathBuf>,
+        #[command(flatten)]
+        model: ModelFlags,
     },
+}
+
+/// Flags of the commands that load a model.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ModelFlags {
+    /// The device for model plugins: cpu (default), wgpu, wgpu:cpu, cuda, cuda:N. Overrides the
+    /// recipe's `[run].device`.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Discard an earlier run's partial or complete output instead of refusing when the
+    /// settings or inputs changed (without it, a changed rerun is refused, naming the change).
+    #[arg(long)]
+    pub restart: bool,
 }
 
 /// `sweetspot plugins`.
@@ -192,6 +212,8 @@ pub struct GenerateArgs {
     /// The weights' float type: f32 (default), bf16 or f16.
     #[arg(long, value_parser = ["f32", "bf16", "f16"])]
     pub dtype: Option<String>,
+    #[command(flatten)]
+    pub model_flags: ModelFlags,
 }
 
 /// `sweetspot score`: from a recipe, or from flags.
@@ -224,6 +246,8 @@ pub struct ScoreArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub model_flags: ModelFlags,
 }
 
 /// `sweetspot train`: from a recipe, or from flags.
@@ -260,6 +284,8 @@ pub struct TrainArgs {
     /// Compute type: f32 (default), or bf16 / f16 mixed precision (weights stay f32).
     #[arg(long, value_parser = ["f32", "bf16", "f16"])]
     pub dtype: Option<String>,
+    #[command(flatten)]
+    pub model_flags: ModelFlags,
 }
 
 /// `sweetspot stats`.
@@ -385,30 +411,77 @@ fn init_logging(quiet: bool, verbose: u8) {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
-    let device = cli.device.clone();
     match cli.command {
-        Command::Generate(args) => generate_cmd(*args, device, cli.quiet),
-        Command::Score(args) => score_cmd(*args, device, cli.quiet),
-        Command::Train(args) => train_cmd(*args, device, cli.quiet),
+        Command::Generate(args) => generate_cmd(*args, cli.quiet),
+        Command::Score(args) => score_cmd(*args, cli.quiet),
+        Command::Train(args) => train_cmd(*args, cli.quiet),
         Command::Plugins(args) => plugins_cmd(&args),
-        Command::Validate { recipe } => validate_cmd(&recipe),
-        Command::Pairs(args) => {
-            let _ = DEVICE_OVERRIDE.set(device);
-            pairs_cmd(*args, cli.quiet)
+        Command::Validate { recipe, model } => {
+            let _ = DEVICE_OVERRIDE.set(model.device);
+            validate_cmd(&recipe)
         }
+        Command::Pairs(args) => pairs_cmd(*args, cli.quiet),
         Command::Stats(args) => stats_cmd(&args),
-        Command::Run { recipe } => run_cmd(&recipe, device, cli.quiet),
+        Command::Run {
+            recipe,
+            recipe_flag,
+            model,
+        } => {
+            let Some(recipe) = recipe.or(recipe_flag) else {
+                return Err(Failure {
+                    message: "give the recipe: sweetspot run RECIPE".into(),
+                    code: 2,
+                });
+            };
+            let _ = DEVICE_OVERRIDE.set(model.device);
+            run_cmd(&recipe, model.restart, cli.quiet)
+        }
     }
+}
+
+/// A recipe file read and parsed, with its text (for locating keys in later checks).
+fn load_recipe(path: &Path) -> Result<(Recipe, String), Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| Failure {
+        message: format!("{}: cannot read the recipe: {e}", path.display()),
+        code: 2,
+    })?;
+    let recipe = Recipe::from_toml(&text, Some(path))?;
+    Ok((recipe, text))
+}
+
+/// Checks the stages of a recipe that are about to run (see `sweetspot_runner::validate`).
+fn check_recipe(
+    recipe: &Recipe,
+    text: &str,
+    origin: &Path,
+    ctx: &BuildContext,
+    stages: sweetspot_runner::Stages,
+) -> Result<Vec<String>, Failure> {
+    let src = sweetspot_runner::RecipeSource {
+        recipe,
+        text,
+        origin,
+    };
+    sweetspot_runner::validate_recipe(&src, ctx, stages).map_err(|e| Failure {
+        code: match e {
+            sweetspot_runner::Invalid::MissingInput(_) => 1,
+            sweetspot_runner::Invalid::Recipe(_) => 2,
+        },
+        message: e.error().to_string(),
+    })
 }
 
 /// `--device`, set once at start.
 static DEVICE_OVERRIDE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
-fn generate_cmd(args: GenerateArgs, device: Option<String>, quiet: bool) -> Result<(), Failure> {
-    let _ = DEVICE_OVERRIDE.set(device);
+fn generate_cmd(args: GenerateArgs, quiet: bool) -> Result<(), Failure> {
+    let _ = DEVICE_OVERRIDE.set(args.model_flags.device.clone());
     let usage = |message: String| Failure { message, code: 2 };
-    let (recipe, base, origin) = match &args.recipe {
-        Some(path) => (Recipe::from_file(path)?, base_dir(path), path.clone()),
+    let (recipe, base, origin, text) = match &args.recipe {
+        Some(path) => {
+            let (r, t) = load_recipe(path)?;
+            (r, base_dir(path), path.clone(), t)
+        }
         None => {
             let (Some(model), Some(prompts)) = (&args.model, &args.prompts) else {
                 return Err(usage("give --recipe, or --model and --prompts".into()));
@@ -446,42 +519,71 @@ fn generate_cmd(args: GenerateArgs, device: Option<String>, quiet: bool) -> Resu
         }
     };
     let ctx = context(&recipe, base);
+    let mut recipe = recipe;
+    if let (Some(_), Some(o), Some(g)) = (&args.recipe, &args.output, recipe.generate.as_mut()) {
+        g.output = std::path::absolute(o).unwrap_or_else(|_| o.clone());
+    }
+    let stages = sweetspot_runner::Stages {
+        generate: true,
+        ..sweetspot_runner::Stages::NONE
+    };
+    check_recipe(&recipe, &text, &origin, &ctx, stages)?;
     let (Some(sampler), Some(gen_cfg)) = (recipe.sampler, recipe.generate) else {
         return Err(usage(format!(
             "{}: the recipe needs [sampler] and [generate] tables",
             origin.display()
         )));
     };
-    let output = match (&args.recipe, &args.output) {
-        (Some(_), Some(o)) => o.clone(),
-        _ => ctx.resolve(&gen_cfg.output),
-    };
     let job = sweetspot_runner::GenerateJob {
         prompts: ctx.resolve(&gen_cfg.prompts),
-        output,
+        output: ctx.resolve(&gen_cfg.output),
         n: gen_cfg.n,
         sampler,
         ctx,
         prompts_per_call: 8,
         quiet,
+        restart: args.model_flags.restart,
     };
     let s = sweetspot_runner::run_generate(job)?;
-    println!(
-        "wrote {} samples for {} prompts ({} resumed from an interrupted run) to {} in {:.1}s",
-        s.samples,
-        s.prompts,
-        s.resumed_prompts,
-        s.output.display(),
-        s.seconds
-    );
+    print_generate_summary(&s);
     Ok(())
+}
+
+fn print_generate_summary(s: &sweetspot_runner::GenerateSummary) {
+    if s.already_complete {
+        println!(
+            "generate: {} is already complete ({} samples for {} prompts, same settings and \
+             inputs); nothing to do",
+            s.output.display(),
+            s.samples,
+            s.prompts
+        );
+    } else if s.resumed_prompts > 0 {
+        println!(
+            "generate: wrote {} samples for {} prompts ({} resumed from an interrupted run) to \
+             {} in {:.1}s",
+            s.samples,
+            s.prompts,
+            s.resumed_prompts,
+            s.output.display(),
+            s.seconds
+        );
+    } else {
+        println!(
+            "generate: wrote {} samples for {} prompts to {} in {:.1}s",
+            s.samples,
+            s.prompts,
+            s.output.display(),
+            s.seconds
+        );
+    }
 }
 
 /// A recipe made from command-line flags, as tables, so that flags go through the same parser
 /// and checks as a recipe file. Returns the recipe, its base folder and its origin for messages.
 fn flag_recipe<const N: usize>(
     tables: [(&str, toml::Table); N],
-) -> Result<(Recipe, PathBuf, PathBuf), Failure> {
+) -> Result<(Recipe, PathBuf, PathBuf, String), Failure> {
     let root: toml::Table = tables
         .into_iter()
         .map(|(k, t)| (k.to_string(), toml::Value::Table(t)))
@@ -495,6 +597,7 @@ fn flag_recipe<const N: usize>(
         Recipe::from_toml(&text, Some(&origin))?,
         PathBuf::from("."),
         origin,
+        text,
     ))
 }
 
@@ -520,11 +623,14 @@ fn param_value(kv: &str) -> Result<(String, toml::Value), Failure> {
     Ok((k.trim().to_string(), value))
 }
 
-fn score_cmd(args: ScoreArgs, device: Option<String>, quiet: bool) -> Result<(), Failure> {
-    let _ = DEVICE_OVERRIDE.set(device);
+fn score_cmd(args: ScoreArgs, quiet: bool) -> Result<(), Failure> {
+    let _ = DEVICE_OVERRIDE.set(args.model_flags.device.clone());
     let usage = |message: String| Failure { message, code: 2 };
-    let (recipe, base, origin) = match &args.recipe {
-        Some(path) => (Recipe::from_file(path)?, base_dir(path), path.clone()),
+    let (recipe, base, origin, text) = match &args.recipe {
+        Some(path) => {
+            let (r, t) = load_recipe(path)?;
+            (r, base_dir(path), path.clone(), t)
+        }
         None => {
             let (Some(model), Some(input)) = (&args.model, &args.input) else {
                 return Err(usage("give --recipe, or --model and --input".into()));
@@ -553,16 +659,22 @@ fn score_cmd(args: ScoreArgs, device: Option<String>, quiet: bool) -> Result<(),
         }
     };
     let ctx = context(&recipe, base);
+    let mut recipe = recipe;
+    if let (Some(_), Some(o), Some(c)) = (&args.recipe, &args.output, recipe.score.as_mut()) {
+        c.output = std::path::absolute(o).unwrap_or_else(|_| o.clone());
+    }
+    let stages = sweetspot_runner::Stages {
+        score: true,
+        ..sweetspot_runner::Stages::NONE
+    };
+    check_recipe(&recipe, &text, &origin, &ctx, stages)?;
     let (Some(reward), Some(cfg)) = (recipe.reward, recipe.score) else {
         return Err(usage(format!(
             "{}: the recipe needs [reward] and [score] tables",
             origin.display()
         )));
     };
-    let mut job = score_job(reward, cfg, ctx, quiet);
-    if let (Some(_), Some(o)) = (&args.recipe, &args.output) {
-        job.output = o.clone();
-    }
+    let job = score_job(reward, cfg, ctx, quiet, args.model_flags.restart);
     let s = sweetspot_runner::run_score(job)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
@@ -572,11 +684,14 @@ fn score_cmd(args: ScoreArgs, device: Option<String>, quiet: bool) -> Result<(),
     Ok(())
 }
 
-fn train_cmd(args: TrainArgs, device: Option<String>, quiet: bool) -> Result<(), Failure> {
-    let _ = DEVICE_OVERRIDE.set(device);
+fn train_cmd(args: TrainArgs, quiet: bool) -> Result<(), Failure> {
+    let _ = DEVICE_OVERRIDE.set(args.model_flags.device.clone());
     let usage = |message: String| Failure { message, code: 2 };
-    let (recipe, base, origin) = match &args.recipe {
-        Some(path) => (Recipe::from_file(path)?, base_dir(path), path.clone()),
+    let (recipe, base, origin, text) = match &args.recipe {
+        Some(path) => {
+            let (r, t) = load_recipe(path)?;
+            (r, base_dir(path), path.clone(), t)
+        }
         None => {
             let (Some(pairs), Some(policy)) = (&args.pairs, &args.policy) else {
                 return Err(usage("give --recipe, or --pairs and --policy".into()));
@@ -611,16 +726,25 @@ fn train_cmd(args: TrainArgs, device: Option<String>, quiet: bool) -> Result<(),
         }
     };
     let ctx = context(&recipe, base);
-    let Some(mut cfg) = recipe.train else {
+    let mut recipe = recipe;
+    if let (Some(_), Some(o), Some(t)) = (&args.recipe, &args.output, recipe.train.as_mut()) {
+        t.output = std::path::absolute(o).unwrap_or_else(|_| o.clone());
+    }
+    if recipe.train.is_none() {
         return Err(usage(format!(
             "{}: the recipe needs a [train] table",
             origin.display()
         )));
-    };
-    if let (Some(_), Some(o)) = (&args.recipe, &args.output) {
-        cfg.output = o.clone();
     }
-    let s = sweetspot_runner::run_train(cfg, &ctx, quiet)?;
+    let stages = sweetspot_runner::Stages {
+        train: true,
+        ..sweetspot_runner::Stages::NONE
+    };
+    check_recipe(&recipe, &text, &origin, &ctx, stages)?;
+    let Some(cfg) = recipe.train else {
+        return Err(usage("the recipe needs a [train] table".into()));
+    };
+    let s = sweetspot_runner::run_train(cfg, &ctx, quiet, args.model_flags.restart)?;
     print_train_summary(&s);
     Ok(())
 }
@@ -630,11 +754,19 @@ fn print_train_summary(s: &sweetspot_runner::TrainSummary) {
         .last_loss
         .map(|l| format!(", last loss {l:.4}"))
         .unwrap_or_default();
+    let resumed = if s.resumed_steps > 0 {
+        format!(" ({} resumed from an interrupted run)", s.resumed_steps)
+    } else {
+        String::new()
+    };
     match &s.policy {
+        Some(p) if s.already_complete => println!(
+            "train: already complete (same settings and inputs); policy in {}",
+            p.display()
+        ),
         Some(p) => println!(
-            "trained {} steps ({} resumed from an interrupted run){loss}; policy in {}",
+            "train: trained {} steps{resumed}{loss}; policy in {}",
             s.total_steps,
-            s.resumed_steps,
             p.display()
         ),
         None => println!("stopped after {} of {} steps{loss}", s.steps, s.total_steps),
@@ -646,6 +778,7 @@ fn score_job(
     cfg: sweetspot_core::recipe::ScoreConfig,
     ctx: BuildContext,
     quiet: bool,
+    restart: bool,
 ) -> sweetspot_runner::ScoreJob {
     sweetspot_runner::ScoreJob {
         input: ctx.resolve(&cfg.input),
@@ -654,15 +787,28 @@ fn score_job(
         ctx,
         groups_per_call: cfg.groups_per_call,
         quiet,
+        restart,
     }
 }
 
 fn print_score_summary(s: &sweetspot_runner::ScoreSummary) {
+    if s.already_complete {
+        println!(
+            "score: {} is already complete ({} samples, same settings and inputs); nothing to do",
+            s.output.display(),
+            s.samples
+        );
+        return;
+    }
+    let resumed = if s.resumed_groups > 0 {
+        format!(" ({} resumed from an interrupted run)", s.resumed_groups)
+    } else {
+        String::new()
+    };
     println!(
-        "scored {} samples of {} prompts ({} resumed from an interrupted run) into {} in {:.1}s",
+        "score: scored {} samples of {} prompts{resumed} into {} in {:.1}s",
         s.samples,
         s.groups,
-        s.resumed_groups,
         s.output.display(),
         s.seconds
     );
@@ -728,81 +874,26 @@ fn context(recipe: &Recipe, base: PathBuf) -> BuildContext {
 }
 
 fn validate_cmd(path: &Path) -> Result<(), Failure> {
-    let recipe = Recipe::from_file(path)?;
+    let (recipe, text) = load_recipe(path)?;
     let ctx = context(&recipe, base_dir(path));
-    let mut stages = Vec::new();
-    if let Some(pairs) = &recipe.pairs {
-        let mut datasets = 0;
-        for (i, s) in pairs.strategies.iter().enumerate() {
-            let built = s.build(&ctx).map_err(|e| Failure {
-                message: format!("{}: key `pairs.strategies[{i}]`: {e}", path.display()),
-                code: 2,
-            })?;
-            datasets += built.datasets().len();
-        }
-        stages.push(format!(
-            "pairs ({} strategies, {datasets} datasets)",
-            pairs.strategies.len()
-        ));
-    }
-    match (&recipe.sampler, &recipe.generate) {
-        (Some(_), Some(g)) => stages.insert(0, format!("generate ({} samples per prompt)", g.n)),
-        (None, Some(_)) => {
-            return Err(Failure {
-                message: format!("{}: [generate] needs a [sampler] table", path.display()),
-                code: 2,
-            });
-        }
-        _ => {}
-    }
-    match (&recipe.reward, &recipe.score) {
-        (Some(_), Some(_)) => {
-            let at = usize::from(recipe.generate.is_some());
-            stages.insert(at, "score".to_string());
-        }
-        (None, Some(_)) => {
-            return Err(Failure {
-                message: format!("{}: [score] needs a [reward] table", path.display()),
-                code: 2,
-            });
-        }
-        _ => {}
-    }
-    if let Some(train) = &recipe.train {
-        train.loss.build(&ctx).map_err(|e| Failure {
-            message: format!("{}: key `train.loss`: {e}", path.display()),
-            code: 2,
-        })?;
-        stages.push("train".to_string());
-    }
-    if stages.is_empty() {
-        return Err(Failure {
-            message: format!(
-                "{}: the recipe has no stage (add [generate], [score], [pairs] or [train])",
-                path.display()
-            ),
-            code: 2,
-        });
-    }
-    println!("{}: ok: {}", path.display(), stages.join(", "));
+    let stages = sweetspot_runner::Stages::all_of(&recipe);
+    let described = check_recipe(&recipe, &text, path, &ctx, stages)?;
+    println!("{}: ok: {}", path.display(), described.join(", "));
     Ok(())
 }
 
-fn run_cmd(path: &Path, device: Option<String>, quiet: bool) -> Result<(), Failure> {
-    let _ = DEVICE_OVERRIDE.set(device);
-    let recipe = Recipe::from_file(path)?;
+fn run_cmd(path: &Path, restart: bool, quiet: bool) -> Result<(), Failure> {
+    let (recipe, text) = load_recipe(path)?;
     let ctx = context(&recipe, base_dir(path));
+    // The whole recipe is checked before the first stage starts.
+    check_recipe(
+        &recipe,
+        &text,
+        path,
+        &ctx,
+        sweetspot_runner::Stages::all_of(&recipe),
+    )?;
     let usage = |message: String| Failure { message, code: 2 };
-    if recipe.generate.is_none()
-        && recipe.score.is_none()
-        && recipe.pairs.is_none()
-        && recipe.train.is_none()
-    {
-        return Err(usage(format!(
-            "{}: the recipe has no stage (add [generate], [score], [pairs] or [train])",
-            path.display()
-        )));
-    }
     // Stages run in pipeline order: generate, score, pairs, train.
     if let Some(gen_cfg) = recipe.generate {
         let Some(sampler) = recipe.sampler else {
@@ -819,14 +910,9 @@ fn run_cmd(path: &Path, device: Option<String>, quiet: bool) -> Result<(), Failu
             ctx: ctx.clone(),
             prompts_per_call: 8,
             quiet,
+            restart,
         })?;
-        println!(
-            "generate: wrote {} samples for {} prompts to {} in {:.1}s",
-            s.samples,
-            s.prompts,
-            s.output.display(),
-            s.seconds
-        );
+        print_generate_summary(&s);
     }
     if let Some(cfg) = recipe.score {
         let Some(reward) = recipe.reward else {
@@ -835,7 +921,7 @@ fn run_cmd(path: &Path, device: Option<String>, quiet: bool) -> Result<(), Failu
                 path.display()
             )));
         };
-        let s = sweetspot_runner::run_score(score_job(reward, cfg, ctx.clone(), quiet))?;
+        let s = sweetspot_runner::run_score(score_job(reward, cfg, ctx.clone(), quiet, restart))?;
         print_score_summary(&s);
     }
     if let Some(pairs) = recipe.pairs {
@@ -845,34 +931,49 @@ fn run_cmd(path: &Path, device: Option<String>, quiet: bool) -> Result<(), Failu
         print_summary(&summary);
     }
     if let Some(train) = recipe.train {
-        let s = sweetspot_runner::run_train(train, &ctx, quiet)?;
+        let s = sweetspot_runner::run_train(train, &ctx, quiet, restart)?;
         print_train_summary(&s);
     }
     Ok(())
 }
 
 fn pairs_cmd(args: PairsArgs, quiet: bool) -> Result<(), Failure> {
-    let (recipe, base, origin) = match &args.recipe {
-        Some(path) => (Recipe::from_file(path)?, base_dir(path), path.clone()),
+    let (recipe, base, origin, text) = match &args.recipe {
+        Some(path) => {
+            let (r, t) = load_recipe(path)?;
+            (r, base_dir(path), path.clone(), t)
+        }
         None => {
             let text = flags_to_recipe(&args)?;
             let origin = PathBuf::from("<command line>");
             let recipe = Recipe::from_toml(&text, Some(&origin))?;
-            (recipe, PathBuf::from("."), origin)
+            (recipe, PathBuf::from("."), origin, text)
         }
     };
     let ctx = context(&recipe, base);
-    let Some(pairs) = recipe.pairs else {
+    let mut recipe = recipe;
+    if let (Some(_), Some(o), Some(p)) = (&args.recipe, &args.output, recipe.pairs.as_mut()) {
+        p.output = std::path::absolute(o).unwrap_or_else(|_| o.clone());
+    }
+    if recipe.pairs.is_none() {
         return Err(Failure {
             message: format!("{}: the recipe has no [pairs] table", origin.display()),
+            code: 2,
+        });
+    }
+    let stages = sweetspot_runner::Stages {
+        pairs: true,
+        ..sweetspot_runner::Stages::NONE
+    };
+    check_recipe(&recipe, &text, &origin, &ctx, stages)?;
+    let Some(pairs) = recipe.pairs else {
+        return Err(Failure {
+            message: "the recipe has no [pairs] table".into(),
             code: 2,
         });
     };
     let mut job = PairsJob::from_config(pairs, ctx);
     job.quiet = quiet;
-    if let (Some(_), Some(output)) = (&args.recipe, &args.output) {
-        job.output = output.clone();
-    }
     let summary = sweetspot_runner::run_pairs(job)?;
     if args.json {
         println!(

@@ -60,3 +60,81 @@ impl PluginError {
         }
     }
 }
+
+/// A configuration value that [`check`](crate::plugin::SamplerConfig::check) refuses: the key
+/// (relative to the plugin's table, such as `temperature`) and what is wrong with it. The
+/// recipe checker turns it into an error naming the recipe file, line and full key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key `{key}`: {message}")]
+pub struct ConfigIssue {
+    /// The key, relative to the plugin's table.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+    /// The key names an input file that does not exist (an I/O error rather than a bad value).
+    pub missing_file: bool,
+}
+
+impl ConfigIssue {
+    /// An issue with `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+            missing_file: false,
+        }
+    }
+
+    /// `key` names `path`, which does not exist.
+    pub fn missing_file(key: impl Into<String>, path: &std::path::Path) -> Self {
+        Self {
+            key: key.into(),
+            message: format!("{} does not exist", path.display()),
+            missing_file: true,
+        }
+    }
+
+    /// From a plugin's `build` error: the key is the first `backticked` word of a
+    /// configuration message (plugins name their keys that way), else the table itself.
+    pub fn from_build_error(e: &PluginError) -> Self {
+        let message = match e {
+            PluginError::Config { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        let key = message
+            .split('`')
+            .nth(1)
+            .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_alphanumeric() || c == '_'))
+            .unwrap_or("")
+            .to_string();
+        Self {
+            key,
+            message,
+            missing_file: false,
+        }
+    }
+}
+
+/// Checks a device name's syntax (`cpu`, `wgpu`, `wgpu:cpu`, `wgpu:N`, `cuda`, `cuda:N`)
+/// without needing its backend compiled in.
+pub fn check_device_name(name: &str) -> Result<(), String> {
+    let (kind, index) = match name.split_once(':') {
+        Some((k, i)) => (k, Some(i)),
+        None => (name, None),
+    };
+    let ok = match (kind, index) {
+        ("cpu" | "flex", None) => true,
+        ("wgpu" | "gpu", None) => true,
+        ("wgpu" | "gpu", Some(i)) => i == "cpu" || i.parse::<usize>().is_ok(),
+        ("cuda", None) => true,
+        ("cuda", Some(i)) => i.parse::<usize>().is_ok(),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "unknown device `{name}`: use cpu, wgpu, wgpu:cpu, wgpu:N, cuda or cuda:N"
+        ))
+    }
+}

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
 
-use crate::error::PluginError;
+use crate::error::{ConfigIssue, PluginError};
 use crate::model::{Prompt, SampleGroup, ScoredGroup};
 
 /// A progress hook: a plugin reports units of work (tokens, samples, groups) as it goes. The
@@ -105,6 +105,20 @@ pub trait Sampler: Send {
 pub trait SamplerConfig: fmt::Debug + Send + Sync {
     /// Checks the configuration and loads what the sampler needs.
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sampler>, PluginError>;
+
+    /// Checks the prompts before the model loads (their length against the model's context,
+    /// say): `Err((i, why))` for the first prompt at fault, by index. The default accepts all.
+    fn check_prompts(&self, ctx: &BuildContext, prompts: &[Prompt]) -> Result<(), (usize, String)> {
+        let _ = (ctx, prompts);
+        Ok(())
+    }
+    /// Checks every value that can be checked without loading a model (ranges, names, that
+    /// named files exist), naming the key at fault. `sweetspot validate` and `sweetspot run`
+    /// call it for every table before any stage starts. The default accepts everything.
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        let _ = ctx;
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -134,6 +148,13 @@ pub trait RewardModel: Send {
 pub trait RewardModelConfig: fmt::Debug + Send + Sync {
     /// Checks the configuration and loads the reward model.
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn RewardModel>, PluginError>;
+    /// Checks every value that can be checked without loading a model (ranges, names, that
+    /// named files exist), naming the key at fault. `sweetspot validate` and `sweetspot run`
+    /// call it for every table before any stage starts. The default accepts everything.
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        let _ = ctx;
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -226,6 +247,13 @@ pub trait PairStrategy: Send + Sync {
 pub trait PairStrategyConfig: fmt::Debug + Send + Sync {
     /// Checks the configuration and makes the strategy.
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn PairStrategy>, PluginError>;
+    /// Checks every value without reading data, naming the key at fault. The default builds
+    /// the strategy (cheap: no data, no model) and takes the key from its error.
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        self.build(ctx)
+            .map(drop)
+            .map_err(|e| ConfigIssue::from_build_error(&e))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -280,4 +308,11 @@ pub trait PreferenceLoss: Send + Sync {
 pub trait PreferenceLossConfig: fmt::Debug + Send + Sync {
     /// Checks the configuration and makes the loss.
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn PreferenceLoss>, PluginError>;
+    /// Checks every value that can be checked without loading a model (ranges, names, that
+    /// named files exist), naming the key at fault. `sweetspot validate` and `sweetspot run`
+    /// call it for every table before any stage starts. The default accepts everything.
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        let _ = ctx;
+        Ok(())
+    }
 }

@@ -421,6 +421,52 @@ pub fn parse_checked<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// The 1-based line and column of the dotted `key` (`pairs.strategies[0].chosen`) in a recipe's
+/// text. A key the text does not hold (left at its default) is located at the nearest enclosing
+/// table that it does hold; `None` when not even the first segment is there.
+pub fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut found: Option<Range<usize>> = None;
+    for seg in key.split('.') {
+        let (name, index) = match seg.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref() == name) else {
+            break;
+        };
+        found = Some(k.span());
+        let mut value = v;
+        if let (Some(i), toml::de::DeValue::Array(items)) = (index, v.get_ref()) {
+            match items.get(i) {
+                Some(item) => {
+                    found = Some(item.span());
+                    value = item;
+                }
+                None => break,
+            }
+        }
+        match value.get_ref() {
+            toml::de::DeValue::Table(t) => table = t,
+            _ => break,
+        }
+    }
+    found.map(|span| line_col(text, span.start))
+}
+
+/// An error about `key` of the recipe `text` (from `path`), located by [`locate`].
+pub fn error_at(text: &str, path: &Path, key: &str, message: impl Into<String>) -> RecipeError {
+    let at = locate(text, key);
+    RecipeError {
+        path: Some(path.to_path_buf()),
+        line: at.map(|a| a.0),
+        column: at.map(|a| a.1),
+        key: Some(key.to_string()),
+        message: message.into(),
+    }
+}
+
 /// Deserializes one plugin table of kind `kind` on its own.
 fn probe(kind: PluginKind, table: &toml::Table) -> Result<(), String> {
     let text = toml::to_string(table).map_err(|e| e.to_string())?;

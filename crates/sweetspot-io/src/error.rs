@@ -60,6 +60,14 @@ pub enum ReadError {
         /// What is wrong.
         message: String,
     },
+    /// A file with no rows at all: every command refuses it rather than write empty outputs.
+    #[error("{}: the file has no {what} (it is empty or only blank lines)", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+        /// What it should hold (`prompts`, `samples`, `scored samples`, `pairs`).
+        what: String,
+    },
     /// Rows that do not form valid groups (a prompt's long-form rows split apart, a sample index
     /// twice, a prompt id twice).
     #[error("{}:{}: {message}", path.display(), match at { Position::Line(n) | Position::Row(n) => n })]

@@ -20,6 +20,11 @@ struct PromptIn {
 /// `{"role", "content"}` messages) and an optional `prompt_id` (else derived from the prompt).
 /// Other keys are ignored. Prompt ids must be unique.
 pub fn read_prompts(path: &Path) -> Result<Vec<Prompt>, ReadError> {
+    Ok(read_prompts_at(path)?.into_iter().map(|(p, _)| p).collect())
+}
+
+/// [`read_prompts`], with each prompt's line number.
+pub fn read_prompts_at(path: &Path) -> Result<Vec<(Prompt, u64)>, ReadError> {
     let file = std::fs::File::open(path).map_err(|source| ReadError::Io {
         path: path.to_path_buf(),
         source,
@@ -53,6 +58,16 @@ pub fn read_prompts(path: &Path) -> Result<Vec<Prompt>, ReadError> {
         let content = p
             .prompt
             .ok_or_else(|| row_err(Some("prompt"), "missing".into()))?;
+        let empty = match &content {
+            PromptContent::Text(t) => t.trim().is_empty(),
+            PromptContent::Chat(m) => m.is_empty() || m.iter().all(|m| m.content.trim().is_empty()),
+        };
+        if empty {
+            return Err(row_err(
+                Some("prompt"),
+                "empty: a prompt needs some text to respond to".into(),
+            ));
+        }
         let id = match p.prompt_id {
             None | Some(serde_json::Value::Null) => content.derived_id(),
             Some(serde_json::Value::String(s)) => s,
@@ -70,7 +85,7 @@ pub fn read_prompts(path: &Path) -> Result<Vec<Prompt>, ReadError> {
                 format!("prompt_id `{id}` appears twice"),
             ));
         }
-        out.push(Prompt { id, content });
+        out.push((Prompt { id, content }, i as u64 + 1));
     }
     Ok(out)
 }
@@ -163,19 +178,26 @@ impl SampleReader {
             }
             let row: SampleRow = serde_json::from_str(&line).map_err(|e| {
                 let msg = e.to_string();
-                let field = msg
-                    .strip_prefix("missing field `")
-                    .and_then(|r| r.split('`').next())
-                    .map(str::to_string);
-                ReadError::Row {
+                let row_err = |field: Option<String>, message: String| ReadError::Row {
                     path: self.path.clone(),
                     at,
-                    message: if field.is_some() {
-                        "missing".into()
-                    } else {
-                        format!("not a valid sample row: {msg}")
-                    },
                     field,
+                    message,
+                };
+                if let Some(field) = msg
+                    .strip_prefix("missing field `")
+                    .and_then(|r| r.split('`').next())
+                {
+                    return row_err(Some(field.to_string()), "missing".into());
+                }
+                // Name the field whose value is wrong (not a byte column).
+                match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(serde_json::Value::Object(obj)) => match crate::read::bad_field(&obj) {
+                        Some((field, why)) => row_err(Some(field), why),
+                        None => row_err(None, format!("not a valid sample row: {msg}")),
+                    },
+                    Ok(_) => row_err(None, "expected a JSON object".into()),
+                    Err(e) => row_err(None, format!("not valid JSON: {e}")),
                 }
             })?;
             return Ok(Some((row, self.line_no)));

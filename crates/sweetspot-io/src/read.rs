@@ -573,48 +573,8 @@ impl ScoredReader {
         let Some(obj) = value.as_object() else {
             return self.row_err(at, None, "expected a JSON object");
         };
-        // Find the field whose value has the wrong type.
-        for (key, v) in obj {
-            let text = v.to_string();
-            let bad = match key.as_str() {
-                "prompt_id" => serde_json::from_str::<Id>(&text)
-                    .err()
-                    .map(|e| e.to_string()),
-                "sample_index" => serde_json::from_str::<u32>(&text)
-                    .err()
-                    .map(|e| e.to_string()),
-                "response" => serde_json::from_str::<String>(&text)
-                    .err()
-                    .map(|e| e.to_string()),
-                "reward" => serde_json::from_str::<Option<f64>>(&text)
-                    .err()
-                    .map(|e| e.to_string()),
-                "token_count" => serde_json::from_str::<Option<u32>>(&text)
-                    .err()
-                    .map(|e| e.to_string()),
-                "finish_reason" => {
-                    serde_json::from_str::<Option<sweetspot_core::FinishReason>>(&text)
-                        .err()
-                        .map(|e| e.to_string())
-                }
-                "logprob" => serde_json::from_str::<Option<f64>>(&text)
-                    .err()
-                    .map(|e| e.to_string()),
-                "objective_rewards" => serde_json::from_str::<Option<Vec<f64>>>(&text)
-                    .err()
-                    .map(|e| e.to_string()),
-                "all_generated_responses" => serde_json::from_str::<Vec<String>>(&text)
-                    .err()
-                    .map(|e| e.to_string()),
-                "all_rm_scores" => serde_json::from_str::<Vec<Option<f64>>>(&text)
-                    .err()
-                    .map(|e| e.to_string()),
-                _ => None,
-            };
-            if let Some(msg) = bad {
-                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-                return self.row_err(at, Some(key), msg);
-            }
+        if let Some((key, msg)) = bad_field(obj) {
+            return self.row_err(at, Some(&key), msg);
         }
         self.row_err(at, None, strip_pos(&err))
     }
@@ -797,6 +757,57 @@ fn scan_nonfinite(line: &str) -> Vec<(usize, usize, Option<String>, &'static str
         }
     }
     hits
+}
+
+/// The first field of a row whose value has the wrong type, with the reason (the message of
+/// a row that failed to parse, naming the field instead of a byte column).
+pub(crate) fn bad_field(
+    obj: &serde_json::Map<String, serde_json::Value>,
+) -> Option<(String, String)> {
+    for (key, v) in obj {
+        let text = v.to_string();
+        let bad = match key.as_str() {
+            "prompt_id" => serde_json::from_str::<Id>(&text)
+                .err()
+                .map(|e| e.to_string()),
+            "sample_index" => serde_json::from_str::<u32>(&text)
+                .err()
+                .map(|e| e.to_string()),
+            "prompt" => serde_json::from_str::<PromptContent>(&text).err().map(|_| {
+                "expected a string or a list of {\"role\", \"content\"} messages".to_string()
+            }),
+            "response" => serde_json::from_str::<String>(&text)
+                .err()
+                .map(|e| e.to_string()),
+            "reward" => serde_json::from_str::<Option<f64>>(&text)
+                .err()
+                .map(|e| e.to_string()),
+            "token_count" => serde_json::from_str::<Option<u32>>(&text)
+                .err()
+                .map(|e| e.to_string()),
+            "finish_reason" => serde_json::from_str::<Option<sweetspot_core::FinishReason>>(&text)
+                .err()
+                .map(|e| e.to_string()),
+            "logprob" => serde_json::from_str::<Option<f64>>(&text)
+                .err()
+                .map(|e| e.to_string()),
+            "objective_rewards" => serde_json::from_str::<Option<Vec<f64>>>(&text)
+                .err()
+                .map(|e| e.to_string()),
+            "all_generated_responses" => serde_json::from_str::<Vec<String>>(&text)
+                .err()
+                .map(|e| e.to_string()),
+            "all_rm_scores" => serde_json::from_str::<Vec<Option<f64>>>(&text)
+                .err()
+                .map(|e| e.to_string()),
+            _ => None,
+        };
+        if let Some(msg) = bad {
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            return Some((key.clone(), msg));
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -82,11 +82,7 @@ impl RowWriter {
             path: target.to_path_buf(),
             source,
         };
-        let tmp = tempfile::Builder::new()
-            .prefix(".sweetspot-")
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(io)?;
+        let tmp = temp_builder().tempfile_in(dir).map_err(io)?;
         let enc = |e: &dyn std::fmt::Display| WriteError::Encode {
             path: target.to_path_buf(),
             message: e.to_string(),
@@ -263,11 +259,7 @@ fn write_temp(target: &Path, contents: &[u8]) -> Result<NamedTempFile, WriteErro
         path: target.to_path_buf(),
         source,
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".sweetspot-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io)?;
+    let mut tmp = temp_builder().tempfile_in(dir).map_err(io)?;
     tmp.write_all(contents).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
     Ok(tmp)
@@ -281,6 +273,69 @@ pub fn write_atomic(target: &Path, contents: &[u8]) -> Result<(), WriteError> {
         source: e.error,
     })?;
     Ok(())
+}
+
+/// Temporary files are `.sweetspot-<pid>-<random>.tmp` beside their targets, created with the
+/// mode other outputs get (0644 before the umask), so a renamed output is not private.
+fn temp_builder() -> tempfile::Builder<'static, 'static> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(temp_prefix()).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    b
+}
+
+fn temp_prefix() -> &'static str {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| format!(".sweetspot-{}-", std::process::id()))
+}
+
+/// Removes the temporary files a killed sweetspot process left in `dir`: those named by
+/// [`temp_builder`] whose process is gone (on Linux, no `/proc/<pid>`; elsewhere, untouched
+/// for a day). Returns how many were removed.
+pub fn remove_stale_temp_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let me = std::process::id();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some(rest) = name.strip_prefix(".sweetspot-") else {
+            continue;
+        };
+        if !name.ends_with(".tmp") {
+            continue;
+        }
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        let stale = match pid {
+            Some(p) if p == me => false,
+            Some(p) if cfg!(target_os = "linux") => {
+                !Path::new("/proc").join(p.to_string()).exists()
+            }
+            _ => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 86_400),
+        };
+        if stale && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "removed temporary files of a killed run in {}",
+            dir.display()
+        );
+    }
+    removed
 }
 
 #[allow(dead_code)]

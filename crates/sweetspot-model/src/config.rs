@@ -116,6 +116,172 @@ pub struct LlamaConfig {
     /// Hidden activation; only `silu` is supported.
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// Mistral's sliding attention window: a token attends to itself and the
+    /// `sliding_window - 1` tokens before it (`null` or absent: the whole sequence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+}
+
+/// How `config.json` keys that [`LlamaConfig`] does not hold are treated.
+///
+/// Every key of a config is one of: a field of [`LlamaConfig`] (implemented), a key listed here
+/// as having no effect on what sweetspot computes (with the reason), a key with one accepted
+/// value (anything else changes the computation and is refused), or unknown, which is refused
+/// by name: a setting sweetspot does not implement must never be ignored silently.
+pub const NO_EFFECT_KEYS: &[(&str, &str)] = &[
+    ("architectures", "checked by the loader that reads the head"),
+    ("_name_or_path", "bookkeeping"),
+    ("transformers_version", "bookkeeping"),
+    ("transformers.js_config", "bookkeeping"),
+    ("is_llama_config", "bookkeeping"),
+    ("auto_map", "names the remote code sweetspot re-implements"),
+    (
+        "torch_dtype",
+        "the recipe's `dtype` chooses the type weights are held in",
+    ),
+    (
+        "dtype",
+        "the recipe's `dtype` chooses the type weights are held in",
+    ),
+    ("initializer_range", "random initialization only"),
+    (
+        "use_cache",
+        "sweetspot always caches keys and values when generating",
+    ),
+    ("return_dict", "output container only"),
+    ("output_attentions", "output container only"),
+    ("output_hidden_states", "output container only"),
+    ("tokenizer_class", "the tokenizer files decide"),
+    ("id2label", "reward heads check their label count"),
+    ("label2id", "reward heads check their label count"),
+    ("num_labels", "reward heads check their label count"),
+    (
+        "problem_type",
+        "the training loss of a classifier; sweetspot only scores with it",
+    ),
+    ("num_objectives", "read by the ArmoRM head"),
+    ("gating_temperature", "read by the ArmoRM head"),
+    ("gating_hidden_dim", "read by the ArmoRM head"),
+    ("gating_n_hidden", "read by the ArmoRM head"),
+    // Generation defaults of old configs: sampling settings come from the recipe alone.
+    ("max_length", "sampling settings come from the recipe"),
+    ("min_length", "sampling settings come from the recipe"),
+    ("do_sample", "sampling settings come from the recipe"),
+    ("temperature", "sampling settings come from the recipe"),
+    ("top_k", "sampling settings come from the recipe"),
+    ("top_p", "sampling settings come from the recipe"),
+    ("num_beams", "sampling settings come from the recipe"),
+    (
+        "repetition_penalty",
+        "sampling settings come from the recipe",
+    ),
+    ("length_penalty", "sampling settings come from the recipe"),
+    (
+        "num_return_sequences",
+        "sampling settings come from the recipe",
+    ),
+    (
+        "no_repeat_ngram_size",
+        "sampling settings come from the recipe",
+    ),
+    ("early_stopping", "sampling settings come from the recipe"),
+];
+
+/// Keys accepted with one value only (as JSON text); any other value is refused by name.
+pub const FIXED_KEYS: &[(&str, &str, &str)] = &[
+    (
+        "attention_dropout",
+        "0.0",
+        "dropout in attention changes training",
+    ),
+    (
+        "pretraining_tp",
+        "1",
+        "tensor-parallel slicing of the projections",
+    ),
+    ("rope_interleaved", "false", "interleaved RoPE pairs"),
+    ("is_encoder_decoder", "false", "an encoder-decoder model"),
+    (
+        "use_sliding_window",
+        "false",
+        "Qwen2-style per-layer windows",
+    ),
+];
+
+/// Limits on sizes in a config, far above any released model, so that a corrupted or hostile
+/// header is refused before anything is allocated from it.
+pub const SIZE_LIMITS: &[(&str, usize)] = &[
+    ("vocab_size", 1 << 22),
+    ("hidden_size", 1 << 17),
+    ("intermediate_size", 1 << 19),
+    ("num_hidden_layers", 1 << 10),
+    ("num_attention_heads", 1 << 10),
+    ("num_key_value_heads", 1 << 10),
+    ("head_dim", 1 << 12),
+    ("max_position_embeddings", 1 << 21),
+];
+
+/// Refuses every key that is neither implemented nor known to have no effect, and every fixed
+/// key with another value.
+fn audit_keys(map: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
+    const FIELDS: &[&str] = &[
+        "model_type",
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "rms_norm_eps",
+        "rope_theta",
+        "rope_scaling",
+        "rope_parameters",
+        "max_position_embeddings",
+        "tie_word_embeddings",
+        "attention_bias",
+        "mlp_bias",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "hidden_act",
+        "sliding_window",
+    ];
+    for (key, value) in map {
+        if FIELDS.contains(&key.as_str()) || NO_EFFECT_KEYS.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        if let Some((_, accepted, what)) = FIXED_KEYS.iter().find(|(k, _, _)| k == key) {
+            let same = serde_json::from_str::<serde_json::Value>(accepted)
+                .is_ok_and(|a| a == *value || (a.is_number() && a.as_f64() == value.as_f64()));
+            if value.is_null() || same {
+                continue;
+            }
+            return Err(format!(
+                "field `{key}`: {value} ({what}) is not supported; only {accepted} is"
+            ));
+        }
+        if key == "layer_types" {
+            let all_full = value.as_array().is_some_and(|a| {
+                a.iter()
+                    .all(|t| t.as_str() == Some("full_attention") || t.is_null())
+            });
+            if all_full || value.is_null() {
+                continue;
+            }
+            return Err(
+                "field `layer_types`: per-layer attention types are not supported (only \
+                 full_attention on every layer; Mistral's window is `sliding_window`)"
+                    .into(),
+            );
+        }
+        return Err(format!(
+            "field `{key}`: not supported by sweetspot; it may change what the model computes, \
+             so the model is refused rather than run without it (docs/recipes.md lists the \
+             fields each family reads)"
+        ));
+    }
+    Ok(())
 }
 
 fn default_rope_type() -> String {
@@ -147,21 +313,69 @@ impl LlamaConfig {
         Self::from_json(&text, path)
     }
 
-    /// Parses and checks the text of `config.json` (`path` names it in errors).
+    /// Parses and checks the text of `config.json` (`path` names it in errors): every key is
+    /// implemented, known to have no effect, or refused by name ([`NO_EFFECT_KEYS`],
+    /// [`FIXED_KEYS`]); sizes are within [`SIZE_LIMITS`].
     pub fn from_json(text: &str, path: &Path) -> Result<Self, ModelError> {
-        let cfg: Self = serde_json::from_str(text).map_err(|e| ModelError::Config {
-            path: path.to_path_buf(),
-            message: format!("line {}: {e}", e.line()),
-        })?;
-        cfg.check().map_err(|message| ModelError::Config {
+        let err = |message: String| ModelError::Config {
             path: path.to_path_buf(),
             message,
+        };
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| err(format!("line {}: not valid JSON: {e}", e.line())))?;
+        let Some(map) = value.as_object() else {
+            return Err(err("not a JSON object".into()));
+        };
+        audit_keys(map).map_err(&err)?;
+        let cfg: Self = serde_path_to_error::deserialize(&value).map_err(|e| {
+            let inner = e.inner().to_string();
+            let inner = inner.split(" at line").next().unwrap_or(&inner).to_string();
+            err(format!("field `{}`: {inner}", e.path()))
         })?;
+        cfg.check().map_err(err)?;
         Ok(cfg)
     }
 
     /// Checks that the shapes fit together and the architecture is supported.
     pub fn check(&self) -> Result<(), String> {
+        for (field, value) in self.sizes() {
+            let limit = SIZE_LIMITS
+                .iter()
+                .find(|(f, _)| *f == field)
+                .map_or(usize::MAX, |(_, l)| *l);
+            if value > limit {
+                return Err(format!(
+                    "field `{field}`: {value} is beyond any real model (at most {limit}); \
+                     the file is corrupt or not a model configuration"
+                ));
+            }
+        }
+        for (field, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if value == 0 {
+                return Err(format!("field `{field}`: must be at least 1"));
+            }
+        }
+        if self.sliding_window == Some(0) {
+            return Err("field `sliding_window`: must be at least 1 (or null for none)".into());
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return Err(format!(
+                "field `rms_norm_eps`: {} is not a positive number",
+                self.rms_norm_eps
+            ));
+        }
+        if !(self.theta().is_finite() && self.theta() > 0.0) {
+            return Err(format!(
+                "field `rope_theta`: {} is not a positive number",
+                self.theta()
+            ));
+        }
         if !matches!(self.model_type.as_str(), "llama" | "mistral") {
             return Err(format!(
                 "field `model_type`: `{}` is not a Llama-family model (llama, mistral)",
@@ -210,6 +424,36 @@ impl LlamaConfig {
             }
         }
         Ok(())
+    }
+
+    /// The size fields, with their `config.json` names.
+    pub fn sizes(&self) -> [(&'static str, usize); 8] {
+        [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.kv_heads()),
+            ("head_dim", self.head_dim()),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ]
+    }
+
+    /// The number of parameters of the decoder this config describes (embedding, layers, final
+    /// norm, and `lm_head` when untied), saturating instead of overflowing.
+    pub fn parameter_count(&self) -> u128 {
+        let (v, h, i) = (
+            self.vocab_size as u128,
+            self.hidden_size as u128,
+            self.intermediate_size as u128,
+        );
+        let hd = self.head_dim() as u128;
+        let (nh, nkv) = (self.num_attention_heads as u128, self.kv_heads() as u128);
+        let attn = h * nh * hd * 2 + h * nkv * hd * 2;
+        let layer = attn + 3 * h * i + 2 * h;
+        let head = if self.tie_word_embeddings { 0 } else { v * h };
+        v * h + self.num_hidden_layers as u128 * layer + h + head
     }
 
     /// Key/value heads.

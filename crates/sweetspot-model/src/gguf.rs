@@ -67,6 +67,19 @@ impl Value {
             _ => None,
         }
     }
+
+    /// A short rendering for messages (arrays by length, long strings cut).
+    pub fn short(&self) -> String {
+        match self {
+            Self::U64(v) => v.to_string(),
+            Self::I64(v) => v.to_string(),
+            Self::F64(v) => v.to_string(),
+            Self::Bool(v) => v.to_string(),
+            Self::Str(s) if s.len() > 40 => format!("{:?}...", &s[..s.floor_char_boundary(40)]),
+            Self::Str(s) => format!("{s:?}"),
+            Self::Array(a) => format!("an array of {}", a.len()),
+        }
+    }
 }
 
 /// ggml tensor types this reader dequantizes.
@@ -135,7 +148,11 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// Number of elements.
     pub fn len(&self) -> usize {
-        self.dims.iter().product::<u64>() as usize
+        // Checked against the file when it was parsed, so this cannot overflow.
+        self.dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .unwrap_or(u64::MAX) as usize
     }
 
     /// Whether the tensor is empty.
@@ -164,16 +181,21 @@ impl std::fmt::Debug for Gguf {
     }
 }
 
+/// How a read past the end of the bytes at hand is reported.
+const TRUNCATED: &str = "truncated at byte";
+
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// The whole file's length (`bytes` may be a prefix of it).
+    file_len: u64,
 }
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
         let Some(end) = end else {
-            return Err(format!("truncated at byte {}", self.pos));
+            return Err(format!("{TRUNCATED} {}", self.pos));
         };
         let s = &self.bytes[self.pos..end];
         self.pos = end;
@@ -198,8 +220,8 @@ impl<'a> Cursor<'a> {
         ))
     }
     fn string(&mut self) -> Result<String, String> {
-        let n = self.u64()? as usize;
-        let b = self.take(n)?;
+        let n = self.u64()?;
+        let b = self.take(usize::try_from(n).unwrap_or(usize::MAX))?;
         String::from_utf8(b.to_vec())
             .map_err(|_| format!("string at byte {} is not UTF-8", self.pos))
     }
@@ -219,10 +241,17 @@ impl<'a> Cursor<'a> {
                     return Err("arrays nested too deep".into());
                 }
                 let inner = self.u32()?;
-                let n = self.u64()? as usize;
-                if n > self.bytes.len() {
-                    return Err(format!("array of {n} items is longer than the file"));
+                let n = self.u64()?;
+                // Every item takes at least one byte (strings eight): an array the rest of the
+                // file cannot hold is a lie, refused before anything is allocated for it.
+                let least = if inner == 8 { 8 } else { 1 };
+                let left = self.file_len.saturating_sub(self.pos as u64);
+                if n.saturating_mul(least) > left {
+                    return Err(format!(
+                        "array of {n} items is longer than the {left} bytes left in the file"
+                    ));
                 }
+                let n = n as usize;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
                     items.push(self.value(inner, depth + 1)?);
@@ -247,8 +276,42 @@ impl Gguf {
         Self::parse(path, bytes)
     }
 
+    /// Reads only the header of `path` (metadata and tensor table, not the weights): enough
+    /// for the configuration and the tokenizer. Tensor data cannot be read from the result.
+    pub fn open_header(path: &Path) -> Result<Self, ModelError> {
+        use std::io::Read;
+        let io = |source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file_len = std::fs::metadata(path).map_err(io)?.len();
+        let mut want = 8u64 << 20;
+        loop {
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .map_err(io)?
+                .take(want.min(file_len))
+                .read_to_end(&mut bytes)
+                .map_err(io)?;
+            match Self::parse_prefix(path, bytes, file_len) {
+                Err(ModelError::Weights { message, .. })
+                    if message.contains(TRUNCATED) && want < file_len =>
+                {
+                    want = want.saturating_mul(4);
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Parses GGUF bytes; `path` names the file in errors.
     pub fn parse(path: &Path, bytes: Vec<u8>) -> Result<Self, ModelError> {
+        let len = bytes.len() as u64;
+        Self::parse_prefix(path, bytes, len)
+    }
+
+    /// Parses the first bytes of a GGUF file of `file_len` bytes.
+    fn parse_prefix(path: &Path, bytes: Vec<u8>, file_len: u64) -> Result<Self, ModelError> {
         let err = |message: String| ModelError::Weights {
             path: path.to_path_buf(),
             message,
@@ -256,6 +319,7 @@ impl Gguf {
         let mut c = Cursor {
             bytes: &bytes,
             pos: 0,
+            file_len,
         };
         if c.take(4).map_err(&err)? != b"GGUF" {
             return Err(err("not a GGUF file (bad magic)".into()));
@@ -266,8 +330,23 @@ impl Gguf {
                 "GGUF version {version} is not supported (2, 3)"
             )));
         }
-        let n_tensors = c.u64().map_err(&err)? as usize;
-        let n_kv = c.u64().map_err(&err)? as usize;
+        let n_tensors = c.u64().map_err(&err)?;
+        let n_kv = c.u64().map_err(&err)?;
+        // A tensor entry takes at least 24 bytes and a metadata entry 13: counts the file
+        // cannot hold are refused before the loops trust them.
+        let len = file_len;
+        if n_tensors.saturating_mul(24) > len {
+            return Err(err(format!(
+                "header field `tensor_count`: {n_tensors} tensors cannot fit in {len} bytes \
+                 (the file is truncated or corrupt)"
+            )));
+        }
+        if n_kv.saturating_mul(13) > len {
+            return Err(err(format!(
+                "header field `metadata_kv_count`: {n_kv} entries cannot fit in {len} bytes \
+                 (the file is truncated or corrupt)"
+            )));
+        }
         let mut metadata = BTreeMap::new();
         for _ in 0..n_kv {
             let key = c.string().map_err(&err)?;
@@ -303,8 +382,44 @@ impl Gguf {
         let align = metadata
             .get("general.alignment")
             .and_then(Value::as_u64)
-            .unwrap_or(32) as usize;
-        let data_start = c.pos.div_ceil(align.max(1)) * align.max(1);
+            .unwrap_or(32);
+        if align == 0 || align > 1 << 20 || !align.is_power_of_two() {
+            return Err(err(format!(
+                "metadata `general.alignment`: {align} is not a power of two up to 1 MiB"
+            )));
+        }
+        let align = align as usize;
+        let data_start = c.pos.div_ceil(align) * align;
+        // Every tensor must lie inside the file: sizes from the header are checked here, once,
+        // so nothing later allocates from a number the file cannot back.
+        for info in tensors.values() {
+            let bad = |m: &str| err(format!("tensor `{}`: {m}", info.name));
+            let Some(n) = info
+                .dims
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            else {
+                return Err(bad("its dimensions overflow"));
+            };
+            let Some(ty) = GgmlType::from_id(info.type_id) else {
+                continue; // refused by name when the tensor is read
+            };
+            let (per_block, block_bytes) = ty.block();
+            if n % per_block as u64 != 0 {
+                return Err(bad(&format!("{n} elements is not whole blocks")));
+            }
+            let size = (n / per_block as u64).saturating_mul(block_bytes as u64);
+            let end = (data_start as u64)
+                .saturating_add(info.offset)
+                .saturating_add(size);
+            if end > len {
+                return Err(bad(&format!(
+                    "dims {:?} at offset {} need {size} bytes, past the end of the file \
+                     ({len} bytes)",
+                    info.dims, info.offset
+                )));
+            }
+        }
         Ok(Self {
             path: path.to_path_buf(),
             bytes,
@@ -345,10 +460,10 @@ impl Gguf {
             return Err(self.err(format!("tensor `{name}`: {n} elements is not whole blocks")));
         }
         let size = n / per_block * block_bytes;
-        let start = self.data_start + info.offset as usize;
+        let start = self.data_start.saturating_add(info.offset as usize);
         let raw = self
             .bytes
-            .get(start..start + size)
+            .get(start..start.saturating_add(size))
             .ok_or_else(|| self.err(format!("tensor `{name}` lies outside the file")))?;
         Ok(dequantize(ty, raw, n))
     }
@@ -566,6 +681,9 @@ impl Gguf {
                 .meta_opt("tokenizer.ggml.padding_token_id")
                 .map(|v| v as u32),
             hidden_act: "silu".into(),
+            sliding_window: self
+                .meta_opt("llama.attention.sliding_window")
+                .map(|v| v as usize),
         };
         if self.tensors.contains_key("rope_freqs.weight") {
             return Err(self.err(
@@ -574,8 +692,117 @@ impl Gguf {
                     .into(),
             ));
         }
-        cfg.check().map_err(|m| self.err(m))?;
+        cfg.check().map_err(|m| {
+            // Name the GGUF key the value came from, not the config field it fills.
+            let mut m = m;
+            for (field, key) in [
+                ("vocab_size", "llama.vocab_size"),
+                ("hidden_size", "llama.embedding_length"),
+                ("intermediate_size", "llama.feed_forward_length"),
+                ("num_hidden_layers", "llama.block_count"),
+                ("num_attention_heads", "llama.attention.head_count"),
+                ("num_key_value_heads", "llama.attention.head_count_kv"),
+                ("head_dim", "llama.attention.key_length"),
+                ("max_position_embeddings", "llama.context_length"),
+                ("rms_norm_eps", "llama.attention.layer_norm_rms_epsilon"),
+                ("rope_theta", "llama.rope.freq_base"),
+                ("sliding_window", "llama.attention.sliding_window"),
+            ] {
+                m = m.replace(&format!("field `{field}`"), &format!("metadata `{key}`"));
+            }
+            self.err(m)
+        })?;
+        self.audit_metadata(&cfg)?;
+        self.check_shapes(&cfg)?;
         Ok(cfg)
+    }
+
+    /// Every `llama.*` metadata key is implemented or refused by name: a GGUF setting that
+    /// changes the computation is never ignored.
+    fn audit_metadata(&self, cfg: &LlamaConfig) -> Result<(), ModelError> {
+        const READ: &[&str] = &[
+            "llama.block_count",
+            "llama.context_length",
+            "llama.embedding_length",
+            "llama.feed_forward_length",
+            "llama.attention.head_count",
+            "llama.attention.head_count_kv",
+            "llama.attention.key_length",
+            "llama.attention.layer_norm_rms_epsilon",
+            "llama.attention.sliding_window",
+            "llama.rope.freq_base",
+            "llama.vocab_size",
+        ];
+        for (key, value) in &self.metadata {
+            if !key.starts_with("llama.") || READ.contains(&key.as_str()) {
+                continue;
+            }
+            let ok = match key.as_str() {
+                // Checked against the head size: a partial rotary dimension is not supported.
+                "llama.rope.dimension_count" | "llama.attention.value_length" => {
+                    value.as_u64() == Some(cfg.head_dim() as u64)
+                }
+                "llama.rope.scaling.type" => value.as_str() == Some("none"),
+                _ => false,
+            };
+            if !ok {
+                return Err(self.err(format!(
+                    "metadata `{key}` ({}) is not supported by sweetspot; it changes what the \
+                     model computes, so the file is refused rather than run without it",
+                    value.short()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The header's sizes against the tensors the file really holds (whose extents were checked
+    /// against the file's length), before a model is allocated from them.
+    fn check_shapes(&self, cfg: &LlamaConfig) -> Result<(), ModelError> {
+        let (h, hd) = (cfg.hidden_size as u64, cfg.head_dim() as u64);
+        let last = cfg.num_hidden_layers - 1;
+        let expect = [
+            (
+                "token_embd.weight".to_string(),
+                [h, cfg.vocab_size as u64],
+                "llama.embedding_length / llama.vocab_size",
+            ),
+            (
+                "blk.0.attn_q.weight".into(),
+                [h, cfg.num_attention_heads as u64 * hd],
+                "llama.attention.head_count / llama.attention.key_length",
+            ),
+            (
+                "blk.0.attn_k.weight".into(),
+                [h, cfg.kv_heads() as u64 * hd],
+                "llama.attention.head_count_kv",
+            ),
+            (
+                "blk.0.ffn_gate.weight".into(),
+                [h, cfg.intermediate_size as u64],
+                "llama.feed_forward_length",
+            ),
+            (
+                format!("blk.{last}.ffn_gate.weight"),
+                [h, cfg.intermediate_size as u64],
+                "llama.block_count",
+            ),
+        ];
+        for (name, dims, fields) in expect {
+            let Some(info) = self.tensors.get(&name) else {
+                return Err(self.err(format!(
+                    "tensor `{name}` is missing (metadata {fields} may be wrong)"
+                )));
+            };
+            if info.dims != dims {
+                return Err(self.err(format!(
+                    "metadata {fields} describe tensor `{name}` as {dims:?}, but the file holds \
+                     {:?}",
+                    info.dims
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -35,6 +35,20 @@ pub use precision::Precision;
 pub use reward::{RewardInput, RewardNet, RewardOutput};
 pub use tokenizer::Tokenizer;
 
+/// Loads only the tokenizer of a model folder or `.gguf` file (no weights): for checks that
+/// need to know how text tokenizes before a run loads the model.
+pub fn load_tokenizer(path: &std::path::Path) -> Result<Tokenizer, ModelError> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        let gguf = gguf::Gguf::open(path)?;
+        Tokenizer::from_gguf(&gguf, path)
+    } else {
+        Tokenizer::from_dir(path, &[])
+    }
+}
+
 /// Loads a causal LM with its tokenizer: a model folder (config.json, safetensors,
 /// tokenizer.json) or a `.gguf` file, its weights in `precision`.
 pub fn load_causal_lm(

@@ -8,7 +8,9 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
-use crate::precision::{Precision, cast_module, cast_tracked, check_supported, precision_of};
+use crate::precision::{
+    Precision, cast_module, cast_tracked, check_supported, precision_of, to_dtype, to_f32,
+};
 
 /// The value masked attention scores are set to: finite, so a row with every key masked (a pad
 /// query) gives a uniform distribution instead of NaN.
@@ -274,9 +276,13 @@ impl Llama {
                 self.sin.clone().select(0, flat).reshape([b, 1, t, hd]),
             )
         };
-        // allowed[b, q, s] = key is real && s <= past + q
+        // allowed[b, q, s] = key is real && s <= past + q (&& past + q - s < window). Slots and
+        // positions differ only by a row's left padding, which comes before all its real
+        // tokens, so a distance in slots is the distance in positions (transformers' sliding
+        // mask is on cache positions too).
+        let window = self.config.sliding_window.unwrap_or(usize::MAX);
         let causal: Vec<bool> = (0..t)
-            .flat_map(|q| (0..past + t).map(move |s| s <= past + q))
+            .flat_map(|q| (0..past + t).map(move |s| s <= past + q && past + q - s < window))
             .collect();
         let causal =
             Tensor::<2, Bool>::from_data(TensorData::new(causal, [t, past + t]), &self.device);
@@ -288,10 +294,7 @@ impl Llama {
         let fused = is_flex(&self.device);
 
         let mut x = self.params.model.embed_tokens.forward(tokens);
-        let (cos, sin) = match x.dtype() {
-            burn::tensor::DType::F32 => (cos, sin),
-            dtype => (cos.cast(dtype), sin.cast(dtype)),
-        };
+        let (cos, sin) = (to_dtype(cos, x.dtype()), to_dtype(sin, x.dtype()));
         let mut cache = cache;
         if let Some(c) = cache.as_deref_mut()
             && c.layers.len() != self.params.model.layers.len()
@@ -383,15 +386,6 @@ fn is_flex(device: &Device) -> bool {
     }
 }
 
-/// `x` in f32 (unchanged when it is already).
-pub(crate) fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if x.dtype() == burn::tensor::DType::F32 {
-        x
-    } else {
-        x.cast(burn::tensor::FloatDType::F32)
-    }
-}
-
 fn rotate_half(x: Tensor<4>) -> Tensor<4> {
     let d = x.dims()[3];
     let x1 = x.clone().narrow(3, 0, d / 2);
@@ -469,11 +463,7 @@ fn attention(
     let dtype = v.dtype();
     let scores = to_f32(scores).mask_fill(masked.clone().expand([b, h, t, s]), MASKED);
     let probs = softmax(scores, 3).reshape([b, kvh, rep * t, s]);
-    let probs = if dtype == burn::tensor::DType::F32 {
-        probs
-    } else {
-        probs.cast(dtype)
-    };
+    let probs = to_dtype(probs, dtype);
     let out = probs.matmul(v).reshape([b, h, t, hd]);
     let out = out.swap_dims(1, 2).reshape([b, t, h * hd]);
     attn.o_proj.forward(out)

@@ -30,6 +30,16 @@ pub fn precision_of(dtype: DType) -> Option<Precision> {
     }
 }
 
+/// `x` in `dtype` (unchanged when it is already).
+pub fn to_dtype<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if x.dtype() == dtype { x } else { x.cast(dtype) }
+}
+
+/// `x` in f32 (unchanged when it is already).
+pub fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    to_dtype(x, DType::F32)
+}
+
 /// An error unless `device` computes in `precision` (storage, conversion and arithmetic; bf16
 /// on a Vulkan device, for one, is storable but has no arithmetic).
 pub fn check_supported(device: &Device, precision: Precision) -> Result<(), ModelError> {

@@ -25,9 +25,8 @@ use serde::Deserialize;
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
-use crate::llama::to_f32;
 use crate::llama::{Llama, LlamaModel, LlamaParams};
-use crate::precision::{Precision, cast_module, check_supported};
+use crate::precision::{Precision, cast_module, check_supported, to_f32};
 use crate::weights::load_safetensors;
 
 /// The 19 objectives of ArmoRM-Llama3-8B-v0.1, in the order of its regression layer.
@@ -197,6 +196,7 @@ fn read_configs(dir: &Path) -> Result<(LlamaConfig, HeadConfig), ModelError> {
         source,
     })?;
     let config = LlamaConfig::from_json(&text, &path)?;
+    crate::weights::check_config_against_weights(&config, dir)?;
     let head = serde_json::from_str(&text).map_err(|e| ModelError::Config {
         path: path.clone(),
         message: e.to_string(),
@@ -245,7 +245,7 @@ impl RewardNet {
         };
         load_safetensors(&mut params, dir, precision)?;
         Ok(Self {
-            backbone: backbone(&config, params.model, device, precision),
+            backbone: backbone(&config, params.model, device),
             head: RewardHead::SeqCls {
                 score: cast_module(params.score, Precision::F32),
             },
@@ -282,7 +282,7 @@ impl RewardNet {
         };
         load_safetensors(&mut params, dir, precision)?;
         Ok(Self {
-            backbone: backbone(&config, params.model, device, precision),
+            backbone: backbone(&config, params.model, device),
             head: RewardHead::ArmoRm(Box::new(ArmoRmHead {
                 regression: cast_module(params.regression_layer, Precision::F32),
                 gating: cast_module(params.gating, Precision::F32),
@@ -316,6 +316,23 @@ impl RewardNet {
         self.backbone.max_positions()
     }
 
+    /// Where the head reads a row's hidden states, as an index into its own ids.
+    ///
+    /// Sequence classification follows transformers' `*ForSequenceClassification`: the last
+    /// token that is not `pad_token_id` (so with pad = a token that also ends the text, such as
+    /// `<|eot_id|>`, it reads before the trailing run of that token; with no such token, or no
+    /// pad token at all, the last token; with nothing but pad tokens, the first). The judge and
+    /// ArmoRM's regression read the last token.
+    pub fn read_position(&self, ids: &[u32]) -> usize {
+        let last = ids.len().saturating_sub(1);
+        match (&self.head, self.backbone.config.pad_token_id) {
+            (RewardHead::SeqCls { .. }, Some(pad)) => {
+                ids.iter().rposition(|&id| id != pad).unwrap_or(0)
+            }
+            _ => last,
+        }
+    }
+
     /// Scores one batch, padded on `padding`'s side. The order of the outputs is the inputs'.
     pub fn score_batch(
         &self,
@@ -346,7 +363,7 @@ impl RewardNet {
                 positions[r * t + offset + i] = i as i64;
                 mask[r * t + offset + i] = true;
             }
-            last.push((r * t + offset + len - 1) as i64);
+            last.push((r * t + offset + self.read_position(&input.ids)) as i64);
             if self.needs_gating_position() {
                 let Some(g) = input.gating_position.filter(|&g| g < len) else {
                     return Err(ModelError::Input(format!(
@@ -484,11 +501,11 @@ impl RewardNet {
     }
 }
 
-fn backbone(config: &LlamaConfig, model: LlamaModel, device: &Device, p: Precision) -> Llama {
+fn backbone(config: &LlamaConfig, model: LlamaModel, device: &Device) -> Llama {
     Llama::from_params(
         config,
         LlamaParams {
-            model: cast_module(model, p),
+            model,
             lm_head: None,
         },
         device,

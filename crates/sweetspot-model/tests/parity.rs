@@ -187,18 +187,45 @@ fn llama31_rope_scaling_logits() {
     check_unpadded("llama31");
 }
 
+/// Mistral's sliding window (5 tokens; prompts of 13, 9 and 3, then 8 greedy tokens): prefill,
+/// padded batches and decoding with the KV cache past the window, against transformers.
+#[test]
+fn mistral_sliding_window_logits() {
+    check_unpadded("mistral-window");
+}
+
 #[test]
 fn padded_batches() {
-    for name in ["gqa", "tied", "llama31"] {
+    for name in ["gqa", "tied", "llama31", "mistral-window"] {
         check_padded(name);
     }
 }
 
 #[test]
 fn greedy_with_kv_cache() {
-    for name in ["gqa", "tied", "llama31"] {
+    for name in ["gqa", "tied", "llama31", "mistral-window"] {
         check_greedy(name);
     }
+}
+
+/// The window is really applied: the same weights attending over the whole sequence are far
+/// outside the tolerance.
+#[test]
+fn parity_is_sensitive_to_the_sliding_window() {
+    let r = Reference::load("mistral-window");
+    let (_, want) = r.tensor("logits_0");
+    let device = resolve_device(&test_device()).unwrap();
+    let dir = fixture("mistral-window");
+    let mut cfg = sweetspot_model::LlamaConfig::from_file(&dir.join("config.json")).unwrap();
+    assert_eq!(cfg.sliding_window, Some(5));
+    cfg.sliding_window = None;
+    let loaded = Llama::from_pretrained(&dir, &device).unwrap();
+    let full = Llama::init(&cfg, &device).with_params(loaded.params);
+    let diff = max_abs_diff(&logits_alone(&full, &r.prompts[0]), &want);
+    assert!(
+        diff > 100.0 * TOL,
+        "dropping the window changed logits by only {diff}"
+    );
 }
 
 /// The tolerance bites: the Llama-3.1 model with its rope scaling dropped is far outside it.

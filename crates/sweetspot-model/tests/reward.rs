@@ -182,6 +182,52 @@ fn the_transform_matrix_and_gating_position_matter() {
     assert!(differs, "the transform matrix had no effect");
 }
 
+/// pad = `<|eot_id|>`, the token that ends every turn: transformers reads the last token that
+/// is not the pad token (before the trailing `<|eot_id|>`), alone and in a padded batch; with no
+/// pad token it reads the last token.
+#[test]
+fn seq_cls_pad_token_rule_matches_transformers() {
+    let device = resolve_device(&test_device()).unwrap();
+    let dir = fixture("seq-cls-pad-eos");
+    let net = RewardNet::seq_cls_from_pretrained(&dir, &device, Precision::F32).unwrap();
+    let tok = tokenizer("seq-cls-pad-eos");
+    let (v, cases) = reference("seq-cls-pad-eos");
+    let ins = inputs(&tok, &cases, false);
+    let batch = floats(&v["right_padded_batch_scores"]);
+    for padding in [Padding::Left, Padding::Right] {
+        let outs = net.score_batch(&ins, padding).unwrap();
+        for (i, (c, o)) in cases.iter().zip(&outs).enumerate() {
+            assert_eq!(ins[i].ids, c.ids, "ids {i}");
+            close(&[o.score], &[c.score], &format!("pad=eos {padding:?} {i}"));
+            close(
+                &[o.score],
+                &[batch[i]],
+                &format!("pad=eos {padding:?} {i} vs batch"),
+            );
+        }
+    }
+    // The same weights with no pad token: the very last token, as transformers reads it.
+    let tmp = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let cfg_path = tmp.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("pad_token_id");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let net = RewardNet::seq_cls_from_pretrained(tmp.path(), &device, Precision::F32).unwrap();
+    let outs = net.score_batch(&ins, Padding::Left).unwrap();
+    let mut differs = false;
+    for (i, o) in outs.iter().enumerate() {
+        let want = v["conversations"][i]["score_no_pad"].as_f64().unwrap() as f32;
+        close(&[o.score], &[want], &format!("no pad {i}"));
+        differs |= (want - cases[i].score).abs() > 100.0 * TOL;
+    }
+    assert!(differs, "the fixture does not tell the two rules apart");
+}
+
 #[test]
 fn seq_cls_matches_transformers_alone_and_padded() {
     let device = resolve_device(&test_device()).unwrap();

@@ -13,9 +13,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 use sweetspot_core::{BuildContext, PluginError, Progress, SampleRequest, SamplerConfig};
-use sweetspot_io::{SampleRow, WriteError, read_prompts};
+use sweetspot_io::{SampleRow, WriteError, read_prompts_at};
 
 use crate::error::RunError;
+use crate::identity::{Identity, Resume, reconcile, record_path, write_record};
 use crate::progress::BarProgress;
 
 /// Everything the generate stage needs, paths resolved.
@@ -35,6 +36,9 @@ pub struct GenerateJob {
     pub prompts_per_call: usize,
     /// Hide the progress bar.
     pub quiet: bool,
+    /// Discard an earlier run's work (partial or complete) instead of refusing when the
+    /// settings or inputs changed.
+    pub restart: bool,
 }
 
 /// What a generate run did.
@@ -50,6 +54,8 @@ pub struct GenerateSummary {
     pub samples: usize,
     /// Wall time of this run, seconds.
     pub seconds: f64,
+    /// The output was already complete, with the same settings and inputs: nothing ran.
+    pub already_complete: bool,
 }
 
 /// `<output>.partial`.
@@ -111,13 +117,73 @@ fn recover(partial: &Path, n: usize) -> Result<(HashSet<String>, usize), RunErro
 pub fn run_generate(job: GenerateJob) -> Result<GenerateSummary, RunError> {
     let start = Instant::now();
     if job.n == 0 {
-        return Err(RunError::Config("`n` must be at least 1".into()));
+        return Err(RunError::Config(
+            "[generate]: `n` must be at least 1".into(),
+        ));
     }
-    let prompts = read_prompts(&job.prompts)?;
+    let sampler_settings = serde_json::to_value(&job.sampler)
+        .map_err(|e| RunError::Config(format!("[sampler]: {e}")))?;
+    let mut inputs = vec![job.prompts.clone()];
+    inputs.extend(setting_paths(&sampler_settings, &job.ctx));
+    crate::paths::check_outputs(&inputs, std::slice::from_ref(&job.output))?;
+    let at_lines = read_prompts_at(&job.prompts)?;
+    // Before any model loads: a prompt the model cannot take is named by file and line.
+    let prompts: Vec<_> = at_lines.iter().map(|(p, _)| p.clone()).collect();
+    if let Err((i, message)) = job.sampler.check_prompts(&job.ctx, &prompts) {
+        return Err(RunError::Read(sweetspot_io::ReadError::Row {
+            path: job.prompts.clone(),
+            at: sweetspot_io::Position::Line(at_lines.get(i).map_or(0, |a| a.1)),
+            field: Some("prompt".into()),
+            message,
+        }));
+    }
+    if prompts.is_empty() {
+        return Err(RunError::Read(sweetspot_io::ReadError::Empty {
+            path: job.prompts.clone(),
+            what: "prompts".into(),
+        }));
+    }
+    let mut identity = Identity::new(
+        "generate",
+        &serde_json::json!({
+            "sampler": sampler_settings,
+            "n": job.n,
+            "seed": job.ctx.seed,
+        }),
+    );
+    identity.data_input("prompts", &job.prompts)?;
+    identity.path_settings(|p| job.ctx.resolve(p))?;
     if let Some(parent) = job.output.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
     let partial = partial_path(&job.output);
+    let record = record_path(&job.output);
+    if let Some(dir) = job.output.parent() {
+        sweetspot_io::remove_stale_temp_files(dir);
+    }
+    let output = job.output.clone();
+    let resume = reconcile(
+        &identity,
+        &record,
+        &job.output,
+        || output_fingerprint(&output),
+        partial.exists(),
+        job.restart,
+    )?;
+    match resume {
+        Resume::Complete => {
+            return Ok(GenerateSummary {
+                output: job.output,
+                prompts: prompts.len(),
+                resumed_prompts: prompts.len(),
+                samples: prompts.len() * job.n,
+                seconds: start.elapsed().as_secs_f64(),
+                already_complete: true,
+            });
+        }
+        Resume::Fresh => remove_if_exists(&partial)?,
+        Resume::Continue => {}
+    }
     let (done, mut written) = recover(&partial, job.n)?;
     let todo: Vec<_> = prompts
         .iter()
@@ -132,18 +198,23 @@ pub fn run_generate(job: GenerateJob) -> Result<GenerateSummary, RunError> {
             partial.display()
         );
     }
-    // Load the model before creating any file, so a bad model leaves nothing behind.
+    // Load the model before creating the partial file, so a bad model leaves no output behind
+    // (the record of a fresh run goes too).
     let mut sampler = if todo.is_empty() {
         None
     } else {
-        Some(
-            job.sampler
-                .build(&job.ctx)
-                .map_err(|source| RunError::Plugin {
+        match job.sampler.build(&job.ctx) {
+            Ok(s) => Some(s),
+            Err(source) => {
+                if !partial.exists() {
+                    let _ = std::fs::remove_file(&record);
+                }
+                return Err(RunError::Plugin {
                     plugin: "sampler".into(),
                     source,
-                })?,
-        )
+                });
+            }
+        }
     };
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -188,11 +259,50 @@ pub fn run_generate(job: GenerateJob) -> Result<GenerateSummary, RunError> {
     file.sync_all().map_err(io_err(&partial))?;
     drop(file);
     std::fs::rename(&partial, &job.output).map_err(io_err(&job.output))?;
+    write_record(&record, &identity, output_fingerprint(&job.output)?)?;
     Ok(GenerateSummary {
         output: job.output,
         prompts: prompts.len(),
         resumed_prompts: done.len(),
         samples: written,
         seconds: start.elapsed().as_secs_f64(),
+        already_complete: false,
     })
+}
+
+/// A finished output file's fingerprint (its content hash), `None` when it does not exist.
+pub(crate) fn output_fingerprint(path: &Path) -> Result<Option<String>, RunError> {
+    if path.is_file() {
+        crate::identity::hash_file(path).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+pub(crate) fn remove_if_exists(path: &Path) -> Result<(), RunError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// The existing files and folders that a plugin's settings name (resolved against the recipe's
+/// folder): inputs an output must not overwrite.
+pub(crate) fn setting_paths(settings: &serde_json::Value, ctx: &BuildContext) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![settings];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::String(s) => {
+                let p = ctx.resolve(Path::new(s));
+                if !s.is_empty() && p.exists() {
+                    out.push(p);
+                }
+            }
+            serde_json::Value::Object(m) => stack.extend(m.values()),
+            serde_json::Value::Array(a) => stack.extend(a.iter()),
+            _ => {}
+        }
+    }
+    out
 }

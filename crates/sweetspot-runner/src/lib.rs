@@ -9,11 +9,14 @@
 
 mod error;
 mod generate;
+pub mod identity;
 mod pairs;
+pub mod paths;
 mod progress;
 mod score;
 mod stats;
 mod train;
+pub mod validate;
 
 pub use error::{RunError, SmallGroupError};
 pub use generate::{GenerateJob, GenerateSummary, partial_path, run_generate};
@@ -23,3 +26,4 @@ pub use score::{ScoreJob, ScoreSummary, run_score};
 pub use stats::{DatasetStats, dataset_stats};
 pub use sweetspot_train::run::TrainSummary;
 pub use train::run_train;
+pub use validate::{Invalid, RecipeSource, Stages, validate_recipe};

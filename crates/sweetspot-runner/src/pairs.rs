@@ -122,6 +122,10 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
             "no strategies: add at least one [[pairs.strategies]] table".into(),
         ));
     }
+    crate::paths::check_outputs(
+        std::slice::from_ref(&job.input),
+        std::slice::from_ref(&job.output),
+    )?;
     // Build the strategies and lay out their datasets.
     let mut built = Vec::new();
     let mut names: Vec<String> = Vec::new();
@@ -193,6 +197,9 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
         (targets, job.output.join("summary.json"))
     };
 
+    for dir in targets.iter().filter_map(|t| t.parent()) {
+        sweetspot_io::remove_stale_temp_files(dir);
+    }
     let mut outputs = OutputSet::new();
     for target in &targets {
         outputs.add(RowWriter::pairs(target, format)?);
@@ -322,6 +329,12 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
         .join()
         .map_err(|_| RunError::Config("the reader thread panicked".into()))?;
     progress.finish();
+    if reader.rows_read() == 0 {
+        return Err(RunError::Read(ReadError::Empty {
+            path: job.input.clone(),
+            what: "scored samples".into(),
+        }));
+    }
 
     let datasets: Vec<DatasetSummary> = names
         .iter()

@@ -18,7 +18,8 @@ use sweetspot_core::{BuildContext, PluginError, Progress, RewardModelConfig, Sco
 use sweetspot_io::{SampleReader, ScoredRow, WriteError};
 
 use crate::error::RunError;
-use crate::generate::partial_path;
+use crate::generate::{output_fingerprint, partial_path, remove_if_exists, setting_paths};
+use crate::identity::{Identity, Resume, reconcile, record_path, write_record};
 use crate::progress::BarProgress;
 
 /// Everything the score stage needs, paths resolved.
@@ -36,6 +37,9 @@ pub struct ScoreJob {
     pub groups_per_call: usize,
     /// Hide the progress bar.
     pub quiet: bool,
+    /// Discard an earlier run's work (partial or complete) instead of refusing when the
+    /// settings or inputs changed.
+    pub restart: bool,
 }
 
 /// What a score run did.
@@ -53,6 +57,8 @@ pub struct ScoreSummary {
     pub objectives: Vec<String>,
     /// Wall time of this run, seconds.
     pub seconds: f64,
+    /// The output was already complete, with the same settings and inputs: nothing ran.
+    pub already_complete: bool,
 }
 
 /// How far an interrupted run got.
@@ -126,6 +132,12 @@ fn check_input(path: &Path) -> Result<u64, RunError> {
     for g in SampleReader::open(path)? {
         samples += g?.samples.len() as u64;
     }
+    if samples == 0 {
+        return Err(RunError::Read(sweetspot_io::ReadError::Empty {
+            path: path.to_path_buf(),
+            what: "samples".into(),
+        }));
+    }
     Ok(samples)
 }
 
@@ -134,16 +146,62 @@ pub fn run_score(job: ScoreJob) -> Result<ScoreSummary, RunError> {
     let start = Instant::now();
     if job.groups_per_call == 0 {
         return Err(RunError::Config(
-            "`groups_per_call` must be at least 1".into(),
+            "[score]: `groups_per_call` must be at least 1".into(),
         ));
     }
+    let reward_settings = serde_json::to_value(&job.reward)
+        .map_err(|e| RunError::Config(format!("[reward]: {e}")))?;
+    let mut inputs = vec![job.input.clone()];
+    inputs.extend(setting_paths(&reward_settings, &job.ctx));
+    crate::paths::check_outputs(&inputs, std::slice::from_ref(&job.output))?;
     let total = check_input(&job.input)?;
+    let mut identity = Identity::new(
+        "score",
+        &serde_json::json!({
+            "reward": reward_settings,
+            "groups_per_call": job.groups_per_call,
+            "seed": job.ctx.seed,
+        }),
+    );
+    identity.data_input("samples", &job.input)?;
+    identity.path_settings(|p| job.ctx.resolve(p))?;
     let mut reader = SampleReader::open(&job.input)?;
     if let Some(parent) = job.output.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
     let partial = partial_path(&job.output);
     let progress_file = progress_path(&job.output);
+    let record = record_path(&job.output);
+    if let Some(dir) = job.output.parent() {
+        sweetspot_io::remove_stale_temp_files(dir);
+    }
+    let output = job.output.clone();
+    let resume = reconcile(
+        &identity,
+        &record,
+        &job.output,
+        || output_fingerprint(&output),
+        partial.exists() || progress_file.exists(),
+        job.restart,
+    )?;
+    match resume {
+        Resume::Complete => {
+            return Ok(ScoreSummary {
+                output: job.output,
+                groups: 0,
+                samples: total as usize,
+                resumed_groups: 0,
+                objectives: Vec::new(),
+                seconds: start.elapsed().as_secs_f64(),
+                already_complete: true,
+            });
+        }
+        Resume::Fresh => {
+            remove_if_exists(&partial)?;
+            remove_if_exists(&progress_file)?;
+        }
+        Resume::Continue => {}
+    }
     let mut done = recover(&partial, &progress_file)?;
     let resumed = done.groups;
     // Skip the groups an earlier run finished (reading them still checks the input).
@@ -162,13 +220,18 @@ pub fn run_score(job: ScoreJob) -> Result<ScoreSummary, RunError> {
         tracing::info!(groups = resumed, "resuming from {}", partial.display());
     }
     // Load the model before creating any file, so a bad model leaves nothing behind.
-    let mut model = job
-        .reward
-        .build(&job.ctx)
-        .map_err(|source| RunError::Plugin {
-            plugin: "reward".into(),
-            source,
-        })?;
+    let mut model = match job.reward.build(&job.ctx) {
+        Ok(m) => m,
+        Err(source) => {
+            if done.groups == 0 {
+                let _ = std::fs::remove_file(&record);
+            }
+            return Err(RunError::Plugin {
+                plugin: "reward".into(),
+                source,
+            });
+        }
+    };
     let objectives = model.objectives();
     let fresh = done.groups == 0;
     let files = (partial.as_path(), progress_file.as_path());
@@ -178,6 +241,7 @@ pub fn run_score(job: ScoreJob) -> Result<ScoreSummary, RunError> {
             // Nothing from an earlier run is at stake: leave nothing behind.
             let _ = std::fs::remove_file(&partial);
             let _ = std::fs::remove_file(&progress_file);
+            let _ = std::fs::remove_file(&record);
         } else {
             tracing::warn!(
                 "{} keeps the groups scored before the error; the next run resumes from it",
@@ -186,6 +250,7 @@ pub fn run_score(job: ScoreJob) -> Result<ScoreSummary, RunError> {
         }
         return Err(e);
     }
+    write_record(&record, &identity, output_fingerprint(&job.output)?)?;
     Ok(ScoreSummary {
         output: job.output,
         groups: done.groups,
@@ -193,6 +258,7 @@ pub fn run_score(job: ScoreJob) -> Result<ScoreSummary, RunError> {
         resumed_groups: resumed,
         objectives,
         seconds: start.elapsed().as_secs_f64(),
+        already_complete: false,
     })
 }
 

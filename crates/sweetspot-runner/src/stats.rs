@@ -99,6 +99,12 @@ pub fn dataset_stats(
             }
         }
     }
+    if out.groups == 0 && out.invalid_groups == 0 {
+        return Err(RunError::Read(sweetspot_io::ReadError::Empty {
+            path: input.to_path_buf(),
+            what: "scored samples".into(),
+        }));
+    }
     let frac = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     if out.groups > 0 {
         let g = out.groups as f64;

@@ -6,10 +6,102 @@ use sweetspot_train::OptimizerSettings;
 use sweetspot_train::run::{Decay, TrainSettings, TrainSummary, run_training};
 
 use crate::error::RunError;
+use crate::identity::{Identity, Resume, reconcile, write_record};
 use crate::progress::BarProgress;
 
-/// Runs (or resumes) the train stage of a recipe.
+/// Runs (or resumes) the train stage of a recipe. The run folder's `record.json` says what it
+/// holds: a rerun with other settings or inputs is refused unless `restart` (which discards the
+/// folder's checkpoint, metrics and policy), and a complete run is not extended.
 pub fn run_train(
+    cfg: TrainConfig,
+    ctx: &BuildContext,
+    quiet: bool,
+    restart: bool,
+) -> Result<TrainSummary, RunError> {
+    let output = ctx.resolve(&cfg.output);
+    let (pairs, policy) = (ctx.resolve(&cfg.pairs), ctx.resolve(&cfg.policy));
+    crate::paths::check_outputs(
+        &[pairs.clone(), policy.clone()],
+        std::slice::from_ref(&output),
+    )?;
+    if !pairs.is_file() {
+        return Err(RunError::Config(format!(
+            "[train]: `pairs`: {} does not exist",
+            pairs.display()
+        )));
+    }
+    let mut settings =
+        serde_json::to_value(&cfg).map_err(|e| RunError::Config(format!("[train]: {e}")))?;
+    if let Some(m) = settings.as_object_mut() {
+        // Where the run is written is not what it computes.
+        m.remove("output");
+        m.remove("pairs");
+        m.remove("policy");
+        m.insert("seed".into(), ctx.seed.into());
+    }
+    let mut identity = Identity::new("train", &settings);
+    identity.data_input("pairs", &pairs)?;
+    identity.model_input("policy", &policy)?;
+    let record = output.join("record.json");
+    let checkpoint = output.join("checkpoint");
+    let policy_out = output.join("policy");
+    let partial = checkpoint.join("state.json").exists() || output.join("metrics.jsonl").exists();
+    let fingerprint = || {
+        if policy_out.is_dir() {
+            crate::identity::model_fingerprint(&policy_out).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let created = !output.exists();
+    std::fs::create_dir_all(&output).map_err(|source| {
+        RunError::Write(sweetspot_io::WriteError::Io {
+            path: output.clone(),
+            source,
+        })
+    })?;
+    sweetspot_io::remove_stale_temp_files(&output);
+    let _ = std::fs::remove_file(output.join("metrics.jsonl.tmp"));
+    match reconcile(&identity, &record, &output, fingerprint, partial, restart)? {
+        Resume::Complete => {
+            return Ok(TrainSummary {
+                policy: Some(policy_out),
+                total_steps: 0,
+                resumed_steps: 0,
+                steps: 0,
+                last_loss: None,
+                reference_cached: false,
+                already_complete: true,
+            });
+        }
+        Resume::Fresh => {
+            for dir in [&checkpoint, &policy_out] {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            let _ = std::fs::remove_file(output.join("metrics.jsonl"));
+        }
+        Resume::Continue => {}
+    }
+    let summary = match run_train_inner(cfg, ctx, quiet) {
+        Ok(s) => s,
+        Err(e) => {
+            // A run that failed before its first step leaves nothing behind.
+            if !output.join("metrics.jsonl").exists() && !checkpoint.exists() {
+                let _ = std::fs::remove_file(&record);
+                if created {
+                    let _ = std::fs::remove_dir_all(&output);
+                }
+            }
+            return Err(e);
+        }
+    };
+    if summary.policy.is_some() {
+        write_record(&record, &identity, fingerprint()?)?;
+    }
+    Ok(summary)
+}
+
+fn run_train_inner(
     cfg: TrainConfig,
     ctx: &BuildContext,
     quiet: bool,

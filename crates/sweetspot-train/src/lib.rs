@@ -237,11 +237,7 @@ struct SquaredNorm<'a> {
 impl ModuleVisitor for SquaredNorm<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            let g = if g.dtype() == burn::tensor::DType::F32 {
-                g
-            } else {
-                g.cast(burn::tensor::FloatDType::F32)
-            };
+            let g = sweetspot_model::precision::to_f32(g);
             self.total += g.square().sum().into_scalar::<f64>();
         }
     }

@@ -99,6 +99,8 @@ pub struct TrainSummary {
     pub last_loss: Option<f64>,
     /// Whether the reference log-probabilities came from the cache.
     pub reference_cached: bool,
+    /// The run was already complete, with the same settings and inputs: nothing ran.
+    pub already_complete: bool,
 }
 
 /// The learning rate of optimizer step `step` (0-based) of `total`, as transformers' schedulers
@@ -158,6 +160,29 @@ pub fn read_pairs(path: &Path, tok: &Tokenizer) -> Result<Vec<TokenizedPair>, Tr
             ))
         };
         let p: PairIn = serde_json::from_str(line).map_err(|e| {
+            // Name the field at fault, in words (serde's untagged-enum message names none).
+            let value: Result<serde_json::Value, _> = serde_json::from_str(line);
+            let Ok(serde_json::Value::Object(obj)) = value else {
+                return TrainError::Input(format!(
+                    "{}:{}: not a JSON object: {e}",
+                    path.display(),
+                    i + 1
+                ));
+            };
+            for field in ["prompt", "chosen", "rejected"] {
+                let Some(v) = obj.get(field) else { continue };
+                let ok = if field == "prompt" {
+                    serde_json::from_value::<PromptContent>(v.clone()).is_ok()
+                } else {
+                    serde_json::from_value::<Completion>(v.clone()).is_ok()
+                };
+                if !ok {
+                    return at(
+                        field,
+                        "expected a string or a list of {\"role\", \"content\"} messages".into(),
+                    );
+                }
+            }
             TrainError::Input(format!("{}:{}: not a pair row: {e}", path.display(), i + 1))
         })?;
         let prompt = p.prompt.ok_or_else(|| at("prompt", "missing".into()))?;
@@ -173,7 +198,10 @@ pub fn read_pairs(path: &Path, tok: &Tokenizer) -> Result<Vec<TokenizedPair>, Tr
         out.push(pair);
     }
     if out.is_empty() {
-        return Err(TrainError::Input(format!("{}: no pairs", path.display())));
+        return Err(TrainError::Input(format!(
+            "{}: the file has no pairs (it is empty or only blank lines)",
+            path.display()
+        )));
     }
     Ok(out)
 }
@@ -442,6 +470,10 @@ pub fn run_training(
     let warmup = (s.warmup_ratio * total as f64).ceil() as usize;
     let checkpoint = s.output.join("checkpoint");
     let metrics_path = s.output.join("metrics.jsonl");
+    // A killed run's temporary folders are never resumed from: remove them.
+    for leftover in ["policy.tmp", "checkpoint.tmp", "checkpoint.old"] {
+        let _ = std::fs::remove_dir_all(s.output.join(leftover));
+    }
 
     // Resume.
     let mut start = 0;
@@ -515,7 +547,12 @@ pub fn run_training(
         let params = trainer
             .policy_params()
             .ok_or_else(|| TrainError::Input("no policy".into()))?;
-        Llama::from_params(&p.config, params, p.device()).save_pretrained(&dir, &tok)?;
+        // Written into a temporary folder and renamed: `policy/` exists only complete.
+        let tmp = s.output.join("policy.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        Llama::from_params(&p.config, params, p.device()).save_pretrained(&tmp, &tok)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
         Some(dir)
     } else {
         None
@@ -527,5 +564,6 @@ pub fn run_training(
         steps,
         last_loss,
         reference_cached,
+        already_complete: false,
     })
 }

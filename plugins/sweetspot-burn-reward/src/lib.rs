@@ -15,8 +15,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use sweetspot_core::{
-    BuildContext, Message, PluginError, PluginInfo, PluginKind, Progress, Prompt, PromptContent,
-    RewardModel, RewardModelConfig, SampleGroup, ScoredGroup, ScoredSample,
+    BuildContext, ConfigIssue, Message, PluginError, PluginInfo, PluginKind, Progress, Prompt,
+    PromptContent, RewardModel, RewardModelConfig, SampleGroup, ScoredGroup, ScoredSample,
+    check_device_name,
 };
 use sweetspot_model::reward::{ARMORM_OBJECTIVES, LLAMA3_GATING_PATTERN, RewardHead, find_last};
 use sweetspot_model::{ModelError, Precision, RewardInput, RewardNet, Tokenizer, resolve_device};
@@ -171,18 +172,49 @@ fn model_err(context: &str) -> impl Fn(ModelError) -> PluginError + '_ {
     move |e| PluginError::other(context, e)
 }
 
-fn check_batches(
-    plugin: &str,
+/// The checks every reward model shares: batch limits, the device's name, the model's path.
+fn check_common(
+    ctx: &BuildContext,
+    model: &std::path::Path,
     batch_size: usize,
     max_batch_tokens: usize,
-) -> Result<(), PluginError> {
-    if batch_size == 0 || max_batch_tokens == 0 {
-        return Err(PluginError::config(
-            plugin,
-            "`batch_size` and `max_batch_tokens` must be at least 1",
-        ));
+    device: Option<&String>,
+) -> Result<(), ConfigIssue> {
+    if batch_size == 0 {
+        return Err(ConfigIssue::new("batch_size", "must be at least 1"));
+    }
+    if max_batch_tokens == 0 {
+        return Err(ConfigIssue::new("max_batch_tokens", "must be at least 1"));
+    }
+    if let Some(d) = device {
+        check_device_name(d).map_err(|m| ConfigIssue::new("device", m))?;
+    }
+    let path = ctx.resolve(model);
+    if !path.exists() {
+        return Err(ConfigIssue::missing_file("model", &path));
     }
     Ok(())
+}
+
+fn issue(plugin: &'static str) -> impl Fn(ConfigIssue) -> PluginError {
+    move |i| PluginError::config(plugin, i.to_string())
+}
+
+/// The id of `word`, which must be one token for `tokenizer`.
+fn one_token(tokenizer: &Tokenizer, key: &str, word: &str) -> Result<u32, ConfigIssue> {
+    let ids = tokenizer
+        .encode(word, false)
+        .map_err(|e| ConfigIssue::new(key, e.to_string()))?;
+    match ids[..] {
+        [id] => Ok(id),
+        _ => Err(ConfigIssue::new(
+            key,
+            format!(
+                "{word:?} is {} tokens for this tokenizer; it must be one",
+                ids.len()
+            ),
+        )),
+    }
 }
 
 fn device_for(
@@ -195,8 +227,18 @@ fn device_for(
 
 #[typetag::serde(name = "seq-cls")]
 impl RewardModelConfig for SeqClsConfig {
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        check_common(
+            ctx,
+            &self.model,
+            self.batch_size,
+            self.max_batch_tokens,
+            self.device.as_ref(),
+        )
+    }
+
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn RewardModel>, PluginError> {
-        check_batches("seq-cls", self.batch_size, self.max_batch_tokens)?;
+        self.check(ctx).map_err(issue("seq-cls"))?;
         let dir = ctx.resolve(&self.model);
         let device = device_for(self.device.as_ref(), ctx)?;
         tracing::info!(model = %dir.display(), "loading sequence-classification reward model");
@@ -215,6 +257,10 @@ impl RewardModelConfig for SeqClsConfig {
 
 #[typetag::serde(name = "skywork")]
 impl RewardModelConfig for SkyworkConfig {
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        self.0.check(ctx)
+    }
+
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn RewardModel>, PluginError> {
         self.0.build(ctx)
     }
@@ -222,8 +268,22 @@ impl RewardModelConfig for SkyworkConfig {
 
 #[typetag::serde(name = "armorm")]
 impl RewardModelConfig for ArmoRmConfig {
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        check_common(
+            ctx,
+            &self.model,
+            self.batch_size,
+            self.max_batch_tokens,
+            self.device.as_ref(),
+        )?;
+        if self.gating_pattern.is_empty() {
+            return Err(ConfigIssue::new("gating_pattern", "must not be empty"));
+        }
+        Ok(())
+    }
+
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn RewardModel>, PluginError> {
-        check_batches("armorm", self.batch_size, self.max_batch_tokens)?;
+        self.check(ctx).map_err(issue("armorm"))?;
         let dir = ctx.resolve(&self.model);
         let device = device_for(self.device.as_ref(), ctx)?;
         tracing::info!(model = %dir.display(), "loading ArmoRM reward model");
@@ -251,8 +311,36 @@ impl RewardModelConfig for ArmoRmConfig {
 
 #[typetag::serde(name = "judge")]
 impl RewardModelConfig for JudgeConfig {
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        check_common(
+            ctx,
+            &self.model,
+            self.batch_size,
+            self.max_batch_tokens,
+            self.device.as_ref(),
+        )?;
+        for key in ["{prompt}", "{response}"] {
+            if !self.template.contains(key) {
+                return Err(ConfigIssue::new("template", format!("must contain {key}")));
+            }
+        }
+        // The answers must be one token each: the tokenizer alone tells (no weights loaded).
+        let tokenizer = sweetspot_model::load_tokenizer(&ctx.resolve(&self.model))
+            .map_err(|e| ConfigIssue::new("model", e.to_string()))?;
+        one_token(&tokenizer, "yes", &self.yes)?;
+        one_token(&tokenizer, "no", &self.no)?;
+        Ok(())
+    }
+
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn RewardModel>, PluginError> {
-        check_batches("judge", self.batch_size, self.max_batch_tokens)?;
+        check_common(
+            ctx,
+            &self.model,
+            self.batch_size,
+            self.max_batch_tokens,
+            self.device.as_ref(),
+        )
+        .map_err(issue("judge"))?;
         for key in ["{prompt}", "{response}"] {
             if !self.template.contains(key) {
                 return Err(PluginError::config(
@@ -272,21 +360,8 @@ impl RewardModelConfig for JudgeConfig {
                 format!("{}: the model has no chat template", path.display()),
             ));
         }
-        let one_token = |key: &str, word: &str| -> Result<u32, PluginError> {
-            let ids = tokenizer.encode(word, false).map_err(model_err("judge"))?;
-            match ids[..] {
-                [id] => Ok(id),
-                _ => Err(PluginError::config(
-                    "judge",
-                    format!(
-                        "`{key}` = {word:?} is {} tokens for this tokenizer; it must be one",
-                        ids.len()
-                    ),
-                )),
-            }
-        };
-        let yes = one_token("yes", &self.yes)?;
-        let no = one_token("no", &self.no)?;
+        let yes = one_token(&tokenizer, "yes", &self.yes).map_err(issue("judge"))?;
+        let no = one_token(&tokenizer, "no", &self.no).map_err(issue("judge"))?;
         let net = RewardNet::judge(model, yes, no).map_err(model_err("judge"))?;
         BurnReward::boxed(
             net,

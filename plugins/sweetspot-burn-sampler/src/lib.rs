@@ -8,11 +8,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use sweetspot_core::{
-    BuildContext, PluginError, PluginInfo, PluginKind, Progress, Prompt, PromptContent, Sample,
-    SampleGroup, SampleRequest, Sampler, SamplerConfig,
+    BuildContext, ConfigIssue, PluginError, PluginInfo, PluginKind, Progress, Prompt,
+    PromptContent, Sample, SampleGroup, SampleRequest, Sampler, SamplerConfig, check_device_name,
 };
 use sweetspot_model::generate::{SamplingParams, SeqRequest, generate};
-use sweetspot_model::{Llama, Precision, Tokenizer, resolve_device};
+use sweetspot_model::{Llama, ModelError, Precision, Tokenizer, resolve_device};
 
 /// Call from a binary to make sure this crate is linked (and its plugin registered).
 #[inline(never)]
@@ -103,23 +103,74 @@ pub fn load(
 
 #[typetag::serde(name = "burn")]
 impl SamplerConfig for BurnSamplerConfig {
-    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sampler>, PluginError> {
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(ConfigIssue::new(
+                "temperature",
+                format!("{} must be a number >= 0 (0 = greedy)", self.temperature),
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(ConfigIssue::new(
+                "top_p",
+                format!("{} must be in (0, 1] (1 = off)", self.top_p),
+            ));
+        }
+        if self.max_new_tokens == 0 {
+            return Err(ConfigIssue::new("max_new_tokens", "must be at least 1"));
+        }
         if self.batch_size == 0 {
-            return Err(PluginError::config(
-                "burn",
-                "`batch_size` must be at least 1",
-            ));
+            return Err(ConfigIssue::new("batch_size", "must be at least 1"));
         }
-        let valid = self.temperature.is_finite()
-            && self.temperature >= 0.0
-            && self.top_p > 0.0
-            && self.top_p <= 1.0;
-        if !valid {
-            return Err(PluginError::config(
-                "burn",
-                "`temperature` must be >= 0 and `top_p` in (0, 1]",
-            ));
+        if let Some(d) = &self.device {
+            check_device_name(d).map_err(|m| ConfigIssue::new("device", m))?;
         }
+        let path = ctx.resolve(&self.model);
+        if !path.exists() {
+            return Err(ConfigIssue::missing_file("model", &path));
+        }
+        Ok(())
+    }
+
+    fn check_prompts(&self, ctx: &BuildContext, prompts: &[Prompt]) -> Result<(), (usize, String)> {
+        let path = ctx.resolve(&self.model);
+        let context = || -> Result<(Tokenizer, usize), ModelError> {
+            let tokenizer = sweetspot_model::load_tokenizer(&path)?;
+            let positions = if is_gguf(&path) {
+                sweetspot_model::gguf::Gguf::open_header(&path)?
+                    .llama_config()?
+                    .max_position_embeddings
+            } else {
+                sweetspot_model::LlamaConfig::from_file(&path.join("config.json"))?
+                    .max_position_embeddings
+            };
+            Ok((tokenizer, positions))
+        };
+        // A model that cannot be read is reported when it loads, with its own message.
+        let Ok((tokenizer, positions)) = context() else {
+            return Ok(());
+        };
+        for (i, p) in prompts.iter().enumerate() {
+            let ids = prompt_ids(&tokenizer, p).map_err(|e| (i, e.to_string()))?;
+            if ids.len() + self.max_new_tokens > positions {
+                return Err((
+                    i,
+                    format!(
+                        "prompt `{}` is {} tokens; with max_new_tokens = {} that is more than \
+                         the model's {positions} positions",
+                        p.id,
+                        ids.len(),
+                        self.max_new_tokens
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sampler>, PluginError> {
+        self.check(ctx)
+            .map_err(|i| PluginError::config("burn", i.to_string()))?;
         let path = ctx.resolve(&self.model);
         let device = self.device.clone().unwrap_or_else(|| ctx.device.clone());
         tracing::info!(model = %path.display(), device, "loading model");
@@ -138,22 +189,33 @@ impl SamplerConfig for BurnSamplerConfig {
     }
 }
 
+fn is_gguf(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// A prompt's token ids as the sampler feeds them: rendered by the chat template when the model
+/// has one, else plain text with the tokenizer's special tokens.
+fn prompt_ids(tokenizer: &Tokenizer, prompt: &Prompt) -> Result<Vec<u32>, PluginError> {
+    let ids = if tokenizer.has_chat_template() {
+        tokenizer.encode_chat(&prompt.content.to_messages())
+    } else {
+        match &prompt.content {
+            PromptContent::Text(t) => tokenizer.encode(t, true),
+            PromptContent::Chat(_) => {
+                return Err(PluginError::Input(format!(
+                    "prompt `{}` is a chat, but the model has no chat template",
+                    prompt.id
+                )));
+            }
+        }
+    };
+    ids.map_err(model_err)
+}
+
 impl BurnSampler {
     fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, PluginError> {
-        let ids = if self.tokenizer.has_chat_template() {
-            self.tokenizer.encode_chat(&prompt.content.to_messages())
-        } else {
-            match &prompt.content {
-                PromptContent::Text(t) => self.tokenizer.encode(t, true),
-                PromptContent::Chat(_) => {
-                    return Err(PluginError::Input(format!(
-                        "prompt `{}` is a chat, but the model has no chat template",
-                        prompt.id
-                    )));
-                }
-            }
-        };
-        ids.map_err(model_err)
+        prompt_ids(&self.tokenizer, prompt)
     }
 }
 
@@ -177,6 +239,7 @@ impl Sampler for BurnSampler {
             .collect();
         let mut pending: BTreeMap<usize, Vec<Sample>> = BTreeMap::new();
         let stop = self.tokenizer.stop_ids().to_vec();
+        let mut tokens = 0u64;
         for chunk in jobs.chunks(self.batch_size) {
             let reqs: Vec<SeqRequest> = chunk
                 .iter()
@@ -187,10 +250,15 @@ impl Sampler for BurnSampler {
                     sample_index: s,
                 })
                 .collect();
+            // The bar counts sequences (its total is prompts x n); tokens go in its message.
             let out = generate(&self.model, &reqs, &stop, &self.params, |n| {
-                progress.advance(n as u64)
+                tokens += n as u64;
+                if tokens % 256 < n as u64 {
+                    progress.message(&format!("{tokens} tokens"));
+                }
             })
             .map_err(model_err)?;
+            progress.advance(chunk.len() as u64);
             for (&(p, s), g) in chunk.iter().zip(out) {
                 let body: Vec<u32> = g
                     .tokens

@@ -18,8 +18,8 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::{log_sigmoid, relu};
 use serde::{Deserialize, Serialize};
 use sweetspot_core::{
-    BuildContext, LossInput, LossOutput, PluginError, PluginInfo, PluginKind, PreferenceLoss,
-    PreferenceLossConfig,
+    BuildContext, ConfigIssue, LossInput, LossOutput, PluginError, PluginInfo, PluginKind,
+    PreferenceLoss, PreferenceLossConfig,
 };
 
 /// Call from a binary to make sure this crate is linked (and its plugins registered).
@@ -158,6 +158,12 @@ pub struct Loss {
 
 #[typetag::serde(name = "dpo")]
 impl PreferenceLossConfig for DpoConfig {
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        self.build(ctx)
+            .map(drop)
+            .map_err(|e| ConfigIssue::from_build_error(&e))
+    }
+
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn PreferenceLoss>, PluginError> {
         check("dpo", self.beta, self.label_smoothing)?;
         Ok(Box::new(Loss {
@@ -172,6 +178,12 @@ impl PreferenceLossConfig for DpoConfig {
 
 #[typetag::serde(name = "ipo")]
 impl PreferenceLossConfig for IpoConfig {
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        self.build(ctx)
+            .map(drop)
+            .map_err(|e| ConfigIssue::from_build_error(&e))
+    }
+
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn PreferenceLoss>, PluginError> {
         check("ipo", self.beta, 0.0)?;
         Ok(Box::new(Loss {
@@ -183,6 +195,12 @@ impl PreferenceLossConfig for IpoConfig {
 
 #[typetag::serde(name = "hinge")]
 impl PreferenceLossConfig for HingeConfig {
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        self.build(ctx)
+            .map(drop)
+            .map_err(|e| ConfigIssue::from_build_error(&e))
+    }
+
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn PreferenceLoss>, PluginError> {
         check("hinge", self.beta, 0.0)?;
         Ok(Box::new(Loss {
@@ -194,6 +212,12 @@ impl PreferenceLossConfig for HingeConfig {
 
 #[typetag::serde(name = "simpo")]
 impl PreferenceLossConfig for SimpoConfig {
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        self.build(ctx)
+            .map(drop)
+            .map_err(|e| ConfigIssue::from_build_error(&e))
+    }
+
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn PreferenceLoss>, PluginError> {
         check("simpo", self.beta, self.label_smoothing)?;
         Ok(Box::new(Loss {

@@ -1,0 +1,415 @@
+//! The whole-recipe check: every value that can be checked without loading a model or reading
+//! data (ranges, finiteness, names, that input files exist, that no output overwrites an input,
+//! dataset names), every error naming the recipe file, line and key. `sweetspot validate` prints
+//! its result; `sweetspot run` (and every command given a recipe) calls it before any stage
+//! starts, so a bad `[train]` value cannot surface after hours of generation.
+
+use std::path::{Path, PathBuf};
+
+use sweetspot_core::BuildContext;
+use sweetspot_core::recipe::{Recipe, RecipeError, error_at};
+
+use crate::paths::resolved;
+
+/// Which stages of a recipe are about to run (and so are checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stages {
+    /// `[generate]` with `[sampler]`.
+    pub generate: bool,
+    /// `[score]` with `[reward]`.
+    pub score: bool,
+    /// `[pairs]`.
+    pub pairs: bool,
+    /// `[train]`.
+    pub train: bool,
+}
+
+impl Stages {
+    /// Every stage the recipe has.
+    pub fn all_of(recipe: &Recipe) -> Self {
+        Self {
+            generate: recipe.generate.is_some(),
+            score: recipe.score.is_some(),
+            pairs: recipe.pairs.is_some(),
+            train: recipe.train.is_some(),
+        }
+    }
+
+    /// No stage.
+    pub const NONE: Self = Self {
+        generate: false,
+        score: false,
+        pairs: false,
+        train: false,
+    };
+}
+
+/// A recipe to check: what was parsed, its text and where it came from.
+pub struct RecipeSource<'a> {
+    /// The parsed recipe.
+    pub recipe: &'a Recipe,
+    /// Its TOML text (for locating keys).
+    pub text: &'a str,
+    /// The file (or `<command line>`).
+    pub origin: &'a Path,
+}
+
+/// One path a stage reads or writes, with the recipe key that names it.
+struct Named {
+    key: String,
+    path: PathBuf,
+    stage: usize,
+}
+
+/// Why a recipe was refused.
+#[derive(Debug)]
+pub enum Invalid {
+    /// A bad value, name or combination (exit code 2).
+    Recipe(RecipeError),
+    /// An input file the recipe names does not exist (an I/O error: exit code 1).
+    MissingInput(RecipeError),
+}
+
+impl Invalid {
+    /// The error, whichever kind.
+    pub fn error(&self) -> &RecipeError {
+        match self {
+            Self::Recipe(e) | Self::MissingInput(e) => e,
+        }
+    }
+}
+
+impl From<RecipeError> for Invalid {
+    fn from(e: RecipeError) -> Self {
+        Self::Recipe(e)
+    }
+}
+
+/// Checks the chosen stages of a recipe; returns a line per stage describing it.
+pub fn validate_recipe(
+    src: &RecipeSource<'_>,
+    ctx: &BuildContext,
+    stages: Stages,
+) -> Result<Vec<String>, Invalid> {
+    let (r, text, origin) = (src.recipe, src.text, src.origin);
+    // A recipe made from command-line flags has no lines a user wrote: name only the key.
+    let from_flags = origin.as_os_str() == "<command line>";
+    let located = |key: &str, message: String| {
+        let mut e = error_at(text, origin, key, message);
+        if from_flags {
+            e.line = None;
+            e.column = None;
+        }
+        e
+    };
+    let err = |key: &str, message: String| Invalid::Recipe(located(key, message));
+    let plugin_issue = |table: &str, i: sweetspot_core::ConfigIssue| {
+        let key = if i.key.is_empty() {
+            table.to_string()
+        } else {
+            format!("{table}.{}", i.key)
+        };
+        if i.missing_file {
+            Invalid::MissingInput(located(&key, i.message))
+        } else {
+            Invalid::Recipe(located(&key, i.message))
+        }
+    };
+    sweetspot_core::check_device_name(&ctx.device).map_err(|m| err("run.device", m))?;
+    let mut described = Vec::new();
+    let mut inputs: Vec<Named> = Vec::new();
+    let mut outputs: Vec<Named> = Vec::new();
+    let plugin_paths =
+        |table: &str, value: serde_json::Value, stage: usize, into: &mut Vec<Named>| {
+            let mut stack = vec![(table.to_string(), value)];
+            while let Some((key, v)) = stack.pop() {
+                match v {
+                    serde_json::Value::String(s) => {
+                        let p = ctx.resolve(Path::new(&s));
+                        if !s.is_empty() && p.exists() {
+                            into.push(Named {
+                                key,
+                                path: p,
+                                stage,
+                            });
+                        }
+                    }
+                    serde_json::Value::Object(m) => {
+                        stack.extend(m.into_iter().map(|(k, v)| (format!("{key}.{k}"), v)))
+                    }
+                    _ => {}
+                }
+            }
+        };
+
+    if stages.generate {
+        let g = r
+            .generate
+            .as_ref()
+            .ok_or_else(|| err("generate", "missing".into()))?;
+        let Some(sampler) = &r.sampler else {
+            return Err(err("generate", "[generate] needs a [sampler] table".into()));
+        };
+        if g.n == 0 {
+            return Err(err("generate.n", "must be at least 1".into()));
+        }
+        sampler.check(ctx).map_err(|i| plugin_issue("sampler", i))?;
+        inputs.push(Named {
+            key: "generate.prompts".into(),
+            path: ctx.resolve(&g.prompts),
+            stage: 0,
+        });
+        plugin_paths(
+            "sampler",
+            serde_json::to_value(sampler).unwrap_or_default(),
+            0,
+            &mut inputs,
+        );
+        outputs.push(Named {
+            key: "generate.output".into(),
+            path: ctx.resolve(&g.output),
+            stage: 0,
+        });
+        described.push(format!("generate ({} samples per prompt)", g.n));
+    }
+    if stages.score {
+        let s = r
+            .score
+            .as_ref()
+            .ok_or_else(|| err("score", "missing".into()))?;
+        let Some(reward) = &r.reward else {
+            return Err(err("score", "[score] needs a [reward] table".into()));
+        };
+        if s.groups_per_call == 0 {
+            return Err(err("score.groups_per_call", "must be at least 1".into()));
+        }
+        reward.check(ctx).map_err(|i| plugin_issue("reward", i))?;
+        inputs.push(Named {
+            key: "score.input".into(),
+            path: ctx.resolve(&s.input),
+            stage: 1,
+        });
+        plugin_paths(
+            "reward",
+            serde_json::to_value(reward).unwrap_or_default(),
+            1,
+            &mut inputs,
+        );
+        outputs.push(Named {
+            key: "score.output".into(),
+            path: ctx.resolve(&s.output),
+            stage: 1,
+        });
+        described.push("score".to_string());
+    }
+    if stages.pairs {
+        let p = r
+            .pairs
+            .as_ref()
+            .ok_or_else(|| err("pairs", "missing".into()))?;
+        if p.strategies.is_empty() {
+            return Err(err(
+                "pairs.strategies",
+                "no strategies: add at least one [[pairs.strategies]] table".into(),
+            ));
+        }
+        let mut names: Vec<(String, usize)> = Vec::new();
+        for (i, s) in p.strategies.iter().enumerate() {
+            let at = |k: &str| {
+                if k.is_empty() {
+                    format!("pairs.strategies[{i}]")
+                } else {
+                    format!("pairs.strategies[{i}].{k}")
+                }
+            };
+            s.check(ctx)
+                .map_err(|issue| plugin_issue(&format!("pairs.strategies[{i}]"), issue))?;
+            let built = s.build(ctx).map_err(|e| err(&at(""), e.to_string()))?;
+            for name in built.datasets() {
+                if let Some((_, j)) = names.iter().find(|(n, _)| *n == name) {
+                    return Err(err(
+                        &at(""),
+                        format!("dataset `{name}` is also written by pairs.strategies[{j}]"),
+                    ));
+                }
+                names.push((name, i));
+            }
+        }
+        let single = p
+            .output
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("parquet"));
+        if single && names.len() != 1 {
+            return Err(err(
+                "pairs.output",
+                format!(
+                    "`{}` is one file, but the strategies write {} datasets: give a folder",
+                    p.output.display(),
+                    names.len()
+                ),
+            ));
+        }
+        inputs.push(Named {
+            key: "pairs.input".into(),
+            path: ctx.resolve(&p.input),
+            stage: 2,
+        });
+        outputs.push(Named {
+            key: "pairs.output".into(),
+            path: ctx.resolve(&p.output),
+            stage: 2,
+        });
+        described.push(format!(
+            "pairs ({} strategies, {} datasets)",
+            p.strategies.len(),
+            names.len()
+        ));
+    }
+    if stages.train {
+        let t = r
+            .train
+            .as_ref()
+            .ok_or_else(|| err("train", "missing".into()))?;
+        let positive = |key: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(err(key, format!("{v} must be a number > 0")))
+            }
+        };
+        let at_least_one = |key: &str, v: usize| {
+            if v >= 1 {
+                Ok(())
+            } else {
+                Err(err(key, "must be at least 1".into()))
+            }
+        };
+        let in_range = |key: &str, v: f64, lo: f64, hi: f64, hi_open: bool| {
+            let ok = v.is_finite() && v >= lo && if hi_open { v < hi } else { v <= hi };
+            if ok {
+                Ok(())
+            } else {
+                let close = if hi_open { ")" } else { "]" };
+                Err(err(key, format!("{v} must be in [{lo}, {hi}{close}")))
+            }
+        };
+        positive("train.learning_rate", t.learning_rate)?;
+        positive("train.adam_epsilon", t.adam_epsilon)?;
+        at_least_one("train.epochs", t.epochs)?;
+        at_least_one("train.batch_size", t.batch_size)?;
+        at_least_one("train.micro_batch_size", t.micro_batch_size)?;
+        in_range("train.warmup_ratio", t.warmup_ratio, 0.0, 1.0, false)?;
+        in_range("train.adam_beta1", t.adam_beta1, 0.0, 1.0, true)?;
+        in_range("train.adam_beta2", t.adam_beta2, 0.0, 1.0, true)?;
+        in_range("train.weight_decay", t.weight_decay, 0.0, f64::MAX, false)?;
+        in_range("train.max_grad_norm", t.max_grad_norm, 0.0, f64::MAX, false)?;
+        t.loss
+            .check(ctx)
+            .map_err(|i| plugin_issue("train.loss", i))?;
+        inputs.push(Named {
+            key: "train.pairs".into(),
+            path: ctx.resolve(&t.pairs),
+            stage: 3,
+        });
+        inputs.push(Named {
+            key: "train.policy".into(),
+            path: ctx.resolve(&t.policy),
+            stage: 3,
+        });
+        outputs.push(Named {
+            key: "train.output".into(),
+            path: ctx.resolve(&t.output),
+            stage: 3,
+        });
+        described.push("train".to_string());
+    }
+    if described.is_empty() {
+        return Err(Invalid::Recipe(RecipeError {
+            path: Some(origin.to_path_buf()),
+            line: None,
+            column: None,
+            key: None,
+            message: "the recipe has no stage (add [generate], [score], [pairs] or [train])".into(),
+        }));
+    }
+    check_paths(&inputs, &outputs).map_err(|(key, m, missing)| {
+        if missing {
+            Invalid::MissingInput(located(&key, m))
+        } else {
+            Invalid::Recipe(located(&key, m))
+        }
+    })?;
+    Ok(described)
+}
+
+/// Inputs exist (or are made by an earlier stage of the same run); no output equals or contains
+/// an input other than its own products read downstream; no two outputs are the same.
+fn check_paths(inputs: &[Named], outputs: &[Named]) -> Result<(), (String, String, bool)> {
+    let outs: Vec<(PathBuf, &Named)> = outputs.iter().map(|o| (resolved(&o.path), o)).collect();
+    for (a, (pa, oa)) in outs.iter().enumerate() {
+        for (pb, ob) in outs.iter().skip(a + 1) {
+            if pa == pb {
+                return Err((
+                    ob.key.clone(),
+                    format!(
+                        "{} is also `{}`: two stages would write the same output",
+                        ob.path.display(),
+                        oa.key
+                    ),
+                    false,
+                ));
+            }
+        }
+    }
+    for input in inputs {
+        let pi = resolved(&input.path);
+        // Made by an earlier stage of this run?
+        let producer = outs
+            .iter()
+            .find(|(po, o)| o.stage < input.stage && (pi == *po || pi.starts_with(po)));
+        for (po, o) in &outs {
+            // Writing into a model folder changes the model as surely as replacing it.
+            if input.path.is_dir() && po.starts_with(&pi) && *po != pi {
+                return Err((
+                    o.key.clone(),
+                    format!(
+                        "{} is inside `{}` ({}), an input folder of the same run: choose an \
+                         output outside it",
+                        o.path.display(),
+                        input.key,
+                        input.path.display()
+                    ),
+                    false,
+                ));
+            }
+            let overlaps = pi == *po || pi.starts_with(po);
+            if !overlaps {
+                continue;
+            }
+            let is_producer = producer.is_some_and(|(_, p)| std::ptr::eq(*p, *o));
+            if !is_producer {
+                let how = if pi == *po { "is" } else { "contains" };
+                return Err((
+                    o.key.clone(),
+                    format!(
+                        "{} {how} `{}` ({}), an input of the same run, which it would \
+                         overwrite: choose another output",
+                        o.path.display(),
+                        input.key,
+                        input.path.display()
+                    ),
+                    false,
+                ));
+            }
+        }
+        if producer.is_none() && !input.path.exists() {
+            return Err((
+                input.key.clone(),
+                format!("{} does not exist", input.path.display()),
+                true,
+            ));
+        }
+    }
+    Ok(())
+}
