@@ -275,3 +275,25 @@ fn train_refuses_to_extend_or_resume_another_run() {
     left.retain(|f| f.contains("tmp") || f.contains("old"));
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Execution settings are not identity: a killed run resumes with a smaller batch.
+#[test]
+fn generate_resumes_with_another_batch_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("prompts.jsonl"),
+        "{\"prompt\": \"a\"}\n{\"prompt\": \"b\"}\n",
+    )
+    .unwrap();
+    assert_ok(&generate(dir, "s.jsonl", "0.8", &["--batch-size", "6"]));
+    let full = std::fs::read_to_string(dir.join("s.jsonl")).unwrap();
+    let first: String = full.lines().take(3).map(|l| format!("{l}\n")).collect();
+    std::fs::remove_file(dir.join("s.jsonl")).unwrap();
+    std::fs::write(dir.join("s.jsonl.partial"), &first).unwrap();
+    mark_incomplete(&dir.join("s.jsonl.record.json"));
+    let o = generate(dir, "s.jsonl", "0.8", &["--batch-size", "1"]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("1 resumed"), "{}", stdout(&o));
+    assert_eq!(std::fs::read_to_string(dir.join("s.jsonl")).unwrap(), full);
+}

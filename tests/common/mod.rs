@@ -18,7 +18,11 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    Command::new(env!("CARGO_BIN_EXE_sweetspot"))
+    // SWEETSPOT_BIN runs the tests against another build (an older release, to show which
+    // cases it fails).
+    let bin =
+        std::env::var_os("SWEETSPOT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_sweetspot").into());
+    Command::new(bin)
         .arg("-q")
         .args(args)
         .output()

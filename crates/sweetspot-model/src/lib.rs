@@ -42,7 +42,8 @@ pub fn load_tokenizer(path: &std::path::Path) -> Result<Tokenizer, ModelError> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     {
-        let gguf = gguf::Gguf::open(path)?;
+        // The header holds the tokenizer: the weights are not read.
+        let gguf = gguf::Gguf::open_header(path)?;
         Tokenizer::from_gguf(&gguf, path)
     } else {
         Tokenizer::from_dir(path, &[])

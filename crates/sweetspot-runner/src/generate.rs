@@ -16,7 +16,7 @@ use sweetspot_core::{BuildContext, PluginError, Progress, SampleRequest, Sampler
 use sweetspot_io::{SampleRow, WriteError, read_prompts_at};
 
 use crate::error::RunError;
-use crate::identity::{Identity, Resume, reconcile, record_path, write_record};
+use crate::identity::{Identity, Resume, begin_file_stage, complete_file_stage};
 use crate::progress::BarProgress;
 
 /// Everything the generate stage needs, paths resolved.
@@ -150,39 +150,26 @@ pub fn run_generate(job: GenerateJob) -> Result<GenerateSummary, RunError> {
             "n": job.n,
             "seed": job.ctx.seed,
         }),
-    );
+    )
+    .without_execution_settings("sampler");
     identity.data_input("prompts", &job.prompts)?;
     identity.path_settings(|p| job.ctx.resolve(p))?;
-    if let Some(parent) = job.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    }
     let partial = partial_path(&job.output);
-    let record = record_path(&job.output);
-    if let Some(dir) = job.output.parent() {
-        sweetspot_io::remove_stale_temp_files(dir);
-    }
-    let output = job.output.clone();
-    let resume = reconcile(
+    let (resume, record) = begin_file_stage(
         &identity,
-        &record,
         &job.output,
-        || output_fingerprint(&output),
-        partial.exists(),
+        std::slice::from_ref(&partial),
         job.restart,
     )?;
-    match resume {
-        Resume::Complete => {
-            return Ok(GenerateSummary {
-                output: job.output,
-                prompts: prompts.len(),
-                resumed_prompts: prompts.len(),
-                samples: prompts.len() * job.n,
-                seconds: start.elapsed().as_secs_f64(),
-                already_complete: true,
-            });
-        }
-        Resume::Fresh => remove_if_exists(&partial)?,
-        Resume::Continue => {}
+    if resume == Resume::Complete {
+        return Ok(GenerateSummary {
+            output: job.output,
+            prompts: prompts.len(),
+            resumed_prompts: prompts.len(),
+            samples: prompts.len() * job.n,
+            seconds: start.elapsed().as_secs_f64(),
+            already_complete: true,
+        });
     }
     let (done, mut written) = recover(&partial, job.n)?;
     let todo: Vec<_> = prompts
@@ -259,7 +246,7 @@ pub fn run_generate(job: GenerateJob) -> Result<GenerateSummary, RunError> {
     file.sync_all().map_err(io_err(&partial))?;
     drop(file);
     std::fs::rename(&partial, &job.output).map_err(io_err(&job.output))?;
-    write_record(&record, &identity, output_fingerprint(&job.output)?)?;
+    complete_file_stage(&record, &identity, &job.output)?;
     Ok(GenerateSummary {
         output: job.output,
         prompts: prompts.len(),
@@ -268,22 +255,6 @@ pub fn run_generate(job: GenerateJob) -> Result<GenerateSummary, RunError> {
         seconds: start.elapsed().as_secs_f64(),
         already_complete: false,
     })
-}
-
-/// A finished output file's fingerprint (its content hash), `None` when it does not exist.
-pub(crate) fn output_fingerprint(path: &Path) -> Result<Option<String>, RunError> {
-    if path.is_file() {
-        crate::identity::hash_file(path).map(Some)
-    } else {
-        Ok(None)
-    }
-}
-
-pub(crate) fn remove_if_exists(path: &Path) -> Result<(), RunError> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
-        _ => Ok(()),
-    }
 }
 
 /// The existing files and folders that a plugin's settings name (resolved against the recipe's

@@ -24,6 +24,10 @@ use sha2::{Digest, Sha256};
 
 use crate::error::RunError;
 
+/// Plugin settings that are not part of a stage's identity (see
+/// [`Identity::without_execution_settings`]).
+pub const EXECUTION_SETTINGS: &[&str] = &["device", "batch_size", "max_batch_tokens"];
+
 /// Files up to this size are hashed by content inside a model fingerprint.
 pub const SMALL_FILE: u64 = 16 << 20;
 
@@ -62,6 +66,17 @@ impl Identity {
             settings: flat,
             inputs: BTreeMap::new(),
         }
+    }
+
+    /// Drops execution settings of a plugin table (`device`, `batch_size`, `max_batch_tokens`
+    /// under `table.`): they change how the work is done, not what it computes (a sample or a
+    /// score does not depend on its batch or device beyond float rounding), so a run killed for
+    /// lack of memory may resume with a smaller batch, or on another machine.
+    pub fn without_execution_settings(mut self, table: &str) -> Self {
+        for key in EXECUTION_SETTINGS {
+            self.settings.remove(&format!("{table}.{key}"));
+        }
+        self
     }
 
     /// Adds a data file's fingerprint (SHA-256 of its content).
@@ -320,6 +335,66 @@ pub fn reconcile(
         )));
     }
     fresh(has_work)
+}
+
+/// Prepares a stage that writes one output file with its partial files beside it: creates the
+/// output's folder, removes a killed process's stale temporary files there, reconciles the
+/// identity with `<output>.record.json` (see [`reconcile`]) and, when the stage starts afresh,
+/// removes the `partials` of earlier work. Returns what to do and the record's path.
+pub fn begin_file_stage(
+    identity: &Identity,
+    output: &Path,
+    partials: &[PathBuf],
+    restart: bool,
+) -> Result<(Resume, PathBuf), RunError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| {
+            RunError::Write(sweetspot_io::WriteError::Io {
+                path: path.clone(),
+                source,
+            })
+        }
+    };
+    if let Some(dir) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        sweetspot_io::remove_stale_temp_files(dir);
+    }
+    let record = record_path(output);
+    let fingerprint = || {
+        if output.is_file() {
+            hash_file(output).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let partial_exists = partials.iter().any(|p| p.exists());
+    let resume = reconcile(
+        identity,
+        &record,
+        output,
+        fingerprint,
+        partial_exists,
+        restart,
+    )?;
+    if resume == Resume::Fresh {
+        for p in partials {
+            match std::fs::remove_file(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(p)(e)),
+                _ => {}
+            }
+        }
+    }
+    Ok((resume, record))
+}
+
+/// Writes the record of a finished output file (its content hash as the fingerprint).
+pub fn complete_file_stage(
+    record: &Path,
+    identity: &Identity,
+    output: &Path,
+) -> Result<(), RunError> {
+    write_record(record, identity, Some(hash_file(output)?))
 }
 
 /// Writes the record (`complete`: the output's fingerprint once it is done), atomically.

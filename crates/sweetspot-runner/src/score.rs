@@ -18,8 +18,8 @@ use sweetspot_core::{BuildContext, PluginError, Progress, RewardModelConfig, Sco
 use sweetspot_io::{SampleReader, ScoredRow, WriteError};
 
 use crate::error::RunError;
-use crate::generate::{output_fingerprint, partial_path, remove_if_exists, setting_paths};
-use crate::identity::{Identity, Resume, reconcile, record_path, write_record};
+use crate::generate::{partial_path, setting_paths};
+use crate::identity::{Identity, Resume, begin_file_stage, complete_file_stage};
 use crate::progress::BarProgress;
 
 /// Everything the score stage needs, paths resolved.
@@ -162,45 +162,29 @@ pub fn run_score(job: ScoreJob) -> Result<ScoreSummary, RunError> {
             "groups_per_call": job.groups_per_call,
             "seed": job.ctx.seed,
         }),
-    );
+    )
+    .without_execution_settings("reward");
     identity.data_input("samples", &job.input)?;
     identity.path_settings(|p| job.ctx.resolve(p))?;
     let mut reader = SampleReader::open(&job.input)?;
-    if let Some(parent) = job.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    }
     let partial = partial_path(&job.output);
     let progress_file = progress_path(&job.output);
-    let record = record_path(&job.output);
-    if let Some(dir) = job.output.parent() {
-        sweetspot_io::remove_stale_temp_files(dir);
-    }
-    let output = job.output.clone();
-    let resume = reconcile(
+    let (resume, record) = begin_file_stage(
         &identity,
-        &record,
         &job.output,
-        || output_fingerprint(&output),
-        partial.exists() || progress_file.exists(),
+        &[partial.clone(), progress_file.clone()],
         job.restart,
     )?;
-    match resume {
-        Resume::Complete => {
-            return Ok(ScoreSummary {
-                output: job.output,
-                groups: 0,
-                samples: total as usize,
-                resumed_groups: 0,
-                objectives: Vec::new(),
-                seconds: start.elapsed().as_secs_f64(),
-                already_complete: true,
-            });
-        }
-        Resume::Fresh => {
-            remove_if_exists(&partial)?;
-            remove_if_exists(&progress_file)?;
-        }
-        Resume::Continue => {}
+    if resume == Resume::Complete {
+        return Ok(ScoreSummary {
+            output: job.output,
+            groups: 0,
+            samples: total as usize,
+            resumed_groups: 0,
+            objectives: Vec::new(),
+            seconds: start.elapsed().as_secs_f64(),
+            already_complete: true,
+        });
     }
     let mut done = recover(&partial, &progress_file)?;
     let resumed = done.groups;
@@ -250,7 +234,7 @@ pub fn run_score(job: ScoreJob) -> Result<ScoreSummary, RunError> {
         }
         return Err(e);
     }
-    write_record(&record, &identity, output_fingerprint(&job.output)?)?;
+    complete_file_stage(&record, &identity, &job.output)?;
     Ok(ScoreSummary {
         output: job.output,
         groups: done.groups,

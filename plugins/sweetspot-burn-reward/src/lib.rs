@@ -333,22 +333,8 @@ impl RewardModelConfig for JudgeConfig {
     }
 
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn RewardModel>, PluginError> {
-        check_common(
-            ctx,
-            &self.model,
-            self.batch_size,
-            self.max_batch_tokens,
-            self.device.as_ref(),
-        )
-        .map_err(issue("judge"))?;
-        for key in ["{prompt}", "{response}"] {
-            if !self.template.contains(key) {
-                return Err(PluginError::config(
-                    "judge",
-                    format!("`template` must contain {key}"),
-                ));
-            }
-        }
+        // The check reads only the tokenizer (a GGUF's header), so it costs little here.
+        self.check(ctx).map_err(issue("judge"))?;
         let path = ctx.resolve(&self.model);
         let device = device_for(self.device.as_ref(), ctx)?;
         tracing::info!(model = %path.display(), "loading judge model");
