@@ -119,6 +119,8 @@ pub fn validate_recipe(
     let mut described = Vec::new();
     let mut inputs: Vec<Named> = Vec::new();
     let mut outputs: Vec<Named> = Vec::new();
+    // The files the pairs stage of this run will write, when it runs.
+    let mut pair_files: Vec<PathBuf> = Vec::new();
     let plugin_paths =
         |table: &str, value: serde_json::Value, stage: usize, into: &mut Vec<Named>| {
             let mut stack = vec![(table.to_string(), value)];
@@ -250,6 +252,16 @@ pub fn validate_recipe(
                 ),
             ));
         }
+        let out = ctx.resolve(&p.output);
+        pair_files = if single {
+            vec![resolved(&out)]
+        } else {
+            let ext = p.format.unwrap_or_default().extension();
+            names
+                .iter()
+                .map(|(n, _)| resolved(&out.join(format!("{n}.{ext}"))))
+                .collect()
+        };
         inputs.push(Named {
             key: "pairs.input".into(),
             path: ctx.resolve(&p.input),
@@ -307,9 +319,38 @@ pub fn validate_recipe(
         t.loss
             .check(ctx)
             .map_err(|i| plugin_issue("train.loss", i))?;
+        let train_pairs = ctx.resolve(&t.pairs);
+        if train_pairs
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+        {
+            return Err(err(
+                "train.pairs",
+                "the trainer reads pairs as JSONL: write them with format = \"jsonl\"".into(),
+            ));
+        }
+        // Made by this run's pairs stage: it must be one of the files that stage writes.
+        if stages.pairs {
+            let p = resolved(&train_pairs);
+            let pairs_out = r.pairs.as_ref().map(|c| resolved(&ctx.resolve(&c.output)));
+            if pairs_out.is_some_and(|o| p.starts_with(&o)) && !pair_files.contains(&p) {
+                let names: Vec<String> = pair_files
+                    .iter()
+                    .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect();
+                return Err(err(
+                    "train.pairs",
+                    format!(
+                        "{} is not a dataset the pairs stage writes (it writes {})",
+                        train_pairs.display(),
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
         inputs.push(Named {
             key: "train.pairs".into(),
-            path: ctx.resolve(&t.pairs),
+            path: train_pairs,
             stage: 3,
         });
         inputs.push(Named {
