@@ -290,6 +290,13 @@ pub fn reconcile(
                 record_path.display()
             )));
         }
+        if output.exists() && !partial_exists {
+            tracing::warn!(
+                "{} exists with no record of what made it ({} is missing): it will be replaced",
+                output.display(),
+                record_path.display()
+            );
+        }
         return fresh(partial_exists);
     };
     let changes = identity.changes_from(&old.identity);
