@@ -16,7 +16,7 @@ use sweetspot_core::{BuildContext, PluginError, Progress, SampleRequest, Sampler
 use sweetspot_io::{SampleRow, WriteError, read_prompts_at};
 
 use crate::error::RunError;
-use crate::identity::{Identity, Resume, begin_file_stage, complete_file_stage};
+use crate::identity::{Identity, Resume, begin_file_stage, complete_file_stage, existing_paths};
 use crate::progress::BarProgress;
 
 /// Everything the generate stage needs, paths resolved.
@@ -123,8 +123,9 @@ pub fn run_generate(job: GenerateJob) -> Result<GenerateSummary, RunError> {
     }
     let sampler_settings = serde_json::to_value(&job.sampler)
         .map_err(|e| RunError::Config(format!("[sampler]: {e}")))?;
+    let plugin_inputs = existing_paths("sampler", &sampler_settings, |p| job.ctx.resolve(p));
     let mut inputs = vec![job.prompts.clone()];
-    inputs.extend(setting_paths(&sampler_settings, &job.ctx));
+    inputs.extend(plugin_inputs.iter().map(|(_, p)| p.clone()));
     crate::paths::check_outputs(&inputs, std::slice::from_ref(&job.output))?;
     let at_lines = read_prompts_at(&job.prompts)?;
     // Before any model loads: a prompt the model cannot take is named by file and line.
@@ -153,7 +154,7 @@ pub fn run_generate(job: GenerateJob) -> Result<GenerateSummary, RunError> {
     )
     .without_execution_settings("sampler");
     identity.data_input("prompts", &job.prompts)?;
-    identity.path_settings(|p| job.ctx.resolve(p))?;
+    identity.model_inputs(&plugin_inputs)?;
     let partial = partial_path(&job.output);
     let (resume, record) = begin_file_stage(
         &identity,
@@ -255,25 +256,4 @@ pub fn run_generate(job: GenerateJob) -> Result<GenerateSummary, RunError> {
         seconds: start.elapsed().as_secs_f64(),
         already_complete: false,
     })
-}
-
-/// The existing files and folders that a plugin's settings name (resolved against the recipe's
-/// folder): inputs an output must not overwrite.
-pub(crate) fn setting_paths(settings: &serde_json::Value, ctx: &BuildContext) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![settings];
-    while let Some(v) = stack.pop() {
-        match v {
-            serde_json::Value::String(s) => {
-                let p = ctx.resolve(Path::new(s));
-                if !s.is_empty() && p.exists() {
-                    out.push(p);
-                }
-            }
-            serde_json::Value::Object(m) => stack.extend(m.values()),
-            serde_json::Value::Array(a) => stack.extend(a.iter()),
-            _ => {}
-        }
-    }
-    out
 }

@@ -92,18 +92,10 @@ impl Identity {
         Ok(())
     }
 
-    /// Fingerprints every string setting that names an existing file or folder (resolved with
-    /// `resolve`) as a model input: plugins are opaque to the runner, so any path they are given
-    /// counts as something they read.
-    pub fn path_settings(&mut self, resolve: impl Fn(&Path) -> PathBuf) -> Result<(), RunError> {
-        let paths: Vec<(String, PathBuf)> = self
-            .settings
-            .iter()
-            .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), resolve(Path::new(s)))))
-            .filter(|(_, p)| p.exists())
-            .collect();
+    /// Adds each (setting, path) of [`existing_paths`] as a model input.
+    pub fn model_inputs(&mut self, paths: &[(String, PathBuf)]) -> Result<(), RunError> {
         for (key, path) in paths {
-            self.model_input(&key, &path)?;
+            self.model_input(key, path)?;
         }
         Ok(())
     }
@@ -139,6 +131,42 @@ impl Identity {
         }
         out
     }
+}
+
+/// The settings of the plugin table `table` that name an existing file or folder once resolved
+/// with `resolve`, as (dotted key, path). Plugins are opaque to the runner, so every path they
+/// are given counts as something they read: an input to fingerprint, and one no output may
+/// overwrite.
+pub fn existing_paths(
+    table: &str,
+    settings: &serde_json::Value,
+    resolve: impl Fn(&Path) -> PathBuf,
+) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let mut stack = vec![(table.to_string(), settings)];
+    while let Some((key, v)) = stack.pop() {
+        match v {
+            serde_json::Value::String(s) if !s.is_empty() => {
+                let p = resolve(Path::new(s));
+                if p.exists() {
+                    out.push((key, p));
+                }
+            }
+            serde_json::Value::Object(m) => {
+                stack.extend(m.iter().map(|(k, v)| (format!("{key}.{k}"), v)));
+            }
+            serde_json::Value::Array(a) => {
+                stack.extend(
+                    a.iter()
+                        .enumerate()
+                        .map(|(i, v)| (format!("{key}[{i}]"), v)),
+                );
+            }
+            _ => {}
+        }
+    }
+    out.sort();
+    out
 }
 
 fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
@@ -290,7 +318,8 @@ pub fn reconcile(
                 record_path.display()
             )));
         }
-        if output.exists() && !partial_exists {
+        // The complete output (a file; train: its policy) with nothing saying what made it.
+        if !partial_exists && output_fingerprint()?.is_some() {
             tracing::warn!(
                 "{} exists with no record of what made it ({} is missing): it will be replaced",
                 output.display(),

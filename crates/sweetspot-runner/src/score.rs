@@ -18,8 +18,8 @@ use sweetspot_core::{BuildContext, PluginError, Progress, RewardModelConfig, Sco
 use sweetspot_io::{SampleReader, ScoredRow, WriteError};
 
 use crate::error::RunError;
-use crate::generate::{partial_path, setting_paths};
-use crate::identity::{Identity, Resume, begin_file_stage, complete_file_stage};
+use crate::generate::partial_path;
+use crate::identity::{Identity, Resume, begin_file_stage, complete_file_stage, existing_paths};
 use crate::progress::BarProgress;
 
 /// Everything the score stage needs, paths resolved.
@@ -151,8 +151,9 @@ pub fn run_score(job: ScoreJob) -> Result<ScoreSummary, RunError> {
     }
     let reward_settings = serde_json::to_value(&job.reward)
         .map_err(|e| RunError::Config(format!("[reward]: {e}")))?;
+    let plugin_inputs = existing_paths("reward", &reward_settings, |p| job.ctx.resolve(p));
     let mut inputs = vec![job.input.clone()];
-    inputs.extend(setting_paths(&reward_settings, &job.ctx));
+    inputs.extend(plugin_inputs.iter().map(|(_, p)| p.clone()));
     crate::paths::check_outputs(&inputs, std::slice::from_ref(&job.output))?;
     let total = check_input(&job.input)?;
     let mut identity = Identity::new(
@@ -165,7 +166,7 @@ pub fn run_score(job: ScoreJob) -> Result<ScoreSummary, RunError> {
     )
     .without_execution_settings("reward");
     identity.data_input("samples", &job.input)?;
-    identity.path_settings(|p| job.ctx.resolve(p))?;
+    identity.model_inputs(&plugin_inputs)?;
     let mut reader = SampleReader::open(&job.input)?;
     let partial = partial_path(&job.output);
     let progress_file = progress_path(&job.output);

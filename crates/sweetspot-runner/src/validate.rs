@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use sweetspot_core::BuildContext;
 use sweetspot_core::recipe::{Recipe, RecipeError, error_at};
 
+use crate::identity::existing_paths;
 use crate::paths::resolved;
 
 /// Which stages of a recipe are about to run (and so are checked).
@@ -123,24 +124,8 @@ pub fn validate_recipe(
     let mut pair_files: Vec<PathBuf> = Vec::new();
     let plugin_paths =
         |table: &str, value: serde_json::Value, stage: usize, into: &mut Vec<Named>| {
-            let mut stack = vec![(table.to_string(), value)];
-            while let Some((key, v)) = stack.pop() {
-                match v {
-                    serde_json::Value::String(s) => {
-                        let p = ctx.resolve(Path::new(&s));
-                        if !s.is_empty() && p.exists() {
-                            into.push(Named {
-                                key,
-                                path: p,
-                                stage,
-                            });
-                        }
-                    }
-                    serde_json::Value::Object(m) => {
-                        stack.extend(m.into_iter().map(|(k, v)| (format!("{key}.{k}"), v)))
-                    }
-                    _ => {}
-                }
+            for (key, path) in existing_paths(table, &value, |p| ctx.resolve(p)) {
+                into.push(Named { key, path, stage });
             }
         };
 
