@@ -171,6 +171,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Box::new(MaxMin::default()),
             Box::new(MaxOfNMinOfK::default()),
         ],
+        n: None,
         ctx: BuildContext::new(&dir),
         quiet: true,
     })?;

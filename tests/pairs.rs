@@ -5,13 +5,13 @@ mod common;
 use common::*;
 use std::collections::BTreeMap;
 
-const QUICKSTART: &str = "quickstart/recipe.toml";
+const QUICKSTART: &str = "pairs-only/recipe.toml";
 
 fn run_recipe(input: &std::path::Path, out: &std::path::Path) -> serde_json::Value {
     // The quickstart recipe's strategies, over another input.
     let recipe = std::fs::read_to_string(example(QUICKSTART)).unwrap();
     let recipe = recipe.replace(
-        "input = \"scored.jsonl\"",
+        "input = \"../quickstart/scored.jsonl\"",
         &format!("input = {:?}", input.to_str().unwrap()),
     );
     let dir = out.parent().unwrap();

@@ -168,7 +168,11 @@ proptest! {
             let ctx = BuildContext::new(root().join("examples/quickstart"));
             let src = sweetspot_runner::RecipeSource { recipe: &recipe, text: &text, origin: &origin };
             let stages = sweetspot_runner::Stages::all_of(&recipe);
-            bounded("recipe check", || drop(sweetspot_runner::validate_recipe(&src, &ctx, stages)))?;
+            let checked = bounded("recipe check", || sweetspot_runner::validate_recipe(&src, &ctx, stages).is_ok())?;
+            if checked {
+                // A recipe that passes the check expands into a graph without panicking.
+                bounded("recipe plan", || drop(sweetspot_runner::plan::plan(&recipe, &origin, &ctx)))?;
+            }
         }
     }
 }

@@ -247,13 +247,13 @@ fn train_refuses_to_extend_or_resume_another_run() {
     assert!(err.contains("`learning_rate` was 0.001"), "{err}");
     assert!(dir.join("run/policy/config.json").exists());
 
-    // A killed run (checkpoint, no policy yet) with other pairs: refused.
+    // A killed run (metrics of its steps, no policy yet) with other pairs: refused.
     std::fs::remove_dir_all(dir.join("run/policy")).unwrap();
     mark_incomplete(&dir.join("run/record.json"));
     std::fs::write(dir.join("pairs.jsonl"), pairs.replace("go away", "no")).unwrap();
     let err = assert_clean_failure(&train(dir, "dpo", "1e-3", &[]), 2);
     assert!(err.contains("input `pairs` has changed"), "{err}");
-    assert!(dir.join("run/checkpoint/state.json").exists());
+    assert!(dir.join("run/metrics.jsonl").exists());
 
     // --restart trains the new run from the start; an export a kill interrupted (a half
     // written `policy.tmp/`) never becomes the policy and is cleared.

@@ -39,12 +39,24 @@ pub struct Recipe {
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// Pairs in TRL's preference format (JSONL: `prompt`, `chosen`, `rejected`, as messages or
-    /// text), as `[pairs]` writes them.
-    pub pairs: PathBuf,
+    /// text), as `[pairs]` writes them. In `sweetspot run`, leave it out and name `datasets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<PathBuf>,
+    /// `sweetspot run`: the datasets of the run's `[pairs]` stage to train on (names, globs such
+    /// as `grid_max_vs_*`, or `all`), one policy per dataset and `[pairs].n`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datasets: Option<OneOrMany<String>>,
     /// The policy to start from: a model folder or a `.gguf` file. It is also the reference.
-    pub policy: PathBuf,
+    /// In `sweetspot run`, the sampler's model when left out (on-policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PathBuf>,
     /// The run folder: the trained policy (Hugging Face layout), `metrics.jsonl`, checkpoints.
-    pub output: PathBuf,
+    /// In `sweetspot run`, a copy of the one trained policy (the run folder holds them all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<PathBuf>,
+    /// `sweetspot run`: seeds of the data order, one policy per seed (default `[run].seed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<OneOrMany<u64>>,
     /// Passes over the pairs.
     #[serde(default = "one")]
     pub epochs: usize,
@@ -90,8 +102,36 @@ pub struct TrainConfig {
     #[serde(default)]
     pub gradient_checkpointing: bool,
     /// The loss (`[train.loss]`).
-    pub loss: Box<dyn PreferenceLossConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<Box<dyn PreferenceLossConfig>>,
+    /// `sweetspot run`: several losses (`[[train.losses]]`), one policy per loss; instead of
+    /// `loss`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub losses: Vec<Box<dyn PreferenceLossConfig>>,
 }
+
+/// One value or a list of values (`n = 16` or `n = [8, 16]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// One value.
+    One(T),
+    /// A list.
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    /// The values, in order.
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            Self::One(v) => vec![v.clone()],
+            Self::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `[run].device`: one device, or a pool that independent stages share out.
+pub type Devices = OneOrMany<String>;
 
 /// The float type a model's weights are held and computed in. Norm statistics, softmax and
 /// the logits stay in f32 whatever the choice, as in transformers.
@@ -186,10 +226,12 @@ fn default_save_steps() -> usize {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateConfig {
-    /// Prompts (JSONL: `prompt`, optional `prompt_id`).
-    pub prompts: PathBuf,
-    /// Samples out (JSONL, long layout).
-    pub output: PathBuf,
+    /// Prompts (JSONL: `prompt`, optional `prompt_id`); with `[run].rounds`, a list gives each
+    /// round its own prompts (one file: the same prompts every round).
+    pub prompts: OneOrMany<PathBuf>,
+    /// Samples out (JSONL, long layout). In `sweetspot run`, a copy (the run folder holds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<PathBuf>,
     /// Samples per prompt.
     pub n: usize,
 }
@@ -198,10 +240,14 @@ pub struct GenerateConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreConfig {
-    /// Samples (JSONL, long layout, as `[generate]` writes them).
-    pub input: PathBuf,
-    /// Scored samples out (JSONL, long layout with `reward`, the input of `[pairs]`).
-    pub output: PathBuf,
+    /// Samples (JSONL, long layout, as `[generate]` writes them). In `sweetspot run`, what
+    /// `[generate]` made when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<PathBuf>,
+    /// Scored samples out (JSONL, long layout with `reward`, the input of `[pairs]`). In
+    /// `sweetspot run`, a copy (the run folder holds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<PathBuf>,
     /// Prompt groups handed to the reward model per call (its samples are length-sorted into
     /// batches together; a killed run resumes at a call boundary).
     #[serde(default = "default_groups_per_call")]
@@ -219,10 +265,35 @@ pub struct RunConfig {
     /// A name for the run, shown in logs and summaries.
     pub name: Option<String>,
     /// The device: `cpu` (the default), `wgpu`, `cuda`, `cuda:1`, ... `--device` overrides it.
-    pub device: Option<String>,
+    /// A list (`["cuda:0", "cuda:1"]`) is a pool: `sweetspot run` runs independent stages on
+    /// them at once, one per device.
+    pub device: Option<Devices>,
     /// The seed every random choice derives from.
     #[serde(default)]
     pub seed: u64,
+    /// `sweetspot run`: the run folder (default `runs/<name>` beside the recipe).
+    pub dir: Option<PathBuf>,
+    /// `sweetspot run`: rounds of iterative alignment; round r + 1 samples with (and trains
+    /// from) round r's policy named by `continue_with`.
+    #[serde(default = "one_round")]
+    pub rounds: usize,
+    /// `sweetspot run`: the policy each round continues with (a dataset name, or a policy name
+    /// such as `grid_max_vs_-2-n16`), when `rounds` > 1.
+    pub continue_with: Option<String>,
+}
+
+fn one_round() -> usize {
+    1
+}
+
+impl RunConfig {
+    /// The devices named (empty when none is).
+    pub fn devices(&self) -> Vec<String> {
+        self.device
+            .as_ref()
+            .map(OneOrMany::to_vec)
+            .unwrap_or_default()
+    }
 }
 
 /// How an input's rows are laid out.
@@ -275,14 +346,22 @@ pub enum OnBadGroup {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PairsConfig {
-    /// Scored samples: `.jsonl` or `.parquet`, long or grouped layout.
-    pub input: PathBuf,
+    /// Scored samples: `.jsonl` or `.parquet`, long or grouped layout. In `sweetspot run`, what
+    /// `[score]` made when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<PathBuf>,
     /// The input's layout.
     #[serde(default)]
     pub input_layout: InputLayout,
     /// The output: a folder (one file per dataset plus `summary.json`), or, for a run that writes
-    /// one dataset, a `.jsonl` / `.parquet` file.
-    pub output: PathBuf,
+    /// one dataset, a `.jsonl` / `.parquet` file. In `sweetspot run`, a copy (the run folder
+    /// holds every pair set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<PathBuf>,
+    /// Use the first n samples of each group; a list (`[5, 10, 20]`) makes one pair set per n
+    /// from the one pool (`sweetspot run`). Sets every strategy's `n`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<OneOrMany<usize>>,
     /// The output format; by default the output file's extension, else JSONL.
     pub format: Option<OutputFormat>,
     /// Groups with fewer samples than a strategy needs.
@@ -302,6 +381,7 @@ const PLUGIN_TABLES: &[(&[&str], PluginKind)] = &[
     (&["sampler"], PluginKind::Sampler),
     (&["reward"], PluginKind::RewardModel),
     (&["train", "loss"], PluginKind::PreferenceLoss),
+    (&["train", "losses", "*"], PluginKind::PreferenceLoss),
 ];
 
 /// A recipe that cannot be read: where, and what.
@@ -406,6 +486,10 @@ pub fn parse_checked<T: serde::de::DeserializeOwned>(
         ] {
             message = message.replace(trait_name, kind.noun());
         }
+        message = message.replace(
+            "data did not match any variant of untagged enum OneOrMany",
+            "expected one value or a list of values",
+        );
         // Errors inside a plugin table come back through typetag without the key's span: find
         // the failing table and the key that makes it fail.
         if let Some((span, key)) = e

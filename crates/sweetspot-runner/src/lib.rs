@@ -9,10 +9,12 @@
 
 mod error;
 mod generate;
+pub mod graph;
 pub mod identity;
 mod pairs;
 pub mod paths;
-mod progress;
+pub mod plan;
+pub mod progress;
 mod score;
 mod stats;
 mod train;
@@ -25,5 +27,5 @@ pub use progress::BarProgress;
 pub use score::{ScoreJob, ScoreSummary, run_score};
 pub use stats::{DatasetStats, dataset_stats};
 pub use sweetspot_train::run::TrainSummary;
-pub use train::run_train;
+pub use train::{run_train, run_train_with};
 pub use validate::{Invalid, RecipeSource, Stages, validate_recipe};

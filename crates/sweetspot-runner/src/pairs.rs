@@ -33,6 +33,9 @@ pub struct PairsJob {
     pub on_invalid_reward: OnBadGroup,
     /// The strategies.
     pub strategies: Vec<Box<dyn PairStrategyConfig>>,
+    /// Only the first n samples of each group (by sample index) are used, by every strategy;
+    /// a group with fewer is a small group.
+    pub n: Option<usize>,
     /// The context the strategies are built with.
     pub ctx: BuildContext,
     /// Hide the progress bar.
@@ -40,19 +43,48 @@ pub struct PairsJob {
 }
 
 impl PairsJob {
-    /// The job for a recipe's `[pairs]` table; relative paths resolve against `ctx.base_dir`.
-    pub fn from_config(cfg: PairsConfig, ctx: BuildContext) -> Self {
-        Self {
-            input: ctx.resolve(&cfg.input),
+    /// The job for a recipe's `[pairs]` table, reading `input` and writing `output` (the
+    /// table's own, resolved against `ctx.base_dir`, when `None`). A table without them (made
+    /// for `sweetspot run`) is refused by name.
+    pub fn from_config(
+        cfg: PairsConfig,
+        input: Option<PathBuf>,
+        output: Option<PathBuf>,
+        ctx: BuildContext,
+    ) -> Result<Self, RunError> {
+        let pick = |given: Option<PathBuf>, own: &Option<PathBuf>, key: &str| {
+            given
+                .or_else(|| own.as_ref().map(|p| ctx.resolve(p)))
+                .ok_or_else(|| {
+                    RunError::Config(format!(
+                        "[pairs]: `{key}` is not given (it is needed outside `sweetspot run`)"
+                    ))
+                })
+        };
+        let input = pick(input, &cfg.input, "input")?;
+        let output = pick(output, &cfg.output, "output")?;
+        let n = match cfg.n.as_ref().map(|n| n.to_vec()).as_deref() {
+            None => None,
+            Some([n]) => Some(*n),
+            Some(ns) => {
+                return Err(RunError::Config(format!(
+                    "[pairs]: `n` lists {} values: one pair set per n is for `sweetspot run`",
+                    ns.len()
+                )));
+            }
+        };
+        Ok(Self {
+            input,
             input_layout: cfg.input_layout,
-            output: ctx.resolve(&cfg.output),
+            output,
             format: cfg.format,
             on_small_group: cfg.on_small_group,
             on_invalid_reward: cfg.on_invalid_reward,
             strategies: cfg.strategies,
+            n,
             ctx,
             quiet: false,
-        }
+        })
     }
 }
 
@@ -250,7 +282,7 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
     let mut selections = Vec::new();
     for message in rx.iter() {
         let (record, is_long) = message?;
-        let (group, at) = match record {
+        let (mut group, at) = match record {
             Record::Group { group, at } => (group, at),
             Record::InvalidReward { .. } => {
                 for s in skipped.iter_mut() {
@@ -259,6 +291,29 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
                 continue;
             }
         };
+        if let Some(n) = job.n {
+            if group.samples.len() < n {
+                if job.on_small_group == OnBadGroup::Skip {
+                    for s in skipped.iter_mut() {
+                        *s.entry(SkipReason::TOO_FEW_SAMPLES).or_default() += 1;
+                    }
+                    continue;
+                }
+                return Err(RunError::SmallGroup(Box::new(
+                    crate::error::SmallGroupError {
+                        path: job.input.clone(),
+                        at,
+                        field: (is_long == Some(false))
+                            .then(|| "all_generated_responses".to_string()),
+                        prompt_id: group.prompt.id.clone(),
+                        has: group.samples.len(),
+                        needs: n,
+                        strategy: "`[pairs].n`".into(),
+                    },
+                )));
+            }
+            group.samples.truncate(n);
+        }
         samples += group.samples.len() as u64;
         for b in &built {
             let needs = b.strategy.min_samples();

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sweetspot_core::Progress;
 
 /// A [`Progress`] drawn as an indicatif bar on stderr (hidden when stderr is not a terminal or
@@ -10,17 +10,26 @@ pub struct BarProgress {
     bar: ProgressBar,
 }
 
+/// The bars of a run drawn together: the run's overall line first, each stage's bar below it.
+fn multi() -> &'static MultiProgress {
+    static MULTI: std::sync::OnceLock<MultiProgress> = std::sync::OnceLock::new();
+    MULTI.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+}
+
+/// Runs `f` (which writes to stderr, such as a log line) with the bars hidden, so that they
+/// are redrawn below its output instead of garbling it.
+pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
+    multi().suspend(f)
+}
+
 impl BarProgress {
     /// A bar counting `unit` (`bytes`, `samples`, ...), with `label` in front.
     pub fn new(label: &str, unit: &str, quiet: bool) -> Self {
-        let bar = ProgressBar::with_draw_target(
-            None,
-            if quiet {
-                ProgressDrawTarget::hidden()
-            } else {
-                ProgressDrawTarget::stderr()
-            },
-        );
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            multi().add(ProgressBar::new_spinner())
+        };
         let template = if unit == "bytes" {
             "{prefix} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, eta {eta}) {msg}"
         } else {
@@ -42,6 +51,7 @@ impl BarProgress {
     /// Removes the bar.
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+        multi().remove(&self.bar);
     }
 }
 

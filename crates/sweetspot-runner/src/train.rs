@@ -18,8 +18,38 @@ pub fn run_train(
     quiet: bool,
     restart: bool,
 ) -> Result<TrainSummary, RunError> {
-    let output = ctx.resolve(&cfg.output);
-    let (pairs, policy) = (ctx.resolve(&cfg.pairs), ctx.resolve(&cfg.policy));
+    run_train_with(cfg, ctx, quiet, restart, None)
+}
+
+/// The pairs, policy and output of a `[train]` table with one of each, resolved.
+fn train_paths(
+    cfg: &TrainConfig,
+    ctx: &BuildContext,
+) -> Result<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf), RunError> {
+    let need = |v: &Option<std::path::PathBuf>, key: &str| {
+        v.as_ref().map(|p| ctx.resolve(p)).ok_or_else(|| {
+            RunError::Config(format!(
+                "[train]: `{key}` is not given (it is needed outside `sweetspot run`)"
+            ))
+        })
+    };
+    Ok((
+        need(&cfg.pairs, "pairs")?,
+        need(&cfg.policy, "policy")?,
+        need(&cfg.output, "output")?,
+    ))
+}
+
+/// [`run_train`], with the reference log-probabilities cached in `reference_cache` instead of
+/// beside the pairs file (the run folder's cache, so that a node never writes into another's).
+pub fn run_train_with(
+    cfg: TrainConfig,
+    ctx: &BuildContext,
+    quiet: bool,
+    restart: bool,
+    reference_cache: Option<std::path::PathBuf>,
+) -> Result<TrainSummary, RunError> {
+    let (pairs, policy, output) = train_paths(&cfg, ctx)?;
     crate::paths::check_outputs(
         &[pairs.clone(), policy.clone()],
         std::slice::from_ref(&output),
@@ -82,7 +112,7 @@ pub fn run_train(
         }
         Resume::Continue => {}
     }
-    let summary = match run_train_inner(cfg, ctx, quiet) {
+    let summary = match run_train_inner(cfg, ctx, quiet, reference_cache) {
         Ok(s) => s,
         Err(e) => {
             // A run that failed before its first step leaves nothing behind.
@@ -105,8 +135,15 @@ fn run_train_inner(
     cfg: TrainConfig,
     ctx: &BuildContext,
     quiet: bool,
+    reference_cache: Option<std::path::PathBuf>,
 ) -> Result<TrainSummary, RunError> {
-    let loss = cfg.loss.build(ctx).map_err(|source| RunError::Plugin {
+    let (pairs, policy, output) = train_paths(&cfg, ctx)?;
+    let (Some(loss), true) = (&cfg.loss, cfg.losses.is_empty()) else {
+        return Err(RunError::Config(
+            "[train]: give one `[train.loss]` (a list of losses is for `sweetspot run`)".into(),
+        ));
+    };
+    let loss = loss.build(ctx).map_err(|source| RunError::Plugin {
         plugin: "train.loss".into(),
         source,
     })?;
@@ -120,9 +157,10 @@ fn run_train_inner(
     let device = sweetspot_model::resolve_device(&ctx.device)
         .map_err(|e| RunError::Train(sweetspot_train::TrainError::Model(e)))?;
     let settings = TrainSettings {
-        pairs: ctx.resolve(&cfg.pairs),
-        policy: ctx.resolve(&cfg.policy),
-        output: ctx.resolve(&cfg.output),
+        pairs,
+        policy,
+        output,
+        reference_cache,
         device,
         epochs: cfg.epochs,
         batch_size: cfg.batch_size,

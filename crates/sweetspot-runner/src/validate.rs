@@ -23,6 +23,10 @@ pub struct Stages {
     pub pairs: bool,
     /// `[train]`.
     pub train: bool,
+    /// The stages run as one graph (`sweetspot run`, `sweetspot validate`): outputs may be left
+    /// out (they go to the run folder), inputs may be left out (they come from the stage
+    /// before), and lists (sweeps, rounds, device pools) are allowed.
+    pub chained: bool,
 }
 
 impl Stages {
@@ -33,6 +37,7 @@ impl Stages {
             score: recipe.score.is_some(),
             pairs: recipe.pairs.is_some(),
             train: recipe.train.is_some(),
+            chained: true,
         }
     }
 
@@ -42,6 +47,7 @@ impl Stages {
         score: false,
         pairs: false,
         train: false,
+        chained: false,
     };
 }
 
@@ -117,17 +123,91 @@ pub fn validate_recipe(
         }
     };
     sweetspot_core::check_device_name(&ctx.device).map_err(|m| err("run.device", m))?;
+    let chained = stages.chained;
+    let devices = r.run.devices();
+    if r.run.device.is_some() && devices.is_empty() {
+        return Err(err(
+            "run.device",
+            "an empty list: name at least one device".into(),
+        ));
+    }
+    if devices.len() > 1 && !chained {
+        return Err(err(
+            "run.device",
+            "a pool of devices is for `sweetspot run`: give one device".into(),
+        ));
+    }
+    for d in &devices {
+        sweetspot_core::check_device_name(d).map_err(|m| err("run.device", m))?;
+    }
+    let rounds = r.run.rounds;
+    if rounds == 0 {
+        return Err(err("run.rounds", "must be at least 1".into()));
+    }
+    if rounds > 1 {
+        if !chained {
+            return Err(err("run.rounds", "rounds are for `sweetspot run`".into()));
+        }
+        if !(stages.generate && stages.score && stages.pairs && stages.train) {
+            return Err(err(
+                "run.rounds",
+                "rounds need every stage: [generate], [score], [pairs] and [train]".into(),
+            ));
+        }
+        if r.run.continue_with.is_none() {
+            return Err(err(
+                "run.rounds",
+                "name the policy each round continues with: `continue_with = \"<dataset>\"`".into(),
+            ));
+        }
+    } else if r.run.continue_with.is_some() {
+        return Err(err(
+            "run.continue_with",
+            "only used with `rounds` > 1 (it names the policy the next round samples with)".into(),
+        ));
+    }
+    // An output a chained run is given is a copy of its one product: refused where a sweep or
+    // rounds make several.
+    let one_place = |key: &str, given: bool, count: usize, what: &str| {
+        if !given && !chained {
+            return Err(err(
+                key,
+                format!("not given: name where the {what} go (or pass --output)"),
+            ));
+        }
+        if given && chained && count > 1 {
+            return Err(err(
+                key,
+                format!(
+                    "names one place, but this run makes {count} {what}: leave it out (the run \
+                     folder's index names each)"
+                ),
+            ));
+        }
+        Ok(())
+    };
     let mut described = Vec::new();
     let mut inputs: Vec<Named> = Vec::new();
     let mut outputs: Vec<Named> = Vec::new();
     // The files the pairs stage of this run will write, when it runs.
     let mut pair_files: Vec<PathBuf> = Vec::new();
+    let mut dataset_names: Vec<String> = Vec::new();
     let plugin_paths =
         |table: &str, value: serde_json::Value, stage: usize, into: &mut Vec<Named>| {
             for (key, path) in existing_paths(table, &value, |p| ctx.resolve(p)) {
                 into.push(Named { key, path, stage });
             }
         };
+    // An input left out, or the upstream stage's own output: that stage's product.
+    let connected = |given: &Option<PathBuf>, upstream: bool, upstream_out: Option<&PathBuf>| {
+        chained
+            && upstream
+            && match given {
+                None => true,
+                Some(p) => upstream_out
+                    .is_some_and(|o| resolved(&ctx.resolve(p)) == resolved(&ctx.resolve(o))),
+            }
+    };
 
     if stages.generate {
         let g = r
@@ -141,22 +221,42 @@ pub fn validate_recipe(
             return Err(err("generate.n", "must be at least 1".into()));
         }
         sampler.check(ctx).map_err(|i| plugin_issue("sampler", i))?;
-        inputs.push(Named {
-            key: "generate.prompts".into(),
-            path: ctx.resolve(&g.prompts),
-            stage: 0,
-        });
-        plugin_paths(
-            "sampler",
-            serde_json::to_value(sampler).unwrap_or_default(),
-            0,
-            &mut inputs,
-        );
-        outputs.push(Named {
-            key: "generate.output".into(),
-            path: ctx.resolve(&g.output),
-            stage: 0,
-        });
+        let prompts = g.prompts.to_vec();
+        if prompts.is_empty() || (prompts.len() > 1 && prompts.len() != rounds) {
+            return Err(err(
+                "generate.prompts",
+                format!(
+                    "{} files for {rounds} round(s): give one (the same prompts every round) \
+                     or one per round",
+                    prompts.len()
+                ),
+            ));
+        }
+        for p in prompts {
+            inputs.push(Named {
+                key: "generate.prompts".into(),
+                path: ctx.resolve(&p),
+                stage: 0,
+            });
+        }
+        let sampler_value = serde_json::to_value(sampler).unwrap_or_default();
+        if rounds > 1 && sampler_value.get("model").is_none() {
+            return Err(err(
+                "sampler",
+                "rounds need a sampler with a `model` setting (each round samples with the \
+                 policy the last one trained)"
+                    .into(),
+            ));
+        }
+        plugin_paths("sampler", sampler_value, 0, &mut inputs);
+        one_place("generate.output", g.output.is_some(), rounds, "sample sets")?;
+        if let Some(o) = &g.output {
+            outputs.push(Named {
+                key: "generate.output".into(),
+                path: ctx.resolve(o),
+                stage: 0,
+            });
+        }
         described.push(format!("generate ({} samples per prompt)", g.n));
     }
     if stages.score {
@@ -171,24 +271,49 @@ pub fn validate_recipe(
             return Err(err("score.groups_per_call", "must be at least 1".into()));
         }
         reward.check(ctx).map_err(|i| plugin_issue("reward", i))?;
-        inputs.push(Named {
-            key: "score.input".into(),
-            path: ctx.resolve(&s.input),
-            stage: 1,
-        });
+        let upstream_out = r.generate.as_ref().and_then(|g| g.output.as_ref());
+        if !connected(&s.input, stages.generate, upstream_out) {
+            let Some(input) = &s.input else {
+                return Err(err(
+                    "score.input",
+                    if chained {
+                        "not given: name the samples to score, or add a [generate] stage".into()
+                    } else {
+                        "not given: name the samples to score (`sweetspot run` takes them from \
+                         [generate])"
+                            .into()
+                    },
+                ));
+            };
+            inputs.push(Named {
+                key: "score.input".into(),
+                path: ctx.resolve(input),
+                stage: 1,
+            });
+        } else if let Some(input) = &s.input {
+            inputs.push(Named {
+                key: "score.input".into(),
+                path: ctx.resolve(input),
+                stage: 1,
+            });
+        }
         plugin_paths(
             "reward",
             serde_json::to_value(reward).unwrap_or_default(),
             1,
             &mut inputs,
         );
-        outputs.push(Named {
-            key: "score.output".into(),
-            path: ctx.resolve(&s.output),
-            stage: 1,
-        });
+        one_place("score.output", s.output.is_some(), rounds, "scored sets")?;
+        if let Some(o) = &s.output {
+            outputs.push(Named {
+                key: "score.output".into(),
+                path: ctx.resolve(o),
+                stage: 1,
+            });
+        }
         described.push("score".to_string());
     }
+    let mut ns: Vec<Option<usize>> = vec![None];
     if stages.pairs {
         let p = r
             .pairs
@@ -199,6 +324,52 @@ pub fn validate_recipe(
                 "pairs.strategies",
                 "no strategies: add at least one [[pairs.strategies]] table".into(),
             ));
+        }
+        if let Some(n) = &p.n {
+            let list = n.to_vec();
+            if list.is_empty() {
+                return Err(err("pairs.n", "an empty list: give at least one n".into()));
+            }
+            if list.contains(&0) {
+                return Err(err("pairs.n", "every n must be at least 1".into()));
+            }
+            let mut sorted = list.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if sorted.len() != list.len() {
+                return Err(err("pairs.n", "lists an n twice".into()));
+            }
+            if list.len() > 1 && !chained {
+                return Err(err(
+                    "pairs.n",
+                    "a list of n makes one pair set per n, which is for `sweetspot run`".into(),
+                ));
+            }
+            if let Some(g) = r.generate.as_ref().filter(|_| stages.generate)
+                && let Some(big) = list.iter().find(|&&n| n > g.n)
+            {
+                return Err(err(
+                    "pairs.n",
+                    format!(
+                        "{big} is more than the {} samples [generate] makes per prompt",
+                        g.n
+                    ),
+                ));
+            }
+            for (i, s) in p.strategies.iter().enumerate() {
+                let v = serde_json::to_value(s).unwrap_or_default();
+                match v.get("n") {
+                    Some(serde_json::Value::Null) => {}
+                    Some(_) => {
+                        return Err(err(
+                            &format!("pairs.strategies[{i}].n"),
+                            "set both here and in `[pairs].n`: keep one".into(),
+                        ));
+                    }
+                    None => {}
+                }
+            }
+            ns = list.into_iter().map(Some).collect();
         }
         let mut names: Vec<(String, usize)> = Vec::new();
         for (i, s) in p.strategies.iter().enumerate() {
@@ -222,43 +393,79 @@ pub fn validate_recipe(
                 names.push((name, i));
             }
         }
-        let single = p
-            .output
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("parquet"));
-        if single && names.len() != 1 {
-            return Err(err(
-                "pairs.output",
-                format!(
-                    "`{}` is one file, but the strategies write {} datasets: give a folder",
-                    p.output.display(),
-                    names.len()
-                ),
-            ));
+        dataset_names = names.iter().map(|(n, _)| n.clone()).collect();
+        one_place(
+            "pairs.output",
+            p.output.is_some(),
+            rounds * ns.len(),
+            "pair sets",
+        )?;
+        if let Some(output) = &p.output {
+            let single = output
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| {
+                    e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("parquet")
+                });
+            if single && names.len() != 1 {
+                return Err(err(
+                    "pairs.output",
+                    format!(
+                        "`{}` is one file, but the strategies write {} datasets: give a folder",
+                        output.display(),
+                        names.len()
+                    ),
+                ));
+            }
+            let out = ctx.resolve(output);
+            pair_files = if single {
+                vec![resolved(&out)]
+            } else {
+                let ext = p.format.unwrap_or_default().extension();
+                names
+                    .iter()
+                    .map(|(n, _)| resolved(&out.join(format!("{n}.{ext}"))))
+                    .collect()
+            };
+            outputs.push(Named {
+                key: "pairs.output".into(),
+                path: out,
+                stage: 2,
+            });
         }
-        let out = ctx.resolve(&p.output);
-        pair_files = if single {
-            vec![resolved(&out)]
+        let upstream_out = r.score.as_ref().and_then(|s| s.output.as_ref());
+        if !connected(&p.input, stages.score, upstream_out) {
+            let Some(input) = &p.input else {
+                return Err(err(
+                    "pairs.input",
+                    if chained {
+                        "not given: name the scored samples, or add a [score] stage".into()
+                    } else {
+                        "not given: name the scored samples (`sweetspot run` takes them from \
+                         [score])"
+                            .into()
+                    },
+                ));
+            };
+            inputs.push(Named {
+                key: "pairs.input".into(),
+                path: ctx.resolve(input),
+                stage: 2,
+            });
+        } else if let Some(input) = &p.input {
+            inputs.push(Named {
+                key: "pairs.input".into(),
+                path: ctx.resolve(input),
+                stage: 2,
+            });
+        }
+        let sets = if ns.len() > 1 {
+            format!(", {} values of n", ns.len())
         } else {
-            let ext = p.format.unwrap_or_default().extension();
-            names
-                .iter()
-                .map(|(n, _)| resolved(&out.join(format!("{n}.{ext}"))))
-                .collect()
+            String::new()
         };
-        inputs.push(Named {
-            key: "pairs.input".into(),
-            path: ctx.resolve(&p.input),
-            stage: 2,
-        });
-        outputs.push(Named {
-            key: "pairs.output".into(),
-            path: ctx.resolve(&p.output),
-            stage: 2,
-        });
         described.push(format!(
-            "pairs ({} strategies, {} datasets)",
+            "pairs ({} strategies, {} datasets{sets})",
             p.strategies.len(),
             names.len()
         ));
@@ -301,54 +508,184 @@ pub fn validate_recipe(
         in_range("train.adam_beta2", t.adam_beta2, 0.0, 1.0, true)?;
         in_range("train.weight_decay", t.weight_decay, 0.0, f64::MAX, false)?;
         in_range("train.max_grad_norm", t.max_grad_norm, 0.0, f64::MAX, false)?;
-        t.loss
-            .check(ctx)
-            .map_err(|i| plugin_issue("train.loss", i))?;
-        let train_pairs = ctx.resolve(&t.pairs);
-        if train_pairs
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
-        {
-            return Err(err(
-                "train.pairs",
-                "the trainer reads pairs as JSONL: write them with format = \"jsonl\"".into(),
-            ));
-        }
-        // Made by this run's pairs stage: it must be one of the files that stage writes.
-        if stages.pairs {
-            let p = resolved(&train_pairs);
-            let pairs_out = r.pairs.as_ref().map(|c| resolved(&ctx.resolve(&c.output)));
-            if pairs_out.is_some_and(|o| p.starts_with(&o)) && !pair_files.contains(&p) {
-                let names: Vec<String> = pair_files
-                    .iter()
-                    .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
-                    .collect();
+        match (&t.loss, t.losses.is_empty()) {
+            (Some(_), false) => {
                 return Err(err(
-                    "train.pairs",
-                    format!(
-                        "{} is not a dataset the pairs stage writes (it writes {})",
-                        train_pairs.display(),
-                        names.join(", ")
-                    ),
+                    "train.losses",
+                    "give `[train.loss]` or `[[train.losses]]`, not both".into(),
                 ));
             }
+            (None, true) => {
+                return Err(err(
+                    "train",
+                    "missing the loss: add a `[train.loss]` table (or `[[train.losses]]`)".into(),
+                ));
+            }
+            _ => {}
         }
-        inputs.push(Named {
-            key: "train.pairs".into(),
-            path: train_pairs,
-            stage: 3,
+        if !t.losses.is_empty() && !chained {
+            return Err(err(
+                "train.losses",
+                "a list of losses makes one policy per loss, which is for `sweetspot run`".into(),
+            ));
+        }
+        if let Some(loss) = &t.loss {
+            loss.check(ctx).map_err(|i| plugin_issue("train.loss", i))?;
+        }
+        for (i, loss) in t.losses.iter().enumerate() {
+            loss.check(ctx)
+                .map_err(|issue| plugin_issue(&format!("train.losses[{i}]"), issue))?;
+        }
+        let seeds = t.seeds.as_ref().map(|s| s.to_vec()).unwrap_or_default();
+        if t.seeds.is_some() {
+            if seeds.is_empty() {
+                return Err(err(
+                    "train.seeds",
+                    "an empty list: give at least one".into(),
+                ));
+            }
+            if !chained {
+                return Err(err("train.seeds", "seeds are for `sweetspot run`".into()));
+            }
+        }
+        let mut trained: usize = 1;
+        match (&t.pairs, &t.datasets) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "train.datasets",
+                    "give `pairs` (one file) or `datasets` (of the run's [pairs]), not both".into(),
+                ));
+            }
+            (None, None) => {
+                let hint = if chained && stages.pairs {
+                    "name the datasets to train on: `datasets = [\"grid_max_vs_-2\"]`, a glob, \
+                     or `\"all\"`"
+                } else {
+                    "not given: name the pairs file to train on"
+                };
+                return Err(err(
+                    if chained && stages.pairs {
+                        "train.datasets"
+                    } else {
+                        "train.pairs"
+                    },
+                    hint.into(),
+                ));
+            }
+            (None, Some(patterns)) => {
+                if !(chained && stages.pairs) {
+                    return Err(err(
+                        "train.datasets",
+                        "names datasets of the run's [pairs] stage: use `sweetspot run` with a \
+                         [pairs] table, or give `pairs` (a file)"
+                            .into(),
+                    ));
+                }
+                if r.pairs
+                    .as_ref()
+                    .and_then(|p| p.format)
+                    .is_some_and(|f| f != sweetspot_core::recipe::OutputFormat::Jsonl)
+                {
+                    return Err(err(
+                        "pairs.format",
+                        "the trainer reads pairs as JSONL: write them with format = \"jsonl\""
+                            .into(),
+                    ));
+                }
+                let picked = crate::plan::select_datasets(&patterns.to_vec(), &dataset_names)
+                    .map_err(|m| err("train.datasets", m))?;
+                trained = picked.len() * ns.len();
+            }
+            (Some(pairs), None) => {
+                let train_pairs = ctx.resolve(pairs);
+                if train_pairs
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+                {
+                    return Err(err(
+                        "train.pairs",
+                        "the trainer reads pairs as JSONL: write them with format = \"jsonl\""
+                            .into(),
+                    ));
+                }
+                // Made by this run's pairs stage: it must be one of the files that stage writes.
+                if stages.pairs {
+                    let p = resolved(&train_pairs);
+                    let pairs_out = r
+                        .pairs
+                        .as_ref()
+                        .and_then(|c| c.output.as_ref())
+                        .map(|o| resolved(&ctx.resolve(o)));
+                    if pairs_out.is_some_and(|o| p.starts_with(&o)) && !pair_files.contains(&p) {
+                        let names: Vec<String> = pair_files
+                            .iter()
+                            .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+                            .collect();
+                        return Err(err(
+                            "train.pairs",
+                            format!(
+                                "{} is not a dataset the pairs stage writes (it writes {})",
+                                train_pairs.display(),
+                                names.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                inputs.push(Named {
+                    key: "train.pairs".into(),
+                    path: train_pairs,
+                    stage: 3,
+                });
+            }
+        }
+        trained *= t.losses.len().max(1) * seeds.len().max(1);
+        match &t.policy {
+            Some(policy) => inputs.push(Named {
+                key: "train.policy".into(),
+                path: ctx.resolve(policy),
+                stage: 3,
+            }),
+            None => {
+                let sampler_model = r
+                    .sampler
+                    .as_ref()
+                    .filter(|_| chained)
+                    .and_then(|s| serde_json::to_value(s).ok())
+                    .is_some_and(|v| v.get("model").is_some_and(|m| m.is_string()));
+                if !sampler_model {
+                    return Err(err(
+                        "train.policy",
+                        "not given: name the policy to train (in `sweetspot run` it defaults \
+                         to the sampler's model)"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        if rounds > 1
+            && let Some(name) = &r.run.continue_with
+        {
+            let variants = crate::plan::policy_names(r, &dataset_names, &ns);
+            crate::plan::continue_with(name, &variants).map_err(|m| err("run.continue_with", m))?;
+        }
+        one_place(
+            "train.output",
+            t.output.is_some(),
+            trained * rounds,
+            "policies",
+        )?;
+        if let Some(o) = &t.output {
+            outputs.push(Named {
+                key: "train.output".into(),
+                path: ctx.resolve(o),
+                stage: 3,
+            });
+        }
+        described.push(if trained > 1 {
+            format!("train ({trained} policies)")
+        } else {
+            "train".to_string()
         });
-        inputs.push(Named {
-            key: "train.policy".into(),
-            path: ctx.resolve(&t.policy),
-            stage: 3,
-        });
-        outputs.push(Named {
-            key: "train.output".into(),
-            path: ctx.resolve(&t.output),
-            stage: 3,
-        });
-        described.push("train".to_string());
     }
     if described.is_empty() {
         return Err(Invalid::Recipe(RecipeError {

@@ -82,6 +82,8 @@ pub struct TrainSettings {
     pub gradient_checkpointing: bool,
     /// Stop after this many optimizer steps of the run (a test's stand-in for a kill).
     pub stop_after: Option<usize>,
+    /// Where the reference log-probabilities are cached (a folder); `None`: beside the pairs.
+    pub reference_cache: Option<PathBuf>,
 }
 
 /// What a run did.
@@ -444,7 +446,13 @@ pub fn run_training(
         let key = cache_key(&s.pairs, &s.policy, &tok, s.dtype)?;
         let mut name = s.pairs.file_name().unwrap_or_default().to_os_string();
         name.push(format!(".ref-{key}.json"));
-        let cache = s.pairs.with_file_name(name);
+        let cache = match &s.reference_cache {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+                dir.join(name)
+            }
+            None => s.pairs.with_file_name(name),
+        };
         match std::fs::read(&cache)
             .ok()
             .and_then(|b| serde_json::from_slice::<RefCache>(&b).ok())
@@ -534,7 +542,9 @@ pub fn run_training(
         progress.advance(1);
         progress.message(&format!("loss {:.4}", m.loss));
         let done = step + 1;
-        if (s.save_steps > 0 && done % s.save_steps == 0) || done == end {
+        // The last step is followed by the export, not a checkpoint (a kill during the export
+        // resumes from the last checkpoint and reaches the same weights).
+        if done < total && ((s.save_steps > 0 && done % s.save_steps == 0) || done == end) {
             save_checkpoint(&checkpoint, &trainer, &tok, done)?;
         }
     }
@@ -553,6 +563,8 @@ pub fn run_training(
         Llama::from_params(&p.config, params, p.device()).save_pretrained(&tmp, &tok)?;
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+        // A finished run is never extended: its checkpoint has no further use.
+        let _ = std::fs::remove_dir_all(&checkpoint);
         Some(dir)
     } else {
         None

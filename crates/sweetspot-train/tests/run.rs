@@ -55,6 +55,7 @@ fn settings(dir: &Path, out: &str) -> TrainSettings {
         dtype: Precision::F32,
         gradient_checkpointing: false,
         stop_after: None,
+        reference_cache: None,
     }
 }
 

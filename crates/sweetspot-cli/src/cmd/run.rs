@@ -1,0 +1,190 @@
+//! `sweetspot run`: a whole recipe as a graph of stage nodes in its run folder.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+use sweetspot_runner::graph::{NodeState, Outcome, RunOptions};
+
+use crate::common::{DEVICE_OVERRIDE, base_dir, check_recipe, context, load_recipe};
+use crate::{Failure, ModelFlags};
+
+/// `sweetspot run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The recipe (TOML).
+    #[arg(
+        required_unless_present = "recipe_flag",
+        conflicts_with = "recipe_flag"
+    )]
+    pub recipe: Option<PathBuf>,
+    /// The recipe (TOML), as a flag.
+    #[arg(long = "recipe", short = 'r', value_name = "RECIPE")]
+    pub recipe_flag: Option<PathBuf>,
+    /// Print the expanded graph (every node, its state and size) and run nothing.
+    #[arg(long)]
+    pub plan: bool,
+    #[command(flatten)]
+    pub model: ModelFlags,
+}
+
+pub(crate) fn run_cmd(args: RunArgs, quiet: bool) -> Result<(), Failure> {
+    let Some(path) = args.recipe.or(args.recipe_flag) else {
+        return Err(Failure {
+            message: "give the recipe: sweetspot run RECIPE".into(),
+            code: 2,
+        });
+    };
+    let _ = DEVICE_OVERRIDE.set(args.model.device.clone());
+    let (recipe, text) = load_recipe(&path)?;
+    let ctx = context(&recipe, base_dir(&path));
+    // The whole recipe is checked before anything runs.
+    check_recipe(
+        &recipe,
+        &text,
+        &path,
+        &ctx,
+        sweetspot_runner::Stages::all_of(&recipe),
+    )?;
+    let mut plan = sweetspot_runner::plan::plan(&recipe, &path, &ctx)?;
+    if let Some(d) = &args.model.device {
+        plan.devices = vec![d.clone()];
+    }
+    if args.plan {
+        print_plan(&plan);
+        return Ok(());
+    }
+    std::fs::create_dir_all(&plan.dir).map_err(|e| Failure {
+        message: format!("{}: cannot create the run folder: {e}", plan.dir.display()),
+        code: 1,
+    })?;
+    if let Err(e) = crate::logging::log_to(&plan.dir.join("run.log")) {
+        tracing::warn!("cannot write {}: {e}", plan.dir.join("run.log").display());
+    }
+    let states = sweetspot_runner::graph::states(&plan);
+    let done = states.iter().filter(|s| **s == NodeState::Done).count();
+    tracing::info!(
+        "run `{}`: {} stages ({done} complete already) in {}, on {}",
+        plan.name,
+        plan.nodes.len(),
+        plan.dir.display(),
+        plan.devices.join(", ")
+    );
+    let report = sweetspot_runner::graph::run_plan(
+        &plan,
+        &RunOptions {
+            quiet,
+            restart: args.model.restart,
+        },
+    )?;
+    print_report(&plan, &report);
+    let failed = report.failed();
+    if failed > 0 {
+        let names: Vec<String> = report
+            .nodes
+            .iter()
+            .filter_map(|(label, _, o)| match o {
+                Outcome::Failed { error } => Some(format!("{label}: {error}")),
+                _ => None,
+            })
+            .collect();
+        return Err(Failure {
+            message: format!(
+                "{failed} of {} stages failed (the others are complete; a rerun runs only what is \
+                 missing):\n  {}",
+                report.nodes.len(),
+                names.join("\n  ")
+            ),
+            code: 1,
+        });
+    }
+    Ok(())
+}
+
+fn print_plan(plan: &sweetspot_runner::plan::Plan) {
+    let states = sweetspot_runner::graph::states(plan);
+    let sizes = sweetspot_runner::graph::sizes(plan);
+    let done = states.iter().filter(|s| **s == NodeState::Done).count();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "run `{}` in {}: {} stages, {done} done, {} to run; devices: {}",
+        plan.name,
+        plan.dir.display(),
+        plan.nodes.len(),
+        plan.nodes.len() - done,
+        plan.devices.join(", ")
+    );
+    let width = plan.nodes.iter().map(|n| n.label.len()).max().unwrap_or(5);
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let state = match states[i] {
+            NodeState::Done => "done",
+            NodeState::Partial => "resumes",
+            NodeState::ToRun => "to run",
+        };
+        let after: Vec<&str> = node
+            .deps
+            .iter()
+            .map(|&d| plan.nodes[d].label.as_str())
+            .collect();
+        let after = if after.is_empty() {
+            String::new()
+        } else {
+            format!("  <- {}", after.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "  {:width$}  {:7}  {}  [{}]{after}",
+            node.label, state, sizes[i], node.id
+        );
+    }
+}
+
+fn print_report(plan: &sweetspot_runner::plan::Plan, report: &sweetspot_runner::graph::RunReport) {
+    let mut out = std::io::stdout().lock();
+    let width = report.nodes.iter().map(|n| n.0.len()).max().unwrap_or(5);
+    let (mut ran, mut reused) = (0, 0);
+    for (label, _, outcome) in &report.nodes {
+        let what = match outcome {
+            Outcome::Reused => {
+                reused += 1;
+                "reused (complete)".to_string()
+            }
+            Outcome::Ran { seconds } => {
+                ran += 1;
+                format!("ran in {seconds:.1}s")
+            }
+            Outcome::Failed { error } => format!("FAILED: {error}"),
+            Outcome::Skipped { because } => format!("skipped: `{because}` failed"),
+        };
+        let _ = writeln!(out, "  {label:width$}  {what}");
+    }
+    let _ = writeln!(
+        out,
+        "run `{}`: {ran} stages ran, {reused} reused, in {:.1}s",
+        plan.name, report.seconds
+    );
+    let dir = plan.dir.display();
+    let has = |p: &str| plan.dir.join(p).exists();
+    let _ = writeln!(
+        out,
+        "run folder: {dir} (index: {dir}/run.json, log: {dir}/run.log)"
+    );
+    let prefix = if plan.rounds > 1 {
+        format!("round{}/", plan.rounds)
+    } else {
+        String::new()
+    };
+    for (what, sub) in [
+        ("samples", "samples.jsonl"),
+        ("scored samples", "scored.jsonl"),
+        ("pairs", "pairs"),
+        ("policies", "policies"),
+        ("training metrics", "metrics"),
+    ] {
+        let rel = format!("{prefix}{sub}");
+        if has(&rel) {
+            let _ = writeln!(out, "  {what:16} {dir}/{rel}");
+        }
+    }
+}

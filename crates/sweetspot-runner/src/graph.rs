@@ -1,0 +1,690 @@
+//! Running a [`Plan`]: nodes in dependency order, independent ones at once on a pool of
+//! devices, complete ones skipped; the run folder's index kept current.
+//!
+//! Invariants:
+//! - A node's outputs live in `nodes/<stage>-<hash>/`; it is complete exactly when its
+//!   `done.json` exists and names its hash. `done.json` is written last, atomically, after the
+//!   stage's own outputs are whole; a node killed before that is resumed (or redone) by the
+//!   stage itself on the next run, from its own partial files.
+//! - A node never writes into another node's folder; everything outside `nodes/` (`run.json`,
+//!   the readable names, `run.log`) is derived from the nodes and rewritten as they finish.
+//! - A failed node is reported; the nodes below it are skipped; every other node still runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sweetspot_core::BuildContext;
+use sweetspot_core::recipe::{PairsConfig, TrainConfig};
+
+use crate::error::RunError;
+use crate::identity::Identity;
+use crate::plan::{Plan, Source, StageKind, Work};
+use crate::progress::BarProgress;
+
+/// The record of a complete node (`done.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Done {
+    /// The node's folder name.
+    pub node: String,
+    /// `generate`, `score`, `pairs` or `train`.
+    pub stage: String,
+    /// Its readable name.
+    pub label: String,
+    /// 1-based round.
+    pub round: usize,
+    /// The full hash.
+    pub hash: String,
+    /// What the hash covers: resolved settings and input hashes.
+    pub identity: Identity,
+    /// Counts (prompts, samples, pairs per dataset, steps).
+    pub counts: BTreeMap<String, u64>,
+    /// Wall time of the run that made it, seconds (0 when an earlier run had made it whole).
+    pub seconds: f64,
+    /// The device it ran on.
+    pub device: String,
+    /// When it was finished (seconds since the Unix epoch).
+    pub finished_at: u64,
+    /// The sweetspot version.
+    pub version: String,
+}
+
+/// The state of a node before a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeState {
+    /// Complete: its `done.json` is there.
+    Done,
+    /// Started by an earlier run that stopped: it resumes.
+    Partial,
+    /// Not started.
+    ToRun,
+}
+
+/// What happened to a node in a run.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "outcome")]
+pub enum Outcome {
+    /// Complete before this run: reused.
+    Reused,
+    /// Run now.
+    Ran {
+        /// Seconds.
+        seconds: f64,
+    },
+    /// Failed.
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// Not run: an input node failed.
+    Skipped {
+        /// The failed input.
+        because: String,
+    },
+}
+
+/// Options of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Hide progress bars.
+    pub quiet: bool,
+    /// Discard complete and partial nodes of this plan and make them again.
+    pub restart: bool,
+}
+
+/// The result of [`run_plan`].
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// The run folder.
+    pub dir: PathBuf,
+    /// Per node, in plan order: (label, node id, outcome).
+    pub nodes: Vec<(String, String, Outcome)>,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+impl RunReport {
+    /// Nodes that failed.
+    pub fn failed(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|(_, _, o)| matches!(o, Outcome::Failed { .. }))
+            .count()
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> RunError + '_ {
+    move |source| {
+        RunError::Write(sweetspot_io::WriteError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// The `done.json` of node `i`, when it is complete.
+pub fn done_record(plan: &Plan, i: usize) -> Option<Done> {
+    let bytes = std::fs::read(plan.node_dir(i).join("done.json")).ok()?;
+    let done: Done = serde_json::from_slice(&bytes).ok()?;
+    (done.hash == plan.nodes[i].hash).then_some(done)
+}
+
+/// Each node's state, from the run folder.
+pub fn states(plan: &Plan) -> Vec<NodeState> {
+    (0..plan.nodes.len())
+        .map(|i| {
+            if done_record(plan, i).is_some() {
+                NodeState::Done
+            } else if plan.node_dir(i).exists() {
+                NodeState::Partial
+            } else {
+                NodeState::ToRun
+            }
+        })
+        .collect()
+}
+
+/// The size of each node, in words, for `--plan`: prompts, samples, pairs, optimizer steps
+/// (exact once upstream nodes are done, else an upper bound marked `<=`).
+pub fn sizes(plan: &Plan) -> Vec<String> {
+    let mut groups: Vec<Option<(u64, bool)>> = vec![None; plan.nodes.len()];
+    let mut out = Vec::new();
+    let count_lines = |p: &Path| -> Option<u64> {
+        let text = std::fs::read_to_string(p).ok()?;
+        Some(text.lines().filter(|l| !l.trim().is_empty()).count() as u64)
+    };
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let done = done_record(plan, i);
+        let text = match &node.work {
+            Work::Generate { prompts, n, .. } => {
+                let p = count_lines(prompts).unwrap_or(0);
+                groups[i] = Some((p, true));
+                format!("{p} prompts x {n} = {} samples", p * *n as u64)
+            }
+            Work::Score { input, .. } => match input {
+                Source::Node(u, _) => {
+                    groups[i] = groups[*u];
+                    let n = match &plan.nodes[*u].work {
+                        Work::Generate { n, .. } => *n as u64,
+                        _ => 0,
+                    };
+                    let p = groups[*u].map_or(0, |g| g.0);
+                    format!("{} samples", p * n)
+                }
+                Source::File(f) => {
+                    let rows = count_lines(f).unwrap_or(0);
+                    format!("{rows} samples ({})", f.display())
+                }
+            },
+            Work::Pairs { input, .. } => {
+                if let Source::Node(u, _) = input {
+                    groups[i] = groups[*u];
+                }
+                let datasets = plan.datasets.len();
+                match done.as_ref().and_then(|d| d.counts.get("groups")) {
+                    Some(g) => format!("{g} prompts, {datasets} datasets"),
+                    None => match groups[i] {
+                        Some((g, _)) => format!("<= {g} pairs in each of {datasets} datasets"),
+                        None => format!("{datasets} datasets"),
+                    },
+                }
+            }
+            Work::Train { pairs, table, .. } => {
+                let batch = table
+                    .get("batch_size")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(1)
+                    .max(1);
+                let epochs = table.get("epochs").and_then(|v| v.as_u64()).unwrap_or(1);
+                let known = match pairs {
+                    Source::Node(u, rel) => done_record(plan, *u).and_then(|d| {
+                        let file = rel.rsplit('/').next().unwrap_or(rel);
+                        let name = file.rsplit_once('.').map_or(file, |(s, _)| s);
+                        d.counts.get(&format!("pairs.{name}")).copied()
+                    }),
+                    Source::File(f) => count_lines(f),
+                };
+                let bound = match pairs {
+                    Source::Node(u, _) => groups[*u].map(|g| g.0),
+                    Source::File(_) => None,
+                };
+                match (known, bound) {
+                    (Some(p), _) => {
+                        format!("{p} pairs, {} steps", p.div_ceil(batch) * epochs)
+                    }
+                    (None, Some(b)) => {
+                        format!("<= {b} pairs, <= {} steps", b.div_ceil(batch) * epochs)
+                    }
+                    (None, None) => String::new(),
+                }
+            }
+        };
+        out.push(text);
+    }
+    out
+}
+
+/// Runs the plan: every node that is not complete, in dependency order, up to one at a time per
+/// device. Writes `run.json` and the readable names as nodes finish.
+pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<RunReport, RunError> {
+    let start = Instant::now();
+    std::fs::create_dir_all(plan.dir.join("nodes")).map_err(io_err(&plan.dir))?;
+    if opts.restart {
+        for i in 0..plan.nodes.len() {
+            let dir = plan.node_dir(i);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+            }
+        }
+    }
+    let total = plan.nodes.len();
+    let overall = BarProgress::new("run", "nodes", opts.quiet);
+    sweetspot_core::Progress::set_total(&overall, Some(total as u64));
+    let outcomes: Mutex<Vec<Option<Outcome>>> = Mutex::new(vec![None; total]);
+    let running: Mutex<Vec<bool>> = Mutex::new(vec![false; total]);
+    let wake = Condvar::new();
+    // Complete nodes first: they need no device.
+    {
+        let mut o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, slot) in o.iter_mut().enumerate() {
+            if done_record(plan, i).is_some() {
+                *slot = Some(Outcome::Reused);
+                sweetspot_core::Progress::advance(&overall, 1);
+            }
+        }
+    }
+    write_index(plan)?;
+    let index_lock = Mutex::new(());
+    std::thread::scope(|scope| {
+        for device in &plan.devices {
+            let (outcomes, running, wake, overall, index_lock) =
+                (&outcomes, &running, &wake, &overall, &index_lock);
+            scope.spawn(move || {
+                loop {
+                    // Take the first node whose inputs are complete.
+                    let next = {
+                        let mut o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+                        loop {
+                            let mut r = running.lock().unwrap_or_else(|e| e.into_inner());
+                            // Skip the nodes below a failure.
+                            for i in 0..total {
+                                if o[i].is_some() || r[i] {
+                                    continue;
+                                }
+                                if let Some(&d) = plan.nodes[i].deps.iter().find(|&&d| {
+                                    matches!(
+                                        o[d],
+                                        Some(Outcome::Failed { .. } | Outcome::Skipped { .. })
+                                    )
+                                }) {
+                                    o[i] = Some(Outcome::Skipped {
+                                        because: plan.nodes[d].label.clone(),
+                                    });
+                                    sweetspot_core::Progress::advance(overall, 1);
+                                }
+                            }
+                            let ready = (0..total).find(|&i| {
+                                o[i].is_none()
+                                    && !r[i]
+                                    && plan.nodes[i].deps.iter().all(|&d| {
+                                        matches!(o[d], Some(Outcome::Reused | Outcome::Ran { .. }))
+                                    })
+                            });
+                            if let Some(i) = ready {
+                                r[i] = true;
+                                break Some(i);
+                            }
+                            if o.iter().all(Option::is_some) {
+                                break None;
+                            }
+                            drop(r);
+                            o = wake.wait(o).unwrap_or_else(|e| e.into_inner());
+                        }
+                    };
+                    let Some(i) = next else {
+                        wake.notify_all();
+                        return;
+                    };
+                    let node = &plan.nodes[i];
+                    tracing::info!("{}: starting on {device} ({})", node.label, node.id);
+                    sweetspot_core::Progress::message(overall, &node.label);
+                    let t = Instant::now();
+                    let result = run_node(plan, i, device, opts.quiet);
+                    let outcome = match result {
+                        Ok(()) => {
+                            let seconds = t.elapsed().as_secs_f64();
+                            tracing::info!("{}: done in {seconds:.1}s", node.label);
+                            Outcome::Ran { seconds }
+                        }
+                        Err(e) => {
+                            // Reported in the run's summary and its error; logged for run.log.
+                            tracing::info!("{}: failed: {e}", node.label);
+                            Outcome::Failed {
+                                error: e.to_string(),
+                            }
+                        }
+                    };
+                    {
+                        let _g = index_lock.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Err(e) = write_index(plan) {
+                            tracing::warn!("could not update the run folder's index: {e}");
+                        }
+                    }
+                    let mut o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+                    o[i] = Some(outcome);
+                    running.lock().unwrap_or_else(|e| e.into_inner())[i] = false;
+                    sweetspot_core::Progress::advance(overall, 1);
+                    drop(o);
+                    wake.notify_all();
+                }
+            });
+        }
+    });
+    overall.finish();
+    write_index(plan)?;
+    let outcomes = outcomes.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(RunReport {
+        dir: plan.dir.clone(),
+        nodes: plan
+            .nodes
+            .iter()
+            .zip(outcomes)
+            .map(|(n, o)| {
+                (
+                    n.label.clone(),
+                    n.id.clone(),
+                    o.unwrap_or(Outcome::Skipped {
+                        because: "not reached".into(),
+                    }),
+                )
+            })
+            .collect(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Runs node `i` on `device` (resuming its own partial work) and writes its `done.json`.
+fn run_node(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<(), RunError> {
+    let node = &plan.nodes[i];
+    let dir = plan.node_dir(i);
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    for d in [dir.clone(), dir.join("pairs")] {
+        sweetspot_io::remove_stale_temp_files(&d);
+    }
+    let ctx = BuildContext {
+        device: device.to_string(),
+        base_dir: plan.base_dir.clone(),
+        seed: node.seed,
+    };
+    let start = Instant::now();
+    let mut counts = BTreeMap::new();
+    let plugin_err =
+        |what: &str, e: serde_json::Error| RunError::Config(format!("{}: {what}: {e}", node.label));
+    match &node.work {
+        Work::Generate {
+            prompts,
+            n,
+            sampler,
+            model,
+        } => {
+            let mut sampler = sampler.clone();
+            if let (Some(m), Some(obj)) = (model, sampler.as_object_mut()) {
+                obj.insert(
+                    "model".into(),
+                    plan.source_path(m).to_string_lossy().into_owned().into(),
+                );
+            }
+            let sampler = serde_json::from_value(sampler).map_err(|e| plugin_err("sampler", e))?;
+            let s = crate::run_generate(crate::GenerateJob {
+                prompts: prompts.clone(),
+                output: dir.join("samples.jsonl"),
+                n: *n,
+                sampler,
+                ctx,
+                prompts_per_call: 8,
+                quiet,
+                restart: false,
+            })?;
+            counts.insert("prompts".into(), s.prompts as u64);
+            counts.insert("samples".into(), s.samples as u64);
+        }
+        Work::Score {
+            input,
+            reward,
+            groups_per_call,
+        } => {
+            let reward =
+                serde_json::from_value(reward.clone()).map_err(|e| plugin_err("reward", e))?;
+            let s = crate::run_score(crate::ScoreJob {
+                input: plan.source_path(input),
+                output: dir.join("scored.jsonl"),
+                reward,
+                ctx,
+                groups_per_call: *groups_per_call,
+                quiet,
+                restart: false,
+            })?;
+            counts.insert("groups".into(), s.groups as u64);
+            counts.insert("samples".into(), s.samples as u64);
+        }
+        Work::Pairs { input, table } => {
+            let cfg: PairsConfig =
+                serde_json::from_value(table.clone()).map_err(|e| plugin_err("pairs", e))?;
+            let out = dir.join("pairs");
+            let mut job =
+                crate::PairsJob::from_config(cfg, Some(plan.source_path(input)), Some(out), ctx)?;
+            job.quiet = quiet;
+            let s = crate::run_pairs(job)?;
+            counts.insert("groups".into(), s.groups);
+            counts.insert("samples".into(), s.samples);
+            for d in &s.datasets {
+                counts.insert(format!("pairs.{}", d.name), d.pairs);
+            }
+        }
+        Work::Train {
+            pairs,
+            policy,
+            table,
+        } => {
+            let mut table = table.clone();
+            if let Some(m) = table.as_object_mut() {
+                let path = |p: PathBuf| serde_json::Value::String(p.to_string_lossy().into());
+                m.insert("pairs".into(), path(plan.source_path(pairs)));
+                m.insert("policy".into(), path(plan.source_path(policy)));
+                m.insert("output".into(), path(dir.join("train")));
+            }
+            let cfg: TrainConfig =
+                serde_json::from_value(table).map_err(|e| plugin_err("train", e))?;
+            let s = crate::train::run_train_with(
+                cfg,
+                &ctx,
+                quiet,
+                false,
+                Some(dir.join("reference-cache")),
+            )?;
+            if s.policy.is_none() {
+                return Err(RunError::Config(format!(
+                    "{}: training stopped before its last step",
+                    node.label
+                )));
+            }
+            counts.insert("steps".into(), s.total_steps as u64);
+        }
+    }
+    let done = Done {
+        node: node.id.clone(),
+        stage: node.stage.name().into(),
+        label: node.label.clone(),
+        round: node.round,
+        hash: node.hash.clone(),
+        identity: node.identity.clone(),
+        counts,
+        seconds: start.elapsed().as_secs_f64(),
+        device: device.to_string(),
+        finished_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    // Copies the recipe asked for, before the node counts as complete (a copy killed halfway is
+    // made again).
+    for (_, target) in plan.publish.iter().filter(|(n, _)| *n == i) {
+        publish(plan, i, target)?;
+    }
+    let text = serde_json::to_vec_pretty(&done).unwrap_or_default();
+    sweetspot_io::write_atomic(&dir.join("done.json"), &text)?;
+    Ok(())
+}
+
+/// Where a node's product is inside its folder: the file, or the folder of files.
+fn product(plan: &Plan, i: usize) -> PathBuf {
+    let dir = plan.node_dir(i);
+    match plan.nodes[i].stage {
+        StageKind::Generate => dir.join("samples.jsonl"),
+        StageKind::Score => dir.join("scored.jsonl"),
+        StageKind::Pairs => dir.join("pairs"),
+        StageKind::Train => dir.join("train"),
+    }
+}
+
+/// Copies node `i`'s product to a path the recipe named (`output`), file by file through
+/// temporary files and renames.
+fn publish(plan: &Plan, i: usize, target: &Path) -> Result<(), RunError> {
+    let from = product(plan, i);
+    let copy = |src: &Path, dst: &Path| -> Result<(), RunError> {
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        let bytes = std::fs::read(src).map_err(io_err(src))?;
+        sweetspot_io::write_atomic(dst, &bytes)?;
+        Ok(())
+    };
+    match plan.nodes[i].stage {
+        StageKind::Generate | StageKind::Score => copy(&from, target),
+        StageKind::Pairs => {
+            let single = target
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e == "jsonl" || e == "parquet");
+            if single {
+                let name = plan.datasets.first().cloned().unwrap_or_default();
+                return copy(&from.join(format!("{name}.{}", plan.pairs_ext)), target);
+            }
+            for entry in std::fs::read_dir(&from).map_err(io_err(&from))?.flatten() {
+                copy(&entry.path(), &target.join(entry.file_name()))?;
+            }
+            Ok(())
+        }
+        StageKind::Train => {
+            let metrics = from.join("metrics.jsonl");
+            if metrics.exists() {
+                copy(&metrics, &target.join("metrics.jsonl"))?;
+            }
+            let tmp = target.join("policy.tmp");
+            let _ = std::fs::remove_dir_all(&tmp);
+            let src = from.join("policy");
+            for entry in std::fs::read_dir(&src).map_err(io_err(&src))?.flatten() {
+                copy(&entry.path(), &tmp.join(entry.file_name()))?;
+            }
+            let dst = target.join("policy");
+            let _ = std::fs::remove_dir_all(&dst);
+            std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+            Ok(())
+        }
+    }
+}
+
+/// The readable names of the run folder: (name relative to the run folder, node, path inside
+/// the node's folder).
+fn readable_names(plan: &Plan) -> Vec<(String, usize, String)> {
+    let mut out = Vec::new();
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let prefix = if plan.rounds > 1 {
+            format!("round{}/", node.round)
+        } else {
+            String::new()
+        };
+        match node.stage {
+            StageKind::Generate => {
+                out.push((format!("{prefix}samples.jsonl"), i, "samples.jsonl".into()))
+            }
+            StageKind::Score => {
+                out.push((format!("{prefix}scored.jsonl"), i, "scored.jsonl".into()))
+            }
+            StageKind::Pairs => {
+                let name = match node.n {
+                    Some(n) => format!("{prefix}pairs/n{n}"),
+                    None => format!("{prefix}pairs/all"),
+                };
+                out.push((name, i, "pairs".into()));
+            }
+            StageKind::Train => {
+                let name = node.policy_name.clone().unwrap_or_default();
+                out.push((format!("{prefix}policies/{name}"), i, "train/policy".into()));
+                out.push((
+                    format!("{prefix}metrics/{name}.jsonl"),
+                    i,
+                    "train/metrics.jsonl".into(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// One node in `run.json`.
+#[derive(Debug, Serialize)]
+struct IndexNode<'a> {
+    id: &'a str,
+    stage: &'a str,
+    label: &'a str,
+    round: usize,
+    state: NodeState,
+    inputs: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dataset: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    done: Option<Done>,
+}
+
+/// Rewrites `run.json` and the readable names (symbolic links into `nodes/`, for complete
+/// nodes only).
+pub fn write_index(plan: &Plan) -> Result<(), RunError> {
+    let st = states(plan);
+    let nodes: Vec<IndexNode<'_>> = plan
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| IndexNode {
+            id: &n.id,
+            stage: n.stage.name(),
+            label: &n.label,
+            round: n.round,
+            state: st[i],
+            inputs: n.deps.iter().map(|&d| plan.nodes[d].id.as_str()).collect(),
+            n: n.n,
+            dataset: n.dataset.as_deref(),
+            policy: n.policy_name.as_deref(),
+            done: done_record(plan, i),
+        })
+        .collect();
+    let mut names = BTreeMap::new();
+    for (name, i, inner) in readable_names(plan) {
+        if st[i] != NodeState::Done {
+            continue;
+        }
+        let target = Path::new("nodes").join(&plan.nodes[i].id).join(&inner);
+        names.insert(name.clone(), target.to_string_lossy().into_owned());
+        link(&plan.dir, &name, &target)?;
+        if let Some(parent) = plan.dir.join(&name).parent() {
+            sweetspot_io::remove_stale_temp_files(parent);
+        }
+    }
+    let index = serde_json::json!({
+        "name": plan.name,
+        "rounds": plan.rounds,
+        "devices": plan.devices,
+        "datasets": plan.datasets,
+        "names": names,
+        "nodes": nodes,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let text = serde_json::to_vec_pretty(&index).unwrap_or_default();
+    sweetspot_io::write_atomic(&plan.dir.join("run.json"), &text)?;
+    Ok(())
+}
+
+/// `dir/name` -> `dir/target` as a relative symbolic link, replaced atomically.
+fn link(dir: &Path, name: &str, target: &Path) -> Result<(), RunError> {
+    let at = dir.join(name);
+    let parent = at.parent().unwrap_or(dir);
+    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let depth = Path::new(name).components().count() - 1;
+    let mut rel = PathBuf::new();
+    for _ in 0..depth {
+        rel.push("..");
+    }
+    rel.push(target);
+    if std::fs::read_link(&at).is_ok_and(|t| t == rel) {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        let tmp = parent.join(format!(".sweetspot-{}-link.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&rel, &tmp).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &at).map_err(io_err(&at))?;
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = rel;
+    }
+    Ok(())
+}

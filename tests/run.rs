@@ -1,0 +1,481 @@
+//! `sweetspot run`: a recipe as a graph of stage nodes in a run folder. What is reused is
+//! proved from the nodes' records (`done.json`, byte for byte), never from timing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/models").join(name)
+}
+
+const PROMPTS: &str = "{\"prompt_id\": \"a\", \"prompt\": \"Name a colour.\"}\n\
+{\"prompt_id\": \"b\", \"prompt\": \"Say hello.\"}\n\
+{\"prompt_id\": \"c\", \"prompt\": \"Count to three.\"}\n\
+{\"prompt_id\": \"d\", \"prompt\": \"Name a fruit.\"}\n\
+{\"prompt_id\": \"e\", \"prompt\": \"Say goodbye.\"}\n\
+{\"prompt_id\": \"f\", \"prompt\": \"Name a city.\"}\n";
+
+/// A recipe over the tiny fixture models: `extra_pairs` goes into `[pairs]` before the
+/// strategies, `strategies` are `[[pairs.strategies]]` tables, `train` is the `[train]` body.
+struct Recipe<'a> {
+    n: usize,
+    reward: &'a str,
+    pairs: &'a str,
+    strategies: &'a str,
+    train: &'a str,
+    run: &'a str,
+}
+
+impl Default for Recipe<'_> {
+    fn default() -> Self {
+        Self {
+            n: 4,
+            reward: "seq-cls",
+            pairs: "n = [2, 4]",
+            strategies: "[[pairs.strategies]]\ntype = \"max-min\"\n",
+            train: "datasets = [\"max-min\"]",
+            run: "",
+        }
+    }
+}
+
+impl Recipe<'_> {
+    fn write(&self, dir: &Path) -> PathBuf {
+        std::fs::write(dir.join("prompts.jsonl"), PROMPTS).unwrap();
+        let text = format!(
+            "[run]\nseed = 7\ndir = \"run\"\n{run}\n\n\
+             [sampler]\ntype = \"burn\"\nmodel = {policy:?}\nmax_new_tokens = 6\n\n\
+             [generate]\nprompts = \"prompts.jsonl\"\nn = {n}\n\n\
+             [reward]\ntype = \"seq-cls\"\nmodel = {reward:?}\n\n\
+             [score]\n\n\
+             [pairs]\n{pairs}\n\n{strategies}\n\
+             [train]\n{train}\nbatch_size = 2\nmicro_batch_size = 2\nlearning_rate = 1e-4\n\
+             warmup_ratio = 0.0\n\n\
+             [train.loss]\ntype = \"dpo\"\nbeta = 0.1\n",
+            run = self.run,
+            policy = fixture("policy"),
+            n = self.n,
+            reward = fixture(self.reward),
+            pairs = self.pairs,
+            strategies = self.strategies,
+            train = self.train,
+        );
+        let path = dir.join("recipe.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// Every complete node of a run folder: label -> (node id, the bytes of its done.json).
+fn records(run: &Path) -> BTreeMap<String, (String, Vec<u8>)> {
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    let mut out = BTreeMap::new();
+    for node in index["nodes"].as_array().unwrap() {
+        if node["state"] != "done" {
+            continue;
+        }
+        let id = node["id"].as_str().unwrap().to_string();
+        let bytes = std::fs::read(run.join("nodes").join(&id).join("done.json")).unwrap();
+        out.insert(node["label"].as_str().unwrap().to_string(), (id, bytes));
+    }
+    out
+}
+
+/// Runs the recipe; returns the complete nodes afterwards.
+fn run(recipe: &Path) -> BTreeMap<String, (String, Vec<u8>)> {
+    let o = sweetspot(["run".as_ref(), recipe.as_os_str()]);
+    assert_ok(&o);
+    records(&recipe.parent().unwrap().join("run"))
+}
+
+/// The labels whose records are byte-identical in `before` and `after` (reused), and the labels
+/// of `after` that are new or were made again.
+fn diff(
+    before: &BTreeMap<String, (String, Vec<u8>)>,
+    after: &BTreeMap<String, (String, Vec<u8>)>,
+) -> (Vec<String>, Vec<String>) {
+    let mut reused = Vec::new();
+    let mut made = Vec::new();
+    for (label, rec) in after {
+        if before.values().any(|b| b == rec) {
+            reused.push(label.clone());
+        } else {
+            made.push(label.clone());
+        }
+    }
+    (reused, made)
+}
+
+#[test]
+fn an_edit_reruns_exactly_the_nodes_it_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let first = run(&Recipe::default().write(dir));
+    let labels: Vec<&str> = first.keys().map(String::as_str).collect();
+    assert_eq!(
+        labels,
+        [
+            "generate",
+            "pairs n2",
+            "pairs n4",
+            "score",
+            "train max-min-n2",
+            "train max-min-n4"
+        ]
+    );
+    // The readable names point into the nodes.
+    let run_dir = dir.join("run");
+    assert!(run_dir.join("samples.jsonl").is_file());
+    assert!(run_dir.join("scored.jsonl").is_file());
+    assert!(run_dir.join("pairs/n4/max-min.jsonl").is_file());
+    assert!(
+        run_dir
+            .join("policies/max-min-n4/model.safetensors")
+            .is_file()
+    );
+    assert!(run_dir.join("metrics/max-min-n2.jsonl").is_file());
+    assert!(run_dir.join("run.log").is_file());
+
+    // The same recipe again: nothing runs, no record is rewritten.
+    let again = run(&Recipe::default().write(dir));
+    assert_eq!(again, first);
+
+    // Only a strategy changes: generate and score are reused.
+    let sigma = Recipe {
+        strategies: "[[pairs.strategies]]\ntype = \"sigma\"\nchosen = \"max\"\nrejected = -1\n",
+        train: "datasets = \"all\"",
+        ..Recipe::default()
+    };
+    let after = run(&sigma.write(dir));
+    let (reused, made) = diff(&first, &after);
+    assert_eq!(reused, ["generate", "score"], "made: {made:?}");
+    assert_eq!(
+        made,
+        [
+            "pairs n2",
+            "pairs n4",
+            "train sigma_max_vs_-1-n2",
+            "train sigma_max_vs_-1-n4"
+        ]
+    );
+
+    // Another reward model: only generate is reused.
+    let other_rm = Recipe {
+        reward: "seq-cls-pad-eos",
+        ..Recipe::default()
+    };
+    let after = run(&other_rm.write(dir));
+    let (reused, made) = diff(&first, &after);
+    assert_eq!(reused, ["generate"], "made: {made:?}");
+    assert_eq!(made.len(), 5, "{made:?}");
+
+    // One more n: one more pairs node and one more train node, nothing else.
+    let more_n = Recipe {
+        pairs: "n = [2, 3, 4]",
+        ..Recipe::default()
+    };
+    let after = run(&more_n.write(dir));
+    let (reused, made) = diff(&first, &after);
+    assert_eq!(made, ["pairs n3", "train max-min-n3"], "reused: {reused:?}");
+    assert_eq!(reused.len(), 6);
+}
+
+#[test]
+fn a_sweep_of_two_n_and_three_datasets_trains_six_policies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let recipe = Recipe {
+        strategies: "[[pairs.strategies]]\ntype = \"max-min\"\n\n\
+                     [[pairs.strategies]]\ntype = \"grid\"\npoints = [\"min\", 0, \"max\"]\n",
+        train: "datasets = [\"max-min\", \"grid_max_vs_*\"]",
+        ..Recipe::default()
+    }
+    .write(dir);
+    let o = sweetspot(["run".as_ref(), "--plan".as_ref(), recipe.as_os_str()]);
+    assert_ok(&o);
+    let plan = stdout(&o);
+    let trains: Vec<&str> = plan
+        .lines()
+        .filter(|l| l.trim_start().starts_with("train "))
+        .collect();
+    assert_eq!(trains.len(), 6, "{plan}");
+    for name in [
+        "max-min-n2",
+        "grid_max_vs_0-n2",
+        "grid_max_vs_min-n2",
+        "max-min-n4",
+        "grid_max_vs_0-n4",
+        "grid_max_vs_min-n4",
+    ] {
+        assert!(
+            trains
+                .iter()
+                .any(|l| l.contains(&format!("train {name} ")) && l.contains("to run")),
+            "{name} missing: {plan}"
+        );
+    }
+    assert!(plan.contains("6 prompts x 4 = 24 samples"), "{plan}");
+    // --plan runs nothing.
+    assert!(!dir.join("run").exists());
+
+    assert_ok(&sweetspot(["run".as_ref(), recipe.as_os_str()]));
+    let mut policies = files(&dir.join("run/policies"));
+    policies.sort();
+    assert_eq!(policies.len(), 6, "{policies:?}");
+    for p in &policies {
+        assert!(
+            dir.join("run/policies")
+                .join(p)
+                .join("config.json")
+                .is_file()
+        );
+    }
+    // Now the plan says every node is done, with exact sizes.
+    let o = sweetspot(["run".as_ref(), "--plan".as_ref(), recipe.as_os_str()]);
+    let plan = stdout(&o);
+    assert!(plan.contains("10 stages, 10 done, 0 to run"), "{plan}");
+}
+
+#[test]
+fn round_two_samples_with_round_ones_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let recipe = Recipe {
+        run: "rounds = 2\ncontinue_with = \"max-min\"",
+        pairs: "n = 4",
+        ..Recipe::default()
+    }
+    .write(dir);
+    assert_ok(&sweetspot(["run".as_ref(), recipe.as_os_str()]));
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/run.json")).unwrap()).unwrap();
+    let nodes = index["nodes"].as_array().unwrap();
+    let find = |label: &str| {
+        nodes
+            .iter()
+            .find(|n| n["label"] == label)
+            .unwrap_or_else(|| panic!("no {label}: {nodes:?}"))
+    };
+    let r1_train = find("train max-min-n4");
+    let r2_gen = find("r2 generate");
+    let r2_train = find("r2 train max-min-n4");
+    let hash = r1_train["done"]["hash"].as_str().unwrap();
+    let model = r2_gen["done"]["identity"]["inputs"]["sampler.model"]
+        .as_str()
+        .unwrap();
+    assert_eq!(model, format!("node:{hash}/train/policy"));
+    assert_eq!(
+        r2_train["done"]["identity"]["inputs"]["policy"],
+        format!("node:{hash}/train/policy")
+    );
+    assert!(
+        dir.join("run/round2/policies/max-min-n4/model.safetensors")
+            .is_file()
+    );
+    // Round 2 sampled with another model than round 1: other samples.
+    let s1 = std::fs::read(dir.join("run/round1/samples.jsonl")).unwrap();
+    let s2 = std::fs::read(dir.join("run/round2/samples.jsonl")).unwrap();
+    assert_ne!(s1, s2);
+}
+
+#[test]
+fn a_failed_node_is_reported_and_the_pool_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // The sigma strategy's own n = 8 is more than the 4 samples of each prompt: with
+    // on_small_group = "skip" its dataset is empty, and training on it fails; max-min trains on
+    // the other of two CPU workers meanwhile, and is complete afterwards.
+    let recipe = Recipe {
+        run: "device = [\"cpu\", \"cpu\"]",
+        pairs: "on_small_group = \"skip\"",
+        strategies: "[[pairs.strategies]]\ntype = \"max-min\"\n\n\
+                     [[pairs.strategies]]\ntype = \"sigma\"\nchosen = \"max\"\n\
+                     rejected = \"min\"\nn = 8\n",
+        train: "datasets = \"all\"",
+        ..Recipe::default()
+    }
+    .write(dir);
+    let o = sweetspot(["run".as_ref(), recipe.as_os_str()]);
+    let err = assert_clean_failure(&o, 1);
+    assert!(err.contains("1 of 5 stages failed"), "{err}");
+    assert!(err.contains("train sigma_max_vs_min_n8"), "{err}");
+    assert!(err.contains("has no pairs"), "{err}");
+    assert!(dir.join("run/policies/max-min/model.safetensors").is_file());
+    assert!(!dir.join("run/policies/sigma_max_vs_min_n8").exists());
+    // A rerun reuses what is complete and fails the same node again, and only it.
+    let o = sweetspot(["run".as_ref(), recipe.as_os_str()]);
+    assert_clean_failure(&o, 1);
+    let out = stdout(&o);
+    assert_eq!(out.matches("reused (complete)").count(), 4, "{out}");
+}
+
+/// Every file under `dir` (following no links), relative, with its bytes; what holds wall times
+/// or absolute paths by design (`done.json`, `run.json`, `run.log`, the pairs' `summary.json`)
+/// and the stage records (which hold no results) left out.
+fn outputs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let ft = e.file_type().unwrap();
+            if ft.is_symlink() {
+                continue;
+            }
+            if ft.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if ["done.json", "run.json", "run.log", "summary.json"].contains(&name.as_str())
+                || name.ends_with(".record.json")
+                || name == "record.json"
+            {
+                continue;
+            }
+            out.insert(rel, std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn killed_at_any_moment_the_run_ends_byte_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let make = |dir: &Path| {
+        Recipe {
+            n: 6,
+            pairs: "n = [3, 6]",
+            strategies: "[[pairs.strategies]]\ntype = \"max-min\"\n\n\
+                         [[pairs.strategies]]\ntype = \"grid\"\npoints = [\"min\", 0, \"max\"]\n",
+            train: "datasets = \"all\"\nepochs = 3\nsave_steps = 1",
+            ..Recipe::default()
+        }
+        .write(dir)
+    };
+    let (ra, rb) = (make(&a), make(&b));
+    // The uninterrupted run.
+    assert_ok(&sweetspot(["run".as_ref(), ra.as_os_str()]));
+
+    let bin =
+        std::env::var_os("SWEETSPOT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_sweetspot").into());
+    let mut kills = Vec::new();
+    // Each attempt is killed a little later than the last; each rerun starts where the last
+    // stopped, so the kills land all through the stages.
+    for delay_ms in [30u64, 60, 90, 120, 160, 200, 250, 300, 400, 500, 700, 1000] {
+        let mut child = std::process::Command::new(&bin)
+            .args(["-q", "run"])
+            .arg(&rb)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            // A real SIGKILL.
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let done = records_or_empty(&b.join("run"));
+            kills.push((delay_ms, done.len()));
+        } else {
+            assert!(child.wait().unwrap().success());
+            break;
+        }
+    }
+    assert!(
+        kills.len() >= 5,
+        "the run finished before 5 kills: {kills:?}"
+    );
+    // The kills fell in different places of the graph (different numbers of complete nodes).
+    let mut at: Vec<usize> = kills.iter().map(|k| k.1).collect();
+    at.dedup();
+    assert!(at.len() >= 3, "kills all at the same point: {kills:?}");
+    // The same command continues to the end.
+    assert_ok(&sweetspot(["run".as_ref(), rb.as_os_str()]));
+    let (oa, ob) = (outputs(&a.join("run")), outputs(&b.join("run")));
+    assert_eq!(
+        oa.keys().collect::<Vec<_>>(),
+        ob.keys().collect::<Vec<_>>(),
+        "kills: {kills:?}"
+    );
+    for (k, v) in &oa {
+        assert!(ob[k] == *v, "{k} differs after the kills {kills:?}");
+    }
+    let stray: Vec<&String> = ob
+        .keys()
+        .filter(|k| k.contains(".tmp") || k.contains(".partial") || k.contains("checkpoint"))
+        .collect();
+    assert!(stray.is_empty(), "left behind: {stray:?}");
+    assert_eq!(records(&b.join("run")).len(), records(&a.join("run")).len());
+}
+
+fn records_or_empty(run: &Path) -> BTreeMap<String, (String, Vec<u8>)> {
+    if run.join("run.json").exists() {
+        records(run)
+    } else {
+        BTreeMap::new()
+    }
+}
+
+/// The paper's recipes, with the tiny fixtures in place of the 8B models: they pass the check,
+/// and `--plan` lays out the paper's graph (one generate, one score, 21 trainings).
+#[test]
+fn the_paper_recipes_check_and_plan() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("prompts.jsonl"), PROMPTS).unwrap();
+    for (name, pairs_nodes, datasets) in [("paper-grid", 1, 21), ("paper-scaling", 7, 3)] {
+        let text = std::fs::read_to_string(example(&format!("recipes/{name}.toml")))
+            .unwrap()
+            .replace(
+                "\"../../models/Meta-Llama-3-8B-Instruct\"",
+                &format!("{:?}", fixture("policy")),
+            )
+            .replace(
+                "\"../../models/ArmoRM-Llama3-8B-v0.1\"",
+                &format!("{:?}", fixture("armorm")),
+            )
+            .replace("../../data/ultrafeedback-prompts.jsonl", "prompts.jsonl");
+        let recipe = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&recipe, text).unwrap();
+        let o = sweetspot([
+            "validate".as_ref(),
+            recipe.as_os_str(),
+            "--device".as_ref(),
+            "cpu".as_ref(),
+        ]);
+        assert_ok(&o);
+        let o = sweetspot([
+            "run".as_ref(),
+            "--plan".as_ref(),
+            recipe.as_os_str(),
+            "--device".as_ref(),
+            "cpu".as_ref(),
+        ]);
+        assert_ok(&o);
+        let plan = stdout(&o);
+        let count = |prefix: &str| {
+            plan.lines()
+                .filter(|l| l.trim_start().starts_with(prefix))
+                .count()
+        };
+        assert_eq!(count("generate "), 1, "{plan}");
+        assert!(plan.contains("6 prompts x 400 = 2400 samples"), "{plan}");
+        assert_eq!(count("score "), 1, "{plan}");
+        assert_eq!(count("pairs"), pairs_nodes, "{plan}");
+        assert_eq!(count("train "), 21, "{plan}");
+        assert!(
+            plan.contains(&format!("in each of {datasets} datasets")),
+            "{plan}"
+        );
+        assert!(!tmp.path().join("runs").exists());
+    }
+}
