@@ -391,6 +391,7 @@ fn killed_at_any_moment_the_run_ends_byte_identical() {
             break;
         }
     }
+    eprintln!("kills (delay ms, complete nodes then): {kills:?}");
     assert!(
         kills.len() >= 5,
         "the run finished before 5 kills: {kills:?}"
@@ -478,4 +479,41 @@ fn the_paper_recipes_check_and_plan() {
         );
         assert!(!tmp.path().join("runs").exists());
     }
+}
+
+/// Lists of losses and seeds multiply the policies, named by what varies; `--plan` shows them.
+#[test]
+fn losses_and_seeds_name_their_policies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let recipe = Recipe {
+        pairs: "n = 4",
+        train: "datasets = \"max-min\"\nseeds = [1, 2]",
+        ..Recipe::default()
+    }
+    .write(dir);
+    // Two losses instead of the one `[train.loss]`.
+    let text = std::fs::read_to_string(&recipe).unwrap().replace(
+        "[train.loss]\ntype = \"dpo\"\nbeta = 0.1\n",
+        "[[train.losses]]\ntype = \"dpo\"\nbeta = 0.1\n\n[[train.losses]]\ntype = \"ipo\"\n",
+    );
+    std::fs::write(&recipe, text).unwrap();
+    let o = sweetspot(["run".as_ref(), "--plan".as_ref(), recipe.as_os_str()]);
+    assert_ok(&o);
+    let plan = stdout(&o);
+    for name in [
+        "max-min-n4-dpo-s1",
+        "max-min-n4-dpo-s2",
+        "max-min-n4-ipo-s1",
+        "max-min-n4-ipo-s2",
+    ] {
+        assert!(plan.contains(&format!("train {name} ")), "{name}: {plan}");
+    }
+    // Different seeds and losses are different nodes.
+    let ids: std::collections::BTreeSet<&str> = plan
+        .lines()
+        .filter(|l| l.trim_start().starts_with("train "))
+        .filter_map(|l| l.split('[').nth(1))
+        .collect();
+    assert_eq!(ids.len(), 4, "{plan}");
 }

@@ -259,7 +259,7 @@ fn default_groups_per_call() -> usize {
 }
 
 /// `[run]`: settings of the whole run.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     /// A name for the run, shown in logs and summaries.
@@ -284,6 +284,19 @@ pub struct RunConfig {
 
 fn one_round() -> usize {
     1
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            name: None,
+            device: None,
+            seed: 0,
+            dir: None,
+            rounds: one_round(),
+            continue_with: None,
+        }
+    }
 }
 
 impl RunConfig {

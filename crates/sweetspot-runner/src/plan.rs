@@ -494,6 +494,8 @@ pub fn run_name(r: &Recipe, recipe_path: &Path) -> String {
 
 /// Expands a checked recipe (see [`crate::validate_recipe`]) into its graph.
 pub fn plan(r: &Recipe, recipe_path: &Path, ctx: &BuildContext) -> Result<Plan, RunError> {
+    // Fingerprints are cached for one plan only: a file may change between two plans.
+    FINGERPRINTS.with(|m| m.borrow_mut().clear());
     // Every path of the plan absolute, so that no stage resolves one again.
     let ctx = &BuildContext {
         base_dir: std::path::absolute(&ctx.base_dir).unwrap_or_else(|_| ctx.base_dir.clone()),
