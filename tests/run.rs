@@ -28,6 +28,8 @@ struct Recipe<'a> {
     strategies: &'a str,
     train: &'a str,
     run: &'a str,
+    /// Tables after `[train.loss]` (such as `[eval]`).
+    tail: &'a str,
 }
 
 impl Default for Recipe<'_> {
@@ -39,6 +41,7 @@ impl Default for Recipe<'_> {
             strategies: "[[pairs.strategies]]\ntype = \"max-min\"\n",
             train: "datasets = [\"max-min\"]",
             run: "",
+            tail: "",
         }
     }
 }
@@ -55,7 +58,7 @@ impl Recipe<'_> {
              [pairs]\n{pairs}\n\n{strategies}\n\
              [train]\n{train}\nbatch_size = 2\nmicro_batch_size = 2\nlearning_rate = 1e-4\n\
              warmup_ratio = 0.0\n\n\
-             [train.loss]\ntype = \"dpo\"\nbeta = 0.1\n",
+             [train.loss]\ntype = \"dpo\"\nbeta = 0.1\n\n{tail}\n",
             run = self.run,
             policy = fixture("policy"),
             n = self.n,
@@ -63,6 +66,7 @@ impl Recipe<'_> {
             pairs = self.pairs,
             strategies = self.strategies,
             train = self.train,
+            tail = self.tail,
         );
         let path = dir.join("recipe.toml");
         std::fs::write(&path, text).unwrap();
@@ -516,4 +520,71 @@ fn losses_and_seeds_name_their_policies() {
         .filter_map(|l| l.split('[').nth(1))
         .collect();
     assert_eq!(ids.len(), 4, "{plan}");
+}
+
+/// `[eval]`: the starting policy and each trained one answer held-out prompts greedily, scored
+/// by the recipe's reward model; the table compares each with the start, and every policy's
+/// answers are exported in AlpacaEval's layout.
+#[test]
+fn eval_compares_every_policy_with_the_starting_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("eval.jsonl"),
+        "{\"prompt_id\": \"x\", \"prompt\": \"Name an animal.\"}\n\
+         {\"prompt_id\": \"y\", \"prompt\": [{\"role\": \"user\", \"content\": \"Say yes.\"}]}\n\
+         {\"prompt_id\": \"z\", \"prompt\": \"Name a number.\"}\n",
+    )
+    .unwrap();
+    let recipe = Recipe {
+        pairs: "n = [2, 4]",
+        tail: "[eval]\nprompts = \"eval.jsonl\"\nmax_new_tokens = 5\nbootstrap = 200\n",
+        ..Recipe::default()
+    }
+    .write(dir);
+    let o = sweetspot(["run".as_ref(), "--plan".as_ref(), recipe.as_os_str()]);
+    let plan = stdout(&o);
+    assert!(plan.contains("eval generate base"), "{plan}");
+    assert!(plan.contains("eval score max-min-n4"), "{plan}");
+    assert!(plan.contains("2 policies against the base"), "{plan}");
+    let o = sweetspot(["run".as_ref(), recipe.as_os_str()]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(
+        out.contains("eval against the starting policy (3 prompts"),
+        "{out}"
+    );
+    let table: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/eval.json")).unwrap()).unwrap();
+    let names: Vec<&str> = table
+        .iter()
+        .map(|r| r["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["base", "max-min-n2", "max-min-n4"]);
+    // The start against itself: every prompt a tie.
+    assert_eq!(table[0]["win_rate"], 50.0);
+    assert_eq!(table[0]["lc_win_rate"], 50.0);
+    for row in &table {
+        let w = row["win_rate"].as_f64().unwrap();
+        let (lo, hi) = (
+            row["win_rate_ci"][0].as_f64().unwrap(),
+            row["win_rate_ci"][1].as_f64().unwrap(),
+        );
+        assert!((0.0..=100.0).contains(&w) && lo <= w && w <= hi, "{row}");
+        assert_eq!(row["prompts"], 3);
+    }
+    for name in names {
+        let file = dir.join("run/eval").join(name).join("model_outputs.json");
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(rows.len(), 3, "{name}");
+        assert_eq!(rows[1]["instruction"], "Say yes.");
+        assert!(
+            rows.iter()
+                .all(|r| r["output"].is_string() && r["generator"] == format!("recipe/{name}"))
+        );
+    }
+    // Nothing reruns.
+    let o = sweetspot(["run".as_ref(), recipe.as_os_str()]);
+    assert!(stdout(&o).contains("0 stages ran"), "{}", stdout(&o));
 }

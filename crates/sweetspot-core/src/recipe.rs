@@ -32,6 +32,32 @@ pub struct Recipe {
     pub pairs: Option<PairsConfig>,
     /// The training stage.
     pub train: Option<TrainConfig>,
+    /// The evaluation stage (`sweetspot run`).
+    pub eval: Option<EvalConfig>,
+}
+
+/// `[eval]`: held-out prompts answered by the starting policy and by every trained policy (one
+/// response each, with the `[sampler]`), scored by the recipe's reward model or `[eval.reward]`,
+/// and compared with the starting policy.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Held-out prompts (JSONL, as `[generate].prompts`).
+    pub prompts: PathBuf,
+    /// Sampling temperature of the eval responses; 0 (the default) is greedy.
+    #[serde(default)]
+    pub temperature: f64,
+    /// Longest eval response; the sampler's `max_new_tokens` when left out.
+    pub max_new_tokens: Option<usize>,
+    /// Bootstrap resamples of the prompts for the 95% intervals.
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap: usize,
+    /// A reward model of its own (`[eval.reward]`); the recipe's `[reward]` when left out.
+    pub reward: Option<Box<dyn RewardModelConfig>>,
+}
+
+fn default_bootstrap() -> usize {
+    1000
 }
 
 /// `[train]`: preference optimization of a policy on pairs.
@@ -395,6 +421,7 @@ const PLUGIN_TABLES: &[(&[&str], PluginKind)] = &[
     (&["reward"], PluginKind::RewardModel),
     (&["train", "loss"], PluginKind::PreferenceLoss),
     (&["train", "losses", "*"], PluginKind::PreferenceLoss),
+    (&["eval", "reward"], PluginKind::RewardModel),
 ];
 
 /// A recipe that cannot be read: where, and what.

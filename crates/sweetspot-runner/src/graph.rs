@@ -192,6 +192,9 @@ pub fn sizes(plan: &Plan) -> Vec<String> {
                     },
                 }
             }
+            Work::Eval { policies, .. } => {
+                format!("{} policies against the base", policies.len())
+            }
             Work::Train { pairs, table, .. } => {
                 let batch = table
                     .get("batch_size")
@@ -444,6 +447,30 @@ fn run_node(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<(), RunE
                 counts.insert(format!("pairs.{}", d.name), d.pairs);
             }
         }
+        Work::Eval {
+            baseline,
+            policies,
+            bootstrap,
+        } => {
+            let scored = |i: usize| plan.node_dir(i).join("scored.jsonl");
+            let base = crate::eval::read_responses(&scored(*baseline))?;
+            let mut all = vec![("base".to_string(), base.clone())];
+            for (name, i) in policies {
+                all.push((name.clone(), crate::eval::read_responses(&scored(*i))?));
+            }
+            let table = crate::eval::compare(&all, *bootstrap, node.seed)?;
+            for (name, responses) in &all {
+                let file = dir
+                    .join("model_outputs")
+                    .join(name)
+                    .join("model_outputs.json");
+                crate::eval::write_model_outputs(&file, &plan.name, name, responses)?;
+            }
+            let text = serde_json::to_vec_pretty(&table).unwrap_or_default();
+            sweetspot_io::write_atomic(&dir.join("eval.json"), &text)?;
+            counts.insert("policies".into(), policies.len() as u64);
+            counts.insert("prompts".into(), all[0].1.len() as u64);
+        }
         Work::Train {
             pairs,
             policy,
@@ -507,6 +534,7 @@ fn product(plan: &Plan, i: usize) -> PathBuf {
         StageKind::Score => dir.join("scored.jsonl"),
         StageKind::Pairs => dir.join("pairs"),
         StageKind::Train => dir.join("train"),
+        StageKind::Eval => dir.join("eval.json"),
     }
 }
 
@@ -523,7 +551,7 @@ fn publish(plan: &Plan, i: usize, target: &Path) -> Result<(), RunError> {
         Ok(())
     };
     match plan.nodes[i].stage {
-        StageKind::Generate | StageKind::Score => copy(&from, target),
+        StageKind::Generate | StageKind::Score | StageKind::Eval => copy(&from, target),
         StageKind::Pairs => {
             let single = target
                 .extension()
@@ -567,7 +595,15 @@ fn readable_names(plan: &Plan) -> Vec<(String, usize, String)> {
         } else {
             String::new()
         };
+        if node.label.starts_with("eval ") {
+            // The eval's own responses are read through the eval node's `model_outputs/`.
+            continue;
+        }
         match node.stage {
+            StageKind::Eval => {
+                out.push(("eval.json".into(), i, "eval.json".into()));
+                out.push(("eval".into(), i, "model_outputs".into()));
+            }
             StageKind::Generate => {
                 out.push((format!("{prefix}samples.jsonl"), i, "samples.jsonl".into()))
             }

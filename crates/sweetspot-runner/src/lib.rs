@@ -8,6 +8,7 @@
 //! - Every error names the file and, for data, the line or row and field.
 
 mod error;
+pub mod eval;
 mod generate;
 pub mod graph;
 pub mod identity;
@@ -19,6 +20,7 @@ mod score;
 mod stats;
 mod train;
 pub mod validate;
+pub mod winrate;
 
 pub use error::{RunError, SmallGroupError};
 pub use generate::{GenerateJob, GenerateSummary, partial_path, run_generate};

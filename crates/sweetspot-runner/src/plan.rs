@@ -36,6 +36,8 @@ pub enum StageKind {
     Pairs,
     /// A policy trained on one dataset.
     Train,
+    /// Win rates of every policy's eval responses against the starting policy's.
+    Eval,
 }
 
 impl StageKind {
@@ -46,6 +48,7 @@ impl StageKind {
             Self::Score => "score",
             Self::Pairs => "pairs",
             Self::Train => "train",
+            Self::Eval => "eval",
         }
     }
 }
@@ -89,6 +92,15 @@ pub enum Work {
         input: Source,
         /// The `[pairs]` table with `n` applied to every strategy and no paths.
         table: serde_json::Value,
+    },
+    /// `[eval]`: the comparison of every policy's scored eval responses with the baseline's.
+    Eval {
+        /// The baseline's scored responses (a score node).
+        baseline: usize,
+        /// Each policy: its name and its scored responses (a score node).
+        policies: Vec<(String, usize)>,
+        /// Bootstrap resamples.
+        bootstrap: usize,
     },
     /// `[train]` for one dataset, loss and seed.
     Train {
@@ -439,11 +451,20 @@ fn finish(
         Work::Generate { model, .. } => model.iter().collect::<Vec<_>>(),
         Work::Score { input, .. } | Work::Pairs { input, .. } => vec![input],
         Work::Train { pairs, policy, .. } => vec![pairs, policy],
+        Work::Eval { .. } => vec![],
     }
     .into_iter()
     .filter_map(|s| match s {
         Source::Node(i, _) => Some(*i),
         Source::File(_) => None,
+    })
+    .chain(match &work {
+        Work::Eval {
+            baseline, policies, ..
+        } => std::iter::once(*baseline)
+            .chain(policies.iter().map(|p| p.1))
+            .collect::<Vec<_>>(),
+        _ => vec![],
     })
     .collect();
     nodes.push(Node {
@@ -465,6 +486,85 @@ fn finish(
         seed,
     });
     nodes.len() - 1
+}
+
+/// Where a new node sits: its label, round and seed.
+struct At {
+    label: String,
+    round: usize,
+    seed: u64,
+}
+
+/// A generate node: `n` samples per prompt of `prompts` with the sampler table `sampler_v`,
+/// loading `model` instead of the table's own when given.
+fn generate_node(
+    nodes: &mut Vec<Node>,
+    ctx: &BuildContext,
+    (prompts, n): (PathBuf, usize),
+    mut sampler_v: serde_json::Value,
+    model: Option<Source>,
+    At { label, round, seed }: At,
+) -> Result<usize, RunError> {
+    if let (Some(_), Some(m)) = (&model, sampler_v.as_object_mut()) {
+        m.insert("model".into(), serde_json::Value::String(String::new()));
+    }
+    let mut id = Identity::new(
+        "generate",
+        &serde_json::json!({"sampler": sampler_v, "n": n, "seed": seed}),
+    );
+    plugin_identity(&mut id, "sampler", &sampler_v, ctx, &[])?;
+    if let Some(m) = &model {
+        id.settings.remove("sampler.model");
+        id.inputs
+            .insert("sampler.model".into(), source_input(nodes, m)?);
+    }
+    id.inputs
+        .insert("prompts".into(), fingerprint_cached(&prompts)?);
+    Ok(finish(
+        nodes,
+        StageKind::Generate,
+        label,
+        round,
+        id,
+        Work::Generate {
+            prompts,
+            n,
+            sampler: sampler_v,
+            model,
+        },
+        seed,
+    ))
+}
+
+/// A score node: the samples of `input` scored by the reward table `reward_v`.
+fn score_node(
+    nodes: &mut Vec<Node>,
+    ctx: &BuildContext,
+    input: Source,
+    reward_v: serde_json::Value,
+    groups_per_call: usize,
+    At { label, round, seed }: At,
+) -> Result<usize, RunError> {
+    let mut id = Identity::new(
+        "score",
+        &serde_json::json!({"reward": reward_v, "groups_per_call": groups_per_call}),
+    );
+    plugin_identity(&mut id, "reward", &reward_v, ctx, &[])?;
+    id.inputs
+        .insert("samples".into(), source_input(nodes, &input)?);
+    Ok(finish(
+        nodes,
+        StageKind::Score,
+        label,
+        round,
+        id,
+        Work::Score {
+            input,
+            reward: reward_v,
+            groups_per_call,
+        },
+        seed,
+    ))
 }
 
 fn config_err(m: impl std::fmt::Display) -> RunError {
@@ -533,6 +633,18 @@ pub fn plan(r: &Recipe, recipe_path: &Path, ctx: &BuildContext) -> Result<Plan, 
         _ => None,
     };
 
+    // The policy training starts from (and the eval's baseline): `[train] policy`, else the
+    // sampler's model.
+    let start_policy: Option<Source> = match r.train.as_ref().and_then(|t| t.policy.as_ref()) {
+        Some(p) => Some(Source::File(ctx.resolve(p))),
+        None => r
+            .sampler
+            .as_ref()
+            .map(|s| json(s))
+            .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(PathBuf::from))
+            .map(|m| Source::File(ctx.resolve(&m))),
+    };
+    let mut trained: Vec<usize> = Vec::new();
     let mut last_policy: Option<usize> = None;
     for round in 1..=rounds {
         // generate
@@ -540,37 +652,13 @@ pub fn plan(r: &Recipe, recipe_path: &Path, ctx: &BuildContext) -> Result<Plan, 
         if let (Some(g), Some(sampler)) = (&r.generate, &r.sampler) {
             let prompts = g.prompts.to_vec();
             let prompts = ctx.resolve(&prompts[(round - 1).min(prompts.len() - 1)]);
-            let mut sampler_v = json(sampler);
             let model = last_policy.map(|i| Source::Node(i, "train/policy".into()));
-            if let (Some(Source::Node(_, _)), Some(m)) = (&model, sampler_v.as_object_mut()) {
-                m.insert("model".into(), serde_json::Value::String(String::new()));
-            }
-            let mut id = Identity::new(
-                "generate",
-                &serde_json::json!({"sampler": sampler_v, "n": g.n, "seed": seed}),
-            );
-            plugin_identity(&mut id, "sampler", &sampler_v, ctx, &[])?;
-            if let Some(m) = &model {
-                id.settings.remove("sampler.model");
-                id.inputs
-                    .insert("sampler.model".into(), source_input(&nodes, m)?);
-            }
-            id.inputs
-                .insert("prompts".into(), fingerprint_cached(&prompts)?);
-            let i = finish(
-                &mut nodes,
-                StageKind::Generate,
-                "generate".into(),
+            let at = At {
+                label: "generate".into(),
                 round,
-                id,
-                Work::Generate {
-                    prompts,
-                    n: g.n,
-                    sampler: sampler_v,
-                    model,
-                },
                 seed,
-            );
+            };
+            let i = generate_node(&mut nodes, ctx, (prompts, g.n), json(sampler), model, at)?;
             if let Some(o) = &g.output {
                 publish.push((i, ctx.resolve(o)));
             }
@@ -595,27 +683,12 @@ pub fn plan(r: &Recipe, recipe_path: &Path, ctx: &BuildContext) -> Result<Plan, 
                 (_, Some(given)) => Source::File(ctx.resolve(given)),
                 (None, None) => return Err(config_err("[score]: `input` is not given")),
             };
-            let reward_v = json(reward);
-            let mut id = Identity::new(
-                "score",
-                &serde_json::json!({"reward": reward_v, "groups_per_call": s.groups_per_call}),
-            );
-            plugin_identity(&mut id, "reward", &reward_v, ctx, &[])?;
-            id.inputs
-                .insert("samples".into(), source_input(&nodes, &input)?);
-            let i = finish(
-                &mut nodes,
-                StageKind::Score,
-                "score".into(),
+            let at = At {
+                label: "score".into(),
                 round,
-                id,
-                Work::Score {
-                    input,
-                    reward: reward_v,
-                    groups_per_call: s.groups_per_call,
-                },
                 seed,
-            );
+            };
+            let i = score_node(&mut nodes, ctx, input, json(reward), s.groups_per_call, at)?;
             if let Some(o) = &s.output {
                 publish.push((i, ctx.resolve(o)));
             }
@@ -680,18 +753,10 @@ pub fn plan(r: &Recipe, recipe_path: &Path, ctx: &BuildContext) -> Result<Plan, 
         // train, one node per variant
         if let Some(t) = &r.train {
             let losses = loss_tables(r);
-            let base_policy = match (&last_policy, &t.policy) {
+            let base_policy = match (&last_policy, &start_policy) {
                 (Some(i), _) => Source::Node(*i, "train/policy".into()),
-                (None, Some(p)) => Source::File(ctx.resolve(p)),
-                (None, None) => {
-                    let model = r
-                        .sampler
-                        .as_ref()
-                        .map(|s| json(s))
-                        .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(PathBuf::from))
-                        .ok_or_else(|| config_err("[train]: `policy` is not given"))?;
-                    Source::File(ctx.resolve(&model))
-                }
+                (None, Some(p)) => p.clone(),
+                (None, None) => return Err(config_err("[train]: `policy` is not given")),
             };
             let mut next_policy = None;
             for v in &variants {
@@ -764,12 +829,97 @@ pub fn plan(r: &Recipe, recipe_path: &Path, ctx: &BuildContext) -> Result<Plan, 
                 if let Some(o) = &t.output {
                     publish.push((i, ctx.resolve(o)));
                 }
+                trained.push(i);
                 if continue_name.as_deref() == Some(v.name.as_str()) {
                     next_policy = Some(i);
                 }
             }
             last_policy = next_policy;
         }
+    }
+    // eval: the starting policy and every trained one answer the held-out prompts, once each.
+    if let (Some(e), Some(sampler), Some(start)) = (&r.eval, &r.sampler, &start_policy) {
+        let mut sampler_v = json(sampler);
+        if let Some(m) = sampler_v.as_object_mut() {
+            m.insert("temperature".into(), e.temperature.into());
+            if let Some(t) = e.max_new_tokens {
+                m.insert("max_new_tokens".into(), t.into());
+            }
+        }
+        let reward_v = match (&e.reward, &r.reward) {
+            (Some(own), _) => json(own),
+            (None, Some(rm)) => json(rm),
+            (None, None) => return Err(config_err("[eval]: no reward model")),
+        };
+        let groups = r.score.as_ref().map_or(64, |s| s.groups_per_call);
+        let prompts = ctx.resolve(&e.prompts);
+        let mut scored = Vec::new();
+        let mut who: Vec<(String, Source)> = vec![("base".into(), start.clone())];
+        for &i in &trained {
+            let node = &nodes[i];
+            let name = node.policy_name.clone().unwrap_or_default();
+            let name = if rounds > 1 {
+                format!("r{}/{name}", node.round)
+            } else {
+                name
+            };
+            who.push((name, Source::Node(i, "train/policy".into())));
+        }
+        for (name, model) in who {
+            let at = At {
+                label: format!("eval generate {name}"),
+                round: 1,
+                seed,
+            };
+            let g = generate_node(
+                &mut nodes,
+                ctx,
+                (prompts.clone(), 1),
+                sampler_v.clone(),
+                Some(model),
+                at,
+            )?;
+            let at = At {
+                label: format!("eval score {name}"),
+                round: 1,
+                seed,
+            };
+            let samples = Source::Node(g, "samples.jsonl".into());
+            let s = score_node(&mut nodes, ctx, samples, reward_v.clone(), groups, at)?;
+            scored.push((name, s));
+        }
+        let (base, policies) = (scored[0].1, scored[1..].to_vec());
+        let mut id = Identity::new(
+            "eval",
+            &serde_json::json!({
+                "bootstrap": e.bootstrap,
+                "seed": seed,
+                "policies": policies.iter().map(|p| p.0.clone()).collect::<Vec<_>>(),
+            }),
+        );
+        id.inputs.insert(
+            "base".into(),
+            source_input(&nodes, &Source::Node(base, "scored.jsonl".into()))?,
+        );
+        for (name, i) in &policies {
+            id.inputs.insert(
+                name.clone(),
+                source_input(&nodes, &Source::Node(*i, "scored.jsonl".into()))?,
+            );
+        }
+        finish(
+            &mut nodes,
+            StageKind::Eval,
+            "eval".into(),
+            1,
+            id,
+            Work::Eval {
+                baseline: base,
+                policies,
+                bootstrap: e.bootstrap,
+            },
+            seed,
+        );
     }
     // The pool, else the one device of the context (`--device` replaces the pool: the CLI sets
     // `devices` after planning).

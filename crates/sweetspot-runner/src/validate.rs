@@ -687,6 +687,67 @@ pub fn validate_recipe(
             "train".to_string()
         });
     }
+    if let Some(e) = r.eval.as_ref().filter(|_| chained) {
+        let Some(sampler) = r.sampler.as_ref().filter(|_| stages.train) else {
+            return Err(err(
+                "eval",
+                "[eval] compares the trained policies with the starting one: it needs [sampler] \
+                 (which answers the eval prompts) and [train]"
+                    .into(),
+            ));
+        };
+        let v = serde_json::to_value(sampler).unwrap_or_default();
+        for key in ["model", "temperature", "max_new_tokens"] {
+            if v.get(key).is_none() {
+                return Err(err(
+                    "sampler",
+                    format!(
+                        "[eval] answers with the sampler and each policy: the sampler needs a \
+                         `{key}` setting"
+                    ),
+                ));
+            }
+        }
+        if !(e.temperature.is_finite() && e.temperature >= 0.0) {
+            return Err(err(
+                "eval.temperature",
+                format!("{} must be a number >= 0 (0 is greedy)", e.temperature),
+            ));
+        }
+        if e.max_new_tokens == Some(0) {
+            return Err(err("eval.max_new_tokens", "must be at least 1".into()));
+        }
+        if e.bootstrap > 100_000 {
+            return Err(err(
+                "eval.bootstrap",
+                format!("{} resamples: at most 100000", e.bootstrap),
+            ));
+        }
+        match (&e.reward, &r.reward) {
+            (Some(own), _) => {
+                own.check(ctx).map_err(|i| plugin_issue("eval.reward", i))?;
+                plugin_paths(
+                    "eval.reward",
+                    serde_json::to_value(own).unwrap_or_default(),
+                    4,
+                    &mut inputs,
+                );
+            }
+            (None, Some(_)) => {}
+            (None, None) => {
+                return Err(err(
+                    "eval",
+                    "no reward model: add [eval.reward] (or a [reward] table)".into(),
+                ));
+            }
+        }
+        inputs.push(Named {
+            key: "eval.prompts".into(),
+            path: ctx.resolve(&e.prompts),
+            stage: 4,
+        });
+        described.push("eval (every policy against the starting one)".to_string());
+    }
     if described.is_empty() {
         return Err(Invalid::Recipe(RecipeError {
             path: Some(origin.to_path_buf()),

@@ -175,7 +175,10 @@ fn print_report(plan: &sweetspot_runner::plan::Plan, report: &sweetspot_runner::
     } else {
         String::new()
     };
+    print_eval(plan, &mut out);
     for (what, sub) in [
+        ("eval table", "eval.json"),
+        ("eval outputs", "eval"),
         ("samples", "samples.jsonl"),
         ("scored samples", "scored.jsonl"),
         ("pairs", "pairs"),
@@ -186,5 +189,54 @@ fn print_report(plan: &sweetspot_runner::plan::Plan, report: &sweetspot_runner::
         if has(&rel) {
             let _ = writeln!(out, "  {what:16} {dir}/{rel}");
         }
+    }
+}
+
+/// The eval table, when the run has a complete eval stage.
+fn print_eval(plan: &sweetspot_runner::plan::Plan, out: &mut impl Write) {
+    let Some(i) = plan
+        .nodes
+        .iter()
+        .position(|n| n.stage == sweetspot_runner::plan::StageKind::Eval)
+    else {
+        return;
+    };
+    let Ok(text) = std::fs::read_to_string(plan.node_dir(i).join("eval.json")) else {
+        return;
+    };
+    let Ok(rows) = serde_json::from_str::<Vec<serde_json::Value>>(&text) else {
+        return;
+    };
+    let width = rows
+        .iter()
+        .filter_map(|r| r["policy"].as_str().map(str::len))
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let ci = |v: &serde_json::Value| format!("[{:5.1}, {:5.1}]", f(&v[0]), f(&v[1]));
+    let _ = writeln!(
+        out,
+        "eval against the starting policy ({} prompts; 95% bootstrap intervals):",
+        rows.first()
+            .map_or(0, |r| r["prompts"].as_u64().unwrap_or(0))
+    );
+    let _ = writeln!(
+        out,
+        "  {:width$}  {:>8}  {:>7}  {:>6}  {:14}  {:>6}  {:14}",
+        "policy", "reward", "length", "win %", "", "LC %", ""
+    );
+    for r in &rows {
+        let _ = writeln!(
+            out,
+            "  {:width$}  {:8.4}  {:7.1}  {:6.1}  {:14}  {:6.1}  {:14}",
+            r["policy"].as_str().unwrap_or(""),
+            f(&r["mean_reward"]),
+            f(&r["mean_length"]),
+            f(&r["win_rate"]),
+            ci(&r["win_rate_ci"]),
+            f(&r["lc_win_rate"]),
+            ci(&r["lc_win_rate_ci"]),
+        );
     }
 }
