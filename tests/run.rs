@@ -311,6 +311,9 @@ fn a_failed_node_is_reported_and_the_pool_goes_on() {
     assert!(err.contains("has no pairs"), "{err}");
     assert!(dir.join("run/policies/max-min/model.safetensors").is_file());
     assert!(!dir.join("run/policies/sigma_max_vs_min_n8").exists());
+    // The report is written for the half-finished run: the pool and the finished training.
+    let html = std::fs::read_to_string(dir.join("run/report.html")).unwrap();
+    assert!(html.contains("<figure id=\"sigma\"") && html.contains("<figure id=\"train-loss\""));
     // A rerun reuses what is complete and fails the same node again, and only it.
     let o = sweetspot(["run".as_ref(), recipe.as_os_str()]);
     assert_clean_failure(&o, 1);
@@ -587,4 +590,98 @@ fn eval_compares_every_policy_with_the_starting_one() {
     // Nothing reruns.
     let o = sweetspot(["run".as_ref(), recipe.as_os_str()]);
     assert!(stdout(&o).contains("0 stages ran"), "{}", stdout(&o));
+}
+
+/// `report.html` opened in a real headless Chromium: it loads without a script error and every
+/// figure renders with a non-zero size; `sweetspot report` rebuilds the same page.
+#[test]
+fn the_report_renders_in_a_browser() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("eval.jsonl"),
+        "{\"prompt\": \"Name an animal.\"}\n{\"prompt\": \"Name a number.\"}\n",
+    )
+    .unwrap();
+    let recipe = Recipe {
+        strategies: "[[pairs.strategies]]\ntype = \"max-min\"\n\n\
+                     [[pairs.strategies]]\ntype = \"grid\"\npoints = [\"min\", 0, \"max\"]\n",
+        train: "datasets = \"all\"",
+        tail: "[eval]\nprompts = \"eval.jsonl\"\nmax_new_tokens = 4\nbootstrap = 50\n",
+        ..Recipe::default()
+    }
+    .write(dir);
+    let o = sweetspot(["run".as_ref(), recipe.as_os_str()]);
+    assert_ok(&o);
+    let report = dir.join("run/report.html");
+    assert!(
+        stdout(&o).contains(&report.display().to_string()),
+        "{}",
+        stdout(&o)
+    );
+    let html = std::fs::read_to_string(&report).unwrap();
+    let ids = [
+        "sigma",
+        "beyond",
+        "zscores",
+        "points",
+        "grid",
+        "scaling",
+        "train-loss",
+        "train-margins",
+        "train-accuracies",
+    ];
+    for id in ids {
+        assert!(
+            html.contains(&format!("<figure id=\"{id}\"")),
+            "no figure {id}"
+        );
+    }
+    // Self-contained: nothing is fetched.
+    let fetched = html
+        .replace("xmlns=\"http://www.w3.org/2000/svg\"", "")
+        .contains("http");
+    assert!(
+        !fetched && !html.contains(" src=") && !html.contains("<link") && !html.contains("@import")
+    );
+    // Rebuilt from the run folder, the same page.
+    assert_ok(&sweetspot(["report".as_ref(), dir.join("run").as_os_str()]));
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), html);
+
+    let Some(chromium) = browser() else {
+        return;
+    };
+    let out = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}", report.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("data-loaded=\"yes\""),
+        "not loaded: {dom:.2000}"
+    );
+    assert!(!dom.contains("data-error=\""), "script error: {dom:.2000}");
+    for id in ids {
+        let at = dom
+            .find(&format!("<figure id=\"{id}\""))
+            .unwrap_or_else(|| panic!("{id} missing in the DOM"));
+        let tag = &dom[at..at + dom[at..].find('>').unwrap()];
+        let size = tag
+            .split("data-rendered=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_else(|| panic!("{id} has no rendered size: {tag}"));
+        let (w, h) = size.split_once('x').unwrap();
+        assert!(
+            w.parse::<u32>().unwrap() > 0 && h.parse::<u32>().unwrap() > 0,
+            "{id}: {size}"
+        );
+    }
 }

@@ -86,3 +86,29 @@ pub fn smollm2() -> Option<PathBuf> {
     eprintln!("skipping: {} not found", p.display());
     None
 }
+
+/// A headless Chromium (`chromium-headless-shell`, `chromium`, `chromium-browser`,
+/// `google-chrome`). `None`, after saying so, when there is none, except under CI, where it
+/// must be there.
+pub fn browser() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in [
+        "chromium-headless-shell",
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+    ] {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "no headless Chromium under CI (apt-get install chromium-headless-shell)"
+    );
+    eprintln!("skipping the browser check: no Chromium found");
+    None
+}

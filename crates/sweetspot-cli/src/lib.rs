@@ -19,6 +19,7 @@ use crate::common::DEVICE_OVERRIDE;
 pub use cmd::generate::GenerateArgs;
 pub use cmd::pairs::{FormatArg, LayoutArg, PairsArgs, PolicyArg};
 pub use cmd::plugins::{KindArg, PluginsArgs};
+pub use cmd::report::ReportArgs;
 pub use cmd::run::RunArgs;
 pub use cmd::score::ScoreArgs;
 pub use cmd::stats::StatsArgs;
@@ -65,6 +66,8 @@ pub enum Command {
     /// Run a whole recipe as a graph of stages in its run folder: sweeps expanded, finished
     /// stages reused, a killed run resumed (the whole recipe is checked before anything runs).
     Run(RunArgs),
+    /// Rebuild a run folder's report.html (figures and the eval table) from what is complete.
+    Report(ReportArgs),
 }
 
 /// Flags of the commands that load a model.
@@ -159,5 +162,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Pairs(args) => cmd::pairs::pairs_cmd(*args, cli.quiet),
         Command::Stats(args) => cmd::stats::stats_cmd(&args),
         Command::Run(args) => cmd::run::run_cmd(args, cli.quiet),
+        Command::Report(args) => cmd::report::report_cmd(&args),
     }
 }

@@ -3,6 +3,7 @@
 pub(crate) mod generate;
 pub(crate) mod pairs;
 pub(crate) mod plugins;
+pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod score;
 pub(crate) mod stats;

@@ -77,7 +77,15 @@ pub(crate) fn run_cmd(args: RunArgs, quiet: bool) -> Result<(), Failure> {
             restart: args.model.restart,
         },
     )?;
-    print_report(&plan, &report);
+    // The report is derived from the run folder: rebuilt after every run, finished or not.
+    let html = match sweetspot_report::write_report(&plan.dir) {
+        Ok((path, _)) => Some(path),
+        Err(e) => {
+            tracing::warn!("report.html not written: {e}");
+            None
+        }
+    };
+    print_report(&plan, &report, html.as_deref());
     let failed = report.failed();
     if failed > 0 {
         let names: Vec<String> = report
@@ -140,7 +148,11 @@ fn print_plan(plan: &sweetspot_runner::plan::Plan) {
     }
 }
 
-fn print_report(plan: &sweetspot_runner::plan::Plan, report: &sweetspot_runner::graph::RunReport) {
+fn print_report(
+    plan: &sweetspot_runner::plan::Plan,
+    report: &sweetspot_runner::graph::RunReport,
+    html: Option<&std::path::Path>,
+) {
     let mut out = std::io::stdout().lock();
     let width = report.nodes.iter().map(|n| n.0.len()).max().unwrap_or(5);
     let (mut ran, mut reused) = (0, 0);
@@ -176,6 +188,9 @@ fn print_report(plan: &sweetspot_runner::plan::Plan, report: &sweetspot_runner::
         String::new()
     };
     print_eval(plan, &mut out);
+    if let Some(h) = html {
+        let _ = writeln!(out, "  {:16} {}", "report", h.display());
+    }
     for (what, sub) in [
         ("eval table", "eval.json"),
         ("eval outputs", "eval"),

@@ -1,0 +1,192 @@
+//! sweetspot-report: a run folder as one self-contained HTML page (`report.html`).
+//!
+//! Invariants:
+//! - The report is derived: it reads the run folder's index (`run.json`) and the files its
+//!   readable names point to (the scored pool, `eval.json`, training metrics), writes only
+//!   `report.html` (through a temporary file and a rename) and works on a half-finished run,
+//!   leaving out what is not there yet.
+//! - Self-contained: figures are inline SVG drawn with plotters (no fonts are read: the viewer
+//!   renders the text), styles are inline, nothing is fetched; the one inline script marks each
+//!   figure's rendered size on the page (`data-rendered`) so a browser check can read it.
+
+mod analysis;
+mod figures;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+pub use analysis::{PoolAnalysis, analyse_pool};
+
+/// What went wrong, in words (file first).
+pub type Error = String;
+
+/// A figure: an id, a caption and its SVG.
+struct Figure {
+    id: String,
+    caption: String,
+    svg: String,
+}
+
+fn read_json(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Writes `report.html` in the run folder `run_dir`; returns its path and the number of
+/// figures.
+pub fn write_report(run_dir: &Path) -> Result<(PathBuf, usize), Error> {
+    let index = read_json(&run_dir.join("run.json")).ok_or_else(|| {
+        format!(
+            "{}: no run.json (not a sweetspot run folder, or no run has started in it)",
+            run_dir.display()
+        )
+    })?;
+    let name = index["name"].as_str().unwrap_or("run").to_string();
+    let rounds = index["rounds"].as_u64().unwrap_or(1);
+    let prefix = if rounds > 1 { "round1/" } else { "" };
+    let mut figures = Vec::new();
+
+    // The scored pool, per n of the run.
+    let mut ns: Vec<usize> = index["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["stage"] == "pairs" && n["round"].as_u64() == Some(1))
+        .filter_map(|n| n["n"].as_u64().map(|v| v as usize))
+        .collect();
+    ns.sort_unstable();
+    ns.dedup();
+    let scored = run_dir.join(format!("{prefix}scored.jsonl"));
+    let mut pool_note = String::new();
+    if scored.exists() {
+        let a = analyse_pool(&scored, &ns)?;
+        pool_note = format!(
+            "{} prompts; n = {}",
+            a.groups,
+            a.ns.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        figures.extend(figures::pool(&a)?);
+    }
+
+    // The eval table and the win-rate figures.
+    let eval = read_json(&run_dir.join("eval.json"))
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default();
+    if !eval.is_empty() {
+        figures.extend(figures::win_rates(&eval)?);
+    }
+
+    // Training curves.
+    let mut curves = Vec::new();
+    if let Some(names) = index["names"].as_object() {
+        for (key, _) in names {
+            let Some(policy) = key
+                .strip_prefix(&format!("{prefix}metrics/"))
+                .and_then(|k| k.strip_suffix(".jsonl"))
+            else {
+                continue;
+            };
+            let text = std::fs::read_to_string(run_dir.join(key)).unwrap_or_default();
+            let rows: Vec<serde_json::Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            if !rows.is_empty() {
+                curves.push((policy.to_string(), rows));
+            }
+        }
+    }
+    if !curves.is_empty() {
+        figures.extend(figures::training(&curves)?);
+    }
+
+    let html = page(&name, &pool_note, &eval, &figures);
+    let out = run_dir.join("report.html");
+    sweetspot_io::write_atomic(&out, html.as_bytes())
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok((out, figures.len()))
+}
+
+fn page(name: &str, pool_note: &str, eval: &[serde_json::Value], figures: &[Figure]) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>sweetspot: {n}</title>\n<style>\
+         body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}\
+         table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;\
+         text-align:right}}th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}\
+         figure{{display:inline-block;margin:1em 1em 1em 0;vertical-align:top}}\
+         figcaption{{font-size:90%;color:#555;max-width:640px}}\
+         </style></head>\n<body>\n<h1>sweetspot run <code>{n}</code></h1>\n",
+        n = esc(name)
+    );
+    if !pool_note.is_empty() {
+        let _ = writeln!(h, "<p>Scored pool: {}.</p>", esc(pool_note));
+    }
+    if !eval.is_empty() {
+        let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            h,
+            "<h2>Evaluation against the starting policy</h2>\n<table id=\"eval\">\
+             <tr><th>policy</th><th>mean reward</th><th>mean length</th><th>win rate %</th>\
+             <th>95% interval</th><th>LC win rate %</th><th>95% interval</th></tr>"
+        );
+        for r in eval {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{:.4}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1} - {:.1}</td>\
+                 <td>{:.1}</td><td>{:.1} - {:.1}</td></tr>",
+                esc(r["policy"].as_str().unwrap_or("")),
+                f(&r["mean_reward"]),
+                f(&r["mean_length"]),
+                f(&r["win_rate"]),
+                f(&r["win_rate_ci"][0]),
+                f(&r["win_rate_ci"][1]),
+                f(&r["lc_win_rate"]),
+                f(&r["lc_win_rate_ci"][0]),
+                f(&r["lc_win_rate_ci"][1]),
+            );
+        }
+        let _ = writeln!(
+            h,
+            "</table>\n<p>Win rate: per prompt, a higher reward than the starting policy's counts \
+             1, an equal one 0.5. LC: length-controlled (the win rate a logistic model in the \
+             length difference predicts at equal length).</p>"
+        );
+    }
+    if figures.is_empty() {
+        let _ = writeln!(h, "<p>No figures yet: nothing of the run is complete.</p>");
+    }
+    for fig in figures {
+        let _ = writeln!(
+            h,
+            "<figure id=\"{}\">{}<figcaption>{}</figcaption></figure>",
+            esc(&fig.id),
+            fig.svg,
+            esc(&fig.caption)
+        );
+    }
+    h.push_str(
+        "<script>\nwindow.addEventListener('error', function (e) {\n  \
+         document.body.setAttribute('data-error', String(e.message));\n});\n\
+         window.addEventListener('load', function () {\n  \
+         document.querySelectorAll('figure').forEach(function (f) {\n    \
+         var s = f.querySelector('svg');\n    \
+         var r = s ? s.getBoundingClientRect() : {width: 0, height: 0};\n    \
+         f.setAttribute('data-rendered', Math.round(r.width) + 'x' + Math.round(r.height));\n  \
+         });\n  document.body.setAttribute('data-loaded', 'yes');\n});\n</script>\n\
+         </body></html>\n",
+    );
+    h
+}
