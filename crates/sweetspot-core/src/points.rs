@@ -11,6 +11,18 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::stats::RewardStats;
 
+/// The paper's seven points: min, mu + k sigma for k = -2, -1, 0, 1, 2, and max (the grid's
+/// default, 21 chosen/rejected pairs).
+pub const PAPER_POINTS: [Point; 7] = [
+    Point::Min,
+    Point::Sigma(-2.0),
+    Point::Sigma(-1.0),
+    Point::Sigma(0.0),
+    Point::Sigma(1.0),
+    Point::Sigma(2.0),
+    Point::Max,
+];
+
 /// A point on a group's reward distribution.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Point {

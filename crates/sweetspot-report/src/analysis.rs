@@ -3,20 +3,11 @@
 use std::path::Path;
 
 use sweetspot_core::RewardStats;
-use sweetspot_core::points::Point;
 use sweetspot_core::recipe::{InputLayout, OnBadGroup};
 use sweetspot_io::{ReadOptions, Record, ScoredReader};
 
 /// The seven points of the paper's grid.
-pub const POINTS: [Point; 7] = [
-    Point::Min,
-    Point::Sigma(-2.0),
-    Point::Sigma(-1.0),
-    Point::Sigma(0.0),
-    Point::Sigma(1.0),
-    Point::Sigma(2.0),
-    Point::Max,
-];
+pub use sweetspot_core::points::PAPER_POINTS as POINTS;
 
 /// The analysis, one entry per n.
 #[derive(Debug, Clone, Default)]

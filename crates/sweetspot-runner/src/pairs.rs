@@ -291,26 +291,29 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
                 continue;
             }
         };
+        // A group too small for `needs` samples: the error, or `None` when it is skipped.
+        let too_small = |group: &sweetspot_core::ScoredGroup, needs: usize, who: String| {
+            (job.on_small_group == OnBadGroup::Error).then(|| {
+                RunError::SmallGroup(Box::new(crate::error::SmallGroupError {
+                    path: job.input.clone(),
+                    at,
+                    field: (is_long == Some(false)).then(|| "all_generated_responses".to_string()),
+                    prompt_id: group.prompt.id.clone(),
+                    has: group.samples.len(),
+                    needs,
+                    strategy: who,
+                }))
+            })
+        };
         if let Some(n) = job.n {
             if group.samples.len() < n {
-                if job.on_small_group == OnBadGroup::Skip {
-                    for s in skipped.iter_mut() {
-                        *s.entry(SkipReason::TOO_FEW_SAMPLES).or_default() += 1;
-                    }
-                    continue;
+                if let Some(e) = too_small(&group, n, "`[pairs].n`".into()) {
+                    return Err(e);
                 }
-                return Err(RunError::SmallGroup(Box::new(
-                    crate::error::SmallGroupError {
-                        path: job.input.clone(),
-                        at,
-                        field: (is_long == Some(false))
-                            .then(|| "all_generated_responses".to_string()),
-                        prompt_id: group.prompt.id.clone(),
-                        has: group.samples.len(),
-                        needs: n,
-                        strategy: "`[pairs].n`".into(),
-                    },
-                )));
+                for s in skipped.iter_mut() {
+                    *s.entry(SkipReason::TOO_FEW_SAMPLES).or_default() += 1;
+                }
+                continue;
             }
             group.samples.truncate(n);
         }
@@ -318,24 +321,13 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
         for b in &built {
             let needs = b.strategy.min_samples();
             if group.samples.len() < needs {
-                if job.on_small_group == OnBadGroup::Skip {
-                    for s in &mut skipped[b.first..b.first + b.count] {
-                        *s.entry(SkipReason::TOO_FEW_SAMPLES).or_default() += 1;
-                    }
-                    continue;
+                if let Some(e) = too_small(&group, needs, format!("strategy `{}`", b.label)) {
+                    return Err(e);
                 }
-                return Err(RunError::SmallGroup(Box::new(
-                    crate::error::SmallGroupError {
-                        path: job.input.clone(),
-                        at,
-                        field: (is_long == Some(false))
-                            .then(|| "all_generated_responses".to_string()),
-                        prompt_id: group.prompt.id.clone(),
-                        has: group.samples.len(),
-                        needs,
-                        strategy: format!("strategy `{}`", b.label),
-                    },
-                )));
+                for s in &mut skipped[b.first..b.first + b.count] {
+                    *s.entry(SkipReason::TOO_FEW_SAMPLES).or_default() += 1;
+                }
+                continue;
             }
             selections.clear();
             b.strategy

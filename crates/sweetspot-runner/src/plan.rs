@@ -567,6 +567,26 @@ fn score_node(
     ))
 }
 
+/// A stage's input: the upstream node's product when the input is left out or names the
+/// upstream stage's own output (the explicit chain), else the user's file.
+fn connect(
+    ctx: &BuildContext,
+    upstream: &Option<Source>,
+    given: Option<&PathBuf>,
+    upstream_output: Option<&PathBuf>,
+    table: &str,
+) -> Result<Source, RunError> {
+    let same = |a: &PathBuf, b: &PathBuf| {
+        crate::paths::resolved(&ctx.resolve(a)) == crate::paths::resolved(&ctx.resolve(b))
+    };
+    match (upstream, given) {
+        (Some(up), None) => Ok(up.clone()),
+        (Some(up), Some(g)) if upstream_output.is_some_and(|o| same(o, g)) => Ok(up.clone()),
+        (_, Some(g)) => Ok(Source::File(ctx.resolve(g))),
+        (None, None) => Err(config_err(format!("{table}: `input` is not given"))),
+    }
+}
+
 fn config_err(m: impl std::fmt::Display) -> RunError {
     RunError::Config(m.to_string())
 }
@@ -667,22 +687,8 @@ pub fn plan(r: &Recipe, recipe_path: &Path, ctx: &BuildContext) -> Result<Plan, 
         // score
         let mut scored: Option<Source> = None;
         if let (Some(s), Some(reward)) = (&r.score, &r.reward) {
-            let input = match (&samples, &s.input) {
-                (Some(up), None) => up.clone(),
-                (Some(up), Some(given))
-                    if r.generate
-                        .as_ref()
-                        .and_then(|g| g.output.as_ref())
-                        .is_some_and(|o| {
-                            crate::paths::resolved(&ctx.resolve(o))
-                                == crate::paths::resolved(&ctx.resolve(given))
-                        }) =>
-                {
-                    up.clone()
-                }
-                (_, Some(given)) => Source::File(ctx.resolve(given)),
-                (None, None) => return Err(config_err("[score]: `input` is not given")),
-            };
+            let upstream_out = r.generate.as_ref().and_then(|g| g.output.as_ref());
+            let input = connect(ctx, &samples, s.input.as_ref(), upstream_out, "[score]")?;
             let at = At {
                 label: "score".into(),
                 round,
@@ -697,22 +703,8 @@ pub fn plan(r: &Recipe, recipe_path: &Path, ctx: &BuildContext) -> Result<Plan, 
         // pairs, one node per n
         let mut pair_nodes: BTreeMap<Option<usize>, usize> = BTreeMap::new();
         if let Some(p) = &r.pairs {
-            let input = match (&scored, &p.input) {
-                (Some(up), None) => up.clone(),
-                (Some(up), Some(given))
-                    if r.score
-                        .as_ref()
-                        .and_then(|s| s.output.as_ref())
-                        .is_some_and(|o| {
-                            crate::paths::resolved(&ctx.resolve(o))
-                                == crate::paths::resolved(&ctx.resolve(given))
-                        }) =>
-                {
-                    up.clone()
-                }
-                (_, Some(given)) => Source::File(ctx.resolve(given)),
-                (None, None) => return Err(config_err("[pairs]: `input` is not given")),
-            };
+            let upstream_out = r.score.as_ref().and_then(|s| s.output.as_ref());
+            let input = connect(ctx, &scored, p.input.as_ref(), upstream_out, "[pairs]")?;
             for &n in &ns {
                 let mut table = serde_json::to_value(p).map_err(config_err)?;
                 if let Some(m) = table.as_object_mut() {

@@ -18,15 +18,7 @@ pub struct Grid {
 }
 
 fn default_points() -> Vec<Point> {
-    vec![
-        Point::Min,
-        Point::Sigma(-2.0),
-        Point::Sigma(-1.0),
-        Point::Sigma(0.0),
-        Point::Sigma(1.0),
-        Point::Sigma(2.0),
-        Point::Max,
-    ]
+    sweetspot_core::points::PAPER_POINTS.to_vec()
 }
 
 impl Default for Grid {
