@@ -541,7 +541,11 @@ fn eval_compares_every_policy_with_the_starting_one() {
     .unwrap();
     let recipe = Recipe {
         pairs: "n = [2, 4]",
-        tail: "[eval]\nprompts = \"eval.jsonl\"\nmax_new_tokens = 5\nbootstrap = 200\n",
+        tail: &format!(
+            "[eval]\nprompts = \"eval.jsonl\"\nmax_new_tokens = 5\nbootstrap = 200\n\n\
+             [eval.judge]\ntype = \"pairwise-judge\"\nmodel = {:?}\n",
+            fixture("policy")
+        ),
         ..Recipe::default()
     }
     .write(dir);
@@ -550,6 +554,7 @@ fn eval_compares_every_policy_with_the_starting_one() {
     assert!(plan.contains("eval generate base"), "{plan}");
     assert!(plan.contains("eval score max-min-n4"), "{plan}");
     assert!(plan.contains("2 policies against the base"), "{plan}");
+    assert!(plan.contains("eval judge max-min-n2"), "{plan}");
     let o = sweetspot(["run".as_ref(), recipe.as_os_str()]);
     assert_ok(&o);
     let out = stdout(&o);
@@ -567,6 +572,36 @@ fn eval_compares_every_policy_with_the_starting_one() {
     // The start against itself: every prompt a tie.
     assert_eq!(table[0]["win_rate"], 50.0);
     assert_eq!(table[0]["lc_win_rate"], 50.0);
+    // The pairwise judge saw both orders of every prompt, and its verdict is a preference.
+    assert!(table[0].get("judge").is_none());
+    for row in &table[1..] {
+        let j = row["judge"]["win_rate"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&j), "{row}");
+    }
+    let judge_node = std::fs::read_dir(dir.join("run/nodes"))
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("done.json"))
+                .is_ok_and(|d| d.contains("\"eval pair max-min-n4\""))
+        })
+        .unwrap();
+    let pairs = read_jsonl(&judge_node.path().join("samples.jsonl"));
+    assert_eq!(pairs.len(), 6);
+    // Sample 0 holds the policy's response first, sample 1 the start's: the same two texts.
+    let (a, b) = (
+        pairs[0]["response"].as_str().unwrap(),
+        pairs[1]["response"].as_str().unwrap(),
+    );
+    let parts = |t: &str| {
+        let (x, y) = t.split_once("\n\nResponse B:\n").unwrap();
+        (
+            x.trim_start_matches("Response A:\n").to_string(),
+            y.to_string(),
+        )
+    };
+    let ((a1, a2), (b1, b2)) = (parts(a), parts(b));
+    assert_eq!((a1, a2), (b2, b1));
     for row in &table {
         let w = row["win_rate"].as_f64().unwrap();
         let (lo, hi) = (

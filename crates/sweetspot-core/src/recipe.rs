@@ -54,6 +54,9 @@ pub struct EvalConfig {
     pub bootstrap: usize,
     /// A reward model of its own (`[eval.reward]`); the recipe's `[reward]` when left out.
     pub reward: Option<Box<dyn RewardModelConfig>>,
+    /// A pairwise judge (`[eval.judge]`, such as `type = "pairwise-judge"`): it compares each
+    /// policy's response with the starting policy's, in both orders.
+    pub judge: Option<Box<dyn RewardModelConfig>>,
 }
 
 fn default_bootstrap() -> usize {
@@ -422,6 +425,7 @@ const PLUGIN_TABLES: &[(&[&str], PluginKind)] = &[
     (&["train", "loss"], PluginKind::PreferenceLoss),
     (&["train", "losses", "*"], PluginKind::PreferenceLoss),
     (&["eval", "reward"], PluginKind::RewardModel),
+    (&["eval", "judge"], PluginKind::RewardModel),
 ];
 
 /// A recipe that cannot be read: where, and what.

@@ -140,13 +140,14 @@ fn page(name: &str, pool_note: &str, eval: &[serde_json::Value], figures: &[Figu
             h,
             "<h2>Evaluation against the starting policy</h2>\n<table id=\"eval\">\
              <tr><th>policy</th><th>mean reward</th><th>mean length</th><th>win rate %</th>\
-             <th>95% interval</th><th>LC win rate %</th><th>95% interval</th></tr>"
+             <th>95% interval</th><th>LC win rate %</th><th>95% interval</th>\
+             <th>judge win rate %</th><th>judge LC %</th></tr>"
         );
         for r in eval {
             let _ = writeln!(
                 h,
                 "<tr><td>{}</td><td>{:.4}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1} - {:.1}</td>\
-                 <td>{:.1}</td><td>{:.1} - {:.1}</td></tr>",
+                 <td>{:.1}</td><td>{:.1} - {:.1}</td><td>{}</td><td>{}</td></tr>",
                 esc(r["policy"].as_str().unwrap_or("")),
                 f(&r["mean_reward"]),
                 f(&r["mean_length"]),
@@ -156,6 +157,12 @@ fn page(name: &str, pool_note: &str, eval: &[serde_json::Value], figures: &[Figu
                 f(&r["lc_win_rate"]),
                 f(&r["lc_win_rate_ci"][0]),
                 f(&r["lc_win_rate_ci"][1]),
+                r["judge"]["win_rate"]
+                    .as_f64()
+                    .map_or("-".into(), |v| format!("{v:.1}")),
+                r["judge"]["lc_win_rate"]
+                    .as_f64()
+                    .map_or("-".into(), |v| format!("{v:.1}")),
             );
         }
         let _ = writeln!(

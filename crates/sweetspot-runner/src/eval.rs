@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::RunError;
-use crate::winrate::{WinRate, win_rates};
+use crate::winrate::{WinRate, from_outcomes, pairwise_preference, win_rates};
 
 /// One eval response, scored.
 #[derive(Debug, Clone)]
@@ -35,6 +35,10 @@ pub struct EvalRow {
     /// Against the starting policy.
     #[serde(flatten)]
     pub against_base: WinRate,
+    /// Against the starting policy, as the pairwise judge (`[eval.judge]`) sees it: per
+    /// prompt the judge's preference for the policy, averaged over both orders.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge: Option<WinRate>,
 }
 
 fn bad(path: &Path, line: usize, m: impl std::fmt::Display) -> RunError {
@@ -133,6 +137,7 @@ pub fn compare(
             mean_reward: pol.iter().map(|p| p.0).sum::<f64>() / n,
             mean_length: pol.iter().map(|p| p.1).sum::<f64>() / n,
             against_base: win_rates(&pol, &bas, bootstrap, seed),
+            judge: None,
         });
     }
     Ok(rows)
@@ -168,4 +173,118 @@ pub fn write_model_outputs(
     let text = serde_json::to_vec_pretty(&rows).unwrap_or_default();
     sweetspot_io::write_atomic(file, &text)?;
     Ok(())
+}
+
+/// The two responses of one prompt as one text for a pairwise judge.
+pub fn pair_text(first: &str, second: &str) -> String {
+    format!("Response A:\n{first}\n\nResponse B:\n{second}")
+}
+
+fn raw_rows(path: &Path) -> Result<Vec<serde_json::Value>, RunError> {
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        RunError::Read(sweetspot_io::ReadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| bad(path, i + 1, format!("not JSON: {e}")))
+        })
+        .collect()
+}
+
+/// Writes the pairwise judge's input: per prompt of `base` (in its order), sample 0 holds the
+/// policy's response as A and the start's as B, sample 1 the other order. Returns the prompts.
+pub fn compose_pairs(policy: &Path, base: &Path, out: &Path) -> Result<usize, RunError> {
+    let policy_rows = raw_rows(policy)?;
+    let by_id: std::collections::HashMap<String, &serde_json::Value> = policy_rows
+        .iter()
+        .map(|r| (r["prompt_id"].to_string(), r))
+        .collect();
+    let mut text = String::new();
+    let base_rows = raw_rows(base)?;
+    for b in &base_rows {
+        let p = by_id.get(&b["prompt_id"].to_string()).ok_or_else(|| {
+            RunError::Config(format!(
+                "{}: no response to prompt {}",
+                policy.display(),
+                b["prompt_id"]
+            ))
+        })?;
+        let (pr, br) = (
+            p["response"].as_str().unwrap_or_default(),
+            b["response"].as_str().unwrap_or_default(),
+        );
+        for (index, response) in [(0, pair_text(pr, br)), (1, pair_text(br, pr))] {
+            let row = serde_json::json!({
+                "prompt_id": b["prompt_id"],
+                "prompt": b["prompt"],
+                "sample_index": index,
+                "response": response,
+            });
+            text.push_str(&row.to_string());
+            text.push('\n');
+        }
+    }
+    sweetspot_io::write_atomic(out, text.as_bytes())?;
+    Ok(base_rows.len())
+}
+
+/// The judge's scores of [`compose_pairs`]' rows: prompt id -> (policy first, start first).
+pub fn read_judged(path: &Path) -> Result<std::collections::HashMap<String, (f64, f64)>, RunError> {
+    let mut out: std::collections::HashMap<String, (f64, f64)> = Default::default();
+    for (i, r) in raw_rows(path)?.iter().enumerate() {
+        let reward = r["reward"]
+            .as_f64()
+            .ok_or_else(|| bad(path, i + 1, "field `reward`: missing"))?;
+        let e = out.entry(r["prompt_id"].to_string()).or_default();
+        match r["sample_index"].as_u64() {
+            Some(0) => e.0 = reward,
+            Some(1) => e.1 = reward,
+            _ => return Err(bad(path, i + 1, "field `sample_index`: not 0 or 1")),
+        }
+    }
+    Ok(out)
+}
+
+/// The judge's win rate of a policy against the start: per prompt the preference of
+/// [`pairwise_preference`], with the same length control and bootstrap as the reward's.
+pub fn judged_win_rate(
+    verdicts: &std::collections::HashMap<String, (f64, f64)>,
+    policy: &[Response],
+    base: &[Response],
+    bootstrap: usize,
+    seed: u64,
+) -> Result<WinRate, RunError> {
+    let base_len: std::collections::HashMap<&str, f64> = base
+        .iter()
+        .map(|r| (r.prompt_id.as_str(), r.length))
+        .collect();
+    let (mut outcomes, mut dlen) = (Vec::new(), Vec::new());
+    for r in policy {
+        let key = serde_json::Value::String(r.prompt_id.clone()).to_string();
+        let key_num = r.prompt_id.clone();
+        let (a, b) = verdicts
+            .get(&key)
+            .or_else(|| verdicts.get(&key_num))
+            .copied()
+            .ok_or_else(|| {
+                RunError::Config(format!(
+                    "eval: the judge has no verdict on `{}`",
+                    r.prompt_id
+                ))
+            })?;
+        outcomes.push(pairwise_preference(a, b));
+        dlen.push(
+            r.length
+                - base_len
+                    .get(r.prompt_id.as_str())
+                    .copied()
+                    .unwrap_or(r.length),
+        );
+    }
+    Ok(from_outcomes(&outcomes, &dlen, bootstrap, seed))
 }

@@ -195,6 +195,7 @@ pub fn sizes(plan: &Plan) -> Vec<String> {
             Work::Eval { policies, .. } => {
                 format!("{} policies against the base", policies.len())
             }
+            Work::Compose { .. } => "both orders of each prompt's two responses".to_string(),
             Work::Train { pairs, table, .. } => {
                 let batch = table
                     .get("batch_size")
@@ -447,9 +448,20 @@ fn run_node(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<(), RunE
                 counts.insert(format!("pairs.{}", d.name), d.pairs);
             }
         }
+        Work::Compose { policy, baseline } => {
+            let scored = |i: usize| plan.node_dir(i).join("scored.jsonl");
+            let n = crate::eval::compose_pairs(
+                &scored(*policy),
+                &scored(*baseline),
+                &dir.join("samples.jsonl"),
+            )?;
+            counts.insert("prompts".into(), n as u64);
+            counts.insert("samples".into(), 2 * n as u64);
+        }
         Work::Eval {
             baseline,
             policies,
+            judged,
             bootstrap,
         } => {
             let scored = |i: usize| plan.node_dir(i).join("scored.jsonl");
@@ -458,7 +470,20 @@ fn run_node(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<(), RunE
             for (name, i) in policies {
                 all.push((name.clone(), crate::eval::read_responses(&scored(*i))?));
             }
-            let table = crate::eval::compare(&all, *bootstrap, node.seed)?;
+            let mut table = crate::eval::compare(&all, *bootstrap, node.seed)?;
+            for (name, i) in judged {
+                let verdicts = crate::eval::read_judged(&scored(*i))?;
+                if let Some(row) = table.iter_mut().find(|r| &r.policy == name) {
+                    let policy = &all.iter().find(|a| &a.0 == name).map(|a| &a.1);
+                    row.judge = Some(crate::eval::judged_win_rate(
+                        &verdicts,
+                        policy.map_or(&[][..], |p| p.as_slice()),
+                        &base,
+                        *bootstrap,
+                        node.seed,
+                    )?);
+                }
+            }
             for (name, responses) in &all {
                 let file = dir
                     .join("model_outputs")

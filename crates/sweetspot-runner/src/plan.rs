@@ -99,8 +99,19 @@ pub enum Work {
         baseline: usize,
         /// Each policy: its name and its scored responses (a score node).
         policies: Vec<(String, usize)>,
+        /// Each policy judged against the baseline (`[eval.judge]`): its name and the judge's
+        /// scores of both orders (a score node).
+        judged: Vec<(String, usize)>,
         /// Bootstrap resamples.
         bootstrap: usize,
+    },
+    /// `[eval.judge]`'s input: per prompt, the policy's and the baseline's responses as one
+    /// text in both orders (sample 0: the policy's first).
+    Compose {
+        /// The policy's scored responses (a score node).
+        policy: usize,
+        /// The baseline's (a score node).
+        baseline: usize,
     },
     /// `[train]` for one dataset, loss and seed.
     Train {
@@ -451,7 +462,7 @@ fn finish(
         Work::Generate { model, .. } => model.iter().collect::<Vec<_>>(),
         Work::Score { input, .. } | Work::Pairs { input, .. } => vec![input],
         Work::Train { pairs, policy, .. } => vec![pairs, policy],
-        Work::Eval { .. } => vec![],
+        Work::Eval { .. } | Work::Compose { .. } => vec![],
     }
     .into_iter()
     .filter_map(|s| match s {
@@ -460,10 +471,15 @@ fn finish(
     })
     .chain(match &work {
         Work::Eval {
-            baseline, policies, ..
+            baseline,
+            policies,
+            judged,
+            ..
         } => std::iter::once(*baseline)
             .chain(policies.iter().map(|p| p.1))
+            .chain(judged.iter().map(|p| p.1))
             .collect::<Vec<_>>(),
+        Work::Compose { policy, baseline } => vec![*policy, *baseline],
         _ => vec![],
     })
     .collect();
@@ -881,6 +897,42 @@ pub fn plan(r: &Recipe, recipe_path: &Path, ctx: &BuildContext) -> Result<Plan, 
             scored.push((name, s));
         }
         let (base, policies) = (scored[0].1, scored[1..].to_vec());
+        // The pairwise judge: each policy against the start, both orders in one score node.
+        let mut judged = Vec::new();
+        if let Some(judge) = &e.judge {
+            let judge_v = json(judge);
+            for (name, s) in &policies {
+                let mut id = Identity::new("compose", &serde_json::json!({"orders": 2}));
+                id.inputs.insert(
+                    "policy".into(),
+                    source_input(&nodes, &Source::Node(*s, "scored.jsonl".into()))?,
+                );
+                id.inputs.insert(
+                    "base".into(),
+                    source_input(&nodes, &Source::Node(base, "scored.jsonl".into()))?,
+                );
+                let c = finish(
+                    &mut nodes,
+                    StageKind::Generate,
+                    format!("eval pair {name}"),
+                    1,
+                    id,
+                    Work::Compose {
+                        policy: *s,
+                        baseline: base,
+                    },
+                    seed,
+                );
+                let at = At {
+                    label: format!("eval judge {name}"),
+                    round: 1,
+                    seed,
+                };
+                let samples = Source::Node(c, "samples.jsonl".into());
+                let j = score_node(&mut nodes, ctx, samples, judge_v.clone(), groups, at)?;
+                judged.push((name.clone(), j));
+            }
+        }
         let mut id = Identity::new(
             "eval",
             &serde_json::json!({
@@ -899,6 +951,12 @@ pub fn plan(r: &Recipe, recipe_path: &Path, ctx: &BuildContext) -> Result<Plan, 
                 source_input(&nodes, &Source::Node(*i, "scored.jsonl".into()))?,
             );
         }
+        for (name, i) in &judged {
+            id.inputs.insert(
+                format!("judge {name}"),
+                source_input(&nodes, &Source::Node(*i, "scored.jsonl".into()))?,
+            );
+        }
         finish(
             &mut nodes,
             StageKind::Eval,
@@ -908,6 +966,7 @@ pub fn plan(r: &Recipe, recipe_path: &Path, ctx: &BuildContext) -> Result<Plan, 
             Work::Eval {
                 baseline: base,
                 policies,
+                judged,
                 bootstrap: e.bootstrap,
             },
             seed,

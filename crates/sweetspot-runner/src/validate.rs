@@ -741,6 +741,17 @@ pub fn validate_recipe(
                 ));
             }
         }
+        if let Some(judge) = &e.judge {
+            judge
+                .check(ctx)
+                .map_err(|i| plugin_issue("eval.judge", i))?;
+            plugin_paths(
+                "eval.judge",
+                serde_json::to_value(judge).unwrap_or_default(),
+                4,
+                &mut inputs,
+            );
+        }
         inputs.push(Named {
             key: "eval.prompts".into(),
             path: ctx.resolve(&e.prompts),

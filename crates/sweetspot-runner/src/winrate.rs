@@ -205,9 +205,23 @@ pub fn win_rates(
         .zip(baseline)
         .map(|(p, b)| p.1 - b.1)
         .collect();
+    from_outcomes(&outcomes, &dlen, resamples, seed)
+}
+
+/// The pairwise judge's preference for the policy on one prompt, from its scores in both
+/// orders (`log P(A) - log P(B)` with the policy's response as A, then with the start's as A):
+/// the mean of P(policy) over the two orders, so that a preference for the first (or second)
+/// position cancels. Swapping the two responses gives 1 minus the preference.
+pub fn pairwise_preference(policy_first: f64, start_first: f64) -> f64 {
+    0.5 * (sigmoid(policy_first) + sigmoid(-start_first))
+}
+
+/// Win rates from per-prompt outcomes in [0, 1] (a fractional outcome counts as that much of a
+/// win) and length differences.
+pub fn from_outcomes(outcomes: &[f64], dlen: &[f64], resamples: usize, seed: u64) -> WinRate {
     let n = outcomes.len();
     let plain = |o: &[f64]| 100.0 * o.iter().sum::<f64>() / o.len().max(1) as f64;
-    let (lc, w) = length_controlled(&outcomes, &dlen);
+    let (lc, w) = length_controlled(outcomes, dlen);
     let mut rng = SplitMix(seed);
     let (mut plains, mut lcs) = (Vec::with_capacity(resamples), Vec::with_capacity(resamples));
     let (mut o, mut d) = (vec![0.0; n], vec![0.0; n]);
@@ -225,7 +239,7 @@ pub fn win_rates(
     let ci = |v: &[f64]| (quantile(v, 0.025), quantile(v, 0.975));
     WinRate {
         prompts: n,
-        win_rate: plain(&outcomes),
+        win_rate: plain(outcomes),
         win_rate_ci: ci(&plains),
         lc_win_rate: lc,
         lc_win_rate_ci: ci(&lcs),
@@ -296,6 +310,21 @@ mod tests {
             let plain = 100.0 * outcomes.iter().sum::<f64>() / outcomes.len() as f64;
             assert!((plain - c["win_rate"].as_f64().unwrap()).abs() < 1e-9);
         }
+    }
+
+    #[test]
+    fn pairwise_orders_cancel() {
+        // A judge that always prefers the first position: in one order it picks the policy, in
+        // the other the start; averaged, no preference.
+        assert!((pairwise_preference(2.0, 2.0) - 0.5).abs() < 1e-12);
+        // Swapping which response is the policy's flips the per-order results and gives 1 - p.
+        for (a, b) in [(1.5, -0.5), (-3.0, 0.25), (0.0, 4.0)] {
+            let p = pairwise_preference(a, b);
+            let swapped = pairwise_preference(b, a);
+            assert!((p + swapped - 1.0).abs() < 1e-12, "{p} {swapped}");
+        }
+        // A judge that prefers the policy in both orders.
+        assert!(pairwise_preference(3.0, -3.0) > 0.9);
     }
 
     #[test]

@@ -161,6 +161,96 @@ inventory::submit! {
 inventory::submit! {
     PluginInfo {
         kind: PluginKind::RewardModel,
+        name: "pairwise-judge",
+        description: "a causal LM comparing two responses: log P(A) - log P(B) (for [eval.judge])",
+        crate_name: env!("CARGO_PKG_NAME"),
+        example: "type = \"pairwise-judge\"\nmodel = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"",
+    }
+}
+
+/// The pairwise judge's default prompt: `{response}` receives both responses, labelled.
+pub const DEFAULT_PAIRWISE_TEMPLATE: &str = "Here is an instruction and two responses to it.\n\n\
+Instruction: {prompt}\n\n{response}\n\nWhich response follows the instruction better? Answer with \
+one letter, A or B.";
+
+fn default_pairwise_template() -> String {
+    DEFAULT_PAIRWISE_TEMPLATE.to_string()
+}
+fn default_a() -> String {
+    "A".into()
+}
+fn default_b() -> String {
+    "B".into()
+}
+
+/// `type = "pairwise-judge"` (for `[eval.judge]`): a causal LM reads one grading prompt holding
+/// two responses (`{response}` becomes `Response A: ...` and `Response B: ...`) and its score is
+/// log P(`a`) - log P(`b`) for the next token. The eval stage asks it in both orders.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairwiseJudgeConfig {
+    /// A causal LM: a model folder or a .gguf file.
+    pub model: PathBuf,
+    /// The grading prompt, one user turn; `{prompt}` and `{response}` (both responses) replaced.
+    #[serde(default = "default_pairwise_template")]
+    pub template: String,
+    /// The answer naming the first response (one token).
+    #[serde(default = "default_a")]
+    pub a: String,
+    /// The answer naming the second response (one token).
+    #[serde(default = "default_b")]
+    pub b: String,
+    /// Most sequences per batch.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Most padded tokens per batch.
+    #[serde(default = "default_batch_tokens")]
+    pub max_batch_tokens: usize,
+    /// The device; `[run].device` / `--device` when absent.
+    pub device: Option<String>,
+    /// Float type of the model's weights.
+    #[serde(default)]
+    pub dtype: Precision,
+}
+
+impl PairwiseJudgeConfig {
+    /// The same model as a Yes/No judge whose answers are `a` and `b`.
+    fn as_judge(&self) -> JudgeConfig {
+        JudgeConfig {
+            model: self.model.clone(),
+            template: self.template.clone(),
+            yes: self.a.clone(),
+            no: self.b.clone(),
+            batch_size: self.batch_size,
+            max_batch_tokens: self.max_batch_tokens,
+            device: self.device.clone(),
+            dtype: self.dtype,
+        }
+    }
+}
+
+#[typetag::serde(name = "pairwise-judge")]
+impl RewardModelConfig for PairwiseJudgeConfig {
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        self.as_judge().check(ctx).map_err(|mut i| {
+            i.key = match i.key.as_str() {
+                "yes" => "a".into(),
+                "no" => "b".into(),
+                _ => i.key,
+            };
+            i
+        })
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn RewardModel>, PluginError> {
+        self.check(ctx).map_err(issue("pairwise-judge"))?;
+        self.as_judge().build(ctx)
+    }
+}
+
+inventory::submit! {
+    PluginInfo {
+        kind: PluginKind::RewardModel,
         name: "judge",
         description: "a causal LM as judge: log P(Yes) - log P(No) after a grading prompt",
         crate_name: env!("CARGO_PKG_NAME"),

@@ -236,15 +236,28 @@ fn print_eval(plan: &sweetspot_runner::plan::Plan, out: &mut impl Write) {
         rows.first()
             .map_or(0, |r| r["prompts"].as_u64().unwrap_or(0))
     );
+    let judged = rows.iter().any(|r| r.get("judge").is_some());
     let _ = writeln!(
         out,
-        "  {:width$}  {:>8}  {:>7}  {:>6}  {:14}  {:>6}  {:14}",
-        "policy", "reward", "length", "win %", "", "LC %", ""
+        "  {:width$}  {:>8}  {:>7}  {:>6}  {:14}  {:>6}  {:14}{}",
+        "policy",
+        "reward",
+        "length",
+        "win %",
+        "",
+        "LC %",
+        "",
+        if judged { "  judge %  judge LC %" } else { "" }
     );
     for r in &rows {
+        let judge = match r.get("judge") {
+            Some(j) => format!("  {:7.1}  {:10.1}", f(&j["win_rate"]), f(&j["lc_win_rate"])),
+            None if judged => format!("  {:>7}  {:>10}", "-", "-"),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  {:width$}  {:8.4}  {:7.1}  {:6.1}  {:14}  {:6.1}  {:14}",
+            "  {:width$}  {:8.4}  {:7.1}  {:6.1}  {:14}  {:6.1}  {:14}{judge}",
             r["policy"].as_str().unwrap_or(""),
             f(&r["mean_reward"]),
             f(&r["mean_length"]),
