@@ -902,7 +902,12 @@ pub fn plan(r: &Recipe, recipe_path: &Path, ctx: &BuildContext) -> Result<Plan, 
         if let Some(judge) = &e.judge {
             let judge_v = json(judge);
             for (name, s) in &policies {
-                let mut id = Identity::new("compose", &serde_json::json!({"orders": 2}));
+                // The text's layout is part of what the judge reads.
+                let layout = crate::eval::pair_text("{a}", "{b}");
+                let mut id = Identity::new(
+                    "compose",
+                    &serde_json::json!({"orders": 2, "layout": layout}),
+                );
                 id.inputs.insert(
                     "policy".into(),
                     source_input(&nodes, &Source::Node(*s, "scored.jsonl".into()))?,

@@ -271,6 +271,7 @@ pub fn validate_recipe(
             return Err(err("score.groups_per_call", "must be at least 1".into()));
         }
         reward.check(ctx).map_err(|i| plugin_issue("reward", i))?;
+        refuse_pairwise(reward.as_ref(), "reward.type").map_err(|m| err("reward.type", m))?;
         let upstream_out = r.generate.as_ref().and_then(|g| g.output.as_ref());
         if !connected(&s.input, stages.generate, upstream_out) {
             let Some(input) = &s.input else {
@@ -726,6 +727,8 @@ pub fn validate_recipe(
         match (&e.reward, &r.reward) {
             (Some(own), _) => {
                 own.check(ctx).map_err(|i| plugin_issue("eval.reward", i))?;
+                refuse_pairwise(own.as_ref(), "eval.reward.type")
+                    .map_err(|m| err("eval.reward.type", m))?;
                 plugin_paths(
                     "eval.reward",
                     serde_json::to_value(own).unwrap_or_default(),
@@ -742,6 +745,16 @@ pub fn validate_recipe(
             }
         }
         if let Some(judge) = &e.judge {
+            if plugin_type(judge.as_ref()) != PAIRWISE {
+                return Err(err(
+                    "eval.judge.type",
+                    format!(
+                        "`{}` scores one response; [eval.judge] compares two: use \
+                         type = \"{PAIRWISE}\" (a reward model goes in [eval.reward])",
+                        plugin_type(judge.as_ref())
+                    ),
+                ));
+            }
             judge
                 .check(ctx)
                 .map_err(|i| plugin_issue("eval.judge", i))?;
@@ -776,6 +789,32 @@ pub fn validate_recipe(
         }
     })?;
     Ok(described)
+}
+
+/// The reward-model type that compares two responses (only for `[eval.judge]`).
+const PAIRWISE: &str = "pairwise-judge";
+
+/// A plugin config's `type`.
+fn plugin_type(config: &dyn sweetspot_core::RewardModelConfig) -> String {
+    serde_json::to_value(config)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(String::from))
+        .unwrap_or_default()
+}
+
+/// A pairwise judge scores a text holding two responses: as a reward model of one response its
+/// numbers would mean nothing.
+fn refuse_pairwise(
+    config: &dyn sweetspot_core::RewardModelConfig,
+    key: &str,
+) -> Result<(), String> {
+    if plugin_type(config) == PAIRWISE {
+        return Err(format!(
+            "`{PAIRWISE}` compares two responses and is only for [eval.judge]; `{key}` needs a \
+             reward model of one response (seq-cls, armorm, judge)"
+        ));
+    }
+    Ok(())
 }
 
 /// Inputs exist (or are made by an earlier stage of the same run); no output equals or contains
