@@ -110,6 +110,17 @@ fn every_example_table_deserializes_under_its_name() {
             "sampler" => format!(
                 "[generate]\nprompts = \"p.jsonl\"\noutput = \"s.jsonl\"\nn = 2\n\n[sampler]\n{example}\n"
             ),
+            // A pairwise judge compares two responses: its place is [eval.judge].
+            "reward-model" if p["name"] == "pairwise-judge" => format!(
+                "[sampler]\ntype = \"burn\"\nmodel = {policy:?}\n\n\
+                 [generate]\nprompts = \"p.jsonl\"\nn = 2\n\n\
+                 [reward]\ntype = \"seq-cls\"\nmodel = {seq_cls:?}\n\n[score]\n\n\
+                 [pairs]\n[[pairs.strategies]]\ntype = \"max-min\"\n\n\
+                 [train]\ndatasets = \"all\"\n[train.loss]\ntype = \"dpo\"\n\n\
+                 [eval]\nprompts = \"p.jsonl\"\n\n[eval.judge]\n{example}\n",
+                policy = models.join("policy"),
+                seq_cls = models.join("seq-cls"),
+            ),
             "reward-model" => format!(
                 "[score]\ninput = \"s.jsonl\"\noutput = \"scored.jsonl\"\n\n[reward]\n{example}\n"
             ),
