@@ -105,3 +105,20 @@ pub(crate) fn context(recipe: &Recipe, base: PathBuf) -> BuildContext {
         seed: recipe.run.seed,
     }
 }
+
+/// A recipe, its base folder, its origin (for messages) and its text.
+pub(crate) type Loaded = (Recipe, PathBuf, PathBuf, String);
+
+/// The recipe file a command was given, or the recipe `flags` makes from its flags.
+pub(crate) fn recipe_or_flags(
+    recipe: Option<&PathBuf>,
+    flags: impl FnOnce() -> Result<Loaded, Failure>,
+) -> Result<Loaded, Failure> {
+    match recipe {
+        Some(path) => {
+            let (r, t) = load_recipe(path)?;
+            Ok((r, base_dir(path), path.clone(), t))
+        }
+        None => flags(),
+    }
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::common::{
-    DEVICE_OVERRIDE, base_dir, check_recipe, context, flag_recipe, load_recipe, path_value,
+    DEVICE_OVERRIDE, check_recipe, context, flag_recipe, path_value, recipe_or_flags,
 };
 use crate::{Failure, ModelFlags};
 
@@ -55,47 +55,41 @@ pub struct GenerateArgs {
 pub(crate) fn generate_cmd(args: GenerateArgs, quiet: bool) -> Result<(), Failure> {
     let _ = DEVICE_OVERRIDE.set(args.model_flags.device.clone());
     let usage = |message: String| Failure { message, code: 2 };
-    let (recipe, base, origin, text) = match &args.recipe {
-        Some(path) => {
-            let (r, t) = load_recipe(path)?;
-            (r, base_dir(path), path.clone(), t)
+    let (recipe, base, origin, text) = recipe_or_flags(args.recipe.as_ref(), || {
+        let (Some(model), Some(prompts)) = (&args.model, &args.prompts) else {
+            return Err(usage("give --recipe, or --model and --prompts".into()));
+        };
+        let Some(output) = &args.output else {
+            return Err(usage("give --output (a .jsonl file)".into()));
+        };
+        let mut sampler = toml::Table::new();
+        sampler.insert("type".into(), toml::Value::String("burn".into()));
+        sampler.insert("model".into(), path_value(model));
+        sampler.insert(
+            "temperature".into(),
+            toml::Value::Float(args.temperature as f64),
+        );
+        sampler.insert("top_p".into(), toml::Value::Float(args.top_p as f64));
+        sampler.insert("top_k".into(), toml::Value::Integer(args.top_k as i64));
+        sampler.insert(
+            "max_new_tokens".into(),
+            toml::Value::Integer(args.max_new_tokens as i64),
+        );
+        sampler.insert(
+            "batch_size".into(),
+            toml::Value::Integer(args.batch_size as i64),
+        );
+        if let Some(d) = &args.dtype {
+            sampler.insert("dtype".into(), toml::Value::String(d.clone()));
         }
-        None => {
-            let (Some(model), Some(prompts)) = (&args.model, &args.prompts) else {
-                return Err(usage("give --recipe, or --model and --prompts".into()));
-            };
-            let Some(output) = &args.output else {
-                return Err(usage("give --output (a .jsonl file)".into()));
-            };
-            let mut sampler = toml::Table::new();
-            sampler.insert("type".into(), toml::Value::String("burn".into()));
-            sampler.insert("model".into(), path_value(model));
-            sampler.insert(
-                "temperature".into(),
-                toml::Value::Float(args.temperature as f64),
-            );
-            sampler.insert("top_p".into(), toml::Value::Float(args.top_p as f64));
-            sampler.insert("top_k".into(), toml::Value::Integer(args.top_k as i64));
-            sampler.insert(
-                "max_new_tokens".into(),
-                toml::Value::Integer(args.max_new_tokens as i64),
-            );
-            sampler.insert(
-                "batch_size".into(),
-                toml::Value::Integer(args.batch_size as i64),
-            );
-            if let Some(d) = &args.dtype {
-                sampler.insert("dtype".into(), toml::Value::String(d.clone()));
-            }
-            let mut generate = toml::Table::new();
-            generate.insert("prompts".into(), path_value(prompts));
-            generate.insert("output".into(), path_value(output));
-            generate.insert("n".into(), toml::Value::Integer(args.n as i64));
-            let mut run = toml::Table::new();
-            run.insert("seed".into(), toml::Value::Integer(args.seed as i64));
-            flag_recipe([("run", run), ("sampler", sampler), ("generate", generate)])?
-        }
-    };
+        let mut generate = toml::Table::new();
+        generate.insert("prompts".into(), path_value(prompts));
+        generate.insert("output".into(), path_value(output));
+        generate.insert("n".into(), toml::Value::Integer(args.n as i64));
+        let mut run = toml::Table::new();
+        run.insert("seed".into(), toml::Value::Integer(args.seed as i64));
+        flag_recipe([("run", run), ("sampler", sampler), ("generate", generate)])
+    })?;
     let ctx = context(&recipe, base);
     let mut recipe = recipe;
     if let (Some(_), Some(o), Some(g)) = (&args.recipe, &args.output, recipe.generate.as_mut()) {

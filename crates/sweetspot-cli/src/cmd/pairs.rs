@@ -8,7 +8,7 @@ use sweetspot_core::recipe::{InputLayout, OutputFormat, Recipe};
 use sweetspot_runner::{PairsJob, PairsSummary};
 
 use crate::Failure;
-use crate::common::{base_dir, check_recipe, context, load_recipe, path_value};
+use crate::common::{check_recipe, context, path_value, recipe_or_flags};
 
 /// `sweetspot pairs`: from a recipe, or from flags.
 #[derive(Debug, Args)]
@@ -115,18 +115,12 @@ impl PolicyArg {
 }
 
 pub(crate) fn pairs_cmd(args: PairsArgs, quiet: bool) -> Result<(), Failure> {
-    let (recipe, base, origin, text) = match &args.recipe {
-        Some(path) => {
-            let (r, t) = load_recipe(path)?;
-            (r, base_dir(path), path.clone(), t)
-        }
-        None => {
-            let text = flags_to_recipe(&args)?;
-            let origin = PathBuf::from("<command line>");
-            let recipe = Recipe::from_toml(&text, Some(&origin))?;
-            (recipe, PathBuf::from("."), origin, text)
-        }
-    };
+    let (recipe, base, origin, text) = recipe_or_flags(args.recipe.as_ref(), || {
+        let text = flags_to_recipe(&args)?;
+        let origin = PathBuf::from("<command line>");
+        let recipe = Recipe::from_toml(&text, Some(&origin))?;
+        Ok((recipe, PathBuf::from("."), origin, text))
+    })?;
     let ctx = context(&recipe, base);
     let mut recipe = recipe;
     if let (Some(_), Some(o), Some(p)) = (&args.recipe, &args.output, recipe.pairs.as_mut()) {

@@ -6,8 +6,7 @@ use clap::Args;
 use sweetspot_core::BuildContext;
 
 use crate::common::{
-    DEVICE_OVERRIDE, base_dir, check_recipe, context, flag_recipe, load_recipe, param_value,
-    path_value,
+    DEVICE_OVERRIDE, check_recipe, context, flag_recipe, param_value, path_value, recipe_or_flags,
 };
 use crate::{Failure, ModelFlags};
 
@@ -48,38 +47,32 @@ pub struct ScoreArgs {
 pub(crate) fn score_cmd(args: ScoreArgs, quiet: bool) -> Result<(), Failure> {
     let _ = DEVICE_OVERRIDE.set(args.model_flags.device.clone());
     let usage = |message: String| Failure { message, code: 2 };
-    let (recipe, base, origin, text) = match &args.recipe {
-        Some(path) => {
-            let (r, t) = load_recipe(path)?;
-            (r, base_dir(path), path.clone(), t)
+    let (recipe, base, origin, text) = recipe_or_flags(args.recipe.as_ref(), || {
+        let (Some(model), Some(input)) = (&args.model, &args.input) else {
+            return Err(usage("give --recipe, or --model and --input".into()));
+        };
+        let Some(output) = &args.output else {
+            return Err(usage("give --output (a .jsonl file)".into()));
+        };
+        let mut reward = toml::Table::new();
+        reward.insert("type".into(), toml::Value::String(args.kind.clone()));
+        reward.insert("model".into(), path_value(model));
+        reward.insert(
+            "batch_size".into(),
+            toml::Value::Integer(args.batch_size as i64),
+        );
+        for kv in &args.params {
+            let (k, v) = param_value(kv)?;
+            reward.insert(k, v);
         }
-        None => {
-            let (Some(model), Some(input)) = (&args.model, &args.input) else {
-                return Err(usage("give --recipe, or --model and --input".into()));
-            };
-            let Some(output) = &args.output else {
-                return Err(usage("give --output (a .jsonl file)".into()));
-            };
-            let mut reward = toml::Table::new();
-            reward.insert("type".into(), toml::Value::String(args.kind.clone()));
-            reward.insert("model".into(), path_value(model));
-            reward.insert(
-                "batch_size".into(),
-                toml::Value::Integer(args.batch_size as i64),
-            );
-            for kv in &args.params {
-                let (k, v) = param_value(kv)?;
-                reward.insert(k, v);
-            }
-            if let Some(d) = &args.dtype {
-                reward.insert("dtype".into(), toml::Value::String(d.clone()));
-            }
-            let mut score = toml::Table::new();
-            score.insert("input".into(), path_value(input));
-            score.insert("output".into(), path_value(output));
-            flag_recipe([("reward", reward), ("score", score)])?
+        if let Some(d) = &args.dtype {
+            reward.insert("dtype".into(), toml::Value::String(d.clone()));
         }
-    };
+        let mut score = toml::Table::new();
+        score.insert("input".into(), path_value(input));
+        score.insert("output".into(), path_value(output));
+        flag_recipe([("reward", reward), ("score", score)])
+    })?;
     let ctx = context(&recipe, base);
     let mut recipe = recipe;
     if let (Some(_), Some(o), Some(c)) = (&args.recipe, &args.output, recipe.score.as_mut()) {

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::common::{
-    DEVICE_OVERRIDE, base_dir, check_recipe, context, flag_recipe, load_recipe, param_value,
-    path_value,
+    DEVICE_OVERRIDE, check_recipe, context, flag_recipe, param_value, path_value, recipe_or_flags,
 };
 use crate::{Failure, ModelFlags};
 
@@ -51,44 +50,38 @@ pub struct TrainArgs {
 pub(crate) fn train_cmd(args: TrainArgs, quiet: bool) -> Result<(), Failure> {
     let _ = DEVICE_OVERRIDE.set(args.model_flags.device.clone());
     let usage = |message: String| Failure { message, code: 2 };
-    let (recipe, base, origin, text) = match &args.recipe {
-        Some(path) => {
-            let (r, t) = load_recipe(path)?;
-            (r, base_dir(path), path.clone(), t)
+    let (recipe, base, origin, text) = recipe_or_flags(args.recipe.as_ref(), || {
+        let (Some(pairs), Some(policy)) = (&args.pairs, &args.policy) else {
+            return Err(usage("give --recipe, or --pairs and --policy".into()));
+        };
+        let Some(output) = &args.output else {
+            return Err(usage("give --output (the run folder)".into()));
+        };
+        let mut loss = toml::Table::new();
+        loss.insert("type".into(), toml::Value::String(args.loss.clone()));
+        if let Some(b) = args.beta {
+            loss.insert("beta".into(), toml::Value::Float(b));
         }
-        None => {
-            let (Some(pairs), Some(policy)) = (&args.pairs, &args.policy) else {
-                return Err(usage("give --recipe, or --pairs and --policy".into()));
-            };
-            let Some(output) = &args.output else {
-                return Err(usage("give --output (the run folder)".into()));
-            };
-            let mut loss = toml::Table::new();
-            loss.insert("type".into(), toml::Value::String(args.loss.clone()));
-            if let Some(b) = args.beta {
-                loss.insert("beta".into(), toml::Value::Float(b));
-            }
-            for kv in &args.loss_params {
-                let (k, v) = param_value(kv)?;
-                loss.insert(k, v);
-            }
-            let mut train = toml::Table::new();
-            train.insert("pairs".into(), path_value(pairs));
-            train.insert("policy".into(), path_value(policy));
-            train.insert("output".into(), path_value(output));
-            for kv in &args.params {
-                let (k, v) = param_value(kv)?;
-                train.insert(k, v);
-            }
-            if let Some(d) = &args.dtype {
-                train.insert("dtype".into(), toml::Value::String(d.clone()));
-            }
-            train.insert("loss".into(), toml::Value::Table(loss));
-            let mut run = toml::Table::new();
-            run.insert("seed".into(), toml::Value::Integer(args.seed as i64));
-            flag_recipe([("run", run), ("train", train)])?
+        for kv in &args.loss_params {
+            let (k, v) = param_value(kv)?;
+            loss.insert(k, v);
         }
-    };
+        let mut train = toml::Table::new();
+        train.insert("pairs".into(), path_value(pairs));
+        train.insert("policy".into(), path_value(policy));
+        train.insert("output".into(), path_value(output));
+        for kv in &args.params {
+            let (k, v) = param_value(kv)?;
+            train.insert(k, v);
+        }
+        if let Some(d) = &args.dtype {
+            train.insert("dtype".into(), toml::Value::String(d.clone()));
+        }
+        train.insert("loss".into(), toml::Value::Table(loss));
+        let mut run = toml::Table::new();
+        run.insert("seed".into(), toml::Value::Integer(args.seed as i64));
+        flag_recipe([("run", run), ("train", train)])
+    })?;
     let ctx = context(&recipe, base);
     let mut recipe = recipe;
     if let (Some(_), Some(o), Some(t)) = (&args.recipe, &args.output, recipe.train.as_mut()) {
