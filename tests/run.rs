@@ -679,9 +679,60 @@ fn the_report_renders_in_a_browser() {
     assert!(
         !fetched && !html.contains(" src=") && !html.contains("<link") && !html.contains("@import")
     );
-    // Rebuilt from the run folder, the same page.
+    // The heatmap names the seven points on both axes.
+    let grid = &html[html.find("<figure id=\"grid\"").unwrap()..];
+    let grid = &grid[..grid.find("</figure>").unwrap()];
+    for label in ["min", "-2", "0", "+2", "max"] {
+        assert!(
+            grid.contains(&format!(">\n{label}\n</text>")),
+            "no axis label {label}"
+        );
+    }
+    // A PNG copy of every figure beside the page, linked from it, drawn (not blank), and
+    // nothing else in the folder.
+    let pngs = |d: &std::path::Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(d.join("run/figures"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let first = pngs(dir);
+    assert_eq!(
+        first.len(),
+        ids.len(),
+        "{:?}",
+        first.iter().map(|p| &p.0).collect::<Vec<_>>()
+    );
+    for id in ids {
+        assert!(
+            html.contains(&format!("href=\"figures/{id}.png\"")),
+            "{id} not linked"
+        );
+        let bytes = &first.iter().find(|p| p.0 == format!("{id}.png")).unwrap().1;
+        let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Png)
+            .unwrap_or_else(|e| panic!("{id}.png: {e}"))
+            .to_rgb8();
+        let want = if id == "grid" { (560, 520) } else { (640, 400) };
+        assert_eq!(img.dimensions(), want, "{id}.png");
+        let drawn = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+        let total = (img.width() * img.height()) as usize;
+        assert!(
+            drawn * 100 > total,
+            "{id}.png is blank: {drawn} of {total} pixels drawn"
+        );
+    }
+    // Rebuilt from the run folder, the same page and the same figures.
     assert_ok(&sweetspot(["report".as_ref(), dir.join("run").as_os_str()]));
     assert_eq!(std::fs::read_to_string(&report).unwrap(), html);
+    assert!(pngs(dir) == first, "the PNG copies changed on a rebuild");
 
     let Some(chromium) = browser() else {
         return;

@@ -3,11 +3,16 @@
 //! Invariants:
 //! - The report is derived: it reads the run folder's index (`run.json`) and the files its
 //!   readable names point to (the scored pool, `eval.json`, training metrics), writes only
-//!   `report.html` (through a temporary file and a rename) and works on a half-finished run,
+//!   `report.html` (through a temporary file and a rename) and `figures/<id>.png` (a fresh
+//!   folder built beside the old one, then swapped in), and works on a half-finished run,
 //!   leaving out what is not there yet.
-//! - Self-contained: figures are inline SVG drawn with plotters (no fonts are read: the viewer
-//!   renders the text), styles are inline, nothing is fetched; the one inline script marks each
-//!   figure's rendered size on the page (`data-rendered`) so a browser check can read it.
+//! - Each figure is data (`figures::Plot`) drawn by one generic function on two plotters
+//!   backends, so the page's SVG and the PNG copy show the same thing.
+//! - Self-contained: figures are inline SVG (the viewer renders the text), styles are inline,
+//!   nothing is fetched; the PNG copies are drawn with a font compiled into the binary (Ubuntu
+//!   Light, from the `epaint_default_fonts` crate), never a system font. The one inline script
+//!   marks each figure's rendered size on the page (`data-rendered`) so a browser check can
+//!   read it.
 
 mod analysis;
 mod figures;
@@ -20,11 +25,11 @@ pub use analysis::{PoolAnalysis, analyse_pool};
 /// What went wrong, in words (file first).
 pub type Error = String;
 
-/// A figure: an id, a caption and its SVG.
+/// A figure: an id (its element id and its PNG's file name), a caption and what it shows.
 struct Figure {
     id: String,
     caption: String,
-    svg: String,
+    plot: figures::Plot,
 }
 
 fn read_json(path: &Path) -> Option<serde_json::Value> {
@@ -74,7 +79,7 @@ pub fn write_report(run_dir: &Path) -> Result<(PathBuf, usize), Error> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        figures.extend(figures::pool(&a)?);
+        figures.extend(figures::pool(&a));
     }
 
     // The eval table and the win-rate figures.
@@ -82,7 +87,7 @@ pub fn write_report(run_dir: &Path) -> Result<(PathBuf, usize), Error> {
         .and_then(|v| v.as_array().cloned())
         .unwrap_or_default();
     if !eval.is_empty() {
-        figures.extend(figures::win_rates(&eval)?);
+        figures.extend(figures::win_rates(&eval));
     }
 
     // Training curves.
@@ -106,17 +111,47 @@ pub fn write_report(run_dir: &Path) -> Result<(PathBuf, usize), Error> {
         }
     }
     if !curves.is_empty() {
-        figures.extend(figures::training(&curves)?);
+        figures.extend(figures::training(&curves));
     }
 
-    let html = page(&name, &pool_note, &eval, &figures);
+    let svgs = figures
+        .iter()
+        .map(|f| figures::svg(&f.plot))
+        .collect::<Result<Vec<_>, _>>()?;
+    write_pngs(&run_dir.join("figures"), &figures)?;
+    let html = page(&name, &pool_note, &eval, &figures, &svgs);
     let out = run_dir.join("report.html");
     sweetspot_io::write_atomic(&out, html.as_bytes())
         .map_err(|e| format!("{}: {e}", out.display()))?;
     Ok((out, figures.len()))
 }
 
-fn page(name: &str, pool_note: &str, eval: &[serde_json::Value], figures: &[Figure]) -> String {
+/// Writes every figure as `<dir>/<id>.png`: into a fresh folder beside `dir`, which then
+/// replaces it, so the folder holds exactly this report's figures and never a half-written one.
+fn write_pngs(dir: &Path, figures: &[Figure]) -> Result<(), Error> {
+    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    let tmp = dir.with_file_name(format!("figures.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    for f in figures {
+        let path = tmp.join(format!("{}.png", f.id));
+        std::fs::write(&path, figures::png(&f.plot)?).map_err(|e| io(&path, e))?;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))
+}
+
+fn page(
+    name: &str,
+    pool_note: &str,
+    eval: &[serde_json::Value],
+    figures: &[Figure],
+    svgs: &[String],
+) -> String {
     let mut h = String::new();
     let _ = write!(
         h,
@@ -175,13 +210,13 @@ fn page(name: &str, pool_note: &str, eval: &[serde_json::Value], figures: &[Figu
     if figures.is_empty() {
         let _ = writeln!(h, "<p>No figures yet: nothing of the run is complete.</p>");
     }
-    for fig in figures {
+    for (fig, svg) in figures.iter().zip(svgs) {
         let _ = writeln!(
             h,
-            "<figure id=\"{}\">{}<figcaption>{}</figcaption></figure>",
-            esc(&fig.id),
-            fig.svg,
-            esc(&fig.caption)
+            "<figure id=\"{id}\">{svg}<figcaption>{} (<a href=\"figures/{id}.png\">PNG</a>)\
+             </figcaption></figure>",
+            esc(&fig.caption),
+            id = esc(&fig.id),
         );
     }
     h.push_str(

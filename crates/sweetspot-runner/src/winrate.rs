@@ -217,20 +217,30 @@ pub fn pairwise_preference(policy_first: f64, start_first: f64) -> f64 {
 }
 
 /// Win rates from per-prompt outcomes in [0, 1] (a fractional outcome counts as that much of a
-/// win) and length differences.
+/// win) and length differences, with `resamples` bootstrap resamples of the prompts drawn by
+/// SplitMix64 seeded with `seed`.
 pub fn from_outcomes(outcomes: &[f64], dlen: &[f64], resamples: usize, seed: u64) -> WinRate {
     let n = outcomes.len();
+    let mut rng = SplitMix(seed);
+    let draws: Vec<Vec<usize>> = (0..resamples)
+        .map(|_| (0..n).map(|_| rng.below(n)).collect())
+        .collect();
+    from_resamples(outcomes, dlen, &draws)
+}
+
+/// Win rates with the bootstrap's resamples given: each is the list of prompt indices drawn
+/// (with replacement). The 95% intervals are the 2.5% and 97.5% quantiles of the resampled
+/// rates (linear between neighbours).
+fn from_resamples(outcomes: &[f64], dlen: &[f64], draws: &[Vec<usize>]) -> WinRate {
     let plain = |o: &[f64]| 100.0 * o.iter().sum::<f64>() / o.len().max(1) as f64;
     let (lc, w) = length_controlled(outcomes, dlen);
-    let mut rng = SplitMix(seed);
-    let (mut plains, mut lcs) = (Vec::with_capacity(resamples), Vec::with_capacity(resamples));
-    let (mut o, mut d) = (vec![0.0; n], vec![0.0; n]);
-    for _ in 0..resamples {
-        for i in 0..n {
-            let j = rng.below(n);
-            o[i] = outcomes[j];
-            d[i] = dlen[j];
-        }
+    let (mut plains, mut lcs) = (
+        Vec::with_capacity(draws.len()),
+        Vec::with_capacity(draws.len()),
+    );
+    for draw in draws {
+        let o: Vec<f64> = draw.iter().map(|&j| outcomes[j]).collect();
+        let d: Vec<f64> = draw.iter().map(|&j| dlen[j]).collect();
         plains.push(plain(&o));
         lcs.push(length_controlled(&o, &d).0);
     }
@@ -238,7 +248,7 @@ pub fn from_outcomes(outcomes: &[f64], dlen: &[f64], resamples: usize, seed: u64
     lcs.sort_by(f64::total_cmp);
     let ci = |v: &[f64]| (quantile(v, 0.025), quantile(v, 0.975));
     WinRate {
-        prompts: n,
+        prompts: outcomes.len(),
         win_rate: plain(outcomes),
         win_rate_ci: ci(&plains),
         lc_win_rate: lc,
@@ -278,6 +288,42 @@ mod tests {
         assert_eq!(a.win_rate, 50.0);
         assert!(a.win_rate_ci.0 < 50.0 && a.win_rate_ci.1 > 50.0, "{a:?}");
         assert_eq!(a, win_rates(&p, &b, 500, 9));
+    }
+
+    /// The interval by hand: five given resamples of four prompts.
+    #[test]
+    fn bootstrap_interval_by_hand() {
+        let outcomes = [1.0, 0.0, 0.5, 1.0];
+        let dlen = [0.0; 4];
+        let draws = [
+            vec![0, 0, 1, 1], // (1 + 1 + 0 + 0) / 4 = 50
+            vec![0, 2, 2, 3], // (1 + .5 + .5 + 1) / 4 = 75
+            vec![1, 1, 1, 2], // .5 / 4 = 12.5
+            vec![0, 0, 0, 0], // 100
+            vec![1, 2, 3, 0], // 2.5 / 4 = 62.5
+        ];
+        // Sorted: 12.5, 50, 62.5, 75, 100. The 2.5% quantile sits at 0.025 * 4 = 0.1 of the
+        // way: 12.5 + 0.1 * 37.5 = 16.25; the 97.5% one at 3.9: 75 + 0.9 * 25 = 97.5.
+        let w = from_resamples(&outcomes, &dlen, &draws);
+        assert_eq!(w.win_rate, 62.5);
+        assert!((w.win_rate_ci.0 - 16.25).abs() < 1e-12, "{w:?}");
+        assert!((w.win_rate_ci.1 - 97.5).abs() < 1e-12, "{w:?}");
+        // No length differences: the length-controlled rates are the plain ones.
+        assert!((w.lc_win_rate - 62.5).abs() < 1e-6, "{w:?}");
+        assert!((w.lc_win_rate_ci.0 - 16.25).abs() < 1e-6, "{w:?}");
+        assert!((w.lc_win_rate_ci.1 - 97.5).abs() < 1e-6, "{w:?}");
+    }
+
+    /// The generator is SplitMix64 as published (Vigna's reference output for seed 0), and a
+    /// resample draws indices below n.
+    #[test]
+    fn splitmix_reference_values() {
+        let mut r = SplitMix(0);
+        assert_eq!(r.next(), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(r.next(), 0x6e78_9e6a_a1b9_65f4);
+        assert_eq!(r.next(), 0x06c4_5d18_8009_454f);
+        let mut r = SplitMix(7);
+        assert!((0..1000).all(|_| r.below(3) < 3));
     }
 
     /// statsmodels' unregularized Binomial GLM on the same outcomes (written by
