@@ -27,6 +27,11 @@ on biases and norms), since the CPO trainer tokenizes differently.
 `python3 scripts/trl_dpo_reference.py --bf16` leaves the policy as it is and writes
 tests/fixtures/dpo/reference_bf16.json: the sigmoid loss's two steps with `bf16=True` (mixed
 precision: f32 weights and optimizer, the forward and backward autocast to bf16).
+
+`python3 scripts/trl_dpo_reference.py --qwen3` writes tests/fixtures/models/policy-qwen3 (a tiny
+`Qwen3ForCausalLM`: per-head q/k norms, head_dim 32 over hidden size 64, tied embeddings; the
+same tokenizer and template) and tests/fixtures/dpo/reference_qwen3.json with
+after_qwen3_sigmoid.safetensors: DPO's (`sigmoid`) two steps on it, as above.
 """
 
 import copy
@@ -41,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_reward_fixtures import COMMON, tokenizer  # noqa: E402
@@ -75,12 +80,16 @@ METRICS = ["loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/a
            "rewards/margins", "logps/chosen", "logps/rejected"]
 
 
+# The family --qwen3 switches to: (config class, model class, policy folder, extra config).
+FAMILY = {"config": LlamaConfig, "model": LlamaForCausalLM, "extra": {}}
+
+
 def make_policy(tok):
     torch.manual_seed(2026)
-    cfg = LlamaConfig(**COMMON, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    cfg = FAMILY["config"](**COMMON, **FAMILY["extra"], bos_token_id=tok.bos_token_id,
+                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     cfg._attn_implementation = "eager"
-    model = LlamaForCausalLM(cfg)
+    model = FAMILY["model"](cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -88,26 +97,30 @@ def make_policy(tok):
             else:
                 p.normal_(0.0, 0.08)
     os.makedirs(POLICY, exist_ok=True)
-    model.config.architectures = ["LlamaForCausalLM"]
+    model.config.architectures = [FAMILY["model"].__name__]
     model.config.save_pretrained(POLICY)
     tok.save_pretrained(POLICY)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
     save_file(state, os.path.join(POLICY, "model.safetensors"), metadata={"format": "pt"})
     return model
 
 
 def load_policy():
-    model = LlamaForCausalLM.from_pretrained(POLICY, dtype=torch.float32)
+    model = FAMILY["model"].from_pretrained(POLICY, dtype=torch.float32)
     model.config._attn_implementation = "eager"
     return model
 
 
 def save_params(model, name):
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
     save_file(state, os.path.join(OUT, f"after_{name}.safetensors"))
 
 
-def dpo_step(tok, loss_type, label_smoothing, bf16=False):
+def dpo_step(tok, loss_type, label_smoothing, bf16=False, save_as=None):
     from trl import DPOConfig, DPOTrainer
     model = load_policy()
     ref = load_policy()
@@ -129,7 +142,7 @@ def dpo_step(tok, loss_type, label_smoothing, bf16=False):
         trainer.train()
         logs = [h for h in trainer.state.log_history if "loss" in h]
     if not bf16:
-        save_params(trainer.model, loss_type)
+        save_params(trainer.model, save_as or loss_type)
     return tokenized, [{k: h[k] for k in METRICS} for h in logs]
 
 
@@ -193,7 +206,24 @@ def simpo_step(tokenized):
 def main():
     import transformers
     import trl
+    global POLICY
     tok = tokenizer()
+    if "--qwen3" in sys.argv:
+        POLICY = os.path.join(ROOT, "tests", "fixtures", "models", "policy-qwen3")
+        # The reward fixtures' sizes, with Qwen3's own head width, base and tied embeddings.
+        COMMON.update(head_dim=32, rope_theta=1000000.0, tie_word_embeddings=True)
+        FAMILY.update(config=Qwen3Config, model=Qwen3ForCausalLM)
+        make_policy(tok)
+        os.makedirs(OUT, exist_ok=True)
+        torch.manual_seed(0)
+        tokenized, metrics = dpo_step(tok, "sigmoid", 0.0, save_as="qwen3_sigmoid")
+        print("qwen3 sigmoid", metrics)
+        with open(os.path.join(OUT, "reference_qwen3.json"), "w") as f:
+            json.dump({"pairs": PAIRS, "tokenized": tokenized, "hyper": HYPER,
+                       "steps": {"sigmoid": metrics}, "trl": trl.__version__,
+                       "transformers": transformers.__version__, "torch": torch.__version__},
+                      f, indent=1)
+        return
     if "--bf16" in sys.argv:
         # Mixed precision (`bf16=True`: autocast to bf16 on the CPU) on the committed policy.
         torch.manual_seed(0)

@@ -1,4 +1,5 @@
-//! Llama-family configuration from a Hugging Face `config.json`.
+//! Decoder configuration from a Hugging Face `config.json`: the Llama, Mistral, Qwen2 and Qwen3
+//! families, whose differences are data ([`Family`]) read by one decoder.
 
 use std::path::Path;
 
@@ -58,10 +59,35 @@ impl TokenIds {
     }
 }
 
-/// The fields of `config.json` the Llama family needs (Llama 2/3/3.1, Mistral, SmolLM2).
+/// What sets one supported family's decoder apart from another's: everything else (RMSNorm,
+/// RoPE, grouped-query attention, SwiGLU, tied or untied embeddings) is shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Family {
+    /// `model_type` in `config.json`.
+    pub model_type: &'static str,
+    /// The causal LM class transformers loads it with (written into an export's
+    /// `architectures`).
+    pub causal_lm: &'static str,
+    /// Biases on the q, k and v projections (`attention_bias` for Llama, Mistral and Qwen3;
+    /// always for Qwen2).
+    pub qkv_bias: bool,
+    /// Bias on the output projection (`attention_bias`; never for Qwen2).
+    pub o_bias: bool,
+    /// RMSNorm over each head's queries and keys before RoPE (Qwen3's `q_norm`, `k_norm`).
+    pub qk_norm: bool,
+    /// Whether `sliding_window` applies by itself (Mistral), rather than only with
+    /// `use_sliding_window` (Qwen2 and Qwen3, where it is refused).
+    pub window_by_itself: bool,
+}
+
+/// The `model_type`s sweetspot runs.
+pub const MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+
+/// The fields of `config.json` the supported families need (Llama 2/3/3.1/3.2, Mistral,
+/// SmolLM2, Qwen2/Qwen2.5, Qwen3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
-    /// `llama` or `mistral`.
+    /// One of [`MODEL_TYPES`].
     #[serde(default = "default_model_type")]
     pub model_type: String,
     /// Vocabulary size.
@@ -158,6 +184,10 @@ pub const NO_EFFECT_KEYS: &[(&str, &str)] = &[
     (
         "problem_type",
         "the training loss of a classifier; sweetspot only scores with it",
+    ),
+    (
+        "max_window_layers",
+        "Qwen's first windowed layer, only read with use_sliding_window = true (refused)",
     ),
     ("num_objectives", "read by the ArmoRM head"),
     ("gating_temperature", "read by the ArmoRM head"),
@@ -376,10 +406,24 @@ impl LlamaConfig {
                 self.theta()
             ));
         }
-        if !matches!(self.model_type.as_str(), "llama" | "mistral") {
+        if !MODEL_TYPES.contains(&self.model_type.as_str()) {
             return Err(format!(
-                "field `model_type`: `{}` is not a Llama-family model (llama, mistral)",
-                self.model_type
+                "field `model_type`: `{}` is not a supported family ({})",
+                self.model_type,
+                MODEL_TYPES.join(", ")
+            ));
+        }
+        if self.model_type == "qwen2" && self.attention_bias {
+            return Err(
+                "field `attention_bias`: Qwen2 has biases on q, k and v and none on \
+                        o_proj whatever this says; `true` is not a Qwen2 model"
+                    .into(),
+            );
+        }
+        if self.model_type.starts_with("qwen") && self.mlp_bias {
+            return Err(format!(
+                "field `mlp_bias`: {} has no MLP biases",
+                self.family().causal_lm
             ));
         }
         if self.hidden_act != "silu" {
@@ -398,7 +442,10 @@ impl LlamaConfig {
                 self.num_attention_heads
             ));
         }
-        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.head_dim.is_none()
+            && self.model_type != "qwen3"
+            && !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err("field `hidden_size`: not a multiple of num_attention_heads".into());
         }
         if !self.head_dim().is_multiple_of(2) {
@@ -456,15 +503,67 @@ impl LlamaConfig {
         v * h + self.num_hidden_layers as u128 * layer + h + head
     }
 
-    /// Key/value heads.
-    pub fn kv_heads(&self) -> usize {
-        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    /// The family's decoder differences (Llama's for an unknown `model_type`, which
+    /// [`LlamaConfig::check`] refuses).
+    pub fn family(&self) -> Family {
+        let bias = self.attention_bias;
+        let llama = Family {
+            model_type: "llama",
+            causal_lm: "LlamaForCausalLM",
+            qkv_bias: bias,
+            o_bias: bias,
+            qk_norm: false,
+            window_by_itself: true,
+        };
+        match self.model_type.as_str() {
+            "mistral" => Family {
+                model_type: "mistral",
+                causal_lm: "MistralForCausalLM",
+                ..llama
+            },
+            "qwen2" => Family {
+                model_type: "qwen2",
+                causal_lm: "Qwen2ForCausalLM",
+                qkv_bias: true,
+                o_bias: false,
+                qk_norm: false,
+                window_by_itself: false,
+            },
+            "qwen3" => Family {
+                model_type: "qwen3",
+                causal_lm: "Qwen3ForCausalLM",
+                qk_norm: true,
+                window_by_itself: false,
+                ..llama
+            },
+            _ => llama,
+        }
     }
 
-    /// Per-head width.
+    /// The attention window every layer uses: Mistral's `sliding_window`; none for Qwen, whose
+    /// `sliding_window` only applies with `use_sliding_window = true` (refused), as
+    /// transformers reads it.
+    pub fn window(&self) -> Option<usize> {
+        self.sliding_window
+            .filter(|_| self.family().window_by_itself)
+    }
+
+    /// Key/value heads (transformers' default when absent: the query heads; 32 for Qwen3).
+    pub fn kv_heads(&self) -> usize {
+        match self.num_key_value_heads {
+            Some(n) => n,
+            None if self.model_type == "qwen3" => 32,
+            None => self.num_attention_heads,
+        }
+    }
+
+    /// Per-head width (transformers' default when absent: hidden_size / heads; 128 for Qwen3).
     pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        match self.head_dim {
+            Some(d) => d,
+            None if self.model_type == "qwen3" => 128,
+            None => self.hidden_size / self.num_attention_heads.max(1),
+        }
     }
 
     /// The end tokens from the config.

@@ -79,6 +79,14 @@ pub fn hf_tensors(params: &LlamaParams) -> Result<Vec<HfTensor>, ModelError> {
                 push(p(&format!("{name}.bias")), vector(b.val())?);
             }
         }
+        for (name, norm) in [
+            ("self_attn.q_norm", &a.q_norm),
+            ("self_attn.k_norm", &a.k_norm),
+        ] {
+            if let Some(n) = norm {
+                push(p(&format!("{name}.weight")), vector(n.gamma.val())?);
+            }
+        }
         push(
             p("input_layernorm.weight"),
             vector(l.input_layernorm.gamma.val())?,
@@ -123,7 +131,7 @@ impl Llama {
             obj.retain(|_, v| !v.is_null());
             obj.insert(
                 "architectures".into(),
-                serde_json::json!(["LlamaForCausalLM"]),
+                serde_json::json!([self.config.family().causal_lm]),
             );
             obj.insert("torch_dtype".into(), serde_json::json!("float32"));
         }

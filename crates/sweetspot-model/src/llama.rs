@@ -1,5 +1,7 @@
-//! The Llama-family decoder on burn: RMSNorm, RoPE (with Llama-3.1 scaling), grouped-query
-//! attention, SwiGLU, tied or untied embeddings; batched with an attention mask and a KV cache.
+//! The decoder on burn, one for every supported family: RMSNorm, RoPE (with Llama-3.1 scaling),
+//! grouped-query attention, SwiGLU, tied or untied embeddings; batched with an attention mask and
+//! a KV cache. What differs between families ([`crate::config::Family`]: q/k/v and output
+//! biases, Qwen3's per-head q/k norms, whether `sliding_window` applies) is read from the config.
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
@@ -48,6 +50,10 @@ pub struct Attention {
     pub v_proj: Linear,
     /// Output projection.
     pub o_proj: Linear,
+    /// RMSNorm over each query head before RoPE (Qwen3).
+    pub q_norm: Option<RmsNorm>,
+    /// RMSNorm over each key head before RoPE (Qwen3).
+    pub k_norm: Option<RmsNorm>,
     /// Query heads.
     pub n_heads: usize,
     /// Key/value heads.
@@ -87,18 +93,22 @@ impl LlamaModel {
         let hd = config.head_dim();
         let linear =
             |i: usize, o: usize, bias: bool| LinearConfig::new(i, o).with_bias(bias).init(device);
-        let norm = || {
-            RmsNormConfig::new(h)
+        let norm_of = |width: usize| {
+            RmsNormConfig::new(width)
                 .with_epsilon(config.rms_norm_eps)
                 .init(device)
         };
+        let norm = || norm_of(h);
+        let family = config.family();
         let layers = (0..config.num_hidden_layers)
             .map(|_| DecoderLayer {
                 self_attn: Attention {
-                    q_proj: linear(h, config.num_attention_heads * hd, config.attention_bias),
-                    k_proj: linear(h, config.kv_heads() * hd, config.attention_bias),
-                    v_proj: linear(h, config.kv_heads() * hd, config.attention_bias),
-                    o_proj: linear(config.num_attention_heads * hd, h, config.attention_bias),
+                    q_proj: linear(h, config.num_attention_heads * hd, family.qkv_bias),
+                    k_proj: linear(h, config.kv_heads() * hd, family.qkv_bias),
+                    v_proj: linear(h, config.kv_heads() * hd, family.qkv_bias),
+                    o_proj: linear(config.num_attention_heads * hd, h, family.o_bias),
+                    q_norm: family.qk_norm.then(|| norm_of(hd)),
+                    k_norm: family.qk_norm.then(|| norm_of(hd)),
                     n_heads: config.num_attention_heads,
                     n_kv_heads: config.kv_heads(),
                     head_dim: hd,
@@ -280,7 +290,7 @@ impl Llama {
         // positions differ only by a row's left padding, which comes before all its real
         // tokens, so a distance in slots is the distance in positions (transformers' sliding
         // mask is on cache positions too).
-        let window = self.config.sliding_window.unwrap_or(usize::MAX);
+        let window = self.config.window().unwrap_or(usize::MAX);
         let causal: Vec<bool> = (0..t)
             .flat_map(|q| (0..past + t).map(move |s| s <= past + q && past + q - s < window))
             .collect();
@@ -404,16 +414,19 @@ fn attention(
 ) -> Tensor<3> {
     let [b, t, _] = x.dims();
     let (h, kvh, hd) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
-    let q = attn
-        .q_proj
-        .forward(x.clone())
-        .reshape([b, t, h, hd])
-        .swap_dims(1, 2);
-    let k = attn
-        .k_proj
-        .forward(x.clone())
-        .reshape([b, t, kvh, hd])
-        .swap_dims(1, 2);
+    let q = attn.q_proj.forward(x.clone()).reshape([b, t, h, hd]);
+    let k = attn.k_proj.forward(x.clone()).reshape([b, t, kvh, hd]);
+    // Qwen3: each head's queries and keys normalized over the head's width, before RoPE.
+    let q = match &attn.q_norm {
+        Some(n) => n.forward(q),
+        None => q,
+    }
+    .swap_dims(1, 2);
+    let k = match &attn.k_norm {
+        Some(n) => n.forward(k),
+        None => k,
+    }
+    .swap_dims(1, 2);
     let v = attn
         .v_proj
         .forward(x)

@@ -1,5 +1,6 @@
 //! Numerical parity with transformers on tiny random-weight models written by
-//! `scripts/make_model_fixtures.py`. Tolerance: 1e-4 absolute on logits in f32 (the models'
+//! `scripts/make_model_fixtures.py` (Llama family) and `scripts/make_family_fixtures.py` (Qwen2,
+//! Qwen3). Tolerance: 1e-4 absolute on logits in f32 (the models'
 //! logits are of order 1), exact greedy tokens.
 
 mod common;
@@ -194,18 +195,66 @@ fn mistral_sliding_window_logits() {
     check_unpadded("mistral-window");
 }
 
+/// Qwen2: biases on q/k/v, none on o_proj; its config's `sliding_window` (with
+/// `use_sliding_window: false`, as released Qwen2.5 configs have it) is not applied.
+#[test]
+fn qwen2_logits() {
+    check_unpadded("qwen2");
+}
+
+/// Qwen3: per-head q/k RMSNorm before RoPE, head_dim wider than hidden_size / heads, tied.
+#[test]
+fn qwen3_logits() {
+    check_unpadded("qwen3");
+}
+
+const ALL: [&str; 6] = ["gqa", "tied", "llama31", "mistral-window", "qwen2", "qwen3"];
+
 #[test]
 fn padded_batches() {
-    for name in ["gqa", "tied", "llama31", "mistral-window"] {
+    for name in ALL {
         check_padded(name);
     }
 }
 
 #[test]
 fn greedy_with_kv_cache() {
-    for name in ["gqa", "tied", "llama31", "mistral-window"] {
+    for name in ALL {
         check_greedy(name);
     }
+}
+
+/// The Qwen fixtures tell the family differences apart: applying the Qwen2 config's window as
+/// Mistral would, or dropping Qwen3's q/k norms, is far outside the tolerance.
+#[test]
+fn parity_is_sensitive_to_the_qwen_differences() {
+    let device = resolve_device(&test_device()).unwrap();
+    let r = Reference::load("qwen2");
+    let (_, want) = r.tensor("logits_1");
+    let dir = fixture("qwen2");
+    let mut cfg = sweetspot_model::LlamaConfig::from_file(&dir.join("config.json")).unwrap();
+    assert_eq!((cfg.sliding_window, cfg.window()), (Some(4), None));
+    cfg.model_type = "mistral".into();
+    let loaded = Llama::from_pretrained(&dir, &device).unwrap();
+    let windowed = Llama::init(&cfg, &device).with_params(loaded.params);
+    let diff = max_abs_diff(&logits_alone(&windowed, &r.prompts[1]), &want);
+    assert!(
+        diff > 100.0 * TOL,
+        "the window changed logits by only {diff}"
+    );
+
+    let r = Reference::load("qwen3");
+    let (_, want) = r.tensor("logits_1");
+    let mut m = model("qwen3");
+    for layer in &mut m.params.model.layers {
+        layer.self_attn.q_norm = None;
+        layer.self_attn.k_norm = None;
+    }
+    let diff = max_abs_diff(&logits_alone(&m, &r.prompts[1]), &want);
+    assert!(
+        diff > 100.0 * TOL,
+        "the q/k norms changed logits by only {diff}"
+    );
 }
 
 /// The window is really applied: the same weights attending over the whole sequence are far

@@ -228,25 +228,29 @@ fn seq_cls_pad_token_rule_matches_transformers() {
     assert!(differs, "the fixture does not tell the two rules apart");
 }
 
+/// `LlamaForSequenceClassification`, and the Qwen2 and Qwen3 heads of
+/// `scripts/make_family_fixtures.py` (Skywork-Reward-V2's architectures).
 #[test]
 fn seq_cls_matches_transformers_alone_and_padded() {
     let device = resolve_device(&test_device()).unwrap();
-    let net =
-        RewardNet::seq_cls_from_pretrained(&fixture("seq-cls"), &device, Precision::F32).unwrap();
-    let tok = tokenizer("seq-cls");
-    let (v, cases) = reference("seq-cls");
-    let ins = inputs(&tok, &cases, false);
-    let batch = floats(&v["right_padded_batch_scores"]);
-    for padding in [Padding::Left, Padding::Right] {
-        let outs = net.score_batch(&ins, padding).unwrap();
-        for (i, (c, o)) in cases.iter().zip(&outs).enumerate() {
-            close(&[o.score], &[c.score], &format!("{padding:?} {i}"));
-            close(
-                &[o.score],
-                &[batch[i]],
-                &format!("{padding:?} {i} vs batch"),
-            );
-            assert!(o.rewards.is_none());
+    for name in ["seq-cls", "qwen2-seq-cls", "qwen3-seq-cls"] {
+        let net =
+            RewardNet::seq_cls_from_pretrained(&fixture(name), &device, Precision::F32).unwrap();
+        let tok = tokenizer(name);
+        let (v, cases) = reference(name);
+        let ins = inputs(&tok, &cases, false);
+        let batch = floats(&v["right_padded_batch_scores"]);
+        for padding in [Padding::Left, Padding::Right] {
+            let outs = net.score_batch(&ins, padding).unwrap();
+            for (i, (c, o)) in cases.iter().zip(&outs).enumerate() {
+                close(&[o.score], &[c.score], &format!("{name} {padding:?} {i}"));
+                close(
+                    &[o.score],
+                    &[batch[i]],
+                    &format!("{name} {padding:?} {i} vs batch"),
+                );
+                assert!(o.rewards.is_none());
+            }
         }
     }
 }

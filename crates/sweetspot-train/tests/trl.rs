@@ -39,8 +39,8 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
-fn pairs(r: &serde_json::Value) -> Vec<TokenizedPair> {
-    let tok = Tokenizer::from_dir(&root().join("models/policy"), &[]).unwrap();
+fn pairs(r: &serde_json::Value, policy: &str) -> Vec<TokenizedPair> {
+    let tok = Tokenizer::from_dir(&root().join("models").join(policy), &[]).unwrap();
     let pairs: Vec<TokenizedPair> = r["pairs"]
         .as_array()
         .unwrap()
@@ -110,7 +110,7 @@ fn check_metrics(m: &StepMetrics, want: &serde_json::Value, what: &str, tol: Tol
 
 fn run(name: &str, loss: &dyn PreferenceLossConfig) {
     let (trainer, _) = two_steps(name, loss, &reference(), Precision::F32, F32_TOL);
-    check_params(name, &trainer);
+    check_params(&format!("after_{name}"), &trainer);
 }
 
 /// Two steps of `loss` at compute precision `precision`, each step's metrics checked against
@@ -122,11 +122,23 @@ fn two_steps(
     precision: Precision,
     tol: Tol,
 ) -> (Trainer, Vec<StepMetrics>) {
+    two_steps_of("policy", name, loss, steps, precision, tol)
+}
+
+/// [`two_steps`] on the policy fixture `models/<policy>`.
+fn two_steps_of(
+    policy: &str,
+    name: &str,
+    loss: &dyn PreferenceLossConfig,
+    steps: &serde_json::Value,
+    precision: Precision,
+    tol: Tol,
+) -> (Trainer, Vec<StepMetrics>) {
     let r = reference();
-    let pairs = pairs(&r);
+    let pairs = pairs(&r, policy);
     let h = &r["hyper"];
     let device = resolve_device("cpu").unwrap();
-    let dir = root().join("models/policy");
+    let dir = root().join("models").join(policy);
     let policy = Llama::from_pretrained(&dir, &device.clone().autodiff()).unwrap();
     let reference_model = Llama::from_pretrained(&dir, &device.clone().autodiff()).unwrap();
     let settings = OptimizerSettings {
@@ -151,8 +163,10 @@ fn two_steps(
     (trainer, metrics)
 }
 
-fn check_params(name: &str, trainer: &Trainer) {
-    let after = std::fs::read(root().join(format!("dpo/after_{name}.safetensors"))).unwrap();
+/// Every parameter against `dpo/<file>.safetensors`.
+fn check_params(file: &str, trainer: &Trainer) {
+    let name = file;
+    let after = std::fs::read(root().join(format!("dpo/{file}.safetensors"))).unwrap();
     let after = safetensors::SafeTensors::deserialize(&after).unwrap();
     let params = trainer.policy_params().unwrap();
     let mut worst = 0f32;
@@ -226,6 +240,68 @@ fn simpo_two_steps_match_trl() {
             label_smoothing: 0.0,
         },
     );
+}
+
+/// A Qwen3 policy (`models/policy-qwen3`: per-head q/k norms, head_dim 32 over hidden size 64,
+/// tied embeddings; `scripts/trl_dpo_reference.py --qwen3`): DPO's two steps against TRL's, the
+/// same pairs and settings, the same tolerances; then its export loads back to the same logits.
+#[test]
+fn qwen3_dpo_two_steps_match_trl() {
+    let steps: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("dpo/reference_qwen3.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(steps["tokenized"], reference()["tokenized"]);
+    let loss = DpoConfig {
+        beta: 0.1,
+        label_smoothing: 0.0,
+        robust: false,
+    };
+    let (trainer, _) = two_steps_of(
+        "policy-qwen3",
+        "sigmoid",
+        &loss,
+        &steps,
+        Precision::F32,
+        F32_TOL,
+    );
+    check_params("after_qwen3_sigmoid", &trainer);
+    let policy = trainer.policy().unwrap();
+    assert!(policy.params.lm_head.is_none(), "tied embeddings stay tied");
+    assert!(policy.params.model.layers[0].self_attn.q_norm.is_some());
+    // Exported in transformers' layout (Qwen3ForCausalLM, q_norm/k_norm included) and loaded
+    // back: the same logits.
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = Tokenizer::from_dir(&root().join("models/policy-qwen3"), &[]).unwrap();
+    policy.save_pretrained(tmp.path(), &tok).unwrap();
+    let config = std::fs::read_to_string(tmp.path().join("config.json")).unwrap();
+    assert!(config.contains("Qwen3ForCausalLM"), "{config}");
+    let device = resolve_device("cpu").unwrap();
+    let back = Llama::from_pretrained(tmp.path(), &device).unwrap();
+    let ids = &pairs(&steps, "policy-qwen3")[0].prompt;
+    let logits = |m: &Llama| -> Vec<f32> {
+        use burn::tensor::{Bool, Int, Tensor, TensorData};
+        let d = m.device().clone();
+        let t = ids.len();
+        let tokens: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+        m.forward(
+            Tensor::<2, Int>::from_data(TensorData::new(tokens, [1, t]), &d),
+            Tensor::<2, Int>::from_data(TensorData::new((0..t as i64).collect(), [1, t]), &d),
+            Tensor::<2, Bool>::from_data(TensorData::new(vec![true; t], [1, t]), &d),
+            None,
+        )
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
+    };
+    let (a, b) = (logits(&back), logits(policy));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-5, "export round trip: logits differ by {worst}");
 }
 
 /// Mixed precision (`bf16 = true` in TRL: f32 weights and optimizer, bf16 arithmetic) against
