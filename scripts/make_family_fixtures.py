@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes tiny random-weight Qwen2 and Qwen3 fixtures and transformers' reference outputs.
+"""Writes tiny random-weight Qwen2 and Qwen3 fixtures, and fixtures of the RoPE scaling types
+beyond Llama-3.1's, with transformers' reference outputs.
 
 The families beyond Llama/Mistral, made with transformers' own classes. Needs torch,
 transformers, tokenizers and safetensors. Run from the repository root:
@@ -18,6 +19,16 @@ greedy continuations):
 - tests/fixtures/models/qwen3: `Qwen3ForCausalLM` (per-head RMSNorm of queries and keys before
   RoPE; head_dim 32 while hidden_size / heads is 16; tied embeddings, as the small Qwen3 models).
 
+RoPE scaling types, same layout:
+
+- tests/fixtures/models/rope-linear: Llama, `rope_parameters` `linear`, factor 4.
+- tests/fixtures/models/rope-dynamic: Llama, `dynamic` (NTK), factor 4, max_position_embeddings
+  32 (prompt and greedy tokens stay below it: transformers then uses the default frequencies).
+- tests/fixtures/models/rope-yarn: Qwen3 with YaRN written the way Qwen's model cards say to
+  enable it, the legacy `rope_scaling` table with `type` (factor 4,
+  original_max_position_embeddings 64, rope_theta 10000 beside it), so the correction range
+  covers a few dimensions and the attention factor (0.1 ln 4 + 1) scales every logit.
+
 Sequence-classification reward models, in the layout of scripts/make_reward_fixtures.py (whose
 tokenizer and conversations they share; reference.json holds each conversation's ids and score
 and the scores of one right-padded batch):
@@ -33,7 +44,7 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import (Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification,
+from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification,
                           Qwen3Config, Qwen3ForCausalLM, Qwen3ForSequenceClassification)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -155,7 +166,22 @@ def hub_style_window(c):
     c["max_window_layers"] = 1
 
 
+def legacy_yarn(c):
+    theta = c.pop("rope_parameters")["rope_theta"]
+    c["rope_theta"] = theta
+    c["rope_scaling"] = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+
+
 def main():
+    causal("rope-linear", LlamaForCausalLM,
+           LlamaConfig(**COMMON, rope_parameters=dict(rope_type="linear", factor=4.0,
+                                                      rope_theta=10000.0)), 3010)
+    dynamic = dict(COMMON, max_position_embeddings=32)
+    causal("rope-dynamic", LlamaForCausalLM,
+           LlamaConfig(**dynamic, rope_parameters=dict(rope_type="dynamic", factor=4.0,
+                                                       rope_theta=10000.0)), 3011)
+    causal("rope-yarn", Qwen3ForCausalLM,
+           Qwen3Config(**COMMON, head_dim=16, rope_theta=10000.0), 3012, edit_config=legacy_yarn)
     causal("qwen2", Qwen2ForCausalLM,
            Qwen2Config(**COMMON, tie_word_embeddings=False, rope_theta=1000000.0), 3000,
            edit_config=hub_style_window)

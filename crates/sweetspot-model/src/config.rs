@@ -7,16 +7,38 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 
-/// RoPE scaling (`rope_scaling` in `config.json`). Only Llama-3.1's `llama3` type changes the
-/// frequencies; `default` (or absent) leaves them as they are.
+/// RoPE scaling (`rope_scaling` in `config.json`, or flattened into `rope_parameters`), computed
+/// as transformers computes it: `default`, `llama3` (Llama-3.1), `linear` (positions divided by
+/// `factor`), `dynamic` (NTK: the default frequencies up to `max_position_embeddings`, the only
+/// positions sweetspot runs) and `yarn` (interpolated frequencies and an attention factor on cos
+/// and sin). Any other type, and any key of the table not listed here, is refused by name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RopeScaling {
-    /// `llama3` or `default`.
+    /// One of [`ROPE_TYPES`].
     #[serde(alias = "type", default = "default_rope_type")]
     pub rope_type: String,
     /// Scale factor.
     #[serde(default)]
     pub factor: Option<f64>,
+    /// YaRN: the factor cos and sin are multiplied by (default from `factor`, `mscale` and
+    /// `mscale_all_dim`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_factor: Option<f64>,
+    /// YaRN: the ramp's fast boundary in rotations (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_fast: Option<f64>,
+    /// YaRN: the ramp's slow boundary in rotations (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_slow: Option<f64>,
+    /// YaRN: DeepSeek-style attention-factor numerator scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mscale: Option<f64>,
+    /// YaRN: DeepSeek-style attention-factor denominator scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mscale_all_dim: Option<f64>,
+    /// YaRN: whether the correction range is rounded outwards to whole dimensions (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncate: Option<bool>,
     /// Llama-3.1's low-frequency factor.
     #[serde(default)]
     pub low_freq_factor: Option<f64>,
@@ -79,6 +101,27 @@ pub struct Family {
     /// `use_sliding_window` (Qwen2 and Qwen3, where it is refused).
     pub window_by_itself: bool,
 }
+
+/// The RoPE types sweetspot computes.
+pub const ROPE_TYPES: &[&str] = &["default", "llama3", "linear", "dynamic", "yarn"];
+
+/// The keys a `rope_scaling` / `rope_parameters` table may hold.
+const ROPE_KEYS: &[&str] = &[
+    "rope_type",
+    "type",
+    "rope_theta",
+    "factor",
+    "low_freq_factor",
+    "high_freq_factor",
+    "original_max_position_embeddings",
+    "attention_factor",
+    "beta_fast",
+    "beta_slow",
+    "mscale",
+    "mscale_all_dim",
+    "truncate",
+    "partial_rotary_factor",
+];
 
 /// The `model_type`s sweetspot runs.
 pub const MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
@@ -277,6 +320,26 @@ fn audit_keys(map: &serde_json::Map<String, serde_json::Value>) -> Result<(), St
         "hidden_act",
         "sliding_window",
     ];
+    for table in ["rope_scaling", "rope_parameters"] {
+        let Some(inner) = map.get(table).and_then(|v| v.as_object()) else {
+            continue;
+        };
+        for (key, value) in inner {
+            if !ROPE_KEYS.contains(&key.as_str()) {
+                return Err(format!(
+                    "field `{table}.{key}`: not supported by sweetspot (it reads {}); the model \
+                     is refused rather than run without it",
+                    ROPE_KEYS.join(", ")
+                ));
+            }
+            if key == "partial_rotary_factor" && !(value.is_null() || value.as_f64() == Some(1.0)) {
+                return Err(format!(
+                    "field `{table}.partial_rotary_factor`: {value} (RoPE on part of each head) \
+                     is not supported; only 1.0 is"
+                ));
+            }
+        }
+    }
     for (key, value) in map {
         if FIELDS.contains(&key.as_str()) || NO_EFFECT_KEYS.iter().any(|(k, _)| k == key) {
             continue;
@@ -451,21 +514,56 @@ impl LlamaConfig {
         if !self.head_dim().is_multiple_of(2) {
             return Err("field `head_dim`: RoPE needs an even head size".into());
         }
+        if let (Some(scaling), Some(params)) = (&self.rope_scaling, &self.rope_parameters)
+            && *scaling != params.scaling
+        {
+            return Err(
+                "fields `rope_scaling` and `rope_parameters`: both are set and differ; which one \
+                 applies differs between transformers versions, so the model is refused (keep one)"
+                    .into(),
+            );
+        }
         if let Some(s) = self.scaling() {
+            let table = self.scaling_field();
+            let need = |what: &str, v: Option<f64>| -> Result<(), String> {
+                match v {
+                    Some(x) if x.is_finite() && x > 0.0 => Ok(()),
+                    Some(x) => Err(format!(
+                        "field `{table}.{what}`: {x} is not a positive number"
+                    )),
+                    None => Err(format!(
+                        "field `{table}`: rope type `{}` needs `{what}`",
+                        s.rope_type
+                    )),
+                }
+            };
             match s.rope_type.as_str() {
                 "default" => {}
                 "llama3" => {
-                    if s.factor.is_none()
-                        || s.low_freq_factor.is_none()
-                        || s.high_freq_factor.is_none()
-                        || s.original_max_position_embeddings.is_none()
-                    {
-                        return Err("field `rope_scaling`: llama3 needs factor, low_freq_factor, high_freq_factor and original_max_position_embeddings".into());
+                    need("factor", s.factor)?;
+                    need("low_freq_factor", s.low_freq_factor)?;
+                    need("high_freq_factor", s.high_freq_factor)?;
+                    need(
+                        "original_max_position_embeddings",
+                        s.original_max_position_embeddings.map(|v| v as f64),
+                    )?;
+                }
+                "linear" | "dynamic" => need("factor", s.factor)?,
+                "yarn" => {
+                    if s.factor.is_some() {
+                        need("factor", s.factor)?;
+                    }
+                    if let Some(o) = s.original_max_position_embeddings {
+                        need("original_max_position_embeddings", Some(o as f64))?;
+                    }
+                    if let Some(a) = s.attention_factor {
+                        need("attention_factor", Some(a))?;
                     }
                 }
                 other => {
                     return Err(format!(
-                        "field `rope_scaling.rope_type`: `{other}` is not supported (default, llama3)"
+                        "field `{table}.rope_type`: `{other}` is not supported ({})",
+                        ROPE_TYPES.join(", ")
                     ));
                 }
             }
@@ -590,17 +688,110 @@ impl LlamaConfig {
         }
     }
 
-    /// RoPE inverse frequencies, in f32 as transformers computes them, with Llama-3.1 scaling.
+    /// The table the RoPE scaling was read from (`rope_parameters` wins over `rope_scaling`), for
+    /// errors.
+    pub fn scaling_field(&self) -> &'static str {
+        if self.rope_parameters.is_some() {
+            "rope_parameters"
+        } else {
+            "rope_scaling"
+        }
+    }
+
+    /// The factor cos and sin are multiplied by: YaRN's attention factor, 1 otherwise.
+    pub fn attention_scaling(&self) -> f64 {
+        let Some(s) = self.scaling().filter(|s| s.rope_type == "yarn") else {
+            return 1.0;
+        };
+        if let Some(a) = s.attention_factor {
+            return a;
+        }
+        let factor = self.yarn_factor(s);
+        let mscale = |scale: f64, m: f64| {
+            if scale <= 1.0 {
+                1.0
+            } else {
+                0.1 * m * scale.ln() + 1.0
+            }
+        };
+        match (s.mscale, s.mscale_all_dim) {
+            (Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                mscale(factor, m) / mscale(factor, all)
+            }
+            _ => mscale(factor, 1.0),
+        }
+    }
+
+    /// YaRN's context length before scaling (transformers' default: `max_position_embeddings`).
+    fn yarn_original(&self, s: &RopeScaling) -> f64 {
+        s.original_max_position_embeddings
+            .unwrap_or(self.max_position_embeddings) as f64
+    }
+
+    /// YaRN's factor (transformers' default: `max_position_embeddings` / the original length).
+    fn yarn_factor(&self, s: &RopeScaling) -> f64 {
+        s.factor
+            .unwrap_or_else(|| self.max_position_embeddings as f64 / self.yarn_original(s))
+    }
+
+    /// RoPE inverse frequencies, in f32 as transformers computes them, with the config's scaling.
     pub fn inv_freq(&self) -> Vec<f32> {
         let dim = self.head_dim();
         let base = self.theta() as f32;
-        let inv: Vec<f32> = (0..dim)
+        let pos_freqs: Vec<f32> = (0..dim)
             .step_by(2)
-            .map(|i| 1.0 / base.powf(i as f32 / dim as f32))
+            .map(|i| base.powf(i as f32 / dim as f32))
             .collect();
-        let Some(s) = self.scaling().filter(|s| s.rope_type == "llama3") else {
+        let inv: Vec<f32> = pos_freqs.iter().map(|p| 1.0 / p).collect();
+        let Some(s) = self.scaling() else {
             return inv;
         };
+        match s.rope_type.as_str() {
+            // Dynamic NTK changes the base only past `max_position_embeddings`, where the RoPE
+            // table ends and positions are refused.
+            "default" | "dynamic" => return inv,
+            "linear" => {
+                let factor = s.factor.unwrap_or(1.0) as f32;
+                return inv.into_iter().map(|f| f / factor).collect();
+            }
+            "yarn" => {
+                let factor = self.yarn_factor(s);
+                let original = self.yarn_original(s);
+                let theta = self.theta();
+                let d = dim as f64;
+                // The dimension at which a frequency makes `rotations` turns over the original
+                // context.
+                let correction = |rotations: f64| {
+                    d * (original / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                        / (2.0 * theta.ln())
+                };
+                let (mut low, mut high) = (
+                    correction(s.beta_fast.filter(|b| *b != 0.0).unwrap_or(32.0)),
+                    correction(s.beta_slow.filter(|b| *b != 0.0).unwrap_or(1.0)),
+                );
+                if s.truncate.unwrap_or(true) {
+                    (low, high) = (low.floor(), high.ceil());
+                }
+                let (low, mut high) = (low.max(0.0), high.min(d - 1.0));
+                if low == high {
+                    high += 0.001;
+                }
+                let (low, high) = (low as f32, high as f32);
+                let factor = factor as f32;
+                return pos_freqs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                        let extrapolation = 1.0 - ramp;
+                        let inter = 1.0 / (factor * p);
+                        let extra = 1.0 / p;
+                        inter * (1.0 - extrapolation) + extra * extrapolation
+                    })
+                    .collect();
+            }
+            _ => {}
+        }
         let factor = s.factor.unwrap_or(1.0) as f32;
         let low = s.low_freq_factor.unwrap_or(1.0) as f32;
         let high = s.high_freq_factor.unwrap_or(4.0) as f32;

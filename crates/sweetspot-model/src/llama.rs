@@ -483,9 +483,13 @@ fn attention(
 }
 
 /// cos and sin tables `[positions, head_dim]`, as transformers builds them: f32 inverse
-/// frequencies times f32 positions, both halves the same.
+/// frequencies times f32 positions, both halves the same, times the attention factor. They end at
+/// `max_position_embeddings`: positions past it are refused (so dynamic NTK scaling, which only
+/// changes frequencies past it, is the default RoPE on every position sweetspot runs).
 fn rope_tables(config: &LlamaConfig, device: &Device) -> (Tensor<2>, Tensor<2>) {
     let inv = config.inv_freq();
+    // YaRN's attention factor multiplies cos and sin (1 for every other type).
+    let scale = config.attention_scaling() as f32;
     let hd = config.head_dim();
     let n = config.max_position_embeddings.clamp(1, MAX_ROPE_POSITIONS);
     let mut cos = Vec::with_capacity(n * hd);
@@ -493,8 +497,8 @@ fn rope_tables(config: &LlamaConfig, device: &Device) -> (Tensor<2>, Tensor<2>) 
     for p in 0..n {
         let row: Vec<f32> = inv.iter().map(|f| p as f32 * f).collect();
         for _ in 0..2 {
-            cos.extend(row.iter().map(|a| (*a as f64).cos() as f32));
-            sin.extend(row.iter().map(|a| (*a as f64).sin() as f32));
+            cos.extend(row.iter().map(|a| (*a as f64).cos() as f32 * scale));
+            sin.extend(row.iter().map(|a| (*a as f64).sin() as f32 * scale));
         }
     }
     (

@@ -208,7 +208,66 @@ fn qwen3_logits() {
     check_unpadded("qwen3");
 }
 
-const ALL: [&str; 6] = ["gqa", "tied", "llama31", "mistral-window", "qwen2", "qwen3"];
+/// RoPE `linear` (factor 4), `dynamic` (NTK, within max_position_embeddings) and `yarn` (on a
+/// Qwen3 config, written as the legacy `rope_scaling` table with `type`).
+#[test]
+fn rope_scaling_types_logits() {
+    for name in ["rope-linear", "rope-dynamic", "rope-yarn"] {
+        check_unpadded(name);
+    }
+}
+
+const ALL: [&str; 9] = [
+    "gqa",
+    "tied",
+    "llama31",
+    "mistral-window",
+    "qwen2",
+    "qwen3",
+    "rope-linear",
+    "rope-dynamic",
+    "rope-yarn",
+];
+
+/// Each scaling type changes the logits far beyond the tolerance (so the fixtures test it), and
+/// dynamic NTK's positions end at max_position_embeddings, past which its frequencies would
+/// change: a longer sequence is refused, not computed with the wrong ones.
+#[test]
+fn parity_is_sensitive_to_each_rope_type() {
+    let device = resolve_device(&test_device()).unwrap();
+    for name in ["rope-linear", "rope-yarn"] {
+        let r = Reference::load(name);
+        let (_, want) = r.tensor("logits_1");
+        let dir = fixture(name);
+        let mut cfg = sweetspot_model::LlamaConfig::from_file(&dir.join("config.json")).unwrap();
+        let theta = cfg.theta();
+        cfg.rope_parameters = None;
+        cfg.rope_scaling = None;
+        cfg.rope_theta = theta;
+        let loaded = Llama::from_pretrained(&dir, &device).unwrap();
+        let plain = Llama::init(&cfg, &device).with_params(loaded.params);
+        let diff = max_abs_diff(&logits_alone(&plain, &r.prompts[1]), &want);
+        assert!(
+            diff > 100.0 * TOL,
+            "{name}: the scaling changed logits by only {diff}"
+        );
+    }
+    let m = model("rope-dynamic");
+    assert_eq!(m.max_positions(), 32);
+    let ids: Vec<u32> = (3..36).collect();
+    let d = m.device().clone();
+    let t = ids.len();
+    let err = m
+        .forward(
+            ints(&[ids.iter().map(|&i| i as i64).collect()], &d),
+            ints(&[(0..t as i64).collect()], &d),
+            bools(&[vec![true; t]], &d),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("position 32"), "{err}");
+}
 
 #[test]
 fn padded_batches() {
