@@ -84,61 +84,76 @@ impl Tokenizer {
         Ok(t)
     }
 
-    /// Builds the tokenizer a GGUF file describes (byte-level BPE, `tokenizer.ggml.model =
-    /// "gpt2"`), as transformers does when it loads the file with `gguf_file=`.
+    /// Builds the tokenizer a GGUF file describes, as transformers 5 does when it loads the file
+    /// with `gguf_file=`: byte-level BPE (`tokenizer.ggml.model = "gpt2"`, split by the regex
+    /// `tokenizer.ggml.pre` names) or SentencePiece BPE (`llama`: Metaspace, byte fallback,
+    /// merges from the file or derived from the scores); control tokens and the tokens the
+    /// special ids name are special, user-defined ones (`<think>`) added whole; BOS/EOS added as
+    /// `tokenizer.ggml.add_bos_token` / `add_eos_token` say (BOS by default for `llama`).
     pub fn from_gguf(gguf: &Gguf, path: &Path) -> Result<Self, ModelError> {
         let err = |m: String| tok_err(path, m);
         let model = gguf
             .get("tokenizer.ggml.model")
             .and_then(Value::as_str)
             .unwrap_or("");
-        if model != "gpt2" {
+        if model != "gpt2" && model != "llama" {
             return Err(err(format!(
-                "metadata `tokenizer.ggml.model`: `{model}` is not supported (gpt2)"
+                "metadata `tokenizer.ggml.model`: `{model}` is not supported (gpt2, llama)"
             )));
         }
-        let strings = |key: &str| -> Result<Vec<String>, ModelError> {
-            gguf.get(key)
-                .and_then(Value::as_array)
-                .ok_or_else(|| err(format!("metadata `{key}` is missing")))?
+        let strings = |key: &str| -> Result<Option<Vec<String>>, ModelError> {
+            let Some(v) = gguf.get(key) else {
+                return Ok(None);
+            };
+            v.as_array()
+                .ok_or_else(|| err(format!("metadata `{key}`: not an array")))?
                 .iter()
                 .map(|v| {
                     v.as_str()
                         .map(str::to_string)
                         .ok_or_else(|| err(format!("metadata `{key}`: not a string")))
                 })
-                .collect()
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some)
         };
-        let tokens = strings("tokenizer.ggml.tokens")?;
+        let tokens = strings("tokenizer.ggml.tokens")?
+            .ok_or_else(|| err("metadata `tokenizer.ggml.tokens` is missing".into()))?;
         let merges = strings("tokenizer.ggml.merges")?;
         let types: Vec<u64> = gguf
             .get("tokenizer.ggml.token_type")
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_u64).collect())
             .unwrap_or_default();
-        let alphabet = byte_alphabet();
-        let respell = |t: &str| -> String {
-            if t.chars().all(|c| alphabet.contains(&c)) {
-                t.to_string()
-            } else {
-                t.bytes()
-                    .map(|b| BYTE_CHARS.with(|m| m[b as usize]))
-                    .collect()
-            }
+        let id_of = |key: &str| gguf.get(key).and_then(Value::as_u64);
+        let special_ids: Vec<u64> = [
+            "tokenizer.ggml.bos_token_id",
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.unknown_token_id",
+            "tokenizer.ggml.padding_token_id",
+        ]
+        .iter()
+        .filter_map(|k| id_of(k))
+        .collect();
+        let flag = |key: &str| match gguf.get(key) {
+            Some(Value::Bool(b)) => Some(*b),
+            _ => None,
         };
-        let vocab: serde_json::Map<String, serde_json::Value> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (respell(t), serde_json::Value::from(i)))
-            .collect();
+        let byte_level = model == "gpt2";
+        let alphabet = byte_alphabet();
+        let spelled = |t: &str| t.chars().all(|c| alphabet.contains(&c));
+        // Control tokens and the special ids' tokens are special (a byte-level control token
+        // outside the byte alphabet is a llama.cpp mislabel, skipped as transformers skips it);
+        // user-defined ones are added whole but not special.
         let added: Vec<serde_json::Value> = tokens
             .iter()
             .enumerate()
             .filter_map(|(i, t)| {
                 let ty = types.get(i).copied().unwrap_or(1);
+                let named = special_ids.contains(&(i as u64));
                 let special = match ty {
-                    3 if t.chars().all(|c| alphabet.contains(&c)) => true,
+                    3 if !byte_level || spelled(t) => true,
                     4 => false,
+                    _ if named && (!byte_level || spelled(t)) => true,
                     _ => return None,
                 };
                 Some(serde_json::json!({
@@ -147,36 +162,130 @@ impl Tokenizer {
                 }))
             })
             .collect();
-        let add_prefix_space = gguf
-            .get("tokenizer.ggml.add_space_prefix")
-            .is_some_and(|v| matches!(v, Value::Bool(true)));
+        let (model_spec, pre_tokenizer, decoder) = if byte_level {
+            let respell = |t: &str| -> String {
+                if spelled(t) {
+                    t.to_string()
+                } else {
+                    t.bytes()
+                        .map(|b| BYTE_CHARS.with(|m| m[b as usize]))
+                        .collect()
+                }
+            };
+            let vocab: serde_json::Map<String, serde_json::Value> = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (respell(t), serde_json::Value::from(i)))
+                .collect();
+            let merges = merges
+                .ok_or_else(|| err("metadata `tokenizer.ggml.merges` is missing".into()))?;
+            let pre = gguf
+                .get("tokenizer.ggml.pre")
+                .and_then(Value::as_str)
+                .unwrap_or("default");
+            (
+                serde_json::json!({"type": "BPE", "dropout": null, "unk_token": null,
+                    "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                    "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                    "vocab": vocab, "merges": merges}),
+                byte_level_split(pre).map_err(err)?,
+                serde_json::json!({"type": "ByteLevel", "add_prefix_space": true,
+                    "trim_offsets": true, "use_regex": true}),
+            )
+        } else {
+            let scores: Vec<f64> = gguf
+                .get("tokenizer.ggml.scores")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default();
+            let merges: Vec<(String, String)> = match merges {
+                Some(m) => m
+                    .iter()
+                    .map(|m| {
+                        let (l, r) = m.split_once(' ').unwrap_or((m, ""));
+                        (l.to_string(), r.to_string())
+                    })
+                    .collect(),
+                None => {
+                    if scores.len() != tokens.len() {
+                        return Err(err(format!(
+                            "metadata `tokenizer.ggml.scores`: {} scores for {} tokens (the \
+                             merges are derived from them)",
+                            scores.len(),
+                            tokens.len()
+                        )));
+                    }
+                    merges_from_scores(&tokens, &scores)
+                }
+            };
+            let vocab: serde_json::Map<String, serde_json::Value> = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.clone(), serde_json::Value::from(i)))
+                .collect();
+            (
+                serde_json::json!({"type": "BPE", "dropout": null, "unk_token": null,
+                    "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                    "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                    "vocab": vocab, "merges": merges}),
+                serde_json::json!({"type": "Metaspace", "replacement": "\u{2581}",
+                    "prepend_scheme": "first", "split": false}),
+                serde_json::json!({"type": "Sequence", "decoders": [
+                    {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                    {"type": "ByteFallback"}, {"type": "Fuse"},
+                    {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}),
+            )
+        };
+        // What encoding with special tokens adds (transformers' TemplateProcessing).
+        let token_at = |key: &str| id_of(key).and_then(|i| tokens.get(i as usize).map(|t| (i, t)));
+        let add_bos = flag("tokenizer.ggml.add_bos_token").unwrap_or(!byte_level);
+        let add_eos = flag("tokenizer.ggml.add_eos_token").unwrap_or(false);
+        let mut specials = serde_json::Map::new();
+        let mut single = vec![serde_json::json!({"Sequence": {"id": "A", "type_id": 0}})];
+        for (on, key, front) in [
+            (add_bos, "tokenizer.ggml.bos_token_id", true),
+            (add_eos, "tokenizer.ggml.eos_token_id", false),
+        ] {
+            if !on {
+                continue;
+            }
+            let Some((id, t)) = token_at(key) else {
+                return Err(err(format!(
+                    "metadata `{key}` is missing, but the file asks for the token to be added"
+                )));
+            };
+            let piece = serde_json::json!({"SpecialToken": {"id": t, "type_id": 0}});
+            if front {
+                single.insert(0, piece);
+            } else {
+                single.push(piece);
+            }
+            specials.insert(
+                t.clone(),
+                serde_json::json!({"id": t, "ids": [id], "tokens": [t]}),
+            );
+        }
+        let post_processor = if specials.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!({"type": "TemplateProcessing", "single": single,
+                "pair": single, "special_tokens": specials})
+        };
         let spec = serde_json::json!({
             "version": "1.0",
             "truncation": null,
             "padding": null,
             "added_tokens": added,
             "normalizer": null,
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": add_prefix_space,
-                              "trim_offsets": true, "use_regex": true},
-            "post_processor": {"type": "ByteLevel", "add_prefix_space": true,
-                               "trim_offsets": false, "use_regex": true},
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
-                        "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                      "continuing_subword_prefix": "", "end_of_word_suffix": "",
-                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                      "vocab": vocab, "merges": merges}
+            "pre_tokenizer": pre_tokenizer,
+            "post_processor": post_processor,
+            "decoder": decoder,
+            "model": model_spec,
         });
         let bytes = serde_json::to_vec(&spec).map_err(|e| err(e.to_string()))?;
         let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| err(e.to_string()))?;
-        let id_token = |key: &str| {
-            gguf.get(key)
-                .and_then(Value::as_u64)
-                .and_then(|i| tokens.get(i as usize).cloned())
-        };
-        let eos_ids: Vec<u32> = gguf
-            .get("tokenizer.ggml.eos_token_id")
-            .and_then(Value::as_u64)
+        let id_token = |key: &str| token_at(key).map(|(_, t)| t.clone());
+        let eos_ids: Vec<u32> = id_of("tokenizer.ggml.eos_token_id")
             .map(|i| vec![i as u32])
             .unwrap_or_default();
         let mut t = Self {
@@ -363,6 +472,89 @@ pub fn render_template(
         eos_token: eos_token.unwrap_or(""),
     }))
     .map_err(err)
+}
+
+/// Llama-3's split regex (transformers' `_LLAMA3_SPLIT`, for the `tokenizer.ggml.pre` values
+/// that use it).
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Qwen2's split regex (transformers' `qwen2` `PRETOKENIZE_REGEX`).
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The pre-tokenizer of a byte-level GGUF vocabulary, from `tokenizer.ggml.pre`, as transformers
+/// picks it: Llama-3's or Qwen2's split regex for the names that use them, GPT-2's byte-level
+/// regex for any other name (transformers' default); the names transformers maps to other
+/// regexes sweetspot does not implement are refused.
+fn byte_level_split(pre: &str) -> Result<serde_json::Value, String> {
+    const LLAMA3: &[&str] = &[
+        "llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+        "jina-v5-nano", "dbrx", "smaug-bpe",
+    ];
+    const QWEN2: &[&str] = &["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez"];
+    const REFUSED: &[&str] = &[
+        "tekken", "qwen35", "gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2",
+    ];
+    let split = |regex: &str| {
+        serde_json::json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated",
+             "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+             "use_regex": false}]})
+    };
+    if LLAMA3.contains(&pre) {
+        Ok(split(LLAMA3_SPLIT))
+    } else if QWEN2.contains(&pre) {
+        Ok(split(QWEN2_SPLIT))
+    } else if REFUSED.contains(&pre) {
+        Err(format!(
+            "metadata `tokenizer.ggml.pre`: `{pre}` splits text with a regex sweetspot does not \
+             implement; load the model's Hugging Face folder (tokenizer.json) instead"
+        ))
+    } else {
+        Ok(serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
+            "trim_offsets": true, "use_regex": true}))
+    }
+}
+
+/// SentencePiece merges recovered from a vocabulary and its scores, as transformers'
+/// `generate_merges` recovers them for a GGUF without merges: every split of a token into two
+/// tokens of the vocabulary is a merge with the token's score; per token, ordered by the ids of
+/// the two halves; then all stably sorted by (score, left length, right length), descending.
+fn merges_from_scores(tokens: &[String], scores: &[f64]) -> Vec<(String, String)> {
+    // Python dict semantics: a repeated token keeps its first position and its last value.
+    let mut vocab: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    let mut score_of: std::collections::HashMap<&str, f64> = std::collections::HashMap::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if vocab.insert(t.as_str(), i).is_none() {
+            order.push(t.as_str());
+        }
+        score_of.insert(t.as_str(), scores[i]);
+    }
+    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
+    for token in order {
+        let score = score_of[token];
+        let mut local: Vec<(&str, &str, f64)> = token
+            .char_indices()
+            .skip(1)
+            .map(|(at, _)| (&token[..at], &token[at..]))
+            .filter(|(l, r)| vocab.contains_key(l) && vocab.contains_key(r))
+            .map(|(l, r)| (l, r, score))
+            .collect();
+        local.sort_by_key(|(l, r, _)| (vocab[l], vocab[r]));
+        merges.extend(local);
+    }
+    let key = |m: &(&str, &str, f64)| (m.2, m.0.chars().count(), m.1.chars().count());
+    merges.sort_by(|a, b| {
+        let (ka, kb) = (key(a), key(b));
+        kb.0.total_cmp(&ka.0)
+            .then(kb.1.cmp(&ka.1))
+            .then(kb.2.cmp(&ka.2))
+    });
+    merges
+        .into_iter()
+        .map(|(l, r, _)| (l.to_string(), r.to_string()))
+        .collect()
 }
 
 thread_local! {
