@@ -189,6 +189,11 @@ pub struct LlamaConfig {
     /// `sliding_window - 1` tokens before it (`null` or absent: the whole sequence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
+    /// GGUF's `rope_freqs.weight` (llama.cpp's form of Llama-3.1 scaling): per frequency, the
+    /// factor its inverse frequency is divided by. Never in a `config.json`: a model holding it
+    /// cannot be exported (its `config.json` could not say it).
+    #[serde(skip)]
+    pub rope_freqs: Option<Vec<f32>>,
 }
 
 /// How `config.json` keys that [`LlamaConfig`] does not hold are treated.
@@ -743,6 +748,10 @@ impl LlamaConfig {
             .map(|i| base.powf(i as f32 / dim as f32))
             .collect();
         let inv: Vec<f32> = pos_freqs.iter().map(|p| 1.0 / p).collect();
+        if let Some(factors) = &self.rope_freqs {
+            // llama.cpp: theta_i = pos * base^(-2i/d) / rope_freqs[i].
+            return inv.iter().zip(factors).map(|(f, k)| f / k).collect();
+        }
         let Some(s) = self.scaling() else {
             return inv;
         };

@@ -107,6 +107,14 @@ impl Llama {
     /// Writes the model and `tokenizer` to the folder `dir` in Hugging Face's layout. Each file
     /// appears whole (temporary file, then rename).
     pub fn save_pretrained(&self, dir: &Path, tokenizer: &Tokenizer) -> Result<(), ModelError> {
+        if self.config.rope_freqs.is_some() {
+            return Err(ModelError::Input(
+                "this model came from a GGUF with `rope_freqs.weight` (llama.cpp's per-frequency \
+                 RoPE factors), which a config.json cannot state; export the model trained from \
+                 its safetensors checkpoint instead"
+                    .into(),
+            ));
+        }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let tensors = hf_tensors(&self.params)?;
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors

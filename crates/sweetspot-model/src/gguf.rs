@@ -623,53 +623,66 @@ impl Gguf {
             .ok_or_else(|| self.err(format!("metadata `{key}` is missing or not an integer")))
     }
 
-    /// The model configuration the metadata describes (architecture `llama`).
-    pub fn llama_config(&self) -> Result<LlamaConfig, ModelError> {
+    /// The architectures sweetspot loads from GGUF (`general.architecture`): Llama (and Mistral,
+    /// which llama.cpp writes as `llama`), Qwen2 and Qwen3.
+    pub const ARCHITECTURES: &'static [&'static str] = &["llama", "qwen2", "qwen3"];
+
+    fn arch(&self) -> Result<&str, ModelError> {
         let arch = self
             .get("general.architecture")
             .and_then(Value::as_str)
             .unwrap_or("");
-        if arch != "llama" {
+        if !Self::ARCHITECTURES.contains(&arch) {
             return Err(self.err(format!(
-                "metadata `general.architecture`: `{arch}` is not supported (llama)"
+                "metadata `general.architecture`: `{arch}` is not supported ({})",
+                Self::ARCHITECTURES.join(", ")
             )));
         }
-        let heads = self.meta_u("llama.attention.head_count")?;
-        let hidden = self.meta_u("llama.embedding_length")?;
-        let vocab = match self.meta_opt("llama.vocab_size") {
+        Ok(arch)
+    }
+
+    /// The model configuration the metadata describes (`<arch>.*` keys).
+    pub fn llama_config(&self) -> Result<LlamaConfig, ModelError> {
+        let arch = self.arch()?;
+        let k = |key: &str| format!("{arch}.{key}");
+        let heads = self.meta_u(&k("attention.head_count"))?;
+        let hidden = self.meta_u(&k("embedding_length"))?;
+        let vocab = match self.meta_opt(&k("vocab_size")) {
             Some(v) => v as usize,
             None => self
                 .get("tokenizer.ggml.tokens")
                 .and_then(Value::as_array)
                 .map(<[Value]>::len)
-                .ok_or_else(|| self.err("metadata `llama.vocab_size` is missing".into()))?,
+                .ok_or_else(|| self.err(format!("metadata `{}` is missing", k("vocab_size"))))?,
         };
-        let cfg = LlamaConfig {
-            model_type: "llama".into(),
+        // llama.cpp names Qwen's q/k/v biases and Qwen3's q/k norms by tensor, not metadata.
+        let has = |t: &str| self.tensors.contains_key(t);
+        let mut cfg = LlamaConfig {
+            model_type: arch.into(),
             vocab_size: vocab,
             hidden_size: hidden,
-            intermediate_size: self.meta_u("llama.feed_forward_length")?,
-            num_hidden_layers: self.meta_u("llama.block_count")?,
+            intermediate_size: self.meta_u(&k("feed_forward_length"))?,
+            num_hidden_layers: self.meta_u(&k("block_count"))?,
             num_attention_heads: heads,
             num_key_value_heads: self
-                .meta_opt("llama.attention.head_count_kv")
+                .meta_opt(&k("attention.head_count_kv"))
                 .map(|v| v as usize),
             head_dim: self
-                .meta_opt("llama.attention.key_length")
+                .meta_opt(&k("attention.key_length"))
                 .map(|v| v as usize),
             rms_norm_eps: self
-                .get("llama.attention.layer_norm_rms_epsilon")
+                .get(&k("attention.layer_norm_rms_epsilon"))
                 .and_then(Value::as_f64)
                 .unwrap_or(1e-5),
             rope_theta: self
-                .get("llama.rope.freq_base")
+                .get(&k("rope.freq_base"))
                 .and_then(Value::as_f64)
                 .unwrap_or(10_000.0),
             rope_scaling: None,
             rope_parameters: None,
-            max_position_embeddings: self.meta_u("llama.context_length").unwrap_or(2048),
-            tie_word_embeddings: !self.tensors.contains_key("output.weight"),
-            attention_bias: false,
+            max_position_embeddings: self.meta_u(&k("context_length")).unwrap_or(2048),
+            tie_word_embeddings: !has("output.weight"),
+            attention_bias: arch != "qwen2" && has("blk.0.attn_q.bias"),
             mlp_bias: false,
             bos_token_id: self
                 .meta_opt("tokenizer.ggml.bos_token_id")
@@ -682,67 +695,85 @@ impl Gguf {
                 .map(|v| v as u32),
             hidden_act: "silu".into(),
             sliding_window: self
-                .meta_opt("llama.attention.sliding_window")
+                .meta_opt(&k("attention.sliding_window"))
                 .map(|v| v as usize),
+            rope_freqs: None,
         };
-        if self.tensors.contains_key("rope_freqs.weight") {
-            return Err(self.err(
-                "tensor `rope_freqs.weight` (Llama-3.1 rope scaling in GGUF) is not supported yet; \
-                 load the safetensors checkpoint instead"
-                    .into(),
-            ));
+        if cfg.model_type == "qwen3" && cfg.head_dim.is_none() {
+            // llama.cpp always writes Qwen3's key length; without it the head size is the
+            // hidden size over the heads, as llama.cpp computes it (not transformers' 128).
+            cfg.head_dim = Some(hidden / heads.max(1));
         }
         cfg.check().map_err(|m| {
             // Name the GGUF key the value came from, not the config field it fills.
             let mut m = m;
             for (field, key) in [
-                ("vocab_size", "llama.vocab_size"),
-                ("hidden_size", "llama.embedding_length"),
-                ("intermediate_size", "llama.feed_forward_length"),
-                ("num_hidden_layers", "llama.block_count"),
-                ("num_attention_heads", "llama.attention.head_count"),
-                ("num_key_value_heads", "llama.attention.head_count_kv"),
-                ("head_dim", "llama.attention.key_length"),
-                ("max_position_embeddings", "llama.context_length"),
-                ("rms_norm_eps", "llama.attention.layer_norm_rms_epsilon"),
-                ("rope_theta", "llama.rope.freq_base"),
-                ("sliding_window", "llama.attention.sliding_window"),
+                ("vocab_size", "vocab_size"),
+                ("hidden_size", "embedding_length"),
+                ("intermediate_size", "feed_forward_length"),
+                ("num_hidden_layers", "block_count"),
+                ("num_attention_heads", "attention.head_count"),
+                ("num_key_value_heads", "attention.head_count_kv"),
+                ("head_dim", "attention.key_length"),
+                ("max_position_embeddings", "context_length"),
+                ("rms_norm_eps", "attention.layer_norm_rms_epsilon"),
+                ("rope_theta", "rope.freq_base"),
+                ("sliding_window", "attention.sliding_window"),
             ] {
-                m = m.replace(&format!("field `{field}`"), &format!("metadata `{key}`"));
+                m = m.replace(
+                    &format!("field `{field}`"),
+                    &format!("metadata `{}`", k(key)),
+                );
             }
             self.err(m)
         })?;
         self.audit_metadata(&cfg)?;
         self.check_shapes(&cfg)?;
+        if self.tensors.contains_key("rope_freqs.weight") {
+            let f = self.dequantize("rope_freqs.weight")?;
+            let half = cfg.head_dim() / 2;
+            if f.len() != half || !f.iter().all(|x| x.is_finite() && *x > 0.0) {
+                return Err(self.err(format!(
+                    "tensor `rope_freqs.weight`: {} factors, expected {half} positive ones (one \
+                     per RoPE frequency)",
+                    f.len()
+                )));
+            }
+            cfg.rope_freqs = Some(f);
+        }
         Ok(cfg)
     }
 
-    /// Every `llama.*` metadata key is implemented or refused by name: a GGUF setting that
+    /// Every `<arch>.*` metadata key is implemented or refused by name: a GGUF setting that
     /// changes the computation is never ignored.
     fn audit_metadata(&self, cfg: &LlamaConfig) -> Result<(), ModelError> {
         const READ: &[&str] = &[
-            "llama.block_count",
-            "llama.context_length",
-            "llama.embedding_length",
-            "llama.feed_forward_length",
-            "llama.attention.head_count",
-            "llama.attention.head_count_kv",
-            "llama.attention.key_length",
-            "llama.attention.layer_norm_rms_epsilon",
-            "llama.attention.sliding_window",
-            "llama.rope.freq_base",
-            "llama.vocab_size",
+            "block_count",
+            "context_length",
+            "embedding_length",
+            "feed_forward_length",
+            "attention.head_count",
+            "attention.head_count_kv",
+            "attention.key_length",
+            "attention.layer_norm_rms_epsilon",
+            "attention.sliding_window",
+            "rope.freq_base",
+            "vocab_size",
         ];
+        let prefix = format!("{}.", cfg.model_type);
         for (key, value) in &self.metadata {
-            if !key.starts_with("llama.") || READ.contains(&key.as_str()) {
+            let Some(name) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            if READ.contains(&name) {
                 continue;
             }
-            let ok = match key.as_str() {
+            let ok = match name {
                 // Checked against the head size: a partial rotary dimension is not supported.
-                "llama.rope.dimension_count" | "llama.attention.value_length" => {
+                "rope.dimension_count" | "attention.value_length" => {
                     value.as_u64() == Some(cfg.head_dim() as u64)
                 }
-                "llama.rope.scaling.type" => value.as_str() == Some("none"),
+                "rope.scaling.type" => value.as_str() == Some("none"),
                 _ => false,
             };
             if !ok {
@@ -765,39 +796,46 @@ impl Gguf {
             (
                 "token_embd.weight".to_string(),
                 [h, cfg.vocab_size as u64],
-                "llama.embedding_length / llama.vocab_size",
+                "embedding_length / vocab_size",
             ),
             (
                 "blk.0.attn_q.weight".into(),
                 [h, cfg.num_attention_heads as u64 * hd],
-                "llama.attention.head_count / llama.attention.key_length",
+                "attention.head_count / attention.key_length",
             ),
             (
                 "blk.0.attn_k.weight".into(),
                 [h, cfg.kv_heads() as u64 * hd],
-                "llama.attention.head_count_kv",
+                "attention.head_count_kv",
             ),
             (
                 "blk.0.ffn_gate.weight".into(),
                 [h, cfg.intermediate_size as u64],
-                "llama.feed_forward_length",
+                "feed_forward_length",
             ),
             (
                 format!("blk.{last}.ffn_gate.weight"),
                 [h, cfg.intermediate_size as u64],
-                "llama.block_count",
+                "block_count",
             ),
         ];
+        let fields_of = |f: &str| {
+            f.split(" / ")
+                .map(|k| format!("{}.{k}", cfg.model_type))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
         for (name, dims, fields) in expect {
             let Some(info) = self.tensors.get(&name) else {
                 return Err(self.err(format!(
-                    "tensor `{name}` is missing (metadata {fields} may be wrong)"
+                    "tensor `{name}` is missing (metadata {} may be wrong)",
+                    fields_of(fields)
                 )));
             };
             if info.dims != dims {
                 return Err(self.err(format!(
-                    "metadata {fields} describe tensor `{name}` as {dims:?}, but the file holds \
-                     {:?}",
+                    "metadata {} describe tensor `{name}` as {dims:?}, but the file holds {:?}",
+                    fields_of(fields),
                     info.dims
                 )));
             }
@@ -828,12 +866,21 @@ fn matrix(data: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Tensor<2
 
 impl Llama {
     /// Loads a GGUF model: configuration from its metadata, weights dequantized to f32 one tensor
-    /// at a time, q/k rows un-permuted back to transformers' layout.
+    /// at a time; for `llama` the q/k rows are un-permuted back to transformers' layout (llama.cpp
+    /// permutes them for Llama only; Qwen's are stored as transformers holds them). Every tensor
+    /// of the file must find its place: one the model has no use for is refused by name.
     pub fn from_gguf(gguf: &Gguf, device: &Device) -> Result<Self, ModelError> {
         let cfg = gguf.llama_config()?;
+        let family = cfg.family();
+        let permute = cfg.model_type == "llama";
         let mut model = Llama::init(&cfg, device);
         let hd = cfg.head_dim();
         let h = cfg.hidden_size;
+        let used = std::cell::RefCell::new(std::collections::BTreeSet::<String>::new());
+        let take = |name: &str| -> Result<Vec<f32>, ModelError> {
+            used.borrow_mut().insert(name.to_string());
+            gguf.dequantize(name)
+        };
         // [out, in] from the file, as a burn Linear weight [in, out].
         let linear = |name: &str, rows: usize, cols: usize, permute_heads: Option<usize>| {
             let info = gguf
@@ -846,7 +893,7 @@ impl Llama {
                     info.dims
                 )));
             }
-            let mut w = gguf.dequantize(name)?;
+            let mut w = take(name)?;
             if let Some(heads) = permute_heads {
                 w = unpermute_rows(&w, rows, cols, heads);
             }
@@ -860,7 +907,7 @@ impl Llama {
             )))
         };
         let vector = |name: &str, len: usize| {
-            let w = gguf.dequantize(name)?;
+            let w = take(name)?;
             if w.len() != len {
                 return Err(gguf.err(format!(
                     "tensor `{name}` has {} elements, expected {len}",
@@ -873,7 +920,7 @@ impl Llama {
             )))
         };
         let p = &mut model.params;
-        let emb = gguf.dequantize("token_embd.weight")?;
+        let emb = take("token_embd.weight")?;
         if emb.len() != cfg.vocab_size * h {
             return Err(gguf.err("tensor `token_embd.weight` does not match the vocabulary".into()));
         }
@@ -882,20 +929,58 @@ impl Llama {
         if let Some(head) = p.lm_head.as_mut() {
             head.weight = linear("output.weight", cfg.vocab_size, h, None)?;
         }
+        if cfg.rope_freqs.is_some() {
+            used.borrow_mut().insert("rope_freqs.weight".into());
+        }
         let (nh, nkv) = (cfg.num_attention_heads, cfg.kv_heads());
+        let heads = |n: usize| permute.then_some(n);
         for (i, layer) in p.model.layers.iter_mut().enumerate() {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
+            let b = |s: &str| format!("blk.{i}.{s}.bias");
             layer.input_layernorm.gamma = vector(&n("attn_norm"), h)?;
             layer.post_attention_layernorm.gamma = vector(&n("ffn_norm"), h)?;
             let a = &mut layer.self_attn;
-            a.q_proj.weight = linear(&n("attn_q"), nh * hd, h, Some(nh))?;
-            a.k_proj.weight = linear(&n("attn_k"), nkv * hd, h, Some(nkv))?;
+            a.q_proj.weight = linear(&n("attn_q"), nh * hd, h, heads(nh))?;
+            a.k_proj.weight = linear(&n("attn_k"), nkv * hd, h, heads(nkv))?;
             a.v_proj.weight = linear(&n("attn_v"), nkv * hd, h, None)?;
             a.o_proj.weight = linear(&n("attn_output"), h, nh * hd, None)?;
+            if family.qkv_bias {
+                if permute {
+                    return Err(gguf.err(
+                        "tensor `blk.0.attn_q.bias`: biases on a llama.cpp-permuted Llama \
+                         projection are not supported"
+                            .into(),
+                    ));
+                }
+                for (lin, name, len) in [
+                    (&mut a.q_proj, "attn_q", nh * hd),
+                    (&mut a.k_proj, "attn_k", nkv * hd),
+                    (&mut a.v_proj, "attn_v", nkv * hd),
+                ] {
+                    lin.bias = Some(vector(&b(name), len)?);
+                }
+            }
+            if family.o_bias {
+                a.o_proj.bias = Some(vector(&b("attn_output"), h)?);
+            }
+            if let Some(norm) = a.q_norm.as_mut() {
+                norm.gamma = vector(&n("attn_q_norm"), hd)?;
+            }
+            if let Some(norm) = a.k_norm.as_mut() {
+                norm.gamma = vector(&n("attn_k_norm"), hd)?;
+            }
             let m = &mut layer.mlp;
             m.gate_proj.weight = linear(&n("ffn_gate"), cfg.intermediate_size, h, None)?;
             m.up_proj.weight = linear(&n("ffn_up"), cfg.intermediate_size, h, None)?;
             m.down_proj.weight = linear(&n("ffn_down"), h, cfg.intermediate_size, None)?;
+        }
+        let used = used.into_inner();
+        if let Some(extra) = gguf.tensors.keys().find(|t| !used.contains(*t)) {
+            return Err(gguf.err(format!(
+                "tensor `{extra}` has no place in a {} model; it may change what the model \
+                 computes, so the file is refused rather than run without it",
+                family.causal_lm
+            )));
         }
         Ok(model)
     }

@@ -177,8 +177,8 @@ impl Tokenizer {
                 .enumerate()
                 .map(|(i, t)| (respell(t), serde_json::Value::from(i)))
                 .collect();
-            let merges = merges
-                .ok_or_else(|| err("metadata `tokenizer.ggml.merges` is missing".into()))?;
+            let merges =
+                merges.ok_or_else(|| err("metadata `tokenizer.ggml.merges` is missing".into()))?;
             let pre = gguf
                 .get("tokenizer.ggml.pre")
                 .and_then(Value::as_str)
@@ -487,12 +487,27 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 /// regexes sweetspot does not implement are refused.
 fn byte_level_split(pre: &str) -> Result<serde_json::Value, String> {
     const LLAMA3: &[&str] = &[
-        "llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
-        "jina-v5-nano", "dbrx", "smaug-bpe",
+        "llama3",
+        "llama-v3",
+        "llama-bpe",
+        "falcon3",
+        "falcon-h1",
+        "pixtral",
+        "midm-2.0",
+        "lfm2",
+        "jina-v5-nano",
+        "dbrx",
+        "smaug-bpe",
     ];
     const QWEN2: &[&str] = &["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez"];
     const REFUSED: &[&str] = &[
-        "tekken", "qwen35", "gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2",
+        "tekken",
+        "qwen35",
+        "gpt-4o",
+        "llama4",
+        "kanana2",
+        "talkie",
+        "minimax-m2",
     ];
     let split = |regex: &str| {
         serde_json::json!({"type": "Sequence", "pretokenizers": [
@@ -511,8 +526,10 @@ fn byte_level_split(pre: &str) -> Result<serde_json::Value, String> {
              implement; load the model's Hugging Face folder (tokenizer.json) instead"
         ))
     } else {
-        Ok(serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
-            "trim_offsets": true, "use_regex": true}))
+        Ok(
+            serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
+            "trim_offsets": true, "use_regex": true}),
+        )
     }
 }
 

@@ -144,3 +144,86 @@ fn sentencepiece_gguf_matches_transformers() {
         .fold(0f32, f32::max);
     assert!(worst < 1e-4, "logits differ by {worst}");
 }
+
+/// GGUF copies of the family fixtures (`scripts/make_family_gguf_fixtures.py`, llama.cpp's
+/// layout) give the safetensors fixtures' transformers logits within 1e-4: Qwen2 (q/k/v biases,
+/// rows as stored), Qwen3 (q/k norms, key_length), and Llama-3.1 with llama.cpp's `rope_freqs`
+/// factors in place of `rope_scaling`. Such a model cannot be exported (a config.json could not
+/// say it), and a tensor the model has no place for is refused by name.
+#[test]
+fn family_ggufs_match_the_safetensors_references() {
+    use burn::tensor::{Bool, Int, Tensor, TensorData};
+    use sweetspot_model::{Llama, resolve_device};
+    let device = resolve_device("cpu").unwrap();
+    let logits = |m: &Llama, ids: &[u32]| -> Vec<f32> {
+        let t = ids.len();
+        m.forward(
+            Tensor::<2, Int>::from_data(
+                TensorData::new(ids.iter().map(|&i| i as i64).collect(), [1, t]),
+                &device,
+            ),
+            Tensor::<2, Int>::from_data(TensorData::new((0..t as i64).collect(), [1, t]), &device),
+            Tensor::<2, Bool>::from_data(TensorData::new(vec![true; t], [1, t]), &device),
+            None,
+        )
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
+    };
+    for (file, fixture) in [
+        ("qwen2.gguf", "qwen2"),
+        ("qwen3.gguf", "qwen3"),
+        ("llama31-rope-freqs.gguf", "llama31"),
+    ] {
+        let dir = fixtures().join("models").join(fixture);
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                .unwrap();
+        let prompt: Vec<u32> = r["prompts"][1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let refs = std::fs::read(dir.join("reference.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&refs).unwrap();
+        let want: Vec<f32> = st
+            .tensor("logits_1")
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let gguf = Gguf::open(&fixtures().join("gguf").join(file)).unwrap();
+        let model = Llama::from_gguf(&gguf, &device).unwrap();
+        assert_eq!(model.config.model_type, fixture.trim_end_matches("31"));
+        let got = logits(&model, &prompt);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{file}: logits differ by {worst}");
+        if fixture == "llama31" {
+            assert!(model.config.rope_freqs.is_some());
+            let tmp = tempfile::tempdir().unwrap();
+            let tok_dir = fixtures().join("models/policy");
+            let tok = sweetspot_model::Tokenizer::from_dir(&tok_dir, &[]).unwrap();
+            let err = model
+                .save_pretrained(tmp.path(), &tok)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("rope_freqs"), "{err}");
+        }
+    }
+    // A tensor with no place in the model (here: a bias on a Qwen3 output projection that the
+    // metadata does not announce) is refused by name, not skipped.
+    let path = fixtures().join("gguf/qwen3.gguf");
+    let mut gguf = Gguf::open(&path).unwrap();
+    let mut extra = gguf.tensors["output_norm.weight"].clone();
+    extra.name = "blk.0.attn_output.bias".into();
+    gguf.tensors.insert(extra.name.clone(), extra);
+    let err = Llama::from_gguf(&gguf, &device).unwrap_err().to_string();
+    assert!(err.contains("blk.0.attn_output.bias"), "{err}");
+}

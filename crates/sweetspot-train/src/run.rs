@@ -424,6 +424,15 @@ pub fn run_training(
         s.device.clone().autodiff()
     };
     let (policy, tok) = sweetspot_model::load_causal_lm(&s.policy, &device, Precision::F32)?;
+    if policy.config.rope_freqs.is_some() {
+        // Refused before any step: the trained policy could not be exported.
+        return Err(TrainError::Input(format!(
+            "{}: a GGUF with `rope_freqs.weight` (llama.cpp's per-frequency RoPE factors) cannot \
+             be exported after training, since a config.json could not state them; train from \
+             the model's safetensors checkpoint",
+            s.policy.display()
+        )));
+    }
     let pairs = read_pairs(&s.pairs, &tok)?;
     let max = policy.max_positions();
     if let Some((i, p)) = pairs
