@@ -20,6 +20,23 @@ pub(crate) struct ParquetLines {
     done: bool,
 }
 
+/// Runs `f`, turning a panic inside the parquet and arrow crates into an error: on some corrupt
+/// pages (lengths that disagree with the buffers) they assert instead of returning one, and a
+/// bad file must give a clean error naming it, never bring the process down.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T, ReadError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let why = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        ReadError::Parquet {
+            path: path.to_path_buf(),
+            message: format!("corrupt data: the Parquet decoder failed ({why})"),
+        }
+    })
+}
+
 impl ParquetLines {
     pub(crate) fn open(path: &Path, file: File) -> Result<Self, ReadError> {
         let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -27,12 +44,15 @@ impl ParquetLines {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(err)?;
-        let total = builder.metadata().file_metadata().num_rows().max(0) as u64;
-        let reader = builder
-            .with_batch_size(PARQUET_BATCH_ROWS)
-            .build()
-            .map_err(err)?;
+        let (reader, total) = guarded(path, || {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(err)?;
+            let total = builder.metadata().file_metadata().num_rows().max(0) as u64;
+            let reader = builder
+                .with_batch_size(PARQUET_BATCH_ROWS)
+                .build()
+                .map_err(err)?;
+            Ok::<_, ReadError>((reader, total))
+        })??;
         Ok(Self {
             reader,
             buf: Vec::new(),
@@ -64,29 +84,44 @@ impl ParquetLines {
             if self.done {
                 return None;
             }
-            let batch = match self.reader.next() {
-                None => {
+            let batch = match guarded(path, || self.reader.next()) {
+                Ok(None) => {
                     self.done = true;
                     return None;
                 }
-                Some(Ok(b)) => b,
-                Some(Err(e)) => {
+                Ok(Some(Ok(b))) => b,
+                Ok(Some(Err(e))) => {
+                    self.done = true;
                     return Some(Err(ReadError::Parquet {
                         path: path.to_path_buf(),
                         message: e.to_string(),
                     }));
                 }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
             };
             self.buf.clear();
             self.offset = 0;
-            let mut writer = arrow_json::WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .build::<_, arrow_json::writer::LineDelimited>(&mut self.buf);
-            if let Err(e) = writer.write(&batch).and_then(|_| writer.finish()) {
-                return Some(Err(ReadError::Parquet {
+            let buf = &mut self.buf;
+            let written = guarded(path, || {
+                let mut writer = arrow_json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, arrow_json::writer::LineDelimited>(buf);
+                writer.write(&batch).and_then(|_| writer.finish())
+            });
+            let failed = match written {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(ReadError::Parquet {
                     path: path.to_path_buf(),
                     message: format!("cannot convert rows: {e}"),
-                }));
+                }),
+                Err(e) => Some(e),
+            };
+            if let Some(e) = failed {
+                self.done = true;
+                return Some(Err(e));
             }
         }
         let rest = &self.buf[self.offset..];
