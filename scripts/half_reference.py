@@ -6,7 +6,8 @@ make_model_fixtures.py:
 
     python3 scripts/half_reference.py
 
-For each of `gqa`, `tied`, `llama31` it loads the committed model in transformers with
+For each of `gqa`, `tied`, `llama31` (and the `qwen2`, `qwen3` fixtures of
+make_family_fixtures.py, which ship in bf16 as released) it loads the committed model in transformers with
 `torch_dtype=torch.bfloat16` and `torch.float16` (eager attention) and writes
 tests/fixtures/models/<name>/reference_half.safetensors with, for dtype in (bf16, f16):
 
@@ -23,7 +24,7 @@ import os
 
 import torch
 from safetensors.torch import save_file
-from transformers import LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "models")
@@ -47,13 +48,13 @@ def padded(prompts):
 
 
 def main():
-    for name in ["gqa", "tied", "llama31"]:
+    for name in ["gqa", "tied", "llama31", "qwen2", "qwen3"]:
         d = os.path.join(OUT, name)
         prompts = prompts_of(name)
         ref = {}
         for tag, dtype in DTYPES.items():
-            model = LlamaForCausalLM.from_pretrained(d, torch_dtype=dtype,
-                                                     attn_implementation="eager").eval()
+            model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=dtype,
+                                                         attn_implementation="eager").eval()
             with torch.no_grad():
                 for i, ids in enumerate(prompts):
                     x = torch.tensor([ids])

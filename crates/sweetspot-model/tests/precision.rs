@@ -102,7 +102,7 @@ fn check(precision: Precision) {
         return;
     }
     let tag = precision.name();
-    for name in ["gqa", "tied", "llama31"] {
+    for name in ["gqa", "tied", "llama31", "qwen2", "qwen3"] {
         let dir = fixture(name);
         let m = Llama::from_pretrained_as(&dir, &device, precision).unwrap();
         assert_eq!(m.precision(), precision);
