@@ -1,9 +1,11 @@
 //! Batched generation on the device: greedy or sampled (temperature, top-k, top-p), per-sequence
-//! stop, KV cache, finished rows dropped from the batch.
+//! stop, KV cache, finished rows dropped from the batch. Rows of a batch with the same prompt
+//! (the n samples of a prompt) share one prefill: the prompt is run once and its keys and values
+//! are copied to each of its rows.
 //!
 //! Reproducibility: every sequence draws from its own ChaCha8 stream seeded by SHA-256 of
 //! (seed, prompt id, sample index), one uniform per generated token, so a sample does not depend
-//! on which other sequences share its batch.
+//! on which other sequences share its batch, nor on whether its prefill was shared.
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -146,12 +148,26 @@ struct Active {
     next_pos: i64,
 }
 
-/// Generates one response per request, all in one batch. `stop_ids` end a response.
+/// Generates one response per request, all in one batch. `stop_ids` end a response. Requests
+/// with the same prompt share its prefill.
 pub fn generate(
     model: &Llama,
     requests: &[SeqRequest],
     stop_ids: &[u32],
     params: &SamplingParams,
+    on_token: impl FnMut(usize),
+) -> Result<Vec<Generation>, ModelError> {
+    generate_with(model, requests, stop_ids, params, true, on_token)
+}
+
+/// [`generate`], with the shared prefill on or off (`share_prefill`; off, every row prefills its
+/// own copy of its prompt). The samples are the same either way.
+pub fn generate_with(
+    model: &Llama,
+    requests: &[SeqRequest],
+    stop_ids: &[u32],
+    params: &SamplingParams,
+    share_prefill: bool,
     mut on_token: impl FnMut(usize),
 ) -> Result<Vec<Generation>, ModelError> {
     if requests.is_empty() {
@@ -176,27 +192,66 @@ pub fn generate(
         .map(|r| r.prompt_ids.len())
         .max()
         .unwrap_or(0);
-    let mut tokens = Vec::with_capacity(b * t);
-    let mut positions = Vec::with_capacity(b * t);
-    let mut mask = Vec::with_capacity(b * t);
-    for r in requests {
-        let pad = t - r.prompt_ids.len();
+    // The distinct prompts of the batch (each row's index among them): only they are prefilled.
+    let mut unique: Vec<&[u32]> = Vec::new();
+    let row_of: Vec<usize> = requests
+        .iter()
+        .map(|r| {
+            let ids = r.prompt_ids.as_slice();
+            match unique.iter().position(|u| share_prefill && *u == ids) {
+                Some(i) => i,
+                None => {
+                    unique.push(ids);
+                    unique.len() - 1
+                }
+            }
+        })
+        .collect();
+    let u = unique.len();
+    let mut tokens = Vec::with_capacity(u * t);
+    let mut positions = Vec::with_capacity(u * t);
+    let mut mask = Vec::with_capacity(u * t);
+    for ids in &unique {
+        let pad = t - ids.len();
         tokens.extend(std::iter::repeat_n(0i64, pad));
-        tokens.extend(r.prompt_ids.iter().map(|&x| x as i64));
+        tokens.extend(ids.iter().map(|&x| x as i64));
         positions.extend(std::iter::repeat_n(0i64, pad));
-        positions.extend(0..r.prompt_ids.len() as i64);
+        positions.extend(0..ids.len() as i64);
         mask.extend((0..t).map(|j| j >= pad));
     }
     // The key mask lives on the host ([rows][slots]) and is uploaded each step: it is tiny, and
     // burn-flex 0.22 turns a selected Bool tensor into U8, which `cat` then rejects.
-    let mut key_mask: Vec<Vec<bool>> = mask.chunks(t).map(<[bool]>::to_vec).collect();
+    let unique_mask: Vec<Vec<bool>> = mask.chunks(t).map(<[bool]>::to_vec).collect();
     let upload = |m: &[Vec<bool>]| -> Tensor<2, Bool> {
         let (n, s) = (m.len(), m.first().map_or(0, Vec::len));
         Tensor::from_data(TensorData::new(m.concat(), [n, s]), &device)
     };
+    let to_vec = |x: Tensor<3>| -> Result<Vec<f32>, ModelError> {
+        x.into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| ModelError::Input(format!("cannot read logits: {e:?}")))
+    };
+    // Prefill the distinct prompts, then give every row its prompt's keys, values and logits.
     let mut cache = KvCache::new();
-    let mut input: Tensor<2, Int> = Tensor::from_data(TensorData::new(tokens, [b, t]), &device);
-    let mut pos: Tensor<2, Int> = Tensor::from_data(TensorData::new(positions, [b, t]), &device);
+    let prefill_logits = {
+        let input: Tensor<2, Int> = Tensor::from_data(TensorData::new(tokens, [u, t]), &device);
+        let pos: Tensor<2, Int> = Tensor::from_data(TensorData::new(positions, [u, t]), &device);
+        let hidden = model.forward_hidden(input, pos, upload(&unique_mask), Some(&mut cache))?;
+        to_vec(model.logits(hidden.narrow(1, t - 1, 1)))?
+    };
+    if u < b {
+        let rows: Tensor<1, Int> = Tensor::from_data(
+            TensorData::new(row_of.iter().map(|&r| r as i64).collect::<Vec<_>>(), [b]),
+            &device,
+        );
+        cache.retain_rows(&rows);
+    }
+    let mut key_mask: Vec<Vec<bool>> = row_of.iter().map(|&r| unique_mask[r].clone()).collect();
+    let mut logits: Vec<f32> = row_of
+        .iter()
+        .flat_map(|&r| prefill_logits[r * vocab..(r + 1) * vocab].iter().copied())
+        .collect();
     let mut active: Vec<Active> = requests
         .iter()
         .enumerate()
@@ -209,17 +264,7 @@ pub fn generate(
         })
         .collect();
     let mut done: Vec<Option<Generation>> = vec![None; b];
-    let to_vec = |x: Tensor<3>| -> Result<Vec<f32>, ModelError> {
-        x.into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .map_err(|e| ModelError::Input(format!("cannot read logits: {e:?}")))
-    };
     while !active.is_empty() {
-        let hidden = model.forward_hidden(input, pos, upload(&key_mask), Some(&mut cache))?;
-        let steps = hidden.dims()[1];
-        let last = hidden.narrow(1, steps - 1, 1);
-        let logits = to_vec(model.logits(last))?;
         let mut keep = Vec::with_capacity(active.len());
         let mut next_tokens = Vec::with_capacity(active.len());
         for (row, a) in active.iter_mut().enumerate() {
@@ -272,8 +317,9 @@ pub fn generate(
             });
         }
         let n = active.len();
-        input = Tensor::from_data(TensorData::new(next_tokens, [n, 1]), &device);
-        pos = Tensor::from_data(
+        let input: Tensor<2, Int> =
+            Tensor::from_data(TensorData::new(next_tokens, [n, 1]), &device);
+        let pos: Tensor<2, Int> = Tensor::from_data(
             TensorData::new(
                 active.iter().map(|a| a.next_pos - 1).collect::<Vec<_>>(),
                 [n, 1],
@@ -283,6 +329,8 @@ pub fn generate(
         for row in key_mask.iter_mut() {
             row.push(true);
         }
+        let hidden = model.forward_hidden(input, pos, upload(&key_mask), Some(&mut cache))?;
+        logits = to_vec(model.logits(hidden))?;
     }
     done.into_iter()
         .enumerate()

@@ -99,3 +99,44 @@ fn same_seed_same_samples_alone_or_batched() {
             .any(|(a, b)| a.tokens != b.tokens)
     );
 }
+
+/// The n samples of a prompt share one prefill: with sharing on and off, every sample is the
+/// same (tokens, finish reason; log-probabilities within float noise), for 3 prompts x 5 samples
+/// mixed in one batch, sampled and greedy, on each family's fixture.
+#[test]
+fn shared_prefill_gives_the_same_samples() {
+    use sweetspot_model::generate::generate_with;
+    let device = resolve_device(&test_device()).unwrap();
+    for name in ["gqa", "qwen3", "mistral-window"] {
+        let m = Llama::from_pretrained(&fixture(name), &device).unwrap();
+        let (ps, _) = prompts(name);
+        let mut batch = Vec::new();
+        for s in 0..5 {
+            for (i, p) in ps.iter().enumerate() {
+                batch.push(req(p, i, s));
+            }
+        }
+        for temperature in [0.8, 0.0] {
+            let params = SamplingParams {
+                temperature,
+                top_p: 0.95,
+                top_k: 0,
+                max_new_tokens: 10,
+            };
+            let stop = [5u32, 17];
+            let shared = generate_with(&m, &batch, &stop, &params, true, |_| {}).unwrap();
+            let own = generate_with(&m, &batch, &stop, &params, false, |_| {}).unwrap();
+            for (i, (a, b)) in shared.iter().zip(&own).enumerate() {
+                assert_eq!(a.tokens, b.tokens, "{name} T={temperature} row {i}");
+                assert_eq!(a.finish_reason, b.finish_reason);
+                assert!((a.logprob - b.logprob).abs() < 1e-3, "{name} row {i}");
+            }
+            if temperature > 0.0 {
+                // The copies of a prompt really were sampled apart.
+                assert!(
+                    shared[0].tokens != shared[3].tokens || shared[3].tokens != shared[6].tokens
+                );
+            }
+        }
+    }
+}
