@@ -49,6 +49,7 @@ from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCa
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_reward_fixtures as rf  # noqa: E402
+from half_reference import padded  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "models")
@@ -114,13 +115,7 @@ def causal(name, cls, cfg, seed, edit_config=None):
             out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=NEW_TOKENS,
                                  do_sample=False, eos_token_id=None, pad_token_id=0)
             greedy.append(out[0, len(ids):].tolist())
-        t = max(PROMPT_LENGTHS)
-        ids = torch.zeros((len(prompts), t), dtype=torch.long)
-        mask = torch.zeros((len(prompts), t), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, t - len(p):] = torch.tensor(p)
-            mask[i, t - len(p):] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = padded(prompts)
         ref["padded_logits"] = model(ids, attention_mask=mask, position_ids=pos).logits.contiguous()
     save_file(ref, os.path.join(d, "reference.safetensors"))
     with open(os.path.join(d, "reference.json"), "w") as f:

@@ -83,9 +83,7 @@ pub fn pick(logits: &[f32], p: &SamplingParams, u: f64) -> u32 {
         return argmax(logits);
     }
     let t = p.temperature as f64;
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    // Sort by logit, descending; ties by token id.
-    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    let idx = descending_order(logits);
     let mut keep = idx.len();
     if p.top_k > 0 && p.top_k < keep {
         // Like transformers: keep every token whose logit reaches the k-th largest.
@@ -121,6 +119,31 @@ pub fn pick(logits: &[f32], p: &SamplingParams, u: f64) -> u32 {
         }
     }
     idx[keep - 1] as u32
+}
+
+/// Token ids by logit, descending (in `f32::total_cmp`'s order), ties by ascending id: each
+/// (logit, id) becomes one `u64` whose natural order is that order, so the sort compares
+/// integers instead of chasing indices into the row.
+fn descending_order(logits: &[f32]) -> Vec<usize> {
+    let mut keys: Vec<u64> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| {
+            // total_cmp's order as an unsigned integer (ascending), then inverted.
+            let bits = l.to_bits();
+            let ascending = if bits >> 31 == 1 {
+                !bits
+            } else {
+                bits | (1 << 31)
+            };
+            (u64::from(!ascending) << 32) | i as u64
+        })
+        .collect();
+    // The keys are distinct (the id is in them), so an unstable sort gives the one order.
+    keys.sort_unstable();
+    keys.into_iter()
+        .map(|k| (k & 0xffff_ffff) as usize)
+        .collect()
 }
 
 fn argmax(row: &[f32]) -> u32 {
@@ -377,6 +400,30 @@ mod tests {
         // top_p 0.5 keeps only token 1.
         let p = SamplingParams { top_p: 0.5, ..p };
         assert_eq!(pick(&l, &p, 0.99), 1);
+    }
+
+    /// The integer-key sort gives exactly the order of the comparison sort it replaced
+    /// (logit descending by `total_cmp`, ties by id), negative zeros, ties and infinities
+    /// included, so every draw picks the same token as before.
+    #[test]
+    fn integer_key_order_is_the_comparison_order() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for case in 0..200 {
+            let n = 1 + case * 7;
+            let mut row: Vec<f32> = (0..n).map(|_| (rng.random::<f32>() - 0.5) * 40.0).collect();
+            // Ties, signed zeros and infinities.
+            for (j, v) in [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 1.5, 1.5]
+                .into_iter()
+                .enumerate()
+            {
+                if j * 3 < n {
+                    row[j * 3] = v;
+                }
+            }
+            let mut want: Vec<usize> = (0..n).collect();
+            want.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            assert_eq!(descending_order(&row), want, "case {case}");
+        }
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! GGUF parsing and dequantization against gguf-py (fixtures from
 //! `scripts/make_gguf_fixtures.py`): every supported type, random blocks, exact f32 equality.
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::logits_alone;
 use sweetspot_model::gguf::Gguf;
 
 fn fixtures() -> PathBuf {
@@ -113,22 +116,7 @@ fn sentencepiece_gguf_matches_transformers() {
 
     let device = resolve_device("cpu").unwrap();
     let model = Llama::from_gguf(&gguf, &device).unwrap();
-    use burn::tensor::{Bool, Int, Tensor, TensorData};
-    let t = chat_ids.len();
-    let got = model
-        .forward(
-            Tensor::<2, Int>::from_data(
-                TensorData::new(chat_ids.iter().map(|&i| i as i64).collect(), [1, t]),
-                &device,
-            ),
-            Tensor::<2, Int>::from_data(TensorData::new((0..t as i64).collect(), [1, t]), &device),
-            Tensor::<2, Bool>::from_data(TensorData::new(vec![true; t], [1, t]), &device),
-            None,
-        )
-        .unwrap()
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap();
+    let got = logits_alone(&model, &chat_ids);
     let want: Vec<f32> = r["logits"]
         .as_array()
         .unwrap()
@@ -152,25 +140,8 @@ fn sentencepiece_gguf_matches_transformers() {
 /// say it), and a tensor the model has no place for is refused by name.
 #[test]
 fn family_ggufs_match_the_safetensors_references() {
-    use burn::tensor::{Bool, Int, Tensor, TensorData};
     use sweetspot_model::{Llama, resolve_device};
     let device = resolve_device("cpu").unwrap();
-    let logits = |m: &Llama, ids: &[u32]| -> Vec<f32> {
-        let t = ids.len();
-        m.forward(
-            Tensor::<2, Int>::from_data(
-                TensorData::new(ids.iter().map(|&i| i as i64).collect(), [1, t]),
-                &device,
-            ),
-            Tensor::<2, Int>::from_data(TensorData::new((0..t as i64).collect(), [1, t]), &device),
-            Tensor::<2, Bool>::from_data(TensorData::new(vec![true; t], [1, t]), &device),
-            None,
-        )
-        .unwrap()
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap()
-    };
     for (file, fixture) in [
         ("qwen2.gguf", "qwen2"),
         ("qwen3.gguf", "qwen3"),
@@ -198,7 +169,7 @@ fn family_ggufs_match_the_safetensors_references() {
         let gguf = Gguf::open(&fixtures().join("gguf").join(file)).unwrap();
         let model = Llama::from_gguf(&gguf, &device).unwrap();
         assert_eq!(model.config.model_type, fixture.trim_end_matches("31"));
-        let got = logits(&model, &prompt);
+        let got = logits_alone(&model, &prompt);
         let worst = got
             .iter()
             .zip(&want)

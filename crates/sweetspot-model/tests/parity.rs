@@ -6,7 +6,7 @@
 mod common;
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use common::{fixture, id_lists, max_abs_diff, test_device};
+use common::{fixture, id_lists, logits_alone, max_abs_diff, test_device};
 use sweetspot_model::{KvCache, Llama, resolve_device};
 
 const TOL: f32 = 1e-4;
@@ -59,19 +59,6 @@ fn bools(rows: &[Vec<bool>], device: &burn::tensor::Device) -> Tensor<2, Bool> {
     let t = rows[0].len();
     let flat: Vec<bool> = rows.iter().flatten().copied().collect();
     Tensor::from_data(TensorData::new(flat, [b, t]), device)
-}
-
-fn logits_alone(m: &Llama, ids: &[u32]) -> Vec<f32> {
-    let d = m.device().clone();
-    let t = ids.len();
-    let tokens = ints(&[ids.iter().map(|&i| i as i64).collect()], &d);
-    let pos = ints(&[(0..t as i64).collect()], &d);
-    let mask = bools(&[vec![true; t]], &d);
-    m.forward(tokens, pos, mask, None)
-        .unwrap()
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap()
 }
 
 fn check_unpadded(name: &str) {

@@ -39,3 +39,21 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// The logits `[tokens, vocab]` (flattened) of one unpadded sequence, from position 0.
+pub fn logits_alone(m: &sweetspot_model::Llama, ids: &[u32]) -> Vec<f32> {
+    use burn::tensor::{Bool, Int, Tensor, TensorData};
+    let d = m.device().clone();
+    let t = ids.len();
+    let tokens = ids.iter().map(|&i| i as i64).collect();
+    m.forward(
+        Tensor::<2, Int>::from_data(TensorData::new(tokens, [1, t]), &d),
+        Tensor::<2, Int>::from_data(TensorData::new((0..t as i64).collect(), [1, t]), &d),
+        Tensor::<2, Bool>::from_data(TensorData::new(vec![true; t], [1, t]), &d),
+        None,
+    )
+    .unwrap()
+    .into_data()
+    .try_to_vec::<f32>()
+    .unwrap()
+}
