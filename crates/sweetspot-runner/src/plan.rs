@@ -24,6 +24,12 @@ use crate::identity::{EXECUTION_SETTINGS, Identity, existing_paths, hash_file, m
 /// Bumped when what a node's hash covers changes.
 const NODE_SCHEMA: &str = "sweetspot-node-1";
 
+/// Bumped when a stage computes something else from the same settings and inputs (a model,
+/// tokenizer or sampler fix): nodes made before are then not reused. 2: GGUF tokenizers built as
+/// transformers 5 builds them (split regex by `tokenizer.ggml.pre`, BOS/EOS flags), Qwen and RoPE
+/// families.
+const COMPUTATION: u32 = 2;
+
 /// The kind of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -456,6 +462,7 @@ fn finish(
     identity.stage = stage.name().to_string();
     let mut h = Sha256::new();
     h.update(NODE_SCHEMA.as_bytes());
+    h.update(COMPUTATION.to_le_bytes());
     h.update(serde_json::to_vec(&identity).unwrap_or_default());
     let hash: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let deps = match &work {
