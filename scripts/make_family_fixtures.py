@@ -72,22 +72,11 @@ PROMPT_LENGTHS = [7, 12, 3]
 NEW_TOKENS = 8
 
 
-def randomize(model):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.8, 1.2)
-            elif p.dim() == 2:
-                p.normal_(0.0, 0.08)
-            else:
-                p.normal_(0.0, 0.1)
-
-
 def causal(name, cls, cfg, seed, edit_config=None):
     torch.manual_seed(seed)
     cfg._attn_implementation = "eager"
     model = cls(cfg).eval()
-    randomize(model)
+    rf.randomize(model)
     d = os.path.join(OUT, name)
     os.makedirs(d, exist_ok=True)
     model.config.save_pretrained(d)
@@ -132,7 +121,7 @@ def seq_cls(name, cls, config_cls, extra, tok, seed):
     cfg.architectures = [cls.__name__]
     cfg._attn_implementation = "eager"
     model = cls(cfg).eval()
-    randomize(model)
+    rf.randomize(model)
     d = os.path.join(OUT, name)
     rf.save(d, model.state_dict(), model.config, tok)
     rows, all_ids = [], []

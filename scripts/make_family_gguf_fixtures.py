@@ -62,6 +62,37 @@ def llama3_factors(cfg, head_dim):
     return np.array(out, dtype=np.float32)
 
 
+def add_tensors(w, sd, layers, heads, kv, permute_qk, rope_freqs=None):
+    """A transformers state dict (numpy) under llama.cpp's tensor names: q/k rows permuted for
+    `llama` (`permute_qk`), Qwen's q/k/v biases and Qwen3's q/k norms where the model has them."""
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    if "lm_head.weight" in sd:
+        w.add_tensor("output.weight", sd["lm_head.weight"])
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", rope_freqs)
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        q, k = sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"]
+        w.add_tensor(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
+        w.add_tensor(f"blk.{i}.attn_q.weight", permute(q, heads) if permute_qk else q)
+        w.add_tensor(f"blk.{i}.attn_k.weight", permute(k, kv) if permute_qk else k)
+        w.add_tensor(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
+        w.add_tensor(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
+        for proj in ("q", "k", "v"):
+            bias = sd.get(p + f"self_attn.{proj}_proj.bias")
+            if bias is not None:
+                w.add_tensor(f"blk.{i}.attn_{proj}.bias", bias)
+        for proj in ("q", "k"):
+            norm = sd.get(p + f"self_attn.{proj}_norm.weight")
+            if norm is not None:
+                w.add_tensor(f"blk.{i}.attn_{proj}_norm.weight", norm)
+        w.add_tensor(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
+        w.add_tensor(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
+        w.add_tensor(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
+
+
 def write(name, arch, fixture, rope_freqs=False):
     d = os.path.join(MODELS, fixture)
     with open(os.path.join(d, "config.json")) as f:
@@ -82,33 +113,8 @@ def write(name, arch, fixture, rope_freqs=False):
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_rope_freq_base(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
     w.add_vocab_size(cfg["vocab_size"])
-    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
-    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
-    if "lm_head.weight" in sd:
-        w.add_tensor("output.weight", sd["lm_head.weight"])
-    if rope_freqs:
-        w.add_tensor("rope_freqs.weight", llama3_factors(cfg, head_dim))
-    perm = arch == "llama"
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        q, k = sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"]
-        w.add_tensor(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
-        w.add_tensor(f"blk.{i}.attn_q.weight", permute(q, heads) if perm else q)
-        w.add_tensor(f"blk.{i}.attn_k.weight", permute(k, kv) if perm else k)
-        w.add_tensor(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
-        w.add_tensor(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
-        for proj in ("q", "k", "v"):
-            bias = sd.get(p + f"self_attn.{proj}_proj.bias")
-            if bias is not None:
-                w.add_tensor(f"blk.{i}.attn_{proj}.bias", bias)
-        for proj in ("q", "k"):
-            norm = sd.get(p + f"self_attn.{proj}_norm.weight")
-            if norm is not None:
-                w.add_tensor(f"blk.{i}.attn_{proj}_norm.weight", norm)
-        w.add_tensor(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
-        w.add_tensor(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
-        w.add_tensor(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
+    add_tensors(w, sd, cfg["num_hidden_layers"], heads, kv, permute_qk=arch == "llama",
+                rope_freqs=llama3_factors(cfg, head_dim) if rope_freqs else None)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -23,6 +23,7 @@ Needs torch, transformers, sentencepiece, gguf (gguf-py) and numpy. Run from the
 
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -31,6 +32,9 @@ import torch
 import transformers
 from gguf import GGUFWriter, TokenType
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_family_gguf_fixtures import add_tensors  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures")
@@ -101,12 +105,6 @@ def token_type(sp, i):
     return TokenType.NORMAL
 
 
-def permute(w, heads):
-    # llama.cpp's convert_hf_to_gguf LlamaModel.permute.
-    return (w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
-
-
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         sp = train_sentencepiece(tmp)
@@ -151,22 +149,8 @@ def main():
     w.add_add_space_prefix(True)
     w.add_chat_template(TEMPLATE)
     sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
-    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
-    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
-    w.add_tensor("output.weight", sd["lm_head.weight"])
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        w.add_tensor(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
-        w.add_tensor(f"blk.{i}.attn_q.weight",
-                     permute(sd[p + "self_attn.q_proj.weight"], cfg.num_attention_heads))
-        w.add_tensor(f"blk.{i}.attn_k.weight",
-                     permute(sd[p + "self_attn.k_proj.weight"], cfg.num_key_value_heads))
-        w.add_tensor(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
-        w.add_tensor(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
-        w.add_tensor(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
-        w.add_tensor(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
-        w.add_tensor(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
+    add_tensors(w, sd, cfg.num_hidden_layers, cfg.num_attention_heads,
+                cfg.num_key_value_heads, permute_qk=True)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
