@@ -100,6 +100,10 @@ pub struct Family {
     /// Whether `sliding_window` applies by itself (Mistral), rather than only with
     /// `use_sliding_window` (Qwen2 and Qwen3, where it is refused).
     pub window_by_itself: bool,
+    /// transformers' `head_dim` when the config has none (`None`: hidden_size / heads).
+    pub default_head_dim: Option<usize>,
+    /// transformers' `num_key_value_heads` when the config has none (`None`: the query heads).
+    pub default_kv_heads: Option<usize>,
 }
 
 /// The RoPE types sweetspot computes.
@@ -511,7 +515,7 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim.is_none()
-            && self.model_type != "qwen3"
+            && self.family().default_head_dim.is_none()
             && !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {
             return Err("field `hidden_size`: not a multiple of num_attention_heads".into());
@@ -617,6 +621,8 @@ impl LlamaConfig {
             o_bias: bias,
             qk_norm: false,
             window_by_itself: true,
+            default_head_dim: None,
+            default_kv_heads: None,
         };
         match self.model_type.as_str() {
             "mistral" => Family {
@@ -629,14 +635,16 @@ impl LlamaConfig {
                 causal_lm: "Qwen2ForCausalLM",
                 qkv_bias: true,
                 o_bias: false,
-                qk_norm: false,
                 window_by_itself: false,
+                ..llama
             },
             "qwen3" => Family {
                 model_type: "qwen3",
                 causal_lm: "Qwen3ForCausalLM",
                 qk_norm: true,
                 window_by_itself: false,
+                default_head_dim: Some(128),
+                default_kv_heads: Some(32),
                 ..llama
             },
             _ => llama,
@@ -651,22 +659,18 @@ impl LlamaConfig {
             .filter(|_| self.family().window_by_itself)
     }
 
-    /// Key/value heads (transformers' default when absent: the query heads; 32 for Qwen3).
+    /// Key/value heads (absent: the family's default, else the query heads).
     pub fn kv_heads(&self) -> usize {
-        match self.num_key_value_heads {
-            Some(n) => n,
-            None if self.model_type == "qwen3" => 32,
-            None => self.num_attention_heads,
-        }
+        self.num_key_value_heads
+            .or(self.family().default_kv_heads)
+            .unwrap_or(self.num_attention_heads)
     }
 
-    /// Per-head width (transformers' default when absent: hidden_size / heads; 128 for Qwen3).
+    /// Per-head width (absent: the family's default, else hidden_size / heads).
     pub fn head_dim(&self) -> usize {
-        match self.head_dim {
-            Some(d) => d,
-            None if self.model_type == "qwen3" => 128,
-            None => self.hidden_size / self.num_attention_heads.max(1),
-        }
+        self.head_dim
+            .or(self.family().default_head_dim)
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// The end tokens from the config.

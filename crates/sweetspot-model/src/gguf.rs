@@ -699,9 +699,9 @@ impl Gguf {
                 .map(|v| v as usize),
             rope_freqs: None,
         };
-        if cfg.model_type == "qwen3" && cfg.head_dim.is_none() {
+        if cfg.head_dim.is_none() && cfg.family().default_head_dim.is_some() {
             // llama.cpp always writes Qwen3's key length; without it the head size is the
-            // hidden size over the heads, as llama.cpp computes it (not transformers' 128).
+            // hidden size over the heads, as llama.cpp computes it (not transformers' default).
             cfg.head_dim = Some(hidden / heads.max(1));
         }
         cfg.check().map_err(|m| {
