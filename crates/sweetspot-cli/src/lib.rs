@@ -22,6 +22,7 @@ pub use cmd::plugins::{KindArg, PluginsArgs};
 pub use cmd::report::ReportArgs;
 pub use cmd::run::RunArgs;
 pub use cmd::score::ScoreArgs;
+pub use cmd::serve::{RewardTypeArg, ServeArgs};
 pub use cmd::stats::StatsArgs;
 pub use cmd::train::TrainArgs;
 pub use plugins::link_builtin_plugins;
@@ -66,6 +67,10 @@ pub enum Command {
     /// Run a whole recipe as a graph of stages in its run folder: sweeps expanded, finished
     /// stages reused, a killed run resumed (the whole recipe is checked before anything runs).
     Run(RunArgs),
+    /// Serve the native models over HTTP: OpenAI-compatible completions and chat (batched on the
+    /// device), and /classify for a reward model (ArmoRM included), so this machine can join a
+    /// sampling or scoring fleet.
+    Serve(Box<ServeArgs>),
     /// Rebuild a run folder's report.html (figures and the eval table) from what is complete.
     Report(ReportArgs),
 }
@@ -163,5 +168,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Stats(args) => cmd::stats::stats_cmd(&args),
         Command::Run(args) => cmd::run::run_cmd(args, cli.quiet),
         Command::Report(args) => cmd::report::report_cmd(&args),
+        Command::Serve(args) => cmd::serve::serve_cmd(*args),
     }
 }

@@ -11,4 +11,5 @@ pub fn link_builtin_plugins() {
     sweetspot_burn_sampler::link();
     sweetspot_burn_reward::link();
     sweetspot_losses::link();
+    sweetspot_http::link();
 }

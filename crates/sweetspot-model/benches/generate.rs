@@ -49,23 +49,13 @@ fn main() {
         )])
         .expect("prompt");
     // Warm-up (kernels, allocator).
-    let warm = [SeqRequest {
-        prompt_ids: prompt.clone(),
-        seed: 0,
-        prompt_id: "warm".into(),
-        sample_index: 0,
-    }];
+    let warm = [SeqRequest::sample(prompt.clone(), 0, "warm", 0)];
     generate(&model, &warm, &[], &SamplingParams::greedy(8), |_| {}).expect("warm-up");
     println!("| batch | prompt tokens | new tokens | seconds | tokens/s |");
     println!("|---:|---:|---:|---:|---:|");
     for &b in &batches {
         let reqs: Vec<SeqRequest> = (0..b)
-            .map(|i| SeqRequest {
-                prompt_ids: prompt.clone(),
-                seed: 0,
-                prompt_id: "bench".into(),
-                sample_index: i as u32,
-            })
+            .map(|i| SeqRequest::sample(prompt.clone(), 0, "bench", i as u32))
             .collect();
         let t = Instant::now();
         let out = generate(

@@ -3,9 +3,13 @@
 //! (the n samples of a prompt) share one prefill: the prompt is run once and its keys and values
 //! are copied to each of its rows.
 //!
-//! Reproducibility: every sequence draws from its own ChaCha8 stream seeded by SHA-256 of
-//! (seed, prompt id, sample index), one uniform per generated token, so a sample does not depend
-//! on which other sequences share its batch, nor on whether its prefill was shared.
+//! Reproducibility: every sequence draws from its own ChaCha8 stream, one uniform per generated
+//! token, seeded from one integer, the sequence's seed, so a sample does not depend on which other
+//! sequences share its batch, nor on whether its prefill was shared. The sampler gives sample `i`
+//! of a prompt the seed `prompt_seed(run seed, prompt id) + i` ([`sample_seed`]): the rule vLLM
+//! uses for a request's `n` choices (child `i` of a request with `seed = s` gets `s + i`), so one
+//! request per prompt with `seed = prompt_seed` and one request per sample ask for the same
+//! samples, and `sweetspot serve` draws what the in-process sampler draws.
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -46,12 +50,18 @@ impl SamplingParams {
 pub struct SeqRequest {
     /// The prompt's token ids.
     pub prompt_ids: Vec<u32>,
-    /// The run's seed.
+    /// The sequence's own seed (its random stream is [`sequence_rng`] of it).
     pub seed: u64,
-    /// The prompt's id (for the random stream).
-    pub prompt_id: String,
-    /// The sample's index (for the random stream).
-    pub sample_index: u32,
+}
+
+impl SeqRequest {
+    /// Sample `sample_index` of prompt `prompt_id` in a run seeded `run_seed`.
+    pub fn sample(prompt_ids: Vec<u32>, run_seed: u64, prompt_id: &str, sample_index: u32) -> Self {
+        Self {
+            prompt_ids,
+            seed: sample_seed(run_seed, prompt_id, sample_index),
+        }
+    }
 }
 
 /// One generated response.
@@ -66,14 +76,31 @@ pub struct Generation {
     pub logprob: f64,
 }
 
-/// The random stream of sequence (seed, prompt id, sample index).
-pub fn sequence_rng(seed: u64, prompt_id: &str, sample_index: u32) -> ChaCha8Rng {
+/// The first sample's seed of prompt `prompt_id` in a run seeded `run_seed`: 62 bits of SHA-256
+/// of the two, so adding any sample index stays below 2^63 (a non-negative signed 64-bit integer,
+/// which every OpenAI-compatible server takes as a `seed`).
+pub fn prompt_seed(run_seed: u64, prompt_id: &str) -> u64 {
     let mut h = Sha256::new();
-    h.update(b"sweetspot/sample/v1");
-    h.update(seed.to_le_bytes());
+    h.update(b"sweetspot/prompt-seed/v1");
+    h.update(run_seed.to_le_bytes());
     h.update((prompt_id.len() as u64).to_le_bytes());
     h.update(prompt_id.as_bytes());
-    h.update(sample_index.to_le_bytes());
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(first) >> 2
+}
+
+/// The seed of sample `sample_index` of a prompt: [`prompt_seed`] plus the index.
+pub fn sample_seed(run_seed: u64, prompt_id: &str, sample_index: u32) -> u64 {
+    prompt_seed(run_seed, prompt_id) + u64::from(sample_index)
+}
+
+/// The random stream of the sequence seeded `seed`.
+pub fn sequence_rng(seed: u64) -> ChaCha8Rng {
+    let mut h = Sha256::new();
+    h.update(b"sweetspot/sample/v2");
+    h.update(seed.to_le_bytes());
     ChaCha8Rng::from_seed(h.finalize().into())
 }
 
@@ -201,10 +228,9 @@ pub fn generate_with(
             "max_new_tokens must be at least 1".into(),
         ));
     }
-    if let Some(r) = requests.iter().find(|r| r.prompt_ids.is_empty()) {
+    if let Some(i) = requests.iter().position(|r| r.prompt_ids.is_empty()) {
         return Err(ModelError::Input(format!(
-            "prompt `{}` has no tokens",
-            r.prompt_id
+            "sequence {i} of the batch has an empty prompt"
         )));
     }
     let device = model.device().clone();
@@ -280,7 +306,7 @@ pub fn generate_with(
         .enumerate()
         .map(|(i, r)| Active {
             req: i,
-            rng: sequence_rng(r.seed, &r.prompt_id, r.sample_index),
+            rng: sequence_rng(r.seed),
             tokens: Vec::new(),
             logprob: 0.0,
             next_pos: r.prompt_ids.len() as i64,
@@ -428,10 +454,13 @@ mod tests {
 
     #[test]
     fn streams_depend_on_their_key_only() {
-        let a: u64 = sequence_rng(1, "p", 3).random();
-        assert_eq!(a, sequence_rng(1, "p", 3).random::<u64>());
-        assert_ne!(a, sequence_rng(1, "p", 4).random::<u64>());
-        assert_ne!(a, sequence_rng(2, "p", 3).random::<u64>());
-        assert_ne!(a, sequence_rng(1, "q", 3).random::<u64>());
+        let a: u64 = sequence_rng(sample_seed(1, "p", 3)).random();
+        assert_eq!(a, sequence_rng(sample_seed(1, "p", 3)).random::<u64>());
+        assert_ne!(a, sequence_rng(sample_seed(1, "p", 4)).random::<u64>());
+        assert_ne!(a, sequence_rng(sample_seed(2, "p", 3)).random::<u64>());
+        assert_ne!(a, sequence_rng(sample_seed(1, "q", 3)).random::<u64>());
+        // vLLM's rule for a request's n choices: sample i is the prompt's seed plus i.
+        assert_eq!(sample_seed(7, "p", 5), prompt_seed(7, "p") + 5);
+        assert!(sample_seed(7, "p", u32::MAX) < 1 << 63);
     }
 }

@@ -421,6 +421,40 @@ impl Tokenizer {
         let text = self.render_chat(messages, add_generation_prompt)?;
         self.encode(&text, false)
     }
+
+    /// A prompt's token ids as a sampler feeds them to the policy: rendered by the chat template
+    /// with the generation prompt when the model has one, else a text prompt as plain text with
+    /// the tokenizer's special tokens (a chat prompt without a template is an error). The native
+    /// sampler, `sweetspot serve` and the `openai` sampler all use it, so they ask the same thing.
+    pub fn encode_prompt(&self, prompt: &sweetspot_core::Prompt) -> Result<Vec<u32>, ModelError> {
+        if self.has_chat_template() {
+            self.encode_chat(&prompt.content.to_messages())
+        } else {
+            match &prompt.content {
+                sweetspot_core::PromptContent::Text(t) => self.encode(t, true),
+                sweetspot_core::PromptContent::Chat(_) => Err(ModelError::Input(format!(
+                    "prompt `{}` is a chat, but the model has no chat template",
+                    prompt.id
+                ))),
+            }
+        }
+    }
+
+    /// The token ids a reward model reads for (prompt, response): the prompt's turns and the
+    /// response as the last assistant turn, through [`Tokenizer::encode_messages`] without a
+    /// generation prompt. The native reward models and the `http` reward client both use it.
+    pub fn encode_scored(
+        &self,
+        prompt: &sweetspot_core::Prompt,
+        response: &str,
+    ) -> Result<Vec<u32>, ModelError> {
+        let mut messages = prompt.content.to_messages();
+        messages.push(Message {
+            role: "assistant".into(),
+            content: response.to_string(),
+        });
+        self.encode_messages(&messages, false)
+    }
 }
 
 #[derive(Serialize)]

@@ -16,12 +16,7 @@ fn prompts(name: &str) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
 }
 
 fn req(ids: &[u32], prompt: usize, sample: u32) -> SeqRequest {
-    SeqRequest {
-        prompt_ids: ids.to_vec(),
-        seed: 42,
-        prompt_id: format!("p{prompt}"),
-        sample_index: sample,
-    }
+    SeqRequest::sample(ids.to_vec(), 42, &format!("p{prompt}"), sample)
 }
 
 #[test]
@@ -69,11 +64,7 @@ fn same_seed_same_samples_alone_or_batched() {
     // ... against each sequence alone, and in a batch of a different make-up.
     for (r, g) in batch.iter().zip(&together) {
         let alone = generate(&m, std::slice::from_ref(r), &stop, &params, |_| {}).unwrap();
-        assert_eq!(
-            alone[0].tokens, g.tokens,
-            "{} #{}",
-            r.prompt_id, r.sample_index
-        );
+        assert_eq!(alone[0].tokens, g.tokens, "seed {}", r.seed);
         assert!((alone[0].logprob - g.logprob).abs() < 1e-3);
     }
     let reversed: Vec<_> = batch.iter().rev().cloned().collect();
@@ -87,7 +78,7 @@ fn same_seed_same_samples_alone_or_batched() {
     let other: Vec<_> = batch
         .iter()
         .map(|r| SeqRequest {
-            seed: 7,
+            seed: r.seed ^ 7,
             ..r.clone()
         })
         .collect();

@@ -92,12 +92,7 @@ fn greedy_generation_matches_transformers() {
     let requests: Vec<SeqRequest> = chats
         .iter()
         .enumerate()
-        .map(|(i, c)| SeqRequest {
-            prompt_ids: ids(&c["input_ids"]),
-            seed: 0,
-            prompt_id: format!("chat-{i}"),
-            sample_index: 0,
-        })
+        .map(|(i, c)| SeqRequest::sample(ids(&c["input_ids"]), 0, &format!("chat-{i}"), 0))
         .collect();
     // All prompts in one padded batch: each must still equal transformers' unbatched output.
     let out = generate(

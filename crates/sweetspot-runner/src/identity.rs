@@ -26,7 +26,24 @@ use crate::error::RunError;
 
 /// Plugin settings that are not part of a stage's identity (see
 /// [`Identity::without_execution_settings`]).
-pub const EXECUTION_SETTINGS: &[&str] = &["device", "batch_size", "max_batch_tokens"];
+pub const EXECUTION_SETTINGS: &[&str] = &[
+    "device",
+    "batch_size",
+    "max_batch_tokens",
+    // Where and how a remote plugin asks (the `openai` sampler, the `http` reward): the same
+    // questions to another fleet get the same answers.
+    "endpoints",
+    "timeout_s",
+    "max_retries",
+    "api_key_env",
+];
+
+/// Bumped when a stage computes something else from the same settings and inputs (a model,
+/// tokenizer or sampler fix): run-graph nodes and single-stage outputs made before are then not
+/// reused or resumed. 2: GGUF tokenizers built as transformers 5 builds them (split regex by
+/// `tokenizer.ggml.pre`, BOS/EOS flags), Qwen and RoPE families. 3: a sample's random stream is
+/// seeded by `prompt_seed(run seed, prompt id) + sample index` (vLLM's rule for `n` choices).
+pub const COMPUTATION: u32 = 3;
 
 /// Files up to this size are hashed by content inside a model fingerprint.
 pub const SMALL_FILE: u64 = 16 << 20;
@@ -61,6 +78,8 @@ impl Identity {
     pub fn new(stage: &str, settings: &serde_json::Value) -> Self {
         let mut flat = BTreeMap::new();
         flatten("", settings, &mut flat);
+        // An output made by a build that computes otherwise is not resumed as this one's.
+        flat.insert("computation".into(), serde_json::json!(COMPUTATION));
         Self {
             stage: stage.to_string(),
             settings: flat,

@@ -24,11 +24,7 @@ use crate::identity::{EXECUTION_SETTINGS, Identity, existing_paths, hash_file, m
 /// Bumped when what a node's hash covers changes.
 const NODE_SCHEMA: &str = "sweetspot-node-1";
 
-/// Bumped when a stage computes something else from the same settings and inputs (a model,
-/// tokenizer or sampler fix): nodes made before are then not reused. 2: GGUF tokenizers built as
-/// transformers 5 builds them (split regex by `tokenizer.ggml.pre`, BOS/EOS flags), Qwen and RoPE
-/// families.
-const COMPUTATION: u32 = 2;
+use crate::identity::COMPUTATION;
 
 /// The kind of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -548,16 +548,10 @@ impl BurnReward {
         let which = || format!("prompt `{}` sample {index}", prompt.id);
         let err = |e: ModelError| PluginError::Input(format!("{}: {e}", which()));
         let ids = match &self.input {
-            Input::Conversation | Input::Gated { .. } => {
-                let mut messages = prompt.content.to_messages();
-                messages.push(Message {
-                    role: "assistant".into(),
-                    content: response.to_string(),
-                });
-                self.tokenizer
-                    .encode_messages(&messages, false)
-                    .map_err(err)?
-            }
+            Input::Conversation | Input::Gated { .. } => self
+                .tokenizer
+                .encode_scored(prompt, response)
+                .map_err(err)?,
             Input::Judge { template } => {
                 let text = fill(template, &prompt_text(&prompt.content), response);
                 let messages = [Message {

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use sweetspot_core::{
-    BuildContext, ConfigIssue, PluginError, PluginInfo, PluginKind, Progress, Prompt,
-    PromptContent, Sample, SampleGroup, SampleRequest, Sampler, SamplerConfig, check_device_name,
+    BuildContext, ConfigIssue, PluginError, PluginInfo, PluginKind, Progress, Prompt, Sample,
+    SampleGroup, SampleRequest, Sampler, SamplerConfig, check_device_name,
 };
 use sweetspot_model::generate::{SamplingParams, SeqRequest, generate};
 use sweetspot_model::{Llama, ModelError, Precision, Tokenizer, resolve_device};
@@ -194,23 +194,12 @@ fn is_gguf(path: &std::path::Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
-/// A prompt's token ids as the sampler feeds them: rendered by the chat template when the model
-/// has one, else plain text with the tokenizer's special tokens.
+/// A prompt's token ids as the sampler feeds them ([`Tokenizer::encode_prompt`]).
 fn prompt_ids(tokenizer: &Tokenizer, prompt: &Prompt) -> Result<Vec<u32>, PluginError> {
-    let ids = if tokenizer.has_chat_template() {
-        tokenizer.encode_chat(&prompt.content.to_messages())
-    } else {
-        match &prompt.content {
-            PromptContent::Text(t) => tokenizer.encode(t, true),
-            PromptContent::Chat(_) => {
-                return Err(PluginError::Input(format!(
-                    "prompt `{}` is a chat, but the model has no chat template",
-                    prompt.id
-                )));
-            }
-        }
-    };
-    ids.map_err(model_err)
+    tokenizer.encode_prompt(prompt).map_err(|e| match e {
+        ModelError::Input(m) => PluginError::Input(m),
+        e => model_err(e),
+    })
 }
 
 impl BurnSampler {
@@ -243,11 +232,8 @@ impl Sampler for BurnSampler {
         for chunk in jobs.chunks(self.batch_size) {
             let reqs: Vec<SeqRequest> = chunk
                 .iter()
-                .map(|&(p, s)| SeqRequest {
-                    prompt_ids: encoded[p].clone(),
-                    seed: request.seed,
-                    prompt_id: prompts[p].id.clone(),
-                    sample_index: s,
+                .map(|&(p, s)| {
+                    SeqRequest::sample(encoded[p].clone(), request.seed, &prompts[p].id, s)
                 })
                 .collect();
             // The bar counts sequences (its total is prompts x n); tokens go in its message.

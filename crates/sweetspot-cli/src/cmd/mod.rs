@@ -6,6 +6,7 @@ pub(crate) mod plugins;
 pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod score;
+pub(crate) mod serve;
 pub(crate) mod stats;
 pub(crate) mod train;
 pub(crate) mod validate;

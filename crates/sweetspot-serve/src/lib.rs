@@ -1,0 +1,278 @@
+//! `sweetspot serve`: an OpenAI-compatible server over sweetspot's native models, so any CPU or
+//! GPU box running sweetspot can join a sampling or scoring fleet, and ArmoRM (which vLLM does
+//! not run) can be served.
+//!
+//! - `GET /v1/models`, `GET /health`
+//! - `POST /v1/completions` (prompt as text or token ids) and `POST /v1/chat/completions`, with
+//!   `n`, `seed`, `temperature`, `top_p`, `top_k`, `max_tokens`, `stop`, `return_token_ids`;
+//!   `usage` in every answer. Choice `i` of a request seeded `s` draws from seed `s + i` (vLLM's
+//!   rule), the same stream the in-process `burn` sampler uses for that seed, so a sample asked
+//!   of the server equals the one drawn in process.
+//! - `POST /classify` (and `/v1/classify`), with a reward model: vLLM's and SGLang's shapes.
+//!
+//! Invariants: binds to loopback unless told otherwise; with an API key, every route but
+//! `/health` needs `Authorization: Bearer KEY`, and the key is never logged; a request field that
+//! would change the answer and is not implemented is refused by name; concurrent requests are
+//! batched on the device by an engine thread that owns the model.
+
+mod api;
+mod engine;
+mod faults;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use sweetspot_model::reward::{ARMORM_OBJECTIVES, LLAMA3_GATING_PATTERN, RewardHead};
+use sweetspot_model::{ModelError, Precision, RewardNet, Tokenizer, resolve_device};
+
+use crate::engine::{PolicyInfo, RewardInfo};
+use crate::state::{AppState, RewardState};
+
+/// Which native reward model `--reward-model` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewardKind {
+    /// `LlamaForSequenceClassification` with one label (Skywork-Reward).
+    SeqCls,
+    /// ArmoRM's `LlamaForRewardModelWithGating`.
+    ArmoRm,
+}
+
+/// What to serve and how.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The policy: a model folder or a .gguf file.
+    pub model: PathBuf,
+    /// The name clients ask for (`model` in requests); the model path's file name by default.
+    pub served_name: Option<String>,
+    /// Address to bind.
+    pub host: String,
+    /// Port (0: any free port; the bound address is printed).
+    pub port: u16,
+    /// The device (`cpu`, `wgpu`, `cuda:0`, ...).
+    pub device: String,
+    /// The weights' float type.
+    pub dtype: Precision,
+    /// Most sequences per device batch.
+    pub batch_size: usize,
+    /// A reward model folder to serve on `/classify`, and its kind.
+    pub reward: Option<(PathBuf, RewardKind)>,
+    /// Most padded tokens per scoring batch.
+    pub max_batch_tokens: usize,
+    /// Require `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// Testing: the share of POST requests that fail (see the `faults` module), and its seed.
+    pub inject_faults: Option<(f64, u64)>,
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The model would not load.
+    #[error("{path}: {source}")]
+    Model {
+        /// The model's path.
+        path: PathBuf,
+        /// Why.
+        source: ModelError,
+    },
+    /// The address would not bind, or the server failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Bad options.
+    #[error("{0}")]
+    Options(String),
+}
+
+fn name_of(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into())
+}
+
+/// Loads the models, binds, calls `on_ready` with the bound address, and serves until Ctrl-C.
+pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
+    if opts.batch_size == 0 || opts.max_batch_tokens == 0 {
+        return Err(ServeError::Options(
+            "--batch-size and --max-batch-tokens must be at least 1".into(),
+        ));
+    }
+    if let Some((rate, _)) = opts.inject_faults
+        && !(0.0..=1.0).contains(&rate)
+    {
+        return Err(ServeError::Options(
+            "--inject-faults must be in [0, 1]".into(),
+        ));
+    }
+    let device = resolve_device(&opts.device).map_err(|source| ServeError::Model {
+        path: opts.model.clone(),
+        source,
+    })?;
+    tracing::info!(model = %opts.model.display(), device = opts.device, "loading the policy");
+    let (model, tokenizer) = sweetspot_model::load_causal_lm(&opts.model, &device, opts.dtype)
+        .map_err(|source| ServeError::Model {
+            path: opts.model.clone(),
+            source,
+        })?;
+    let stop = tokenizer.stop_ids().to_vec();
+    let policy = PolicyInfo {
+        max_positions: model.config.max_position_embeddings,
+        tokenizer,
+    };
+    let vocab = model.config.vocab_size;
+    let (gen_tx, gen_rx) = std::sync::mpsc::channel();
+    let batch = opts.batch_size;
+    std::thread::Builder::new()
+        .name("sampling".into())
+        .spawn(move || engine::run_policy(model, stop, batch, gen_rx))?;
+    let reward = match &opts.reward {
+        None => None,
+        Some((dir, kind)) => {
+            let err = |source| ServeError::Model {
+                path: dir.clone(),
+                source,
+            };
+            tracing::info!(model = %dir.display(), "loading the reward model");
+            let net = match kind {
+                RewardKind::SeqCls => RewardNet::seq_cls_from_pretrained(dir, &device, opts.dtype),
+                RewardKind::ArmoRm => RewardNet::armorm_from_pretrained(dir, &device, opts.dtype),
+            }
+            .map_err(err)?;
+            let tokenizer = Tokenizer::from_dir(dir, &[]).map_err(err)?;
+            let gating_pattern = match kind {
+                RewardKind::ArmoRm => Some(
+                    tokenizer
+                        .encode(LLAMA3_GATING_PATTERN, false)
+                        .map_err(err)?,
+                ),
+                RewardKind::SeqCls => None,
+            };
+            let objectives = match &net.head {
+                RewardHead::ArmoRm(head) => {
+                    let n = head.regression.weight.dims()[1];
+                    if n == ARMORM_OBJECTIVES.len() {
+                        ARMORM_OBJECTIVES.iter().map(|s| s.to_string()).collect()
+                    } else {
+                        (0..n).map(|i| format!("objective-{i}")).collect()
+                    }
+                }
+                _ => Vec::new(),
+            };
+            let info = RewardInfo {
+                max_positions: net.max_tokens(),
+                tokenizer,
+                gating_pattern,
+                objectives,
+            };
+            let vocab = net.backbone.config.vocab_size;
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (b, t) = (opts.batch_size, opts.max_batch_tokens);
+            std::thread::Builder::new()
+                .name("scoring".into())
+                .spawn(move || engine::run_reward(net, b, t, rx))?;
+            Some(RewardState {
+                name: name_of(dir),
+                info,
+                vocab,
+                jobs: tx,
+            })
+        }
+    };
+    let state = Arc::new(AppState {
+        name: opts
+            .served_name
+            .clone()
+            .unwrap_or_else(|| name_of(&opts.model)),
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        policy,
+        vocab,
+        generate: gen_tx,
+        reward,
+        api_key: opts.api_key.clone(),
+        faults: opts.inject_faults.map(|(rate, seed)| faults::Faults {
+            rate,
+            seed,
+            count: AtomicU64::new(0),
+        }),
+    });
+    let app = router(state);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((opts.host.as_str(), opts.port)).await?;
+        let addr = listener.local_addr()?;
+        on_ready(addr);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok(())
+    })
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/v1/models", get(api::models))
+        .route("/v1/completions", post(api::completions))
+        .route("/v1/chat/completions", post(api::chat_completions))
+        .route("/classify", post(api::classify))
+        .route("/v1/classify", post(api::classify))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            faults::inject,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/health", get(api::health))
+        .merge(api)
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// Checks `Authorization: Bearer KEY` when the server has a key.
+async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            return api::ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                message: "a valid API key is required (Authorization: Bearer ...)".into(),
+                param: None,
+            }
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Logs method, path, status and time of every request (never its headers: the API key).
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    tracing::debug!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    response
+}

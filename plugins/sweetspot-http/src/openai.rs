@@ -1,0 +1,395 @@
+//! `openai`: samples through OpenAI-compatible servers (vLLM, SGLang, `sweetspot serve`).
+//!
+//! Each prompt is rendered here, by the policy's own chat template (the `tokenizer` folder or
+//! GGUF), and sent as token ids to `/v1/completions`, so the server sees exactly what the native
+//! sampler would feed the model. A prompt's samples `a..b` go in one request with `n = b - a` and
+//! `seed = prompt_seed(run seed, prompt id) + a`: vLLM seeds choice `i` with `seed + i`, so
+//! sample `k` always gets seed `prompt_seed + k` however the samples are split over requests, and
+//! a rerun asks the same questions. Every sampling setting is sent, `max_tokens` included (vLLM's
+//! default is 16, and it applies the model's generation_config.json to settings a request leaves
+//! out).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sweetspot_core::{
+    BuildContext, ConfigIssue, FinishReason, PluginError, PluginInfo, PluginKind, Progress, Prompt,
+    Sample, SampleGroup, SampleRequest, Sampler, SamplerConfig,
+};
+use sweetspot_model::Tokenizer;
+use sweetspot_model::generate::prompt_seed;
+
+use crate::pool::{EndpointSpec, Pool, RetryPolicy, api_key, check_endpoints};
+
+/// Which OpenAI route to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// `/v1/completions` with the prompt as token ids rendered here (exactly the native
+    /// sampler's input).
+    #[default]
+    Completions,
+    /// `/v1/chat/completions` with the prompt's messages (the server renders the template).
+    Chat,
+}
+
+/// The `[sampler]` table with `type = "openai"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiSamplerConfig {
+    /// The servers: base URLs (`"http://host:8000"`) or `{ url, concurrency }` tables.
+    pub endpoints: Vec<EndpointSpec>,
+    /// The model name the servers serve (the request's `model`).
+    pub model: String,
+    /// The policy's tokenizer and chat template: its model folder or .gguf file. Prompts are
+    /// rendered and responses decoded with it.
+    pub tokenizer: PathBuf,
+    /// `completions` (default) or `chat`.
+    #[serde(default)]
+    pub api: Api,
+    /// Softmax temperature (0 = greedy).
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    /// Nucleus sampling mass (1 = off).
+    #[serde(default = "one")]
+    pub top_p: f32,
+    /// Top-k (0 = off; sent as -1).
+    #[serde(default)]
+    pub top_k: usize,
+    /// Longest response in tokens (sent as `max_tokens`).
+    #[serde(default = "default_max_new")]
+    pub max_new_tokens: usize,
+    /// Stop strings (the native sampler stops on the model's end tokens only: leave it empty to
+    /// sample what it samples).
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// Samples of one prompt per request (0: all of them in one request).
+    #[serde(default)]
+    pub samples_per_request: usize,
+    /// Seconds before a request is abandoned and retried.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: f64,
+    /// Retries of a failed request (connection errors, timeouts, 429, 5xx) before the stage
+    /// stops with a record of every attempt.
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// The environment variable that holds the API key (sent as `Authorization: Bearer`;
+    /// never logged or written).
+    pub api_key_env: Option<String>,
+}
+
+pub(crate) fn default_temperature() -> f32 {
+    0.8
+}
+pub(crate) fn one() -> f32 {
+    1.0
+}
+pub(crate) fn default_max_new() -> usize {
+    512
+}
+pub(crate) fn default_timeout() -> f64 {
+    600.0
+}
+pub(crate) fn default_retries() -> u32 {
+    8
+}
+
+inventory::submit! {
+    PluginInfo {
+        kind: PluginKind::Sampler,
+        name: "openai",
+        description: "samples through OpenAI-compatible servers (vLLM, SGLang, sweetspot serve): token-id prompts, per-sample seeds, retries",
+        crate_name: env!("CARGO_PKG_NAME"),
+        example: "type = \"openai\"\nendpoints = [\"http://127.0.0.1:8000\"]\nmodel = \"SmolLM2-135M-Instruct.Q4_1.gguf\"\ntokenizer = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"",
+    }
+}
+
+/// Checks the settings every HTTP plugin shares.
+pub(crate) fn check_common(
+    ctx: &BuildContext,
+    endpoints: &[EndpointSpec],
+    tokenizer: &std::path::Path,
+    timeout_s: f64,
+    api_key_env: Option<&String>,
+) -> Result<(), ConfigIssue> {
+    check_endpoints(endpoints)?;
+    if !(timeout_s.is_finite() && timeout_s > 0.0) {
+        return Err(ConfigIssue::new("timeout_s", "must be a number > 0"));
+    }
+    if let Some(name) = api_key_env {
+        if name.is_empty() {
+            return Err(ConfigIssue::new("api_key_env", "must name a variable"));
+        }
+        // Before any stage runs: a missing key would otherwise fail the stage after others ran.
+        if std::env::var(name).map_or(true, |k| k.is_empty()) {
+            return Err(ConfigIssue::new(
+                "api_key_env",
+                format!("the environment variable {name} is not set"),
+            ));
+        }
+    }
+    let path = ctx.resolve(tokenizer);
+    if !path.exists() {
+        return Err(ConfigIssue::missing_file("tokenizer", &path));
+    }
+    Ok(())
+}
+
+#[typetag::serde(name = "openai")]
+impl SamplerConfig for OpenAiSamplerConfig {
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        check_common(
+            ctx,
+            &self.endpoints,
+            &self.tokenizer,
+            self.timeout_s,
+            self.api_key_env.as_ref(),
+        )?;
+        if self.model.is_empty() {
+            return Err(ConfigIssue::new("model", "name the served model"));
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(ConfigIssue::new(
+                "temperature",
+                format!("{} must be a number >= 0 (0 = greedy)", self.temperature),
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(ConfigIssue::new(
+                "top_p",
+                format!("{} must be in (0, 1] (1 = off)", self.top_p),
+            ));
+        }
+        if self.max_new_tokens == 0 {
+            return Err(ConfigIssue::new("max_new_tokens", "must be at least 1"));
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return Err(ConfigIssue::new("stop", "an empty stop string"));
+        }
+        Ok(())
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sampler>, PluginError> {
+        self.check(ctx)
+            .map_err(|i| PluginError::config("openai", i.to_string()))?;
+        let path = ctx.resolve(&self.tokenizer);
+        let tokenizer = sweetspot_model::load_tokenizer(&path)
+            .map_err(|e| PluginError::other("openai: loading the tokenizer", e))?;
+        let key = api_key("openai", self.api_key_env.as_deref())?;
+        let pool = Pool::new(
+            "openai",
+            &self.endpoints,
+            key,
+            RetryPolicy {
+                max_retries: self.max_retries,
+                timeout: Duration::from_secs_f64(self.timeout_s),
+                backoff: Duration::from_millis(250),
+            },
+        )?;
+        Ok(Box::new(OpenAiSampler {
+            config: self.clone(),
+            tokenizer,
+            pool,
+        }))
+    }
+}
+
+/// A configured client.
+pub struct OpenAiSampler {
+    config: OpenAiSamplerConfig,
+    tokenizer: Tokenizer,
+    pool: Pool,
+}
+
+impl std::fmt::Debug for OpenAiSampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiSampler")
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One request: samples `first..first + n` of prompt `prompt`.
+struct Ask {
+    prompt: usize,
+    first: u32,
+    n: u32,
+}
+
+impl OpenAiSampler {
+    fn body(&self, prompt: &Prompt, ask: &Ask, seed: u64) -> Result<Value, PluginError> {
+        let c = &self.config;
+        let mut body = json!({
+            "model": c.model,
+            "n": ask.n,
+            "seed": seed + u64::from(ask.first),
+            "temperature": c.temperature,
+            "top_p": c.top_p,
+            "top_k": if c.top_k == 0 { -1 } else { c.top_k as i64 },
+            "max_tokens": c.max_new_tokens,
+            "return_token_ids": true,
+        });
+        if !c.stop.is_empty() {
+            body["stop"] = json!(c.stop);
+        }
+        match c.api {
+            Api::Completions => {
+                let ids = self
+                    .tokenizer
+                    .encode_prompt(prompt)
+                    .map_err(|e| PluginError::Input(format!("prompt `{}`: {e}", prompt.id)))?;
+                body["prompt"] = json!(ids);
+            }
+            Api::Chat => {
+                let messages: Vec<Value> = prompt
+                    .content
+                    .to_messages()
+                    .into_iter()
+                    .map(|m| json!({"role": m.role, "content": m.content}))
+                    .collect();
+                body["messages"] = Value::Array(messages);
+            }
+        }
+        Ok(body)
+    }
+
+    /// The samples of one answer.
+    fn samples(&self, prompt: &Prompt, ask: &Ask, answer: &Value) -> Result<Vec<Sample>, String> {
+        let choices = answer["choices"]
+            .as_array()
+            .ok_or("the answer has no `choices` list")?;
+        if choices.len() != ask.n as usize {
+            return Err(format!(
+                "asked for {} choices, got {}",
+                ask.n,
+                choices.len()
+            ));
+        }
+        let mut out: Vec<Option<Sample>> = vec![None; ask.n as usize];
+        for (pos, choice) in choices.iter().enumerate() {
+            let index = match choice.get("index") {
+                Some(i) => i.as_u64().ok_or("a choice's `index` is not an integer")? as usize,
+                None => pos,
+            };
+            let slot = out
+                .get_mut(index)
+                .ok_or_else(|| format!("choice index {index} is out of range"))?;
+            if slot.is_some() {
+                return Err(format!("choice index {index} appears twice"));
+            }
+            let finish_reason = match choice["finish_reason"].as_str() {
+                Some("stop") => FinishReason::Stop,
+                Some("length") => FinishReason::Length,
+                other => return Err(format!("choice {index}: finish_reason {other:?}")),
+            };
+            let (response, token_count) = match choice.get("token_ids").and_then(Value::as_array) {
+                // With the token ids, decode here, exactly as the native sampler does.
+                Some(ids) => {
+                    let ids: Vec<u32> = ids
+                        .iter()
+                        .map(|v| v.as_u64().map(|t| t as u32))
+                        .collect::<Option<_>>()
+                        .ok_or("a token id is not an integer")?;
+                    let stops = self.tokenizer.stop_ids();
+                    let body: Vec<u32> =
+                        ids.iter().copied().filter(|t| !stops.contains(t)).collect();
+                    let text = self
+                        .tokenizer
+                        .decode(&body, true)
+                        .map_err(|e| e.to_string())?;
+                    (text, Some(ids.len() as u32))
+                }
+                None => {
+                    let text = match self.config.api {
+                        Api::Completions => choice["text"].as_str(),
+                        Api::Chat => choice["message"]["content"].as_str(),
+                    }
+                    .ok_or_else(|| format!("choice {index} has no text"))?;
+                    let count = (ask.n == 1)
+                        .then(|| answer["usage"]["completion_tokens"].as_u64())
+                        .flatten()
+                        .map(|c| c as u32);
+                    (text.to_string(), count)
+                }
+            };
+            *slot = Some(Sample {
+                prompt_id: prompt.id.clone(),
+                sample_index: ask.first + index as u32,
+                response,
+                token_count,
+                finish_reason: Some(finish_reason),
+                logprob: None,
+            });
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+}
+
+impl Sampler for OpenAiSampler {
+    fn sample(
+        &mut self,
+        prompts: &[Prompt],
+        request: &SampleRequest,
+        progress: &dyn Progress,
+        sink: &mut dyn FnMut(SampleGroup) -> Result<(), PluginError>,
+    ) -> Result<(), PluginError> {
+        let n = request.n as u32;
+        let first = request.first_index;
+        if first >= n {
+            return Ok(());
+        }
+        let per = match self.config.samples_per_request {
+            0 => n - first,
+            k => k as u32,
+        };
+        let mut asks = Vec::new();
+        let mut bodies = Vec::new();
+        for (p, prompt) in prompts.iter().enumerate() {
+            let seed = prompt_seed(request.seed, &prompt.id);
+            let mut a = first;
+            while a < n {
+                let ask = Ask {
+                    prompt: p,
+                    first: a,
+                    n: per.min(n - a),
+                };
+                bodies.push(self.body(prompt, &ask, seed)?);
+                a += ask.n;
+                asks.push(ask);
+            }
+        }
+        let path = match self.config.api {
+            Api::Completions => "/v1/completions",
+            Api::Chat => "/v1/chat/completions",
+        };
+        let mut pending: Vec<Vec<Sample>> = vec![Vec::new(); prompts.len()];
+        let want = (n - first) as usize;
+        let this = &*self;
+        this.pool.post_all(path, bodies, |i, answer| {
+            let ask = &asks[i];
+            let prompt = &prompts[ask.prompt];
+            let samples = this.samples(prompt, ask, &answer).map_err(|why| {
+                PluginError::Input(format!(
+                    "openai: prompt `{}` samples {}..{}: {why}",
+                    prompt.id,
+                    ask.first,
+                    ask.first + ask.n
+                ))
+            })?;
+            progress.advance(samples.len() as u64);
+            let group = &mut pending[ask.prompt];
+            group.extend(samples);
+            if group.len() == want {
+                let mut samples = std::mem::take(group);
+                samples.sort_by_key(|s| s.sample_index);
+                sink(SampleGroup {
+                    prompt: prompt.clone(),
+                    samples,
+                })?;
+            }
+            Ok(())
+        })
+    }
+}
