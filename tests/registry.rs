@@ -97,6 +97,14 @@ fn every_example_table_deserializes_under_its_name() {
             .map(|l| {
                 if l.trim_start().starts_with("model =") {
                     format!("model = {model:?}")
+                } else if l.trim_start().starts_with("tokenizer =") {
+                    // The HTTP plugins render with a local tokenizer of the served model.
+                    let of = if p["name"] == "http" {
+                        "seq-cls"
+                    } else {
+                        "policy"
+                    };
+                    format!("tokenizer = {:?}", models.join(of))
                 } else {
                     l.to_string()
                 }

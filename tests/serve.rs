@@ -558,3 +558,124 @@ fn the_openai_python_client_works_unchanged() {
     assert_eq!(got["chat"]["choices"].as_array().unwrap().len(), 2);
     assert!(got["chat"]["usage"]["total_tokens"].as_u64().unwrap() > 0);
 }
+
+/// POSTs `body` to `url` + `path` over a plain socket (HTTP/1.1, one request per connection):
+/// what `vllm run-batch` or a batch API does with each line, here against `sweetspot serve`.
+fn post(url: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let host = url.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap())
+}
+
+#[test]
+fn batch_export_then_import_gives_the_live_clients_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let server = Server::start(dir, "batch", &[], &[]);
+    let n = 5;
+    // Two samples per live request: the batch file asks one per line, with the same seeds.
+    let remote = recipe(
+        dir,
+        "live",
+        &remote_sampler(&server.url, 4, 0.8, "samples_per_request = 2"),
+        &seq_cls_native(),
+        n,
+    );
+    let live = dir.join("live.jsonl");
+    assert_ok(&sweetspot([
+        "generate".as_ref(),
+        "--recipe".as_ref(),
+        remote.as_os_str(),
+        "-o".as_ref(),
+        live.as_os_str(),
+    ]));
+    let requests = dir.join("requests.jsonl");
+    let o = sweetspot([
+        "batch".as_ref(),
+        "export".as_ref(),
+        "--recipe".as_ref(),
+        remote.as_os_str(),
+        "-o".as_ref(),
+        requests.as_os_str(),
+    ]);
+    assert_ok(&o);
+    let lines = read_jsonl(&requests);
+    assert_eq!(lines.len(), 4 * n);
+    // Run every line (in reverse, as a batch engine may), in the OpenAI batch output shape.
+    let mut results = Vec::new();
+    for (i, line) in lines.iter().enumerate().rev() {
+        assert_eq!(line["method"], "POST");
+        assert_eq!(line["body"]["max_tokens"], 7);
+        let (status, body) = post(
+            &server.url,
+            line["url"].as_str().unwrap(),
+            &line["body"].to_string(),
+        );
+        results.push(serde_json::json!({
+            "id": format!("batch-{i}"),
+            "custom_id": line["custom_id"],
+            "response": {"status_code": status, "request_id": format!("r{i}"), "body": body},
+            "error": null,
+        }));
+    }
+    let write = |name: &str, rows: &[serde_json::Value]| {
+        let p = dir.join(name);
+        let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let import = |results: &Path, out: &Path| {
+        sweetspot([
+            "batch".as_ref(),
+            "import".as_ref(),
+            "--recipe".as_ref(),
+            remote.as_os_str(),
+            "--results".as_ref(),
+            results.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ])
+    };
+    let imported = dir.join("imported.jsonl");
+    assert_ok(&import(&write("results.jsonl", &results), &imported));
+    assert_same_samples(&live, &imported);
+    // Imported in the prompts' order, samples by index.
+    let order: Vec<u64> = read_jsonl(&imported)
+        .iter()
+        .map(|r| r["sample_index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(&order[..n], &(0..n as u64).collect::<Vec<_>>()[..]);
+    // A repeated line, a missing one, a failed one: each refused, naming the file and line,
+    // and nothing written.
+    let mut repeated = results.clone();
+    repeated.push(results[3].clone());
+    let mut failed = results.clone();
+    failed[2]["response"]["status_code"] = serde_json::json!(500);
+    for (name, rows, says) in [
+        ("repeated.jsonl", repeated, "already answered on line 4"),
+        (
+            "missing.jsonl",
+            results[1..].to_vec(),
+            "1 of 20 samples have no result",
+        ),
+        ("failed.jsonl", failed, "failed.jsonl:3: status 500"),
+    ] {
+        let out = dir.join(format!("out-{name}"));
+        let o = import(&write(name, &rows), &out);
+        let err = assert_clean_failure(&o, 1);
+        assert!(err.contains(says), "{name}: {err}");
+        assert!(!out.exists());
+    }
+}

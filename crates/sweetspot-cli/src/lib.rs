@@ -16,6 +16,7 @@ use sweetspot_core::recipe::RecipeError;
 use sweetspot_runner::RunError;
 
 use crate::common::DEVICE_OVERRIDE;
+pub use cmd::batch::{BatchArgs, BatchCommand};
 pub use cmd::generate::GenerateArgs;
 pub use cmd::pairs::{FormatArg, LayoutArg, PairsArgs, PolicyArg};
 pub use cmd::plugins::{KindArg, PluginsArgs};
@@ -71,6 +72,9 @@ pub enum Command {
     /// device), and /classify for a reward model (ArmoRM included), so this machine can join a
     /// sampling or scoring fleet.
     Serve(Box<ServeArgs>),
+    /// Offline batch files: export a generate stage as OpenAI batch JSONL (for `vllm run-batch`
+    /// or a batch API) and import the results as a samples file.
+    Batch(BatchArgs),
     /// Rebuild a run folder's report.html (figures and the eval table) from what is complete.
     Report(ReportArgs),
 }
@@ -169,5 +173,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Run(args) => cmd::run::run_cmd(args, cli.quiet),
         Command::Report(args) => cmd::report::report_cmd(&args),
         Command::Serve(args) => cmd::serve::serve_cmd(*args),
+        Command::Batch(args) => cmd::batch::batch_cmd(args),
     }
 }

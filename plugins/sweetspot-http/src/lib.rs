@@ -10,11 +10,12 @@
 //! a record of every attempt when one request gives up. A group reaches the stage's resumable
 //! output once all its answers are in, so a killed run re-asks only unfinished groups.
 
+pub mod batch;
 pub mod openai;
 pub mod pool;
 pub mod reward;
 
-pub use openai::{Api, OpenAiSampler, OpenAiSamplerConfig};
+pub use openai::{Api, OpenAiSampler, OpenAiSamplerConfig, Requests};
 pub use reward::{ClassifyApi, HttpReward, HttpRewardConfig};
 
 /// Call from a binary to make sure this crate is linked (and its plugins registered).

@@ -137,16 +137,14 @@ pub(crate) fn check_common(
     Ok(())
 }
 
-#[typetag::serde(name = "openai")]
-impl SamplerConfig for OpenAiSamplerConfig {
-    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
-        check_common(
-            ctx,
-            &self.endpoints,
-            &self.tokenizer,
-            self.timeout_s,
-            self.api_key_env.as_ref(),
-        )?;
+impl OpenAiSamplerConfig {
+    /// Checks what the request bodies depend on (not the endpoints or the key): enough for
+    /// offline batch files.
+    pub fn check_offline(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        let path = ctx.resolve(&self.tokenizer);
+        if !path.exists() {
+            return Err(ConfigIssue::missing_file("tokenizer", &path));
+        }
         if self.model.is_empty() {
             return Err(ConfigIssue::new("model", "name the served model"));
         }
@@ -170,13 +168,25 @@ impl SamplerConfig for OpenAiSamplerConfig {
         }
         Ok(())
     }
+}
+
+#[typetag::serde(name = "openai")]
+impl SamplerConfig for OpenAiSamplerConfig {
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        check_common(
+            ctx,
+            &self.endpoints,
+            &self.tokenizer,
+            self.timeout_s,
+            self.api_key_env.as_ref(),
+        )?;
+        self.check_offline(ctx)
+    }
 
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sampler>, PluginError> {
         self.check(ctx)
             .map_err(|i| PluginError::config("openai", i.to_string()))?;
-        let path = ctx.resolve(&self.tokenizer);
-        let tokenizer = sweetspot_model::load_tokenizer(&path)
-            .map_err(|e| PluginError::other("openai: loading the tokenizer", e))?;
+        let requests = Requests::new(self, ctx)?;
         let key = api_key("openai", self.api_key_env.as_deref())?;
         let pool = Pool::new(
             "openai",
@@ -188,19 +198,37 @@ impl SamplerConfig for OpenAiSamplerConfig {
                 backoff: Duration::from_millis(250),
             },
         )?;
-        Ok(Box::new(OpenAiSampler {
-            config: self.clone(),
-            tokenizer,
-            pool,
-        }))
+        Ok(Box::new(OpenAiSampler { requests, pool }))
     }
 }
 
 /// A configured client.
 pub struct OpenAiSampler {
-    config: OpenAiSamplerConfig,
-    tokenizer: Tokenizer,
+    requests: Requests,
     pool: Pool,
+}
+
+/// What makes request bodies and reads answers: the settings and the policy's tokenizer (the
+/// live client and the offline batch files share it).
+pub struct Requests {
+    pub(crate) config: OpenAiSamplerConfig,
+    pub(crate) tokenizer: Tokenizer,
+}
+
+impl Requests {
+    /// Loads the tokenizer of `config` (checked first).
+    pub fn new(config: &OpenAiSamplerConfig, ctx: &BuildContext) -> Result<Self, PluginError> {
+        config
+            .check_offline(ctx)
+            .map_err(|i| PluginError::config("openai", i.to_string()))?;
+        let path = ctx.resolve(&config.tokenizer);
+        let tokenizer = sweetspot_model::load_tokenizer(&path)
+            .map_err(|e| PluginError::other("openai: loading the tokenizer", e))?;
+        Ok(Self {
+            config: config.clone(),
+            tokenizer,
+        })
+    }
 }
 
 impl std::fmt::Debug for OpenAiSampler {
@@ -212,14 +240,22 @@ impl std::fmt::Debug for OpenAiSampler {
 }
 
 /// One request: samples `first..first + n` of prompt `prompt`.
-struct Ask {
-    prompt: usize,
-    first: u32,
-    n: u32,
+pub(crate) struct Ask {
+    pub(crate) prompt: usize,
+    pub(crate) first: u32,
+    pub(crate) n: u32,
 }
 
-impl OpenAiSampler {
-    fn body(&self, prompt: &Prompt, ask: &Ask, seed: u64) -> Result<Value, PluginError> {
+impl Requests {
+    /// The route the requests go to.
+    pub fn path(&self) -> &'static str {
+        match self.config.api {
+            Api::Completions => "/v1/completions",
+            Api::Chat => "/v1/chat/completions",
+        }
+    }
+
+    pub(crate) fn body(&self, prompt: &Prompt, ask: &Ask, seed: u64) -> Result<Value, PluginError> {
         let c = &self.config;
         let mut body = json!({
             "model": c.model,
@@ -256,7 +292,12 @@ impl OpenAiSampler {
     }
 
     /// The samples of one answer.
-    fn samples(&self, prompt: &Prompt, ask: &Ask, answer: &Value) -> Result<Vec<Sample>, String> {
+    pub(crate) fn samples(
+        &self,
+        prompt: &Prompt,
+        ask: &Ask,
+        answer: &Value,
+    ) -> Result<Vec<Sample>, String> {
         let choices = answer["choices"]
             .as_array()
             .ok_or("the answer has no `choices` list")?;
@@ -340,7 +381,8 @@ impl Sampler for OpenAiSampler {
         if first >= n {
             return Ok(());
         }
-        let per = match self.config.samples_per_request {
+        let requests = &self.requests;
+        let per = match requests.config.samples_per_request {
             0 => n - first,
             k => k as u32,
         };
@@ -355,22 +397,18 @@ impl Sampler for OpenAiSampler {
                     first: a,
                     n: per.min(n - a),
                 };
-                bodies.push(self.body(prompt, &ask, seed)?);
+                bodies.push(requests.body(prompt, &ask, seed)?);
                 a += ask.n;
                 asks.push(ask);
             }
         }
-        let path = match self.config.api {
-            Api::Completions => "/v1/completions",
-            Api::Chat => "/v1/chat/completions",
-        };
+        let path = requests.path();
         let mut pending: Vec<Vec<Sample>> = vec![Vec::new(); prompts.len()];
         let want = (n - first) as usize;
-        let this = &*self;
-        this.pool.post_all(path, bodies, |i, answer| {
+        self.pool.post_all(path, bodies, |i, answer| {
             let ask = &asks[i];
             let prompt = &prompts[ask.prompt];
-            let samples = this.samples(prompt, ask, &answer).map_err(|why| {
+            let samples = requests.samples(prompt, ask, &answer).map_err(|why| {
                 PluginError::Input(format!(
                     "openai: prompt `{}` samples {}..{}: {why}",
                     prompt.id,

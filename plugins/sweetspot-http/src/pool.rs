@@ -231,6 +231,7 @@ impl Pool {
         // Units not yet answered (queued, in flight, or waiting out a backoff).
         let open = Arc::new(std::sync::atomic::AtomicUsize::new(total));
         let stop = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(tokio::sync::Notify::new());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
         let mut workers = tokio::task::JoinSet::new();
         for endpoint in &self.endpoints {
@@ -244,6 +245,7 @@ impl Pool {
                     queue: queue.clone(),
                     open: open.clone(),
                     stop: stop.clone(),
+                    wake: wake.clone(),
                     tx: tx.clone(),
                 };
                 workers.spawn_on(worker.run(), self.runtime.handle());
@@ -295,6 +297,7 @@ struct Worker {
     queue: Arc<Mutex<VecDeque<Unit>>>,
     open: Arc<std::sync::atomic::AtomicUsize>,
     stop: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
     tx: tokio::sync::mpsc::UnboundedSender<Event>,
 }
 
@@ -307,13 +310,19 @@ impl Worker {
             let unit = self.queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
             let Some(mut unit) = unit else {
                 // Others hold the remaining units (in flight or backing off): wait for a
-                // retry to come back, or for the end.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // retry to come back, or for the end (the timeout only covers a lost wake-up).
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
                 continue;
             };
             match self.attempt(&unit.body).await {
                 Attempt::Done(v) => {
-                    self.open.fetch_sub(1, Ordering::SeqCst);
+                    if self.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        // The last answer: idle workers end.
+                        self.wake.notify_waiters();
+                    }
                     let _ = self.tx.send(Event::Done(unit.index, v));
                 }
                 Attempt::Fatal(why) => {
@@ -343,12 +352,14 @@ impl Worker {
                     );
                     let wait = backoff(self.retry.backoff, attempts, unit.index);
                     let queue = self.queue.clone();
+                    let wake = self.wake.clone();
                     // Back off without holding this worker: it serves other units meanwhile.
                     tokio::spawn(async move {
                         tokio::time::sleep(wait).await;
                         if let Ok(mut q) = queue.lock() {
                             q.push_back(unit);
                         }
+                        wake.notify_one();
                     });
                 }
             }

@@ -1,5 +1,6 @@
 //! One module per command.
 
+pub(crate) mod batch;
 pub(crate) mod generate;
 pub(crate) mod pairs;
 pub(crate) mod plugins;
