@@ -182,7 +182,7 @@ fn assert_same_scores(native: &Path, remote: &Path) {
     }
 }
 
-/// The pair files of a run, each as its sorted lines (groups arrive in any order from a fleet).
+/// The pair files of a run, each as its lines (in the prompts' order, however a fleet answered).
 fn pairs(run: &Path, n: usize) -> Vec<(String, Vec<String>)> {
     let dir = run.join(format!("pairs/n{n}"));
     let mut out = Vec::new();
@@ -190,12 +190,11 @@ fn pairs(run: &Path, n: usize) -> Vec<(String, Vec<String>)> {
         if !name.ends_with(".jsonl") {
             continue;
         }
-        let mut lines: Vec<String> = std::fs::read_to_string(dir.join(&name))
+        let lines: Vec<String> = std::fs::read_to_string(dir.join(&name))
             .unwrap()
             .lines()
             .map(str::to_string)
             .collect();
-        lines.sort();
         out.push((name, lines));
     }
     assert!(out.len() >= 22, "{out:?}");
@@ -249,8 +248,22 @@ fn the_servers_give_the_in_process_samples_scores_and_pairs() {
             "samples_per_request = 0",
             5,
         ),
+        // The chat route: the server renders the same template, so the same samples.
+        (
+            0.7,
+            "seq-cls",
+            &seq_cls,
+            format!("type = \"seq-cls\"\nmodel = {:?}", fixture("seq-cls")),
+            "batch_size = 7",
+            "api = \"chat\"\nsamples_per_request = 3",
+            4,
+        ),
     ];
-    for (temperature, rm, srv, native_reward, reward_extra, sampler_extra, n) in cases {
+    for (case, (temperature, rm, srv, native_reward, reward_extra, sampler_extra, n)) in
+        cases.into_iter().enumerate()
+    {
+        let rm_name = rm;
+        let rm = &format!("{rm}-{case}")[..];
         let native = recipe(
             dir,
             &format!("native-{rm}"),
@@ -259,9 +272,10 @@ fn the_servers_give_the_in_process_samples_scores_and_pairs() {
             n,
         );
         let remote_reward = format!(
-            "type = \"http\"\nendpoints = [{:?}]\nmodel = {rm:?}\ntokenizer = {:?}\n{reward_extra}",
+            "type = \"http\"\nendpoints = [{:?}]\nmodel = {rm_name:?}\ntokenizer = {:?}\n\
+             {reward_extra}",
             srv.url,
-            fixture(rm)
+            fixture(rm_name)
         );
         let remote = recipe(
             dir,
@@ -277,6 +291,22 @@ fn the_servers_give_the_in_process_samples_scores_and_pairs() {
             dir.join(format!("runs/remote-{rm}")),
         );
         assert_same_samples(&a.join("samples.jsonl"), &b.join("samples.jsonl"));
+        // In the same order too: the stage writes groups in the prompts' order.
+        let keys = |p: &Path| -> Vec<(String, u64)> {
+            read_jsonl(p)
+                .iter()
+                .map(|r| {
+                    (
+                        r["prompt_id"].as_str().unwrap().to_string(),
+                        r["sample_index"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            keys(&a.join("samples.jsonl")),
+            keys(&b.join("samples.jsonl"))
+        );
         assert_same_scores(&a.join("scored.jsonl"), &b.join("scored.jsonl"));
         assert_eq!(pairs(&a, n), pairs(&b, n), "{rm}");
         if temperature > 0.0 {

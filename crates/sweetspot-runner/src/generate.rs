@@ -4,7 +4,8 @@
 //! killed run leaves that file behind; the next run keeps its complete groups (dropping a torn
 //! last line or a group cut short), skips those prompts, and appends the rest. Sampling depends
 //! only on (seed, prompt id, sample index), so a resumed run writes the same rows as an
-//! uninterrupted one. The output appears, by rename, only when every prompt is done.
+//! uninterrupted one. The output appears, by rename, only when every prompt is done, its groups
+//! in the prompts' order (a fleet answers in any order; the file does not depend on it).
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, Write};
@@ -111,6 +112,65 @@ fn recover(partial: &Path, n: usize) -> Result<(HashSet<String>, usize), RunErro
     }
     sweetspot_io::write_atomic(partial, kept.as_bytes())?;
     Ok((done, rows))
+}
+
+/// Writes the partial file's rows to `output` with the groups in `order` (prompt ids), through a
+/// temporary file and a rename, then removes the partial file. Streams: only each group's byte
+/// ranges are held. A kill in between leaves the partial file whole, and a rerun finishes here.
+fn finish_in_prompt_order(partial: &Path, output: &Path, order: &[&str]) -> Result<(), RunError> {
+    use std::io::{Read, Seek, SeekFrom};
+    #[derive(serde::Deserialize)]
+    struct Id {
+        prompt_id: String,
+    }
+    let file = std::fs::File::open(partial).map_err(io_err(partial))?;
+    let mut reader = std::io::BufReader::new(&file);
+    let mut spans: std::collections::HashMap<String, Vec<(u64, u64)>> = Default::default();
+    let mut line = Vec::new();
+    let mut at = 0u64;
+    let mut last: Option<String> = None;
+    loop {
+        line.clear();
+        let len = reader
+            .read_until(b'\n', &mut line)
+            .map_err(io_err(partial))? as u64;
+        if len == 0 {
+            break;
+        }
+        let id = serde_json::from_slice::<Id>(&line)
+            .map_err(|e| {
+                RunError::Config(format!(
+                    "{}: a row that does not parse: {e}",
+                    partial.display()
+                ))
+            })?
+            .prompt_id;
+        let ranges = spans.entry(id.clone()).or_default();
+        match ranges.last_mut() {
+            // The next row of the same group: extend its range.
+            Some(r) if last.as_deref() == Some(id.as_str()) && r.1 == at => r.1 += len,
+            _ => ranges.push((at, at + len)),
+        }
+        last = Some(id);
+        at += len;
+    }
+    let mut tmp_name = output.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".ordering");
+    let tmp = output.with_file_name(tmp_name);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io_err(&tmp))?);
+    let mut src = &file;
+    for id in order {
+        for &(start, end) in spans.get(*id).map(Vec::as_slice).unwrap_or(&[]) {
+            src.seek(SeekFrom::Start(start)).map_err(io_err(partial))?;
+            std::io::copy(&mut src.take(end - start), &mut out).map_err(io_err(&tmp))?;
+        }
+    }
+    let out = out.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
+    out.sync_all().map_err(io_err(&tmp))?;
+    drop(out);
+    std::fs::rename(&tmp, output).map_err(io_err(output))?;
+    std::fs::remove_file(partial).map_err(io_err(partial))?;
+    Ok(())
 }
 
 /// Runs the generate stage.
@@ -246,7 +306,8 @@ pub fn run_generate(job: GenerateJob) -> Result<GenerateSummary, RunError> {
     }
     file.sync_all().map_err(io_err(&partial))?;
     drop(file);
-    std::fs::rename(&partial, &job.output).map_err(io_err(&job.output))?;
+    let order: Vec<&str> = prompts.iter().map(|p| p.id.as_str()).collect();
+    finish_in_prompt_order(&partial, &job.output, &order)?;
     complete_file_stage(&record, &identity, &job.output)?;
     Ok(GenerateSummary {
         output: job.output,

@@ -7,7 +7,9 @@
 //! many groups and bytes are done. A killed run leaves both behind; the next run cuts the partial
 //! file back to the recorded length, skips the recorded groups and goes on with the same call
 //! boundaries, so a resumed run writes the same rows, bit for bit, as an uninterrupted one. The
-//! output appears, by rename, only when every group is scored.
+//! output appears, by rename, only when every group is scored. Each call's groups are written in
+//! the order they went in, whatever order the model answers in, and a group the model drops,
+//! repeats or shortens stops the stage.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -272,15 +274,29 @@ fn score_into(
             break;
         }
         let groups = chunk.len();
-        let mut buf = Vec::new();
+        // The call's groups in the order they went in (a remote model answers in any order),
+        // each exactly once, with as many samples as it had.
+        let order: Vec<(String, usize)> = chunk
+            .iter()
+            .map(|g| (g.prompt.id.clone(), g.samples.len()))
+            .collect();
+        let mut rows: std::collections::HashMap<String, (usize, Vec<u8>)> = Default::default();
         let mut samples = 0;
         let mut sink = |group: ScoredGroup| -> Result<(), PluginError> {
+            let mut out = Vec::new();
             for s in &group.samples {
-                serde_json::to_writer(&mut buf, &ScoredRow::new(&group.prompt, s))
+                serde_json::to_writer(&mut out, &ScoredRow::new(&group.prompt, s))
                     .map_err(|e| PluginError::other("encoding a scored sample", e))?;
-                buf.push(b'\n');
+                out.push(b'\n');
             }
             samples += group.samples.len();
+            let id = group.prompt.id.clone();
+            if rows.insert(id, (group.samples.len(), out)).is_some() {
+                return Err(PluginError::Input(format!(
+                    "the reward model returned prompt `{}` twice",
+                    group.prompt.id
+                )));
+            }
             Ok(())
         };
         model
@@ -289,6 +305,36 @@ fn score_into(
                 plugin: "reward".into(),
                 source,
             })?;
+        let mut buf = Vec::new();
+        for (id, n) in &order {
+            match rows.remove(id) {
+                Some((k, out)) if k == *n => buf.extend_from_slice(&out),
+                Some((k, _)) => {
+                    return Err(RunError::Plugin {
+                        plugin: "reward".into(),
+                        source: PluginError::Input(format!(
+                            "prompt `{id}`: {n} samples went in, the reward model returned {k}"
+                        )),
+                    });
+                }
+                None => {
+                    return Err(RunError::Plugin {
+                        plugin: "reward".into(),
+                        source: PluginError::Input(format!(
+                            "the reward model returned no scores for prompt `{id}`"
+                        )),
+                    });
+                }
+            }
+        }
+        if let Some(id) = rows.keys().next() {
+            return Err(RunError::Plugin {
+                plugin: "reward".into(),
+                source: PluginError::Input(format!(
+                    "the reward model returned prompt `{id}`, which was not asked"
+                )),
+            });
+        }
         // The rows first, then the record that counts them: a kill between the two re-scores
         // this call on resume.
         file.write_all(&buf)
