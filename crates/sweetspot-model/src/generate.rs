@@ -1,7 +1,8 @@
 //! Batched generation on the device: greedy or sampled (temperature, top-k, top-p), per-sequence
-//! stop, KV cache, finished rows dropped from the batch. Rows of a batch with the same prompt
-//! (the n samples of a prompt) share one prefill: the prompt is run once and its keys and values
-//! are copied to each of its rows.
+//! stop, KV cache, finished rows dropped from the batch. Rows with the same prompt (the n samples
+//! of a prompt) share one prefill: the prompt is run once and its keys and values are copied to
+//! each of its rows. [`generate`] runs one static batch; [`generate_continuous`] keeps a fixed
+//! number of rows busy, a waiting request taking the row of one that stopped.
 //!
 //! Reproducibility: every sequence draws from its own ChaCha8 stream, one uniform per generated
 //! token, seeded from one integer, the sequence's seed, so a sample does not depend on which other
@@ -10,6 +11,8 @@
 //! uses for a request's `n` choices (child `i` of a request with `seed = s` gets `s + i`), so one
 //! request per prompt with `seed = prompt_seed` and one request per sample ask for the same
 //! samples, and `sweetspot serve` draws what the in-process sampler draws.
+
+use std::collections::HashMap;
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -218,10 +221,199 @@ pub fn generate_with(
     stop_ids: &[u32],
     params: &SamplingParams,
     share_prefill: bool,
-    mut on_token: impl FnMut(usize),
+    on_token: impl FnMut(usize),
 ) -> Result<Vec<Generation>, ModelError> {
+    let mut done: Vec<Option<Generation>> = vec![None; requests.len()];
+    let limits = Batching {
+        max_rows: requests.len().max(1),
+        share_prefill,
+        compact: false,
+    };
+    run(
+        model,
+        requests,
+        stop_ids,
+        params,
+        limits,
+        on_token,
+        |i, g| {
+            done[i] = Some(g);
+            Ok(())
+        },
+    )?;
+    done.into_iter()
+        .enumerate()
+        .map(|(i, g)| g.ok_or_else(|| ModelError::Input(format!("sequence {i} did not finish"))))
+        .collect()
+}
+
+/// Continuous batching: generates every request with at most `max_rows` sequences on the device
+/// at once. When sequences end, the next waiting requests (in order) join the batch in their
+/// rows, so the batch stays full until the queue runs dry; a prompt's prefill is kept until its
+/// last request has joined (its n samples prefill it once however they join), and key slots that
+/// no row uses any more are dropped. `on_done(i, generation)` gets each request's response as soon as
+/// it ends (an error from it stops the run). A sequence's tokens are the same as alone or in a
+/// static batch: its draws come from its own seed, and padding never changes a row's attention.
+pub fn generate_continuous(
+    model: &Llama,
+    requests: &[SeqRequest],
+    stop_ids: &[u32],
+    params: &SamplingParams,
+    max_rows: usize,
+    on_token: impl FnMut(usize),
+    on_done: impl FnMut(usize, Generation) -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
+    let limits = Batching {
+        max_rows: max_rows.max(1),
+        share_prefill: true,
+        compact: true,
+    };
+    run(model, requests, stop_ids, params, limits, on_token, on_done)
+}
+
+struct Batching {
+    max_rows: usize,
+    share_prefill: bool,
+    /// Drop leading key slots no row uses when rows leave.
+    compact: bool,
+}
+
+/// The prefill of some requests: their cache rows, key masks and last logits, one per request.
+#[derive(Clone)]
+struct Prefilled {
+    cache: KvCache,
+    key_mask: Vec<Vec<bool>>,
+    logits: Vec<f32>,
+}
+
+fn upload(m: &[Vec<bool>], device: &burn::tensor::Device) -> Tensor<2, Bool> {
+    let (n, s) = (m.len(), m.first().map_or(0, Vec::len));
+    Tensor::from_data(TensorData::new(m.concat(), [n, s]), device)
+}
+
+fn to_vec(x: Tensor<3>) -> Result<Vec<f32>, ModelError> {
+    x.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| ModelError::Input(format!("cannot read logits: {e:?}")))
+}
+
+/// Prefills `requests` together, left-padded to the longest: their cache rows, key masks and
+/// last logits.
+fn prefill(model: &Llama, requests: &[SeqRequest]) -> Result<Prefilled, ModelError> {
+    let device = model.device().clone();
+    let b = requests.len();
+    let t = requests
+        .iter()
+        .map(|r| r.prompt_ids.len())
+        .max()
+        .unwrap_or(0);
+    let mut tokens = Vec::with_capacity(b * t);
+    let mut positions = Vec::with_capacity(b * t);
+    let mut mask = Vec::with_capacity(b * t);
+    for r in requests {
+        let ids = &r.prompt_ids;
+        let pad = t - ids.len();
+        tokens.extend(std::iter::repeat_n(0i64, pad));
+        tokens.extend(ids.iter().map(|&x| x as i64));
+        positions.extend(std::iter::repeat_n(0i64, pad));
+        positions.extend(0..ids.len() as i64);
+        mask.extend((0..t).map(|j| j >= pad));
+    }
+    // The key mask lives on the host ([rows][slots]) and is uploaded each step: it is tiny, and
+    // burn-flex 0.22 turns a selected Bool tensor into U8, which `cat` then rejects.
+    let key_mask: Vec<Vec<bool>> = mask.chunks(t).map(<[bool]>::to_vec).collect();
+    let mut cache = KvCache::new();
+    let input: Tensor<2, Int> = Tensor::from_data(TensorData::new(tokens, [b, t]), &device);
+    let pos: Tensor<2, Int> = Tensor::from_data(TensorData::new(positions, [b, t]), &device);
+    let hidden = model.forward_hidden(input, pos, upload(&key_mask, &device), Some(&mut cache))?;
+    let logits = to_vec(model.logits(hidden.narrow(1, t - 1, 1)))?;
+    Ok(Prefilled {
+        cache,
+        key_mask,
+        logits,
+    })
+}
+
+/// The rows for the requests that join the batch, from `prefixes`: each distinct prompt's
+/// prefill (one row, no padding), computed for the prompts not in it yet. With a prompt's n
+/// samples joining at different times, the prompt is prefilled once.
+fn join<'a>(
+    model: &Llama,
+    new: &'a [SeqRequest],
+    prefixes: &mut HashMap<&'a [u32], Prefilled>,
+) -> Result<Prefilled, ModelError> {
+    let vocab = model.config.vocab_size;
+    let mut missing: Vec<&'a [u32]> = Vec::new();
+    for r in new {
+        let ids = r.prompt_ids.as_slice();
+        if !prefixes.contains_key(ids) && !missing.contains(&ids) {
+            missing.push(ids);
+        }
+    }
+    if !missing.is_empty() {
+        let reqs: Vec<SeqRequest> = missing
+            .iter()
+            .map(|ids| SeqRequest {
+                prompt_ids: ids.to_vec(),
+                seed: 0,
+            })
+            .collect();
+        let p = prefill(model, &reqs)?;
+        for (i, ids) in missing.into_iter().enumerate() {
+            let pad = p.key_mask[i].iter().position(|&x| x).unwrap_or(0);
+            let mut cache = p.cache.clone();
+            let row: Tensor<1, Int> =
+                Tensor::from_data(TensorData::new(vec![i as i64], [1]), model.device());
+            cache.retain_rows(&row);
+            cache.trim_front(pad);
+            prefixes.insert(
+                ids,
+                Prefilled {
+                    cache,
+                    key_mask: vec![p.key_mask[i][pad..].to_vec()],
+                    logits: p.logits[i * vocab..(i + 1) * vocab].to_vec(),
+                },
+            );
+        }
+    }
+    let slots = new
+        .iter()
+        .map(|r| prefixes[r.prompt_ids.as_slice()].cache.len())
+        .max()
+        .unwrap_or(0);
+    let mut parts = Vec::with_capacity(new.len());
+    let mut key_mask = Vec::with_capacity(new.len());
+    let mut logits = Vec::with_capacity(new.len() * vocab);
+    for r in new {
+        let e = &prefixes[r.prompt_ids.as_slice()];
+        let pad = slots - e.cache.len();
+        let mut cache = e.cache.clone();
+        cache.pad_front(pad);
+        parts.push(cache);
+        let mut m = vec![false; pad];
+        m.extend_from_slice(&e.key_mask[0]);
+        key_mask.push(m);
+        logits.extend_from_slice(&e.logits);
+    }
+    Ok(Prefilled {
+        cache: KvCache::cat_rows(parts)?,
+        key_mask,
+        logits,
+    })
+}
+
+fn run(
+    model: &Llama,
+    requests: &[SeqRequest],
+    stop_ids: &[u32],
+    params: &SamplingParams,
+    limits: Batching,
+    mut on_token: impl FnMut(usize),
+    mut on_done: impl FnMut(usize, Generation) -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
     if requests.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     if params.max_new_tokens == 0 {
         return Err(ModelError::Input(
@@ -235,85 +427,65 @@ pub fn generate_with(
     }
     let device = model.device().clone();
     let vocab = model.config.vocab_size;
-    let b = requests.len();
-    let t = requests
-        .iter()
-        .map(|r| r.prompt_ids.len())
-        .max()
-        .unwrap_or(0);
-    // The distinct prompts of the batch (each row's index among them): only they are prefilled.
-    let mut unique: Vec<&[u32]> = Vec::new();
-    let row_of: Vec<usize> = requests
-        .iter()
-        .map(|r| {
-            let ids = r.prompt_ids.as_slice();
-            match unique.iter().position(|u| share_prefill && *u == ids) {
-                Some(i) => i,
-                None => {
-                    unique.push(ids);
-                    unique.len() - 1
-                }
-            }
-        })
-        .collect();
-    let u = unique.len();
-    let mut tokens = Vec::with_capacity(u * t);
-    let mut positions = Vec::with_capacity(u * t);
-    let mut mask = Vec::with_capacity(u * t);
-    for ids in &unique {
-        let pad = t - ids.len();
-        tokens.extend(std::iter::repeat_n(0i64, pad));
-        tokens.extend(ids.iter().map(|&x| x as i64));
-        positions.extend(std::iter::repeat_n(0i64, pad));
-        positions.extend(0..ids.len() as i64);
-        mask.extend((0..t).map(|j| j >= pad));
-    }
-    // The key mask lives on the host ([rows][slots]) and is uploaded each step: it is tiny, and
-    // burn-flex 0.22 turns a selected Bool tensor into U8, which `cat` then rejects.
-    let unique_mask: Vec<Vec<bool>> = mask.chunks(t).map(<[bool]>::to_vec).collect();
-    let upload = |m: &[Vec<bool>]| -> Tensor<2, Bool> {
-        let (n, s) = (m.len(), m.first().map_or(0, Vec::len));
-        Tensor::from_data(TensorData::new(m.concat(), [n, s]), &device)
-    };
-    let to_vec = |x: Tensor<3>| -> Result<Vec<f32>, ModelError> {
-        x.into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .map_err(|e| ModelError::Input(format!("cannot read logits: {e:?}")))
-    };
-    // Prefill the distinct prompts, then give every row its prompt's keys, values and logits.
     let mut cache = KvCache::new();
-    let prefill_logits = {
-        let input: Tensor<2, Int> = Tensor::from_data(TensorData::new(tokens, [u, t]), &device);
-        let pos: Tensor<2, Int> = Tensor::from_data(TensorData::new(positions, [u, t]), &device);
-        let hidden = model.forward_hidden(input, pos, upload(&unique_mask), Some(&mut cache))?;
-        to_vec(model.logits(hidden.narrow(1, t - 1, 1)))?
-    };
-    if u < b {
-        let rows: Tensor<1, Int> = Tensor::from_data(
-            TensorData::new(row_of.iter().map(|&r| r as i64).collect::<Vec<_>>(), [b]),
-            &device,
-        );
-        cache.retain_rows(&rows);
+    let mut key_mask: Vec<Vec<bool>> = Vec::new();
+    let mut logits: Vec<f32> = Vec::new();
+    let mut active: Vec<Active> = Vec::new();
+    let mut next = 0;
+    // With a shared prefill, each prompt's prefill is kept until its last request has joined.
+    let mut last_use: HashMap<&[u32], usize> = HashMap::new();
+    for (i, r) in requests.iter().enumerate() {
+        last_use.insert(r.prompt_ids.as_slice(), i);
     }
-    let mut key_mask: Vec<Vec<bool>> = row_of.iter().map(|&r| unique_mask[r].clone()).collect();
-    let mut logits: Vec<f32> = row_of
-        .iter()
-        .flat_map(|&r| prefill_logits[r * vocab..(r + 1) * vocab].iter().copied())
-        .collect();
-    let mut active: Vec<Active> = requests
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Active {
-            req: i,
-            rng: sequence_rng(r.seed),
-            tokens: Vec::new(),
-            logprob: 0.0,
-            next_pos: r.prompt_ids.len() as i64,
-        })
-        .collect();
-    let mut done: Vec<Option<Generation>> = vec![None; b];
-    while !active.is_empty() {
+    let mut prefixes: HashMap<&[u32], Prefilled> = HashMap::new();
+    loop {
+        // Free rows take the next pending requests.
+        if active.len() < limits.max_rows && next < requests.len() {
+            let take = (limits.max_rows - active.len()).min(requests.len() - next);
+            let new = &requests[next..next + take];
+            let p = if limits.share_prefill {
+                let p = join(model, new, &mut prefixes)?;
+                prefixes.retain(|ids, _| last_use[ids] >= next + take);
+                p
+            } else {
+                prefill(model, new)?
+            };
+            let (old_slots, new_slots) = (cache.len(), p.cache.len());
+            let mut new_cache = p.cache;
+            let mut new_mask = p.key_mask;
+            if !active.is_empty() {
+                // Line the two up on the right: the shorter is padded in front.
+                if old_slots < new_slots {
+                    cache.pad_front(new_slots - old_slots);
+                    for row in key_mask.iter_mut() {
+                        row.splice(0..0, std::iter::repeat_n(false, new_slots - old_slots));
+                    }
+                } else {
+                    new_cache.pad_front(old_slots - new_slots);
+                    for row in new_mask.iter_mut() {
+                        row.splice(0..0, std::iter::repeat_n(false, old_slots - new_slots));
+                    }
+                }
+                cache = KvCache::cat_rows(vec![std::mem::take(&mut cache), new_cache])?;
+            } else {
+                cache = new_cache;
+                key_mask.clear();
+                logits.clear();
+            }
+            key_mask.extend(new_mask);
+            logits.extend(p.logits);
+            active.extend(new.iter().enumerate().map(|(j, r)| Active {
+                req: next + j,
+                rng: sequence_rng(r.seed),
+                tokens: Vec::new(),
+                logprob: 0.0,
+                next_pos: r.prompt_ids.len() as i64,
+            }));
+            next += take;
+        }
+        if active.is_empty() {
+            break;
+        }
         let mut keep = Vec::with_capacity(active.len());
         let mut next_tokens = Vec::with_capacity(active.len());
         for (row, a) in active.iter_mut().enumerate() {
@@ -325,15 +497,18 @@ pub fn generate_with(
             a.next_pos += 1;
             let stopped = stop_ids.contains(&tok);
             if stopped || a.tokens.len() >= params.max_new_tokens {
-                done[a.req] = Some(Generation {
-                    tokens: std::mem::take(&mut a.tokens),
-                    finish_reason: if stopped {
-                        sweetspot_core::FinishReason::Stop
-                    } else {
-                        sweetspot_core::FinishReason::Length
+                on_done(
+                    a.req,
+                    Generation {
+                        tokens: std::mem::take(&mut a.tokens),
+                        finish_reason: if stopped {
+                            sweetspot_core::FinishReason::Stop
+                        } else {
+                            sweetspot_core::FinishReason::Length
+                        },
+                        logprob: a.logprob,
                     },
-                    logprob: a.logprob,
-                });
+                )?;
             } else {
                 keep.push(row);
                 next_tokens.push(tok as i64);
@@ -341,7 +516,8 @@ pub fn generate_with(
         }
         on_token(active.len());
         if keep.is_empty() {
-            break;
+            active.clear();
+            continue;
         }
         if keep.len() < active.len() {
             let rows: Tensor<1, Int> = Tensor::from_data(
@@ -364,6 +540,20 @@ pub fn generate_with(
                 i += 1;
                 k
             });
+            if limits.compact {
+                // Slots before every remaining row's first real key are padding for all.
+                let unused = key_mask
+                    .iter()
+                    .map(|m| m.iter().position(|&x| x).unwrap_or(m.len()))
+                    .min()
+                    .unwrap_or(0);
+                if unused > 0 {
+                    cache.trim_front(unused);
+                    for row in key_mask.iter_mut() {
+                        row.drain(..unused);
+                    }
+                }
+            }
         }
         let n = active.len();
         let input: Tensor<2, Int> =
@@ -378,13 +568,11 @@ pub fn generate_with(
         for row in key_mask.iter_mut() {
             row.push(true);
         }
-        let hidden = model.forward_hidden(input, pos, upload(&key_mask), Some(&mut cache))?;
+        let hidden =
+            model.forward_hidden(input, pos, upload(&key_mask, &device), Some(&mut cache))?;
         logits = to_vec(model.logits(hidden))?;
     }
-    done.into_iter()
-        .enumerate()
-        .map(|(i, g)| g.ok_or_else(|| ModelError::Input(format!("sequence {i} did not finish"))))
-        .collect()
+    Ok(())
 }
 
 #[cfg(test)]

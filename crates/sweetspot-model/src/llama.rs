@@ -169,6 +169,73 @@ impl KvCache {
             *v = v.clone().select(0, rows.clone());
         }
     }
+
+    /// Puts `n` empty key slots before every row's (zeros: the caller's key mask must mark them
+    /// as padding).
+    pub fn pad_front(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let pad = |x: &Tensor<4>| {
+            let [b, h, _, d] = x.dims();
+            let zeros = Tensor::<4>::zeros([b, h, n, d], &x.device());
+            Tensor::cat(
+                vec![crate::precision::to_dtype(zeros, x.dtype()), x.clone()],
+                2,
+            )
+        };
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = pad(k);
+            *v = pad(v);
+        }
+        self.len += n;
+    }
+
+    /// Drops the first `n` key slots of every row (slots the key mask marks as padding in every
+    /// row, or the rows' attention changes).
+    pub fn trim_front(&mut self, n: usize) {
+        let n = n.min(self.len);
+        if n == 0 {
+            return;
+        }
+        let keep = self.len - n;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().narrow(2, n, keep);
+            *v = v.clone().narrow(2, n, keep);
+        }
+        self.len = keep;
+    }
+
+    /// The rows of `parts`, in order, as one cache (all with the same number of slots).
+    pub fn cat_rows(parts: Vec<KvCache>) -> Result<KvCache, ModelError> {
+        let Some(first) = parts.first() else {
+            return Ok(KvCache::new());
+        };
+        let (len, depth) = (first.len, first.layers.len());
+        if let Some(p) = parts
+            .iter()
+            .find(|p| p.len != len || p.layers.len() != depth)
+        {
+            return Err(ModelError::Input(format!(
+                "cannot put a cache of {} slots beside one of {len}",
+                p.len
+            )));
+        }
+        let mut layers = Vec::with_capacity(depth);
+        for l in 0..depth {
+            let mut ks = Vec::with_capacity(parts.len());
+            let mut vs = Vec::with_capacity(parts.len());
+            for p in &parts {
+                let Some((k, v)) = &p.layers[l] else {
+                    return Err(ModelError::Input(format!("cache layer {l} is empty")));
+                };
+                ks.push(k.clone());
+                vs.push(v.clone());
+            }
+            layers.push(Some((Tensor::cat(ks, 0), Tensor::cat(vs, 0))));
+        }
+        Ok(KvCache { layers, len })
+    }
 }
 
 /// A Llama-family causal language model with its RoPE tables.

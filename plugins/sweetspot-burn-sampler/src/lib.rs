@@ -11,7 +11,7 @@ use sweetspot_core::{
     BuildContext, ConfigIssue, PluginError, PluginInfo, PluginKind, Progress, Prompt, Sample,
     SampleGroup, SampleRequest, Sampler, SamplerConfig, check_device_name,
 };
-use sweetspot_model::generate::{SamplingParams, SeqRequest, generate};
+use sweetspot_model::generate::{SamplingParams, SeqRequest, generate_continuous};
 use sweetspot_model::{Llama, ModelError, Precision, Tokenizer, resolve_device};
 
 /// Call from a binary to make sure this crate is linked (and its plugin registered).
@@ -38,7 +38,8 @@ pub struct BurnSamplerConfig {
     /// Longest response in tokens.
     #[serde(default = "default_max_new")]
     pub max_new_tokens: usize,
-    /// Sequences per batch on the device.
+    /// Sequences on the device at once (continuous batching: a row that stops takes the next
+    /// waiting sequence).
     #[serde(default = "default_batch")]
     pub batch_size: usize,
     /// The device; `[run].device` / `--device` when absent.
@@ -228,32 +229,39 @@ impl Sampler for BurnSampler {
             .collect();
         let mut pending: BTreeMap<usize, Vec<Sample>> = BTreeMap::new();
         let stop = self.tokenizer.stop_ids().to_vec();
+        let reqs: Vec<SeqRequest> = jobs
+            .iter()
+            .map(|&(p, s)| SeqRequest::sample(encoded[p].clone(), request.seed, &prompts[p].id, s))
+            .collect();
         let mut tokens = 0u64;
-        for chunk in jobs.chunks(self.batch_size) {
-            let reqs: Vec<SeqRequest> = chunk
-                .iter()
-                .map(|&(p, s)| {
-                    SeqRequest::sample(encoded[p].clone(), request.seed, &prompts[p].id, s)
-                })
-                .collect();
-            // The bar counts sequences (its total is prompts x n); tokens go in its message.
-            let out = generate(&self.model, &reqs, &stop, &self.params, |n| {
+        // A failure of the sink (the stage's output) is kept as it is; the engine only stops.
+        let mut sink_error: Option<PluginError> = None;
+        // Continuous batching: `batch_size` rows on the device, refilled as sequences stop. The
+        // bar counts sequences (its total is prompts x n); tokens go in its message.
+        let result = generate_continuous(
+            &self.model,
+            &reqs,
+            &stop,
+            &self.params,
+            self.batch_size,
+            |n| {
                 tokens += n as u64;
                 if tokens % 256 < n as u64 {
                     progress.message(&format!("{tokens} tokens"));
                 }
-            })
-            .map_err(model_err)?;
-            progress.advance(chunk.len() as u64);
-            for (&(p, s), g) in chunk.iter().zip(out) {
+            },
+            |i, g| {
+                progress.advance(1);
+                let (p, s) = jobs[i];
                 let body: Vec<u32> = g
                     .tokens
                     .iter()
                     .copied()
                     .filter(|t| !stop.contains(t))
                     .collect();
-                let text = self.tokenizer.decode(&body, true).map_err(model_err)?;
-                pending.entry(p).or_default().push(Sample {
+                let text = self.tokenizer.decode(&body, true)?;
+                let group = pending.entry(p).or_default();
+                group.push(Sample {
                     prompt_id: prompts[p].id.clone(),
                     sample_index: s,
                     response: text,
@@ -261,21 +269,24 @@ impl Sampler for BurnSampler {
                     finish_reason: Some(g.finish_reason),
                     logprob: Some(g.logprob),
                 });
-            }
-            let complete: Vec<usize> = pending
-                .iter()
-                .filter(|(_, v)| v.len() == n - first)
-                .map(|(&p, _)| p)
-                .collect();
-            for p in complete {
-                let mut samples = pending.remove(&p).unwrap_or_default();
-                samples.sort_by_key(|s| s.sample_index);
-                sink(SampleGroup {
-                    prompt: prompts[p].clone(),
-                    samples,
-                })?;
-            }
+                if group.len() == n - first {
+                    let mut samples = pending.remove(&p).unwrap_or_default();
+                    samples.sort_by_key(|s| s.sample_index);
+                    if let Err(e) = sink(SampleGroup {
+                        prompt: prompts[p].clone(),
+                        samples,
+                    }) {
+                        sink_error = Some(e);
+                        return Err(ModelError::Input("the sample sink failed".into()));
+                    }
+                }
+                Ok(())
+            },
+        );
+        if let Some(e) = sink_error {
+            return Err(e);
         }
+        result.map_err(model_err)?;
         Ok(())
     }
 }
