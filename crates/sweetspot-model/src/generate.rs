@@ -108,26 +108,63 @@ pub fn sequence_rng(seed: u64) -> ChaCha8Rng {
 }
 
 /// Picks a token from `logits` (one row) with uniform draw `u` in [0, 1).
+///
+/// The rule is part of the sampling stream's definition (a change to it bumps the runner's
+/// computation version, so older samples are not resumed as this build's): with neither top-k nor top-p, the draw walks the whole vocabulary in id order
+/// (inverse CDF of the softmax at `temperature`, no sort); otherwise it walks the kept tokens by
+/// logit, descending (ties by id): top-k keeps every token whose logit reaches the k-th largest
+/// (as transformers does), top-p then the most likely tokens until their share of the kept mass
+/// reaches `top_p` (at least one). Only the kept tokens are sorted.
 pub fn pick(logits: &[f32], p: &SamplingParams, u: f64) -> u32 {
     if p.temperature <= 0.0 {
         return argmax(logits);
     }
     let t = p.temperature as f64;
-    let idx = descending_order(logits);
-    let mut keep = idx.len();
-    if p.top_k > 0 && p.top_k < keep {
-        // Like transformers: keep every token whose logit reaches the k-th largest.
-        let kth = logits[idx[p.top_k - 1]];
-        keep = idx.iter().take_while(|&&i| logits[i] >= kth).count();
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 / t;
+    let weight = |l: f32| (l as f64 / t - max).exp();
+    let top_k = (p.top_k > 0 && p.top_k < logits.len()).then_some(p.top_k);
+    if top_k.is_none() && p.top_p >= 1.0 {
+        let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+        let target = u * total;
+        let mut acc = 0.0;
+        let mut last = 0;
+        for (i, &l) in logits.iter().enumerate() {
+            let w = weight(l);
+            if w > 0.0 {
+                acc += w;
+                last = i;
+                if target < acc {
+                    return i as u32;
+                }
+            }
+        }
+        return last as u32;
     }
-    let max = logits[idx[0]] as f64 / t;
-    let weights: Vec<f64> = idx[..keep]
-        .iter()
-        .map(|&i| (logits[i] as f64 / t - max).exp())
-        .collect();
-    let total: f64 = weights.iter().sum();
+    // The kept tokens in descending order: the top-k (with ties at the k-th), or, for top-p
+    // alone, a growing prefix until it holds `top_p` of the mass.
+    let (idx, total) = match top_k {
+        Some(k) => {
+            let idx = top_k_order(logits, k);
+            let total: f64 = idx.iter().map(|&i| weight(logits[i])).sum();
+            (idx, total)
+        }
+        None => {
+            let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+            let mut m = 64;
+            loop {
+                let idx = top_k_order(logits, m.min(logits.len()));
+                // Summed as the walk below sums it, so the prefix holds what the walk needs.
+                let mass: f64 = idx.iter().map(|&i| weight(logits[i]) / total).sum();
+                if mass >= p.top_p as f64 || idx.len() >= logits.len() {
+                    break (idx, total);
+                }
+                m *= 8;
+            }
+        }
+    };
+    let weights: Vec<f64> = idx.iter().map(|&i| weight(logits[i])).collect();
+    let mut keep = weights.len();
     if p.top_p < 1.0 {
-        // Keep the most likely tokens until their mass reaches top_p (at least one).
         let mut mass = 0.0;
         let mut n = 0;
         for w in &weights {
@@ -139,8 +176,8 @@ pub fn pick(logits: &[f32], p: &SamplingParams, u: f64) -> u32 {
         }
         keep = n.max(1);
     }
-    let total: f64 = weights[..keep].iter().sum();
-    let target = u * total;
+    let kept: f64 = weights[..keep].iter().sum();
+    let target = u * kept;
     let mut acc = 0.0;
     for (j, w) in weights[..keep].iter().enumerate() {
         acc += w;
@@ -151,11 +188,32 @@ pub fn pick(logits: &[f32], p: &SamplingParams, u: f64) -> u32 {
     idx[keep - 1] as u32
 }
 
-/// Token ids by logit, descending (in `f32::total_cmp`'s order), ties by ascending id: each
-/// (logit, id) becomes one `u64` whose natural order is that order, so the sort compares
-/// integers instead of chasing indices into the row.
-fn descending_order(logits: &[f32]) -> Vec<usize> {
-    let mut keys: Vec<u64> = logits
+/// The tokens whose logit reaches the `k`-th largest (ties at the k-th all kept), descending
+/// (ties by id): a selection, then a sort of only those.
+fn top_k_order(logits: &[f32], k: usize) -> Vec<usize> {
+    let mut keys = descending_keys(logits);
+    if k < keys.len() {
+        keys.select_nth_unstable(k - 1);
+        let kth = logits[(keys[k - 1] & 0xffff_ffff) as usize];
+        let mut kept: Vec<u64> = keys[..k].to_vec();
+        // Tokens past the k-th with the same logit (larger ids) stay too.
+        kept.extend(
+            keys[k..]
+                .iter()
+                .filter(|&&key| logits[(key & 0xffff_ffff) as usize] >= kth),
+        );
+        keys = kept;
+    }
+    keys.sort_unstable();
+    keys.into_iter()
+        .map(|k| (k & 0xffff_ffff) as usize)
+        .collect()
+}
+
+/// One `u64` per token whose ascending order is logit descending (`f32::total_cmp`), ties by
+/// ascending id (the id is in the key, so keys are distinct).
+fn descending_keys(logits: &[f32]) -> Vec<u64> {
+    logits
         .iter()
         .enumerate()
         .map(|(i, &l)| {
@@ -168,11 +226,6 @@ fn descending_order(logits: &[f32]) -> Vec<usize> {
             };
             (u64::from(!ascending) << 32) | i as u64
         })
-        .collect();
-    // The keys are distinct (the id is in them), so an unstable sort gives the one order.
-    keys.sort_unstable();
-    keys.into_iter()
-        .map(|k| (k & 0xffff_ffff) as usize)
         .collect()
 }
 
@@ -608,12 +661,21 @@ mod tests {
             max_new_tokens: 1,
         };
         let l = [0.0f32, 3f32.ln()];
-        // Sorted descending: token 1 (0.75) first, then token 0.
-        assert_eq!(pick(&l, &p, 0.70), 1);
-        assert_eq!(pick(&l, &p, 0.80), 0);
+        // No filter: the draw walks the ids in order, token 0 (0.25) first, then token 1.
+        assert_eq!(pick(&l, &p, 0.20), 0);
+        assert_eq!(pick(&l, &p, 0.30), 1);
+        assert_eq!(pick(&l, &p, 0.99), 1);
+        // With a filter (here one that keeps both) it walks the kept tokens by logit.
+        let k = SamplingParams { top_p: 0.999, ..p };
+        assert_eq!(pick(&l, &k, 0.70), 1);
+        assert_eq!(pick(&l, &k, 0.80), 0);
         // top_p 0.5 keeps only token 1.
         let p = SamplingParams { top_p: 0.5, ..p };
         assert_eq!(pick(&l, &p, 0.99), 1);
+    }
+
+    fn descending_order(logits: &[f32]) -> Vec<usize> {
+        top_k_order(logits, logits.len())
     }
 
     /// The integer-key sort gives exactly the order of the comparison sort it replaced
@@ -637,6 +699,73 @@ mod tests {
             let mut want: Vec<usize> = (0..n).collect();
             want.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
             assert_eq!(descending_order(&row), want, "case {case}");
+        }
+    }
+
+    /// With top-k or top-p the draw picks what a full sort of the vocabulary would pick (the
+    /// selection keeps exactly the top-k set with its ties; top-p grows its prefix until the
+    /// mass is there), on rows with ties, for many draws.
+    #[test]
+    fn filtered_draws_equal_the_full_sort() {
+        fn reference(logits: &[f32], p: &SamplingParams, u: f64) -> u32 {
+            let t = p.temperature as f64;
+            let idx = descending_order(logits);
+            let mut keep = idx.len();
+            if p.top_k > 0 && p.top_k < keep {
+                let kth = logits[idx[p.top_k - 1]];
+                keep = idx.iter().take_while(|&&i| logits[i] >= kth).count();
+            }
+            let max = logits[idx[0]] as f64 / t;
+            let w: Vec<f64> = idx[..keep]
+                .iter()
+                .map(|&i| (logits[i] as f64 / t - max).exp())
+                .collect();
+            let total: f64 = w.iter().sum();
+            if p.top_p < 1.0 {
+                let (mut mass, mut n) = (0.0, 0);
+                for x in &w {
+                    n += 1;
+                    mass += x / total;
+                    if mass >= p.top_p as f64 {
+                        break;
+                    }
+                }
+                keep = n.max(1);
+            }
+            let target = u * w[..keep].iter().sum::<f64>();
+            let mut acc = 0.0;
+            for (j, x) in w[..keep].iter().enumerate() {
+                acc += x;
+                if target < acc {
+                    return idx[j] as u32;
+                }
+            }
+            idx[keep - 1] as u32
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for case in 0..300 {
+            let n = 2 + case * 37;
+            let mut row: Vec<f32> = (0..n).map(|_| (rng.random::<f32>() - 0.5) * 16.0).collect();
+            for j in (0..n).step_by(5) {
+                row[j] = 1.25; // ties
+            }
+            let p = SamplingParams {
+                temperature: [0.7, 1.0, 1.3][case % 3],
+                top_k: [0, 1, 5, 50][case % 4],
+                top_p: [1.0, 0.9, 0.5, 0.99, 0.3][case % 5],
+                max_new_tokens: 1,
+            };
+            if p.top_k == 0 && p.top_p >= 1.0 {
+                continue;
+            }
+            for _ in 0..20 {
+                let u: f64 = rng.random();
+                assert_eq!(
+                    pick(&row, &p, u),
+                    reference(&row, &p, u),
+                    "case {case} u {u}"
+                );
+            }
         }
     }
 

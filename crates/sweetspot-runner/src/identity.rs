@@ -42,7 +42,8 @@ pub const EXECUTION_SETTINGS: &[&str] = &[
 /// tokenizer or sampler fix): run-graph nodes and single-stage outputs made before are then not
 /// reused or resumed. 2: GGUF tokenizers built as transformers 5 builds them (split regex by
 /// `tokenizer.ggml.pre`, BOS/EOS flags), Qwen and RoPE families. 3: a sample's random stream is
-/// seeded by `prompt_seed(run seed, prompt id) + sample index` (vLLM's rule for `n` choices).
+/// seeded by `prompt_seed(run seed, prompt id) + sample index` (vLLM's rule for `n` choices),
+/// and a draw with neither top-k nor top-p walks the vocabulary in id order (no sort per token).
 pub const COMPUTATION: u32 = 3;
 
 /// Files up to this size are hashed by content inside a model fingerprint.
