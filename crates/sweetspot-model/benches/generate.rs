@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use sweetspot_core::Message;
 use sweetspot_model::generate::{
-    Generation, SamplingParams, SeqRequest, generate, generate_continuous,
+    BatchLimits, Generation, SamplingParams, SeqRequest, generate, generate_continuous,
 };
 use sweetspot_model::gguf::Gguf;
 use sweetspot_model::{Llama, Tokenizer, resolve_device};
@@ -125,7 +125,7 @@ fn workload(model: &Llama, tok: &Tokenizer) {
         &reqs,
         &stop,
         &params,
-        rows,
+        BatchLimits { rows, tokens: None },
         |_| {},
         |i, g| {
             cont[i] = Some(g);

@@ -279,6 +279,7 @@ pub fn generate_with(
     let mut done: Vec<Option<Generation>> = vec![None; requests.len()];
     let limits = Batching {
         max_rows: requests.len().max(1),
+        max_tokens: None,
         share_prefill,
         compact: false,
     };
@@ -300,24 +301,37 @@ pub fn generate_with(
         .collect()
 }
 
-/// Continuous batching: generates every request with at most `max_rows` sequences on the device
-/// at once. When sequences end, the next waiting requests (in order) join the batch in their
+/// How much [`generate_continuous`] keeps on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Sequences at once.
+    pub rows: usize,
+    /// Key/value slots at once (rows x slots, padding included), if bounded.
+    pub tokens: Option<usize>,
+}
+
+/// Continuous batching: generates every request with at most `limits.rows` sequences on the
+/// device at once. When sequences end, the next waiting requests (in order) join the batch in their
 /// rows, so the batch stays full until the queue runs dry; a prompt's prefill is kept until its
 /// last request has joined (its n samples prefill it once however they join), and key slots that
 /// no row uses any more are dropped. `on_done(i, generation)` gets each request's response as soon as
 /// it ends (an error from it stops the run). A sequence's tokens are the same as alone or in a
 /// static batch: its draws come from its own seed, and padding never changes a row's attention.
+/// With `limits.tokens`, a request joins only if the batch's key/value slots (rows x slots,
+/// padding included) stay within it until every row could have ended (its prompt plus
+/// `max_new_tokens`); a request that needs more alone is an error.
 pub fn generate_continuous(
     model: &Llama,
     requests: &[SeqRequest],
     stop_ids: &[u32],
     params: &SamplingParams,
-    max_rows: usize,
+    limits: BatchLimits,
     on_token: impl FnMut(usize),
     on_done: impl FnMut(usize, Generation) -> Result<(), ModelError>,
 ) -> Result<(), ModelError> {
     let limits = Batching {
-        max_rows: max_rows.max(1),
+        max_rows: limits.rows.max(1),
+        max_tokens: limits.tokens,
         share_prefill: true,
         compact: true,
     };
@@ -326,6 +340,7 @@ pub fn generate_continuous(
 
 struct Batching {
     max_rows: usize,
+    max_tokens: Option<usize>,
     share_prefill: bool,
     /// Drop leading key slots no row uses when rows leave.
     compact: bool,
@@ -493,8 +508,37 @@ fn run(
     let mut prefixes: HashMap<&[u32], Prefilled> = HashMap::new();
     loop {
         // Free rows take the next pending requests.
-        if active.len() < limits.max_rows && next < requests.len() {
-            let take = (limits.max_rows - active.len()).min(requests.len() - next);
+        let mut take = if active.len() < limits.max_rows && next < requests.len() {
+            (limits.max_rows - active.len()).min(requests.len() - next)
+        } else {
+            0
+        };
+        if let (Some(budget), true) = (limits.max_tokens, take > 0) {
+            // The slots every row could reach: the batch's (or a joining prompt's, if longer)
+            // plus max_new_tokens; rows x that must fit.
+            let slots = if active.is_empty() { 0 } else { cache.len() };
+            let mut longest = 0;
+            let mut fits = 0;
+            for r in &requests[next..next + take] {
+                longest = longest.max(r.prompt_ids.len());
+                let peak = slots.max(longest) + params.max_new_tokens;
+                if (active.len() + fits + 1).saturating_mul(peak) > budget {
+                    break;
+                }
+                fits += 1;
+            }
+            if fits == 0 && active.is_empty() {
+                let r = &requests[next];
+                return Err(ModelError::Input(format!(
+                    "max_batch_tokens = {budget} is less than sequence {next} needs alone: its \
+                     prompt ({} tokens) plus max_new_tokens ({})",
+                    r.prompt_ids.len(),
+                    params.max_new_tokens
+                )));
+            }
+            take = fits;
+        }
+        if take > 0 {
             let new = &requests[next..next + take];
             let p = if limits.share_prefill {
                 let p = join(model, new, &mut prefixes)?;

@@ -139,7 +139,7 @@ fn shared_prefill_gives_the_same_samples() {
 /// Each request is reported exactly once.
 #[test]
 fn continuous_batching_gives_the_same_samples() {
-    use sweetspot_model::generate::{generate_continuous, generate_with};
+    use sweetspot_model::generate::{BatchLimits, generate_continuous, generate_with};
     let device = resolve_device(&test_device()).unwrap();
     for name in ["gqa", "qwen3", "mistral-window"] {
         let m = Llama::from_pretrained(&fixture(name), &device).unwrap();
@@ -175,7 +175,7 @@ fn continuous_batching_gives_the_same_samples() {
                 &batch,
                 &stop,
                 &params,
-                rows,
+                BatchLimits { rows, tokens: None },
                 |n| assert!(n <= rows),
                 |i, g| {
                     assert!(got[i].is_none(), "{name}: request {i} reported twice");
@@ -206,7 +206,7 @@ fn continuous_batching_gives_the_same_samples() {
 #[test]
 fn continuous_batching_stops_on_a_consumer_error() {
     use sweetspot_model::ModelError;
-    use sweetspot_model::generate::generate_continuous;
+    use sweetspot_model::generate::{BatchLimits, generate_continuous};
     let device = resolve_device(&test_device()).unwrap();
     let m = Llama::from_pretrained(&fixture("gqa"), &device).unwrap();
     let (ps, _) = prompts("gqa");
@@ -217,7 +217,10 @@ fn continuous_batching_stops_on_a_consumer_error() {
         &batch,
         &[],
         &SamplingParams::greedy(4),
-        2,
+        BatchLimits {
+            rows: 2,
+            tokens: None,
+        },
         |_| {},
         |_, _| {
             calls += 1;
@@ -227,4 +230,62 @@ fn continuous_batching_stops_on_a_consumer_error() {
     .unwrap_err();
     assert!(err.to_string().contains("disk full"), "{err}");
     assert_eq!(calls, 1);
+}
+
+/// A token budget bounds the key/value slots: with room for 3 sequences of the longest prompt
+/// plus max_new_tokens, no more than 3 rows run at once (8 allowed by rows), the samples are
+/// those of a static batch; a budget below one sequence's need is refused by name.
+#[test]
+fn continuous_batching_keeps_to_a_token_budget() {
+    use sweetspot_model::generate::{BatchLimits, generate_continuous, generate_with};
+    let device = resolve_device(&test_device()).unwrap();
+    let m = Llama::from_pretrained(&fixture("gqa"), &device).unwrap();
+    let (ps, _) = prompts("gqa");
+    let batch: Vec<_> = ps
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| (0..4).map(move |s| req(p, i, s)))
+        .collect();
+    let params = SamplingParams {
+        temperature: 0.9,
+        top_p: 1.0,
+        top_k: 0,
+        max_new_tokens: 10,
+    };
+    let longest = ps.iter().map(Vec::len).max().unwrap();
+    let shortest = ps.iter().map(Vec::len).min().unwrap();
+    let budget = 3 * (longest + 10);
+    let want = generate_with(&m, &batch, &[], &params, true, |_| {}).unwrap();
+    let mut got = vec![None; batch.len()];
+    let mut widest = 0;
+    let limits = BatchLimits {
+        rows: 8,
+        tokens: Some(budget),
+    };
+    generate_continuous(
+        &m,
+        &batch,
+        &[],
+        &params,
+        limits,
+        |n| widest = widest.max(n),
+        |i, g| {
+            got[i] = Some(g.tokens);
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert!(widest <= budget / (shortest + 10), "{widest} rows");
+    assert!(widest >= 2, "the budget still lets rows share the device");
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.as_ref(), Some(&w.tokens));
+    }
+    let tight = BatchLimits {
+        rows: 8,
+        tokens: Some(longest + 9),
+    };
+    let err = generate_continuous(&m, &batch, &[], &params, tight, |_| {}, |_, _| Ok(()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_batch_tokens"), "{err}");
 }

@@ -11,7 +11,7 @@ use sweetspot_core::{
     BuildContext, ConfigIssue, PluginError, PluginInfo, PluginKind, Progress, Prompt, Sample,
     SampleGroup, SampleRequest, Sampler, SamplerConfig, check_device_name,
 };
-use sweetspot_model::generate::{SamplingParams, SeqRequest, generate_continuous};
+use sweetspot_model::generate::{BatchLimits, SamplingParams, SeqRequest, generate_continuous};
 use sweetspot_model::{Llama, ModelError, Precision, Tokenizer, resolve_device};
 
 /// Call from a binary to make sure this crate is linked (and its plugin registered).
@@ -42,6 +42,11 @@ pub struct BurnSamplerConfig {
     /// waiting sequence).
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Key/value slots on the device at once (rows x slots, padding included): a waiting
+    /// sequence joins only if every row could still run to `max_new_tokens` within it. Unset:
+    /// `batch_size` alone bounds the batch.
+    #[serde(default)]
+    pub max_batch_tokens: Option<usize>,
     /// The device; `[run].device` / `--device` when absent.
     pub device: Option<String>,
     /// Float type of the weights (`f32`, `bf16`, `f16`); the logits and sampling stay in f32.
@@ -77,7 +82,7 @@ pub struct BurnSampler {
     model: Llama,
     tokenizer: Tokenizer,
     params: SamplingParams,
-    batch_size: usize,
+    limits: BatchLimits,
 }
 
 impl std::fmt::Debug for BurnSampler {
@@ -123,6 +128,17 @@ impl SamplerConfig for BurnSamplerConfig {
         if self.batch_size == 0 {
             return Err(ConfigIssue::new("batch_size", "must be at least 1"));
         }
+        if let Some(t) = self.max_batch_tokens
+            && t <= self.max_new_tokens
+        {
+            return Err(ConfigIssue::new(
+                "max_batch_tokens",
+                format!(
+                    "{t} leaves no room for a prompt beside max_new_tokens = {}",
+                    self.max_new_tokens
+                ),
+            ));
+        }
         if let Some(d) = &self.device {
             check_device_name(d).map_err(|m| ConfigIssue::new("device", m))?;
         }
@@ -165,6 +181,20 @@ impl SamplerConfig for BurnSamplerConfig {
                     ),
                 ));
             }
+            if let Some(t) = self.max_batch_tokens
+                && ids.len() + self.max_new_tokens > t
+            {
+                return Err((
+                    i,
+                    format!(
+                        "prompt `{}` is {} tokens; with max_new_tokens = {} one sequence needs \
+                         more than max_batch_tokens = {t}",
+                        p.id,
+                        ids.len(),
+                        self.max_new_tokens
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -185,7 +215,10 @@ impl SamplerConfig for BurnSamplerConfig {
                 top_k: self.top_k,
                 max_new_tokens: self.max_new_tokens,
             },
-            batch_size: self.batch_size,
+            limits: BatchLimits {
+                rows: self.batch_size,
+                tokens: self.max_batch_tokens,
+            },
         }))
     }
 }
@@ -236,14 +269,14 @@ impl Sampler for BurnSampler {
         let mut tokens = 0u64;
         // A failure of the sink (the stage's output) is kept as it is; the engine only stops.
         let mut sink_error: Option<PluginError> = None;
-        // Continuous batching: `batch_size` rows on the device, refilled as sequences stop. The
+        // Continuous batching: `batch_size` rows (and `max_batch_tokens` slots) on the device, refilled as sequences stop. The
         // bar counts sequences (its total is prompts x n); tokens go in its message.
         let result = generate_continuous(
             &self.model,
             &reqs,
             &stop,
             &self.params,
-            self.batch_size,
+            self.limits,
             |n| {
                 tokens += n as u64;
                 if tokens % 256 < n as u64 {

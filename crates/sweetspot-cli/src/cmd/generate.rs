@@ -39,9 +39,12 @@ pub struct GenerateArgs {
     /// Longest response in tokens.
     #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
-    /// Sequences per batch.
+    /// Sequences on the device at once (continuous batching).
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// Key/value slots on the device at once (rows x slots); unbounded when absent.
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
     /// Seed: the sample for (prompt id, sample index) depends on it and those two only.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -79,6 +82,12 @@ pub(crate) fn generate_cmd(args: GenerateArgs, quiet: bool) -> Result<(), Failur
             "batch_size".into(),
             toml::Value::Integer(args.batch_size as i64),
         );
+        if let Some(t) = args.max_batch_tokens {
+            sampler.insert(
+                "max_batch_tokens".into(),
+                toml::Value::Integer(i64::try_from(t).unwrap_or(i64::MAX)),
+            );
+        }
         if let Some(d) = &args.dtype {
             sampler.insert("dtype".into(), toml::Value::String(d.clone()));
         }
