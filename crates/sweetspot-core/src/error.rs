@@ -115,6 +115,31 @@ impl ConfigIssue {
     }
 }
 
+/// Checks a sampler's temperature (a number >= 0; 0 is greedy), top-p (in (0, 1]; 1 is off) and
+/// `max_new_tokens` (at least 1), naming the key at fault.
+pub fn check_sampling(
+    temperature: f32,
+    top_p: f32,
+    max_new_tokens: usize,
+) -> Result<(), ConfigIssue> {
+    if !(temperature.is_finite() && temperature >= 0.0) {
+        return Err(ConfigIssue::new(
+            "temperature",
+            format!("{temperature} must be a number >= 0 (0 = greedy)"),
+        ));
+    }
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ConfigIssue::new(
+            "top_p",
+            format!("{top_p} must be in (0, 1] (1 = off)"),
+        ));
+    }
+    if max_new_tokens == 0 {
+        return Err(ConfigIssue::new("max_new_tokens", "must be at least 1"));
+    }
+    Ok(())
+}
+
 /// Checks a device name's syntax (`cpu`, `wgpu`, `wgpu:cpu`, `wgpu:N`, `cuda`, `cuda:N`)
 /// without needing its backend compiled in.
 pub fn check_device_name(name: &str) -> Result<(), String> {

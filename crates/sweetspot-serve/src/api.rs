@@ -433,31 +433,7 @@ pub(crate) async fn completions(
     let s = sampling(&body)?;
     let prompts = prompts_of(&state, body.get("prompt"))?;
     let (choices, prompt_tokens) = complete(&state, prompts, &s).await?;
-    let usage = usage(prompt_tokens, &choices);
-    let choices: Vec<Value> = choices
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let mut v = json!({
-                "index": i,
-                "text": c.text,
-                "finish_reason": c.finish_reason,
-                "logprobs": null,
-            });
-            if s.return_token_ids {
-                v["token_ids"] = json!(c.token_ids);
-            }
-            v
-        })
-        .collect();
-    Ok(Json(json!({
-        "id": format!("cmpl-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
-        "object": "text_completion",
-        "created": now(),
-        "model": state.name,
-        "choices": choices,
-        "usage": usage,
-    })))
+    Ok(respond(&state, choices, prompt_tokens, &s, false))
 }
 
 #[derive(Deserialize)]
@@ -496,6 +472,17 @@ pub(crate) async fn chat_completions(
         .encode_chat(&messages)
         .map_err(|e| ApiError::field("messages", e.to_string()))?;
     let (choices, prompt_tokens) = complete(&state, vec![ids], &s).await?;
+    Ok(respond(&state, choices, prompt_tokens, &s, true))
+}
+
+/// A completion's (or, with `chat`, a chat completion's) response in OpenAI's shape.
+fn respond(
+    state: &AppState,
+    choices: Vec<Choice>,
+    prompt_tokens: usize,
+    s: &Sampling,
+    chat: bool,
+) -> Json<Value> {
     let usage = usage(prompt_tokens, &choices);
     let choices: Vec<Value> = choices
         .into_iter()
@@ -503,24 +490,33 @@ pub(crate) async fn chat_completions(
         .map(|(i, c)| {
             let mut v = json!({
                 "index": i,
-                "message": {"role": "assistant", "content": c.text},
                 "finish_reason": c.finish_reason,
                 "logprobs": null,
             });
+            if chat {
+                v["message"] = json!({"role": "assistant", "content": c.text});
+            } else {
+                v["text"] = json!(c.text);
+            }
             if s.return_token_ids {
                 v["token_ids"] = json!(c.token_ids);
             }
             v
         })
         .collect();
-    Ok(Json(json!({
-        "id": format!("chatcmpl-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
-        "object": "chat.completion",
+    let (id, object) = if chat {
+        ("chatcmpl", "chat.completion")
+    } else {
+        ("cmpl", "text_completion")
+    };
+    Json(json!({
+        "id": format!("{id}-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+        "object": object,
         "created": now(),
         "model": state.name,
         "choices": choices,
         "usage": usage,
-    })))
+    }))
 }
 
 pub(crate) async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use sweetspot_core::{
     BuildContext, ConfigIssue, PluginError, PluginInfo, PluginKind, Progress, Prompt, Sample,
-    SampleGroup, SampleRequest, Sampler, SamplerConfig, check_device_name,
+    SampleGroup, SampleRequest, Sampler, SamplerConfig, check_device_name, check_sampling,
 };
 use sweetspot_model::generate::{BatchLimits, SamplingParams, SeqRequest, generate_continuous};
 use sweetspot_model::{Llama, ModelError, Precision, Tokenizer, resolve_device};
@@ -110,21 +110,7 @@ pub fn load(
 #[typetag::serde(name = "burn")]
 impl SamplerConfig for BurnSamplerConfig {
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(ConfigIssue::new(
-                "temperature",
-                format!("{} must be a number >= 0 (0 = greedy)", self.temperature),
-            ));
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(ConfigIssue::new(
-                "top_p",
-                format!("{} must be in (0, 1] (1 = off)", self.top_p),
-            ));
-        }
-        if self.max_new_tokens == 0 {
-            return Err(ConfigIssue::new("max_new_tokens", "must be at least 1"));
-        }
+        check_sampling(self.temperature, self.top_p, self.max_new_tokens)?;
         if self.batch_size == 0 {
             return Err(ConfigIssue::new("batch_size", "must be at least 1"));
         }

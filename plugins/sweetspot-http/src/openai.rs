@@ -10,13 +10,12 @@
 //! out).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sweetspot_core::{
     BuildContext, ConfigIssue, FinishReason, PluginError, PluginInfo, PluginKind, Progress, Prompt,
-    Sample, SampleGroup, SampleRequest, Sampler, SamplerConfig,
+    Sample, SampleGroup, SampleRequest, Sampler, SamplerConfig, check_sampling,
 };
 use sweetspot_model::Tokenizer;
 use sweetspot_model::generate::prompt_seed;
@@ -148,21 +147,7 @@ impl OpenAiSamplerConfig {
         if self.model.is_empty() {
             return Err(ConfigIssue::new("model", "name the served model"));
         }
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(ConfigIssue::new(
-                "temperature",
-                format!("{} must be a number >= 0 (0 = greedy)", self.temperature),
-            ));
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(ConfigIssue::new(
-                "top_p",
-                format!("{} must be in (0, 1] (1 = off)", self.top_p),
-            ));
-        }
-        if self.max_new_tokens == 0 {
-            return Err(ConfigIssue::new("max_new_tokens", "must be at least 1"));
-        }
+        check_sampling(self.temperature, self.top_p, self.max_new_tokens)?;
         if self.stop.iter().any(String::is_empty) {
             return Err(ConfigIssue::new("stop", "an empty stop string"));
         }
@@ -192,11 +177,7 @@ impl SamplerConfig for OpenAiSamplerConfig {
             "openai",
             &self.endpoints,
             key,
-            RetryPolicy {
-                max_retries: self.max_retries,
-                timeout: Duration::from_secs_f64(self.timeout_s),
-                backoff: Duration::from_millis(250),
-            },
+            RetryPolicy::new(self.max_retries, self.timeout_s),
         )?;
         Ok(Box::new(OpenAiSampler { requests, pool }))
     }

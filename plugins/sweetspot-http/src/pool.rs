@@ -114,6 +114,17 @@ pub struct RetryPolicy {
     pub backoff: Duration,
 }
 
+impl RetryPolicy {
+    /// `max_retries` attempts after the first, each with `timeout_s`; backoff from 250 ms.
+    pub fn new(max_retries: u32, timeout_s: f64) -> Self {
+        Self {
+            max_retries,
+            timeout: Duration::from_secs_f64(timeout_s),
+            backoff: Duration::from_millis(250),
+        }
+    }
+}
+
 /// Endpoints, an HTTP client and a runtime to drive them.
 pub struct Pool {
     endpoints: Vec<Endpoint>,

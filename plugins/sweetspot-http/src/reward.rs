@@ -13,7 +13,6 @@
 //!   `--is-embedding`); the answer is a list whose `embedding` holds the raw score.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -151,11 +150,7 @@ impl RewardModelConfig for HttpRewardConfig {
             "http",
             &self.endpoints,
             key,
-            RetryPolicy {
-                max_retries: self.max_retries,
-                timeout: Duration::from_secs_f64(self.timeout_s),
-                backoff: Duration::from_millis(250),
-            },
+            RetryPolicy::new(self.max_retries, self.timeout_s),
         )?;
         let objectives = self
             .objective_names()
