@@ -205,6 +205,22 @@ fn read_configs(dir: &Path) -> Result<(LlamaConfig, HeadConfig), ModelError> {
 }
 
 impl RewardNet {
+    /// The names of the head's objectives: ArmoRM's 19 where its regression has 19 outputs,
+    /// `objective-i` for another count; none for a head without objectives.
+    pub fn objective_names(&self) -> Vec<String> {
+        match &self.head {
+            RewardHead::ArmoRm(head) => {
+                let n = head.regression.weight.dims()[1];
+                if n == ARMORM_OBJECTIVES.len() {
+                    ARMORM_OBJECTIVES.iter().map(|s| s.to_string()).collect()
+                } else {
+                    (0..n).map(|i| format!("objective-{i}")).collect()
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// Loads a `LlamaForSequenceClassification` folder with one label (Skywork-Reward's layout).
     /// The backbone's weights are held in `precision`, the head's in f32.
     pub fn seq_cls_from_pretrained(

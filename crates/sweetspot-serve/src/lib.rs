@@ -31,7 +31,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use sweetspot_model::reward::{ARMORM_OBJECTIVES, LLAMA3_GATING_PATTERN, RewardHead};
+use sweetspot_model::reward::LLAMA3_GATING_PATTERN;
 use sweetspot_model::{ModelError, Precision, RewardNet, Tokenizer, resolve_device};
 
 use crate::engine::{PolicyInfo, RewardInfo};
@@ -155,17 +155,7 @@ pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<()
                 ),
                 RewardKind::SeqCls => None,
             };
-            let objectives = match &net.head {
-                RewardHead::ArmoRm(head) => {
-                    let n = head.regression.weight.dims()[1];
-                    if n == ARMORM_OBJECTIVES.len() {
-                        ARMORM_OBJECTIVES.iter().map(|s| s.to_string()).collect()
-                    } else {
-                        (0..n).map(|i| format!("objective-{i}")).collect()
-                    }
-                }
-                _ => Vec::new(),
-            };
+            let objectives = net.objective_names();
             let info = RewardInfo {
                 max_positions: net.max_tokens(),
                 tokenizer,

@@ -19,7 +19,7 @@ use sweetspot_core::{
     PromptContent, RewardModel, RewardModelConfig, SampleGroup, ScoredGroup, ScoredSample,
     check_device_name,
 };
-use sweetspot_model::reward::{ARMORM_OBJECTIVES, LLAMA3_GATING_PATTERN, RewardHead, find_last};
+use sweetspot_model::reward::{LLAMA3_GATING_PATTERN, find_last};
 use sweetspot_model::{ModelError, Precision, RewardInput, RewardNet, Tokenizer, resolve_device};
 
 /// Call from a binary to make sure this crate is linked (and its plugins registered).
@@ -590,17 +590,7 @@ impl BurnReward {
 
 impl RewardModel for BurnReward {
     fn objectives(&self) -> Vec<String> {
-        match &self.net.head {
-            RewardHead::ArmoRm(head) => {
-                let n = head.regression.weight.dims()[1];
-                if n == ARMORM_OBJECTIVES.len() {
-                    ARMORM_OBJECTIVES.iter().map(|s| s.to_string()).collect()
-                } else {
-                    (0..n).map(|i| format!("objective-{i}")).collect()
-                }
-            }
-            _ => Vec::new(),
-        }
+        self.net.objective_names()
     }
 
     fn score(
