@@ -1,12 +1,17 @@
 //! Reward-model scoring speed: a sequence-classification model of SmolLM2-135M's size (the
 //! SmolLM2-135M-Instruct backbone from the Q4_1 GGUF, dequantized to f32, plus a one-label
-//! `score` head) on the CPU (`flex`), batches of 16 sequences of 512 tokens.
+//! `score` head) on the CPU (`flex`), batches of 16 sequences of 512 tokens; and a realistic
+//! mix: every (prompt, response) of a samples file through the chat template, scored as the
+//! score stage scores them (`RewardNet::score_all`: length-sorted batches of at most 16 rows and
+//! 16 x 512 padded tokens).
 //!
 //!     scripts/fetch_smollm2.sh && cargo bench -p sweetspot-model --bench reward
+//!     SWEETSPOT_BENCH_SAMPLES=samples.jsonl cargo bench -p sweetspot-model --bench reward
 //!
 //! `scripts/bench_reward_transformers.py` runs the same forward with transformers'
 //! `LlamaForSequenceClassification`. Environment: SWEETSPOT_BENCH_DEVICE (default `cpu`),
-//! SWEETSPOT_BENCH_ROUNDS (default 3).
+//! SWEETSPOT_BENCH_ROUNDS (default 3), SWEETSPOT_BENCH_SAMPLES (a samples file: the mix instead
+//! of the fixed shape).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,7 +19,7 @@ use std::time::Instant;
 use burn::nn::LinearConfig;
 use sweetspot_model::gguf::Gguf;
 use sweetspot_model::reward::{Padding, RewardHead};
-use sweetspot_model::{Llama, RewardInput, RewardNet, resolve_device};
+use sweetspot_model::{Llama, RewardInput, RewardNet, Tokenizer, resolve_device};
 
 // The allocator the `sweetspot` binary uses.
 #[global_allocator]
@@ -50,6 +55,52 @@ fn main() {
             score: LinearConfig::new(hidden, 1).with_bias(false).init(&device),
         },
     };
+    if let Some(samples) = std::env::var_os("SWEETSPOT_BENCH_SAMPLES") {
+        let tokenizer = Tokenizer::from_gguf(&gguf, &path).expect("tokenizer");
+        let text = std::fs::read_to_string(&samples).expect("samples file");
+        let inputs: Vec<RewardInput> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+                let prompt =
+                    sweetspot_core::Prompt::from_content(sweetspot_core::PromptContent::Text(
+                        v["prompt"].as_str().expect("prompt").to_string(),
+                    ));
+                let ids = tokenizer
+                    .encode_scored(&prompt, v["response"].as_str().expect("response"))
+                    .expect("tokens");
+                RewardInput {
+                    ids,
+                    gating_position: None,
+                }
+            })
+            .collect();
+        let tokens: usize = inputs.iter().map(|i| i.ids.len()).sum();
+        let longest = inputs.iter().map(|i| i.ids.len()).max().unwrap_or(0);
+        net.score_batch(&inputs[..2], Padding::Right)
+            .expect("warm-up");
+        println!(
+            "{} sequences, {tokens} tokens, longest {longest}",
+            inputs.len()
+        );
+        println!("| workload | round | seconds | samples/s | tokens/s |");
+        println!("|---|---:|---:|---:|---:|");
+        for round in 1..=rounds {
+            let t = Instant::now();
+            let out = net
+                .score_all(&inputs, BATCH, BATCH * TOKENS, |_| {})
+                .expect("score");
+            let s = t.elapsed().as_secs_f64();
+            assert_eq!(out.len(), inputs.len());
+            println!(
+                "| mix | {round} | {s:.2} | {:.2} | {:.0} |",
+                inputs.len() as f64 / s,
+                tokens as f64 / s
+            );
+        }
+        return;
+    }
     // Deterministic pseudo-random tokens (the speed does not depend on them).
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let inputs: Vec<RewardInput> = (0..BATCH)

@@ -20,6 +20,8 @@ pub mod error;
 pub mod export;
 pub mod generate;
 pub mod gguf;
+#[cfg(feature = "flex")]
+pub mod kernels;
 pub mod llama;
 pub mod precision;
 pub mod reward;

@@ -34,8 +34,14 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        let up = self.up_proj.forward(x);
+        // Training in f32 on the CPU: the fused product, whose backward keeps gate and up only.
+        #[cfg(feature = "flex")]
+        if gate.device().is_autodiff() && crate::kernels::applies(&gate.device(), gate.dtype()) {
+            return self.down_proj.forward(crate::kernels::swiglu(gate, up));
+        }
+        self.down_proj.forward(silu(gate) * up)
     }
 }
 
@@ -358,19 +364,29 @@ impl Llama {
         // tokens, so a distance in slots is the distance in positions (transformers' sliding
         // mask is on cache positions too).
         let window = self.config.window().unwrap_or(usize::MAX);
-        let causal: Vec<bool> = (0..t)
-            .flat_map(|q| (0..past + t).map(move |s| s <= past + q && past + q - s < window))
-            .collect();
-        let causal =
-            Tensor::<2, Bool>::from_data(TensorData::new(causal, [t, past + t]), &self.device);
-        let allowed = causal
-            .unsqueeze::<3>()
-            .expand([b, t, past + t])
-            .bool_and(key_mask.unsqueeze_dim::<3>(1).expand([b, t, past + t]));
-        let masked = allowed.bool_not().unsqueeze_dim::<4>(1);
-        let fused = is_flex(&self.device);
-
         let mut x = self.params.model.embed_tokens.forward(tokens);
+        let kernel = own_kernel_mask(&self.device, x.dtype(), &key_mask, past, window);
+        let masked = || {
+            let causal: Vec<bool> = (0..t)
+                .flat_map(|q| (0..past + t).map(move |s| s <= past + q && past + q - s < window))
+                .collect();
+            let causal =
+                Tensor::<2, Bool>::from_data(TensorData::new(causal, [t, past + t]), &self.device);
+            let allowed = causal
+                .unsqueeze::<3>()
+                .expand([b, t, past + t])
+                .bool_and(key_mask.unsqueeze_dim::<3>(1).expand([b, t, past + t]));
+            allowed.bool_not().unsqueeze_dim::<4>(1)
+        };
+        let path = match kernel {
+            #[cfg(feature = "flex")]
+            Some(mask) => AttnPath::Own(mask),
+            #[cfg(not(feature = "flex"))]
+            Some(never) => match never {},
+            None if is_flex(&self.device) => AttnPath::Fused(masked()),
+            None => AttnPath::Explicit(masked()),
+        };
+
         let (cos, sin) = (to_dtype(cos, x.dtype()), to_dtype(sin, x.dtype()));
         let mut cache = cache;
         if let Some(c) = cache.as_deref_mut()
@@ -381,7 +397,7 @@ impl Llama {
         for (i, layer) in self.params.model.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let h = layer.input_layernorm.forward(x.clone());
-            let h = attention(&layer.self_attn, h, &cos, &sin, &masked, slot, fused);
+            let h = attention(&layer.self_attn, h, &cos, &sin, slot, &path);
             x = x + h;
             let h = layer.post_attention_layernorm.forward(x.clone());
             x = x + layer.mlp.forward(h);
@@ -408,6 +424,17 @@ impl Llama {
             }
         };
         to_f32(logits)
+    }
+
+    /// The output projection as `[vocab, hidden]` (the embeddings when tied; the head's weight
+    /// transposed otherwise), on the autodiff graph like the parameter itself; `None` where the
+    /// head has a bias (no family here has one).
+    pub fn vocab_weight(&self) -> Option<Tensor<2>> {
+        match &self.params.lm_head {
+            None => Some(self.params.model.embed_tokens.weight.val()),
+            Some(head) if head.bias.is_none() => Some(head.weight.val().transpose()),
+            Some(_) => None,
+        }
     }
 
     /// Logits for every position: [`Llama::forward_hidden`] then [`Llama::logits`].
@@ -448,9 +475,9 @@ impl Llama {
     }
 }
 
-/// Whether `device` is burn-flex's CPU device without autodiff, whose fused attention kernel is
-/// used (its backward does not handle grouped-query heads). Other backends, and training, take
-/// the explicit masked-softmax path the parity tests pin down everywhere.
+/// Whether `device` is burn-flex's CPU device without autodiff, where burn-flex's fused attention
+/// serves the float types sweetspot's own kernel does not take (bf16, f16). Its backward does not
+/// handle grouped-query heads, so training in those types takes the explicit path.
 fn is_flex(device: &Device) -> bool {
     #[cfg(feature = "flex")]
     {
@@ -461,6 +488,50 @@ fn is_flex(device: &Device) -> bool {
         let _ = device;
         false
     }
+}
+
+/// How a forward pass computes attention.
+enum AttnPath {
+    /// sweetspot's kernel ([`crate::kernels::attention`]): f32 on burn-flex, with or without
+    /// autodiff.
+    #[cfg(feature = "flex")]
+    Own(crate::kernels::AttnMask),
+    /// burn-flex's fused attention (other float types on flex, inference), with the
+    /// `[batch, 1, queries, keys]` mask (true: masked).
+    Fused(Tensor<4, Bool>),
+    /// Masked softmax composed of tensor operations (every other backend), with that mask.
+    Explicit(Tensor<4, Bool>),
+}
+
+/// The key mask for sweetspot's attention kernel where it applies (f32 on burn-flex).
+#[cfg(feature = "flex")]
+fn own_kernel_mask(
+    device: &Device,
+    dtype: burn::tensor::DType,
+    key_mask: &Tensor<2, Bool>,
+    past: usize,
+    window: usize,
+) -> Option<crate::kernels::AttnMask> {
+    if !crate::kernels::applies(device, dtype) {
+        return None;
+    }
+    let mask = key_mask.clone().into_data().try_to_vec::<bool>().ok()?;
+    Some(crate::kernels::AttnMask {
+        key_mask: std::sync::Arc::new(mask),
+        past,
+        window,
+    })
+}
+
+#[cfg(not(feature = "flex"))]
+fn own_kernel_mask(
+    _: &Device,
+    _: burn::tensor::DType,
+    _: &Tensor<2, Bool>,
+    _: usize,
+    _: usize,
+) -> Option<std::convert::Infallible> {
+    None
 }
 
 fn rotate_half(x: Tensor<4>) -> Tensor<4> {
@@ -475,9 +546,8 @@ fn attention(
     x: Tensor<3>,
     cos: &Tensor<4>,
     sin: &Tensor<4>,
-    masked: &Tensor<4, Bool>,
     cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
-    fused: bool,
+    path: &AttnPath,
 ) -> Tensor<3> {
     let [b, t, _] = x.dims();
     let (h, kvh, hd) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
@@ -512,22 +582,33 @@ fn attention(
         }
         None => (k, v),
     };
-    if fused {
-        // burn-flex's fused attention: tiled over keys with an online softmax, grouped-query
-        // heads without repeats, no [t, s] score tensor per head in memory. Rows whose keys are
-        // all masked (pad queries) come out as zeros; real rows never read them.
-        let out = burn::tensor::module::attention(
-            q,
-            k,
-            v,
-            Some(masked.clone()),
-            None,
-            burn::tensor::ops::AttentionModuleOptions::default(),
-        );
-        return attn
-            .o_proj
-            .forward(out.swap_dims(1, 2).reshape([b, t, h * hd]));
-    }
+    let masked = match path {
+        #[cfg(feature = "flex")]
+        AttnPath::Own(mask) => {
+            // sweetspot's kernel: only the keys each query tile can see, no score tensor kept.
+            let out = crate::kernels::attention(q, k, v, mask.clone());
+            return attn
+                .o_proj
+                .forward(out.swap_dims(1, 2).reshape([b, t, h * hd]));
+        }
+        AttnPath::Fused(masked) => {
+            // burn-flex's fused attention: tiled over keys with an online softmax, grouped-query
+            // heads without repeats, no [t, s] score tensor per head in memory. Rows whose keys
+            // are all masked (pad queries) come out as zeros; real rows never read them.
+            let out = burn::tensor::module::attention(
+                q,
+                k,
+                v,
+                Some(masked.clone()),
+                None,
+                burn::tensor::ops::AttentionModuleOptions::default(),
+            );
+            return attn
+                .o_proj
+                .forward(out.swap_dims(1, 2).reshape([b, t, h * hd]));
+        }
+        AttnPath::Explicit(masked) => masked,
+    };
     let s = k.dims()[2];
     let rep = h / kvh;
     // Query heads h*rep .. h*rep+rep share key/value head h: fold them into the query axis rather

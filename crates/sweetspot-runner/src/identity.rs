@@ -44,7 +44,9 @@ pub const EXECUTION_SETTINGS: &[&str] = &[
 /// `tokenizer.ggml.pre`, BOS/EOS flags), Qwen and RoPE families. 3: a sample's random stream is
 /// seeded by `prompt_seed(run seed, prompt id) + sample index` (vLLM's rule for `n` choices),
 /// and a draw with neither top-k nor top-p walks the vocabulary in id order (no sort per token).
-pub const COMPUTATION: u32 = 3;
+/// 4: f32 attention on the CPU through sweetspot's own kernel and training log-probabilities
+/// through `token_logprob` (the same values to float rounding, not the same bits).
+pub const COMPUTATION: u32 = 4;
 
 /// Files up to this size are hashed by content inside a model fingerprint.
 pub const SMALL_FILE: u64 = 16 << 20;

@@ -162,10 +162,21 @@ pub fn response_logps(
     }
     let k = rows.len();
     let idx = Tensor::<1, Int>::from_data(TensorData::new(rows, [k]), &device);
-    let h = flat.select(0, idx).unsqueeze_dim::<3>(0);
-    let logps = log_softmax(model.logits(h), 2);
-    let tgt = Tensor::<1, Int>::from_data(TensorData::new(picked_targets, [k]), &device);
-    let picked = logps.gather(2, tgt.reshape([1, k, 1])).reshape([k, 1]);
+    let h = flat.select(0, idx);
+    let picked = match model.vocab_weight() {
+        // f32 on the CPU: the kernel projects a block of rows at a time in both passes, so
+        // neither the [k, vocab] logits nor their softmax is kept for the backward pass.
+        #[cfg(feature = "flex")]
+        Some(w) if sweetspot_model::kernels::applies(&device, h.dtype()) => {
+            let tgt = picked_targets.iter().map(|&t| t as u32).collect();
+            sweetspot_model::kernels::token_logprob(h, w, std::sync::Arc::new(tgt)).reshape([k, 1])
+        }
+        _ => {
+            let logps = log_softmax(model.logits(h.unsqueeze_dim::<3>(0)), 2);
+            let tgt = Tensor::<1, Int>::from_data(TensorData::new(picked_targets, [k]), &device);
+            logps.gather(2, tgt.reshape([1, k, 1])).reshape([k, 1])
+        }
+    };
     let mut onehot = vec![0f32; n * k];
     for (j, &o) in owner.iter().enumerate() {
         onehot[o * k + j] = 1.0;

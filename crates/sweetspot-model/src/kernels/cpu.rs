@@ -1,0 +1,698 @@
+//! The CPU arithmetic of sweetspot's own kernels, on plain f32 slices (no tensors, no backend):
+//! attention forward and backward tiled over queries, and the log-probability of a target token
+//! under a vocabulary projection. [`super`] wraps them as burn operations.
+
+use rayon::prelude::*;
+
+/// Query rows per tile: a tile's keys end where its last query's causal range ends.
+const QUERY_TILE: usize = 64;
+
+/// Rows of hidden states projected to the vocabulary at a time.
+pub(crate) const VOCAB_ROWS: usize = 128;
+
+/// Exponentials below this are flushed to zero (e^-87 is near f32's smallest normal number).
+const EXP_FLOOR: f32 = -87.0;
+
+/// Shapes and masking of one attention call.
+#[derive(Debug, Clone)]
+pub(crate) struct AttnDims {
+    pub batch: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    /// New (query) tokens per row.
+    pub queries: usize,
+    /// Key slots per row (earlier slots from the cache, then the new tokens).
+    pub keys: usize,
+    pub head_dim: usize,
+    /// Key slots before the first query (the cache's length).
+    pub past: usize,
+    /// A query sees keys fewer than this many slots back (`usize::MAX`: all).
+    pub window: usize,
+    pub scale: f32,
+}
+
+impl AttnDims {
+    /// Keys `[lo, hi)` a tile of queries `[q0, q1)` of a row may see, given the row's first and
+    /// one-past-last real key.
+    fn span(&self, q0: usize, q1: usize, real: (usize, usize)) -> (usize, usize) {
+        let hi = (self.past + q1).min(self.keys).min(real.1);
+        let lo = (self.past + q0 + 1).saturating_sub(self.window).max(real.0);
+        (lo, hi.max(lo))
+    }
+
+    /// Keys `[lo, hi)` query `q` may see by position (the key mask still applies inside).
+    fn row_range(&self, q: usize) -> (usize, usize) {
+        let p = self.past + q;
+        ((p + 1).saturating_sub(self.window), (p + 1).min(self.keys))
+    }
+}
+
+/// First and one-past-last real key of every row (`(0, 0)` for a row with none).
+pub(crate) fn real_ranges(mask: &[bool], batch: usize, keys: usize) -> Vec<(usize, usize)> {
+    (0..batch)
+        .map(|b| {
+            let row = &mask[b * keys..(b + 1) * keys];
+            match row.iter().position(|&m| m) {
+                Some(first) => (first, keys - row.iter().rev().position(|&m| m).unwrap_or(0)),
+                None => (0, 0),
+            }
+        })
+        .collect()
+}
+
+/// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` with explicit row and column strides.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    // Every index the call reads or writes is inside the slices (checked here, so the unsafe
+    // call below cannot go out of bounds).
+    assert!(
+        (m - 1) * dst_rs + n <= dst.len(),
+        "gemm: destination too short"
+    );
+    assert!(
+        (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len(),
+        "gemm: left operand too short"
+    );
+    assert!(
+        (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len(),
+        "gemm: right operand too short"
+    );
+    // SAFETY: the bounds are checked above; the slices do not overlap (distinct borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            if parallel {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            },
+        );
+    }
+}
+
+/// e^x for x ≤ 0 (and -inf), branch-free so it vectorizes: Cephes' polynomial on the reduced
+/// argument, 2^n by the exponent bits. Relative error about 2e-7; 0 below [`EXP_FLOOR`].
+#[inline(always)]
+fn exp_neg(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to integer
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let xc = x.max(EXP_FLOOR);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - n * C1 - n * C2;
+    let z = r * r;
+    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let y = p * z + r + 1.0;
+    let pow2 = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < EXP_FLOOR { 0.0 } else { y * pow2 }
+}
+
+const LANES: usize = 16;
+
+#[inline(always)]
+fn max_body(row: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] = acc[l].max(c[l]);
+        }
+    }
+    let mut m = acc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for &x in rest {
+        m = m.max(x);
+    }
+    m
+}
+
+/// `row[j] = e^(row[j] - shift)`, returning the sum, in a fixed order whatever the SIMD width.
+#[inline(always)]
+fn exp_body(row: &mut [f32], shift: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            let e = exp_neg(c[l] - shift);
+            c[l] = e;
+            acc[l] += e;
+        }
+    }
+    let mut sum = 0f32;
+    for x in chunks.into_remainder() {
+        let e = exp_neg(*x - shift);
+        *x = e;
+        sum += e;
+    }
+    acc.iter().sum::<f32>() + sum
+}
+
+macro_rules! multiversion {
+    ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn v4($($arg: $ty),*) -> $ret {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($arg: $ty),*) -> $ret {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features the function is compiled for.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+// The same arithmetic on every path (Rust does not contract a * b + c into an FMA), so the
+// results are the same bits whichever path runs.
+multiversion!(row_max, max_body, (row: &[f32]) -> f32);
+multiversion!(exp_shift_sum, exp_body, (row: &mut [f32], shift: f32) -> f32);
+
+/// Scaled, masked scores of one query row in place: `scale * s` where the key is visible,
+/// `-inf` elsewhere. `lo` is the slot of `row[0]`.
+fn mask_row(row: &mut [f32], lo: usize, visible: (usize, usize), mask: &[bool], scale: f32) {
+    for (j, s) in row.iter_mut().enumerate() {
+        let slot = lo + j;
+        *s = if slot >= visible.0 && slot < visible.1 && mask[slot] {
+            *s * scale
+        } else {
+            f32::NEG_INFINITY
+        };
+    }
+}
+
+/// Attention forward. `q` is `[batch, heads, queries, dim]`, `k`/`v` `[batch, kv_heads, keys,
+/// dim]`, `mask` `[batch, keys]` (true: a real key). Writes `out` `[batch, heads, queries, dim]`
+/// and `lse` `[batch, heads, queries]` (the log of each softmax's denominator with its max;
+/// `-inf` for a query that sees no key, whose output is zeros).
+pub(crate) fn attention_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: &[bool],
+    dims: &AttnDims,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    let AttnDims {
+        heads,
+        kv_heads,
+        queries: t,
+        keys: s,
+        head_dim: d,
+        ..
+    } = *dims;
+    let rep = heads / kv_heads;
+    let real = real_ranges(mask, dims.batch, s);
+    out.par_chunks_mut(t * d)
+        .zip(lse.par_chunks_mut(t))
+        .enumerate()
+        .for_each(|(bh, (out, lse))| {
+            let (b, h) = (bh / heads, bh % heads);
+            let g = h / rep;
+            let q = &q[bh * t * d..(bh + 1) * t * d];
+            let k = &k[(b * kv_heads + g) * s * d..(b * kv_heads + g + 1) * s * d];
+            let v = &v[(b * kv_heads + g) * s * d..(b * kv_heads + g + 1) * s * d];
+            let mask = &mask[b * s..(b + 1) * s];
+            let mut scores = Vec::new();
+            for q0 in (0..t).step_by(QUERY_TILE) {
+                let q1 = (q0 + QUERY_TILE).min(t);
+                let rows = q1 - q0;
+                let (lo, hi) = dims.span(q0, q1, real[b]);
+                let span = hi - lo;
+                let out = &mut out[q0 * d..q1 * d];
+                if span == 0 {
+                    out.fill(0.0);
+                    lse[q0..q1].fill(f32::NEG_INFINITY);
+                    continue;
+                }
+                scores.resize(rows * span, 0.0);
+                gemm(
+                    rows,
+                    span,
+                    d,
+                    &mut scores,
+                    span,
+                    false,
+                    &q[q0 * d..],
+                    (d, 1),
+                    &k[lo * d..],
+                    (1, d),
+                    false,
+                );
+                for (i, row) in scores.chunks_exact_mut(span).enumerate() {
+                    mask_row(row, lo, dims.row_range(q0 + i), mask, dims.scale);
+                    let m = row_max(row);
+                    if m == f32::NEG_INFINITY {
+                        row.fill(0.0);
+                        lse[q0 + i] = f32::NEG_INFINITY;
+                        continue;
+                    }
+                    let sum = exp_shift_sum(row, m);
+                    lse[q0 + i] = m + sum.ln();
+                    let inv = 1.0 / sum;
+                    row.iter_mut().for_each(|p| *p *= inv);
+                }
+                gemm(
+                    rows,
+                    d,
+                    span,
+                    out,
+                    d,
+                    false,
+                    &scores,
+                    (span, 1),
+                    &v[lo * d..],
+                    (d, 1),
+                    false,
+                );
+            }
+        });
+}
+
+/// Attention backward from the forward's inputs, its output and `lse`, and the output's
+/// gradient `dout`; returns the gradients of `q`, `k` and `v` (shaped as they are). Nothing of
+/// size queries x keys is kept beyond one tile of one head.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    mask: &[bool],
+    dims: &AttnDims,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let AttnDims {
+        heads,
+        kv_heads,
+        queries: t,
+        keys: s,
+        head_dim: d,
+        ..
+    } = *dims;
+    let rep = heads / kv_heads;
+    let real = real_ranges(mask, dims.batch, s);
+    let mut dq = vec![0f32; q.len()];
+    let mut dk = vec![0f32; k.len()];
+    let mut dv = vec![0f32; v.len()];
+    dq.par_chunks_mut(rep * t * d)
+        .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
+        .enumerate()
+        .for_each(|(bg, (dq, (dk, dv)))| {
+            let b = bg / kv_heads;
+            let k = &k[bg * s * d..(bg + 1) * s * d];
+            let v = &v[bg * s * d..(bg + 1) * s * d];
+            let mask = &mask[b * s..(b + 1) * s];
+            let mut p = Vec::new();
+            let mut dp = Vec::new();
+            for r in 0..rep {
+                let bh = bg * rep + r;
+                let head = bh * t * d..(bh + 1) * t * d;
+                let (q, out, dout) = (&q[head.clone()], &out[head.clone()], &dout[head]);
+                let lse = &lse[bh * t..(bh + 1) * t];
+                let dq = &mut dq[r * t * d..(r + 1) * t * d];
+                // D_i = dout_i · out_i: the softmax backward's row term.
+                let delta: Vec<f32> = out
+                    .chunks_exact(d)
+                    .zip(dout.chunks_exact(d))
+                    .map(|(o, g)| o.iter().zip(g).map(|(a, b)| a * b).sum())
+                    .collect();
+                for q0 in (0..t).step_by(QUERY_TILE) {
+                    let q1 = (q0 + QUERY_TILE).min(t);
+                    let rows = q1 - q0;
+                    let (lo, hi) = dims.span(q0, q1, real[b]);
+                    let span = hi - lo;
+                    if span == 0 {
+                        continue;
+                    }
+                    p.resize(rows * span, 0.0);
+                    dp.resize(rows * span, 0.0);
+                    // P = softmax probabilities, recomputed from the scores and lse.
+                    gemm(
+                        rows,
+                        span,
+                        d,
+                        &mut p,
+                        span,
+                        false,
+                        &q[q0 * d..],
+                        (d, 1),
+                        &k[lo * d..],
+                        (1, d),
+                        false,
+                    );
+                    for (i, row) in p.chunks_exact_mut(span).enumerate() {
+                        let l = lse[q0 + i];
+                        if l == f32::NEG_INFINITY {
+                            row.fill(0.0);
+                            continue;
+                        }
+                        mask_row(row, lo, dims.row_range(q0 + i), mask, dims.scale);
+                        exp_shift_sum(row, l);
+                    }
+                    // dV[lo..hi] += P^T dout
+                    gemm(
+                        span,
+                        d,
+                        rows,
+                        &mut dv[lo * d..],
+                        d,
+                        true,
+                        &p,
+                        (1, span),
+                        &dout[q0 * d..],
+                        (d, 1),
+                        false,
+                    );
+                    // dP = dout V^T
+                    gemm(
+                        rows,
+                        span,
+                        d,
+                        &mut dp,
+                        span,
+                        false,
+                        &dout[q0 * d..],
+                        (d, 1),
+                        &v[lo * d..],
+                        (1, d),
+                        false,
+                    );
+                    // dS = P (dP - D) · scale (the scale of the scores folded in here)
+                    for (i, (pr, dr)) in p
+                        .chunks_exact(span)
+                        .zip(dp.chunks_exact_mut(span))
+                        .enumerate()
+                    {
+                        let di = delta[q0 + i];
+                        for (g, &pv) in dr.iter_mut().zip(pr) {
+                            *g = pv * (*g - di) * dims.scale;
+                        }
+                    }
+                    // dQ[q0..q1] = dS K[lo..hi]
+                    gemm(
+                        rows,
+                        d,
+                        span,
+                        &mut dq[q0 * d..q1 * d],
+                        d,
+                        false,
+                        &dp,
+                        (span, 1),
+                        &k[lo * d..],
+                        (d, 1),
+                        false,
+                    );
+                    // dK[lo..hi] += dS^T Q[q0..q1]
+                    gemm(
+                        span,
+                        d,
+                        rows,
+                        &mut dk[lo * d..],
+                        d,
+                        true,
+                        &dp,
+                        (1, span),
+                        &q[q0 * d..],
+                        (d, 1),
+                        false,
+                    );
+                }
+            }
+        });
+    (dq, dk, dv)
+}
+
+/// The logistic function through [`exp_neg`] of `-|x|` (no overflow on either side).
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    let e = exp_neg(-x.abs());
+    let r = 1.0 / (1.0 + e);
+    if x >= 0.0 { r } else { e * r }
+}
+
+#[inline(always)]
+fn swiglu_body(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g * sigmoid(g) * u;
+    }
+}
+
+#[inline(always)]
+fn swiglu_grad_body(dg: &mut [f32], du: &mut [f32], gate: &[f32], up: &[f32], grad: &[f32]) {
+    let n = gate.len();
+    let (dg, du, up, grad) = (&mut dg[..n], &mut du[..n], &up[..n], &grad[..n]);
+    for i in 0..n {
+        let g = gate[i];
+        let s = sigmoid(g);
+        du[i] = grad[i] * g * s;
+        dg[i] = grad[i] * up[i] * s * (1.0 + g * (1.0 - s));
+    }
+}
+
+multiversion!(swiglu_piece, swiglu_body, (out: &mut [f32], gate: &[f32], up: &[f32]) -> ());
+multiversion!(
+    swiglu_grad_piece,
+    swiglu_grad_body,
+    (dg: &mut [f32], du: &mut [f32], gate: &[f32], up: &[f32], grad: &[f32]) -> ()
+);
+
+/// Elements per parallel piece of an elementwise kernel.
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+/// `silu(g) * u`, elementwise.
+pub(crate) fn swiglu_forward(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; gate.len()];
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(gate.par_chunks(ELEMENTWISE_CHUNK))
+        .zip(up.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|((o, g), u)| swiglu_piece(o, g, u));
+    out
+}
+
+/// Gradients of [`swiglu_forward`] for upstream `grad`: of `gate` and of `up`.
+pub(crate) fn swiglu_backward(gate: &[f32], up: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut dg = vec![0f32; gate.len()];
+    let mut du = vec![0f32; gate.len()];
+    dg.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(du.par_chunks_mut(ELEMENTWISE_CHUNK))
+        .zip(gate.par_chunks(ELEMENTWISE_CHUNK))
+        .zip(
+            up.par_chunks(ELEMENTWISE_CHUNK)
+                .zip(grad.par_chunks(ELEMENTWISE_CHUNK)),
+        )
+        .for_each(|(((dg, du), g), (u, d))| swiglu_grad_piece(dg, du, g, u, d));
+    (dg, du)
+}
+
+/// Log-probability of each row's target under `softmax(hidden · weight^T)`: `hidden` is
+/// `[rows, width]`, `weight` `[vocab, width]`. Returns the log-probabilities and each row's
+/// log-sum-exp; the `[rows, vocab]` logits exist [`VOCAB_ROWS`] rows at a time.
+pub(crate) fn token_logprob_forward(
+    hidden: &[f32],
+    weight: &[f32],
+    targets: &[u32],
+    width: usize,
+    vocab: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let n = targets.len();
+    let mut logp = vec![0f32; n];
+    let mut lse = vec![0f32; n];
+    let mut logits = Vec::new();
+    for r0 in (0..n).step_by(VOCAB_ROWS) {
+        let r1 = (r0 + VOCAB_ROWS).min(n);
+        logits.resize((r1 - r0) * vocab, 0.0);
+        gemm(
+            r1 - r0,
+            vocab,
+            width,
+            &mut logits,
+            vocab,
+            false,
+            &hidden[r0 * width..],
+            (width, 1),
+            weight,
+            (1, width),
+            true,
+        );
+        logits
+            .par_chunks_mut(vocab)
+            .zip(logp[r0..r1].par_iter_mut().zip(lse[r0..r1].par_iter_mut()))
+            .zip(targets[r0..r1].par_iter())
+            .for_each(|((row, (lp, ls)), &tgt)| {
+                let picked = row[tgt as usize];
+                let m = row_max(row);
+                let l = m + exp_shift_sum(row, m).ln();
+                *ls = l;
+                *lp = picked - l;
+            });
+    }
+    (logp, lse)
+}
+
+/// Gradients of [`token_logprob_forward`] for the rows' upstream gradients `grad`: of `hidden`
+/// (`[rows, width]`) and of `weight` (`[vocab, width]`), the logits recomputed a block of rows
+/// at a time.
+pub(crate) fn token_logprob_backward(
+    hidden: &[f32],
+    weight: &[f32],
+    targets: &[u32],
+    lse: &[f32],
+    grad: &[f32],
+    width: usize,
+    vocab: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let n = targets.len();
+    let mut dh = vec![0f32; n * width];
+    let mut dw = vec![0f32; vocab * width];
+    let mut dlogits = Vec::new();
+    for r0 in (0..n).step_by(VOCAB_ROWS) {
+        let r1 = (r0 + VOCAB_ROWS).min(n);
+        let rows = r1 - r0;
+        dlogits.resize(rows * vocab, 0.0);
+        gemm(
+            rows,
+            vocab,
+            width,
+            &mut dlogits,
+            vocab,
+            false,
+            &hidden[r0 * width..],
+            (width, 1),
+            weight,
+            (1, width),
+            true,
+        );
+        // d logp / d logit_j = [j = target] - softmax_j
+        dlogits
+            .par_chunks_mut(vocab)
+            .zip(lse[r0..r1].par_iter())
+            .zip(grad[r0..r1].par_iter().zip(targets[r0..r1].par_iter()))
+            .for_each(|((row, &l), (&g, &tgt))| {
+                exp_shift_sum(row, l);
+                row.iter_mut().for_each(|p| *p *= -g);
+                row[tgt as usize] += g;
+            });
+        // dH[r0..r1] = dlogits · W
+        gemm(
+            rows,
+            width,
+            vocab,
+            &mut dh[r0 * width..],
+            width,
+            false,
+            &dlogits,
+            (vocab, 1),
+            weight,
+            (width, 1),
+            true,
+        );
+        // dW += dlogits^T · H[r0..r1]
+        gemm(
+            vocab,
+            width,
+            rows,
+            &mut dw,
+            width,
+            true,
+            &dlogits,
+            (1, vocab),
+            &hidden[r0 * width..],
+            (width, 1),
+            true,
+        );
+    }
+    (dh, dw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_the_standard_library() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            let want = f64::from(x).exp();
+            let got = f64::from(exp_neg(x));
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
+        assert_eq!(exp_neg(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_neg(-100.0), 0.0);
+        assert_eq!(exp_neg(0.0), 1.0);
+    }
+
+    #[test]
+    fn reductions_are_the_same_on_every_path() {
+        let row: Vec<f32> = (0..37).map(|i| -((i * 7919 % 101) as f32) / 9.0).collect();
+        let mut a = row.clone();
+        let mut b = row.clone();
+        let sa = exp_shift_sum(&mut a, -0.5);
+        let sb = exp_body(&mut b, -0.5);
+        assert_eq!(sa.to_bits(), sb.to_bits());
+        assert_eq!(a, b);
+        assert_eq!(row_max(&row), max_body(&row));
+    }
+}

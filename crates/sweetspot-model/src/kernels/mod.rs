@@ -1,0 +1,385 @@
+//! sweetspot's own CPU kernels on burn-flex, as burn backend-extension operations with their own
+//! backward passes (burn's autodiff would otherwise keep every intermediate of the composed
+//! operations):
+//!
+//! - [`attention`]: masked, causal (optionally windowed) grouped-query attention, tiled over
+//!   queries so a tile computes only the keys its queries can see; softmax with a vectorized
+//!   exponential; the backward recomputes the probabilities tile by tile from the saved
+//!   log-sum-exp, so no `[batch, heads, queries, keys]` tensor outlives a tile.
+//! - [`swiglu`]: `silu(gate) * up` whose backward keeps only `gate` and `up`.
+//! - [`token_logprob`]: `log softmax(hidden · weight^T)[target]` per row, with the logits made
+//!   a block of rows at a time in both passes, so the `[rows, vocab]` logits and softmax are
+//!   never whole.
+//!
+//! Both take f32 on burn-flex (with or without autodiff); [`applies`] says when. Other devices
+//! and dtypes use the composed burn operations (the parity tests pin both).
+
+mod cpu;
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+pub(crate) use cpu::AttnDims;
+
+/// Whether the kernels apply to tensors of `dtype` on `device`: f32 on burn-flex.
+pub fn applies(device: &Device, dtype: DType) -> bool {
+    dtype == DType::F32 && (*device == Device::flex() || *device == Device::flex().autodiff())
+}
+
+/// Masking of one attention call: `[batch, keys]` real-key flags, the cache length and the
+/// sliding window.
+#[derive(Debug, Clone)]
+pub struct AttnMask {
+    /// `[batch * keys]`, true where a key slot holds a real token.
+    pub key_mask: Arc<Vec<bool>>,
+    /// Key slots before the first query.
+    pub past: usize,
+    /// A query sees keys fewer than this many slots back (`usize::MAX`: all).
+    pub window: usize,
+}
+
+/// Row targets of a [`token_logprob`] call.
+#[derive(Debug, Clone)]
+pub struct Targets(pub Arc<Vec<u32>>);
+
+/// The operations, implemented on burn-flex and on autodiff over it.
+#[backend_extension(Flex, Autodiff)]
+pub trait SweetspotKernels: Backend {
+    /// See [`attention`].
+    fn sweetspot_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: AttnMask,
+    ) -> FloatTensor<Self>;
+
+    /// See [`swiglu`].
+    fn sweetspot_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// See [`token_logprob`].
+    fn sweetspot_token_logprob(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: Targets,
+    ) -> FloatTensor<Self>;
+}
+
+fn f32s(t: &FlexTensor) -> FlexTensor {
+    assert_eq!(t.dtype(), DType::F32, "sweetspot kernels take f32");
+    t.to_contiguous()
+}
+
+fn flex_tensor(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let s = t.layout().shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+fn attn_dims(q: &FlexTensor, k: &FlexTensor, mask: &AttnMask) -> AttnDims {
+    let [batch, heads, queries, head_dim] = dims4(q);
+    let [kb, kv_heads, keys, kd] = dims4(k);
+    assert!(
+        kb == batch && kd == head_dim && kv_heads > 0 && heads % kv_heads == 0,
+        "attention: query {:?} and key {:?} do not fit",
+        dims4(q),
+        dims4(k)
+    );
+    assert_eq!(
+        mask.key_mask.len(),
+        batch * keys,
+        "attention: key mask size"
+    );
+    assert!(
+        mask.past + queries <= keys,
+        "attention: more queries than keys"
+    );
+    AttnDims {
+        batch,
+        heads,
+        kv_heads,
+        queries,
+        keys,
+        head_dim,
+        past: mask.past,
+        window: mask.window,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    }
+}
+
+/// Forward on flex tensors: the output and the log-sum-exp `[batch, heads, queries]`.
+fn attention_flex(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    mask: &AttnMask,
+) -> (FlexTensor, FlexTensor) {
+    let dims = attn_dims(q, k, mask);
+    let (q, k, v) = (f32s(q), f32s(k), f32s(v));
+    let mut out = vec![0f32; q.storage::<f32>().len()];
+    let mut lse = vec![0f32; dims.batch * dims.heads * dims.queries];
+    cpu::attention_forward(
+        q.storage(),
+        k.storage(),
+        v.storage(),
+        &mask.key_mask,
+        &dims,
+        &mut out,
+        &mut lse,
+    );
+    (
+        flex_tensor(
+            out,
+            vec![dims.batch, dims.heads, dims.queries, dims.head_dim],
+        ),
+        flex_tensor(lse, vec![dims.batch, dims.heads, dims.queries]),
+    )
+}
+
+fn logprob_flex(
+    hidden: &FlexTensor,
+    weight: &FlexTensor,
+    targets: &Targets,
+) -> (FlexTensor, Vec<f32>) {
+    let (h, w) = (f32s(hidden), f32s(weight));
+    let hs = h.layout().shape();
+    let ws = w.layout().shape();
+    let (rows, width, vocab) = (hs[0], hs[1], ws[0]);
+    assert!(
+        ws[1] == width && targets.0.len() == rows,
+        "token_logprob: hidden [{rows}, {width}], weight [{vocab}, {}], {} targets",
+        ws[1],
+        targets.0.len()
+    );
+    assert!(
+        targets.0.iter().all(|&t| (t as usize) < vocab),
+        "token_logprob: a target is outside the vocabulary"
+    );
+    let (logp, lse) =
+        cpu::token_logprob_forward(h.storage(), w.storage(), &targets.0, width, vocab);
+    (flex_tensor(logp, vec![rows]), lse)
+}
+
+fn swiglu_flex(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
+    let shape = gate.layout().shape().clone();
+    assert_eq!(
+        &shape,
+        up.layout().shape(),
+        "swiglu: gate and up differ in shape"
+    );
+    let (g, u) = (f32s(gate), f32s(up));
+    let out = cpu::swiglu_forward(g.storage(), u.storage());
+    flex_tensor(out, shape.to_vec())
+}
+
+impl SweetspotKernels for Flex {
+    fn sweetspot_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        swiglu_flex(&gate, &up)
+    }
+
+    fn sweetspot_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: AttnMask,
+    ) -> FloatTensor<Self> {
+        attention_flex(&q, &k, &v, &mask).0
+    }
+
+    fn sweetspot_token_logprob(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: Targets,
+    ) -> FloatTensor<Self> {
+        logprob_flex(&hidden, &weight, &targets).0
+    }
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl Backward<Flex, 3> for AttentionBackward {
+    // q, k, v, output, lse, mask
+    type State = (
+        FlexTensor,
+        FlexTensor,
+        FlexTensor,
+        FlexTensor,
+        FlexTensor,
+        AttnMask,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (q, k, v, out, lse, mask) = ops.state;
+        let dout = f32s(&grads.consume::<Flex>(&ops.node));
+        let dims = attn_dims(&q, &k, &mask);
+        let (dq, dk, dv) = cpu::attention_backward(
+            q.storage(),
+            k.storage(),
+            v.storage(),
+            out.storage(),
+            lse.storage(),
+            dout.storage(),
+            &mask.key_mask,
+            &dims,
+        );
+        let shapes = [dims4(&q), dims4(&k), dims4(&v)];
+        for ((parent, grad), shape) in ops.parents.iter().zip([dq, dk, dv]).zip(shapes) {
+            if let Some(node) = parent {
+                grads.register::<Flex>(node.id, flex_tensor(grad, shape.to_vec()));
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SwigluBackward;
+
+impl Backward<Flex, 2> for SwigluBackward {
+    // gate, up
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (gate, up) = ops.state;
+        let grad = f32s(&grads.consume::<Flex>(&ops.node));
+        let shape = gate.layout().shape().to_vec();
+        let (dg, du) = cpu::swiglu_backward(gate.storage(), up.storage(), grad.storage());
+        let [pg, pu] = &ops.parents;
+        if let Some(node) = pg {
+            grads.register::<Flex>(node.id, flex_tensor(dg, shape.clone()));
+        }
+        if let Some(node) = pu {
+            grads.register::<Flex>(node.id, flex_tensor(du, shape));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LogprobBackward;
+
+impl Backward<Flex, 2> for LogprobBackward {
+    // hidden, weight, targets, lse
+    type State = (FlexTensor, FlexTensor, Targets, Arc<Vec<f32>>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (hidden, weight, targets, lse) = ops.state;
+        let grad = f32s(&grads.consume::<Flex>(&ops.node));
+        let hs = hidden.layout().shape();
+        let (rows, width, vocab) = (hs[0], hs[1], weight.layout().shape()[0]);
+        let (dh, dw) = cpu::token_logprob_backward(
+            hidden.storage(),
+            weight.storage(),
+            &targets.0,
+            &lse,
+            grad.storage(),
+            width,
+            vocab,
+        );
+        let [ph, pw] = &ops.parents;
+        if let Some(node) = ph {
+            grads.register::<Flex>(node.id, flex_tensor(dh, vec![rows, width]));
+        }
+        if let Some(node) = pw {
+            grads.register::<Flex>(node.id, flex_tensor(dw, vec![vocab, width]));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> SweetspotKernels for Autodiff<Flex, C> {
+    fn sweetspot_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: AttnMask,
+    ) -> FloatTensor<Self> {
+        let (q, qn) = q.into_parts();
+        let (k, kn) = k.into_parts();
+        let (v, vn) = v.into_parts();
+        let (q, k, v) = (f32s(&q), f32s(&k), f32s(&v));
+        let (out, lse) = attention_flex(&q, &k, &v, &mask);
+        match AttentionBackward
+            .prepare::<C>([qn, kn, vn])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((q, k, v, out.clone(), lse, mask), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn sweetspot_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (g, gn) = gate.into_parts();
+        let (u, un) = up.into_parts();
+        let (g, u) = (f32s(&g), f32s(&u));
+        let out = swiglu_flex(&g, &u);
+        match SwigluBackward
+            .prepare::<C>([gn, un])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((g, u), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn sweetspot_token_logprob(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: Targets,
+    ) -> FloatTensor<Self> {
+        let (h, hn) = hidden.into_parts();
+        let (w, wn) = weight.into_parts();
+        let (h, w) = (f32s(&h), f32s(&w));
+        let (logp, lse) = logprob_flex(&h, &w, &targets);
+        match LogprobBackward
+            .prepare::<C>([hn, wn])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((h, w, targets, Arc::new(lse)), logp),
+            OpsKind::UnTracked(prep) => prep.finish(logp),
+        }
+    }
+}
+
+/// Grouped-query attention: `q` `[batch, heads, queries, dim]`, `k` and `v` `[batch, kv_heads,
+/// keys, dim]`; query `i` of row `b` (at slot `past + i`) sees key slot `s` when the key mask
+/// marks it real, `s <= past + i` and `past + i - s < window`. Returns `[batch, heads, queries,
+/// dim]`; a query that sees no key gets zeros. Only where [`applies`].
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: AttnMask) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        mask,
+    ))
+}
+
+/// `silu(gate) * up`, elementwise (the SwiGLU feed-forward's product). Its backward keeps only
+/// `gate` and `up` (the composed operations also keep `silu(gate)`). Only where [`applies`].
+pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_swiglu(
+        gate.into_dispatch(),
+        up.into_dispatch(),
+    ))
+}
+
+/// `log softmax(hidden · weight^T)[row, targets[row]]` for `hidden` `[rows, width]` and `weight`
+/// `[vocab, width]`, `[rows]`. Only where [`applies`].
+pub fn token_logprob(hidden: Tensor<2>, weight: Tensor<2>, targets: Arc<Vec<u32>>) -> Tensor<1> {
+    Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_token_logprob(
+        hidden.into_dispatch(),
+        weight.into_dispatch(),
+        Targets(targets),
+    ))
+}
