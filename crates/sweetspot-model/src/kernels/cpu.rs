@@ -32,6 +32,17 @@ pub(crate) struct AttnDims {
 }
 
 impl AttnDims {
+    /// (heads, kv_heads, queries, keys, head_dim).
+    fn sizes(&self) -> (usize, usize, usize, usize, usize) {
+        (
+            self.heads,
+            self.kv_heads,
+            self.queries,
+            self.keys,
+            self.head_dim,
+        )
+    }
+
     /// Keys `[lo, hi)` a tile of queries `[q0, q1)` of a row may see, given the row's first and
     /// one-past-last real key.
     fn span(&self, q0: usize, q1: usize, real: (usize, usize)) -> (usize, usize) {
@@ -238,6 +249,35 @@ fn mask_row(row: &mut [f32], lo: usize, visible: (usize, usize), mask: &[bool], 
     }
 }
 
+/// Raw scores of queries `[q0, q0 + rows)` against keys `[lo, lo + span)` of one head:
+/// `scores[i, j] = q[q0 + i] · k[lo + j]`, `[rows, span]`.
+#[allow(clippy::too_many_arguments)]
+fn tile_scores(
+    scores: &mut Vec<f32>,
+    q: &[f32],
+    k: &[f32],
+    q0: usize,
+    rows: usize,
+    lo: usize,
+    span: usize,
+    d: usize,
+) {
+    scores.resize(rows * span, 0.0);
+    gemm(
+        rows,
+        span,
+        d,
+        scores,
+        span,
+        false,
+        &q[q0 * d..],
+        (d, 1),
+        &k[lo * d..],
+        (1, d),
+        false,
+    );
+}
+
 /// Attention forward. `q` is `[batch, heads, queries, dim]`, `k`/`v` `[batch, kv_heads, keys,
 /// dim]`, `mask` `[batch, keys]` (true: a real key). Writes `out` `[batch, heads, queries, dim]`
 /// and `lse` `[batch, heads, queries]` (the log of each softmax's denominator with its max;
@@ -251,14 +291,7 @@ pub(crate) fn attention_forward(
     out: &mut [f32],
     lse: &mut [f32],
 ) {
-    let AttnDims {
-        heads,
-        kv_heads,
-        queries: t,
-        keys: s,
-        head_dim: d,
-        ..
-    } = *dims;
+    let (heads, kv_heads, t, s, d) = dims.sizes();
     let rep = heads / kv_heads;
     let real = real_ranges(mask, dims.batch, s);
     out.par_chunks_mut(t * d)
@@ -283,20 +316,7 @@ pub(crate) fn attention_forward(
                     lse[q0..q1].fill(f32::NEG_INFINITY);
                     continue;
                 }
-                scores.resize(rows * span, 0.0);
-                gemm(
-                    rows,
-                    span,
-                    d,
-                    &mut scores,
-                    span,
-                    false,
-                    &q[q0 * d..],
-                    (d, 1),
-                    &k[lo * d..],
-                    (1, d),
-                    false,
-                );
+                tile_scores(&mut scores, q, k, q0, rows, lo, span, d);
                 for (i, row) in scores.chunks_exact_mut(span).enumerate() {
                     mask_row(row, lo, dims.row_range(q0 + i), mask, dims.scale);
                     let m = row_max(row);
@@ -341,14 +361,7 @@ pub(crate) fn attention_backward(
     mask: &[bool],
     dims: &AttnDims,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let AttnDims {
-        heads,
-        kv_heads,
-        queries: t,
-        keys: s,
-        head_dim: d,
-        ..
-    } = *dims;
+    let (heads, kv_heads, t, s, d) = dims.sizes();
     let rep = heads / kv_heads;
     let real = real_ranges(mask, dims.batch, s);
     let mut dq = vec![0f32; q.len()];
@@ -384,22 +397,9 @@ pub(crate) fn attention_backward(
                     if span == 0 {
                         continue;
                     }
-                    p.resize(rows * span, 0.0);
                     dp.resize(rows * span, 0.0);
                     // P = softmax probabilities, recomputed from the scores and lse.
-                    gemm(
-                        rows,
-                        span,
-                        d,
-                        &mut p,
-                        span,
-                        false,
-                        &q[q0 * d..],
-                        (d, 1),
-                        &k[lo * d..],
-                        (1, d),
-                        false,
-                    );
+                    tile_scores(&mut p, q, k, q0, rows, lo, span, d);
                     for (i, row) in p.chunks_exact_mut(span).enumerate() {
                         let l = lse[q0 + i];
                         if l == f32::NEG_INFINITY {
