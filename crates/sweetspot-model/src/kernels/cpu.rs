@@ -297,14 +297,14 @@ pub(crate) fn attention_forward(
     out.par_chunks_mut(t * d)
         .zip(lse.par_chunks_mut(t))
         .enumerate()
-        .for_each(|(bh, (out, lse))| {
+        // One score buffer per rayon job, reused across the heads it runs.
+        .for_each_init(Vec::new, |scores, (bh, (out, lse))| {
             let (b, h) = (bh / heads, bh % heads);
             let g = h / rep;
             let q = &q[bh * t * d..(bh + 1) * t * d];
             let k = &k[(b * kv_heads + g) * s * d..(b * kv_heads + g + 1) * s * d];
             let v = &v[(b * kv_heads + g) * s * d..(b * kv_heads + g + 1) * s * d];
             let mask = &mask[b * s..(b + 1) * s];
-            let mut scores = Vec::new();
             for q0 in (0..t).step_by(QUERY_TILE) {
                 let q1 = (q0 + QUERY_TILE).min(t);
                 let rows = q1 - q0;
@@ -316,7 +316,7 @@ pub(crate) fn attention_forward(
                     lse[q0..q1].fill(f32::NEG_INFINITY);
                     continue;
                 }
-                tile_scores(&mut scores, q, k, q0, rows, lo, span, d);
+                tile_scores(scores, q, k, q0, rows, lo, span, d);
                 for (i, row) in scores.chunks_exact_mut(span).enumerate() {
                     mask_row(row, lo, dims.row_range(q0 + i), mask, dims.scale);
                     let m = row_max(row);
@@ -337,7 +337,7 @@ pub(crate) fn attention_forward(
                     out,
                     d,
                     false,
-                    &scores,
+                    scores,
                     (span, 1),
                     &v[lo * d..],
                     (d, 1),
@@ -370,115 +370,117 @@ pub(crate) fn attention_backward(
     dq.par_chunks_mut(rep * t * d)
         .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
         .enumerate()
-        .for_each(|(bg, (dq, (dk, dv)))| {
-            let b = bg / kv_heads;
-            let k = &k[bg * s * d..(bg + 1) * s * d];
-            let v = &v[bg * s * d..(bg + 1) * s * d];
-            let mask = &mask[b * s..(b + 1) * s];
-            let mut p = Vec::new();
-            let mut dp = Vec::new();
-            for r in 0..rep {
-                let bh = bg * rep + r;
-                let head = bh * t * d..(bh + 1) * t * d;
-                let (q, out, dout) = (&q[head.clone()], &out[head.clone()], &dout[head]);
-                let lse = &lse[bh * t..(bh + 1) * t];
-                let dq = &mut dq[r * t * d..(r + 1) * t * d];
-                // D_i = dout_i · out_i: the softmax backward's row term.
-                let delta: Vec<f32> = out
-                    .chunks_exact(d)
-                    .zip(dout.chunks_exact(d))
-                    .map(|(o, g)| o.iter().zip(g).map(|(a, b)| a * b).sum())
-                    .collect();
-                for q0 in (0..t).step_by(QUERY_TILE) {
-                    let q1 = (q0 + QUERY_TILE).min(t);
-                    let rows = q1 - q0;
-                    let (lo, hi) = dims.span(q0, q1, real[b]);
-                    let span = hi - lo;
-                    if span == 0 {
-                        continue;
-                    }
-                    dp.resize(rows * span, 0.0);
-                    // P = softmax probabilities, recomputed from the scores and lse.
-                    tile_scores(&mut p, q, k, q0, rows, lo, span, d);
-                    for (i, row) in p.chunks_exact_mut(span).enumerate() {
-                        let l = lse[q0 + i];
-                        if l == f32::NEG_INFINITY {
-                            row.fill(0.0);
+        // Probability and gradient buffers per rayon job, reused across the heads it runs.
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(p, dp), (bg, (dq, (dk, dv)))| {
+                let b = bg / kv_heads;
+                let k = &k[bg * s * d..(bg + 1) * s * d];
+                let v = &v[bg * s * d..(bg + 1) * s * d];
+                let mask = &mask[b * s..(b + 1) * s];
+                for r in 0..rep {
+                    let bh = bg * rep + r;
+                    let head = bh * t * d..(bh + 1) * t * d;
+                    let (q, out, dout) = (&q[head.clone()], &out[head.clone()], &dout[head]);
+                    let lse = &lse[bh * t..(bh + 1) * t];
+                    let dq = &mut dq[r * t * d..(r + 1) * t * d];
+                    // D_i = dout_i · out_i: the softmax backward's row term.
+                    let delta: Vec<f32> = out
+                        .chunks_exact(d)
+                        .zip(dout.chunks_exact(d))
+                        .map(|(o, g)| o.iter().zip(g).map(|(a, b)| a * b).sum())
+                        .collect();
+                    for q0 in (0..t).step_by(QUERY_TILE) {
+                        let q1 = (q0 + QUERY_TILE).min(t);
+                        let rows = q1 - q0;
+                        let (lo, hi) = dims.span(q0, q1, real[b]);
+                        let span = hi - lo;
+                        if span == 0 {
                             continue;
                         }
-                        mask_row(row, lo, dims.row_range(q0 + i), mask, dims.scale);
-                        exp_shift_sum(row, l);
-                    }
-                    // dV[lo..hi] += P^T dout
-                    gemm(
-                        span,
-                        d,
-                        rows,
-                        &mut dv[lo * d..],
-                        d,
-                        true,
-                        &p,
-                        (1, span),
-                        &dout[q0 * d..],
-                        (d, 1),
-                        false,
-                    );
-                    // dP = dout V^T
-                    gemm(
-                        rows,
-                        span,
-                        d,
-                        &mut dp,
-                        span,
-                        false,
-                        &dout[q0 * d..],
-                        (d, 1),
-                        &v[lo * d..],
-                        (1, d),
-                        false,
-                    );
-                    // dS = P (dP - D) · scale (the scale of the scores folded in here)
-                    for (i, (pr, dr)) in p
-                        .chunks_exact(span)
-                        .zip(dp.chunks_exact_mut(span))
-                        .enumerate()
-                    {
-                        let di = delta[q0 + i];
-                        for (g, &pv) in dr.iter_mut().zip(pr) {
-                            *g = pv * (*g - di) * dims.scale;
+                        dp.resize(rows * span, 0.0);
+                        // P = softmax probabilities, recomputed from the scores and lse.
+                        tile_scores(p, q, k, q0, rows, lo, span, d);
+                        for (i, row) in p.chunks_exact_mut(span).enumerate() {
+                            let l = lse[q0 + i];
+                            if l == f32::NEG_INFINITY {
+                                row.fill(0.0);
+                                continue;
+                            }
+                            mask_row(row, lo, dims.row_range(q0 + i), mask, dims.scale);
+                            exp_shift_sum(row, l);
                         }
+                        // dV[lo..hi] += P^T dout
+                        gemm(
+                            span,
+                            d,
+                            rows,
+                            &mut dv[lo * d..],
+                            d,
+                            true,
+                            p,
+                            (1, span),
+                            &dout[q0 * d..],
+                            (d, 1),
+                            false,
+                        );
+                        // dP = dout V^T
+                        gemm(
+                            rows,
+                            span,
+                            d,
+                            dp,
+                            span,
+                            false,
+                            &dout[q0 * d..],
+                            (d, 1),
+                            &v[lo * d..],
+                            (1, d),
+                            false,
+                        );
+                        // dS = P (dP - D) · scale (the scale of the scores folded in here)
+                        for (i, (pr, dr)) in p
+                            .chunks_exact(span)
+                            .zip(dp.chunks_exact_mut(span))
+                            .enumerate()
+                        {
+                            let di = delta[q0 + i];
+                            for (g, &pv) in dr.iter_mut().zip(pr) {
+                                *g = pv * (*g - di) * dims.scale;
+                            }
+                        }
+                        // dQ[q0..q1] = dS K[lo..hi]
+                        gemm(
+                            rows,
+                            d,
+                            span,
+                            &mut dq[q0 * d..q1 * d],
+                            d,
+                            false,
+                            dp,
+                            (span, 1),
+                            &k[lo * d..],
+                            (d, 1),
+                            false,
+                        );
+                        // dK[lo..hi] += dS^T Q[q0..q1]
+                        gemm(
+                            span,
+                            d,
+                            rows,
+                            &mut dk[lo * d..],
+                            d,
+                            true,
+                            dp,
+                            (1, span),
+                            &q[q0 * d..],
+                            (d, 1),
+                            false,
+                        );
                     }
-                    // dQ[q0..q1] = dS K[lo..hi]
-                    gemm(
-                        rows,
-                        d,
-                        span,
-                        &mut dq[q0 * d..q1 * d],
-                        d,
-                        false,
-                        &dp,
-                        (span, 1),
-                        &k[lo * d..],
-                        (d, 1),
-                        false,
-                    );
-                    // dK[lo..hi] += dS^T Q[q0..q1]
-                    gemm(
-                        span,
-                        d,
-                        rows,
-                        &mut dk[lo * d..],
-                        d,
-                        true,
-                        &dp,
-                        (1, span),
-                        &q[q0 * d..],
-                        (d, 1),
-                        false,
-                    );
                 }
-            }
-        });
+            },
+        );
     (dq, dk, dv)
 }
 
