@@ -140,6 +140,31 @@ pub fn check_sampling(
     Ok(())
 }
 
+/// Checks the optional logit processors a sampler may take: `repetition_penalty` > 0 (1 = off)
+/// and `min_p` in [0, 1] (0 = off), as transformers and vLLM accept them.
+pub fn check_penalties(
+    repetition_penalty: Option<f32>,
+    min_p: Option<f32>,
+) -> Result<(), ConfigIssue> {
+    if let Some(r) = repetition_penalty
+        && !(r.is_finite() && r > 0.0)
+    {
+        return Err(ConfigIssue::new(
+            "repetition_penalty",
+            format!("{r} must be a number > 0 (1 = off)"),
+        ));
+    }
+    if let Some(m) = min_p
+        && !(0.0..=1.0).contains(&m)
+    {
+        return Err(ConfigIssue::new(
+            "min_p",
+            format!("{m} must be in [0, 1] (0 = off)"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a device name's syntax (`cpu`, `wgpu`, `wgpu:cpu`, `wgpu:N`, `cuda`, `cuda:N`)
 /// without needing its backend compiled in.
 pub fn check_device_name(name: &str) -> Result<(), String> {

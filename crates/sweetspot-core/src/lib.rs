@@ -19,7 +19,7 @@ pub mod recipe;
 pub mod registry;
 pub mod stats;
 
-pub use error::{ConfigIssue, PluginError, check_device_name, check_sampling};
+pub use error::{ConfigIssue, PluginError, check_device_name, check_penalties, check_sampling};
 pub use model::{
     FinishReason, Message, PreferencePair, Prompt, PromptContent, Sample, SampleGroup, ScoredGroup,
     ScoredSample,

@@ -104,12 +104,7 @@ fn workload(model: &Llama, tok: &Tokenizer) {
             reqs.push(SeqRequest::sample(ids.clone(), 3, &format!("p{p}"), s));
         }
     }
-    let params = SamplingParams {
-        temperature: 0.8,
-        top_p: 1.0,
-        top_k: 0,
-        max_new_tokens: 128,
-    };
+    let params = SamplingParams::new(0.8, 1.0, 0, 128);
     let stop = tok.stop_ids().to_vec();
     let rows = 16;
     let t = Instant::now();

@@ -200,18 +200,31 @@ pub struct LlamaConfig {
     pub rope_freqs: Option<Vec<f32>>,
 }
 
-/// How `config.json` keys that [`LlamaConfig`] does not hold are treated.
+/// How `config.json` keys that [`LlamaConfig`] does not hold are treated (docs/models.md states
+/// the rule): a key is refused only if it would change what sweetspot computes and sweetspot does
+/// not implement it.
 ///
-/// Every key of a config is one of: a field of [`LlamaConfig`] (implemented), a key listed here
-/// as having no effect on what sweetspot computes (with the reason), a key with one accepted
-/// value (anything else changes the computation and is refused), or unknown, which is refused
-/// by name: a setting sweetspot does not implement must never be ignored silently.
+/// Every key of a config is one of: a field of [`LlamaConfig`] (implemented); a key listed here
+/// as having no effect on what sweetspot computes, whatever its value (metadata, output
+/// containers, generation settings vLLM does not apply), with the reason; a key of
+/// [`GENERATION_KEYS`] (read as the model's sampling defaults when the folder has no
+/// `generation_config.json`); a key of [`FIXED_KEYS`] accepted at its neutral value only; or
+/// unknown, which is refused by name: a setting sweetspot does not implement is never ignored.
 pub const NO_EFFECT_KEYS: &[(&str, &str)] = &[
     ("architectures", "checked by the loader that reads the head"),
     ("_name_or_path", "bookkeeping"),
+    (
+        "_model_name_or_path",
+        "bookkeeping (transformers' GGUF conversion)",
+    ),
     ("transformers_version", "bookkeeping"),
     ("transformers.js_config", "bookkeeping"),
     ("is_llama_config", "bookkeeping"),
+    ("unsloth_fixed", "bookkeeping (unsloth)"),
+    ("unsloth_version", "bookkeeping (unsloth)"),
+    ("finetuning_task", "bookkeeping"),
+    ("prefix", "bookkeeping"),
+    ("task_specific_params", "bookkeeping"),
     ("auto_map", "names the remote code sweetspot re-implements"),
     (
         "torch_dtype",
@@ -219,6 +232,10 @@ pub const NO_EFFECT_KEYS: &[(&str, &str)] = &[
     ),
     (
         "dtype",
+        "the recipe's `dtype` chooses the type weights are held in",
+    ),
+    (
+        "use_bfloat16",
         "the recipe's `dtype` chooses the type weights are held in",
     ),
     ("initializer_range", "random initialization only"),
@@ -229,7 +246,21 @@ pub const NO_EFFECT_KEYS: &[(&str, &str)] = &[
     ("return_dict", "output container only"),
     ("output_attentions", "output container only"),
     ("output_hidden_states", "output container only"),
+    ("output_scores", "output container only"),
+    ("return_dict_in_generate", "output container only"),
+    (
+        "torchscript",
+        "TorchScript export only (weights are tied or cloned alike)",
+    ),
+    ("tf_legacy_loss", "TensorFlow training loss only"),
+    (
+        "is_decoder",
+        "read only by encoder models; every supported family is a decoder",
+    ),
     ("tokenizer_class", "the tokenizer files decide"),
+    ("unk_token_id", "the tokenizer files decide"),
+    ("sep_token_id", "the tokenizer files decide"),
+    ("decoder_start_token_id", "encoder-decoder generation only"),
     ("id2label", "reward heads check their label count"),
     ("label2id", "reward heads check their label count"),
     ("num_labels", "reward heads check their label count"),
@@ -245,31 +276,78 @@ pub const NO_EFFECT_KEYS: &[(&str, &str)] = &[
     ("gating_temperature", "read by the ArmoRM head"),
     ("gating_hidden_dim", "read by the ArmoRM head"),
     ("gating_n_hidden", "read by the ArmoRM head"),
-    // Generation defaults of old configs: sampling settings come from the recipe alone.
-    ("max_length", "sampling settings come from the recipe"),
-    ("min_length", "sampling settings come from the recipe"),
-    ("do_sample", "sampling settings come from the recipe"),
-    ("temperature", "sampling settings come from the recipe"),
-    ("top_k", "sampling settings come from the recipe"),
-    ("top_p", "sampling settings come from the recipe"),
-    ("num_beams", "sampling settings come from the recipe"),
+    // transformers 4 writes these generation settings into every config.json; vLLM does not
+    // apply them (it reads only GENERATION_KEYS), and neither does sweetspot.
     (
-        "repetition_penalty",
-        "sampling settings come from the recipe",
+        "max_length",
+        "the recipe's max_new_tokens bounds a response",
     ),
-    ("length_penalty", "sampling settings come from the recipe"),
+    ("min_length", "a generate() setting vLLM does not apply"),
     (
-        "num_return_sequences",
-        "sampling settings come from the recipe",
+        "do_sample",
+        "the temperature decides (0 is greedy), as in vLLM",
     ),
+    ("num_beams", "a generate() setting vLLM does not apply"),
+    (
+        "num_beam_groups",
+        "a generate() setting vLLM does not apply",
+    ),
+    (
+        "diversity_penalty",
+        "a generate() setting vLLM does not apply",
+    ),
+    ("length_penalty", "beam search only"),
+    ("early_stopping", "beam search only"),
+    ("num_return_sequences", "the recipe's n decides"),
     (
         "no_repeat_ngram_size",
-        "sampling settings come from the recipe",
+        "a generate() setting vLLM does not apply",
     ),
-    ("early_stopping", "sampling settings come from the recipe"),
+    (
+        "encoder_no_repeat_ngram_size",
+        "a generate() setting vLLM does not apply",
+    ),
+    ("bad_words_ids", "a generate() setting vLLM does not apply"),
+    (
+        "forced_bos_token_id",
+        "a generate() setting vLLM does not apply",
+    ),
+    (
+        "forced_eos_token_id",
+        "a generate() setting vLLM does not apply",
+    ),
+    (
+        "remove_invalid_values",
+        "a generate() setting vLLM does not apply",
+    ),
+    (
+        "exponential_decay_length_penalty",
+        "a generate() setting vLLM does not apply",
+    ),
+    (
+        "suppress_tokens",
+        "a generate() setting vLLM does not apply",
+    ),
+    (
+        "begin_suppress_tokens",
+        "a generate() setting vLLM does not apply",
+    ),
+    ("typical_p", "a generate() setting vLLM does not apply"),
 ];
 
-/// Keys accepted with one value only (as JSON text); any other value is refused by name.
+/// Sampling settings an older `config.json` may carry: where the folder has no
+/// `generation_config.json`, the ones that differ from transformers 4's defaults are the model's
+/// sampling defaults ([`crate::GenerationDefaults`]), as vLLM reads them.
+pub const GENERATION_KEYS: &[&str] = &[
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "min_p",
+];
+
+/// Keys accepted with one value only (as JSON text; `null` is accepted too); any other value is
+/// refused by name, with what it would change.
 pub const FIXED_KEYS: &[(&str, &str, &str)] = &[
     (
         "attention_dropout",
@@ -287,6 +365,28 @@ pub const FIXED_KEYS: &[(&str, &str, &str)] = &[
         "use_sliding_window",
         "false",
         "Qwen2-style per-layer windows",
+    ),
+    ("use_mrope", "false", "multimodal RoPE sections"),
+    (
+        "add_cross_attention",
+        "false",
+        "cross-attention layers over an encoder",
+    ),
+    (
+        "cross_attention_hidden_size",
+        "null",
+        "cross-attention layers over an encoder",
+    ),
+    (
+        "tie_encoder_decoder",
+        "false",
+        "an encoder-decoder model's shared weights",
+    ),
+    ("pruned_heads", "{}", "attention heads removed from layers"),
+    (
+        "chunk_size_feed_forward",
+        "0",
+        "the feed-forward layer applied in chunks",
     ),
 ];
 
@@ -350,7 +450,10 @@ fn audit_keys(map: &serde_json::Map<String, serde_json::Value>) -> Result<(), St
         }
     }
     for (key, value) in map {
-        if FIELDS.contains(&key.as_str()) || NO_EFFECT_KEYS.iter().any(|(k, _)| k == key) {
+        if FIELDS.contains(&key.as_str())
+            || NO_EFFECT_KEYS.iter().any(|(k, _)| k == key)
+            || GENERATION_KEYS.contains(&key.as_str())
+        {
             continue;
         }
         if let Some((_, accepted, what)) = FIXED_KEYS.iter().find(|(k, _, _)| k == key) {
@@ -380,7 +483,7 @@ fn audit_keys(map: &serde_json::Map<String, serde_json::Value>) -> Result<(), St
         return Err(format!(
             "field `{key}`: not supported by sweetspot; it may change what the model computes, \
              so the model is refused rather than run without it (docs/recipes.md lists the \
-             fields each family reads)"
+             fields each family reads; docs/models.md the rule for the others)"
         ));
     }
     Ok(())

@@ -105,8 +105,22 @@ pub fn hf_tensors(params: &LlamaParams) -> Result<Vec<HfTensor>, ModelError> {
 
 impl Llama {
     /// Writes the model and `tokenizer` to the folder `dir` in Hugging Face's layout. Each file
-    /// appears whole (temporary file, then rename).
+    /// appears whole (temporary file, then rename). `generation_config.json` lists the
+    /// tokenizer's stop tokens as `eos_token_id`, so transformers and vLLM stop the exported
+    /// model where sweetspot does.
     pub fn save_pretrained(&self, dir: &Path, tokenizer: &Tokenizer) -> Result<(), ModelError> {
+        self.save_pretrained_from(dir, tokenizer, None)
+    }
+
+    /// [`Llama::save_pretrained`], keeping the generation config of the model this one was
+    /// trained from (`base`: its folder or `.gguf`): its sampling defaults are carried over, and
+    /// its end tokens joined by the tokenizer's stop tokens.
+    pub fn save_pretrained_from(
+        &self,
+        dir: &Path,
+        tokenizer: &Tokenizer,
+        base: Option<&Path>,
+    ) -> Result<(), ModelError> {
         if self.config.rope_freqs.is_some() {
             return Err(ModelError::Input(
                 "this model came from a GGUF with `rope_freqs.weight` (llama.cpp's per-frequency \
@@ -146,6 +160,31 @@ impl Llama {
         let text = serde_json::to_string_pretty(&config)
             .map_err(|e| ModelError::Input(format!("config: {e}")))?;
         write_atomic(&dir.join("config.json"), text.as_bytes())?;
+        let mut generation = serde_json::Map::new();
+        if let Some(base) = base {
+            let d = crate::load_generation_defaults(base)?;
+            let floats = [
+                ("temperature", d.temperature),
+                ("top_p", d.top_p),
+                ("repetition_penalty", d.repetition_penalty),
+                ("min_p", d.min_p),
+            ];
+            for (key, value) in floats {
+                if let Some(v) = value {
+                    generation.insert(key.into(), serde_json::json!(v));
+                }
+            }
+            if let Some(k) = d.top_k {
+                generation.insert("top_k".into(), serde_json::json!(k));
+            }
+        }
+        let mut eos = tokenizer.stop_ids().to_vec();
+        eos.sort_unstable();
+        eos.dedup();
+        generation.insert("eos_token_id".into(), serde_json::json!(eos));
+        let text = serde_json::to_string_pretty(&generation)
+            .map_err(|e| ModelError::Input(format!("generation config: {e}")))?;
+        write_atomic(&dir.join("generation_config.json"), text.as_bytes())?;
         tokenizer.save(dir)
     }
 }

@@ -34,17 +34,31 @@ pub struct SamplingParams {
     pub top_k: usize,
     /// Longest response, in tokens.
     pub max_new_tokens: usize,
+    /// transformers' `repetition_penalty` (1 = off): before anything else, the logit of every
+    /// token the sequence holds (prompt and response) is divided by it where positive and
+    /// multiplied by it where negative. Applied in greedy decoding too, as transformers does.
+    pub repetition_penalty: f32,
+    /// transformers' `min_p` (0 = off): after temperature, top-k and top-p, tokens whose
+    /// probability is below `min_p` times the most likely token's are dropped (sampling only).
+    pub min_p: f32,
 }
 
 impl SamplingParams {
+    /// Sampling at `temperature` with top-p and top-k, no repetition penalty, no min-p.
+    pub fn new(temperature: f32, top_p: f32, top_k: usize, max_new_tokens: usize) -> Self {
+        Self {
+            temperature,
+            top_p,
+            top_k,
+            max_new_tokens,
+            repetition_penalty: 1.0,
+            min_p: 0.0,
+        }
+    }
+
     /// Greedy decoding of up to `max_new_tokens`.
     pub fn greedy(max_new_tokens: usize) -> Self {
-        Self {
-            temperature: 0.0,
-            top_p: 1.0,
-            top_k: 0,
-            max_new_tokens,
-        }
+        Self::new(0.0, 1.0, 0, max_new_tokens)
     }
 }
 
@@ -107,46 +121,60 @@ pub fn sequence_rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::from_seed(h.finalize().into())
 }
 
-/// Picks a token from `logits` (one row) with uniform draw `u` in [0, 1).
-///
-/// The rule is part of the sampling stream's definition (a change to it bumps the runner's
-/// computation version, so older samples are not resumed as this build's): with neither top-k nor top-p, the draw walks the whole vocabulary in id order
-/// (inverse CDF of the softmax at `temperature`, no sort); otherwise it walks the kept tokens by
-/// logit, descending (ties by id): top-k keeps every token whose logit reaches the k-th largest
-/// (as transformers does), top-p then the most likely tokens until their share of the kept mass
-/// reaches `top_p` (at least one). Only the kept tokens are sorted.
-pub fn pick(logits: &[f32], p: &SamplingParams, u: f64) -> u32 {
-    if p.temperature <= 0.0 {
-        return argmax(logits);
+/// Applies transformers' `RepetitionPenaltyLogitsProcessor` to one row in place: the logit of
+/// each distinct token of `history` (the sequence so far, prompt included) is divided by
+/// `penalty` where it is positive and multiplied by it otherwise, in f32 as torch computes it.
+pub fn penalize(row: &mut [f32], history: impl IntoIterator<Item = u32>, penalty: f32) {
+    if penalty == 1.0 {
+        return;
     }
+    let mut seen = vec![false; row.len()];
+    for t in history {
+        let t = t as usize;
+        if t < row.len() && !seen[t] {
+            seen[t] = true;
+            let x = row[t];
+            row[t] = if x < 0.0 { x * penalty } else { x / penalty };
+        }
+    }
+}
+
+/// The tokens a draw can pick and their unnormalized weights.
+enum Candidates {
+    /// Every token, walked in id order with weight `exp(l / t - max)`.
+    All,
+    /// The kept tokens by logit, descending (ties by id), with their weights.
+    Kept(Vec<usize>, Vec<f64>),
+}
+
+/// The draw's candidates under temperature `t` > 0, top-k, top-p and min-p (in transformers'
+/// order: the kept mass of top-p is that of the top-k, and min-p's bar is relative to the most
+/// likely token, which every filter keeps).
+fn candidates(logits: &[f32], p: &SamplingParams) -> Candidates {
     let t = p.temperature as f64;
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 / t;
     let weight = |l: f32| (l as f64 / t - max).exp();
     let top_k = (p.top_k > 0 && p.top_k < logits.len()).then_some(p.top_k);
-    if top_k.is_none() && p.top_p >= 1.0 {
-        let total: f64 = logits.iter().map(|&l| weight(l)).sum();
-        let target = u * total;
-        let mut acc = 0.0;
-        let mut last = 0;
-        for (i, &l) in logits.iter().enumerate() {
-            let w = weight(l);
-            if w > 0.0 {
-                acc += w;
-                last = i;
-                if target < acc {
-                    return i as u32;
-                }
-            }
-        }
-        return last as u32;
+    let min_p = p.min_p as f64;
+    if top_k.is_none() && p.top_p >= 1.0 && min_p <= 0.0 {
+        return Candidates::All;
     }
     // The kept tokens in descending order: the top-k (with ties at the k-th), or, for top-p
-    // alone, a growing prefix until it holds `top_p` of the mass.
+    // alone, a growing prefix until it holds `top_p` of the mass, or for min-p alone, the tokens
+    // whose weight (relative to the most likely token) reaches it.
     let (idx, total) = match top_k {
         Some(k) => {
             let idx = top_k_order(logits, k);
             let total: f64 = idx.iter().map(|&i| weight(logits[i])).sum();
             (idx, total)
+        }
+        None if p.top_p >= 1.0 => {
+            let m = logits
+                .iter()
+                .filter(|&&l| weight(l) >= min_p)
+                .count()
+                .max(1);
+            (top_k_order(logits, m), 0.0)
         }
         None => {
             let total: f64 = logits.iter().map(|&l| weight(l)).sum();
@@ -162,7 +190,7 @@ pub fn pick(logits: &[f32], p: &SamplingParams, u: f64) -> u32 {
             }
         }
     };
-    let weights: Vec<f64> = idx.iter().map(|&i| weight(logits[i])).collect();
+    let mut weights: Vec<f64> = idx.iter().map(|&i| weight(logits[i])).collect();
     let mut keep = weights.len();
     if p.top_p < 1.0 {
         let mut mass = 0.0;
@@ -176,16 +204,96 @@ pub fn pick(logits: &[f32], p: &SamplingParams, u: f64) -> u32 {
         }
         keep = n.max(1);
     }
-    let kept: f64 = weights[..keep].iter().sum();
-    let target = u * kept;
-    let mut acc = 0.0;
-    for (j, w) in weights[..keep].iter().enumerate() {
-        acc += w;
-        if target < acc {
-            return idx[j] as u32;
+    if min_p > 0.0 {
+        // Weights are relative to the most likely token (weight 1), kept first.
+        keep = weights[..keep]
+            .iter()
+            .take_while(|&&w| w >= min_p)
+            .count()
+            .max(1);
+    }
+    weights.truncate(keep);
+    let mut idx = idx;
+    idx.truncate(keep);
+    Candidates::Kept(idx, weights)
+}
+
+/// Picks a token from `logits` (one row) with uniform draw `u` in [0, 1).
+///
+/// The rule is part of the sampling stream's definition (a change to it bumps the runner's
+/// computation version, so older samples are not resumed as this build's): with neither top-k,
+/// top-p nor min-p, the draw walks the whole vocabulary in id order (inverse CDF of the softmax at
+/// `temperature`, no sort); otherwise it walks the kept tokens by logit, descending (ties by id):
+/// top-k keeps every token whose logit reaches the k-th largest (as transformers does), top-p
+/// then the most likely tokens until their share of the kept mass reaches `top_p` (at least one),
+/// min-p then those whose probability reaches `min_p` times the most likely one's. Only the kept
+/// tokens are sorted. The repetition penalty is applied to the row before ([`penalize`]).
+pub fn pick(logits: &[f32], p: &SamplingParams, u: f64) -> u32 {
+    if p.temperature <= 0.0 {
+        return argmax(logits);
+    }
+    match candidates(logits, p) {
+        Candidates::All => {
+            let t = p.temperature as f64;
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 / t;
+            let weight = |l: f32| (l as f64 / t - max).exp();
+            let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+            let target = u * total;
+            let mut acc = 0.0;
+            let mut last = 0;
+            for (i, &l) in logits.iter().enumerate() {
+                let w = weight(l);
+                if w > 0.0 {
+                    acc += w;
+                    last = i;
+                    if target < acc {
+                        return i as u32;
+                    }
+                }
+            }
+            last as u32
+        }
+        Candidates::Kept(idx, weights) => {
+            let kept: f64 = weights.iter().sum();
+            let target = u * kept;
+            let mut acc = 0.0;
+            for (j, w) in weights.iter().enumerate() {
+                acc += w;
+                if target < acc {
+                    return idx[j] as u32;
+                }
+            }
+            idx[idx.len() - 1] as u32
         }
     }
-    idx[keep - 1] as u32
+}
+
+/// The probability [`pick`] gives each token of `logits` (one row) under `p`: one-hot at the
+/// first maximum for greedy decoding. For checking the rule against a reference.
+pub fn token_probabilities(logits: &[f32], p: &SamplingParams) -> Vec<f64> {
+    let mut out = vec![0.0; logits.len()];
+    if p.temperature <= 0.0 {
+        out[argmax(logits) as usize] = 1.0;
+        return out;
+    }
+    match candidates(logits, p) {
+        Candidates::All => {
+            let t = p.temperature as f64;
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 / t;
+            let w: Vec<f64> = logits.iter().map(|&l| (l as f64 / t - max).exp()).collect();
+            let total: f64 = w.iter().sum();
+            for (o, w) in out.iter_mut().zip(w) {
+                *o = w / total;
+            }
+        }
+        Candidates::Kept(idx, weights) => {
+            let total: f64 = weights.iter().sum();
+            for (i, w) in idx.into_iter().zip(weights) {
+                out[i] = w / total;
+            }
+        }
+    }
+    out
 }
 
 /// The tokens whose logit reaches the `k`-th largest (ties at the k-th all kept), descending
@@ -588,7 +696,14 @@ fn run(
         for (row, a) in active.iter_mut().enumerate() {
             let l = &logits[row * vocab..(row + 1) * vocab];
             let u: f64 = a.rng.random();
-            let tok = pick(l, params, u);
+            let tok = if params.repetition_penalty == 1.0 {
+                pick(l, params, u)
+            } else {
+                let mut penalized = l.to_vec();
+                let history = requests[a.req].prompt_ids.iter().chain(&a.tokens).copied();
+                penalize(&mut penalized, history, params.repetition_penalty);
+                pick(&penalized, params, u)
+            };
             a.logprob += log_softmax_at(l, tok);
             a.tokens.push(tok);
             a.next_pos += 1;
@@ -684,12 +799,7 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let p = SamplingParams {
-            temperature: 1.0,
-            top_p: 1.0,
-            top_k: 1,
-            max_new_tokens: 1,
-        };
+        let p = SamplingParams::new(1.0, 1.0, 1, 1);
         for u in [0.0, 0.3, 0.999] {
             assert_eq!(pick(&[0.1, 3.0, 0.7], &p, u), 1);
         }
@@ -698,12 +808,7 @@ mod tests {
     #[test]
     fn sampling_follows_the_distribution() {
         // logits ln(1), ln(3): probabilities 0.25 and 0.75 at temperature 1.
-        let p = SamplingParams {
-            temperature: 1.0,
-            top_p: 1.0,
-            top_k: 0,
-            max_new_tokens: 1,
-        };
+        let p = SamplingParams::new(1.0, 1.0, 0, 1);
         let l = [0.0f32, 3f32.ln()];
         // No filter: the draw walks the ids in order, token 0 (0.25) first, then token 1.
         assert_eq!(pick(&l, &p, 0.20), 0);
@@ -793,12 +898,12 @@ mod tests {
             for j in (0..n).step_by(5) {
                 row[j] = 1.25; // ties
             }
-            let p = SamplingParams {
-                temperature: [0.7, 1.0, 1.3][case % 3],
-                top_k: [0, 1, 5, 50][case % 4],
-                top_p: [1.0, 0.9, 0.5, 0.99, 0.3][case % 5],
-                max_new_tokens: 1,
-            };
+            let p = SamplingParams::new(
+                [0.7, 1.0, 1.3][case % 3],
+                [1.0, 0.9, 0.5, 0.99, 0.3][case % 5],
+                [0, 1, 5, 50][case % 4],
+                1,
+            );
             if p.top_k == 0 && p.top_p >= 1.0 {
                 continue;
             }

@@ -19,6 +19,7 @@ pub mod device;
 pub mod error;
 pub mod export;
 pub mod generate;
+pub mod generation_config;
 pub mod gguf;
 #[cfg(feature = "flex")]
 pub mod kernels;
@@ -32,6 +33,7 @@ pub use burn::tensor::Device;
 pub use config::LlamaConfig;
 pub use device::resolve_device;
 pub use error::ModelError;
+pub use generation_config::{GenerationConfigMode, GenerationDefaults};
 pub use llama::{KvCache, Llama};
 pub use precision::Precision;
 pub use reward::{RewardInput, RewardNet, RewardOutput};
@@ -48,7 +50,14 @@ pub fn load_tokenizer(path: &std::path::Path) -> Result<Tokenizer, ModelError> {
         let gguf = gguf::Gguf::open_header(path)?;
         Tokenizer::from_gguf(&gguf, path)
     } else {
-        Tokenizer::from_dir(path, &[])
+        let config = LlamaConfig::from_file(&path.join("config.json"))
+            .map(|c| c.eos_ids())
+            .unwrap_or_default();
+        let mut ids = config;
+        ids.extend(GenerationDefaults::from_dir(path)?.eos_ids);
+        ids.sort_unstable();
+        ids.dedup();
+        Tokenizer::from_dir(path, &ids)
     }
 }
 
@@ -70,7 +79,33 @@ pub fn load_causal_lm(
         Ok((model, tok))
     } else {
         let model = Llama::from_pretrained_as(path, device, precision)?;
-        let tok = Tokenizer::from_dir(path, &model.config.eos_ids())?;
+        let tok = Tokenizer::from_dir(path, &stop_ids(path, &model.config)?)?;
         Ok((model, tok))
+    }
+}
+
+/// A model folder's end tokens: `config.json`'s `eos_token_id` and `generation_config.json`'s
+/// (transformers and vLLM stop at both).
+fn stop_ids(dir: &std::path::Path, config: &LlamaConfig) -> Result<Vec<u32>, ModelError> {
+    let mut ids = config.eos_ids();
+    ids.extend(GenerationDefaults::from_dir(dir)?.eos_ids);
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// The generation settings a model folder or `.gguf` file suggests (see
+/// [`generation_config`]); reads no weights.
+pub fn load_generation_defaults(path: &std::path::Path) -> Result<GenerationDefaults, ModelError> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        let gguf = gguf::Gguf::open_header(path)?;
+        Ok(GenerationDefaults::from_gguf_meta(path, |k| {
+            gguf.get(k).and_then(|v| v.as_f64())
+        }))
+    } else {
+        GenerationDefaults::from_dir(path)
     }
 }

@@ -18,8 +18,9 @@ use crate::precision::{
 /// query) gives a uniform distribution instead of NaN.
 const MASKED: f32 = -1.0e30;
 
-/// Longest RoPE table built up front.
-const MAX_ROPE_POSITIONS: usize = 32_768;
+/// Positions the RoPE tables cover when a model is made; they grow on demand (doubling) up to
+/// the model's declared `max_position_embeddings`.
+const INITIAL_ROPE_POSITIONS: usize = 4_096;
 
 /// SwiGLU feed-forward.
 #[derive(Module, Debug)]
@@ -251,8 +252,7 @@ pub struct Llama {
     pub params: LlamaParams,
     /// The configuration.
     pub config: LlamaConfig,
-    cos: Tensor<2>,
-    sin: Tensor<2>,
+    rope: Rope,
     device: Device,
 }
 
@@ -273,12 +273,10 @@ impl Llama {
 
     /// A model from parameters built or loaded elsewhere (a reward model's backbone, say).
     pub fn from_params(config: &LlamaConfig, params: LlamaParams, device: &Device) -> Self {
-        let (cos, sin) = rope_tables(config, device);
         Self {
             params,
             config: config.clone(),
-            cos,
-            sin,
+            rope: Rope::new(config, device),
             device: device.clone(),
         }
     }
@@ -298,8 +296,7 @@ impl Llama {
         Ok(Self {
             params: cast_tracked(self.params.clone(), precision),
             config: self.config.clone(),
-            cos: self.cos.clone(),
-            sin: self.sin.clone(),
+            rope: self.rope.share(),
             device: self.device.clone(),
         })
     }
@@ -309,9 +306,10 @@ impl Llama {
         precision_of(self.params.model.embed_tokens.weight.val().dtype()).unwrap_or_default()
     }
 
-    /// Positions the RoPE tables cover (the longest sequence the model takes).
+    /// The longest sequence the model takes: its declared `max_position_embeddings` (the RoPE
+    /// tables are built up to it as positions are reached).
     pub fn max_positions(&self) -> usize {
-        self.cos.dims()[0]
+        self.rope.limit
     }
 
     /// The device the model lives on.
@@ -341,22 +339,14 @@ impl Llama {
                 past + t
             )));
         }
-        let max_pos = self.cos.dims()[0];
         let (cos, sin) = {
             let flat: Tensor<1, Int> = positions.reshape([b * t]);
             let hd = self.config.head_dim();
-            let max_seen = flat.clone().max().into_scalar::<i64>();
-            if max_seen as usize >= max_pos {
-                return Err(ModelError::Input(format!(
-                    "position {max_seen} is beyond the RoPE table ({max_pos} positions)"
-                )));
-            }
+            let max_seen = flat.clone().max().into_scalar::<i64>().max(0) as usize;
+            let (cos, sin) = self.rope.tables(&self.config, &self.device, max_seen + 1)?;
             (
-                self.cos
-                    .clone()
-                    .select(0, flat.clone())
-                    .reshape([b, 1, t, hd]),
-                self.sin.clone().select(0, flat).reshape([b, 1, t, hd]),
+                cos.select(0, flat.clone()).reshape([b, 1, t, hd]),
+                sin.select(0, flat).reshape([b, 1, t, hd]),
             )
         };
         // allowed[b, q, s] = key is real && s <= past + q (&& past + q - s < window). Slots and
@@ -461,15 +451,13 @@ impl Llama {
         let Llama {
             params,
             config,
-            cos,
-            sin,
+            rope,
             device,
         } = self;
         Llama {
             params: f(params),
             config,
-            cos,
-            sin,
+            rope,
             device,
         }
     }
@@ -630,16 +618,86 @@ fn attention(
     attn.o_proj.forward(out)
 }
 
-/// cos and sin tables `[positions, head_dim]`, as transformers builds them: f32 inverse
-/// frequencies times f32 positions, both halves the same, times the attention factor. They end at
-/// `max_position_embeddings`: positions past it are refused (so dynamic NTK scaling, which only
-/// changes frequencies past it, is the default RoPE on every position sweetspot runs).
-fn rope_tables(config: &LlamaConfig, device: &Device) -> (Tensor<2>, Tensor<2>) {
+/// The RoPE cos and sin tables of a model: built for the first [`INITIAL_ROPE_POSITIONS`]
+/// positions, grown (doubling) when a longer sequence comes, never past the declared
+/// `max_position_embeddings`, where a position is refused by name. A row's values do not depend
+/// on the table's length, so growing changes no result.
+#[derive(Debug)]
+struct Rope {
+    tables: std::sync::RwLock<(Tensor<2>, Tensor<2>)>,
+    limit: usize,
+}
+
+impl Rope {
+    fn new(config: &LlamaConfig, device: &Device) -> Self {
+        let limit = config.max_position_embeddings.max(1);
+        Self {
+            tables: std::sync::RwLock::new(rope_tables(
+                config,
+                device,
+                limit.min(INITIAL_ROPE_POSITIONS),
+            )),
+            limit,
+        }
+    }
+
+    /// Another handle on the same values (for a compute copy of the model).
+    fn share(&self) -> Self {
+        let t = self
+            .tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Self {
+            tables: std::sync::RwLock::new(t),
+            limit: self.limit,
+        }
+    }
+
+    /// Tables covering at least `needed` positions.
+    fn tables(
+        &self,
+        config: &LlamaConfig,
+        device: &Device,
+        needed: usize,
+    ) -> Result<(Tensor<2>, Tensor<2>), ModelError> {
+        if needed > self.limit {
+            return Err(ModelError::Input(format!(
+                "position {} is beyond the model's context: max_position_embeddings = {} \
+                 (config.json, or the GGUF's context_length)",
+                needed - 1,
+                self.limit
+            )));
+        }
+        {
+            let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
+            if t.0.dims()[0] >= needed {
+                return Ok(t.clone());
+            }
+        }
+        let mut t = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        let have = t.0.dims()[0];
+        if have < needed {
+            let n = needed
+                .max(have.saturating_mul(2))
+                .next_power_of_two()
+                .min(self.limit);
+            *t = rope_tables(config, device, n);
+        }
+        Ok(t.clone())
+    }
+}
+
+/// cos and sin tables `[n, head_dim]` for positions `0..n`, as transformers builds them: f32
+/// inverse frequencies times f32 positions, both halves the same, times the attention factor.
+/// Dynamic NTK scaling only changes frequencies past `max_position_embeddings`, which the model
+/// refuses, so it is the default RoPE on every position sweetspot runs.
+fn rope_tables(config: &LlamaConfig, device: &Device, n: usize) -> (Tensor<2>, Tensor<2>) {
     let inv = config.inv_freq();
     // YaRN's attention factor multiplies cos and sin (1 for every other type).
     let scale = config.attention_scaling() as f32;
     let hd = config.head_dim();
-    let n = config.max_position_embeddings.clamp(1, MAX_ROPE_POSITIONS);
+    let n = n.max(1);
     let mut cos = Vec::with_capacity(n * hd);
     let mut sin = Vec::with_capacity(n * hd);
     for p in 0..n {
@@ -653,4 +711,57 @@ fn rope_tables(config: &LlamaConfig, device: &Device) -> (Tensor<2>, Tensor<2>) 
         Tensor::from_data(TensorData::new(cos, [n, hd]), device),
         Tensor::from_data(TensorData::new(sin, [n, hd]), device),
     )
+}
+
+#[cfg(test)]
+mod rope_tests {
+    use super::*;
+
+    fn config(max: usize) -> LlamaConfig {
+        LlamaConfig::from_json(
+            &format!(
+                r#"{{"vocab_size": 16, "hidden_size": 8, "intermediate_size": 16,
+                    "num_hidden_layers": 1, "num_attention_heads": 2,
+                    "max_position_embeddings": {max}}}"#
+            ),
+            std::path::Path::new("config.json"),
+        )
+        .unwrap()
+    }
+
+    /// Llama 3.1 declares 131,072 positions and Qwen3 40,960: the tables reach them (no cap at
+    /// 32,768), built only as far as a sequence needs, with the same values as a table built
+    /// whole; one position past the declared context is refused by name.
+    #[test]
+    fn tables_grow_to_the_declared_context() {
+        let device = Device::default();
+        let cfg = config(131_072);
+        let rope = Rope::new(&cfg, &device);
+        assert_eq!(rope.limit, 131_072);
+        let (small, _) = rope.tables(&cfg, &device, 10).unwrap();
+        assert_eq!(small.dims()[0], INITIAL_ROPE_POSITIONS);
+        let (big, big_sin) = rope.tables(&cfg, &device, 40_000).unwrap();
+        assert_eq!(big.dims()[0], 65_536);
+        let (whole, whole_sin) = rope_tables(&cfg, &device, 40_000);
+        let rows = |t: &Tensor<2>, r: std::ops::Range<usize>| {
+            t.clone()
+                .slice([r])
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        assert_eq!(rows(&big, 39_990..40_000), rows(&whole, 39_990..40_000));
+        assert_eq!(
+            rows(&big_sin, 39_990..40_000),
+            rows(&whole_sin, 39_990..40_000)
+        );
+        assert_eq!(rows(&small, 4_000..4_096), rows(&big, 4_000..4_096));
+        let (full, _) = rope.tables(&cfg, &device, 131_072).unwrap();
+        assert_eq!(full.dims()[0], 131_072);
+        let e = rope.tables(&cfg, &device, 131_073).unwrap_err().to_string();
+        assert!(
+            e.contains("position 131072") && e.contains("max_position_embeddings = 131072"),
+            "{e}"
+        );
+    }
 }

@@ -319,6 +319,11 @@ impl Tokenizer {
         self.stop_ids.dedup();
     }
 
+    /// A token id's text, if the vocabulary has it.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// Token ids that end a response.
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids

@@ -46,12 +46,7 @@ fn same_seed_same_samples_alone_or_batched() {
     let device = resolve_device(&test_device()).unwrap();
     let m = Llama::from_pretrained(&fixture("gqa"), &device).unwrap();
     let (ps, _) = prompts("gqa");
-    let params = SamplingParams {
-        temperature: 0.8,
-        top_p: 0.95,
-        top_k: 50,
-        max_new_tokens: 12,
-    };
+    let params = SamplingParams::new(0.8, 0.95, 50, 12);
     // 3 prompts x 4 samples in one batch (stop on token 5 to finish rows at different times) ...
     let mut batch = Vec::new();
     for (i, p) in ps.iter().enumerate() {
@@ -108,12 +103,7 @@ fn shared_prefill_gives_the_same_samples() {
             }
         }
         for temperature in [0.8, 0.0] {
-            let params = SamplingParams {
-                temperature,
-                top_p: 0.95,
-                top_k: 0,
-                max_new_tokens: 10,
-            };
+            let params = SamplingParams::new(temperature, 0.95, 0, 10);
             let stop = [5u32, 17];
             let shared = generate_with(&m, &batch, &stop, &params, true, |_| {}).unwrap();
             let own = generate_with(&m, &batch, &stop, &params, false, |_| {}).unwrap();
@@ -150,12 +140,7 @@ fn continuous_batching_gives_the_same_samples() {
                 batch.push(req(p, i, s));
             }
         }
-        let params = SamplingParams {
-            temperature: 0.9,
-            top_p: 0.95,
-            top_k: 0,
-            max_new_tokens: 14,
-        };
+        let params = SamplingParams::new(0.9, 0.95, 0, 14);
         // Stop tokens taken from free-running samples at steps 2, 5 and 9, so rows stop apart.
         let free = generate_with(&m, &batch, &[], &params, true, |_| {}).unwrap();
         let stop = [free[0].tokens[2], free[7].tokens[5], free[13].tokens[9]];
@@ -246,12 +231,7 @@ fn continuous_batching_keeps_to_a_token_budget() {
         .enumerate()
         .flat_map(|(i, p)| (0..4).map(move |s| req(p, i, s)))
         .collect();
-    let params = SamplingParams {
-        temperature: 0.9,
-        top_p: 1.0,
-        top_k: 0,
-        max_new_tokens: 10,
-    };
+    let params = SamplingParams::new(0.9, 1.0, 0, 10);
     let longest = ps.iter().map(Vec::len).max().unwrap();
     let shortest = ps.iter().map(Vec::len).min().unwrap();
     let budget = 3 * (longest + 10);

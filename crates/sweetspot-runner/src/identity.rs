@@ -45,8 +45,10 @@ pub const EXECUTION_SETTINGS: &[&str] = &[
 /// seeded by `prompt_seed(run seed, prompt id) + sample index` (vLLM's rule for `n` choices),
 /// and a draw with neither top-k nor top-p walks the vocabulary in id order (no sort per token).
 /// 4: f32 attention on the CPU through sweetspot's own kernel and training log-probabilities
-/// through `token_logprob` (the same values to float rounding, not the same bits).
-pub const COMPUTATION: u32 = 4;
+/// through `token_logprob` (the same values to float rounding, not the same bits). 5: a model
+/// folder's `generation_config.json` end tokens stop a response, and its sampling settings fill
+/// the ones a recipe leaves unset; RoPE tables reach the declared context.
+pub const COMPUTATION: u32 = 5;
 
 /// Files up to this size are hashed by content inside a model fingerprint.
 pub const SMALL_FILE: u64 = 16 << 20;

@@ -569,7 +569,11 @@ pub fn run_training(
         // Written into a temporary folder and renamed: `policy/` exists only complete.
         let tmp = s.output.join("policy.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
-        Llama::from_params(&p.config, params, p.device()).save_pretrained(&tmp, &tok)?;
+        Llama::from_params(&p.config, params, p.device()).save_pretrained_from(
+            &tmp,
+            &tok,
+            Some(&s.policy),
+        )?;
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
         // A finished run is never extended: its checkpoint has no further use.

@@ -9,10 +9,14 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use sweetspot_core::{
     BuildContext, ConfigIssue, PluginError, PluginInfo, PluginKind, Progress, Prompt, Sample,
-    SampleGroup, SampleRequest, Sampler, SamplerConfig, check_device_name, check_sampling,
+    SampleGroup, SampleRequest, Sampler, SamplerConfig, check_device_name, check_penalties,
+    check_sampling,
 };
 use sweetspot_model::generate::{BatchLimits, SamplingParams, SeqRequest, generate_continuous};
-use sweetspot_model::{Llama, ModelError, Precision, Tokenizer, resolve_device};
+use sweetspot_model::{
+    GenerationConfigMode, GenerationDefaults, Llama, ModelError, Precision, Tokenizer,
+    resolve_device,
+};
 
 /// Call from a binary to make sure this crate is linked (and its plugin registered).
 #[inline(never)]
@@ -26,15 +30,28 @@ pub fn link() {
 pub struct BurnSamplerConfig {
     /// A model folder (config.json, model.safetensors or shards, tokenizer.json) or a .gguf file.
     pub model: PathBuf,
-    /// Softmax temperature (the paper samples at 0.8); 0 is greedy.
-    #[serde(default = "default_temperature")]
-    pub temperature: f32,
-    /// Nucleus sampling mass (1 = off).
-    #[serde(default = "one")]
-    pub top_p: f32,
-    /// Top-k (0 = off).
+    /// Softmax temperature (the paper samples at 0.8); 0 is greedy. Unset: the model's
+    /// generation config, else 0.8.
     #[serde(default)]
-    pub top_k: usize,
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass (1 = off). Unset: the model's generation config, else 1.
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// Top-k (0 = off). Unset: the model's generation config, else 0.
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    /// transformers' repetition penalty (1 = off). Unset: the model's generation config, else 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f32>,
+    /// transformers' min-p (0 = off). Unset: the model's generation config, else 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    /// `auto` (default): the model's `generation_config.json` (or a GGUF's
+    /// `general.sampling.*`) fills the sampling settings left unset, as vLLM does; `vllm`:
+    /// sweetspot's defaults fill them (vLLM's `--generation-config vllm`). Its end tokens are
+    /// stop tokens either way.
+    #[serde(default)]
+    pub generation_config: GenerationConfigMode,
     /// Longest response in tokens.
     #[serde(default = "default_max_new")]
     pub max_new_tokens: usize,
@@ -54,12 +71,9 @@ pub struct BurnSamplerConfig {
     pub dtype: Precision,
 }
 
-fn default_temperature() -> f32 {
-    0.8
-}
-fn one() -> f32 {
-    1.0
-}
+/// The temperature when neither the recipe nor the model's generation config sets one (the
+/// paper's).
+pub const DEFAULT_TEMPERATURE: f32 = 0.8;
 fn default_max_new() -> usize {
     512
 }
@@ -110,7 +124,12 @@ pub fn load(
 #[typetag::serde(name = "burn")]
 impl SamplerConfig for BurnSamplerConfig {
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
-        check_sampling(self.temperature, self.top_p, self.max_new_tokens)?;
+        check_sampling(
+            self.temperature.unwrap_or(DEFAULT_TEMPERATURE),
+            self.top_p.unwrap_or(1.0),
+            self.max_new_tokens,
+        )?;
+        check_penalties(self.repetition_penalty, self.min_p)?;
         if self.batch_size == 0 {
             return Err(ConfigIssue::new("batch_size", "must be at least 1"));
         }
@@ -131,6 +150,11 @@ impl SamplerConfig for BurnSamplerConfig {
         let path = ctx.resolve(&self.model);
         if !path.exists() {
             return Err(ConfigIssue::missing_file("model", &path));
+        }
+        // A generation_config.json that cannot be read is refused before anything runs.
+        if path.is_dir() {
+            GenerationDefaults::from_dir(&path)
+                .map_err(|e| ConfigIssue::new("model", e.to_string()))?;
         }
         Ok(())
     }
@@ -191,21 +215,104 @@ impl SamplerConfig for BurnSamplerConfig {
         let path = ctx.resolve(&self.model);
         let device = self.device.clone().unwrap_or_else(|| ctx.device.clone());
         tracing::info!(model = %path.display(), device, "loading model");
+        let defaults = sweetspot_model::load_generation_defaults(&path).map_err(model_err)?;
+        let (params, sources) = self.resolve(&defaults);
         let (model, tokenizer) = load(&path, &device, self.dtype)?;
+        let stops: Vec<String> = tokenizer
+            .stop_ids()
+            .iter()
+            .map(|&id| match tokenizer.id_to_token(id) {
+                Some(t) => format!("{id} {t}"),
+                None => id.to_string(),
+            })
+            .collect();
+        tracing::info!(
+            "sampling: {sources}; stop tokens: {}; generation_config = \"{}\"",
+            stops.join(", "),
+            match self.generation_config {
+                GenerationConfigMode::Auto => "auto",
+                GenerationConfigMode::Vllm => "vllm",
+            }
+        );
+        for key in &defaults.not_applied {
+            tracing::warn!(
+                "{}: `{key}` is not applied (vLLM does not apply it either; transformers' \
+                 generate would)",
+                defaults
+                    .source
+                    .as_deref()
+                    .map_or_else(|| path.display().to_string(), |p| p.display().to_string())
+            );
+        }
         Ok(Box::new(BurnSampler {
             model,
             tokenizer,
-            params: SamplingParams {
-                temperature: self.temperature,
-                top_p: self.top_p,
-                top_k: self.top_k,
-                max_new_tokens: self.max_new_tokens,
-            },
+            params,
             limits: BatchLimits {
                 rows: self.batch_size,
                 tokens: self.max_batch_tokens,
             },
         }))
+    }
+}
+
+impl BurnSamplerConfig {
+    /// The sampling settings that apply: the recipe's, then (with `generation_config = "auto"`)
+    /// the model's generation config, then sweetspot's defaults; with a line saying where each
+    /// came from.
+    pub fn resolve(&self, defaults: &GenerationDefaults) -> (SamplingParams, String) {
+        let d = defaults.for_mode(self.generation_config);
+        let file = d
+            .source
+            .as_deref()
+            .and_then(|p| p.file_name())
+            .map_or_else(|| "model".to_string(), |f| f.to_string_lossy().into_owned());
+        let mut notes = Vec::new();
+        let mut pick = |name: &str, recipe: Option<f64>, model: Option<f64>, fallback: f64| {
+            let (v, from) = match (recipe, model) {
+                (Some(v), _) => (v, "recipe".to_string()),
+                (None, Some(v)) => (v, file.clone()),
+                (None, None) => (fallback, "default".to_string()),
+            };
+            notes.push(format!("{name} {} ({from})", v as f32));
+            v
+        };
+        let temperature = pick(
+            "temperature",
+            self.temperature.map(f64::from),
+            d.temperature.map(f64::from),
+            f64::from(DEFAULT_TEMPERATURE),
+        ) as f32;
+        let top_p = pick(
+            "top_p",
+            self.top_p.map(f64::from),
+            d.top_p.map(f64::from),
+            1.0,
+        ) as f32;
+        let top_k = pick(
+            "top_k",
+            self.top_k.map(|k| k as f64),
+            d.top_k.map(|k| k as f64),
+            0.0,
+        ) as usize;
+        let repetition_penalty = pick(
+            "repetition_penalty",
+            self.repetition_penalty.map(f64::from),
+            d.repetition_penalty.map(f64::from),
+            1.0,
+        ) as f32;
+        let min_p = pick(
+            "min_p",
+            self.min_p.map(f64::from),
+            d.min_p.map(f64::from),
+            0.0,
+        ) as f32;
+        let params = SamplingParams {
+            repetition_penalty,
+            min_p,
+            ..SamplingParams::new(temperature, top_p, top_k, self.max_new_tokens)
+        };
+        (params, notes.join(", "))
     }
 }
 

@@ -27,15 +27,26 @@ pub struct GenerateArgs {
     /// Samples out (JSONL, long layout). With --recipe, overrides [generate].output.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
-    /// Softmax temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.8)]
-    pub temperature: f32,
-    /// Nucleus sampling mass (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
-    /// Top-k (0 = off).
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
+    /// Softmax temperature (0 = greedy). Unset: the model's generation config, else 0.8.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass (1 = off). Unset: the model's generation config, else 1.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Top-k (0 = off). Unset: the model's generation config, else 0.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Repetition penalty as transformers applies it (1 = off). Unset: the model's generation
+    /// config, else 1.
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Min-p as transformers applies it (0 = off). Unset: the model's generation config, else 0.
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// `auto`: the model's generation_config.json fills the sampling settings not given (as
+    /// vLLM does); `vllm`: sweetspot's defaults do.
+    #[arg(long, value_parser = ["auto", "vllm"])]
+    pub generation_config: Option<String>,
     /// Longest response in tokens.
     #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
@@ -68,12 +79,25 @@ pub(crate) fn generate_cmd(args: GenerateArgs, quiet: bool) -> Result<(), Failur
         let mut sampler = toml::Table::new();
         sampler.insert("type".into(), toml::Value::String("burn".into()));
         sampler.insert("model".into(), path_value(model));
-        sampler.insert(
-            "temperature".into(),
-            toml::Value::Float(args.temperature as f64),
-        );
-        sampler.insert("top_p".into(), toml::Value::Float(args.top_p as f64));
-        sampler.insert("top_k".into(), toml::Value::Integer(args.top_k as i64));
+        for (key, value) in [
+            ("temperature", args.temperature),
+            ("top_p", args.top_p),
+            ("repetition_penalty", args.repetition_penalty),
+            ("min_p", args.min_p),
+        ] {
+            if let Some(v) = value {
+                sampler.insert(key.into(), toml::Value::Float(v as f64));
+            }
+        }
+        if let Some(k) = args.top_k {
+            sampler.insert(
+                "top_k".into(),
+                toml::Value::Integer(i64::try_from(k).unwrap_or(i64::MAX)),
+            );
+        }
+        if let Some(g) = &args.generation_config {
+            sampler.insert("generation_config".into(), toml::Value::String(g.clone()));
+        }
         sampler.insert(
             "max_new_tokens".into(),
             toml::Value::Integer(args.max_new_tokens as i64),
