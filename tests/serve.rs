@@ -557,12 +557,7 @@ fn the_openai_python_client_works_unchanged() {
             seed: 5 + i,
         })
         .collect();
-    let params = sweetspot_model::generate::SamplingParams {
-        temperature: 0.8,
-        top_p: 0.95,
-        top_k: 0,
-        max_new_tokens: 6,
-    };
+    let params = sweetspot_model::generate::SamplingParams::new(0.8, 0.95, 0, 6);
     let want = sweetspot_model::generate::generate(&model, &reqs, tok.stop_ids(), &params, |_| {})
         .unwrap();
     let choices = got["completion"]["choices"].as_array().unwrap();

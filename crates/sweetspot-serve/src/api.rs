@@ -251,12 +251,12 @@ fn sampling(body: &Map<String, Value>) -> Result<Sampling, ApiError> {
     Ok(Sampling {
         n: n as usize,
         seed,
-        params: SamplingParams {
-            temperature: temperature as f32,
-            top_p: top_p as f32,
-            top_k: top_k.max(0) as usize,
-            max_new_tokens: max_tokens as usize,
-        },
+        params: SamplingParams::new(
+            temperature as f32,
+            top_p as f32,
+            top_k.max(0) as usize,
+            max_tokens as usize,
+        ),
         stop,
         return_token_ids,
     })

@@ -151,9 +151,11 @@ impl SamplerConfig for BurnSamplerConfig {
         if !path.exists() {
             return Err(ConfigIssue::missing_file("model", &path));
         }
-        // A generation_config.json that cannot be read is refused before anything runs.
-        if path.is_dir() {
-            GenerationDefaults::from_dir(&path)
+        // A generation_config.json with a bad value is refused before anything runs (a bad
+        // config.json is reported when the model loads, as an error of the model's files).
+        let generation = path.join("generation_config.json");
+        if let Ok(text) = std::fs::read_to_string(&generation) {
+            GenerationDefaults::from_json(&text, &generation, false)
                 .map_err(|e| ConfigIssue::new("model", e.to_string()))?;
         }
         Ok(())
