@@ -102,6 +102,8 @@ pub struct ScoredReader {
     /// The long layout's row that starts the next group.
     pending: Option<(Position, LongRec)>,
     current_id: Option<String>,
+    /// The current long-layout group's prompt as written on its first row, and that row.
+    group_prompt: Option<(String, Position)>,
     seen: HashSet<u64>,
     total: u64,
     rows: u64,
@@ -162,6 +164,7 @@ impl ScoredReader {
             options,
             pending: None,
             current_id: None,
+            group_prompt: None,
             seen: HashSet::new(),
             total,
             rows: 0,
@@ -383,14 +386,18 @@ impl ScoredReader {
         let raw_prompt = p
             .prompt
             .ok_or_else(|| self.row_err(at, Some("prompt"), "missing"))?;
-        let prompt = if self.current_id.as_deref() == Some(prompt_id.as_str()) {
-            None
+        let (prompt, raw) = if self.current_id.as_deref() == Some(prompt_id.as_str()) {
+            self.same_prompt(at, &prompt_id, raw_prompt.get())?;
+            (None, None)
         } else {
-            Some(parse_prompt(raw_prompt.get()).map_err(|m| self.row_err(at, Some("prompt"), m))?)
+            let content =
+                parse_prompt(raw_prompt.get()).map_err(|m| self.row_err(at, Some("prompt"), m))?;
+            (Some(content), Some(raw_prompt.get().to_string()))
         };
         Ok(LongRec {
             prompt_id,
             prompt,
+            raw_prompt: raw,
             sample: ScoredSample {
                 sample: Sample {
                     prompt_id: String::new(),
@@ -406,9 +413,33 @@ impl ScoredReader {
         })
     }
 
+    /// A later row of the current long-layout group: its prompt must be the group's (the same
+    /// text, or the same value written differently), never silently replaced by the first.
+    fn same_prompt(&self, at: Position, id: &str, raw: &str) -> Result<(), ReadError> {
+        let Some((first_raw, first_at)) = &self.group_prompt else {
+            return Ok(());
+        };
+        if raw == first_raw {
+            return Ok(());
+        }
+        let this = parse_prompt(raw).map_err(|m| self.row_err(at, Some("prompt"), m))?;
+        if parse_prompt(first_raw).is_ok_and(|first| first == this) {
+            return Ok(());
+        }
+        Err(self.row_err(
+            at,
+            Some("prompt"),
+            format!(
+                "differs from the prompt of prompt_id `{id}` on {first_at}: the rows of one \
+                 prompt_id must hold the same prompt (give each prompt its own prompt_id)"
+            ),
+        ))
+    }
+
     fn long_group(&mut self, at: Position, first: LongRec) -> Result<Record, ReadError> {
         let id = first.prompt_id;
         self.current_id = Some(id.clone());
+        self.group_prompt = first.raw_prompt.map(|raw| (raw, at));
         self.check_new_id(at, &id)?;
         let content = first.prompt.unwrap_or(PromptContent::Text(String::new()));
         let mut rows = vec![(at, first.sample)];
@@ -652,6 +683,8 @@ struct LongIn<'a> {
 struct LongRec {
     prompt_id: String,
     prompt: Option<PromptContent>,
+    /// The prompt as written, on the row that starts a group.
+    raw_prompt: Option<String>,
     sample: ScoredSample,
 }
 
