@@ -847,6 +847,89 @@ pub(crate) fn bad_field(
 mod tests {
     use super::*;
 
+    /// Rows of one prompt_id in the long layout, each (prompt, response), written to `path`.
+    fn write_long(path: &Path, prompts: &[serde_json::Value]) {
+        use arrow_schema::{DataType, Field, Schema};
+        let rows: Vec<serde_json::Value> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                serde_json::json!({"prompt_id": "p1", "prompt": p, "sample_index": i,
+                    "response": format!("r{i}"), "reward": i as f64})
+            })
+            .collect();
+        if InputKind::of(path) == InputKind::Jsonl {
+            let text: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+            std::fs::write(path, text.join("\n")).unwrap();
+            return;
+        }
+        let schema = Schema::new(vec![
+            Field::new("prompt_id", DataType::Utf8, false),
+            Field::new("prompt", DataType::Utf8, false),
+            Field::new("sample_index", DataType::Int64, false),
+            Field::new("response", DataType::Utf8, false),
+            Field::new("reward", DataType::Float64, false),
+        ]);
+        let mut out = crate::OutputSet::new();
+        let w = out.add(
+            crate::RowWriter::new(path, sweetspot_core::recipe::OutputFormat::Parquet, schema)
+                .unwrap(),
+        );
+        for r in &rows {
+            out.writer(w).write(r).unwrap();
+        }
+        out.commit().unwrap();
+    }
+
+    fn read_all(path: &Path) -> Result<Vec<Record>, ReadError> {
+        ScoredReader::open(path, ReadOptions::default())
+            .unwrap()
+            .collect()
+    }
+
+    #[test]
+    fn a_group_whose_rows_disagree_on_the_prompt_is_refused_in_jsonl_and_parquet() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, at) in [("s.jsonl", "line"), ("s.parquet", "row")] {
+            let path = dir.path().join(name);
+            // The same prompt written twice is one group.
+            write_long(&path, &[serde_json::json!("hi"), serde_json::json!("hi")]);
+            let recs = read_all(&path).unwrap();
+            assert_eq!(recs.len(), 1, "{name}");
+            // A different prompt on the third row is refused there, naming the first row.
+            let p = serde_json::json!("hi");
+            write_long(&path, &[p.clone(), p, serde_json::json!("hello")]);
+            let e = read_all(&path).unwrap_err();
+            assert_eq!(e.field(), Some("prompt"), "{name}: {e}");
+            assert_eq!(e.position().map(|p| p.number()), Some(3), "{name}: {e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!(
+                    "differs from the prompt of prompt_id `p1` on {at} 1"
+                )),
+                "{name}: {msg}"
+            );
+        }
+        // JSONL: the same messages written with other spacing are the same prompt; a number
+        // on a later row is refused.
+        let path = dir.path().join("m.jsonl");
+        std::fs::write(
+            &path,
+            "{\"prompt_id\": \"p1\", \"prompt\": [{\"role\": \"user\", \"content\": \"hi\"}], \
+             \"sample_index\": 0, \"response\": \"a\", \"reward\": 1}\n\
+             {\"prompt_id\": \"p1\", \"prompt\": [{\"role\":\"user\",\"content\":\"hi\"}], \
+             \"sample_index\": 1, \"response\": \"b\", \"reward\": 0}\n",
+        )
+        .unwrap();
+        assert_eq!(read_all(&path).unwrap().len(), 1);
+        write_long(&path, &[serde_json::json!("hi"), serde_json::json!(7)]);
+        let e = read_all(&path).unwrap_err();
+        assert_eq!(
+            (e.field(), e.position()),
+            (Some("prompt"), Some(Position::Line(2)))
+        );
+    }
+
     #[test]
     fn scans_nonfinite_tokens_outside_strings() {
         let line = r#"{"response": "NaN inside a string", "reward": NaN, "x": -Infinity}"#;
