@@ -284,3 +284,65 @@ fn stats_hand_computed() {
     assert_ok(&o);
     assert!(stdout(&o).contains("s.jsonl"));
 }
+
+#[test]
+fn empty_responses_are_never_chosen_or_rejected_and_are_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("scored.jsonl");
+    // Prompt a: the empty response has the lowest reward, the blank one the highest; prompt b:
+    // only one response has text, so max-min has no pair for it.
+    let rows = [
+        ("a", 0, "first", 0.5),
+        ("a", 1, "", -3.0),
+        ("a", 2, "second", 0.2),
+        ("a", 3, " \n", 9.0),
+        ("b", 0, "only", 0.1),
+        ("b", 1, "", 0.0),
+    ];
+    let text: String = rows
+        .iter()
+        .map(|(id, i, r, w)| {
+            format!(
+                "{}\n",
+                serde_json::json!({"prompt_id": id, "prompt": "hi", "sample_index": i,
+                    "response": r, "reward": w})
+            )
+        })
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let out = tmp.path().join("pairs");
+    let o = sweetspot([
+        "pairs".as_ref(),
+        "-i".as_ref(),
+        input.as_os_str(),
+        "-s".as_ref(),
+        "max-min".as_ref(),
+        "--on-small-group".as_ref(),
+        "skip".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_ok(&o);
+    let pairs: Vec<serde_json::Value> = std::fs::read_to_string(out.join("max-min.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(pairs.len(), 1, "{pairs:?}");
+    assert_eq!(pairs[0]["prompt_id"], "a");
+    assert_eq!(
+        (
+            pairs[0]["chosen_index"].as_u64(),
+            pairs[0]["rejected_index"].as_u64()
+        ),
+        (Some(0), Some(2))
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["empty_responses"], 3, "{summary}");
+    assert_eq!(summary["samples"], 6, "{summary}");
+    assert_eq!(
+        summary["datasets"][0]["skipped"]["too_few_samples"], 1,
+        "{summary}"
+    );
+}

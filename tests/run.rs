@@ -771,3 +771,96 @@ fn the_report_renders_in_a_browser() {
         );
     }
 }
+
+/// A run of one stage that fails says so plainly, with the stage's error (a data error found
+/// while reading: a group whose rows disagree on the prompt).
+#[test]
+fn one_failed_stage_reads_naturally() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("scored.jsonl"),
+        "{\"prompt_id\": \"p1\", \"prompt\": \"hi\", \"sample_index\": 0, \"response\": \"a\", \"reward\": 1}\n\
+         {\"prompt_id\": \"p1\", \"prompt\": \"ho\", \"sample_index\": 1, \"response\": \"b\", \"reward\": 0}\n",
+    )
+    .unwrap();
+    let recipe = dir.join("recipe.toml");
+    std::fs::write(
+        &recipe,
+        "[run]\ndir = \"run\"\n\n[pairs]\ninput = \"scored.jsonl\"\n\n\
+         [[pairs.strategies]]\ntype = \"max-min\"\n",
+    )
+    .unwrap();
+    let o = sweetspot(["run".as_ref(), recipe.as_os_str()]);
+    let err = assert_clean_failure(&o, 1);
+    assert!(err.starts_with("error: stage `pairs"), "{err}");
+    assert!(
+        err.contains("failed: ")
+            && err.contains(
+                "scored.jsonl:2: field `prompt`: differs from the prompt of \
+                             prompt_id `p1` on line 1"
+            ),
+        "{err}"
+    );
+    assert!(
+        !err.contains("stages failed") && !err.contains("the others"),
+        "{err}"
+    );
+}
+
+/// An output in a folder that takes no new files is refused by `validate` and `run` before the
+/// run folder exists. Root ignores a folder's write bits, so as root the commands run as user
+/// `nobody` (through `setpriv`); without `setpriv` the test says so and returns.
+#[test]
+fn an_output_in_a_read_only_folder_is_refused_before_anything_is_written() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root_user = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
+        == 0;
+    let setpriv = std::path::Path::new("/usr/bin/setpriv");
+    if root_user && !setpriv.exists() {
+        eprintln!("skipped: running as root (which may write anywhere) without setpriv");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // As nobody, the folder itself must be open to all.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let locked = dir.join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let recipe = dir.join("recipe.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[run]\ndir = \"run\"\n\n[pairs]\ninput = {:?}\noutput = \"locked/pairs\"\n\n\
+             [[pairs.strategies]]\ntype = \"max-min\"\n",
+            example("quickstart/scored.jsonl")
+        ),
+    )
+    .unwrap();
+    for cmd in ["validate", "run"] {
+        let o = if root_user {
+            std::process::Command::new(setpriv)
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_sweetspot"))
+                .args(["-q", cmd])
+                .arg(&recipe)
+                .output()
+                .unwrap()
+        } else {
+            sweetspot([cmd.as_ref(), recipe.as_os_str()])
+        };
+        let err = assert_clean_failure(&o, 1);
+        assert!(
+            err.contains("key `pairs.output`: ")
+                && err.contains("locked/pairs cannot be written: no new file can be made in")
+                && err.contains("ermission denied"),
+            "{err}"
+        );
+    }
+    let _ = std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755));
+    assert!(!dir.join("run").exists());
+    assert_eq!(std::fs::read_dir(&locked).unwrap().count(), 0);
+}

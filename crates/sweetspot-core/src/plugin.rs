@@ -119,6 +119,14 @@ pub trait SamplerConfig: fmt::Debug + Send + Sync {
         let _ = ctx;
         Ok(())
     }
+
+    /// The local model this sampler loads (a folder or a GGUF file, as written in the recipe:
+    /// resolve it against the recipe's folder), or `None` when it samples from something that is
+    /// not a local model (a server, whose `model` is a name). `sweetspot run` starts training
+    /// and eval from this model when `[train] policy` is not given. The default is `None`.
+    fn local_model(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

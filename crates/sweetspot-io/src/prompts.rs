@@ -232,6 +232,18 @@ impl SampleReader {
                 self.pending = Some((row, line));
                 break;
             }
+            if row.prompt != prompt.content {
+                return Err(ReadError::Row {
+                    path: self.path.clone(),
+                    at: Position::Line(line),
+                    field: Some("prompt".into()),
+                    message: format!(
+                        "differs from the prompt of prompt_id `{id}` on line {start}: the rows \
+                         of one prompt_id must hold the same prompt (give each prompt its own \
+                         prompt_id)"
+                    ),
+                });
+            }
             if !indices.insert(row.sample.sample_index) {
                 return Err(group_err(
                     line,

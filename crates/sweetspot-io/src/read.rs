@@ -102,6 +102,8 @@ pub struct ScoredReader {
     /// The long layout's row that starts the next group.
     pending: Option<(Position, LongRec)>,
     current_id: Option<String>,
+    /// The current long-layout group's prompt as written on its first row, and that row.
+    group_prompt: Option<(String, Position)>,
     seen: HashSet<u64>,
     total: u64,
     rows: u64,
@@ -162,6 +164,7 @@ impl ScoredReader {
             options,
             pending: None,
             current_id: None,
+            group_prompt: None,
             seen: HashSet::new(),
             total,
             rows: 0,
@@ -383,14 +386,18 @@ impl ScoredReader {
         let raw_prompt = p
             .prompt
             .ok_or_else(|| self.row_err(at, Some("prompt"), "missing"))?;
-        let prompt = if self.current_id.as_deref() == Some(prompt_id.as_str()) {
-            None
+        let (prompt, raw) = if self.current_id.as_deref() == Some(prompt_id.as_str()) {
+            self.same_prompt(at, &prompt_id, raw_prompt.get())?;
+            (None, None)
         } else {
-            Some(parse_prompt(raw_prompt.get()).map_err(|m| self.row_err(at, Some("prompt"), m))?)
+            let content =
+                parse_prompt(raw_prompt.get()).map_err(|m| self.row_err(at, Some("prompt"), m))?;
+            (Some(content), Some(raw_prompt.get().to_string()))
         };
         Ok(LongRec {
             prompt_id,
             prompt,
+            raw_prompt: raw,
             sample: ScoredSample {
                 sample: Sample {
                     prompt_id: String::new(),
@@ -406,9 +413,33 @@ impl ScoredReader {
         })
     }
 
+    /// A later row of the current long-layout group: its prompt must be the group's (the same
+    /// text, or the same value written differently), never silently replaced by the first.
+    fn same_prompt(&self, at: Position, id: &str, raw: &str) -> Result<(), ReadError> {
+        let Some((first_raw, first_at)) = &self.group_prompt else {
+            return Ok(());
+        };
+        if raw == first_raw {
+            return Ok(());
+        }
+        let this = parse_prompt(raw).map_err(|m| self.row_err(at, Some("prompt"), m))?;
+        if parse_prompt(first_raw).is_ok_and(|first| first == this) {
+            return Ok(());
+        }
+        Err(self.row_err(
+            at,
+            Some("prompt"),
+            format!(
+                "differs from the prompt of prompt_id `{id}` on {first_at}: the rows of one \
+                 prompt_id must hold the same prompt (give each prompt its own prompt_id)"
+            ),
+        ))
+    }
+
     fn long_group(&mut self, at: Position, first: LongRec) -> Result<Record, ReadError> {
         let id = first.prompt_id;
         self.current_id = Some(id.clone());
+        self.group_prompt = first.raw_prompt.map(|raw| (raw, at));
         self.check_new_id(at, &id)?;
         let content = first.prompt.unwrap_or(PromptContent::Text(String::new()));
         let mut rows = vec![(at, first.sample)];
@@ -652,6 +683,8 @@ struct LongIn<'a> {
 struct LongRec {
     prompt_id: String,
     prompt: Option<PromptContent>,
+    /// The prompt as written, on the row that starts a group.
+    raw_prompt: Option<String>,
     sample: ScoredSample,
 }
 
@@ -813,6 +846,89 @@ pub(crate) fn bad_field(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows of one prompt_id in the long layout, each (prompt, response), written to `path`.
+    fn write_long(path: &Path, prompts: &[serde_json::Value]) {
+        use arrow_schema::{DataType, Field, Schema};
+        let rows: Vec<serde_json::Value> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                serde_json::json!({"prompt_id": "p1", "prompt": p, "sample_index": i,
+                    "response": format!("r{i}"), "reward": i as f64})
+            })
+            .collect();
+        if InputKind::of(path) == InputKind::Jsonl {
+            let text: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+            std::fs::write(path, text.join("\n")).unwrap();
+            return;
+        }
+        let schema = Schema::new(vec![
+            Field::new("prompt_id", DataType::Utf8, false),
+            Field::new("prompt", DataType::Utf8, false),
+            Field::new("sample_index", DataType::Int64, false),
+            Field::new("response", DataType::Utf8, false),
+            Field::new("reward", DataType::Float64, false),
+        ]);
+        let mut out = crate::OutputSet::new();
+        let w = out.add(
+            crate::RowWriter::new(path, sweetspot_core::recipe::OutputFormat::Parquet, schema)
+                .unwrap(),
+        );
+        for r in &rows {
+            out.writer(w).write(r).unwrap();
+        }
+        out.commit().unwrap();
+    }
+
+    fn read_all(path: &Path) -> Result<Vec<Record>, ReadError> {
+        ScoredReader::open(path, ReadOptions::default())
+            .unwrap()
+            .collect()
+    }
+
+    #[test]
+    fn a_group_whose_rows_disagree_on_the_prompt_is_refused_in_jsonl_and_parquet() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, at) in [("s.jsonl", "line"), ("s.parquet", "row")] {
+            let path = dir.path().join(name);
+            // The same prompt written twice is one group.
+            write_long(&path, &[serde_json::json!("hi"), serde_json::json!("hi")]);
+            let recs = read_all(&path).unwrap();
+            assert_eq!(recs.len(), 1, "{name}");
+            // A different prompt on the third row is refused there, naming the first row.
+            let p = serde_json::json!("hi");
+            write_long(&path, &[p.clone(), p, serde_json::json!("hello")]);
+            let e = read_all(&path).unwrap_err();
+            assert_eq!(e.field(), Some("prompt"), "{name}: {e}");
+            assert_eq!(e.position().map(|p| p.number()), Some(3), "{name}: {e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!(
+                    "differs from the prompt of prompt_id `p1` on {at} 1"
+                )),
+                "{name}: {msg}"
+            );
+        }
+        // JSONL: the same messages written with other spacing are the same prompt; a number
+        // on a later row is refused.
+        let path = dir.path().join("m.jsonl");
+        std::fs::write(
+            &path,
+            "{\"prompt_id\": \"p1\", \"prompt\": [{\"role\": \"user\", \"content\": \"hi\"}], \
+             \"sample_index\": 0, \"response\": \"a\", \"reward\": 1}\n\
+             {\"prompt_id\": \"p1\", \"prompt\": [{\"role\":\"user\",\"content\":\"hi\"}], \
+             \"sample_index\": 1, \"response\": \"b\", \"reward\": 0}\n",
+        )
+        .unwrap();
+        assert_eq!(read_all(&path).unwrap().len(), 1);
+        write_long(&path, &[serde_json::json!("hi"), serde_json::json!(7)]);
+        let e = read_all(&path).unwrap_err();
+        assert_eq!(
+            (e.field(), e.position()),
+            (Some("prompt"), Some(Position::Line(2)))
+        );
+    }
 
     #[test]
     fn scans_nonfinite_tokens_outside_strings() {

@@ -49,11 +49,16 @@ impl RunError {
 /// A group with fewer samples than a strategy needs.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{}:{}: {}prompt `{prompt_id}` has {has} samples but {strategy} needs {needs} \
+    "{}:{}: {}prompt `{prompt_id}` has {has} samples{} but {strategy} needs {needs} \
      (set on_small_group = \"skip\" to skip such groups)",
     path.display(),
     at.number(),
-    field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default()
+    field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default(),
+    match empty {
+        0 => String::new(),
+        1 => " with a response (1 more has an empty one, which is never chosen or rejected)".into(),
+        e => format!(" with a response ({e} more have an empty one, which is never chosen or rejected)"),
+    }
 )]
 pub struct SmallGroupError {
     /// The input.
@@ -70,4 +75,6 @@ pub struct SmallGroupError {
     pub needs: usize,
     /// The strategy's datasets.
     pub strategy: String,
+    /// Samples of the group left out for an empty response.
+    pub empty: usize,
 }

@@ -116,8 +116,11 @@ pub struct PairsSummary {
     pub rows_read: u64,
     /// Groups read.
     pub groups: u64,
-    /// Samples in the groups read.
+    /// Samples in the groups read (the first `n` of each, with `[pairs].n`).
     pub samples: u64,
+    /// Of those, samples left out because their response is empty (or only whitespace): such a
+    /// response is never chosen or rejected.
+    pub empty_responses: u64,
     /// Per dataset.
     pub datasets: Vec<DatasetSummary>,
     /// Where the summary was written.
@@ -279,6 +282,7 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
     let mut pairs = vec![0u64; names.len()];
     let mut skipped: Vec<BTreeMap<SkipReason, u64>> = vec![BTreeMap::new(); names.len()];
     let mut samples = 0u64;
+    let mut empty_responses = 0u64;
     let mut selections = Vec::new();
     for message in rx.iter() {
         let (record, is_long) = message?;
@@ -292,22 +296,25 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
             }
         };
         // A group too small for `needs` samples: the error, or `None` when it is skipped.
-        let too_small = |group: &sweetspot_core::ScoredGroup, needs: usize, who: String| {
-            (job.on_small_group == OnBadGroup::Error).then(|| {
-                RunError::SmallGroup(Box::new(crate::error::SmallGroupError {
-                    path: job.input.clone(),
-                    at,
-                    field: (is_long == Some(false)).then(|| "all_generated_responses".to_string()),
-                    prompt_id: group.prompt.id.clone(),
-                    has: group.samples.len(),
-                    needs,
-                    strategy: who,
-                }))
-            })
-        };
+        let too_small =
+            |group: &sweetspot_core::ScoredGroup, needs: usize, who: String, empty: usize| {
+                (job.on_small_group == OnBadGroup::Error).then(|| {
+                    RunError::SmallGroup(Box::new(crate::error::SmallGroupError {
+                        path: job.input.clone(),
+                        at,
+                        field: (is_long == Some(false))
+                            .then(|| "all_generated_responses".to_string()),
+                        prompt_id: group.prompt.id.clone(),
+                        has: group.samples.len(),
+                        needs,
+                        strategy: who,
+                        empty,
+                    }))
+                })
+            };
         if let Some(n) = job.n {
             if group.samples.len() < n {
-                if let Some(e) = too_small(&group, n, "`[pairs].n`".into()) {
+                if let Some(e) = too_small(&group, n, "`[pairs].n`".into(), 0) {
                     return Err(e);
                 }
                 for s in skipped.iter_mut() {
@@ -318,10 +325,19 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
             group.samples.truncate(n);
         }
         samples += group.samples.len() as u64;
+        // An empty response is never a pair's chosen or rejected: left out before selection,
+        // and counted.
+        let before = group.samples.len();
+        group
+            .samples
+            .retain(|s| !s.sample.response.trim().is_empty());
+        let empty = before - group.samples.len();
+        empty_responses += empty as u64;
         for b in &built {
             let needs = b.strategy.min_samples();
             if group.samples.len() < needs {
-                if let Some(e) = too_small(&group, needs, format!("strategy `{}`", b.label)) {
+                let who = format!("strategy `{}`", b.label);
+                if let Some(e) = too_small(&group, needs, who, empty) {
                     return Err(e);
                 }
                 for s in &mut skipped[b.first..b.first + b.count] {
@@ -409,6 +425,7 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
         rows_read: reader.rows_read(),
         groups: reader.groups_read(),
         samples,
+        empty_responses,
         datasets,
         summary_file: summary_file.clone(),
         seconds: 0.0,
@@ -418,6 +435,13 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
         .map_err(|e| RunError::Config(format!("cannot encode the summary: {e}")))?;
     outputs.add_file(summary_file, json);
     outputs.commit()?;
+    if empty_responses > 0 {
+        tracing::warn!(
+            "{empty_responses} of {samples} samples have an empty response: left out (never \
+             chosen or rejected); counted as `empty_responses` in {}",
+            summary.summary_file.display()
+        );
+    }
     tracing::info!(
         groups = summary.groups,
         seconds = summary.seconds,

@@ -673,15 +673,15 @@ pub fn plan(r: &Recipe, recipe_path: &Path, ctx: &BuildContext) -> Result<Plan, 
     };
 
     // The policy training starts from (and the eval's baseline): `[train] policy`, else the
-    // sampler's model.
+    // sampler's model when it is a local model.
     let start_policy: Option<Source> = match r.train.as_ref().and_then(|t| t.policy.as_ref()) {
         Some(p) => Some(Source::File(ctx.resolve(p))),
+        // Only a model the sampler loads from disk: a server's model name is no path.
         None => r
             .sampler
             .as_ref()
-            .map(|s| json(s))
-            .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(PathBuf::from))
-            .map(|m| Source::File(ctx.resolve(&m))),
+            .and_then(|s| s.local_model())
+            .map(|m| Source::File(ctx.resolve(m))),
     };
     let mut trained: Vec<usize> = Vec::new();
     let mut last_policy: Option<usize> = None;

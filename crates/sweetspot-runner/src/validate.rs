@@ -73,7 +73,8 @@ struct Named {
 pub enum Invalid {
     /// A bad value, name or combination (exit code 2).
     Recipe(RecipeError),
-    /// An input file the recipe names does not exist (an I/O error: exit code 1).
+    /// A path that does not fit what is on disk (exit code 1): an input that does not exist or
+    /// is a folder where a file is meant, an output that cannot be created or written.
     MissingInput(RecipeError),
 }
 
@@ -240,12 +241,15 @@ pub fn validate_recipe(
             });
         }
         let sampler_value = serde_json::to_value(sampler).unwrap_or_default();
-        if rounds > 1 && sampler_value.get("model").is_none() {
+        if rounds > 1 && sampler.local_model().is_none() {
             return Err(err(
-                "sampler",
-                "rounds need a sampler with a `model` setting (each round samples with the \
-                 policy the last one trained)"
-                    .into(),
+                "sampler.type",
+                format!(
+                    "rounds need a sampler that loads a local model (each round samples with \
+                     the policy the last one trained): the `{}` sampler {}",
+                    type_name(&sampler_value),
+                    NOT_LOCAL
+                ),
             ));
         }
         plugin_paths("sampler", sampler_value, 0, &mut inputs);
@@ -646,14 +650,20 @@ pub fn validate_recipe(
                 path: ctx.resolve(policy),
                 stage: 3,
             }),
-            None => {
-                let sampler_model = r
-                    .sampler
-                    .as_ref()
-                    .filter(|_| chained)
-                    .and_then(|s| serde_json::to_value(s).ok())
-                    .is_some_and(|v| v.get("model").is_some_and(|m| m.is_string()));
-                if !sampler_model {
+            None => match r.sampler.as_ref().filter(|_| chained) {
+                Some(s) if s.local_model().is_some() => {}
+                Some(s) => {
+                    return Err(err(
+                        "train.policy",
+                        format!(
+                            "not given, and the `{}` sampler {}: set `[train] policy` to the \
+                             local model (folder or GGUF file) training starts from",
+                            type_name(&serde_json::to_value(s).unwrap_or_default()),
+                            NOT_LOCAL
+                        ),
+                    ));
+                }
+                None => {
                     return Err(err(
                         "train.policy",
                         "not given: name the policy to train (in `sweetspot run` it defaults \
@@ -661,7 +671,7 @@ pub fn validate_recipe(
                             .into(),
                     ));
                 }
-            }
+            },
         }
         if rounds > 1
             && let Some(name) = &r.run.continue_with
@@ -698,6 +708,17 @@ pub fn validate_recipe(
             ));
         };
         let v = serde_json::to_value(sampler).unwrap_or_default();
+        if sampler.local_model().is_none() {
+            return Err(err(
+                "sampler.type",
+                format!(
+                    "[eval] answers with the starting policy and each trained one through the \
+                     sampler, which must load a local model: the `{}` sampler {}",
+                    type_name(&v),
+                    NOT_LOCAL
+                ),
+            ));
+        }
         for key in ["model", "temperature", "max_new_tokens"] {
             if v.get(key).is_none() {
                 return Err(err(
@@ -789,6 +810,15 @@ pub fn validate_recipe(
         }
     })?;
     Ok(described)
+}
+
+/// What a sampler without a local model is, in messages.
+const NOT_LOCAL: &str = "samples from a server (its `model` is the server's model name, not a \
+                         local model)";
+
+/// A plugin table's `type`, as written.
+fn type_name(v: &serde_json::Value) -> &str {
+    v.get("type").and_then(|t| t.as_str()).unwrap_or("?")
 }
 
 /// The reward-model type that compares two responses (only for `[eval.judge]`).
@@ -884,6 +914,112 @@ fn check_paths(inputs: &[Named], outputs: &[Named]) -> Result<(), (String, Strin
                 true,
             ));
         }
+        if producer.is_none() && FILE_INPUTS.contains(&input.key.as_str()) && input.path.is_dir() {
+            return Err((
+                input.key.clone(),
+                format!(
+                    "{} is a folder, but `{}` names a file",
+                    input.path.display(),
+                    input.key
+                ),
+                true,
+            ));
+        }
+    }
+    for o in outputs {
+        check_output(o).map_err(|m| (o.key.clone(), m, true))?;
     }
     Ok(())
+}
+
+/// The inputs that are one file (the others, models, may be a folder or a file).
+const FILE_INPUTS: [&str; 5] = [
+    "generate.prompts",
+    "score.input",
+    "pairs.input",
+    "train.pairs",
+    "eval.prompts",
+];
+
+/// Whether an output is one file (else a folder the stage writes into).
+fn output_is_file(o: &Named) -> bool {
+    match o.key.as_str() {
+        "train.output" => false,
+        "pairs.output" => o
+            .path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("parquet")),
+        _ => true,
+    }
+}
+
+/// An output can be made: it is not a folder where a file goes (or a file where a folder goes),
+/// and the folder it goes in exists or can be created, and takes new files. Writability is
+/// tested by creating (and removing) a file in the nearest existing folder, which is right for
+/// every user, root included, and for read-only file systems.
+fn check_output(o: &Named) -> Result<(), String> {
+    let path = &o.path;
+    let is_file = output_is_file(o);
+    if path.exists() {
+        if is_file && path.is_dir() {
+            return Err(format!(
+                "{} is a folder, but `{}` names a file to write",
+                path.display(),
+                o.key
+            ));
+        }
+        if !is_file && !path.is_dir() {
+            return Err(format!(
+                "{} is a file, but `{}` names a folder to write into: choose a folder",
+                path.display(),
+                o.key
+            ));
+        }
+    }
+    // The folder the stage creates files in, and its nearest existing ancestor.
+    let target = if is_file {
+        std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+    } else {
+        std::path::absolute(path).ok()
+    };
+    let Some(target) = target else {
+        return Ok(());
+    };
+    let mut existing = target.as_path();
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) => existing = p,
+            None => return Ok(()),
+        }
+    }
+    if !existing.is_dir() {
+        return Err(format!(
+            "{} cannot be created: {} is a file, not a folder",
+            path.display(),
+            existing.display()
+        ));
+    }
+    tempfile::Builder::new()
+        .prefix(".sweetspot-write-check")
+        .tempfile_in(existing)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "{} cannot be written: no new file can be made in {} ({})",
+                path.display(),
+                existing.display(),
+                os_message(&e)
+            )
+        })
+}
+
+/// An I/O error's operating-system message, without the path tempfile adds.
+fn os_message(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+        None => e.kind().to_string(),
+    }
 }

@@ -134,6 +134,14 @@ enum Completion {
 }
 
 impl Completion {
+    /// No text at all (or only whitespace) in the response.
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Text(t) => t.trim().is_empty(),
+            Self::Messages(m) => m.iter().all(|m| m.content.trim().is_empty()),
+        }
+    }
+
     fn into_messages(self) -> Vec<Message> {
         match self {
             Self::Text(t) => vec![Message {
@@ -190,6 +198,16 @@ pub fn read_pairs(path: &Path, tok: &Tokenizer) -> Result<Vec<TokenizedPair>, Tr
         let prompt = p.prompt.ok_or_else(|| at("prompt", "missing".into()))?;
         let chosen = p.chosen.ok_or_else(|| at("chosen", "missing".into()))?;
         let rejected = p.rejected.ok_or_else(|| at("rejected", "missing".into()))?;
+        for (field, c) in [("chosen", &chosen), ("rejected", &rejected)] {
+            if c.is_empty() {
+                return Err(at(
+                    field,
+                    "an empty response: a pair needs text in both chosen and rejected (the \
+                     pairs stage leaves out empty responses)"
+                        .into(),
+                ));
+            }
+        }
         let pair = tokenize_pair_checked(
             tok,
             &prompt.to_messages(),

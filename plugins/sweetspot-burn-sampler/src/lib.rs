@@ -161,6 +161,10 @@ impl SamplerConfig for BurnSamplerConfig {
         Ok(())
     }
 
+    fn local_model(&self) -> Option<&std::path::Path> {
+        Some(&self.model)
+    }
+
     fn check_prompts(&self, ctx: &BuildContext, prompts: &[Prompt]) -> Result<(), (usize, String)> {
         let path = ctx.resolve(&self.model);
         let context = || -> Result<(Tokenizer, usize), ModelError> {

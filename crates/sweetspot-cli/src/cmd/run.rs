@@ -86,27 +86,54 @@ pub(crate) fn run_cmd(args: RunArgs, quiet: bool) -> Result<(), Failure> {
         }
     };
     print_report(&plan, &report, html.as_deref());
-    let failed = report.failed();
-    if failed > 0 {
-        let names: Vec<String> = report
-            .nodes
-            .iter()
-            .filter_map(|(label, _, o)| match o {
-                Outcome::Failed { error } => Some(format!("{label}: {error}")),
-                _ => None,
-            })
-            .collect();
+    if report.failed() > 0 {
         return Err(Failure {
-            message: format!(
-                "{failed} of {} stages failed (the others are complete; a rerun runs only what is \
-                 missing):\n  {}",
-                report.nodes.len(),
-                names.join("\n  ")
-            ),
+            message: failure_summary(&report),
             code: 1,
         });
     }
     Ok(())
+}
+
+/// The message of a run with failed stages: the failed stages with their errors, and what became
+/// of the others (complete, or not run because a stage they need failed), in words that fit the
+/// counts.
+pub(crate) fn failure_summary(report: &sweetspot_runner::graph::RunReport) -> String {
+    let total = report.nodes.len();
+    let mut failed = Vec::new();
+    let mut skipped = 0usize;
+    for (label, _, o) in &report.nodes {
+        match o {
+            Outcome::Failed { error } => failed.push((label.as_str(), error.as_str())),
+            Outcome::Skipped { .. } => skipped += 1,
+            _ => {}
+        }
+    }
+    if let ([(label, error)], 1) = (failed.as_slice(), total) {
+        // The run's only stage: its error is the message.
+        return format!("stage `{label}` failed: {error}");
+    }
+    let complete = total - failed.len() - skipped;
+    let mut rest = Vec::new();
+    match (complete, skipped) {
+        (0, _) => {}
+        (1, 0) => rest.push("the other is complete".to_string()),
+        (_, 0) => rest.push("the others are complete".to_string()),
+        (c, _) => rest.push(format!("{c} complete")),
+    }
+    if skipped > 0 {
+        rest.push(format!(
+            "{skipped} not run because a stage they need failed"
+        ));
+    }
+    rest.push("a rerun runs only what is missing".to_string());
+    let lines: Vec<String> = failed.iter().map(|(l, e)| format!("{l}: {e}")).collect();
+    format!(
+        "{} of {total} stages failed ({}):\n  {}",
+        failed.len(),
+        rest.join("; "),
+        lines.join("\n  ")
+    )
 }
 
 fn print_plan(plan: &sweetspot_runner::plan::Plan) {
