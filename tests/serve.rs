@@ -1029,3 +1029,41 @@ fn slow_headers_time_out_and_connections_beyond_the_limit_wait() {
     assert!(!String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
     let _ = second.read_to_end(&mut buf).expect("closed");
 }
+
+#[test]
+fn the_scale_out_docs_score_command_runs() {
+    // docs/scale-out.md: `sweetspot score --recipe recipe.toml --input samples.jsonl -o
+    // scored.jsonl`, the samples from elsewhere (a batch import), the reward from the recipe.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let recipe = recipe(dir, "doc", &native_sampler(0.8), &seq_cls_native(), 2);
+    let o = Command::new(bin())
+        .current_dir(dir)
+        .args(["-q", "generate", "--recipe"])
+        .arg(&recipe)
+        .args(["-o", "samples.jsonl"])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let o = Command::new(bin())
+        .current_dir(dir)
+        .args(["-q", "score", "--recipe"])
+        .arg(&recipe)
+        .args(["--input", "samples.jsonl", "-o", "scored.jsonl"])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let scored = read_jsonl(&dir.join("scored.jsonl"));
+    assert_eq!(scored.len(), 8);
+    assert!(scored.iter().all(|r| r["reward"].is_f64()));
+    // --input names the file read: a missing one is an error naming it.
+    let o = Command::new(bin())
+        .current_dir(dir)
+        .args(["-q", "score", "--recipe"])
+        .arg(&recipe)
+        .args(["--input", "nothere.jsonl", "-o", "scored2.jsonl"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("nothere.jsonl"), "{}", stderr(&o));
+}
