@@ -233,10 +233,24 @@ impl SamplerConfig for OpenAiSamplerConfig {
         let pool = Pool::new(
             "openai",
             &self.endpoints,
-            key,
+            key.clone(),
             RetryPolicy::new(self.max_retries, self.timeout_s),
         )?;
-        Ok(Box::new(OpenAiSampler { requests, pool }))
+        // prompt_format = "auto" asks once, without retries, whether token ids are taken.
+        let probe = match (self.prompt_format, self.api) {
+            (PromptFormat::Auto, Api::Completions) => Some(Pool::new(
+                "openai",
+                &self.endpoints,
+                key,
+                RetryPolicy::new(0, self.timeout_s),
+            )?),
+            _ => None,
+        };
+        Ok(Box::new(OpenAiSampler {
+            requests,
+            pool,
+            probe,
+        }))
     }
 }
 
@@ -244,6 +258,8 @@ impl SamplerConfig for OpenAiSamplerConfig {
 pub struct OpenAiSampler {
     requests: Requests,
     pool: Pool,
+    /// The pool without retries that asks whether token ids are taken (`auto`).
+    probe: Option<Pool>,
 }
 
 /// What makes request bodies and reads answers: the settings and the policy's tokenizer (the
@@ -516,13 +532,13 @@ impl Sampler for OpenAiSampler {
             Ok(())
         };
         let mut start = 0;
-        if !requests.settled.load(Ordering::Relaxed) && requests.config.api == Api::Completions {
-            // prompt_format = "auto": the first request alone, with token ids.
+        if let (false, Some(pool)) = (requests.settled.load(Ordering::Relaxed), &self.probe) {
+            // prompt_format = "auto": the first request alone, with token ids, once.
             let Some(ask) = asks.first() else {
                 return Ok(());
             };
             let mut probe = None;
-            let first_try = self.pool.post_all(path, vec![body(ask)?], |_, answer| {
+            let first_try = pool.post_all(path, vec![body(ask)?], |_, answer| {
                 probe = Some(answer);
                 Ok(())
             });
@@ -544,7 +560,9 @@ impl Sampler for OpenAiSampler {
                     requests.text_prompts.store(true, Ordering::Relaxed);
                     requests.settled.store(true, Ordering::Relaxed);
                 }
-                Err(e) => return Err(e),
+                // Anything else (a busy or failing server): the pool below retries as usual,
+                // with token ids, and the next call asks again.
+                Err(e) => tracing::debug!(error = %e, "openai: the first try failed"),
             }
         }
         let bodies = asks[start..]
@@ -566,9 +584,13 @@ impl Sampler for OpenAiSampler {
     }
 }
 
-/// Whether a failed request's message is a 4xx (400 or 422) about the prompt: what a server that
-/// takes only text prompts answers to token ids (llama-cpp-python's: 422, `body.prompt` "Input
-/// should be a valid string").
+/// Whether a failed request's message says the prompt must be a string: what a server that
+/// takes only text prompts answers to token ids (llama-cpp-python's: a 500 listing pydantic's
+/// "Input should be a valid string" at `body.prompt`; others a 400 or 422).
 fn refuses_token_ids(message: &str) -> bool {
-    (message.contains("HTTP 400") || message.contains("HTTP 422")) && message.contains("prompt")
+    ["HTTP 400", "HTTP 422", "HTTP 500"]
+        .iter()
+        .any(|s| message.contains(s))
+        && message.contains("prompt")
+        && message.contains("string")
 }

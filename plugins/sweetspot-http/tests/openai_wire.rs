@@ -14,9 +14,10 @@ use sweetspot_core::{
 };
 use sweetspot_http::OpenAiSamplerConfig;
 
-/// A `/v1/completions` that records every body; with `text_only`, token-id prompts get
-/// llama-cpp-python's 422.
-fn server(seen: Arc<Mutex<Vec<Value>>>, text_only: bool) -> String {
+/// A `/v1/completions` that records every body; with `text_only`, token-id prompts are refused
+/// with that status: 500 and the message as llama-cpp-python 0.3 answers, or 422 and FastAPI's
+/// own shape.
+fn server(seen: Arc<Mutex<Vec<Value>>>, text_only: Option<StatusCode>) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -26,11 +27,18 @@ fn server(seen: Arc<Mutex<Vec<Value>>>, text_only: bool) -> String {
                 axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
                     seen.lock().unwrap().push(body.clone());
                     async move {
-                        if text_only && !body["prompt"].is_string() {
-                            let detail = json!({"detail": [{"type": "string_type",
-                                "loc": ["body", "prompt", "str"],
-                                "msg": "Input should be a valid string"}]});
-                            return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(detail));
+                        if let (Some(status), false) = (text_only, body["prompt"].is_string()) {
+                            let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
+                                json!({"error": {"message": "2 validation errors:\n  \
+                                    {'type': 'string_type', 'loc': ('body', 'prompt', 'str'), \
+                                    'msg': 'Input should be a valid string', 'input': [1, 2]}",
+                                    "type": "internal_server_error"}})
+                            } else {
+                                json!({"detail": [{"type": "string_type",
+                                    "loc": ["body", "prompt", "str"],
+                                    "msg": "Input should be a valid string"}]})
+                            };
+                            return (status, axum::Json(detail));
                         }
                         let n = body["n"].as_u64().unwrap_or(1);
                         let choices: Vec<Value> = (0..n)
@@ -60,9 +68,14 @@ fn policy() -> PathBuf {
 }
 
 fn config(url: &str, extra: &str) -> OpenAiSamplerConfig {
+    let retries = if extra.contains("max_retries") {
+        ""
+    } else {
+        "max_retries = 0\n"
+    };
     toml::from_str(&format!(
         "endpoints = [{url:?}]\nmodel = \"m\"\ntokenizer = {:?}\nmax_new_tokens = 5\n\
-         max_retries = 0\ntimeout_s = 20\n{extra}",
+         {retries}timeout_s = 20\n{extra}",
         policy()
     ))
     .unwrap()
@@ -115,7 +128,7 @@ const SETTINGS: [&str; 5] = [
 #[test]
 fn only_the_settings_the_recipe_sets_are_sent() {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let url = server(seen.clone(), false);
+    let url = server(seen.clone(), None);
     assert_eq!(sample(&config(&url, "")).unwrap(), 4);
     for body in seen.lock().unwrap().drain(..) {
         for key in SETTINGS {
@@ -160,26 +173,46 @@ fn settings_out_of_range_are_refused_by_name() {
 
 #[test]
 fn a_server_that_takes_only_text_gets_the_rendered_prompt() {
+    for status in [
+        StatusCode::UNPROCESSABLE_ENTITY,
+        StatusCode::INTERNAL_SERVER_ERROR,
+    ] {
+        text_only(status);
+    }
+}
+
+fn text_only(status: StatusCode) {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let url = server(seen.clone(), true);
-    // auto: the first try with token ids is refused, then text, rendered by the chat template.
-    assert_eq!(sample(&config(&url, "")).unwrap(), 4);
+    let url = server(seen.clone(), Some(status));
+    // auto: the first try with token ids is refused (not retried), then text, rendered by the
+    // chat template.
+    assert_eq!(sample(&config(&url, "max_retries = 3")).unwrap(), 4);
     let bodies = std::mem::take(&mut *seen.lock().unwrap());
     assert!(bodies[0]["prompt"].is_array(), "{}", bodies[0]);
-    let texts: Vec<&str> = bodies[1..]
+    let mut texts: Vec<&str> = bodies[1..]
         .iter()
         .map(|b| b["prompt"].as_str().unwrap())
         .collect();
-    assert_eq!(texts.len(), 2, "{bodies:?}");
+    texts.sort_unstable();
     let tokenizer = sweetspot_model::load_tokenizer(&policy()).unwrap();
-    for (text, prompt) in texts.iter().zip(prompts()) {
-        let rendered = tokenizer
+    let mut rendered: Vec<String> = prompts()
+        .iter()
+        .map(|p| {
+            tokenizer
+                .render_chat(&p.content.to_messages(), true)
+                .unwrap()
+        })
+        .collect();
+    rendered.sort_unstable();
+    // The refused first try is sent again as text, with the other prompt's request.
+    assert_eq!(texts, rendered, "{bodies:?}");
+    for prompt in prompts() {
+        let text = tokenizer
             .render_chat(&prompt.content.to_messages(), true)
             .unwrap();
-        assert_eq!(*text, rendered);
         // The text encodes to the token ids the native sampler feeds.
         assert_eq!(
-            tokenizer.encode(text, false).unwrap(),
+            tokenizer.encode(&text, false).unwrap(),
             tokenizer.encode_prompt(&prompt).unwrap()
         );
     }
@@ -197,7 +230,7 @@ fn a_server_that_takes_only_text_gets_the_rendered_prompt() {
     // tokens: the failure says what to set.
     let err = sample(&config(&url, "prompt_format = \"tokens\"")).unwrap_err();
     assert!(
-        err.contains("422") && err.contains("prompt_format = \"text\""),
+        err.contains(&status.as_u16().to_string()) && err.contains("prompt_format = \"text\""),
         "{err}"
     );
 }
