@@ -704,3 +704,361 @@ fn batch_export_then_import_gives_the_live_clients_samples() {
         assert!(!out.exists());
     }
 }
+
+/// Sends `head` (the request line and headers, without the blank line) and `body` on a new
+/// connection and reads the answer: its status and JSON body (Null when not JSON).
+fn exchange(url: &str, head: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let host = url.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        s,
+        "{head}\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    // A server may answer (413) before it has read the whole body, and close.
+    let _ = s.write_all(body);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no answer: {answer:?}"));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn post_json(url: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    exchange(
+        url,
+        &format!("POST {path} HTTP/1.1\r\nContent-Type: application/json"),
+        body.as_bytes(),
+    )
+}
+
+/// OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`, message non-empty.
+#[track_caller]
+fn assert_openai_error(answer: &(u16, serde_json::Value), status: u16, says: &str) {
+    let (got, body) = answer;
+    assert_eq!(*got, status, "{body}");
+    let e = body["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{body}"));
+    let mut keys: Vec<&str> = e.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["code", "message", "param", "type"], "{body}");
+    let message = e["message"].as_str().unwrap();
+    assert!(message.contains(says), "{message:?} does not say {says:?}");
+    assert!(e["type"].is_string(), "{body}");
+    assert_eq!(e["code"], status, "{body}");
+}
+
+#[test]
+fn every_rejection_is_an_openai_error_with_its_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        tmp.path(),
+        "errors",
+        &[
+            "--max-body-bytes",
+            "4096",
+            "--max-sequences-per-request",
+            "100",
+            "--max-tokens-per-request",
+            "5000",
+        ],
+        &[],
+    );
+    let url = &server.url;
+    let cases: Vec<(&str, (u16, serde_json::Value), u16, &str)> = vec![
+        (
+            "malformed JSON",
+            post_json(url, "/v1/completions", "{\"prompt\": \"a\","),
+            400,
+            "JSON",
+        ),
+        (
+            "a body too large",
+            post_json(
+                url,
+                "/v1/completions",
+                &format!("{{\"prompt\": \"{}\"}}", "a".repeat(5000)),
+            ),
+            413,
+            "--max-body-bytes",
+        ),
+        (
+            "a wrong Content-Type",
+            exchange(
+                url,
+                "POST /v1/completions HTTP/1.1\r\nContent-Type: text/plain",
+                b"{\"prompt\": \"a\"}",
+            ),
+            415,
+            "Content-Type: application/json",
+        ),
+        (
+            "no Content-Type",
+            exchange(url, "POST /v1/chat/completions HTTP/1.1", b"{}"),
+            415,
+            "Content-Type",
+        ),
+        (
+            "nesting too deep",
+            post_json(
+                url,
+                "/v1/completions",
+                &format!("{{\"prompt\": {}{}}}", "[".repeat(300), "]".repeat(300)),
+            ),
+            400,
+            "recursion limit",
+        ),
+        (
+            "not an object",
+            post_json(url, "/v1/completions", "[1, 2]"),
+            400,
+            "JSON object",
+        ),
+        (
+            "an unknown route",
+            post_json(url, "/v1/embeddings", "{}"),
+            404,
+            "/v1/embeddings",
+        ),
+        (
+            "an unknown GET route",
+            exchange(url, "GET /v2/models HTTP/1.1", b""),
+            404,
+            "/v2/models",
+        ),
+        (
+            "a wrong method",
+            exchange(url, "GET /v1/completions HTTP/1.1", b""),
+            405,
+            "GET",
+        ),
+        (
+            "an unknown model",
+            post_json(
+                url,
+                "/v1/completions",
+                "{\"model\": \"gpt-9\", \"prompt\": \"a\"}",
+            ),
+            404,
+            "gpt-9",
+        ),
+        (
+            "a bad field",
+            post_json(url, "/v1/completions", "{\"prompt\": \"a\", \"top_p\": 2}"),
+            400,
+            "top_p",
+        ),
+        (
+            "too many sequences",
+            post_json(
+                url,
+                "/v1/completions",
+                "{\"prompt\": [\"a\", \"b\", \"c\"], \"n\": 40, \"max_tokens\": 1}",
+            ),
+            413,
+            "120 sequences",
+        ),
+        (
+            "too many tokens",
+            post_json(
+                url,
+                "/v1/completions",
+                "{\"prompt\": \"a b c\", \"n\": 50, \"max_tokens\": 200}",
+            ),
+            413,
+            "--max-tokens-per-request",
+        ),
+        (
+            "no reward model",
+            post_json(url, "/classify", "{\"input\": \"a\"}"),
+            404,
+            "--reward-model",
+        ),
+    ];
+    for (what, answer, status, says) in &cases {
+        eprintln!("{what}: {}", answer.1);
+        assert_openai_error(answer, *status, says);
+    }
+    // The server still answers.
+    let (status, body) = post_json(
+        url,
+        "/v1/completions",
+        "{\"prompt\": \"a\", \"n\": 2, \"max_tokens\": 3}",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_request_too_large_is_refused_and_the_server_goes_on() {
+    // The default caps (from the free memory): 2,000 prompts x n = 4,096 is 8.2 million
+    // sequences, which the server refuses (it used to abort) and then serves the next request.
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), "huge", &[], &[]);
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("request caps:"), "{log}");
+    let prompts = vec!["\"a\""; 2000].join(",");
+    let answer = post_json(
+        &server.url,
+        "/v1/completions",
+        &format!("{{\"prompt\": [{prompts}], \"n\": 4096, \"max_tokens\": 16}}"),
+    );
+    assert_openai_error(&answer, 413, "8192000 sequences");
+    let (status, body) = post_json(&server.url, "/v1/completions", "{\"prompt\": \"a\"}");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn work_stops_when_its_clients_go_and_busy_servers_answer_429() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    // One sequence at a time: a request of 2,380 x 250 tokens would take minutes.
+    let server = Server::start(
+        tmp.path(),
+        "cancel",
+        &["--batch-size", "1", "--max-tokens-per-request", "600000"],
+        &[],
+    );
+    let host = server.url.strip_prefix("http://").unwrap().to_string();
+    let body = "{\"prompt\": \"a\", \"n\": 2380, \"max_tokens\": 250, \"seed\": 3}";
+    let open = || {
+        let mut s = std::net::TcpStream::connect(&host).unwrap();
+        write!(
+            s,
+            "POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        s
+    };
+    // Two long requests (2 prompt tokens with the BOS, so 2,380 x 252 = 599,760 tokens each)
+    // hold the in-flight budget (twice the cap) but for 480 tokens.
+    let a = open();
+    let b = open();
+    std::thread::sleep(Duration::from_millis(500));
+    let answer = post_json(
+        &server.url,
+        "/v1/completions",
+        "{\"prompt\": \"a\", \"n\": 2, \"max_tokens\": 250}",
+    );
+    assert_openai_error(&answer, 429, "retry");
+    // Their clients go: the work stops between decode steps, and the budget is given back.
+    drop(a);
+    drop(b);
+    let started = Instant::now();
+    let (status, body) = post_json(
+        &server.url,
+        "/v1/completions",
+        "{\"prompt\": \"a\", \"max_tokens\": 250, \"seed\": 1}",
+    );
+    let waited = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        waited < Duration::from_secs(30),
+        "the next request waited {waited:?} for work nobody reads"
+    );
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("cancelled=true"), "{log}");
+}
+
+#[test]
+fn slow_headers_time_out_and_connections_beyond_the_limit_wait() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        tmp.path(),
+        "slow",
+        &["--header-read-timeout", "3", "--max-connections", "2"],
+        &[],
+    );
+    let host = server.url.strip_prefix("http://").unwrap().to_string();
+    // A client that never finishes its headers.
+    let slow = || {
+        let mut s = std::net::TcpStream::connect(&host).unwrap();
+        s.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-")
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        (s, Instant::now())
+    };
+    let health = || {
+        let started = Instant::now();
+        let (status, _) = exchange(&server.url, "GET /health HTTP/1.1", b"");
+        assert_eq!(status, 200);
+        started.elapsed()
+    };
+    let (mut first, t0) = slow();
+    // One slot is held: the other still serves, at once.
+    for _ in 0..3 {
+        let took = health();
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+    }
+    // Both held: the next connection waits until the first slow one is dropped.
+    let (mut second, _) = slow();
+    let took = health();
+    assert!(
+        took > Duration::from_millis(1000),
+        "served at once: {took:?}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    // The slow clients were closed by the server after the timeout (EOF, no answer).
+    let mut buf = Vec::new();
+    let n = first
+        .read_to_end(&mut buf)
+        .expect("closed before the client's own timeout");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(!String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+    let _ = second.read_to_end(&mut buf).expect("closed");
+}
+
+#[test]
+fn the_scale_out_docs_score_command_runs() {
+    // docs/scale-out.md: `sweetspot score --recipe recipe.toml --input samples.jsonl -o
+    // scored.jsonl`, the samples from elsewhere (a batch import), the reward from the recipe.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let recipe = recipe(dir, "doc", &native_sampler(0.8), &seq_cls_native(), 2);
+    let o = Command::new(bin())
+        .current_dir(dir)
+        .args(["-q", "generate", "--recipe"])
+        .arg(&recipe)
+        .args(["-o", "samples.jsonl"])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let o = Command::new(bin())
+        .current_dir(dir)
+        .args(["-q", "score", "--recipe"])
+        .arg(&recipe)
+        .args(["--input", "samples.jsonl", "-o", "scored.jsonl"])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let scored = read_jsonl(&dir.join("scored.jsonl"));
+    assert_eq!(scored.len(), 8);
+    assert!(scored.iter().all(|r| r["reward"].is_f64()));
+    // --input names the file read: a missing one is an error naming it.
+    let o = Command::new(bin())
+        .current_dir(dir)
+        .args(["-q", "score", "--recipe"])
+        .arg(&recipe)
+        .args(["--input", "nothere.jsonl", "-o", "scored2.jsonl"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("nothere.jsonl"), "{}", stderr(&o));
+}

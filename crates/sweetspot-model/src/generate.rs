@@ -402,6 +402,7 @@ pub fn generate_with(
             done[i] = Some(g);
             Ok(())
         },
+        &|| false,
     )?;
     done.into_iter()
         .enumerate()
@@ -443,7 +444,42 @@ pub fn generate_continuous(
         share_prefill: true,
         compact: true,
     };
-    run(model, requests, stop_ids, params, limits, on_token, on_done)
+    run(
+        model,
+        requests,
+        stop_ids,
+        params,
+        limits,
+        on_token,
+        on_done,
+        &|| false,
+    )
+    .map(|_| ())
+}
+
+/// [`generate_continuous`], asking `cancelled` before each decode step (and each join): once it
+/// answers true the run stops there, the requests not yet done are dropped, and the result is
+/// `Ok(false)` (`Ok(true)`: every request finished). A server passes "has every client gone?".
+#[allow(clippy::too_many_arguments)]
+pub fn generate_continuous_cancellable(
+    model: &Llama,
+    requests: &[SeqRequest],
+    stop_ids: &[u32],
+    params: &SamplingParams,
+    limits: BatchLimits,
+    on_token: impl FnMut(usize),
+    on_done: impl FnMut(usize, Generation) -> Result<(), ModelError>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<bool, ModelError> {
+    let limits = Batching {
+        max_rows: limits.rows.max(1),
+        max_tokens: limits.tokens,
+        share_prefill: true,
+        compact: true,
+    };
+    run(
+        model, requests, stop_ids, params, limits, on_token, on_done, cancelled,
+    )
 }
 
 struct Batching {
@@ -579,6 +615,8 @@ fn join<'a>(
     })
 }
 
+/// Ok(false) when `cancelled` stopped it.
+#[allow(clippy::too_many_arguments)]
 fn run(
     model: &Llama,
     requests: &[SeqRequest],
@@ -587,9 +625,10 @@ fn run(
     limits: Batching,
     mut on_token: impl FnMut(usize),
     mut on_done: impl FnMut(usize, Generation) -> Result<(), ModelError>,
-) -> Result<(), ModelError> {
+    cancelled: &dyn Fn() -> bool,
+) -> Result<bool, ModelError> {
     if requests.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     if params.max_new_tokens == 0 {
         return Err(ModelError::Input(
@@ -615,6 +654,9 @@ fn run(
     }
     let mut prefixes: HashMap<&[u32], Prefilled> = HashMap::new();
     loop {
+        if cancelled() {
+            return Ok(false);
+        }
         // Free rows take the next pending requests.
         let mut take = if active.len() < limits.max_rows && next < requests.len() {
             (limits.max_rows - active.len()).min(requests.len() - next)
@@ -784,7 +826,7 @@ fn run(
             model.forward_hidden(input, pos, upload(&key_mask, &device), Some(&mut cache))?;
         logits = to_vec(model.logits(hidden))?;
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

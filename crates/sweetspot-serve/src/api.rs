@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -48,12 +49,75 @@ impl ApiError {
         }
     }
 
-    fn internal(message: impl Into<String>) -> Self {
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: message.into(),
             param: None,
         }
+    }
+
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            param: None,
+        }
+    }
+}
+
+/// A JSON body, its rejections (axum's: malformed or too deeply nested JSON 400, a body of the
+/// wrong type 422, a wrong or missing Content-Type 415, a body too large 413) in OpenAI's shape.
+pub(crate) struct ApiJson(pub(crate) Value);
+
+impl<S: Send + Sync> FromRequest<S> for ApiJson {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<Value>::from_request(request, state).await {
+            Ok(Json(v)) => Ok(Self(v)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let message = match &rejection {
+                    JsonRejection::MissingJsonContentType(_) => {
+                        "the body must be JSON sent with `Content-Type: application/json`"
+                            .to_string()
+                    }
+                    _ if status == StatusCode::PAYLOAD_TOO_LARGE => {
+                        "the request body is larger than this server takes (--max-body-bytes)"
+                            .to_string()
+                    }
+                    _ => rejection.body_text(),
+                };
+                Err(ApiError {
+                    status,
+                    message,
+                    param: None,
+                })
+            }
+        }
+    }
+}
+
+/// Any path this server does not serve: 404.
+pub(crate) async fn unknown_route(uri: Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!(
+            "no route {}: this server serves /v1/models, /v1/completions, \
+             /v1/chat/completions, /classify, /v1/classify and /health",
+            uri.path()
+        ),
+        param: None,
+    }
+}
+
+/// A served path asked with another method: 405.
+pub(crate) async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!("{} does not take {method}", uri.path()),
+        param: None,
     }
 }
 
@@ -62,6 +126,8 @@ impl IntoResponse for ApiError {
         let kind = match self.status {
             StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            StatusCode::SERVICE_UNAVAILABLE => "service_unavailable_error",
             s if s.is_server_error() => "internal_error",
             _ => "invalid_request_error",
         };
@@ -294,6 +360,43 @@ async fn complete(
         }
     }
     let prompt_tokens = prompts.iter().map(Vec::len).sum();
+    let limits = &state.limits;
+    let count = prompts.len().saturating_mul(s.n);
+    if count > limits.max_sequences {
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "{} prompts x n = {} asks for {count} sequences; this server takes at most {} \
+                 per request (--max-sequences-per-request): split the request",
+                prompts.len(),
+                s.n,
+                limits.max_sequences
+            ),
+            param: Some("n".into()),
+        });
+    }
+    let tokens = prompts
+        .iter()
+        .map(|p| (p.len() + s.params.max_new_tokens).saturating_mul(s.n))
+        .fold(0usize, usize::saturating_add);
+    if tokens > limits.max_tokens {
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "the request asks for up to {tokens} tokens (prompts and max_tokens, times n); \
+                 this server takes at most {} per request (--max-tokens-per-request): lower \
+                 max_tokens or n, or split the request",
+                limits.max_tokens
+            ),
+            param: Some("max_tokens".into()),
+        });
+    }
+    // Held until this function returns or is dropped (the client went away).
+    let _reserved = limits.reserve(tokens).ok_or_else(|| ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        message: "the server has as much work in flight as it takes; retry later".into(),
+        param: None,
+    })?;
     let sequences: Vec<SeqRequest> = prompts
         .iter()
         .flat_map(|p| {
@@ -311,10 +414,10 @@ async fn complete(
             params: s.params,
             reply,
         })
-        .map_err(|_| ApiError::internal("the sampling engine has stopped"))?;
+        .map_err(|_| ApiError::unavailable("the sampling engine has stopped"))?;
     let generations = answer
         .await
-        .map_err(|_| ApiError::internal("the sampling engine has stopped"))?
+        .map_err(|_| ApiError::unavailable("the sampling engine has stopped"))?
         .map_err(ApiError::internal)?;
     let mut choices = Vec::with_capacity(generations.len());
     for g in generations {
@@ -423,7 +526,7 @@ fn prompts_of(state: &AppState, prompt: Option<&Value>) -> Result<Vec<Vec<u32>>,
 
 pub(crate) async fn completions(
     State(state): State<Arc<AppState>>,
-    Json(body): Json<Value>,
+    ApiJson(body): ApiJson,
 ) -> Result<Json<Value>, ApiError> {
     let body = body_object(body)?;
     let mut known = SAMPLING_FIELDS.to_vec();
@@ -444,7 +547,7 @@ struct ChatMessage {
 
 pub(crate) async fn chat_completions(
     State(state): State<Arc<AppState>>,
-    Json(body): Json<Value>,
+    ApiJson(body): ApiJson,
 ) -> Result<Json<Value>, ApiError> {
     let body = body_object(body)?;
     let mut known = SAMPLING_FIELDS.to_vec();
@@ -549,7 +652,7 @@ pub(crate) async fn health() -> StatusCode {
 /// `objectives` beside each result.
 pub(crate) async fn classify(
     State(state): State<Arc<AppState>>,
-    Json(body): Json<Value>,
+    ApiJson(body): ApiJson,
 ) -> Result<Json<Value>, ApiError> {
     let Some(reward) = &state.reward else {
         return Err(ApiError {
@@ -644,6 +747,25 @@ pub(crate) async fn classify(
         });
     }
     let tokens: usize = inputs.iter().map(|i| i.ids.len()).sum();
+    let limits = &state.limits;
+    if inputs.len() > limits.max_sequences || tokens > limits.max_tokens {
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "{} inputs of {tokens} tokens in all; this server takes at most {} inputs and \
+                 {} tokens per request (--max-sequences-per-request, --max-tokens-per-request)",
+                inputs.len(),
+                limits.max_sequences,
+                limits.max_tokens
+            ),
+            param: Some(field.into()),
+        });
+    }
+    let _reserved = limits.reserve(tokens).ok_or_else(|| ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        message: "the server has as much work in flight as it takes; retry later".into(),
+        param: None,
+    })?;
     let (reply, answer) = oneshot::channel();
     reward
         .jobs
@@ -651,10 +773,10 @@ pub(crate) async fn classify(
             inputs: inputs.clone(),
             reply,
         })
-        .map_err(|_| ApiError::internal("the scoring engine has stopped"))?;
+        .map_err(|_| ApiError::unavailable("the scoring engine has stopped"))?;
     let scores = answer
         .await
-        .map_err(|_| ApiError::internal("the scoring engine has stopped"))?
+        .map_err(|_| ApiError::unavailable("the scoring engine has stopped"))?
         .map_err(ApiError::internal)?;
     let usage = json!({"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0});
     if sglang {

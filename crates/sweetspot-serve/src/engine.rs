@@ -8,7 +8,9 @@
 
 use std::sync::mpsc;
 
-use sweetspot_model::generate::{Generation, SamplingParams, SeqRequest, generate};
+use sweetspot_model::generate::{
+    BatchLimits, Generation, SamplingParams, SeqRequest, generate_continuous_cancellable,
+};
 use sweetspot_model::{Llama, RewardInput, RewardNet, RewardOutput, Tokenizer};
 use tokio::sync::oneshot;
 
@@ -42,6 +44,10 @@ pub(crate) struct RewardInfo {
 }
 
 /// Runs the sampling engine on this thread until every sender is gone.
+///
+/// A request whose client has gone (its handler dropped, so its reply channel is closed) is
+/// skipped if it has not started; a running group stops between decode steps once every one of
+/// its clients has gone, so the next requests do not wait for work nobody will read.
 pub(crate) fn run_policy(
     model: Llama,
     stop_ids: Vec<u32>,
@@ -51,6 +57,7 @@ pub(crate) fn run_policy(
     while let Ok(first) = jobs.recv() {
         let mut waiting = vec![first];
         waiting.extend(jobs.try_iter());
+        waiting.retain(|j| !j.reply.is_closed());
         // Group by settings, keeping arrival order within and across groups.
         let mut groups: Vec<(SamplingParams, Vec<GenJob>)> = Vec::new();
         for job in waiting {
@@ -59,37 +66,59 @@ pub(crate) fn run_policy(
                 None => groups.push((job.params, vec![job])),
             }
         }
-        for (params, group) in groups {
+        for (params, mut group) in groups {
+            group.retain(|j| !j.reply.is_closed());
+            if group.is_empty() {
+                continue;
+            }
             let all: Vec<SeqRequest> = group
                 .iter()
                 .flat_map(|j| j.sequences.iter().cloned())
                 .collect();
             let started = std::time::Instant::now();
-            let mut out = Vec::with_capacity(all.len());
-            let mut failed = None;
-            for chunk in all.chunks(batch_size.max(1)) {
-                match generate(&model, chunk, &stop_ids, &params, |_| {}) {
-                    Ok(g) => out.extend(g),
-                    Err(e) => {
-                        failed = Some(e.to_string());
-                        break;
-                    }
-                }
-            }
+            let mut out: Vec<Option<Generation>> = vec![None; all.len()];
+            let mut steps = 0usize;
+            let limits = BatchLimits {
+                rows: batch_size.max(1),
+                tokens: None,
+            };
+            let gone = || group.iter().all(|j| j.reply.is_closed());
+            let result = generate_continuous_cancellable(
+                &model,
+                &all,
+                &stop_ids,
+                &params,
+                limits,
+                |_| steps += 1,
+                |i, g| {
+                    out[i] = Some(g);
+                    Ok(())
+                },
+                &gone,
+            );
             tracing::debug!(
                 requests = group.len(),
                 sequences = all.len(),
+                steps,
                 seconds = started.elapsed().as_secs_f64(),
+                cancelled = matches!(result, Ok(false)),
                 "generated"
             );
             let mut out = out.into_iter();
             for job in group {
-                let result = match &failed {
-                    Some(e) => Err(e.clone()),
-                    None => Ok(out.by_ref().take(job.sequences.len()).collect()),
+                let n = job.sequences.len();
+                let mine: Vec<Option<Generation>> = out.by_ref().take(n).collect();
+                let answer = match &result {
+                    Err(e) => Err(e.to_string()),
+                    // Cancelled: every client has gone; nobody reads this.
+                    Ok(false) => Err("cancelled: the client went away".into()),
+                    Ok(true) => mine
+                        .into_iter()
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| "a sequence did not finish".to_string()),
                 };
-                // The client may have gone (a timeout): its answer is dropped.
-                let _ = job.reply.send(result);
+                // The client may have gone: its answer is dropped.
+                let _ = job.reply.send(answer);
             }
         }
     }

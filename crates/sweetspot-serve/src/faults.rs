@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -51,7 +51,7 @@ pub(crate) async fn inject(
     let part = faults.rate / 3.0;
     if u < part {
         tracing::debug!("injected fault: 500");
-        return (StatusCode::INTERNAL_SERVER_ERROR, "injected fault").into_response();
+        return crate::api::ApiError::internal("injected fault").into_response();
     }
     if u < 2.0 * part {
         let response = next.run(request).await;

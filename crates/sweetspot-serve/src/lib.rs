@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -71,6 +71,46 @@ pub struct ServeOptions {
     pub api_key: Option<String>,
     /// Testing: the share of POST requests that fail (see the `faults` module), and its seed.
     pub inject_faults: Option<(f64, u64)>,
+    /// Most connections served at once; the next ones wait (in the listen backlog) for a slot.
+    pub max_connections: usize,
+    /// A connection that has not sent a request's headers this long after it began one is
+    /// closed.
+    pub header_read_timeout: std::time::Duration,
+    /// Largest request body, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Most sequences (prompts x n) one request may ask for; `None`: from the free memory.
+    pub max_sequences_per_request: Option<usize>,
+    /// Most tokens (sequences x (prompt + max_tokens)) one request may ask for; `None`: from the
+    /// free memory.
+    pub max_tokens_per_request: Option<usize>,
+}
+
+/// Host bytes a requested sequence holds while its request is in flight (the request, its
+/// result and its JSON answer), apart from its tokens: a generous estimate.
+const HOST_BYTES_PER_SEQUENCE: u64 = 1024;
+/// Host bytes a requested token holds (its id in the request and result, its text, its JSON).
+const HOST_BYTES_PER_TOKEN: u64 = 64;
+
+/// The memory the system can still give (Linux's `MemAvailable`), if known.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The per-request caps: given, or a quarter of the free memory (4 GiB when unknown) over what a
+/// sequence and a token hold on the host.
+fn request_caps(opts: &ServeOptions) -> (usize, usize, u64) {
+    let free = available_memory().unwrap_or(4 << 30);
+    let budget = free / 4;
+    let seqs = opts
+        .max_sequences_per_request
+        .unwrap_or_else(|| (budget / HOST_BYTES_PER_SEQUENCE).max(1) as usize);
+    let tokens = opts
+        .max_tokens_per_request
+        .unwrap_or_else(|| (budget / HOST_BYTES_PER_TOKEN).max(1) as usize);
+    (seqs, tokens, free)
 }
 
 /// Why the server could not start or stopped.
@@ -105,6 +145,22 @@ pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<()
             "--batch-size and --max-batch-tokens must be at least 1".into(),
         ));
     }
+    if opts.max_connections == 0
+        || opts.max_body_bytes == 0
+        || opts.max_sequences_per_request == Some(0)
+        || opts.max_tokens_per_request == Some(0)
+    {
+        return Err(ServeError::Options(
+            "--max-connections, --max-body-bytes, --max-sequences-per-request and \
+             --max-tokens-per-request must be at least 1"
+                .into(),
+        ));
+    }
+    if opts.header_read_timeout.is_zero() {
+        return Err(ServeError::Options(
+            "--header-read-timeout must be more than 0 seconds".into(),
+        ));
+    }
     if let Some((rate, _)) = opts.inject_faults
         && !(0.0..=1.0).contains(&rate)
     {
@@ -123,6 +179,39 @@ pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<()
             source,
         })?;
     let stop = tokenizer.stop_ids().to_vec();
+    let (max_sequences, max_tokens, free) = request_caps(&opts);
+    let c = &model.config;
+    let dtype_bytes = match opts.dtype {
+        Precision::F32 => 4,
+        Precision::Bf16 | Precision::F16 => 2,
+    };
+    let kv_bytes_per_token = 2 * c.num_hidden_layers * c.kv_heads() * c.head_dim() * dtype_bytes;
+    let batch_kv = (opts.batch_size * c.max_position_embeddings * kv_bytes_per_token) as u64;
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    tracing::info!(
+        max_sequences_per_request = max_sequences,
+        max_tokens_per_request = max_tokens,
+        kv_bytes_per_token,
+        free_memory_gib = format!("{:.1}", gib(free)),
+        full_batch_kv_gib = format!("{:.2}", gib(batch_kv)),
+        "request caps"
+    );
+    eprintln!(
+        "request caps: {max_sequences} sequences and {max_tokens} tokens per request \
+         (--max-sequences-per-request, --max-tokens-per-request; free memory {:.1} GiB); \
+         key/value cache {kv_bytes_per_token} bytes per token, {:.2} GiB for a full batch of \
+         {} at {} positions",
+        gib(free),
+        gib(batch_kv),
+        opts.batch_size,
+        c.max_position_embeddings
+    );
+    if opts.device == "cpu" && batch_kv > free {
+        tracing::warn!(
+            "a full batch at the model's longest context needs more memory than is free: lower \
+             --batch-size or ask for fewer tokens"
+        );
+    }
     let policy = PolicyInfo {
         max_positions: model.config.max_position_embeddings,
         tokenizer,
@@ -194,8 +283,15 @@ pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<()
             seed,
             count: AtomicU64::new(0),
         }),
+        limits: state::Limits {
+            max_sequences,
+            max_tokens,
+            // Several requests at their cap may be in flight at once; beyond that, 429.
+            max_in_flight_tokens: max_tokens.saturating_mul(2),
+            in_flight_tokens: AtomicU64::new(0),
+        },
     });
-    let app = router(state);
+    let app = router(state).layer(DefaultBodyLimit::max(opts.max_body_bytes));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -203,13 +299,75 @@ pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<()
         let listener = tokio::net::TcpListener::bind((opts.host.as_str(), opts.port)).await?;
         let addr = listener.local_addr()?;
         on_ready(addr);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
-        Ok(())
+        accept(listener, app, &opts).await
     })
+}
+
+/// Serves connections until Ctrl-C: at most `max_connections` at once (a semaphore permit per
+/// accepted connection; the next ones wait in the listen backlog), each by hyper's HTTP/1 server
+/// with its header-read timeout. On Ctrl-C, stops accepting, lets each connection finish its
+/// request, and returns when every one has closed.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    opts: &ServeOptions,
+) -> Result<(), ServeError> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tokio::sync::{Semaphore, watch};
+
+    let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout);
+    let shutdown = tokio::signal::ctrl_c();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::pin!(conn);
+            let stopping = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = stopping => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection closed");
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+    // Every connection holds a permit until it closes.
+    let _ = slots
+        .acquire_many(u32::try_from(opts.max_connections).unwrap_or(u32::MAX))
+        .await;
+    Ok(())
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -227,6 +385,8 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(api::health))
         .merge(api)
+        .fallback(api::unknown_route)
+        .method_not_allowed_fallback(api::wrong_method)
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }

@@ -5,17 +5,27 @@
 //! sampler would feed the model. A prompt's samples `a..b` go in one request with `n = b - a` and
 //! `seed = prompt_seed(run seed, prompt id) + a`: vLLM seeds choice `i` with `seed + i`, so
 //! sample `k` always gets seed `prompt_seed + k` however the samples are split over requests, and
-//! a rerun asks the same questions. Every sampling setting is sent, `max_tokens` included (vLLM's
-//! default is 16, and it applies the model's generation_config.json to settings a request leaves
-//! out).
+//! a rerun asks the same questions.
+//!
+//! Only the sampling settings the recipe sets are sent (`temperature`, `top_p`, `top_k`,
+//! `min_p`, `repetition_penalty`): a setting left out is the server's own default (vLLM applies
+//! the model's generation_config.json, `--generation-config auto`; llama.cpp's servers their
+//! own defaults). `max_tokens` is always sent (vLLM's default is 16).
+//!
+//! Prompts (`prompt_format`): `tokens` sends token ids; `text` sends the prompt rendered by the
+//! same chat template as text (the server tokenizes it); `auto` (default) sends token ids and,
+//! when the first request is refused with a 4xx that names the prompt (llama-cpp-python's server
+//! takes only text), switches to text for the run and says so once.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde_json::{Value, json};
 use sweetspot_core::{
     BuildContext, ConfigIssue, FinishReason, PluginError, PluginInfo, PluginKind, Progress, Prompt,
-    Sample, SampleGroup, SampleRequest, Sampler, SamplerConfig, check_sampling,
+    PromptContent, Sample, SampleGroup, SampleRequest, Sampler, SamplerConfig, check_sampling,
 };
 use sweetspot_model::Tokenizer;
 use sweetspot_model::generate::prompt_seed;
@@ -34,6 +44,19 @@ pub enum Api {
     Chat,
 }
 
+/// How prompts are sent to `/v1/completions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptFormat {
+    /// Token ids, falling back to text when the server refuses them.
+    #[default]
+    Auto,
+    /// Token ids (exactly the native sampler's input).
+    Tokens,
+    /// The rendered prompt as text (the server tokenizes it).
+    Text,
+}
+
 /// The `[sampler]` table with `type = "openai"`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,15 +71,21 @@ pub struct OpenAiSamplerConfig {
     /// `completions` (default) or `chat`.
     #[serde(default)]
     pub api: Api,
-    /// Softmax temperature (0 = greedy).
-    #[serde(default = "default_temperature")]
-    pub temperature: f32,
-    /// Nucleus sampling mass (1 = off).
-    #[serde(default = "one")]
-    pub top_p: f32,
-    /// Top-k (0 = off; sent as -1).
+    /// How `/v1/completions` prompts are sent: `auto` (default), `tokens` or `text`.
     #[serde(default)]
-    pub top_k: usize,
+    pub prompt_format: PromptFormat,
+    /// Softmax temperature (0 = greedy); unset: the server's default.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass (1 = off); unset: the server's default.
+    pub top_p: Option<f32>,
+    /// Top-k, sent as written (vLLM: -1 or 0 = off; llama.cpp: 0 = off); unset: the server's
+    /// default.
+    pub top_k: Option<i64>,
+    /// Min-p (0 = off), in [0, 1]; unset: the server's default.
+    pub min_p: Option<f32>,
+    /// Repetition penalty (1 = off), above 0, sent as `repetition_penalty` (vLLM's, SGLang's
+    /// name; llama.cpp's servers read `repeat_penalty`); unset: the server's default.
+    pub repetition_penalty: Option<f32>,
     /// Longest response in tokens (sent as `max_tokens`).
     #[serde(default = "default_max_new")]
     pub max_new_tokens: usize,
@@ -79,12 +108,6 @@ pub struct OpenAiSamplerConfig {
     pub api_key_env: Option<String>,
 }
 
-pub(crate) fn default_temperature() -> f32 {
-    0.8
-}
-pub(crate) fn one() -> f32 {
-    1.0
-}
 pub(crate) fn default_max_new() -> usize {
     512
 }
@@ -147,7 +170,41 @@ impl OpenAiSamplerConfig {
         if self.model.is_empty() {
             return Err(ConfigIssue::new("model", "name the served model"));
         }
-        check_sampling(self.temperature, self.top_p, self.max_new_tokens)?;
+        check_sampling(
+            self.temperature.unwrap_or(1.0),
+            self.top_p.unwrap_or(1.0),
+            self.max_new_tokens,
+        )?;
+        if let Some(k) = self.top_k
+            && k < -1
+        {
+            return Err(ConfigIssue::new(
+                "top_k",
+                format!("{k} must be -1 or 0 (off) or positive"),
+            ));
+        }
+        if let Some(m) = self.min_p
+            && !(0.0..=1.0).contains(&m)
+        {
+            return Err(ConfigIssue::new(
+                "min_p",
+                format!("{m} must be in [0, 1] (0 = off)"),
+            ));
+        }
+        if let Some(r) = self.repetition_penalty
+            && !(r.is_finite() && r > 0.0)
+        {
+            return Err(ConfigIssue::new(
+                "repetition_penalty",
+                format!("{r} must be a number > 0 (1 = off)"),
+            ));
+        }
+        if self.prompt_format == PromptFormat::Text && self.api == Api::Chat {
+            return Err(ConfigIssue::new(
+                "prompt_format",
+                "applies to api = \"completions\" (chat sends messages)",
+            ));
+        }
         if self.stop.iter().any(String::is_empty) {
             return Err(ConfigIssue::new("stop", "an empty stop string"));
         }
@@ -176,10 +233,24 @@ impl SamplerConfig for OpenAiSamplerConfig {
         let pool = Pool::new(
             "openai",
             &self.endpoints,
-            key,
+            key.clone(),
             RetryPolicy::new(self.max_retries, self.timeout_s),
         )?;
-        Ok(Box::new(OpenAiSampler { requests, pool }))
+        // prompt_format = "auto" asks once, without retries, whether token ids are taken.
+        let probe = match (self.prompt_format, self.api) {
+            (PromptFormat::Auto, Api::Completions) => Some(Pool::new(
+                "openai",
+                &self.endpoints,
+                key,
+                RetryPolicy::new(0, self.timeout_s),
+            )?),
+            _ => None,
+        };
+        Ok(Box::new(OpenAiSampler {
+            requests,
+            pool,
+            probe,
+        }))
     }
 }
 
@@ -187,6 +258,8 @@ impl SamplerConfig for OpenAiSamplerConfig {
 pub struct OpenAiSampler {
     requests: Requests,
     pool: Pool,
+    /// The pool without retries that asks whether token ids are taken (`auto`).
+    probe: Option<Pool>,
 }
 
 /// What makes request bodies and reads answers: the settings and the policy's tokenizer (the
@@ -194,6 +267,10 @@ pub struct OpenAiSampler {
 pub struct Requests {
     pub(crate) config: OpenAiSamplerConfig,
     pub(crate) tokenizer: Tokenizer,
+    /// Prompts go as text (`prompt_format = "text"`, or `auto` after a refusal of token ids).
+    pub(crate) text_prompts: AtomicBool,
+    /// `auto` has seen token ids accepted (or switched to text): no more probing.
+    pub(crate) settled: AtomicBool,
 }
 
 impl Requests {
@@ -205,9 +282,12 @@ impl Requests {
         let path = ctx.resolve(&config.tokenizer);
         let tokenizer = sweetspot_model::load_tokenizer(&path)
             .map_err(|e| PluginError::other("openai: loading the tokenizer", e))?;
+        let text = config.prompt_format == PromptFormat::Text;
         Ok(Self {
             config: config.clone(),
             tokenizer,
+            text_prompts: AtomicBool::new(text),
+            settled: AtomicBool::new(config.prompt_format != PromptFormat::Auto),
         })
     }
 }
@@ -242,16 +322,32 @@ impl Requests {
             "model": c.model,
             "n": ask.n,
             "seed": seed + u64::from(ask.first),
-            "temperature": c.temperature,
-            "top_p": c.top_p,
-            "top_k": if c.top_k == 0 { -1 } else { c.top_k as i64 },
             "max_tokens": c.max_new_tokens,
             "return_token_ids": true,
         });
+        // Only what the recipe sets: the rest is the server's default.
+        if let Some(t) = c.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(p) = c.top_p {
+            body["top_p"] = json!(p);
+        }
+        if let Some(k) = c.top_k {
+            body["top_k"] = json!(k);
+        }
+        if let Some(m) = c.min_p {
+            body["min_p"] = json!(m);
+        }
+        if let Some(r) = c.repetition_penalty {
+            body["repetition_penalty"] = json!(r);
+        }
         if !c.stop.is_empty() {
             body["stop"] = json!(c.stop);
         }
         match c.api {
+            Api::Completions if self.text_prompts.load(Ordering::Relaxed) => {
+                body["prompt"] = json!(self.prompt_text(prompt)?);
+            }
             Api::Completions => {
                 let ids = self
                     .tokenizer
@@ -272,6 +368,24 @@ impl Requests {
         Ok(body)
     }
 
+    /// A prompt as text: rendered by the chat template with the generation prompt (the text
+    /// [`Tokenizer::encode_prompt`] encodes), or the plain text when the model has none.
+    fn prompt_text(&self, prompt: &Prompt) -> Result<String, PluginError> {
+        let err = |e: String| PluginError::Input(format!("prompt `{}`: {e}", prompt.id));
+        if self.tokenizer.has_chat_template() {
+            self.tokenizer
+                .render_chat(&prompt.content.to_messages(), true)
+                .map_err(|e| err(e.to_string()))
+        } else {
+            match &prompt.content {
+                PromptContent::Text(t) => Ok(t.clone()),
+                PromptContent::Chat(_) => {
+                    Err(err("a chat, but the model has no chat template".into()))
+                }
+            }
+        }
+    }
+
     /// The samples of one answer.
     pub(crate) fn samples(
         &self,
@@ -283,8 +397,14 @@ impl Requests {
             .as_array()
             .ok_or("the answer has no `choices` list")?;
         if choices.len() != ask.n as usize {
+            let hint = if choices.len() == 1 {
+                " (the server may ignore `n`, as llama.cpp's servers do: set \
+                 samples_per_request = 1)"
+            } else {
+                ""
+            };
             return Err(format!(
-                "asked for {} choices, got {}",
+                "asked for {} choices, got {}{hint}",
                 ask.n,
                 choices.len()
             ));
@@ -368,9 +488,7 @@ impl Sampler for OpenAiSampler {
             k => k as u32,
         };
         let mut asks = Vec::new();
-        let mut bodies = Vec::new();
-        for (p, prompt) in prompts.iter().enumerate() {
-            let seed = prompt_seed(request.seed, &prompt.id);
+        for (p, _) in prompts.iter().enumerate() {
             let mut a = first;
             while a < n {
                 let ask = Ask {
@@ -378,15 +496,18 @@ impl Sampler for OpenAiSampler {
                     first: a,
                     n: per.min(n - a),
                 };
-                bodies.push(requests.body(prompt, &ask, seed)?);
                 a += ask.n;
                 asks.push(ask);
             }
         }
+        let body = |ask: &Ask| {
+            let prompt = &prompts[ask.prompt];
+            requests.body(prompt, ask, prompt_seed(request.seed, &prompt.id))
+        };
         let path = requests.path();
         let mut pending: Vec<Vec<Sample>> = vec![Vec::new(); prompts.len()];
         let want = (n - first) as usize;
-        self.pool.post_all(path, bodies, |i, answer| {
+        let mut handle = |i: usize, answer: Value| -> Result<(), PluginError> {
             let ask = &asks[i];
             let prompt = &prompts[ask.prompt];
             let samples = requests.samples(prompt, ask, &answer).map_err(|why| {
@@ -409,6 +530,67 @@ impl Sampler for OpenAiSampler {
                 })?;
             }
             Ok(())
-        })
+        };
+        let mut start = 0;
+        if let (false, Some(pool)) = (requests.settled.load(Ordering::Relaxed), &self.probe) {
+            // prompt_format = "auto": the first request alone, with token ids, once.
+            let Some(ask) = asks.first() else {
+                return Ok(());
+            };
+            let mut probe = None;
+            let first_try = pool.post_all(path, vec![body(ask)?], |_, answer| {
+                probe = Some(answer);
+                Ok(())
+            });
+            match first_try {
+                Ok(()) => {
+                    requests.settled.store(true, Ordering::Relaxed);
+                    if let Some(answer) = probe {
+                        handle(0, answer)?;
+                        start = 1;
+                    }
+                }
+                Err(e) if refuses_token_ids(&e.to_string()) => {
+                    tracing::warn!(
+                        error = %e,
+                        "openai: the server refuses token-id prompts; sending prompts as text \
+                         rendered by the same chat template (prompt_format = \"auto\"; set \
+                         \"text\" to skip this first try, or \"tokens\" to fail instead)"
+                    );
+                    requests.text_prompts.store(true, Ordering::Relaxed);
+                    requests.settled.store(true, Ordering::Relaxed);
+                }
+                // Anything else (a busy or failing server): the pool below retries as usual,
+                // with token ids, and the next call asks again.
+                Err(e) => tracing::debug!(error = %e, "openai: the first try failed"),
+            }
+        }
+        let bodies = asks[start..]
+            .iter()
+            .map(body)
+            .collect::<Result<Vec<_>, _>>()?;
+        let text = requests.text_prompts.load(Ordering::Relaxed);
+        self.pool
+            .post_all(path, bodies, |i, answer| handle(start + i, answer))
+            .map_err(|e| match e {
+                PluginError::Input(m) if !text && refuses_token_ids(&m) => {
+                    PluginError::Input(format!(
+                        "{m}\n(the server seems to refuse token-id prompts: set \
+                         prompt_format = \"text\" or \"auto\" in [sampler])"
+                    ))
+                }
+                e => e,
+            })
     }
+}
+
+/// Whether a failed request's message says the prompt must be a string: what a server that
+/// takes only text prompts answers to token ids (llama-cpp-python's: a 500 listing pydantic's
+/// "Input should be a valid string" at `body.prompt`; others a 400 or 422).
+fn refuses_token_ids(message: &str) -> bool {
+    ["HTTP 400", "HTTP 422", "HTTP 500"]
+        .iter()
+        .any(|s| message.contains(s))
+        && message.contains("prompt")
+        && message.contains("string")
 }

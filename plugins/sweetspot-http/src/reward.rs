@@ -191,22 +191,47 @@ fn floats(v: &Value) -> Option<Vec<f64>> {
 }
 
 impl HttpReward {
-    /// The scores of one answer for `count` sequences.
+    /// The scores of one answer for `count` sequences. vLLM's results each name their row of the
+    /// request by `index`, an integer in `0..count`, each row once; any other `index` (a string,
+    /// a float, missing, out of range, repeated) is refused with the result and the value, never
+    /// put on a row by position. SGLang's list has no index: its order is the request's.
     fn parse(&self, answer: &Value, count: usize) -> Result<Vec<Score>, String> {
         let rows: Vec<&Value> = match self.config.api {
             ClassifyApi::Vllm => {
                 let data = answer["data"]
                     .as_array()
                     .ok_or("the answer has no `data` list")?;
-                let mut rows = vec![None; data.len()];
+                let mut rows: Vec<Option<(usize, &Value)>> = vec![None; count];
                 for (pos, d) in data.iter().enumerate() {
-                    let i = d["index"].as_u64().map_or(pos, |i| i as usize);
-                    match rows.get_mut(i) {
-                        Some(slot @ None) => *slot = Some(d),
-                        _ => return Err(format!("result index {i} is out of range or repeated")),
+                    let index = d.get("index").ok_or_else(|| {
+                        format!("result {pos} of `data` has no `index` (the row of the request)")
+                    })?;
+                    let i = index
+                        .as_u64()
+                        .filter(|&i| i < count as u64)
+                        .ok_or_else(|| {
+                            format!(
+                                "result {pos} of `data` has `index` {index}, not a row of the \
+                                 request (an integer in 0..{count})"
+                            )
+                        })? as usize;
+                    match &rows[i] {
+                        Some((first, _)) => {
+                            return Err(format!(
+                                "results {first} and {pos} of `data` both have `index` {i}"
+                            ));
+                        }
+                        None => rows[i] = Some((pos, d)),
                     }
                 }
-                rows.into_iter().flatten().collect()
+                if let Some(missing) = rows.iter().position(Option::is_none) {
+                    return Err(format!(
+                        "sent {count} sequences, got {} results: no result has `index` \
+                         {missing}",
+                        data.len()
+                    ));
+                }
+                rows.into_iter().flatten().map(|(_, d)| d).collect()
             }
             ClassifyApi::Sglang => answer
                 .as_array()

@@ -14,9 +14,10 @@ use crate::{Failure, ModelFlags};
 #[derive(Debug, Args)]
 pub struct ScoreArgs {
     /// Take the [reward] and [score] tables from this recipe.
-    #[arg(long, short, conflicts_with_all = ["model", "input"])]
+    #[arg(long, short, conflicts_with_all = ["model"])]
     pub recipe: Option<PathBuf>,
-    /// Samples (JSONL, long layout, as `sweetspot generate` writes them).
+    /// Samples (JSONL, long layout, as `sweetspot generate` writes them). With --recipe,
+    /// overrides [score].input.
     #[arg(long, short, required_unless_present = "recipe")]
     pub input: Option<PathBuf>,
     /// Scored samples out (JSONL, long layout). With --recipe, overrides [score].output.
@@ -75,8 +76,14 @@ pub(crate) fn score_cmd(args: ScoreArgs, quiet: bool) -> Result<(), Failure> {
     })?;
     let ctx = context(&recipe, base);
     let mut recipe = recipe;
-    if let (Some(_), Some(o), Some(c)) = (&args.recipe, &args.output, recipe.score.as_mut()) {
-        c.output = Some(std::path::absolute(o).unwrap_or_else(|_| o.clone()));
+    if let (Some(_), Some(c)) = (&args.recipe, recipe.score.as_mut()) {
+        // Paths given on the command line are relative to where it runs.
+        if let Some(o) = &args.output {
+            c.output = Some(std::path::absolute(o).unwrap_or_else(|_| o.clone()));
+        }
+        if let Some(i) = &args.input {
+            c.input = Some(std::path::absolute(i).unwrap_or_else(|_| i.clone()));
+        }
     }
     let stages = sweetspot_runner::Stages {
         score: true,

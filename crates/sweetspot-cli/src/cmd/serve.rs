@@ -62,6 +62,23 @@ pub struct ServeArgs {
     /// The fault pattern's seed.
     #[arg(long, hide = true, default_value_t = 0)]
     pub fault_seed: u64,
+    /// Most connections served at once; more wait for a free slot.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers; slower connections are closed.
+    #[arg(long, default_value_t = 30.0)]
+    pub header_read_timeout: f64,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_body_bytes: usize,
+    /// Most sequences (prompts x n) one request may ask for (413 beyond). Default: a quarter of
+    /// the free memory at 1 KiB a sequence (printed at start).
+    #[arg(long)]
+    pub max_sequences_per_request: Option<usize>,
+    /// Most tokens (prompts x n x (prompt + max_tokens)) one request may ask for (413 beyond).
+    /// Default: a quarter of the free memory at 64 bytes a token (printed at start).
+    #[arg(long)]
+    pub max_tokens_per_request: Option<usize>,
 }
 
 pub(crate) fn serve_cmd(args: ServeArgs) -> Result<(), Failure> {
@@ -72,6 +89,15 @@ pub(crate) fn serve_cmd(args: ServeArgs) -> Result<(), Failure> {
                 code: 2,
             }
         })?;
+    if !(args.header_read_timeout.is_finite() && args.header_read_timeout > 0.0) {
+        return Err(Failure {
+            message: format!(
+                "--header-read-timeout: {} is not a number of seconds above 0",
+                args.header_read_timeout
+            ),
+            code: 2,
+        });
+    }
     let api_key = args
         .api_key
         .clone()
@@ -95,6 +121,11 @@ pub(crate) fn serve_cmd(args: ServeArgs) -> Result<(), Failure> {
         max_batch_tokens: args.max_batch_tokens,
         api_key,
         inject_faults: args.inject_faults.map(|r| (r, args.fault_seed)),
+        max_connections: args.max_connections,
+        header_read_timeout: std::time::Duration::from_secs_f64(args.header_read_timeout),
+        max_body_bytes: args.max_body_bytes,
+        max_sequences_per_request: args.max_sequences_per_request,
+        max_tokens_per_request: args.max_tokens_per_request,
     };
     let keyed = opts.api_key.is_some();
     sweetspot_serve::serve(opts, |addr| {
