@@ -39,11 +39,21 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_model(dir, name, &fixture("policy"), args, env)
+    }
+
+    fn start_model(
+        dir: &Path,
+        name: &str,
+        model: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = dir.join(format!("{name}.log"));
         let mut cmd = Command::new(bin());
         cmd.arg("-v")
             .arg("serve")
-            .arg(fixture("policy"))
+            .arg(model)
             .args(["--port", "0"])
             .args(args)
             .stdout(Stdio::piped())
@@ -1061,4 +1071,101 @@ fn the_scale_out_docs_score_command_runs() {
         .unwrap();
     assert!(!o.status.success());
     assert!(stderr(&o).contains("nothere.jsonl"), "{}", stderr(&o));
+}
+
+/// Settings a request leaves out come from the model's generation_config.json (vLLM's
+/// `--generation-config auto`), or OpenAI's defaults with `--generation-config vllm`; its
+/// `<|endoftext|>` stops a response either way; `repetition_penalty` and `min_p` are applied.
+/// Each answer is the in-process draw with the settings so resolved.
+#[test]
+fn requests_take_the_models_generation_config_as_vllm_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model_dir = fixture("qwen25-genconfig");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model_dir.join("reference.json")).unwrap())
+            .unwrap();
+    let ids: Vec<u32> = reference["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let device = sweetspot_model::resolve_device("cpu").unwrap();
+    let (model, tok) =
+        sweetspot_model::load_causal_lm(&model_dir, &device, sweetspot_model::Precision::F32)
+            .unwrap();
+    let prompt = serde_json::to_string(&ids).unwrap();
+    let draws = |params: sweetspot_model::generate::SamplingParams| {
+        let reqs: Vec<_> = (0..4)
+            .map(|i| sweetspot_model::generate::SeqRequest {
+                prompt_ids: ids.clone(),
+                seed: 9 + i,
+            })
+            .collect();
+        sweetspot_model::generate::generate(&model, &reqs, tok.stop_ids(), &params, |_| {})
+            .unwrap()
+            .into_iter()
+            .map(|g| g.tokens)
+            .collect::<Vec<_>>()
+    };
+    let answer = |url: &str, extra: &str| {
+        let (status, body) = post_json(
+            url,
+            "/v1/completions",
+            &format!(
+                "{{\"prompt\": {prompt}, \"n\": 4, \"seed\": 9, \"max_tokens\": 12, \
+                 \"return_token_ids\": true{extra}}}"
+            ),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                c["token_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u32)
+                    .collect::<Vec<u32>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let file = sweetspot_model::generate::SamplingParams {
+        repetition_penalty: 1.05,
+        ..sweetspot_model::generate::SamplingParams::new(0.7, 0.8, 20, 12)
+    };
+    let auto = Server::start_model(tmp.path(), "auto", &model_dir, &[], &[]);
+    let log = std::fs::read_to_string(&auto.log).unwrap();
+    assert!(
+        log.contains("temperature 0.7, top_p 0.8, top_k 20"),
+        "{log}"
+    );
+    assert_eq!(answer(&auto.url, ""), draws(file));
+    // What a request sets wins; min_p and repetition_penalty are applied.
+    let set = sweetspot_model::generate::SamplingParams {
+        repetition_penalty: 1.3,
+        min_p: 0.2,
+        ..sweetspot_model::generate::SamplingParams::new(1.0, 0.8, 20, 12)
+    };
+    assert_eq!(
+        answer(
+            &auto.url,
+            ", \"temperature\": 1.0, \"repetition_penalty\": 1.3, \"min_p\": 0.2"
+        ),
+        draws(set)
+    );
+    drop(auto);
+    let vllm = Server::start_model(
+        tmp.path(),
+        "vllm",
+        &model_dir,
+        &["--generation-config", "vllm"],
+        &[],
+    );
+    let openai = sweetspot_model::generate::SamplingParams::new(1.0, 1.0, 0, 12);
+    let got = answer(&vllm.url, "");
+    assert_eq!(got, draws(openai));
+    assert_ne!(got, draws(file));
 }

@@ -176,6 +176,8 @@ const SAMPLING_FIELDS: &[&str] = &[
     "max_completion_tokens",
     "stop",
     "return_token_ids",
+    "repetition_penalty",
+    "min_p",
 ];
 
 /// Refuses any field not in `known`, by name; a few common ones only at their no-op values.
@@ -186,7 +188,6 @@ fn refuse_unknown(body: &Map<String, Value>, known: &[&str]) -> Result<(), ApiEr
         }
         let noop = match key.as_str() {
             "presence_penalty" | "frequency_penalty" => value.as_f64() == Some(0.0),
-            "repetition_penalty" => value.as_f64() == Some(1.0),
             "logprobs" | "echo" | "best_of" | "logit_bias" | "suffix" | "stream_options" => {
                 value.is_null() || value == &json!(false) || value == &json!(1) && key == "best_of"
             }
@@ -250,7 +251,10 @@ fn integer(body: &Map<String, Value>, key: &str) -> Result<Option<i64>, ApiError
     }
 }
 
-fn sampling(body: &Map<String, Value>) -> Result<Sampling, ApiError> {
+fn sampling(
+    body: &Map<String, Value>,
+    defaults: &sweetspot_model::GenerationDefaults,
+) -> Result<Sampling, ApiError> {
     let n = integer(body, "n")?.unwrap_or(1);
     if !(1..=4096).contains(&n) {
         return Err(ApiError::field("n", format!("{n} is not in 1..=4096")));
@@ -260,22 +264,43 @@ fn sampling(body: &Map<String, Value>) -> Result<Sampling, ApiError> {
         Some(s) => s as u64,
         None => fresh_seed(),
     };
-    // OpenAI's defaults (the server does not read generation_config.json: vLLM's
-    // `--generation-config vllm`).
-    let temperature = number(body, "temperature")?.unwrap_or(1.0);
+    // What a request leaves out: the model's generation config (vLLM's `--generation-config
+    // auto`; empty with `vllm`), else OpenAI's defaults.
+    let temperature = number(body, "temperature")?
+        .or(defaults.temperature.map(f64::from))
+        .unwrap_or(1.0);
     if !(temperature.is_finite() && temperature >= 0.0) {
         return Err(ApiError::field("temperature", "must be a number >= 0"));
     }
-    let top_p = number(body, "top_p")?.unwrap_or(1.0);
+    let top_p = number(body, "top_p")?
+        .or(defaults.top_p.map(f64::from))
+        .unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::field("top_p", "must be in (0, 1]"));
     }
-    let top_k = integer(body, "top_k")?.unwrap_or(-1);
+    let top_k = integer(body, "top_k")?
+        .or(defaults.top_k.map(|k| k as i64))
+        .unwrap_or(-1);
     if top_k < -1 {
         return Err(ApiError::field(
             "top_k",
             "must be -1 or 0 (off) or positive",
         ));
+    }
+    let repetition_penalty = number(body, "repetition_penalty")?
+        .or(defaults.repetition_penalty.map(f64::from))
+        .unwrap_or(1.0);
+    if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
+        return Err(ApiError::field(
+            "repetition_penalty",
+            "must be a number > 0 (1 = off)",
+        ));
+    }
+    let min_p = number(body, "min_p")?
+        .or(defaults.min_p.map(f64::from))
+        .unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&min_p) {
+        return Err(ApiError::field("min_p", "must be in [0, 1] (0 = off)"));
     }
     let max_tokens = match (
         integer(body, "max_tokens")?,
@@ -317,12 +342,16 @@ fn sampling(body: &Map<String, Value>) -> Result<Sampling, ApiError> {
     Ok(Sampling {
         n: n as usize,
         seed,
-        params: SamplingParams::new(
-            temperature as f32,
-            top_p as f32,
-            top_k.max(0) as usize,
-            max_tokens as usize,
-        ),
+        params: SamplingParams {
+            repetition_penalty: repetition_penalty as f32,
+            min_p: min_p as f32,
+            ..SamplingParams::new(
+                temperature as f32,
+                top_p as f32,
+                top_k.max(0) as usize,
+                max_tokens as usize,
+            )
+        },
         stop,
         return_token_ids,
     })
@@ -533,7 +562,7 @@ pub(crate) async fn completions(
     known.push("prompt");
     refuse_unknown(&body, &known)?;
     model_matches(&state, &body)?;
-    let s = sampling(&body)?;
+    let s = sampling(&body, &state.policy.defaults)?;
     let prompts = prompts_of(&state, body.get("prompt"))?;
     let (choices, prompt_tokens) = complete(&state, prompts, &s).await?;
     Ok(respond(&state, choices, prompt_tokens, &s, false))
@@ -554,7 +583,7 @@ pub(crate) async fn chat_completions(
     known.push("messages");
     refuse_unknown(&body, &known)?;
     model_matches(&state, &body)?;
-    let s = sampling(&body)?;
+    let s = sampling(&body, &state.policy.defaults)?;
     let messages: Vec<ChatMessage> = serde_json::from_value(
         body.get("messages").cloned().unwrap_or(Value::Null),
     )

@@ -31,6 +31,9 @@ pub(crate) struct ScoreJob {
 pub(crate) struct PolicyInfo {
     pub(crate) tokenizer: Tokenizer,
     pub(crate) max_positions: usize,
+    /// The model's sampling defaults for settings a request leaves out (empty with
+    /// `--generation-config vllm`).
+    pub(crate) defaults: sweetspot_model::GenerationDefaults,
 }
 
 /// What the handlers know of the reward model.

@@ -20,6 +20,8 @@ mod engine;
 mod faults;
 mod state;
 
+pub use sweetspot_model::GenerationConfigMode;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -83,6 +85,10 @@ pub struct ServeOptions {
     /// Most tokens (sequences x (prompt + max_tokens)) one request may ask for; `None`: from the
     /// free memory.
     pub max_tokens_per_request: Option<usize>,
+    /// vLLM's `--generation-config`: `Auto` fills the sampling settings a request leaves out
+    /// from the model's generation config (`generation_config.json`, a GGUF's
+    /// `general.sampling.*`); `Vllm` uses OpenAI's defaults. Its end tokens stop either way.
+    pub generation_config: sweetspot_model::GenerationConfigMode,
 }
 
 /// Host bytes a requested sequence holds while its request is in flight (the request, its
@@ -212,9 +218,31 @@ pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<()
              --batch-size or ask for fewer tokens"
         );
     }
+    let defaults = sweetspot_model::load_generation_defaults(&opts.model)
+        .map_err(|source| ServeError::Model {
+            path: opts.model.clone(),
+            source,
+        })?
+        .for_mode(opts.generation_config);
+    eprintln!(
+        "defaults for settings a request leaves out: temperature {}, top_p {}, top_k {}, \
+         repetition_penalty {}, min_p {} ({})",
+        defaults.temperature.unwrap_or(1.0),
+        defaults.top_p.unwrap_or(1.0),
+        defaults.top_k.unwrap_or(0),
+        defaults.repetition_penalty.unwrap_or(1.0),
+        defaults.min_p.unwrap_or(0.0),
+        match (&defaults.source, opts.generation_config) {
+            (_, sweetspot_model::GenerationConfigMode::Vllm) =>
+                "--generation-config vllm: OpenAI's".to_string(),
+            (Some(p), _) => format!("from {}, else OpenAI's", p.display()),
+            (None, _) => "OpenAI's: the model has no generation config".to_string(),
+        }
+    );
     let policy = PolicyInfo {
         max_positions: model.config.max_position_embeddings,
         tokenizer,
+        defaults,
     };
     let vocab = model.config.vocab_size;
     let (gen_tx, gen_rx) = std::sync::mpsc::channel();

@@ -79,6 +79,10 @@ pub struct ServeArgs {
     /// Default: a quarter of the free memory at 64 bytes a token (printed at start).
     #[arg(long)]
     pub max_tokens_per_request: Option<usize>,
+    /// `auto`: the model's generation_config.json fills the sampling settings a request leaves
+    /// out (vLLM's default); `vllm`: OpenAI's defaults do. Its end tokens stop either way.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "vllm"])]
+    pub generation_config: String,
 }
 
 pub(crate) fn serve_cmd(args: ServeArgs) -> Result<(), Failure> {
@@ -126,6 +130,10 @@ pub(crate) fn serve_cmd(args: ServeArgs) -> Result<(), Failure> {
         max_body_bytes: args.max_body_bytes,
         max_sequences_per_request: args.max_sequences_per_request,
         max_tokens_per_request: args.max_tokens_per_request,
+        generation_config: match args.generation_config.as_str() {
+            "vllm" => sweetspot_serve::GenerationConfigMode::Vllm,
+            _ => sweetspot_serve::GenerationConfigMode::Auto,
+        },
     };
     let keyed = opts.api_key.is_some();
     sweetspot_serve::serve(opts, |addr| {
