@@ -298,7 +298,11 @@ fn arguments(table: &Table, text: &str, scratch: &mut Scratch) -> Result<Vec<Str
                 if t.contains("{url}") {
                     t = t.replace("{url}", &scratch.url()?);
                 }
-                std::fs::write(scratch.dir.path().join(w), t).unwrap();
+                let to = scratch.dir.path().join(w);
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent).unwrap();
+                }
+                std::fs::write(to, t).unwrap();
                 w.to_string()
             } else {
                 v.replace("{root}", &rootd)

@@ -438,13 +438,7 @@ pub fn generate_continuous(
     on_token: impl FnMut(usize),
     on_done: impl FnMut(usize, Generation) -> Result<(), ModelError>,
 ) -> Result<(), ModelError> {
-    let limits = Batching {
-        max_rows: limits.rows.max(1),
-        max_tokens: limits.tokens,
-        share_prefill: true,
-        compact: true,
-    };
-    run(
+    generate_continuous_cancellable(
         model,
         requests,
         stop_ids,

@@ -199,12 +199,14 @@ impl GenerationDefaults {
     /// A GGUF's `general.sampling.*` keys (llama.cpp's defaults for the model), read from the
     /// metadata by `get` (a key to its numeric value).
     pub fn from_gguf_meta(path: &Path, get: impl Fn(&str) -> Option<f64>) -> Self {
-        let mut out = Self::default();
-        out.temperature = get("general.sampling.temp").map(|v| v as f32);
-        out.top_p = get("general.sampling.top_p").map(|v| v as f32);
-        out.top_k = get("general.sampling.top_k").map(|v| v.max(0.0) as usize);
-        out.min_p = get("general.sampling.min_p").map(|v| v as f32);
-        out.repetition_penalty = get("general.sampling.penalty_repeat").map(|v| v as f32);
+        let mut out = Self {
+            temperature: get("general.sampling.temp").map(|v| v as f32),
+            top_p: get("general.sampling.top_p").map(|v| v as f32),
+            top_k: get("general.sampling.top_k").map(|v| v.max(0.0) as usize),
+            min_p: get("general.sampling.min_p").map(|v| v as f32),
+            repetition_penalty: get("general.sampling.penalty_repeat").map(|v| v as f32),
+            ..Self::default()
+        };
         if out.temperature.is_some()
             || out.top_p.is_some()
             || out.top_k.is_some()
