@@ -50,14 +50,11 @@ pub fn load_tokenizer(path: &std::path::Path) -> Result<Tokenizer, ModelError> {
         let gguf = gguf::Gguf::open_header(path)?;
         Tokenizer::from_gguf(&gguf, path)
     } else {
+        // A config.json that does not parse is reported when the model loads.
         let config = LlamaConfig::from_file(&path.join("config.json"))
             .map(|c| c.eos_ids())
             .unwrap_or_default();
-        let mut ids = config;
-        ids.extend(GenerationDefaults::from_dir(path)?.eos_ids);
-        ids.sort_unstable();
-        ids.dedup();
-        Tokenizer::from_dir(path, &ids)
+        Tokenizer::from_dir(path, &stop_ids(path, config)?)
     }
 }
 
@@ -79,15 +76,15 @@ pub fn load_causal_lm(
         Ok((model, tok))
     } else {
         let model = Llama::from_pretrained_as(path, device, precision)?;
-        let tok = Tokenizer::from_dir(path, &stop_ids(path, &model.config)?)?;
+        let tok = Tokenizer::from_dir(path, &stop_ids(path, model.config.eos_ids())?)?;
         Ok((model, tok))
     }
 }
 
-/// A model folder's end tokens: `config.json`'s `eos_token_id` and `generation_config.json`'s
-/// (transformers and vLLM stop at both).
-fn stop_ids(dir: &std::path::Path, config: &LlamaConfig) -> Result<Vec<u32>, ModelError> {
-    let mut ids = config.eos_ids();
+/// A model folder's end tokens: `config.json`'s `eos_token_id` (`config_eos`) and
+/// `generation_config.json`'s (transformers and vLLM stop at both).
+fn stop_ids(dir: &std::path::Path, config_eos: Vec<u32>) -> Result<Vec<u32>, ModelError> {
+    let mut ids = config_eos;
     ids.extend(GenerationDefaults::from_dir(dir)?.eos_ids);
     ids.sort_unstable();
     ids.dedup();
