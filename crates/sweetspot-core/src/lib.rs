@@ -25,14 +25,17 @@ pub use model::{
     ScoredSample,
 };
 pub use plugin::{
-    BuildContext, LossInput, LossOutput, NoProgress, PairStrategy, PairStrategyConfig,
-    PreferenceLoss, PreferenceLossConfig, Progress, RewardModel, RewardModelConfig, SampleRequest,
-    Sampler, SamplerConfig, Selection, SkipReason,
+    BuildContext, EXECUTION_SETTINGS, LossInput, LossOutput, NoProgress, PairStrategy,
+    PairStrategyConfig, PluginInput, PreferenceLoss, PreferenceLossConfig, Progress, RewardModel,
+    RewardModelConfig, SampleRequest, Sampler, SamplerConfig, Selection, SkipReason,
+    declared_inputs, inputs_in_settings, settings_json,
 };
 pub use points::Point;
 pub use recipe::Precision;
 pub use registry::{PluginInfo, PluginKind};
 pub use stats::RewardStats;
+/// Registers a plugin (see [`registry`]).
+pub use sweetspot_macros::plugin;
 
 /// Re-exported so that plugin crates can name the exact burn version the traits use.
 pub use burn;

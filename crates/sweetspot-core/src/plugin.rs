@@ -72,6 +72,101 @@ impl BuildContext {
 }
 
 // ---------------------------------------------------------------------------------------------
+// What every plugin table answers the runner
+// ---------------------------------------------------------------------------------------------
+
+/// A file or folder a plugin table reads, by the setting that names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PluginInput {
+    /// The setting, relative to the table (`model`, `tokenizer`, `files[0]`, `a.b`): the runner
+    /// names the input `<table>.<key>` in a node's identity and in its errors.
+    pub key: String,
+    /// The path as written in the recipe (resolve it with [`BuildContext::resolve`]).
+    pub path: PathBuf,
+}
+
+impl PluginInput {
+    /// The input named by setting `key`.
+    pub fn new(key: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        Self {
+            key: key.into(),
+            path: path.into(),
+        }
+    }
+}
+
+/// The execution settings a sampler or reward model has unless it says otherwise
+/// ([`SamplerConfig::execution_settings`]): settings that change how the work is done, not what
+/// it computes (a sample or a score does not depend on its batch or device beyond float
+/// rounding, nor on which server of a fleet answers), so they stay out of a node's identity and
+/// a run killed for lack of memory may resume with a smaller batch, or on another machine.
+pub const EXECUTION_SETTINGS: &[&str] = &[
+    "device",
+    "batch_size",
+    "max_batch_tokens",
+    // Where and how a remote plugin asks (the `openai` sampler, the `http` reward): the same
+    // questions to another fleet get the same answers.
+    "endpoints",
+    "timeout_s",
+    "max_retries",
+    "api_key_env",
+];
+
+/// A plugin table's settings as JSON (without its `type`): what a node's identity hashes.
+pub fn settings_json<T: ?Sized + erased_serde::Serialize>(table: &T) -> serde_json::Value {
+    erased_serde::serialize(table, serde_json::value::Serializer).unwrap_or_default()
+}
+
+/// Every string setting of `settings` that names an existing file or folder once resolved with
+/// `ctx`, sorted by key: what a plugin that does not declare its inputs is taken to read (every
+/// path it is given counts, so a changed file is never missed).
+pub fn inputs_in_settings(settings: &serde_json::Value, ctx: &BuildContext) -> Vec<PluginInput> {
+    let mut out = Vec::new();
+    let mut stack = vec![(String::new(), settings)];
+    while let Some((key, v)) = stack.pop() {
+        let join = |k: &str| {
+            if key.is_empty() {
+                k.to_string()
+            } else {
+                format!("{key}.{k}")
+            }
+        };
+        match v {
+            serde_json::Value::String(s) if !s.is_empty() && !key.is_empty() => {
+                if ctx.resolve(Path::new(s)).exists() {
+                    out.push(PluginInput::new(key.clone(), s));
+                }
+            }
+            serde_json::Value::Object(m) => {
+                stack.extend(m.iter().map(|(k, v)| (join(k), v)));
+            }
+            serde_json::Value::Array(a) => {
+                stack.extend(
+                    a.iter()
+                        .enumerate()
+                        .map(|(i, v)| (format!("{key}[{i}]"), v)),
+                );
+            }
+            _ => {}
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The paths of `inputs` that name something (`path` not empty), for a plugin's
+/// [`SamplerConfig::inputs`].
+pub fn declared_inputs<const N: usize>(inputs: [(&str, &Path); N]) -> Vec<PluginInput> {
+    let mut out: Vec<PluginInput> = inputs
+        .into_iter()
+        .filter(|(_, p)| !p.as_os_str().is_empty())
+        .map(|(k, p)| PluginInput::new(k, p))
+        .collect();
+    out.sort();
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
 // Sampler
 // ---------------------------------------------------------------------------------------------
 
@@ -101,8 +196,13 @@ pub trait Sampler: Send {
 }
 
 /// A sampler's recipe table (`[sampler]`, with `type = "..."`).
+///
+/// Besides building the sampler, the table answers what the runner needs to plan a run: which
+/// files it reads, which settings are execution settings, which local model it loads, and
+/// copies of itself with another policy or eval's settings. The defaults suit a sampler that
+/// loads no local model.
 #[typetag::serde(tag = "type")]
-pub trait SamplerConfig: fmt::Debug + Send + Sync {
+pub trait SamplerConfig: dyn_clone::DynClone + fmt::Debug + Send + Sync {
     /// Checks the configuration and loads what the sampler needs.
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sampler>, PluginError>;
 
@@ -120,14 +220,54 @@ pub trait SamplerConfig: fmt::Debug + Send + Sync {
         Ok(())
     }
 
-    /// The local model this sampler loads (a folder or a GGUF file, as written in the recipe:
-    /// resolve it against the recipe's folder), or `None` when it samples from something that is
-    /// not a local model (a server, whose `model` is a name). `sweetspot run` starts training
-    /// and eval from this model when `[train] policy` is not given. The default is `None`.
-    fn local_model(&self) -> Option<&std::path::Path> {
+    /// The `type` this table was registered under (`burn`, `openai`).
+    fn plugin_type(&self) -> &'static str {
+        self.typetag_name()
+    }
+
+    /// The files and folders this sampler reads (its model, a tokenizer), by setting: each is
+    /// fingerprinted into the identity of the nodes that use it (a changed file reruns them),
+    /// and no output of the run may overwrite one. The default takes every string setting
+    /// that names an existing file or folder ([`inputs_in_settings`]).
+    fn inputs(&self, ctx: &BuildContext) -> Vec<PluginInput> {
+        inputs_in_settings(&settings_json(self), ctx)
+    }
+
+    /// The settings that change how sampling runs, not what it draws (a device, a batch size,
+    /// servers): they stay out of a node's identity. The default is [`EXECUTION_SETTINGS`]; a
+    /// plugin with an execution setting of its own lists it with those it keeps.
+    fn execution_settings(&self) -> &'static [&'static str] {
+        EXECUTION_SETTINGS
+    }
+
+    /// The local model this sampler loads (a folder or a GGUF file, as written in the recipe),
+    /// with the setting that names it; `None` when it samples from something that is not a
+    /// local model (a server, whose model is a name). `sweetspot run` starts training and eval
+    /// from this model when `[train] policy` is not given. The default is `None`.
+    fn local_model(&self) -> Option<PluginInput> {
+        None
+    }
+
+    /// This table loading `model` instead of its own (the policy an earlier round trained, or
+    /// one being evaluated); `None` for a sampler without a local model (the default).
+    fn with_policy(&self, model: &Path) -> Option<Box<dyn SamplerConfig>> {
+        let _ = model;
+        None
+    }
+
+    /// This table as `[eval]` samples with it: at `temperature` (0 is greedy) and, when given,
+    /// at most `max_new_tokens` per response; `None` when the sampler cannot (the default).
+    fn for_eval(
+        &self,
+        temperature: f32,
+        max_new_tokens: Option<usize>,
+    ) -> Option<Box<dyn SamplerConfig>> {
+        let _ = (temperature, max_new_tokens);
         None
     }
 }
+
+dyn_clone::clone_trait_object!(SamplerConfig);
 
 // ---------------------------------------------------------------------------------------------
 // Reward model
@@ -153,7 +293,7 @@ pub trait RewardModel: Send {
 
 /// A reward model's recipe table (`[reward]`, with `type = "..."`).
 #[typetag::serde(tag = "type")]
-pub trait RewardModelConfig: fmt::Debug + Send + Sync {
+pub trait RewardModelConfig: dyn_clone::DynClone + fmt::Debug + Send + Sync {
     /// Checks the configuration and loads the reward model.
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn RewardModel>, PluginError>;
     /// Checks every value that can be checked without loading a model (ranges, names, that
@@ -163,7 +303,32 @@ pub trait RewardModelConfig: fmt::Debug + Send + Sync {
         let _ = ctx;
         Ok(())
     }
+
+    /// The `type` this table was registered under (`armorm`, `http`).
+    fn plugin_type(&self) -> &'static str {
+        self.typetag_name()
+    }
+
+    /// The files and folders this reward model reads, by setting (as
+    /// [`SamplerConfig::inputs`]).
+    fn inputs(&self, ctx: &BuildContext) -> Vec<PluginInput> {
+        inputs_in_settings(&settings_json(self), ctx)
+    }
+
+    /// The settings that change how scoring runs, not the scores (as
+    /// [`SamplerConfig::execution_settings`]).
+    fn execution_settings(&self) -> &'static [&'static str] {
+        EXECUTION_SETTINGS
+    }
+
+    /// Whether this model compares two responses (a pairwise judge, for `[eval.judge]`) rather
+    /// than scoring one. The default is `false`.
+    fn pairwise(&self) -> bool {
+        false
+    }
 }
+
+dyn_clone::clone_trait_object!(RewardModelConfig);
 
 // ---------------------------------------------------------------------------------------------
 // Pair strategy
@@ -252,7 +417,7 @@ pub trait PairStrategy: Send + Sync {
 
 /// A pair strategy's recipe table (`[[pairs.strategies]]`, with `type = "..."`).
 #[typetag::serde(tag = "type")]
-pub trait PairStrategyConfig: fmt::Debug + Send + Sync {
+pub trait PairStrategyConfig: dyn_clone::DynClone + fmt::Debug + Send + Sync {
     /// Checks the configuration and makes the strategy.
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn PairStrategy>, PluginError>;
     /// Checks every value without reading data, naming the key at fault. The default builds
@@ -262,7 +427,20 @@ pub trait PairStrategyConfig: fmt::Debug + Send + Sync {
             .map(drop)
             .map_err(|e| ConfigIssue::from_build_error(&e))
     }
+
+    /// The `type` this table was registered under (`grid`, `sigma`).
+    fn plugin_type(&self) -> &'static str {
+        self.typetag_name()
+    }
+
+    /// The n this table sets itself (its own `n`: the first n samples of each group), which
+    /// `[pairs] n` would contradict. The default is `None`.
+    fn own_n(&self) -> Option<usize> {
+        None
+    }
 }
+
+dyn_clone::clone_trait_object!(PairStrategyConfig);
 
 // ---------------------------------------------------------------------------------------------
 // Preference loss
@@ -313,7 +491,7 @@ pub trait PreferenceLoss: Send + Sync {
 
 /// A loss's recipe table (`[train.loss]`, with `type = "..."`).
 #[typetag::serde(tag = "type")]
-pub trait PreferenceLossConfig: fmt::Debug + Send + Sync {
+pub trait PreferenceLossConfig: dyn_clone::DynClone + fmt::Debug + Send + Sync {
     /// Checks the configuration and makes the loss.
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn PreferenceLoss>, PluginError>;
     /// Checks every value that can be checked without loading a model (ranges, names, that
@@ -323,4 +501,11 @@ pub trait PreferenceLossConfig: fmt::Debug + Send + Sync {
         let _ = ctx;
         Ok(())
     }
+
+    /// The `type` this table was registered under (`dpo`, `simpo`).
+    fn plugin_type(&self) -> &'static str {
+        self.typetag_name()
+    }
 }
+
+dyn_clone::clone_trait_object!(PreferenceLossConfig);

@@ -14,7 +14,7 @@ use crate::plugin::{PairStrategyConfig, PreferenceLossConfig, RewardModelConfig,
 use crate::registry::{self, PluginKind};
 
 /// A whole recipe.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
     /// Settings of the whole run.
@@ -39,7 +39,7 @@ pub struct Recipe {
 /// `[eval]`: held-out prompts answered by the starting policy and by every trained policy (one
 /// response each, with the `[sampler]`), scored by the recipe's reward model or `[eval.reward]`,
 /// and compared with the starting policy.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalConfig {
     /// Held-out prompts (JSONL, as `[generate].prompts`).
@@ -64,7 +64,7 @@ fn default_bootstrap() -> usize {
 }
 
 /// `[train]`: preference optimization of a policy on pairs.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// Pairs in TRL's preference format (JSONL: `prompt`, `chosen`, `rejected`, as messages or
@@ -385,7 +385,7 @@ pub enum OnBadGroup {
 }
 
 /// `[pairs]`: build preference pairs from scored samples.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PairsConfig {
     /// Scored samples: `.jsonl` or `.parquet`, long or grouped layout. In `sweetspot run`, what

@@ -1,21 +1,26 @@
 //! The plugin registry.
 //!
-//! Every plugin crate submits one [`PluginInfo`] per plugin with `inventory::submit!`, beside the
-//! `#[typetag::serde(name = "...")]` impl of its config trait. The registry is what
-//! `sweetspot plugins` lists, what an unknown `type` is checked against, and what the linker test
-//! compares with the workspace.
+//! Every plugin registers with one attribute, [`#[plugin(...)]`](crate::plugin), on the impl of
+//! its config trait: it writes the `#[typetag::serde(name = "...")]` attribute (what a recipe's
+//! `type = "..."` deserializes through) and the [`PluginInfo`] entry (`inventory::submit!`)
+//! together, so the two names cannot differ and the kind follows from the trait. The registry
+//! is what `sweetspot plugins` lists, what an unknown `type` is checked against, and what the
+//! linker test compares with the workspace.
 //!
 //! ```ignore
-//! inventory::submit! {
-//!     sweetspot_core::PluginInfo {
-//!         kind: sweetspot_core::PluginKind::PairStrategy,
-//!         name: "quantile",
-//!         description: "chosen and rejected at reward quantiles",
-//!         crate_name: env!("CARGO_PKG_NAME"),
-//!         example: "type = \"quantile\"\nchosen = 0.9\nrejected = 0.1",
+//! #[sweetspot_core::plugin(
+//!     name = "quantile",
+//!     description = "chosen and rejected at reward quantiles",
+//!     example = "type = \"quantile\"\nchosen = 0.9\nrejected = 0.1"
+//! )]
+//! impl PairStrategyConfig for Quantile {
+//!     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn PairStrategy>, PluginError> {
+//!         // ...
 //!     }
 //! }
 //! ```
+//!
+//! The plugin crate depends on `typetag` (the attribute's expansion names it).
 
 use std::fmt;
 
@@ -87,6 +92,26 @@ pub struct PluginInfo {
 }
 
 inventory::collect!(PluginInfo);
+
+/// The kind of plugin a config trait object configures (what [`plugin`](crate::plugin) reads the
+/// kind from).
+pub trait ConfigKind {
+    /// The kind.
+    const KIND: PluginKind;
+}
+
+impl ConfigKind for dyn crate::SamplerConfig {
+    const KIND: PluginKind = PluginKind::Sampler;
+}
+impl ConfigKind for dyn crate::RewardModelConfig {
+    const KIND: PluginKind = PluginKind::RewardModel;
+}
+impl ConfigKind for dyn crate::PairStrategyConfig {
+    const KIND: PluginKind = PluginKind::PairStrategy;
+}
+impl ConfigKind for dyn crate::PreferenceLossConfig {
+    const KIND: PluginKind = PluginKind::PreferenceLoss;
+}
 
 /// Every registered plugin, sorted by kind, then name.
 pub fn plugins() -> Vec<&'static PluginInfo> {

@@ -17,7 +17,9 @@ use sweetspot_core::{BuildContext, PluginError, Progress, SampleRequest, Sampler
 use sweetspot_io::{SampleRow, WriteError, read_prompts_at};
 
 use crate::error::RunError;
-use crate::identity::{Identity, Resume, begin_file_stage, complete_file_stage, existing_paths};
+use crate::identity::{
+    Identity, Resume, Table, begin_file_stage, complete_file_stage, table_inputs,
+};
 use crate::progress::BarProgress;
 
 /// Everything the generate stage needs, paths resolved.
@@ -181,9 +183,8 @@ pub fn run_generate(job: GenerateJob) -> Result<GenerateSummary, RunError> {
             "[generate]: `n` must be at least 1".into(),
         ));
     }
-    let sampler_settings = serde_json::to_value(&job.sampler)
-        .map_err(|e| RunError::Config(format!("[sampler]: {e}")))?;
-    let plugin_inputs = existing_paths("sampler", &sampler_settings, |p| job.ctx.resolve(p));
+    let sampler_settings = Table::settings(job.sampler.as_ref());
+    let plugin_inputs = table_inputs("sampler", job.sampler.as_ref(), &job.ctx);
     let mut inputs = vec![job.prompts.clone()];
     inputs.extend(plugin_inputs.iter().map(|(_, p)| p.clone()));
     crate::paths::check_outputs(&inputs, std::slice::from_ref(&job.output))?;
@@ -212,7 +213,7 @@ pub fn run_generate(job: GenerateJob) -> Result<GenerateSummary, RunError> {
             "seed": job.ctx.seed,
         }),
     )
-    .without_execution_settings("sampler");
+    .without_execution_settings("sampler", job.sampler.as_ref());
     identity.data_input("prompts", &job.prompts)?;
     identity.model_inputs(&plugin_inputs)?;
     let partial = partial_path(&job.output);

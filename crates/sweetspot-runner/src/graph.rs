@@ -16,8 +16,8 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sweetspot_core::BuildContext;
-use sweetspot_core::recipe::{PairsConfig, TrainConfig};
+use sweetspot_core::recipe::TrainConfig;
+use sweetspot_core::{BuildContext, SamplerConfig};
 
 use crate::error::RunError;
 use crate::identity::Identity;
@@ -196,13 +196,9 @@ pub fn sizes(plan: &Plan) -> Vec<String> {
                 format!("{} policies against the base", policies.len())
             }
             Work::Compose { .. } => "both orders of each prompt's two responses".to_string(),
-            Work::Train { pairs, table, .. } => {
-                let batch = table
-                    .get("batch_size")
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or(1)
-                    .max(1);
-                let epochs = table.get("epochs").and_then(|v| v.as_u64()).unwrap_or(1);
+            Work::Train { pairs, config, .. } => {
+                let batch = config.batch_size.max(1) as u64;
+                let epochs = config.epochs as u64;
                 let known = match pairs {
                     Source::Node(u, rel) => done_record(plan, *u).and_then(|d| {
                         let file = rel.rsplit('/').next().unwrap_or(rel);
@@ -384,148 +380,86 @@ fn run_node(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<(), RunE
         seed: node.seed,
     };
     let start = Instant::now();
-    let mut counts = BTreeMap::new();
-    let plugin_err =
-        |what: &str, e: serde_json::Error| RunError::Config(format!("{}: {what}: {e}", node.label));
-    match &node.work {
+    let counts = match &node.work {
         Work::Generate {
             prompts,
             n,
             sampler,
             model,
-        } => {
-            let mut sampler = sampler.clone();
-            if let (Some(m), Some(obj)) = (model, sampler.as_object_mut()) {
-                obj.insert(
-                    "model".into(),
-                    plan.source_path(m).to_string_lossy().into_owned().into(),
-                );
-            }
-            let sampler = serde_json::from_value(sampler).map_err(|e| plugin_err("sampler", e))?;
-            let s = crate::run_generate(crate::GenerateJob {
-                prompts: prompts.clone(),
-                output: dir.join("samples.jsonl"),
-                n: *n,
-                sampler,
-                ctx,
-                prompts_per_call: 8,
-                quiet,
-                restart: false,
-            })?;
-            counts.insert("prompts".into(), s.prompts as u64);
-            counts.insert("samples".into(), s.samples as u64);
-        }
+        } => run_generate_node(
+            plan,
+            i,
+            (prompts, *n),
+            sampler.as_ref(),
+            model.as_ref(),
+            ctx,
+            quiet,
+        )?,
         Work::Score {
             input,
             reward,
             groups_per_call,
         } => {
-            let reward =
-                serde_json::from_value(reward.clone()).map_err(|e| plugin_err("reward", e))?;
             let s = crate::run_score(crate::ScoreJob {
                 input: plan.source_path(input),
-                output: dir.join("scored.jsonl"),
-                reward,
+                output: dir.join(StageKind::Score.product()),
+                reward: reward.clone(),
                 ctx,
                 groups_per_call: *groups_per_call,
                 quiet,
                 restart: false,
             })?;
-            counts.insert("groups".into(), s.groups as u64);
-            counts.insert("samples".into(), s.samples as u64);
+            counts([("groups", s.groups as u64), ("samples", s.samples as u64)])
         }
-        Work::Pairs { input, table } => {
-            let cfg: PairsConfig =
-                serde_json::from_value(table.clone()).map_err(|e| plugin_err("pairs", e))?;
-            let out = dir.join("pairs");
-            let mut job =
-                crate::PairsJob::from_config(cfg, Some(plan.source_path(input)), Some(out), ctx)?;
+        Work::Pairs { input, config } => {
+            let out = dir.join(StageKind::Pairs.product());
+            let input = Some(plan.source_path(input));
+            let mut job = crate::PairsJob::from_config(config.clone(), input, Some(out), ctx)?;
             job.quiet = quiet;
             let s = crate::run_pairs(job)?;
-            counts.insert("groups".into(), s.groups);
-            counts.insert("samples".into(), s.samples);
+            let mut c = counts([("groups", s.groups), ("samples", s.samples)]);
             for d in &s.datasets {
-                counts.insert(format!("pairs.{}", d.name), d.pairs);
+                c.insert(format!("pairs.{}", d.name), d.pairs);
             }
+            c
         }
         Work::Compose { policy, baseline } => {
-            let scored = |i: usize| plan.node_dir(i).join("scored.jsonl");
+            let scored = |i: usize| plan.node_dir(i).join(StageKind::Score.product());
             let n = crate::eval::compose_pairs(
                 &scored(*policy),
                 &scored(*baseline),
-                &dir.join("samples.jsonl"),
+                &dir.join(StageKind::Generate.product()),
             )?;
-            counts.insert("prompts".into(), n as u64);
-            counts.insert("samples".into(), 2 * n as u64);
+            counts([("prompts", n as u64), ("samples", 2 * n as u64)])
         }
         Work::Eval {
             baseline,
             policies,
             judged,
             bootstrap,
-        } => {
-            let scored = |i: usize| plan.node_dir(i).join("scored.jsonl");
-            let base = crate::eval::read_responses(&scored(*baseline))?;
-            let mut all = vec![("base".to_string(), base.clone())];
-            for (name, i) in policies {
-                all.push((name.clone(), crate::eval::read_responses(&scored(*i))?));
-            }
-            let mut table = crate::eval::compare(&all, *bootstrap, node.seed)?;
-            for (name, i) in judged {
-                let verdicts = crate::eval::read_judged(&scored(*i))?;
-                if let Some(row) = table.iter_mut().find(|r| &r.policy == name) {
-                    let policy = &all.iter().find(|a| &a.0 == name).map(|a| &a.1);
-                    row.judge = Some(crate::eval::judged_win_rate(
-                        &verdicts,
-                        policy.map_or(&[][..], |p| p.as_slice()),
-                        &base,
-                        *bootstrap,
-                        node.seed,
-                    )?);
-                }
-            }
-            for (name, responses) in &all {
-                let file = dir
-                    .join("model_outputs")
-                    .join(name)
-                    .join("model_outputs.json");
-                crate::eval::write_model_outputs(&file, &plan.name, name, responses)?;
-            }
-            let text = serde_json::to_vec_pretty(&table).unwrap_or_default();
-            sweetspot_io::write_atomic(&dir.join("eval.json"), &text)?;
-            counts.insert("policies".into(), policies.len() as u64);
-            counts.insert("prompts".into(), all[0].1.len() as u64);
-        }
+        } => run_eval_node(plan, i, (*baseline, policies, judged), *bootstrap)?,
         Work::Train {
             pairs,
             policy,
-            table,
+            config,
         } => {
-            let mut table = table.clone();
-            if let Some(m) = table.as_object_mut() {
-                let path = |p: PathBuf| serde_json::Value::String(p.to_string_lossy().into());
-                m.insert("pairs".into(), path(plan.source_path(pairs)));
-                m.insert("policy".into(), path(plan.source_path(policy)));
-                m.insert("output".into(), path(dir.join("train")));
-            }
-            let cfg: TrainConfig =
-                serde_json::from_value(table).map_err(|e| plugin_err("train", e))?;
-            let s = crate::train::run_train_with(
-                cfg,
-                &ctx,
-                quiet,
-                false,
-                Some(dir.join("reference-cache")),
-            )?;
+            let cfg = TrainConfig {
+                pairs: Some(plan.source_path(pairs)),
+                policy: Some(plan.source_path(policy)),
+                output: Some(dir.join(StageKind::Train.product())),
+                ..config.clone()
+            };
+            let cache = Some(dir.join("reference-cache"));
+            let s = crate::train::run_train_with(cfg, &ctx, quiet, false, cache)?;
             if s.policy.is_none() {
                 return Err(RunError::Config(format!(
                     "{}: training stopped before its last step",
                     node.label
                 )));
             }
-            counts.insert("steps".into(), s.total_steps as u64);
+            counts([("steps", s.total_steps as u64)])
         }
-    }
+    };
     let done = Done {
         node: node.id.clone(),
         stage: node.stage.name().into(),
@@ -551,16 +485,94 @@ fn run_node(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<(), RunE
     Ok(())
 }
 
+/// A node's counts, from (name, count) pairs.
+fn counts<const N: usize>(items: [(&str, u64); N]) -> BTreeMap<String, u64> {
+    items.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Runs generate node `i`: the sampler loading `model` (a policy of this run) when given.
+fn run_generate_node(
+    plan: &Plan,
+    i: usize,
+    (prompts, n): (&PathBuf, usize),
+    sampler: &(dyn SamplerConfig + 'static),
+    model: Option<&Source>,
+    ctx: BuildContext,
+    quiet: bool,
+) -> Result<BTreeMap<String, u64>, RunError> {
+    let sampler = match model {
+        Some(m) => sampler.with_policy(&plan.source_path(m)).ok_or_else(|| {
+            RunError::Config(format!(
+                "{}: the `{}` sampler loads no local model",
+                plan.nodes[i].label,
+                sampler.plugin_type()
+            ))
+        })?,
+        None => dyn_clone::clone_box(sampler),
+    };
+    let s = crate::run_generate(crate::GenerateJob {
+        prompts: prompts.clone(),
+        output: plan.node_dir(i).join(StageKind::Generate.product()),
+        n,
+        sampler,
+        ctx,
+        prompts_per_call: 8,
+        quiet,
+        restart: false,
+    })?;
+    Ok(counts([
+        ("prompts", s.prompts as u64),
+        ("samples", s.samples as u64),
+    ]))
+}
+
+/// Runs the eval node `i`: every policy's scored responses against the baseline's, with the
+/// judge's verdicts where there is a judge; writes `eval.json` and AlpacaEval's layout.
+fn run_eval_node(
+    plan: &Plan,
+    i: usize,
+    (baseline, policies, judged): (usize, &[(String, usize)], &[(String, usize)]),
+    bootstrap: usize,
+) -> Result<BTreeMap<String, u64>, RunError> {
+    let (node, dir) = (&plan.nodes[i], plan.node_dir(i));
+    let scored = |i: usize| plan.node_dir(i).join(StageKind::Score.product());
+    let base = crate::eval::read_responses(&scored(baseline))?;
+    let mut all = vec![("base".to_string(), base.clone())];
+    for (name, i) in policies {
+        all.push((name.clone(), crate::eval::read_responses(&scored(*i))?));
+    }
+    let mut table = crate::eval::compare(&all, bootstrap, node.seed)?;
+    for (name, i) in judged {
+        let verdicts = crate::eval::read_judged(&scored(*i))?;
+        if let Some(row) = table.iter_mut().find(|r| &r.policy == name) {
+            let policy = &all.iter().find(|a| &a.0 == name).map(|a| &a.1);
+            row.judge = Some(crate::eval::judged_win_rate(
+                &verdicts,
+                policy.map_or(&[][..], |p| p.as_slice()),
+                &base,
+                bootstrap,
+                node.seed,
+            )?);
+        }
+    }
+    for (name, responses) in &all {
+        let file = dir
+            .join("model_outputs")
+            .join(name)
+            .join("model_outputs.json");
+        crate::eval::write_model_outputs(&file, &plan.name, name, responses)?;
+    }
+    let text = serde_json::to_vec_pretty(&table).unwrap_or_default();
+    sweetspot_io::write_atomic(&dir.join(StageKind::Eval.product()), &text)?;
+    Ok(counts([
+        ("policies", policies.len() as u64),
+        ("prompts", all[0].1.len() as u64),
+    ]))
+}
+
 /// Where a node's product is inside its folder: the file, or the folder of files.
 fn product(plan: &Plan, i: usize) -> PathBuf {
-    let dir = plan.node_dir(i);
-    match plan.nodes[i].stage {
-        StageKind::Generate => dir.join("samples.jsonl"),
-        StageKind::Score => dir.join("scored.jsonl"),
-        StageKind::Pairs => dir.join("pairs"),
-        StageKind::Train => dir.join("train"),
-        StageKind::Eval => dir.join("eval.json"),
-    }
+    plan.node_dir(i).join(plan.nodes[i].stage.product())
 }
 
 /// Copies node `i`'s product to a path the recipe named (`output`), file by file through

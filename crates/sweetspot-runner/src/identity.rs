@@ -22,21 +22,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use sweetspot_core::{BuildContext, RewardModelConfig, SamplerConfig};
+
 use crate::error::RunError;
 
-/// Plugin settings that are not part of a stage's identity (see
-/// [`Identity::without_execution_settings`]).
-pub const EXECUTION_SETTINGS: &[&str] = &[
-    "device",
-    "batch_size",
-    "max_batch_tokens",
-    // Where and how a remote plugin asks (the `openai` sampler, the `http` reward): the same
-    // questions to another fleet get the same answers.
-    "endpoints",
-    "timeout_s",
-    "max_retries",
-    "api_key_env",
-];
+/// The execution settings a sampler or reward model has unless it lists its own (see
+/// [`Table::execution_settings`]).
+pub use sweetspot_core::EXECUTION_SETTINGS;
 
 /// Bumped when a stage computes something else from the same settings and inputs (a model,
 /// tokenizer or sampler fix): run-graph nodes and single-stage outputs made before are then not
@@ -92,13 +84,13 @@ impl Identity {
         }
     }
 
-    /// Drops execution settings of a plugin table (`device`, `batch_size`, `max_batch_tokens`
-    /// under `table.`): they change how the work is done, not what it computes (a sample or a
-    /// score does not depend on its batch or device beyond float rounding), so a run killed for
-    /// lack of memory may resume with a smaller batch, or on another machine.
-    pub fn without_execution_settings(mut self, table: &str) -> Self {
-        for key in EXECUTION_SETTINGS {
-            self.settings.remove(&format!("{table}.{key}"));
+    /// Drops the execution settings `table` names (under `<name>.`): they change how the work
+    /// is done, not what it computes (a sample or a score does not depend on its batch or
+    /// device beyond float rounding), so a run killed for lack of memory may resume with a
+    /// smaller batch, or on another machine.
+    pub fn without_execution_settings<T: Table + ?Sized>(mut self, name: &str, table: &T) -> Self {
+        for key in table.execution_settings() {
+            self.settings.remove(&format!("{name}.{key}"));
         }
         self
     }
@@ -116,7 +108,7 @@ impl Identity {
         Ok(())
     }
 
-    /// Adds each (setting, path) of [`existing_paths`] as a model input.
+    /// Adds each (setting, path) of [`table_inputs`] as a model input.
     pub fn model_inputs(&mut self, paths: &[(String, PathBuf)]) -> Result<(), RunError> {
         for (key, path) in paths {
             self.model_input(key, path)?;
@@ -157,38 +149,56 @@ impl Identity {
     }
 }
 
-/// The settings of the plugin table `table` that name an existing file or folder once resolved
-/// with `resolve`, as (dotted key, path). Plugins are opaque to the runner, so every path they
-/// are given counts as something they read: an input to fingerprint, and one no output may
-/// overwrite.
-pub fn existing_paths(
-    table: &str,
-    settings: &serde_json::Value,
-    resolve: impl Fn(&Path) -> PathBuf,
-) -> Vec<(String, PathBuf)> {
-    let mut out = Vec::new();
-    let mut stack = vec![(table.to_string(), settings)];
-    while let Some((key, v)) = stack.pop() {
-        match v {
-            serde_json::Value::String(s) if !s.is_empty() => {
-                let p = resolve(Path::new(s));
-                if p.exists() {
-                    out.push((key, p));
-                }
-            }
-            serde_json::Value::Object(m) => {
-                stack.extend(m.iter().map(|(k, v)| (format!("{key}.{k}"), v)));
-            }
-            serde_json::Value::Array(a) => {
-                stack.extend(
-                    a.iter()
-                        .enumerate()
-                        .map(|(i, v)| (format!("{key}[{i}]"), v)),
-                );
-            }
-            _ => {}
-        }
+/// What the runner asks a sampler or reward table, whichever kind: the settings a node's
+/// identity hashes, the files it reads and its execution settings. Implemented for both trait
+/// objects, so that every stage treats the two alike and never reads a setting by name.
+pub trait Table {
+    /// The table's settings with its `type`, as the identity hashes them.
+    fn settings(&self) -> serde_json::Value;
+    /// The files and folders it reads (see [`sweetspot_core::SamplerConfig::inputs`]).
+    fn inputs(&self, ctx: &BuildContext) -> Vec<sweetspot_core::PluginInput>;
+    /// Its execution settings.
+    fn execution_settings(&self) -> &'static [&'static str];
+}
+
+impl Table for dyn SamplerConfig {
+    fn settings(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
     }
+    fn inputs(&self, ctx: &BuildContext) -> Vec<sweetspot_core::PluginInput> {
+        SamplerConfig::inputs(self, ctx)
+    }
+    fn execution_settings(&self) -> &'static [&'static str] {
+        SamplerConfig::execution_settings(self)
+    }
+}
+
+impl Table for dyn RewardModelConfig {
+    fn settings(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+    fn inputs(&self, ctx: &BuildContext) -> Vec<sweetspot_core::PluginInput> {
+        RewardModelConfig::inputs(self, ctx)
+    }
+    fn execution_settings(&self) -> &'static [&'static str] {
+        RewardModelConfig::execution_settings(self)
+    }
+}
+
+/// The files the table `name` reads that exist, as (dotted key, path resolved with `ctx`),
+/// sorted: each is an input to fingerprint, and one no output may overwrite. (One that does not
+/// exist is the plugin's `check` to report, by its key.)
+pub fn table_inputs<T: Table + ?Sized>(
+    name: &str,
+    table: &T,
+    ctx: &BuildContext,
+) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = table
+        .inputs(ctx)
+        .into_iter()
+        .map(|i| (format!("{name}.{}", i.key), ctx.resolve(&i.path)))
+        .filter(|(_, p)| p.exists())
+        .collect();
     out.sort();
     out
 }

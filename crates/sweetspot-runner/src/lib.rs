@@ -16,6 +16,7 @@ mod pairs;
 pub mod paths;
 pub mod plan;
 pub mod progress;
+pub mod resolve;
 mod score;
 mod stats;
 mod train;

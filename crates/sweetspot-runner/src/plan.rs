@@ -15,11 +15,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sweetspot_core::BuildContext;
-use sweetspot_core::recipe::{OutputFormat, Recipe};
+use sweetspot_core::recipe::{OneOrMany, PairsConfig, Recipe, TrainConfig};
+use sweetspot_core::{BuildContext, PreferenceLossConfig, RewardModelConfig, SamplerConfig};
 
 use crate::error::RunError;
-use crate::identity::{EXECUTION_SETTINGS, Identity, existing_paths, hash_file, model_fingerprint};
+use crate::identity::{Identity, Table, hash_file, model_fingerprint, table_inputs};
+use crate::resolve::{Resolved, StageInput, TrainPairs, resolve};
 
 /// Bumped when what a node's hash covers changes.
 const NODE_SCHEMA: &str = "sweetspot-node-1";
@@ -53,6 +54,18 @@ impl StageKind {
             Self::Eval => "eval",
         }
     }
+
+    /// Where a node of this kind leaves its product inside its folder: the file, or the folder
+    /// of files.
+    pub fn product(self) -> &'static str {
+        match self {
+            Self::Generate => "samples.jsonl",
+            Self::Score => "scored.jsonl",
+            Self::Pairs => "pairs",
+            Self::Train => "train",
+            Self::Eval => "eval.json",
+        }
+    }
 }
 
 /// Where a node's input comes from.
@@ -65,7 +78,8 @@ pub enum Source {
     Node(usize, String),
 }
 
-/// What a node runs.
+/// What a node runs: each plugin table as its own type (the JSON form is only what the node's
+/// identity hashes).
 #[derive(Debug, Clone)]
 pub enum Work {
     /// `[generate]`.
@@ -74,17 +88,17 @@ pub enum Work {
         prompts: PathBuf,
         /// Samples per prompt.
         n: usize,
-        /// The sampler's table (`model` replaced in rounds after the first).
-        sampler: serde_json::Value,
-        /// The policy the sampler loads, when it comes from an earlier round.
+        /// The sampler (loading `model` instead of its own, when given).
+        sampler: Box<dyn SamplerConfig>,
+        /// The policy the sampler loads, when it comes from an earlier round or is evaluated.
         model: Option<Source>,
     },
     /// `[score]`.
     Score {
         /// The samples.
         input: Source,
-        /// The reward model's table.
-        reward: serde_json::Value,
+        /// The reward model.
+        reward: Box<dyn RewardModelConfig>,
         /// Groups per call.
         groups_per_call: usize,
     },
@@ -92,8 +106,8 @@ pub enum Work {
     Pairs {
         /// The scored samples.
         input: Source,
-        /// The `[pairs]` table with `n` applied to every strategy and no paths.
-        table: serde_json::Value,
+        /// The `[pairs]` table with this node's `n` and no paths.
+        config: PairsConfig,
     },
     /// `[eval]`: the comparison of every policy's scored eval responses with the baseline's.
     Eval {
@@ -122,8 +136,37 @@ pub enum Work {
         /// The policy to start from (and the reference).
         policy: Source,
         /// The `[train]` table with one `loss` and no paths or lists.
-        table: serde_json::Value,
+        config: TrainConfig,
     },
+}
+
+impl Work {
+    /// The upstream nodes this work reads.
+    pub fn deps(&self) -> Vec<usize> {
+        let node = |s: &Source| match s {
+            Source::Node(i, _) => Some(*i),
+            Source::File(_) => None,
+        };
+        match self {
+            Self::Generate { model, .. } => model.iter().filter_map(node).collect(),
+            Self::Score { input, .. } | Self::Pairs { input, .. } => {
+                node(input).into_iter().collect()
+            }
+            Self::Train { pairs, policy, .. } => {
+                [pairs, policy].into_iter().filter_map(node).collect()
+            }
+            Self::Eval {
+                baseline,
+                policies,
+                judged,
+                ..
+            } => std::iter::once(*baseline)
+                .chain(policies.iter().map(|p| p.1))
+                .chain(judged.iter().map(|p| p.1))
+                .collect(),
+            Self::Compose { policy, baseline } => vec![*policy, *baseline],
+        }
+    }
 }
 
 /// One node of the graph.
@@ -261,37 +304,23 @@ pub struct Variant {
     pub seed: u64,
 }
 
-fn loss_tables(r: &Recipe) -> Vec<serde_json::Value> {
-    let t = r.train.as_ref();
-    match t.and_then(|t| t.loss.as_ref()) {
-        Some(l) => vec![serde_json::to_value(l).unwrap_or_default()],
-        None => t
-            .map(|t| {
-                t.losses
-                    .iter()
-                    .map(|l| serde_json::to_value(l).unwrap_or_default())
-                    .collect()
-            })
-            .unwrap_or_default(),
+/// The losses of `[train]`: its one `loss`, else its `losses`.
+pub fn train_losses(t: &TrainConfig) -> Vec<Box<dyn PreferenceLossConfig>> {
+    match &t.loss {
+        Some(l) => vec![l.clone()],
+        None => t.losses.clone(),
     }
 }
 
 /// Every policy a round trains, named `<dataset>[-n<N>][-<loss>][-s<seed>]` (a part only when
-/// the recipe varies it).
-pub fn policy_variants(r: &Recipe, dataset_names: &[String], ns: &[Option<usize>]) -> Vec<Variant> {
-    let Some(t) = &r.train else {
-        return Vec::new();
-    };
-    let losses = loss_tables(r);
-    let types: Vec<String> = losses
-        .iter()
-        .map(|l| {
-            l.get("type")
-                .and_then(|v| v.as_str())
-                .unwrap_or("loss")
-                .to_string()
-        })
-        .collect();
+/// the recipe varies it); `run_seed` is the seed when `[train] seeds` is not given.
+pub fn policy_variants(
+    t: &TrainConfig,
+    run_seed: u64,
+    dataset_names: &[String],
+    ns: &[Option<usize>],
+) -> Vec<Variant> {
+    let types: Vec<&str> = train_losses(t).iter().map(|l| l.plugin_type()).collect();
     let unique_types = {
         let mut t = types.clone();
         t.sort();
@@ -302,7 +331,7 @@ pub fn policy_variants(r: &Recipe, dataset_names: &[String], ns: &[Option<usize>
         .seeds
         .as_ref()
         .map(|s| s.to_vec())
-        .unwrap_or_else(|| vec![r.run.seed]);
+        .unwrap_or_else(|| vec![run_seed]);
     let sets: Vec<(String, Option<String>, Option<usize>)> = match (&t.pairs, &t.datasets) {
         (Some(p), _) => vec![(
             p.file_stem()
@@ -332,7 +361,7 @@ pub fn policy_variants(r: &Recipe, dataset_names: &[String], ns: &[Option<usize>
         for (li, ty) in types.iter().enumerate() {
             for &seed in &seeds {
                 let mut name = base.clone();
-                if losses.len() > 1 {
+                if types.len() > 1 {
                     if unique_types {
                         name.push_str(&format!("-{ty}"));
                     } else {
@@ -353,14 +382,6 @@ pub fn policy_variants(r: &Recipe, dataset_names: &[String], ns: &[Option<usize>
         }
     }
     out
-}
-
-/// The policy names of [`policy_variants`].
-pub fn policy_names(r: &Recipe, dataset_names: &[String], ns: &[Option<usize>]) -> Vec<String> {
-    policy_variants(r, dataset_names, ns)
-        .into_iter()
-        .map(|v| v.name)
-        .collect()
 }
 
 /// The one policy `name` picks among `names`: a policy name, or a dataset name when the round
@@ -393,22 +414,18 @@ pub fn continue_with(name: &str, names: &[String]) -> Result<String, String> {
     }
 }
 
-/// Strips execution settings and paths that are inputs from a plugin table's settings; returns
-/// the identity with the paths fingerprinted as model inputs.
-fn plugin_identity(
+/// Moves a plugin table's execution settings out of `identity` and its input files into
+/// `identity.inputs` (fingerprinted), under the table's `name`.
+fn plugin_identity<T: Table + ?Sized>(
     identity: &mut Identity,
-    table: &str,
-    value: &serde_json::Value,
+    name: &str,
+    table: &T,
     ctx: &BuildContext,
-    skip: &[&str],
 ) -> Result<(), RunError> {
-    for key in EXECUTION_SETTINGS {
-        identity.settings.remove(&format!("{table}.{key}"));
+    for key in table.execution_settings() {
+        identity.settings.remove(&format!("{name}.{key}"));
     }
-    for (key, path) in existing_paths(table, value, |p| ctx.resolve(p)) {
-        if skip.contains(&key.as_str()) {
-            continue;
-        }
+    for (key, path) in table_inputs(name, table, ctx) {
         identity.settings.remove(&key);
         identity.inputs.insert(key, fingerprint_cached(&path)?);
     }
@@ -439,72 +456,11 @@ fn is_model_file(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf") || e.eq_ignore_ascii_case("safetensors"))
 }
 
-fn source_input(plan_nodes: &[Node], s: &Source) -> Result<String, RunError> {
-    Ok(match s {
-        Source::File(p) => fingerprint_cached(p)?,
-        Source::Node(i, rel) => format!("node:{}/{rel}", plan_nodes[*i].hash),
-    })
-}
-
-fn finish(
-    nodes: &mut Vec<Node>,
-    stage: StageKind,
-    label: String,
-    round: usize,
-    mut identity: Identity,
-    work: Work,
-    seed: u64,
-) -> usize {
-    identity.stage = stage.name().to_string();
-    let mut h = Sha256::new();
-    h.update(NODE_SCHEMA.as_bytes());
-    h.update(COMPUTATION.to_le_bytes());
-    h.update(serde_json::to_vec(&identity).unwrap_or_default());
-    let hash: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    let deps = match &work {
-        Work::Generate { model, .. } => model.iter().collect::<Vec<_>>(),
-        Work::Score { input, .. } | Work::Pairs { input, .. } => vec![input],
-        Work::Train { pairs, policy, .. } => vec![pairs, policy],
-        Work::Eval { .. } | Work::Compose { .. } => vec![],
-    }
-    .into_iter()
-    .filter_map(|s| match s {
-        Source::Node(i, _) => Some(*i),
-        Source::File(_) => None,
-    })
-    .chain(match &work {
-        Work::Eval {
-            baseline,
-            policies,
-            judged,
-            ..
-        } => std::iter::once(*baseline)
-            .chain(policies.iter().map(|p| p.1))
-            .chain(judged.iter().map(|p| p.1))
-            .collect::<Vec<_>>(),
-        Work::Compose { policy, baseline } => vec![*policy, *baseline],
-        _ => vec![],
-    })
-    .collect();
-    nodes.push(Node {
-        id: format!("{}-{}", stage.name(), &hash[..16]),
-        stage,
-        label: if round > 1 {
-            format!("r{round} {label}")
-        } else {
-            label
-        },
-        round,
-        n: None,
-        policy_name: None,
-        dataset: None,
-        hash,
-        identity,
-        deps,
-        work,
-        seed,
-    });
-    nodes.len() - 1
+/// The graph being built: its nodes, and the copies the recipe asks for.
+struct Graph<'a> {
+    nodes: Vec<Node>,
+    publish: Vec<(usize, PathBuf)>,
+    ctx: &'a BuildContext,
 }
 
 /// Where a new node sits: its label, round and seed.
@@ -514,95 +470,168 @@ struct At {
     seed: u64,
 }
 
-/// A generate node: `n` samples per prompt of `prompts` with the sampler table `sampler_v`,
-/// loading `model` instead of the table's own when given.
-fn generate_node(
-    nodes: &mut Vec<Node>,
-    ctx: &BuildContext,
-    (prompts, n): (PathBuf, usize),
-    mut sampler_v: serde_json::Value,
-    model: Option<Source>,
-    At { label, round, seed }: At,
-) -> Result<usize, RunError> {
-    if let (Some(_), Some(m)) = (&model, sampler_v.as_object_mut()) {
-        m.insert("model".into(), serde_json::Value::String(String::new()));
+impl Graph<'_> {
+    /// The fingerprint of a source: a file's, or `node:<hash>/<path>` for a node's product.
+    fn source_input(&self, s: &Source) -> Result<String, RunError> {
+        Ok(match s {
+            Source::File(p) => fingerprint_cached(p)?,
+            Source::Node(i, rel) => format!("node:{}/{rel}", self.nodes[*i].hash),
+        })
     }
-    let mut id = Identity::new(
-        "generate",
-        &serde_json::json!({"sampler": sampler_v, "n": n, "seed": seed}),
-    );
-    plugin_identity(&mut id, "sampler", &sampler_v, ctx, &[])?;
-    if let Some(m) = &model {
-        id.settings.remove("sampler.model");
+
+    /// Adds a node: its hash from `identity`, its dependencies from `work`.
+    fn add(&mut self, stage: StageKind, mut identity: Identity, work: Work, at: At) -> usize {
+        identity.stage = stage.name().to_string();
+        let mut h = Sha256::new();
+        h.update(NODE_SCHEMA.as_bytes());
+        h.update(COMPUTATION.to_le_bytes());
+        h.update(serde_json::to_vec(&identity).unwrap_or_default());
+        let hash: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let At { label, round, seed } = at;
+        self.nodes.push(Node {
+            id: format!("{}-{}", stage.name(), &hash[..16]),
+            stage,
+            label: if round > 1 {
+                format!("r{round} {label}")
+            } else {
+                label
+            },
+            round,
+            n: None,
+            policy_name: None,
+            dataset: None,
+            hash,
+            identity,
+            deps: work.deps(),
+            work,
+            seed,
+        });
+        self.nodes.len() - 1
+    }
+
+    /// A generate node: `n` samples per prompt of `prompts` with `sampler`, loading `model`
+    /// instead of the sampler's own when given.
+    fn generate(
+        &mut self,
+        (prompts, n): (PathBuf, usize),
+        sampler: &(dyn SamplerConfig + 'static),
+        model: Option<Source>,
+        at: At,
+    ) -> Result<usize, RunError> {
+        // With a model from a node, what the table names is not what is loaded: hash the table
+        // without it, and the node's product as the input under the model's setting.
+        let (hashed, model_key) = match &model {
+            Some(_) => {
+                let key = sampler.local_model().map(|m| m.key);
+                let table = sampler.with_policy(Path::new(""));
+                match (table, key) {
+                    (Some(t), Some(k)) => (t, Some(format!("sampler.{k}"))),
+                    _ => {
+                        return Err(config_err(format!(
+                            "{}: the `{}` sampler loads no local model",
+                            at.label,
+                            sampler.plugin_type()
+                        )));
+                    }
+                }
+            }
+            None => (dyn_clone::clone_box(sampler), None),
+        };
+        let mut id = Identity::new(
+            "generate",
+            &serde_json::json!({"sampler": Table::settings(hashed.as_ref()), "n": n, "seed": at.seed}),
+        );
+        plugin_identity(&mut id, "sampler", hashed.as_ref(), self.ctx)?;
+        if let (Some(m), Some(key)) = (&model, model_key) {
+            id.settings.remove(&key);
+            id.inputs.insert(key, self.source_input(m)?);
+        }
         id.inputs
-            .insert("sampler.model".into(), source_input(nodes, m)?);
-    }
-    id.inputs
-        .insert("prompts".into(), fingerprint_cached(&prompts)?);
-    Ok(finish(
-        nodes,
-        StageKind::Generate,
-        label,
-        round,
-        id,
-        Work::Generate {
+            .insert("prompts".into(), fingerprint_cached(&prompts)?);
+        let work = Work::Generate {
             prompts,
             n,
-            sampler: sampler_v,
+            sampler: dyn_clone::clone_box(sampler),
             model,
-        },
-        seed,
-    ))
-}
+        };
+        Ok(self.add(StageKind::Generate, id, work, at))
+    }
 
-/// A score node: the samples of `input` scored by the reward table `reward_v`.
-fn score_node(
-    nodes: &mut Vec<Node>,
-    ctx: &BuildContext,
-    input: Source,
-    reward_v: serde_json::Value,
-    groups_per_call: usize,
-    At { label, round, seed }: At,
-) -> Result<usize, RunError> {
-    let mut id = Identity::new(
-        "score",
-        &serde_json::json!({"reward": reward_v, "groups_per_call": groups_per_call}),
-    );
-    plugin_identity(&mut id, "reward", &reward_v, ctx, &[])?;
-    id.inputs
-        .insert("samples".into(), source_input(nodes, &input)?);
-    Ok(finish(
-        nodes,
-        StageKind::Score,
-        label,
-        round,
-        id,
-        Work::Score {
+    /// A score node: the samples of `input` scored by `reward`.
+    fn score(
+        &mut self,
+        input: Source,
+        reward: &(dyn RewardModelConfig + 'static),
+        groups_per_call: usize,
+        at: At,
+    ) -> Result<usize, RunError> {
+        let mut id = Identity::new(
+            "score",
+            &serde_json::json!({"reward": Table::settings(reward), "groups_per_call": groups_per_call}),
+        );
+        plugin_identity(&mut id, "reward", reward, self.ctx)?;
+        id.inputs
+            .insert("samples".into(), self.source_input(&input)?);
+        let work = Work::Score {
             input,
-            reward: reward_v,
+            reward: dyn_clone::clone_box(reward),
             groups_per_call,
-        },
-        seed,
-    ))
-}
+        };
+        Ok(self.add(StageKind::Score, id, work, at))
+    }
 
-/// A stage's input: the upstream node's product when the input is left out or names the
-/// upstream stage's own output (the explicit chain), else the user's file.
-fn connect(
-    ctx: &BuildContext,
-    upstream: &Option<Source>,
-    given: Option<&PathBuf>,
-    upstream_output: Option<&PathBuf>,
-    table: &str,
-) -> Result<Source, RunError> {
-    let same = |a: &PathBuf, b: &PathBuf| {
-        crate::paths::resolved(&ctx.resolve(a)) == crate::paths::resolved(&ctx.resolve(b))
-    };
-    match (upstream, given) {
-        (Some(up), None) => Ok(up.clone()),
-        (Some(up), Some(g)) if upstream_output.is_some_and(|o| same(o, g)) => Ok(up.clone()),
-        (_, Some(g)) => Ok(Source::File(ctx.resolve(g))),
-        (None, None) => Err(config_err(format!("{table}: `input` is not given"))),
+    /// A pairs node: `config` (with its n, no paths) over the scored samples of `input`.
+    fn pairs(
+        &mut self,
+        input: Source,
+        config: PairsConfig,
+        n: Option<usize>,
+        at: At,
+    ) -> Result<usize, RunError> {
+        let table = serde_json::to_value(&config).map_err(config_err)?;
+        let mut id = Identity::new(
+            "pairs",
+            &serde_json::json!({"pairs": table, "seed": at.seed}),
+        );
+        id.inputs
+            .insert("scored".into(), self.source_input(&input)?);
+        let i = self.add(StageKind::Pairs, id, Work::Pairs { input, config }, at);
+        self.nodes[i].n = n;
+        Ok(i)
+    }
+
+    /// A train node: policy `v` trained from `policy` on `pairs` with `config` (one loss).
+    fn train(
+        &mut self,
+        (pairs, policy): (Source, Source),
+        config: TrainConfig,
+        v: &Variant,
+        round: usize,
+    ) -> Result<usize, RunError> {
+        let table = serde_json::to_value(&config).map_err(config_err)?;
+        let mut id = Identity::new(
+            "train",
+            &serde_json::json!({"train": table, "seed": v.seed}),
+        );
+        id.inputs.insert("pairs".into(), self.source_input(&pairs)?);
+        id.inputs
+            .insert("policy".into(), self.source_input(&policy)?);
+        let at = At {
+            label: format!("train {}", v.name),
+            round,
+            seed: v.seed,
+        };
+        let work = Work::Train {
+            pairs,
+            policy,
+            config,
+        };
+        let i = self.add(StageKind::Train, id, work, at);
+        let node = &mut self.nodes[i];
+        node.n = v.n;
+        node.policy_name = Some(v.name.clone());
+        node.dataset = v.dataset.clone();
+        Ok(i)
     }
 }
 
@@ -631,384 +660,294 @@ pub fn run_name(r: &Recipe, recipe_path: &Path) -> String {
     })
 }
 
-/// Expands a checked recipe (see [`crate::validate_recipe`]) into its graph.
+/// Expands a checked recipe (see [`crate::validate_recipe`]) into its graph: resolves it once
+/// ([`crate::resolve::resolve`]), then adds each round's stages and the eval.
 pub fn plan(r: &Recipe, recipe_path: &Path, ctx: &BuildContext) -> Result<Plan, RunError> {
     // Fingerprints are cached for one plan only: a file may change between two plans.
     FINGERPRINTS.with(|m| m.borrow_mut().clear());
-    // Every path of the plan absolute, so that no stage resolves one again.
+    let rr = resolve(r, recipe_path, ctx)?;
     let ctx = &BuildContext {
-        base_dir: std::path::absolute(&ctx.base_dir).unwrap_or_else(|_| ctx.base_dir.clone()),
+        base_dir: rr.base_dir.clone(),
         ..ctx.clone()
     };
-    let dir = run_dir(r, recipe_path, ctx);
-    let rounds = r.run.rounds.max(1);
-    let mut nodes: Vec<Node> = Vec::new();
-    let mut publish = Vec::new();
-    let seed = ctx.seed;
-    let json = |v: &dyn erased::Ser| v.to_json();
-
-    // The datasets and n values of the pairs stage.
-    let mut dataset_names = Vec::new();
-    let mut ns: Vec<Option<usize>> = vec![None];
-    let mut pairs_ext = "jsonl".to_string();
-    if let Some(p) = &r.pairs {
-        for s in &p.strategies {
-            let built = s
-                .build(ctx)
-                .map_err(|e| config_err(format!("[pairs]: {e}")))?;
-            dataset_names.extend(built.datasets());
-        }
-        if let Some(n) = &p.n {
-            ns = n.to_vec().into_iter().map(Some).collect();
-        }
-        pairs_ext = p.format.unwrap_or(OutputFormat::Jsonl).extension().into();
-    }
-    let variants = policy_variants(r, &dataset_names, &ns);
-    let continue_name = match &r.run.continue_with {
-        Some(c) if rounds > 1 => {
-            let names: Vec<String> = variants.iter().map(|v| v.name.clone()).collect();
-            Some(continue_with(c, &names).map_err(config_err)?)
-        }
-        _ => None,
-    };
-
-    // The policy training starts from (and the eval's baseline): `[train] policy`, else the
-    // sampler's model when it is a local model.
-    let start_policy: Option<Source> = match r.train.as_ref().and_then(|t| t.policy.as_ref()) {
-        Some(p) => Some(Source::File(ctx.resolve(p))),
-        // Only a model the sampler loads from disk: a server's model name is no path.
-        None => r
-            .sampler
-            .as_ref()
-            .and_then(|s| s.local_model())
-            .map(|m| Source::File(ctx.resolve(m))),
+    let mut g = Graph {
+        nodes: Vec::new(),
+        publish: Vec::new(),
+        ctx,
     };
     let mut trained: Vec<usize> = Vec::new();
     let mut last_policy: Option<usize> = None;
-    for round in 1..=rounds {
-        // generate
-        let mut samples: Option<Source> = None;
-        if let (Some(g), Some(sampler)) = (&r.generate, &r.sampler) {
-            let prompts = g.prompts.to_vec();
-            let prompts = ctx.resolve(&prompts[(round - 1).min(prompts.len() - 1)]);
-            let model = last_policy.map(|i| Source::Node(i, "train/policy".into()));
-            let at = At {
-                label: "generate".into(),
-                round,
-                seed,
-            };
-            let i = generate_node(&mut nodes, ctx, (prompts, g.n), json(sampler), model, at)?;
-            if let Some(o) = &g.output {
-                publish.push((i, ctx.resolve(o)));
-            }
-            samples = Some(Source::Node(i, "samples.jsonl".into()));
-        }
-        // score
-        let mut scored: Option<Source> = None;
-        if let (Some(s), Some(reward)) = (&r.score, &r.reward) {
-            let upstream_out = r.generate.as_ref().and_then(|g| g.output.as_ref());
-            let input = connect(ctx, &samples, s.input.as_ref(), upstream_out, "[score]")?;
-            let at = At {
-                label: "score".into(),
-                round,
-                seed,
-            };
-            let i = score_node(&mut nodes, ctx, input, json(reward), s.groups_per_call, at)?;
-            if let Some(o) = &s.output {
-                publish.push((i, ctx.resolve(o)));
-            }
-            scored = Some(Source::Node(i, "scored.jsonl".into()));
-        }
-        // pairs, one node per n
-        let mut pair_nodes: BTreeMap<Option<usize>, usize> = BTreeMap::new();
-        if let Some(p) = &r.pairs {
-            let upstream_out = r.score.as_ref().and_then(|s| s.output.as_ref());
-            let input = connect(ctx, &scored, p.input.as_ref(), upstream_out, "[pairs]")?;
-            for &n in &ns {
-                let mut table = serde_json::to_value(p).map_err(config_err)?;
-                if let Some(m) = table.as_object_mut() {
-                    m.remove("input");
-                    m.remove("output");
-                    match n {
-                        Some(n) => m.insert("n".into(), n.into()),
-                        None => m.remove("n"),
-                    };
-                }
-                let mut id =
-                    Identity::new("pairs", &serde_json::json!({"pairs": table, "seed": seed}));
-                id.inputs
-                    .insert("scored".into(), source_input(&nodes, &input)?);
-                let label = match n {
-                    Some(n) => format!("pairs n{n}"),
-                    None => "pairs".into(),
-                };
-                let i = finish(
-                    &mut nodes,
-                    StageKind::Pairs,
-                    label,
-                    round,
-                    id,
-                    Work::Pairs {
-                        input: input.clone(),
-                        table,
-                    },
-                    seed,
-                );
-                nodes[i].n = n;
-                if let Some(o) = &p.output {
-                    publish.push((i, ctx.resolve(o)));
-                }
-                pair_nodes.insert(n, i);
-            }
-        }
-        // train, one node per variant
-        if let Some(t) = &r.train {
-            let losses = loss_tables(r);
-            let base_policy = match (&last_policy, &start_policy) {
-                (Some(i), _) => Source::Node(*i, "train/policy".into()),
-                (None, Some(p)) => p.clone(),
-                (None, None) => return Err(config_err("[train]: `policy` is not given")),
-            };
-            let mut next_policy = None;
-            for v in &variants {
-                let pairs = match (&v.dataset, &t.pairs) {
-                    (Some(d), _) => {
-                        let i = *pair_nodes.get(&v.n).ok_or_else(|| {
-                            config_err("[train]: `datasets` needs a [pairs] stage")
-                        })?;
-                        Source::Node(i, format!("pairs/{d}.{pairs_ext}"))
-                    }
-                    (None, Some(p)) => {
-                        let p = ctx.resolve(p);
-                        // A file the pairs stage writes (the explicit chain) comes from its node.
-                        let from_node = r
-                            .pairs
-                            .as_ref()
-                            .and_then(|pc| pc.output.as_ref())
-                            .and_then(|o| {
-                                let o = crate::paths::resolved(&ctx.resolve(o));
-                                let rp = crate::paths::resolved(&p);
-                                let rel = if rp == o {
-                                    dataset_names
-                                        .first()
-                                        .map(|d| format!("pairs/{d}.{pairs_ext}"))
-                                } else {
-                                    rp.strip_prefix(&o)
-                                        .ok()
-                                        .map(|r| format!("pairs/{}", r.to_string_lossy()))
-                                };
-                                rel.zip(pair_nodes.get(&ns[0]).copied())
-                            });
-                        match from_node {
-                            Some((rel, i)) => Source::Node(i, rel),
-                            None => Source::File(p),
-                        }
-                    }
-                    (None, None) => return Err(config_err("[train]: no pairs")),
-                };
-                let mut table = serde_json::to_value(t).map_err(config_err)?;
-                if let Some(m) = table.as_object_mut() {
-                    for k in ["pairs", "policy", "output", "datasets", "seeds", "losses"] {
-                        m.remove(k);
-                    }
-                    m.insert("loss".into(), losses[v.loss].clone());
-                }
-                let mut id = Identity::new(
-                    "train",
-                    &serde_json::json!({"train": table, "seed": v.seed}),
-                );
-                id.inputs
-                    .insert("pairs".into(), source_input(&nodes, &pairs)?);
-                id.inputs
-                    .insert("policy".into(), source_input(&nodes, &base_policy)?);
-                let i = finish(
-                    &mut nodes,
-                    StageKind::Train,
-                    format!("train {}", v.name),
-                    round,
-                    id,
-                    Work::Train {
-                        pairs,
-                        policy: base_policy.clone(),
-                        table,
-                    },
-                    v.seed,
-                );
-                nodes[i].n = v.n;
-                nodes[i].policy_name = Some(v.name.clone());
-                nodes[i].dataset = v.dataset.clone();
-                if let Some(o) = &t.output {
-                    publish.push((i, ctx.resolve(o)));
-                }
-                trained.push(i);
-                if continue_name.as_deref() == Some(v.name.as_str()) {
-                    next_policy = Some(i);
-                }
-            }
-            last_policy = next_policy;
-        }
+    for round in 1..=rr.rounds {
+        let samples = add_generate(&mut g, &rr, round, last_policy)?;
+        let scored = add_score(&mut g, &rr, round, samples)?;
+        let pair_nodes = add_pairs(&mut g, &rr, round, scored)?;
+        let (new, next) = add_train(&mut g, &rr, round, &pair_nodes, last_policy)?;
+        trained.extend(new);
+        last_policy = next;
     }
-    // eval: the starting policy and every trained one answer the held-out prompts, once each.
-    if let (Some(e), Some(sampler), Some(start)) = (&r.eval, &r.sampler, &start_policy) {
-        let mut sampler_v = json(sampler);
-        if let Some(m) = sampler_v.as_object_mut() {
-            m.insert("temperature".into(), e.temperature.into());
-            if let Some(t) = e.max_new_tokens {
-                m.insert("max_new_tokens".into(), t.into());
-            }
-        }
-        let reward_v = match (&e.reward, &r.reward) {
-            (Some(own), _) => json(own),
-            (None, Some(rm)) => json(rm),
-            (None, None) => return Err(config_err("[eval]: no reward model")),
-        };
-        let groups = r.score.as_ref().map_or(64, |s| s.groups_per_call);
-        let prompts = ctx.resolve(&e.prompts);
-        let mut scored = Vec::new();
-        let mut who: Vec<(String, Source)> = vec![("base".into(), start.clone())];
-        for &i in &trained {
-            let node = &nodes[i];
-            let name = node.policy_name.clone().unwrap_or_default();
-            let name = if rounds > 1 {
-                format!("r{}/{name}", node.round)
-            } else {
-                name
-            };
-            who.push((name, Source::Node(i, "train/policy".into())));
-        }
-        for (name, model) in who {
-            let at = At {
-                label: format!("eval generate {name}"),
-                round: 1,
-                seed,
-            };
-            let g = generate_node(
-                &mut nodes,
-                ctx,
-                (prompts.clone(), 1),
-                sampler_v.clone(),
-                Some(model),
-                at,
-            )?;
-            let at = At {
-                label: format!("eval score {name}"),
-                round: 1,
-                seed,
-            };
-            let samples = Source::Node(g, "samples.jsonl".into());
-            let s = score_node(&mut nodes, ctx, samples, reward_v.clone(), groups, at)?;
-            scored.push((name, s));
-        }
-        let (base, policies) = (scored[0].1, scored[1..].to_vec());
-        // The pairwise judge: each policy against the start, both orders in one score node.
-        let mut judged = Vec::new();
-        if let Some(judge) = &e.judge {
-            let judge_v = json(judge);
-            for (name, s) in &policies {
-                // The text's layout is part of what the judge reads.
-                let layout = crate::eval::pair_text("{a}", "{b}");
-                let mut id = Identity::new(
-                    "compose",
-                    &serde_json::json!({"orders": 2, "layout": layout}),
-                );
-                id.inputs.insert(
-                    "policy".into(),
-                    source_input(&nodes, &Source::Node(*s, "scored.jsonl".into()))?,
-                );
-                id.inputs.insert(
-                    "base".into(),
-                    source_input(&nodes, &Source::Node(base, "scored.jsonl".into()))?,
-                );
-                let c = finish(
-                    &mut nodes,
-                    StageKind::Generate,
-                    format!("eval pair {name}"),
-                    1,
-                    id,
-                    Work::Compose {
-                        policy: *s,
-                        baseline: base,
-                    },
-                    seed,
-                );
-                let at = At {
-                    label: format!("eval judge {name}"),
-                    round: 1,
-                    seed,
-                };
-                let samples = Source::Node(c, "samples.jsonl".into());
-                let j = score_node(&mut nodes, ctx, samples, judge_v.clone(), groups, at)?;
-                judged.push((name.clone(), j));
-            }
-        }
-        let mut id = Identity::new(
-            "eval",
-            &serde_json::json!({
-                "bootstrap": e.bootstrap,
-                "seed": seed,
-                "policies": policies.iter().map(|p| p.0.clone()).collect::<Vec<_>>(),
-            }),
-        );
-        id.inputs.insert(
-            "base".into(),
-            source_input(&nodes, &Source::Node(base, "scored.jsonl".into()))?,
-        );
-        for (name, i) in &policies {
-            id.inputs.insert(
-                name.clone(),
-                source_input(&nodes, &Source::Node(*i, "scored.jsonl".into()))?,
-            );
-        }
-        for (name, i) in &judged {
-            id.inputs.insert(
-                format!("judge {name}"),
-                source_input(&nodes, &Source::Node(*i, "scored.jsonl".into()))?,
-            );
-        }
-        finish(
-            &mut nodes,
-            StageKind::Eval,
-            "eval".into(),
-            1,
-            id,
-            Work::Eval {
-                baseline: base,
-                policies,
-                judged,
-                bootstrap: e.bootstrap,
-            },
-            seed,
-        );
-    }
-    // The pool, else the one device of the context (`--device` replaces the pool: the CLI sets
-    // `devices` after planning).
-    let mut devices = r.run.devices();
-    if devices.len() < 2 {
-        devices = vec![ctx.device.clone()];
-    }
+    add_eval(&mut g, &rr, &trained)?;
+    let pairs = rr.pairs.as_ref();
     Ok(Plan {
-        name: run_name(r, recipe_path),
-        dir,
-        nodes,
-        rounds,
-        base_dir: ctx.base_dir.clone(),
-        devices,
-        datasets: dataset_names,
-        pairs_ext,
-        publish,
+        name: rr.name,
+        dir: rr.dir,
+        nodes: g.nodes,
+        rounds: rr.rounds,
+        base_dir: rr.base_dir,
+        devices: rr.devices,
+        datasets: pairs.map(|p| p.datasets.clone()).unwrap_or_default(),
+        pairs_ext: pairs.map_or_else(|| "jsonl".into(), |p| p.ext.clone()),
+        publish: g.publish,
     })
 }
 
-/// Serializing a plugin config (a trait object) to JSON.
-mod erased {
-    pub trait Ser {
-        fn to_json(&self) -> serde_json::Value;
+/// A stage's input: the upstream node's product when it reads the stage before, else the
+/// user's file.
+fn input_of(input: &StageInput, upstream: Option<Source>, table: &str) -> Result<Source, RunError> {
+    match (input, upstream) {
+        (StageInput::Upstream, Some(up)) => Ok(up),
+        (StageInput::File(p), _) => Ok(Source::File(p.clone())),
+        (StageInput::Upstream, None) => Err(config_err(format!("{table}: `input` is not given"))),
     }
-    impl<T: serde::Serialize + ?Sized> Ser for T {
-        fn to_json(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or_default()
+}
+
+/// Round `round`'s generate node: the samples.
+fn add_generate(
+    g: &mut Graph<'_>,
+    rr: &Resolved,
+    round: usize,
+    last_policy: Option<usize>,
+) -> Result<Option<Source>, RunError> {
+    let Some(gen_) = &rr.generate else {
+        return Ok(None);
+    };
+    let prompts = gen_.prompts[(round - 1).min(gen_.prompts.len() - 1)].clone();
+    let model = last_policy.map(|i| Source::Node(i, "train/policy".into()));
+    let at = At {
+        label: "generate".into(),
+        round,
+        seed: rr.seed,
+    };
+    let i = g.generate((prompts, gen_.n), gen_.sampler.as_ref(), model, at)?;
+    if let Some(o) = &gen_.output {
+        g.publish.push((i, o.clone()));
+    }
+    Ok(Some(Source::Node(i, StageKind::Generate.product().into())))
+}
+
+/// Round `round`'s score node: the scored samples.
+fn add_score(
+    g: &mut Graph<'_>,
+    rr: &Resolved,
+    round: usize,
+    samples: Option<Source>,
+) -> Result<Option<Source>, RunError> {
+    let Some(s) = &rr.score else {
+        return Ok(None);
+    };
+    let input = input_of(&s.input, samples, "[score]")?;
+    let at = At {
+        label: "score".into(),
+        round,
+        seed: rr.seed,
+    };
+    let i = g.score(input, s.reward.as_ref(), s.groups_per_call, at)?;
+    if let Some(o) = &s.output {
+        g.publish.push((i, o.clone()));
+    }
+    Ok(Some(Source::Node(i, StageKind::Score.product().into())))
+}
+
+/// Round `round`'s pairs nodes, one per n.
+fn add_pairs(
+    g: &mut Graph<'_>,
+    rr: &Resolved,
+    round: usize,
+    scored: Option<Source>,
+) -> Result<BTreeMap<Option<usize>, usize>, RunError> {
+    let mut pair_nodes = BTreeMap::new();
+    let Some(p) = &rr.pairs else {
+        return Ok(pair_nodes);
+    };
+    let input = input_of(&p.input, scored, "[pairs]")?;
+    for &n in &p.ns {
+        let config = PairsConfig {
+            n: n.map(OneOrMany::One),
+            ..p.config.clone()
+        };
+        let label = match n {
+            Some(n) => format!("pairs n{n}"),
+            None => "pairs".into(),
+        };
+        let at = At {
+            label,
+            round,
+            seed: rr.seed,
+        };
+        let i = g.pairs(input.clone(), config, n, at)?;
+        if let Some(o) = &p.output {
+            g.publish.push((i, o.clone()));
+        }
+        pair_nodes.insert(n, i);
+    }
+    Ok(pair_nodes)
+}
+
+/// Round `round`'s train nodes, one per variant; returns them and the one the next round
+/// continues with.
+fn add_train(
+    g: &mut Graph<'_>,
+    rr: &Resolved,
+    round: usize,
+    pair_nodes: &BTreeMap<Option<usize>, usize>,
+    last_policy: Option<usize>,
+) -> Result<(Vec<usize>, Option<usize>), RunError> {
+    let Some(t) = &rr.train else {
+        return Ok((Vec::new(), None));
+    };
+    let base_policy = match (&last_policy, &rr.start_policy) {
+        (Some(i), _) => Source::Node(*i, "train/policy".into()),
+        (None, Some(p)) => Source::File(p.clone()),
+        (None, None) => return Err(config_err("[train]: `policy` is not given")),
+    };
+    let (mut trained, mut next) = (Vec::new(), None);
+    for v in &t.variants {
+        let pairs = match (&v.dataset, &t.pairs) {
+            (Some(d), _) => {
+                let i = *pair_nodes
+                    .get(&v.n)
+                    .ok_or_else(|| config_err("[train]: `datasets` needs a [pairs] stage"))?;
+                Source::Node(i, format!("pairs/{d}.{}", rr.pairs_ext()))
+            }
+            (None, Some(TrainPairs::Made { rel, path })) => {
+                // A file the pairs stage writes (the explicit chain) comes from its first node.
+                let first = rr.pairs.as_ref().and_then(|p| p.ns.first().copied());
+                match first.and_then(|n| pair_nodes.get(&n)) {
+                    Some(&i) => Source::Node(i, rel.clone()),
+                    None => Source::File(path.clone()),
+                }
+            }
+            (None, Some(TrainPairs::File(p))) => Source::File(p.clone()),
+            (None, None) => return Err(config_err("[train]: no pairs")),
+        };
+        let config = TrainConfig {
+            loss: Some(t.losses[v.loss].clone()),
+            ..t.config.clone()
+        };
+        let i = g.train((pairs, base_policy.clone()), config, v, round)?;
+        if let Some(o) = &t.output {
+            g.publish.push((i, o.clone()));
+        }
+        trained.push(i);
+        if t.continue_with.as_deref() == Some(v.name.as_str()) {
+            next = Some(i);
         }
     }
+    Ok((trained, next))
+}
+
+/// The eval: the starting policy and every trained one answer the held-out prompts, once each;
+/// each answer set is scored (and judged against the start's), then compared.
+fn add_eval(g: &mut Graph<'_>, rr: &Resolved, trained: &[usize]) -> Result<(), RunError> {
+    let (Some(e), Some(start)) = (&rr.eval, &rr.start_policy) else {
+        return Ok(());
+    };
+    let seed = rr.seed;
+    let at = |label: String| At {
+        label,
+        round: 1,
+        seed,
+    };
+    let mut who: Vec<(String, Source)> = vec![("base".into(), Source::File(start.clone()))];
+    for &i in trained {
+        let node = &g.nodes[i];
+        let name = node.policy_name.clone().unwrap_or_default();
+        let name = if rr.rounds > 1 {
+            format!("r{}/{name}", node.round)
+        } else {
+            name
+        };
+        who.push((name, Source::Node(i, "train/policy".into())));
+    }
+    let mut scored = Vec::new();
+    for (name, model) in who {
+        let prompts = (e.prompts.clone(), 1);
+        let gi = g.generate(
+            prompts,
+            e.sampler.as_ref(),
+            Some(model),
+            at(format!("eval generate {name}")),
+        )?;
+        let samples = Source::Node(gi, StageKind::Generate.product().into());
+        let s = g.score(
+            samples,
+            e.reward.as_ref(),
+            e.groups_per_call,
+            at(format!("eval score {name}")),
+        )?;
+        scored.push((name, s));
+    }
+    let scored_of = |i: usize| Source::Node(i, StageKind::Score.product().into());
+    let (base, policies) = (scored[0].1, scored[1..].to_vec());
+    // The pairwise judge: each policy against the start, both orders in one score node.
+    let mut judged = Vec::new();
+    if let Some(judge) = &e.judge {
+        for (name, s) in &policies {
+            // The text's layout is part of what the judge reads.
+            let layout = crate::eval::pair_text("{a}", "{b}");
+            let mut id = Identity::new(
+                "compose",
+                &serde_json::json!({"orders": 2, "layout": layout}),
+            );
+            id.inputs
+                .insert("policy".into(), g.source_input(&scored_of(*s))?);
+            id.inputs
+                .insert("base".into(), g.source_input(&scored_of(base))?);
+            let work = Work::Compose {
+                policy: *s,
+                baseline: base,
+            };
+            let c = g.add(
+                StageKind::Generate,
+                id,
+                work,
+                at(format!("eval pair {name}")),
+            );
+            let samples = Source::Node(c, StageKind::Generate.product().into());
+            let j = g.score(
+                samples,
+                judge.as_ref(),
+                e.groups_per_call,
+                at(format!("eval judge {name}")),
+            )?;
+            judged.push((name.clone(), j));
+        }
+    }
+    let mut id = Identity::new(
+        "eval",
+        &serde_json::json!({
+            "bootstrap": e.bootstrap,
+            "seed": seed,
+            "policies": policies.iter().map(|p| p.0.clone()).collect::<Vec<_>>(),
+        }),
+    );
+    id.inputs
+        .insert("base".into(), g.source_input(&scored_of(base))?);
+    for (name, i) in &policies {
+        id.inputs
+            .insert(name.clone(), g.source_input(&scored_of(*i))?);
+    }
+    for (name, i) in &judged {
+        id.inputs
+            .insert(format!("judge {name}"), g.source_input(&scored_of(*i))?);
+    }
+    let work = Work::Eval {
+        baseline: base,
+        policies,
+        judged,
+        bootstrap: e.bootstrap,
+    };
+    g.add(StageKind::Eval, id, work, at("eval".into()));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ use sweetspot_io::{SampleReader, ScoredRow, WriteError};
 
 use crate::error::RunError;
 use crate::generate::partial_path;
-use crate::identity::{Identity, Resume, begin_file_stage, complete_file_stage, existing_paths};
+use crate::identity::{
+    Identity, Resume, Table, begin_file_stage, complete_file_stage, table_inputs,
+};
 use crate::progress::BarProgress;
 
 /// Everything the score stage needs, paths resolved.
@@ -151,9 +153,8 @@ pub fn run_score(job: ScoreJob) -> Result<ScoreSummary, RunError> {
             "[score]: `groups_per_call` must be at least 1".into(),
         ));
     }
-    let reward_settings = serde_json::to_value(&job.reward)
-        .map_err(|e| RunError::Config(format!("[reward]: {e}")))?;
-    let plugin_inputs = existing_paths("reward", &reward_settings, |p| job.ctx.resolve(p));
+    let reward_settings = Table::settings(job.reward.as_ref());
+    let plugin_inputs = table_inputs("reward", job.reward.as_ref(), &job.ctx);
     let mut inputs = vec![job.input.clone()];
     inputs.extend(plugin_inputs.iter().map(|(_, p)| p.clone()));
     crate::paths::check_outputs(&inputs, std::slice::from_ref(&job.output))?;
@@ -166,7 +167,7 @@ pub fn run_score(job: ScoreJob) -> Result<ScoreSummary, RunError> {
             "seed": job.ctx.seed,
         }),
     )
-    .without_execution_settings("reward");
+    .without_execution_settings("reward", job.reward.as_ref());
     identity.data_input("samples", &job.input)?;
     identity.model_inputs(&plugin_inputs)?;
     let mut reader = SampleReader::open(&job.input)?;

@@ -60,16 +60,20 @@ pub fn run_train_with(
             pairs.display()
         )));
     }
-    let mut settings =
-        serde_json::to_value(&cfg).map_err(|e| RunError::Config(format!("[train]: {e}")))?;
-    if let Some(m) = settings.as_object_mut() {
-        // Where the run is written is not what it computes.
-        m.remove("output");
-        m.remove("pairs");
-        m.remove("policy");
-        m.insert("seed".into(), ctx.seed.into());
-    }
+    // Where the run reads and writes is not what it computes: the paths are inputs (fingerprinted
+    // below) or the output, not settings.
+    let settings = TrainConfig {
+        output: None,
+        pairs: None,
+        policy: None,
+        ..cfg.clone()
+    };
+    let settings =
+        serde_json::to_value(&settings).map_err(|e| RunError::Config(format!("[train]: {e}")))?;
     let mut identity = Identity::new("train", &settings);
+    identity
+        .settings
+        .insert("seed".into(), serde_json::json!(ctx.seed));
     identity.data_input("pairs", &pairs)?;
     identity.model_input("policy", &policy)?;
     let record = output.join("record.json");

@@ -7,9 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use sweetspot_core::BuildContext;
-use sweetspot_core::recipe::{Recipe, RecipeError, error_at};
+use sweetspot_core::recipe::{
+    EvalConfig, OutputFormat, PairsConfig, Recipe, RecipeError, TrainConfig, error_at,
+};
 
-use crate::identity::existing_paths;
+use crate::identity::{Table, table_inputs};
 use crate::paths::resolved;
 
 /// Which stages of a recipe are about to run (and so are checked).
@@ -94,90 +96,140 @@ impl From<RecipeError> for Invalid {
 }
 
 /// Checks the chosen stages of a recipe; returns a line per stage describing it.
+///
+/// One pass per concern, in pipeline order (run settings, each stage, eval), each adding what
+/// its stage reads and writes; the paths are checked together at the end (no output may
+/// overwrite an input of the same run).
 pub fn validate_recipe(
     src: &RecipeSource<'_>,
     ctx: &BuildContext,
     stages: Stages,
 ) -> Result<Vec<String>, Invalid> {
-    let (r, text, origin) = (src.recipe, src.text, src.origin);
-    // A recipe made from command-line flags has no lines a user wrote: name only the key.
-    let from_flags = origin.as_os_str() == "<command line>";
-    let located = |key: &str, message: String| {
-        let mut e = error_at(text, origin, key, message);
-        if from_flags {
+    let mut c = Check {
+        r: src.recipe,
+        text: src.text,
+        origin: src.origin,
+        // A recipe made from command-line flags has no lines a user wrote: name only the key.
+        from_flags: src.origin.as_os_str() == "<command line>",
+        ctx,
+        stages,
+        rounds: src.recipe.run.rounds,
+        described: Vec::new(),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        pair_files: Vec::new(),
+        dataset_names: Vec::new(),
+        ns: vec![None],
+    };
+    c.run_settings()?;
+    if stages.generate {
+        c.generate()?;
+    }
+    if stages.score {
+        c.score()?;
+    }
+    if stages.pairs {
+        c.pairs()?;
+    }
+    if stages.train {
+        c.train()?;
+    }
+    if let Some(e) = src.recipe.eval.as_ref().filter(|_| stages.chained) {
+        c.eval(e)?;
+    }
+    c.finish()
+}
+
+/// The state of one check: the recipe, and what the passes so far found it reads and writes.
+struct Check<'a> {
+    r: &'a Recipe,
+    text: &'a str,
+    origin: &'a Path,
+    from_flags: bool,
+    ctx: &'a BuildContext,
+    stages: Stages,
+    rounds: usize,
+    described: Vec<String>,
+    inputs: Vec<Named>,
+    outputs: Vec<Named>,
+    /// The files the pairs stage of this run will write, when it runs.
+    pair_files: Vec<PathBuf>,
+    dataset_names: Vec<String>,
+    ns: Vec<Option<usize>>,
+}
+
+/// Stage numbers, for "made by an earlier stage of this run".
+const GENERATE: usize = 0;
+const SCORE: usize = 1;
+const PAIRS: usize = 2;
+const TRAIN: usize = 3;
+const EVAL: usize = 4;
+
+impl Check<'_> {
+    fn located(&self, key: &str, message: String) -> RecipeError {
+        let mut e = error_at(self.text, self.origin, key, message);
+        if self.from_flags {
             e.line = None;
             e.column = None;
         }
         e
-    };
-    let err = |key: &str, message: String| Invalid::Recipe(located(key, message));
-    let plugin_issue = |table: &str, i: sweetspot_core::ConfigIssue| {
+    }
+
+    fn err(&self, key: &str, message: String) -> Invalid {
+        Invalid::Recipe(self.located(key, message))
+    }
+
+    fn plugin_issue(&self, table: &str, i: sweetspot_core::ConfigIssue) -> Invalid {
         let key = if i.key.is_empty() {
             table.to_string()
         } else {
             format!("{table}.{}", i.key)
         };
         if i.missing_file {
-            Invalid::MissingInput(located(&key, i.message))
+            Invalid::MissingInput(self.located(&key, i.message))
         } else {
-            Invalid::Recipe(located(&key, i.message))
+            Invalid::Recipe(self.located(&key, i.message))
         }
-    };
-    sweetspot_core::check_device_name(&ctx.device).map_err(|m| err("run.device", m))?;
-    let chained = stages.chained;
-    let devices = r.run.devices();
-    if r.run.device.is_some() && devices.is_empty() {
-        return Err(err(
-            "run.device",
-            "an empty list: name at least one device".into(),
-        ));
     }
-    if devices.len() > 1 && !chained {
-        return Err(err(
-            "run.device",
-            "a pool of devices is for `sweetspot run`: give one device".into(),
-        ));
+
+    fn input(&mut self, key: &str, path: PathBuf, stage: usize) {
+        self.inputs.push(Named {
+            key: key.into(),
+            path,
+            stage,
+        });
     }
-    for d in &devices {
-        sweetspot_core::check_device_name(d).map_err(|m| err("run.device", m))?;
-    }
-    let rounds = r.run.rounds;
-    if rounds == 0 {
-        return Err(err("run.rounds", "must be at least 1".into()));
-    }
-    if rounds > 1 {
-        if !chained {
-            return Err(err("run.rounds", "rounds are for `sweetspot run`".into()));
+
+    /// The files a plugin table reads, as inputs of `stage`.
+    fn plugin_inputs<T: Table + ?Sized>(&mut self, name: &str, table: &T, stage: usize) {
+        for (key, path) in table_inputs(name, table, self.ctx) {
+            self.inputs.push(Named { key, path, stage });
         }
-        if !(stages.generate && stages.score && stages.pairs && stages.train) {
-            return Err(err(
-                "run.rounds",
-                "rounds need every stage: [generate], [score], [pairs] and [train]".into(),
-            ));
-        }
-        if r.run.continue_with.is_none() {
-            return Err(err(
-                "run.rounds",
-                "name the policy each round continues with: `continue_with = \"<dataset>\"`".into(),
-            ));
-        }
-    } else if r.run.continue_with.is_some() {
-        return Err(err(
-            "run.continue_with",
-            "only used with `rounds` > 1 (it names the policy the next round samples with)".into(),
-        ));
     }
-    // An output a chained run is given is a copy of its one product: refused where a sweep or
-    // rounds make several.
-    let one_place = |key: &str, given: bool, count: usize, what: &str| {
+
+    /// An output the recipe names, of `stage`.
+    fn output(&mut self, key: &str, path: &Option<PathBuf>, stage: usize) {
+        if let Some(o) = path {
+            self.outputs.push(Named {
+                key: key.into(),
+                path: self.ctx.resolve(o),
+                stage,
+            });
+        }
+    }
+
+    /// An output a chained run is given is a copy of its one product: refused where a sweep
+    /// or rounds make several.
+    fn one_place(&self, key: &str, given: bool, count: usize, what: &str) -> Result<(), Invalid> {
+        let chained = self.stages.chained;
         if !given && !chained {
-            return Err(err(
+            return Err(self.err(
                 key,
                 format!("not given: name where the {what} go (or pass --output)"),
             ));
         }
         if given && chained && count > 1 {
-            return Err(err(
+            return Err(self.err(
                 key,
                 format!(
                     "names one place, but this run makes {count} {what}: leave it out (the run \
@@ -186,45 +238,112 @@ pub fn validate_recipe(
             ));
         }
         Ok(())
-    };
-    let mut described = Vec::new();
-    let mut inputs: Vec<Named> = Vec::new();
-    let mut outputs: Vec<Named> = Vec::new();
-    // The files the pairs stage of this run will write, when it runs.
-    let mut pair_files: Vec<PathBuf> = Vec::new();
-    let mut dataset_names: Vec<String> = Vec::new();
-    let plugin_paths =
-        |table: &str, value: serde_json::Value, stage: usize, into: &mut Vec<Named>| {
-            for (key, path) in existing_paths(table, &value, |p| ctx.resolve(p)) {
-                into.push(Named { key, path, stage });
-            }
-        };
-    // An input left out, or the upstream stage's own output: that stage's product.
-    let connected = |given: &Option<PathBuf>, upstream: bool, upstream_out: Option<&PathBuf>| {
-        chained
+    }
+
+    /// A stage's input: left out, or the upstream stage's own output, it is that stage's
+    /// product; else a file it reads (which must be given). `what` names it in the message.
+    fn stage_input(
+        &mut self,
+        key: &str,
+        (given, upstream, upstream_out): (&Option<PathBuf>, bool, Option<&PathBuf>),
+        (stage, what, before): (usize, &str, &str),
+    ) -> Result<(), Invalid> {
+        let ctx = self.ctx;
+        let connected = self.stages.chained
             && upstream
             && match given {
                 None => true,
                 Some(p) => upstream_out
                     .is_some_and(|o| resolved(&ctx.resolve(p)) == resolved(&ctx.resolve(o))),
+            };
+        match given {
+            Some(input) => self.input(key, ctx.resolve(input), stage),
+            None if connected => {}
+            None => {
+                return Err(self.err(
+                    key,
+                    if self.stages.chained {
+                        format!("not given: name {what}, or add a {before} stage")
+                    } else {
+                        format!("not given: name {what} (`sweetspot run` takes them from {before})")
+                    },
+                ));
             }
-    };
+        }
+        Ok(())
+    }
 
-    if stages.generate {
+    /// `[run]`: devices and rounds.
+    fn run_settings(&mut self) -> Result<(), Invalid> {
+        let (r, chained, stages) = (self.r, self.stages.chained, self.stages);
+        sweetspot_core::check_device_name(&self.ctx.device)
+            .map_err(|m| self.err("run.device", m))?;
+        let devices = r.run.devices();
+        if r.run.device.is_some() && devices.is_empty() {
+            return Err(self.err(
+                "run.device",
+                "an empty list: name at least one device".into(),
+            ));
+        }
+        if devices.len() > 1 && !chained {
+            return Err(self.err(
+                "run.device",
+                "a pool of devices is for `sweetspot run`: give one device".into(),
+            ));
+        }
+        for d in &devices {
+            sweetspot_core::check_device_name(d).map_err(|m| self.err("run.device", m))?;
+        }
+        let rounds = self.rounds;
+        if rounds == 0 {
+            return Err(self.err("run.rounds", "must be at least 1".into()));
+        }
+        if rounds > 1 {
+            if !chained {
+                return Err(self.err("run.rounds", "rounds are for `sweetspot run`".into()));
+            }
+            if !(stages.generate && stages.score && stages.pairs && stages.train) {
+                return Err(self.err(
+                    "run.rounds",
+                    "rounds need every stage: [generate], [score], [pairs] and [train]".into(),
+                ));
+            }
+            if r.run.continue_with.is_none() {
+                return Err(self.err(
+                    "run.rounds",
+                    "name the policy each round continues with: `continue_with = \"<dataset>\"`"
+                        .into(),
+                ));
+            }
+        } else if r.run.continue_with.is_some() {
+            return Err(self.err(
+                "run.continue_with",
+                "only used with `rounds` > 1 (it names the policy the next round samples with)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[generate]` with `[sampler]`.
+    fn generate(&mut self) -> Result<(), Invalid> {
+        let (r, ctx, rounds) = (self.r, self.ctx, self.rounds);
         let g = r
             .generate
             .as_ref()
-            .ok_or_else(|| err("generate", "missing".into()))?;
+            .ok_or_else(|| self.err("generate", "missing".into()))?;
         let Some(sampler) = &r.sampler else {
-            return Err(err("generate", "[generate] needs a [sampler] table".into()));
+            return Err(self.err("generate", "[generate] needs a [sampler] table".into()));
         };
         if g.n == 0 {
-            return Err(err("generate.n", "must be at least 1".into()));
+            return Err(self.err("generate.n", "must be at least 1".into()));
         }
-        sampler.check(ctx).map_err(|i| plugin_issue("sampler", i))?;
+        sampler
+            .check(ctx)
+            .map_err(|i| self.plugin_issue("sampler", i))?;
         let prompts = g.prompts.to_vec();
         if prompts.is_empty() || (prompts.len() > 1 && prompts.len() != rounds) {
-            return Err(err(
+            return Err(self.err(
                 "generate.prompts",
                 format!(
                     "{} files for {rounds} round(s): give one (the same prompts every round) \
@@ -234,186 +353,90 @@ pub fn validate_recipe(
             ));
         }
         for p in prompts {
-            inputs.push(Named {
-                key: "generate.prompts".into(),
-                path: ctx.resolve(&p),
-                stage: 0,
-            });
+            self.input("generate.prompts", ctx.resolve(&p), GENERATE);
         }
-        let sampler_value = serde_json::to_value(sampler).unwrap_or_default();
         if rounds > 1 && sampler.local_model().is_none() {
-            return Err(err(
+            return Err(self.err(
                 "sampler.type",
                 format!(
                     "rounds need a sampler that loads a local model (each round samples with \
                      the policy the last one trained): the `{}` sampler {}",
-                    type_name(&sampler_value),
+                    sampler.plugin_type(),
                     NOT_LOCAL
                 ),
             ));
         }
-        plugin_paths("sampler", sampler_value, 0, &mut inputs);
-        one_place("generate.output", g.output.is_some(), rounds, "sample sets")?;
-        if let Some(o) = &g.output {
-            outputs.push(Named {
-                key: "generate.output".into(),
-                path: ctx.resolve(o),
-                stage: 0,
-            });
-        }
-        described.push(format!("generate ({} samples per prompt)", g.n));
+        self.plugin_inputs("sampler", sampler.as_ref(), GENERATE);
+        self.one_place("generate.output", g.output.is_some(), rounds, "sample sets")?;
+        self.output("generate.output", &g.output, GENERATE);
+        self.described
+            .push(format!("generate ({} samples per prompt)", g.n));
+        Ok(())
     }
-    if stages.score {
+
+    /// `[score]` with `[reward]`.
+    fn score(&mut self) -> Result<(), Invalid> {
+        let r = self.r;
         let s = r
             .score
             .as_ref()
-            .ok_or_else(|| err("score", "missing".into()))?;
+            .ok_or_else(|| self.err("score", "missing".into()))?;
         let Some(reward) = &r.reward else {
-            return Err(err("score", "[score] needs a [reward] table".into()));
+            return Err(self.err("score", "[score] needs a [reward] table".into()));
         };
         if s.groups_per_call == 0 {
-            return Err(err("score.groups_per_call", "must be at least 1".into()));
+            return Err(self.err("score.groups_per_call", "must be at least 1".into()));
         }
-        reward.check(ctx).map_err(|i| plugin_issue("reward", i))?;
-        refuse_pairwise(reward.as_ref(), "reward.type").map_err(|m| err("reward.type", m))?;
+        reward
+            .check(self.ctx)
+            .map_err(|i| self.plugin_issue("reward", i))?;
+        refuse_pairwise(reward.as_ref(), "reward.type").map_err(|m| self.err("reward.type", m))?;
         let upstream_out = r.generate.as_ref().and_then(|g| g.output.as_ref());
-        if !connected(&s.input, stages.generate, upstream_out) {
-            let Some(input) = &s.input else {
-                return Err(err(
-                    "score.input",
-                    if chained {
-                        "not given: name the samples to score, or add a [generate] stage".into()
-                    } else {
-                        "not given: name the samples to score (`sweetspot run` takes them from \
-                         [generate])"
-                            .into()
-                    },
-                ));
-            };
-            inputs.push(Named {
-                key: "score.input".into(),
-                path: ctx.resolve(input),
-                stage: 1,
-            });
-        } else if let Some(input) = &s.input {
-            inputs.push(Named {
-                key: "score.input".into(),
-                path: ctx.resolve(input),
-                stage: 1,
-            });
-        }
-        plugin_paths(
-            "reward",
-            serde_json::to_value(reward).unwrap_or_default(),
-            1,
-            &mut inputs,
-        );
-        one_place("score.output", s.output.is_some(), rounds, "scored sets")?;
-        if let Some(o) = &s.output {
-            outputs.push(Named {
-                key: "score.output".into(),
-                path: ctx.resolve(o),
-                stage: 1,
-            });
-        }
-        described.push("score".to_string());
+        self.stage_input(
+            "score.input",
+            (&s.input, self.stages.generate, upstream_out),
+            (SCORE, "the samples to score", "[generate]"),
+        )?;
+        self.plugin_inputs("reward", reward.as_ref(), SCORE);
+        self.one_place(
+            "score.output",
+            s.output.is_some(),
+            self.rounds,
+            "scored sets",
+        )?;
+        self.output("score.output", &s.output, SCORE);
+        self.described.push("score".to_string());
+        Ok(())
     }
-    let mut ns: Vec<Option<usize>> = vec![None];
-    if stages.pairs {
+
+    /// `[pairs]`: its n, its strategies and their datasets, its output and input.
+    fn pairs(&mut self) -> Result<(), Invalid> {
+        let r = self.r;
         let p = r
             .pairs
             .as_ref()
-            .ok_or_else(|| err("pairs", "missing".into()))?;
+            .ok_or_else(|| self.err("pairs", "missing".into()))?;
         if p.strategies.is_empty() {
-            return Err(err(
+            return Err(self.err(
                 "pairs.strategies",
                 "no strategies: add at least one [[pairs.strategies]] table".into(),
             ));
         }
         if let Some(n) = &p.n {
-            let list = n.to_vec();
-            if list.is_empty() {
-                return Err(err("pairs.n", "an empty list: give at least one n".into()));
-            }
-            if list.contains(&0) {
-                return Err(err("pairs.n", "every n must be at least 1".into()));
-            }
-            let mut sorted = list.clone();
-            sorted.sort_unstable();
-            sorted.dedup();
-            if sorted.len() != list.len() {
-                return Err(err("pairs.n", "lists an n twice".into()));
-            }
-            if list.len() > 1 && !chained {
-                return Err(err(
-                    "pairs.n",
-                    "a list of n makes one pair set per n, which is for `sweetspot run`".into(),
-                ));
-            }
-            if let Some(g) = r.generate.as_ref().filter(|_| stages.generate)
-                && let Some(big) = list.iter().find(|&&n| n > g.n)
-            {
-                return Err(err(
-                    "pairs.n",
-                    format!(
-                        "{big} is more than the {} samples [generate] makes per prompt",
-                        g.n
-                    ),
-                ));
-            }
-            for (i, s) in p.strategies.iter().enumerate() {
-                let v = serde_json::to_value(s).unwrap_or_default();
-                match v.get("n") {
-                    Some(serde_json::Value::Null) => {}
-                    Some(_) => {
-                        return Err(err(
-                            &format!("pairs.strategies[{i}].n"),
-                            "set both here and in `[pairs].n`: keep one".into(),
-                        ));
-                    }
-                    None => {}
-                }
-            }
-            ns = list.into_iter().map(Some).collect();
+            self.pairs_n(p, n.to_vec())?;
         }
-        let mut names: Vec<(String, usize)> = Vec::new();
-        for (i, s) in p.strategies.iter().enumerate() {
-            let at = |k: &str| {
-                if k.is_empty() {
-                    format!("pairs.strategies[{i}]")
-                } else {
-                    format!("pairs.strategies[{i}].{k}")
-                }
-            };
-            s.check(ctx)
-                .map_err(|issue| plugin_issue(&format!("pairs.strategies[{i}]"), issue))?;
-            let built = s.build(ctx).map_err(|e| err(&at(""), e.to_string()))?;
-            for name in built.datasets() {
-                if let Some((_, j)) = names.iter().find(|(n, _)| *n == name) {
-                    return Err(err(
-                        &at(""),
-                        format!("dataset `{name}` is also written by pairs.strategies[{j}]"),
-                    ));
-                }
-                names.push((name, i));
-            }
-        }
-        dataset_names = names.iter().map(|(n, _)| n.clone()).collect();
-        one_place(
+        let names = self.pairs_datasets(p)?;
+        self.dataset_names = names.iter().map(|(n, _)| n.clone()).collect();
+        self.one_place(
             "pairs.output",
             p.output.is_some(),
-            rounds * ns.len(),
+            self.rounds * self.ns.len(),
             "pair sets",
         )?;
         if let Some(output) = &p.output {
-            let single = output
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| {
-                    e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("parquet")
-                });
+            let single = is_single_file(output);
             if single && names.len() != 1 {
-                return Err(err(
+                return Err(self.err(
                     "pairs.output",
                     format!(
                         "`{}` is one file, but the strategies write {} datasets: give a folder",
@@ -422,8 +445,8 @@ pub fn validate_recipe(
                     ),
                 ));
             }
-            let out = ctx.resolve(output);
-            pair_files = if single {
+            let out = self.ctx.resolve(output);
+            self.pair_files = if single {
                 vec![resolved(&out)]
             } else {
                 let ext = p.format.unwrap_or_default().extension();
@@ -432,66 +455,153 @@ pub fn validate_recipe(
                     .map(|(n, _)| resolved(&out.join(format!("{n}.{ext}"))))
                     .collect()
             };
-            outputs.push(Named {
-                key: "pairs.output".into(),
-                path: out,
-                stage: 2,
-            });
+            self.output("pairs.output", &p.output, PAIRS);
         }
         let upstream_out = r.score.as_ref().and_then(|s| s.output.as_ref());
-        if !connected(&p.input, stages.score, upstream_out) {
-            let Some(input) = &p.input else {
-                return Err(err(
-                    "pairs.input",
-                    if chained {
-                        "not given: name the scored samples, or add a [score] stage".into()
-                    } else {
-                        "not given: name the scored samples (`sweetspot run` takes them from \
-                         [score])"
-                            .into()
-                    },
-                ));
-            };
-            inputs.push(Named {
-                key: "pairs.input".into(),
-                path: ctx.resolve(input),
-                stage: 2,
-            });
-        } else if let Some(input) = &p.input {
-            inputs.push(Named {
-                key: "pairs.input".into(),
-                path: ctx.resolve(input),
-                stage: 2,
-            });
-        }
-        let sets = if ns.len() > 1 {
-            format!(", {} values of n", ns.len())
+        self.stage_input(
+            "pairs.input",
+            (&p.input, self.stages.score, upstream_out),
+            (PAIRS, "the scored samples", "[score]"),
+        )?;
+        let sets = if self.ns.len() > 1 {
+            format!(", {} values of n", self.ns.len())
         } else {
             String::new()
         };
-        described.push(format!(
+        self.described.push(format!(
             "pairs ({} strategies, {} datasets{sets})",
             p.strategies.len(),
             names.len()
         ));
+        Ok(())
     }
-    if stages.train {
+
+    /// `[pairs] n`: one value or a list, each within what `[generate]` makes, not also set by a
+    /// strategy.
+    fn pairs_n(&mut self, p: &PairsConfig, list: Vec<usize>) -> Result<(), Invalid> {
+        if list.is_empty() {
+            return Err(self.err("pairs.n", "an empty list: give at least one n".into()));
+        }
+        if list.contains(&0) {
+            return Err(self.err("pairs.n", "every n must be at least 1".into()));
+        }
+        let mut sorted = list.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != list.len() {
+            return Err(self.err("pairs.n", "lists an n twice".into()));
+        }
+        if list.len() > 1 && !self.stages.chained {
+            return Err(self.err(
+                "pairs.n",
+                "a list of n makes one pair set per n, which is for `sweetspot run`".into(),
+            ));
+        }
+        if let Some(g) = self.r.generate.as_ref().filter(|_| self.stages.generate)
+            && let Some(big) = list.iter().find(|&&n| n > g.n)
+        {
+            return Err(self.err(
+                "pairs.n",
+                format!(
+                    "{big} is more than the {} samples [generate] makes per prompt",
+                    g.n
+                ),
+            ));
+        }
+        if let Some(i) = p.strategies.iter().position(|s| s.own_n().is_some()) {
+            return Err(self.err(
+                &format!("pairs.strategies[{i}].n"),
+                "set both here and in `[pairs].n`: keep one".into(),
+            ));
+        }
+        self.ns = list.into_iter().map(Some).collect();
+        Ok(())
+    }
+
+    /// Each strategy checked and built: the datasets they write, with the strategy that
+    /// writes each (no name twice).
+    fn pairs_datasets(&self, p: &PairsConfig) -> Result<Vec<(String, usize)>, Invalid> {
+        let mut names: Vec<(String, usize)> = Vec::new();
+        for (i, s) in p.strategies.iter().enumerate() {
+            let table = format!("pairs.strategies[{i}]");
+            s.check(self.ctx)
+                .map_err(|issue| self.plugin_issue(&table, issue))?;
+            let built = s
+                .build(self.ctx)
+                .map_err(|e| self.err(&table, e.to_string()))?;
+            for name in built.datasets() {
+                if let Some((_, j)) = names.iter().find(|(n, _)| *n == name) {
+                    return Err(self.err(
+                        &table,
+                        format!("dataset `{name}` is also written by pairs.strategies[{j}]"),
+                    ));
+                }
+                names.push((name, i));
+            }
+        }
+        Ok(names)
+    }
+
+    /// `[train]`: its values, its losses, its data, its starting policy, its output.
+    fn train(&mut self) -> Result<(), Invalid> {
+        let r = self.r;
         let t = r
             .train
             .as_ref()
-            .ok_or_else(|| err("train", "missing".into()))?;
+            .ok_or_else(|| self.err("train", "missing".into()))?;
+        self.train_values(t)?;
+        self.train_losses(t)?;
+        let seeds = t.seeds.as_ref().map(|s| s.to_vec()).unwrap_or_default();
+        if t.seeds.is_some() {
+            if seeds.is_empty() {
+                return Err(self.err("train.seeds", "an empty list: give at least one".into()));
+            }
+            if !self.stages.chained {
+                return Err(self.err("train.seeds", "seeds are for `sweetspot run`".into()));
+            }
+        }
+        let trained = self.train_data(t)? * t.losses.len().max(1) * seeds.len().max(1);
+        self.train_policy(t)?;
+        if self.rounds > 1
+            && let Some(name) = &r.run.continue_with
+        {
+            let variants: Vec<String> =
+                crate::plan::policy_variants(t, r.run.seed, &self.dataset_names, &self.ns)
+                    .into_iter()
+                    .map(|v| v.name)
+                    .collect();
+            crate::plan::continue_with(name, &variants)
+                .map_err(|m| self.err("run.continue_with", m))?;
+        }
+        self.one_place(
+            "train.output",
+            t.output.is_some(),
+            trained * self.rounds,
+            "policies",
+        )?;
+        self.output("train.output", &t.output, TRAIN);
+        self.described.push(if trained > 1 {
+            format!("train ({trained} policies)")
+        } else {
+            "train".to_string()
+        });
+        Ok(())
+    }
+
+    /// `[train]`'s numbers: each in its range.
+    fn train_values(&self, t: &TrainConfig) -> Result<(), Invalid> {
         let positive = |key: &str, v: f64| {
             if v.is_finite() && v > 0.0 {
                 Ok(())
             } else {
-                Err(err(key, format!("{v} must be a number > 0")))
+                Err(self.err(key, format!("{v} must be a number > 0")))
             }
         };
         let at_least_one = |key: &str, v: usize| {
             if v >= 1 {
                 Ok(())
             } else {
-                Err(err(key, "must be at least 1".into()))
+                Err(self.err(key, "must be at least 1".into()))
             }
         };
         let in_range = |key: &str, v: f64, lo: f64, hi: f64, hi_open: bool| {
@@ -500,7 +610,7 @@ pub fn validate_recipe(
                 Ok(())
             } else {
                 let close = if hi_open { ")" } else { "]" };
-                Err(err(key, format!("{v} must be in [{lo}, {hi}{close}")))
+                Err(self.err(key, format!("{v} must be in [{lo}, {hi}{close}")))
             }
         };
         positive("train.learning_rate", t.learning_rate)?;
@@ -512,74 +622,66 @@ pub fn validate_recipe(
         in_range("train.adam_beta1", t.adam_beta1, 0.0, 1.0, true)?;
         in_range("train.adam_beta2", t.adam_beta2, 0.0, 1.0, true)?;
         in_range("train.weight_decay", t.weight_decay, 0.0, f64::MAX, false)?;
-        in_range("train.max_grad_norm", t.max_grad_norm, 0.0, f64::MAX, false)?;
+        in_range("train.max_grad_norm", t.max_grad_norm, 0.0, f64::MAX, false)
+    }
+
+    /// `[train.loss]` or `[[train.losses]]`, each checked.
+    fn train_losses(&self, t: &TrainConfig) -> Result<(), Invalid> {
         match (&t.loss, t.losses.is_empty()) {
             (Some(_), false) => {
-                return Err(err(
+                return Err(self.err(
                     "train.losses",
                     "give `[train.loss]` or `[[train.losses]]`, not both".into(),
                 ));
             }
             (None, true) => {
-                return Err(err(
+                return Err(self.err(
                     "train",
                     "missing the loss: add a `[train.loss]` table (or `[[train.losses]]`)".into(),
                 ));
             }
             _ => {}
         }
-        if !t.losses.is_empty() && !chained {
-            return Err(err(
+        if !t.losses.is_empty() && !self.stages.chained {
+            return Err(self.err(
                 "train.losses",
                 "a list of losses makes one policy per loss, which is for `sweetspot run`".into(),
             ));
         }
         if let Some(loss) = &t.loss {
-            loss.check(ctx).map_err(|i| plugin_issue("train.loss", i))?;
+            loss.check(self.ctx)
+                .map_err(|i| self.plugin_issue("train.loss", i))?;
         }
         for (i, loss) in t.losses.iter().enumerate() {
-            loss.check(ctx)
-                .map_err(|issue| plugin_issue(&format!("train.losses[{i}]"), issue))?;
+            loss.check(self.ctx)
+                .map_err(|issue| self.plugin_issue(&format!("train.losses[{i}]"), issue))?;
         }
-        let seeds = t.seeds.as_ref().map(|s| s.to_vec()).unwrap_or_default();
-        if t.seeds.is_some() {
-            if seeds.is_empty() {
-                return Err(err(
-                    "train.seeds",
-                    "an empty list: give at least one".into(),
-                ));
-            }
-            if !chained {
-                return Err(err("train.seeds", "seeds are for `sweetspot run`".into()));
-            }
-        }
-        let mut trained: usize = 1;
+        Ok(())
+    }
+
+    /// What `[train]` trains on (`pairs`, or `datasets` of the run's pairs stage): the number
+    /// of pair sets per loss and seed.
+    fn train_data(&mut self, t: &TrainConfig) -> Result<usize, Invalid> {
+        let (r, chained, ctx) = (self.r, self.stages.chained, self.ctx);
+        let with_pairs = chained && self.stages.pairs;
         match (&t.pairs, &t.datasets) {
-            (Some(_), Some(_)) => {
-                return Err(err(
-                    "train.datasets",
-                    "give `pairs` (one file) or `datasets` (of the run's [pairs]), not both".into(),
-                ));
-            }
-            (None, None) => {
-                let hint = if chained && stages.pairs {
-                    "name the datasets to train on: `datasets = [\"grid_max_vs_-2\"]`, a glob, \
-                     or `\"all\"`"
-                } else {
-                    "not given: name the pairs file to train on"
-                };
-                return Err(err(
-                    if chained && stages.pairs {
-                        "train.datasets"
-                    } else {
-                        "train.pairs"
-                    },
-                    hint.into(),
-                ));
-            }
+            (Some(_), Some(_)) => Err(self.err(
+                "train.datasets",
+                "give `pairs` (one file) or `datasets` (of the run's [pairs]), not both".into(),
+            )),
+            (None, None) if with_pairs => Err(self.err(
+                "train.datasets",
+                "name the datasets to train on: `datasets = [\"grid_max_vs_-2\"]`, a glob, or \
+                 `\"all\"`"
+                    .into(),
+            )),
+            (None, None) => Err(self.err(
+                "train.pairs",
+                "not given: name the pairs file to train on".into(),
+            )),
             (None, Some(patterns)) => {
-                if !(chained && stages.pairs) {
-                    return Err(err(
+                if !with_pairs {
+                    return Err(self.err(
                         "train.datasets",
                         "names datasets of the run's [pairs] stage: use `sweetspot run` with a \
                          [pairs] table, or give `pairs` (a file)"
@@ -589,17 +691,13 @@ pub fn validate_recipe(
                 if r.pairs
                     .as_ref()
                     .and_then(|p| p.format)
-                    .is_some_and(|f| f != sweetspot_core::recipe::OutputFormat::Jsonl)
+                    .is_some_and(|f| f != OutputFormat::Jsonl)
                 {
-                    return Err(err(
-                        "pairs.format",
-                        "the trainer reads pairs as JSONL: write them with format = \"jsonl\""
-                            .into(),
-                    ));
+                    return Err(self.err("pairs.format", JSONL_ONLY.into()));
                 }
-                let picked = crate::plan::select_datasets(&patterns.to_vec(), &dataset_names)
-                    .map_err(|m| err("train.datasets", m))?;
-                trained = picked.len() * ns.len();
+                let picked = crate::plan::select_datasets(&patterns.to_vec(), &self.dataset_names)
+                    .map_err(|m| self.err("train.datasets", m))?;
+                Ok(picked.len() * self.ns.len())
             }
             (Some(pairs), None) => {
                 let train_pairs = ctx.resolve(pairs);
@@ -607,26 +705,24 @@ pub fn validate_recipe(
                     .extension()
                     .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
                 {
-                    return Err(err(
-                        "train.pairs",
-                        "the trainer reads pairs as JSONL: write them with format = \"jsonl\""
-                            .into(),
-                    ));
+                    return Err(self.err("train.pairs", JSONL_ONLY.into()));
                 }
                 // Made by this run's pairs stage: it must be one of the files that stage writes.
-                if stages.pairs {
+                if self.stages.pairs {
                     let p = resolved(&train_pairs);
                     let pairs_out = r
                         .pairs
                         .as_ref()
                         .and_then(|c| c.output.as_ref())
                         .map(|o| resolved(&ctx.resolve(o)));
-                    if pairs_out.is_some_and(|o| p.starts_with(&o)) && !pair_files.contains(&p) {
-                        let names: Vec<String> = pair_files
+                    if pairs_out.is_some_and(|o| p.starts_with(&o)) && !self.pair_files.contains(&p)
+                    {
+                        let names: Vec<String> = self
+                            .pair_files
                             .iter()
                             .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
                             .collect();
-                        return Err(err(
+                        return Err(self.err(
                             "train.pairs",
                             format!(
                                 "{} is not a dataset the pairs stage writes (it writes {})",
@@ -636,200 +732,169 @@ pub fn validate_recipe(
                         ));
                     }
                 }
-                inputs.push(Named {
-                    key: "train.pairs".into(),
-                    path: train_pairs,
-                    stage: 3,
-                });
+                self.input("train.pairs", train_pairs, TRAIN);
+                Ok(1)
             }
         }
-        trained *= t.losses.len().max(1) * seeds.len().max(1);
-        match &t.policy {
-            Some(policy) => inputs.push(Named {
-                key: "train.policy".into(),
-                path: ctx.resolve(policy),
-                stage: 3,
-            }),
-            None => match r.sampler.as_ref().filter(|_| chained) {
-                Some(s) if s.local_model().is_some() => {}
-                Some(s) => {
-                    return Err(err(
-                        "train.policy",
-                        format!(
-                            "not given, and the `{}` sampler {}: set `[train] policy` to the \
-                             local model (folder or GGUF file) training starts from",
-                            type_name(&serde_json::to_value(s).unwrap_or_default()),
-                            NOT_LOCAL
-                        ),
-                    ));
-                }
-                None => {
-                    return Err(err(
-                        "train.policy",
-                        "not given: name the policy to train (in `sweetspot run` it defaults \
-                         to the sampler's model)"
-                            .into(),
-                    ));
-                }
-            },
-        }
-        if rounds > 1
-            && let Some(name) = &r.run.continue_with
-        {
-            let variants = crate::plan::policy_names(r, &dataset_names, &ns);
-            crate::plan::continue_with(name, &variants).map_err(|m| err("run.continue_with", m))?;
-        }
-        one_place(
-            "train.output",
-            t.output.is_some(),
-            trained * rounds,
-            "policies",
-        )?;
-        if let Some(o) = &t.output {
-            outputs.push(Named {
-                key: "train.output".into(),
-                path: ctx.resolve(o),
-                stage: 3,
-            });
-        }
-        described.push(if trained > 1 {
-            format!("train ({trained} policies)")
-        } else {
-            "train".to_string()
-        });
     }
-    if let Some(e) = r.eval.as_ref().filter(|_| chained) {
-        let Some(sampler) = r.sampler.as_ref().filter(|_| stages.train) else {
-            return Err(err(
+
+    /// The policy training starts from: `[train] policy`, else (in a run) the sampler's local
+    /// model.
+    fn train_policy(&mut self, t: &TrainConfig) -> Result<(), Invalid> {
+        if let Some(policy) = &t.policy {
+            self.input("train.policy", self.ctx.resolve(policy), TRAIN);
+            return Ok(());
+        }
+        match self.r.sampler.as_ref().filter(|_| self.stages.chained) {
+            Some(s) if s.local_model().is_some() => Ok(()),
+            Some(s) => Err(self.err(
+                "train.policy",
+                format!(
+                    "not given, and the `{}` sampler {}: set `[train] policy` to the local \
+                     model (folder or GGUF file) training starts from",
+                    s.plugin_type(),
+                    NOT_LOCAL
+                ),
+            )),
+            None => Err(self.err(
+                "train.policy",
+                "not given: name the policy to train (in `sweetspot run` it defaults to the \
+                 sampler's model)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// `[eval]`: the sampler answers with every policy, the reward model and the judge score.
+    fn eval(&mut self, e: &EvalConfig) -> Result<(), Invalid> {
+        let r = self.r;
+        let Some(sampler) = r.sampler.as_ref().filter(|_| self.stages.train) else {
+            return Err(self.err(
                 "eval",
                 "[eval] compares the trained policies with the starting one: it needs [sampler] \
                  (which answers the eval prompts) and [train]"
                     .into(),
             ));
         };
-        let v = serde_json::to_value(sampler).unwrap_or_default();
         if sampler.local_model().is_none() {
-            return Err(err(
+            return Err(self.err(
                 "sampler.type",
                 format!(
                     "[eval] answers with the starting policy and each trained one through the \
                      sampler, which must load a local model: the `{}` sampler {}",
-                    type_name(&v),
+                    sampler.plugin_type(),
                     NOT_LOCAL
                 ),
             ));
         }
-        for key in ["model", "temperature", "max_new_tokens"] {
-            if v.get(key).is_none() {
-                return Err(err(
-                    "sampler",
-                    format!(
-                        "[eval] answers with the sampler and each policy: the sampler needs a \
-                         `{key}` setting"
-                    ),
-                ));
-            }
+        if sampler.for_eval(0.0, None).is_none() {
+            return Err(self.err(
+                "sampler",
+                format!(
+                    "[eval] answers with the sampler and each policy at eval's temperature: the \
+                     `{}` sampler cannot set its temperature",
+                    sampler.plugin_type()
+                ),
+            ));
         }
         if !(e.temperature.is_finite() && e.temperature >= 0.0) {
-            return Err(err(
+            return Err(self.err(
                 "eval.temperature",
                 format!("{} must be a number >= 0 (0 is greedy)", e.temperature),
             ));
         }
         if e.max_new_tokens == Some(0) {
-            return Err(err("eval.max_new_tokens", "must be at least 1".into()));
+            return Err(self.err("eval.max_new_tokens", "must be at least 1".into()));
         }
         if e.bootstrap > 100_000 {
-            return Err(err(
+            return Err(self.err(
                 "eval.bootstrap",
                 format!("{} resamples: at most 100000", e.bootstrap),
             ));
         }
-        match (&e.reward, &r.reward) {
+        self.eval_scorers(e)?;
+        self.input("eval.prompts", self.ctx.resolve(&e.prompts), EVAL);
+        self.described
+            .push("eval (every policy against the starting one)".to_string());
+        Ok(())
+    }
+
+    /// `[eval.reward]` (else the recipe's `[reward]`) and `[eval.judge]`.
+    fn eval_scorers(&mut self, e: &EvalConfig) -> Result<(), Invalid> {
+        match (&e.reward, &self.r.reward) {
             (Some(own), _) => {
-                own.check(ctx).map_err(|i| plugin_issue("eval.reward", i))?;
+                own.check(self.ctx)
+                    .map_err(|i| self.plugin_issue("eval.reward", i))?;
                 refuse_pairwise(own.as_ref(), "eval.reward.type")
-                    .map_err(|m| err("eval.reward.type", m))?;
-                plugin_paths(
-                    "eval.reward",
-                    serde_json::to_value(own).unwrap_or_default(),
-                    4,
-                    &mut inputs,
-                );
+                    .map_err(|m| self.err("eval.reward.type", m))?;
+                self.plugin_inputs("eval.reward", own.as_ref(), EVAL);
             }
             (None, Some(_)) => {}
             (None, None) => {
-                return Err(err(
+                return Err(self.err(
                     "eval",
                     "no reward model: add [eval.reward] (or a [reward] table)".into(),
                 ));
             }
         }
         if let Some(judge) = &e.judge {
-            if plugin_type(judge.as_ref()) != PAIRWISE {
-                return Err(err(
+            if !judge.pairwise() {
+                return Err(self.err(
                     "eval.judge.type",
                     format!(
                         "`{}` scores one response; [eval.judge] compares two: use \
                          type = \"{PAIRWISE}\" (a reward model goes in [eval.reward])",
-                        plugin_type(judge.as_ref())
+                        judge.plugin_type()
                     ),
                 ));
             }
             judge
-                .check(ctx)
-                .map_err(|i| plugin_issue("eval.judge", i))?;
-            plugin_paths(
-                "eval.judge",
-                serde_json::to_value(judge).unwrap_or_default(),
-                4,
-                &mut inputs,
-            );
+                .check(self.ctx)
+                .map_err(|i| self.plugin_issue("eval.judge", i))?;
+            self.plugin_inputs("eval.judge", judge.as_ref(), EVAL);
         }
-        inputs.push(Named {
-            key: "eval.prompts".into(),
-            path: ctx.resolve(&e.prompts),
-            stage: 4,
-        });
-        described.push("eval (every policy against the starting one)".to_string());
+        Ok(())
     }
-    if described.is_empty() {
-        return Err(Invalid::Recipe(RecipeError {
-            path: Some(origin.to_path_buf()),
-            line: None,
-            column: None,
-            key: None,
-            message: "the recipe has no stage (add [generate], [score], [pairs] or [train])".into(),
-        }));
-    }
-    check_paths(&inputs, &outputs).map_err(|(key, m, missing)| {
-        if missing {
-            Invalid::MissingInput(located(&key, m))
-        } else {
-            Invalid::Recipe(located(&key, m))
+
+    /// The result: the stages' descriptions, once the paths fit.
+    fn finish(self) -> Result<Vec<String>, Invalid> {
+        if self.described.is_empty() {
+            return Err(Invalid::Recipe(RecipeError {
+                path: Some(self.origin.to_path_buf()),
+                line: None,
+                column: None,
+                key: None,
+                message: "the recipe has no stage (add [generate], [score], [pairs] or [train])"
+                    .into(),
+            }));
         }
-    })?;
-    Ok(described)
+        check_paths(&self.inputs, &self.outputs).map_err(|(key, m, missing)| {
+            if missing {
+                Invalid::MissingInput(self.located(&key, m))
+            } else {
+                Invalid::Recipe(self.located(&key, m))
+            }
+        })?;
+        Ok(self.described)
+    }
 }
 
 /// What a sampler without a local model is, in messages.
 const NOT_LOCAL: &str = "samples from a server (its `model` is the server's model name, not a \
                          local model)";
 
-/// A plugin table's `type`, as written.
-fn type_name(v: &serde_json::Value) -> &str {
-    v.get("type").and_then(|t| t.as_str()).unwrap_or("?")
-}
+/// The trainer's one pairs format.
+const JSONL_ONLY: &str = "the trainer reads pairs as JSONL: write them with format = \"jsonl\"";
 
 /// The reward-model type that compares two responses (only for `[eval.judge]`).
 const PAIRWISE: &str = "pairwise-judge";
 
-/// A plugin config's `type`.
-fn plugin_type(config: &dyn sweetspot_core::RewardModelConfig) -> String {
-    serde_json::to_value(config)
-        .ok()
-        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(String::from))
-        .unwrap_or_default()
+/// Whether a pairs output names one file (else a folder).
+fn is_single_file(output: &Path) -> bool {
+    output
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("parquet"))
 }
 
 /// A pairwise judge scores a text holding two responses: as a reward model of one response its
@@ -838,10 +903,11 @@ fn refuse_pairwise(
     config: &dyn sweetspot_core::RewardModelConfig,
     key: &str,
 ) -> Result<(), String> {
-    if plugin_type(config) == PAIRWISE {
+    if config.pairwise() {
         return Err(format!(
-            "`{PAIRWISE}` compares two responses and is only for [eval.judge]; `{key}` needs a \
-             reward model of one response (seq-cls, armorm, judge)"
+            "`{}` compares two responses and is only for [eval.judge]; `{key}` needs a reward \
+             model of one response (seq-cls, armorm, judge)",
+            config.plugin_type()
         ));
     }
     Ok(())

@@ -3,13 +3,14 @@
 //! linear interpolation between order statistics (NumPy's default); ties go to the lowest sample
 //! index, as in sweetspot's built-in strategies.
 //!
-//! Everything here uses sweetspot-core's public API: the config deserializes through
-//! `#[typetag::serde]`, and the plugin registers itself with `inventory::submit!`.
+//! Everything here uses sweetspot-core's public API: one attribute,
+//! `#[sweetspot_core::plugin(...)]`, registers the config (its `type = "quantile"`, through
+//! typetag) and lists the plugin (`sweetspot plugins`).
 
 use serde::{Deserialize, Serialize};
 use sweetspot_core::{
-    BuildContext, PairStrategy, PairStrategyConfig, PluginError, PluginInfo, PluginKind,
-    RewardStats, ScoredGroup, Selection,
+    BuildContext, PairStrategy, PairStrategyConfig, PluginError, RewardStats, ScoredGroup,
+    Selection,
 };
 
 /// The recipe table: `type = "quantile"`, `chosen`, `rejected`, optional `n`.
@@ -34,17 +35,11 @@ fn tenth() -> f64 {
     0.1
 }
 
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::PairStrategy,
-        name: "quantile",
-        description: "chosen/rejected nearest to reward quantiles (example third-party plugin)",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"quantile\"\nchosen = 1.0\nrejected = 0.1",
-    }
-}
-
-#[typetag::serde(name = "quantile")]
+#[sweetspot_core::plugin(
+    name = "quantile",
+    description = "chosen/rejected nearest to reward quantiles (example third-party plugin)",
+    example = "type = \"quantile\"\nchosen = 1.0\nrejected = 0.1"
+)]
 impl PairStrategyConfig for Quantile {
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn PairStrategy>, PluginError> {
         for (key, q) in [("chosen", self.chosen), ("rejected", self.rejected)] {
@@ -62,6 +57,10 @@ impl PairStrategyConfig for Quantile {
             ));
         }
         Ok(Box::new(self.clone()))
+    }
+
+    fn own_n(&self) -> Option<usize> {
+        self.n
     }
 }
 

@@ -15,9 +15,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use sweetspot_core::{
-    BuildContext, ConfigIssue, Message, PluginError, PluginInfo, PluginKind, Progress, Prompt,
-    PromptContent, RewardModel, RewardModelConfig, SampleGroup, ScoredGroup, ScoredSample,
-    check_device_name,
+    BuildContext, ConfigIssue, Message, PluginError, PluginInput, Progress, Prompt, PromptContent,
+    RewardModel, RewardModelConfig, SampleGroup, ScoredGroup, ScoredSample, check_device_name,
+    declared_inputs,
 };
 use sweetspot_model::reward::{LLAMA3_GATING_PATTERN, find_last};
 use sweetspot_model::{ModelError, Precision, RewardInput, RewardNet, Tokenizer, resolve_device};
@@ -128,46 +128,6 @@ pub struct JudgeConfig {
     pub dtype: Precision,
 }
 
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::RewardModel,
-        name: "seq-cls",
-        description: "LlamaForSequenceClassification with one label (Skywork-Reward), read at the last token",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"seq-cls\"\nmodel = \"models/Skywork-Reward-Llama-3.1-8B\"",
-    }
-}
-
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::RewardModel,
-        name: "skywork",
-        description: "alias of seq-cls",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"skywork\"\nmodel = \"models/Skywork-Reward-Llama-3.1-8B\"",
-    }
-}
-
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::RewardModel,
-        name: "armorm",
-        description: "ArmoRM (LlamaForRewardModelWithGating): 19 objectives mixed by a gating network",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"armorm\"\nmodel = \"models/ArmoRM-Llama3-8B-v0.1\"",
-    }
-}
-
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::RewardModel,
-        name: "pairwise-judge",
-        description: "a causal LM comparing two responses: log P(A) - log P(B) (for [eval.judge])",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"pairwise-judge\"\nmodel = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"",
-    }
-}
-
 /// The pairwise judge's default prompt: `{response}` receives both responses, labelled.
 pub const DEFAULT_PAIRWISE_TEMPLATE: &str = "Here is an instruction and two responses to it.\n\n\
 Instruction: {prompt}\n\n{response}\n\nWhich response follows the instruction better? Answer with \
@@ -229,8 +189,20 @@ impl PairwiseJudgeConfig {
     }
 }
 
-#[typetag::serde(name = "pairwise-judge")]
+#[sweetspot_core::plugin(
+    name = "pairwise-judge",
+    description = "a causal LM comparing two responses: log P(A) - log P(B) (for [eval.judge])",
+    example = "type = \"pairwise-judge\"\nmodel = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\""
+)]
 impl RewardModelConfig for PairwiseJudgeConfig {
+    fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
+        declared_inputs([("model", &self.model)])
+    }
+
+    fn pairwise(&self) -> bool {
+        true
+    }
+
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
         self.as_judge().check(ctx).map_err(|mut i| {
             i.key = match i.key.as_str() {
@@ -245,16 +217,6 @@ impl RewardModelConfig for PairwiseJudgeConfig {
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn RewardModel>, PluginError> {
         self.check(ctx).map_err(issue("pairwise-judge"))?;
         self.as_judge().build(ctx)
-    }
-}
-
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::RewardModel,
-        name: "judge",
-        description: "a causal LM as judge: log P(Yes) - log P(No) after a grading prompt",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"judge\"\nmodel = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"",
     }
 }
 
@@ -315,8 +277,16 @@ fn device_for(
     resolve_device(&name).map_err(model_err("reward model"))
 }
 
-#[typetag::serde(name = "seq-cls")]
+#[sweetspot_core::plugin(
+    name = "seq-cls",
+    description = "LlamaForSequenceClassification with one label (Skywork-Reward), read at the last token",
+    example = "type = \"seq-cls\"\nmodel = \"models/Skywork-Reward-Llama-3.1-8B\""
+)]
 impl RewardModelConfig for SeqClsConfig {
+    fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
+        declared_inputs([("model", &self.model)])
+    }
+
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
         check_common(
             ctx,
@@ -345,8 +315,16 @@ impl RewardModelConfig for SeqClsConfig {
     }
 }
 
-#[typetag::serde(name = "skywork")]
+#[sweetspot_core::plugin(
+    name = "skywork",
+    description = "alias of seq-cls",
+    example = "type = \"skywork\"\nmodel = \"models/Skywork-Reward-Llama-3.1-8B\""
+)]
 impl RewardModelConfig for SkyworkConfig {
+    fn inputs(&self, ctx: &BuildContext) -> Vec<PluginInput> {
+        self.0.inputs(ctx)
+    }
+
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
         self.0.check(ctx)
     }
@@ -356,8 +334,16 @@ impl RewardModelConfig for SkyworkConfig {
     }
 }
 
-#[typetag::serde(name = "armorm")]
+#[sweetspot_core::plugin(
+    name = "armorm",
+    description = "ArmoRM (LlamaForRewardModelWithGating): 19 objectives mixed by a gating network",
+    example = "type = \"armorm\"\nmodel = \"models/ArmoRM-Llama3-8B-v0.1\""
+)]
 impl RewardModelConfig for ArmoRmConfig {
+    fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
+        declared_inputs([("model", &self.model)])
+    }
+
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
         check_common(
             ctx,
@@ -399,8 +385,16 @@ impl RewardModelConfig for ArmoRmConfig {
     }
 }
 
-#[typetag::serde(name = "judge")]
+#[sweetspot_core::plugin(
+    name = "judge",
+    description = "a causal LM as judge: log P(Yes) - log P(No) after a grading prompt",
+    example = "type = \"judge\"\nmodel = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\""
+)]
 impl RewardModelConfig for JudgeConfig {
+    fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
+        declared_inputs([("model", &self.model)])
+    }
+
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
         check_common(
             ctx,

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use sweetspot_core::{
-    BuildContext, ConfigIssue, PluginError, PluginInfo, PluginKind, Progress, Prompt, Sample,
-    SampleGroup, SampleRequest, Sampler, SamplerConfig, check_device_name, check_penalties,
-    check_sampling,
+    BuildContext, ConfigIssue, PluginError, PluginInput, Progress, Prompt, Sample, SampleGroup,
+    SampleRequest, Sampler, SamplerConfig, check_device_name, check_penalties, check_sampling,
+    declared_inputs,
 };
 use sweetspot_model::generate::{BatchLimits, SamplingParams, SeqRequest, generate_continuous};
 use sweetspot_model::{
@@ -81,16 +81,6 @@ fn default_batch() -> usize {
     16
 }
 
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::Sampler,
-        name: "burn",
-        description: "native Llama-family sampler on burn (safetensors or GGUF; cpu, wgpu, cuda)",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"burn\"\nmodel = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"",
-    }
-}
-
 /// A loaded model and tokenizer.
 pub struct BurnSampler {
     model: Llama,
@@ -121,7 +111,11 @@ pub fn load(
     sweetspot_model::load_causal_lm(path, &device, dtype).map_err(model_err)
 }
 
-#[typetag::serde(name = "burn")]
+#[sweetspot_core::plugin(
+    name = "burn",
+    description = "native Llama-family sampler on burn (safetensors or GGUF; cpu, wgpu, cuda)",
+    example = "type = \"burn\"\nmodel = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\""
+)]
 impl SamplerConfig for BurnSamplerConfig {
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
         check_sampling(
@@ -161,8 +155,31 @@ impl SamplerConfig for BurnSamplerConfig {
         Ok(())
     }
 
-    fn local_model(&self) -> Option<&std::path::Path> {
-        Some(&self.model)
+    fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
+        declared_inputs([("model", &self.model)])
+    }
+
+    fn local_model(&self) -> Option<PluginInput> {
+        Some(PluginInput::new("model", &self.model))
+    }
+
+    fn with_policy(&self, model: &std::path::Path) -> Option<Box<dyn SamplerConfig>> {
+        Some(Box::new(Self {
+            model: model.to_path_buf(),
+            ..self.clone()
+        }))
+    }
+
+    fn for_eval(
+        &self,
+        temperature: f32,
+        max_new_tokens: Option<usize>,
+    ) -> Option<Box<dyn SamplerConfig>> {
+        Some(Box::new(Self {
+            temperature: Some(temperature),
+            max_new_tokens: max_new_tokens.unwrap_or(self.max_new_tokens),
+            ..self.clone()
+        }))
     }
 
     fn check_prompts(&self, ctx: &BuildContext, prompts: &[Prompt]) -> Result<(), (usize, String)> {

@@ -24,8 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
 use sweetspot_core::{
-    BuildContext, ConfigIssue, FinishReason, PluginError, PluginInfo, PluginKind, Progress, Prompt,
+    BuildContext, ConfigIssue, FinishReason, PluginError, PluginInput, Progress, Prompt,
     PromptContent, Sample, SampleGroup, SampleRequest, Sampler, SamplerConfig, check_sampling,
+    declared_inputs,
 };
 use sweetspot_model::Tokenizer;
 use sweetspot_model::generate::prompt_seed;
@@ -118,16 +119,6 @@ pub(crate) fn default_retries() -> u32 {
     8
 }
 
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::Sampler,
-        name: "openai",
-        description: "samples through OpenAI-compatible servers (vLLM, SGLang, sweetspot serve): token-id prompts, per-sample seeds, retries",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"openai\"\nendpoints = [\"http://127.0.0.1:8000\"]\nmodel = \"SmolLM2-135M-Instruct.Q4_1.gguf\"\ntokenizer = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"",
-    }
-}
-
 /// Checks the settings every HTTP plugin shares.
 pub(crate) fn check_common(
     ctx: &BuildContext,
@@ -212,8 +203,16 @@ impl OpenAiSamplerConfig {
     }
 }
 
-#[typetag::serde(name = "openai")]
+#[sweetspot_core::plugin(
+    name = "openai",
+    description = "samples through OpenAI-compatible servers (vLLM, SGLang, sweetspot serve): token-id prompts, per-sample seeds, retries",
+    example = "type = \"openai\"\nendpoints = [\"http://127.0.0.1:8000\"]\nmodel = \"SmolLM2-135M-Instruct.Q4_1.gguf\"\ntokenizer = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\""
+)]
 impl SamplerConfig for OpenAiSamplerConfig {
+    fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
+        declared_inputs([("tokenizer", &self.tokenizer)])
+    }
+
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
         check_common(
             ctx,

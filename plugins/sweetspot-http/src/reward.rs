@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sweetspot_core::{
-    BuildContext, ConfigIssue, PluginError, PluginInfo, PluginKind, Progress, RewardModel,
-    RewardModelConfig, SampleGroup, ScoredGroup, ScoredSample,
+    BuildContext, ConfigIssue, PluginError, PluginInput, Progress, RewardModel, RewardModelConfig,
+    SampleGroup, ScoredGroup, ScoredSample, declared_inputs,
 };
 use sweetspot_model::Tokenizer;
 use sweetspot_model::reward::ARMORM_OBJECTIVES;
@@ -80,16 +80,6 @@ fn default_batch() -> usize {
     16
 }
 
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::RewardModel,
-        name: "http",
-        description: "scores through a /classify endpoint (vLLM, SGLang, sweetspot serve incl. ArmoRM), the conversation rendered here",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"http\"\nendpoints = [\"http://127.0.0.1:8001\"]\nmodel = \"Skywork-Reward-Llama-3.1-8B\"\ntokenizer = \"models/Skywork-Reward-Llama-3.1-8B\"",
-    }
-}
-
 impl HttpRewardConfig {
     fn objective_names(&self) -> Result<Vec<String>, ConfigIssue> {
         match &self.objectives {
@@ -110,8 +100,16 @@ impl HttpRewardConfig {
     }
 }
 
-#[typetag::serde(name = "http")]
+#[sweetspot_core::plugin(
+    name = "http",
+    description = "scores through a /classify endpoint (vLLM, SGLang, sweetspot serve incl. ArmoRM), the conversation rendered here",
+    example = "type = \"http\"\nendpoints = [\"http://127.0.0.1:8001\"]\nmodel = \"Skywork-Reward-Llama-3.1-8B\"\ntokenizer = \"models/Skywork-Reward-Llama-3.1-8B\""
+)]
 impl RewardModelConfig for HttpRewardConfig {
+    fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
+        declared_inputs([("tokenizer", &self.tokenizer)])
+    }
+
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
         check_common(
             ctx,

@@ -18,8 +18,8 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::{log_sigmoid, relu};
 use serde::{Deserialize, Serialize};
 use sweetspot_core::{
-    BuildContext, ConfigIssue, LossInput, LossOutput, PluginError, PluginInfo, PluginKind,
-    PreferenceLoss, PreferenceLossConfig,
+    BuildContext, ConfigIssue, LossInput, LossOutput, PluginError, PreferenceLoss,
+    PreferenceLossConfig,
 };
 
 /// Call from a binary to make sure this crate is linked (and its plugins registered).
@@ -87,46 +87,6 @@ pub struct SimpoConfig {
     pub label_smoothing: f64,
 }
 
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::PreferenceLoss,
-        name: "dpo",
-        description: "DPO's sigmoid loss; label_smoothing for conservative DPO, robust = true for robust DPO",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"dpo\"\nbeta = 0.01",
-    }
-}
-
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::PreferenceLoss,
-        name: "ipo",
-        description: "IPO: squared distance of the length-averaged log-ratio margin to 1 / (2 beta)",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"ipo\"\nbeta = 0.1",
-    }
-}
-
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::PreferenceLoss,
-        name: "hinge",
-        description: "SLiC's hinge loss on the log-ratio margin",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"hinge\"\nbeta = 0.1",
-    }
-}
-
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::PreferenceLoss,
-        name: "simpo",
-        description: "SimPO: reference-free, length-normalised, with a target margin gamma",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"simpo\"\nbeta = 2.0\ngamma = 0.5",
-    }
-}
-
 fn check(name: &str, beta: f64, smoothing: f64) -> Result<(), PluginError> {
     if !(beta.is_finite() && beta > 0.0) {
         return Err(PluginError::config(name, "`beta` must be > 0"));
@@ -156,7 +116,11 @@ pub struct Loss {
     kind: Kind,
 }
 
-#[typetag::serde(name = "dpo")]
+#[sweetspot_core::plugin(
+    name = "dpo",
+    description = "DPO's sigmoid loss; label_smoothing for conservative DPO, robust = true for robust DPO",
+    example = "type = \"dpo\"\nbeta = 0.01"
+)]
 impl PreferenceLossConfig for DpoConfig {
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
         self.build(ctx)
@@ -176,7 +140,11 @@ impl PreferenceLossConfig for DpoConfig {
     }
 }
 
-#[typetag::serde(name = "ipo")]
+#[sweetspot_core::plugin(
+    name = "ipo",
+    description = "IPO: squared distance of the length-averaged log-ratio margin to 1 / (2 beta)",
+    example = "type = \"ipo\"\nbeta = 0.1"
+)]
 impl PreferenceLossConfig for IpoConfig {
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
         self.build(ctx)
@@ -193,7 +161,11 @@ impl PreferenceLossConfig for IpoConfig {
     }
 }
 
-#[typetag::serde(name = "hinge")]
+#[sweetspot_core::plugin(
+    name = "hinge",
+    description = "SLiC's hinge loss on the log-ratio margin",
+    example = "type = \"hinge\"\nbeta = 0.1"
+)]
 impl PreferenceLossConfig for HingeConfig {
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
         self.build(ctx)
@@ -210,7 +182,11 @@ impl PreferenceLossConfig for HingeConfig {
     }
 }
 
-#[typetag::serde(name = "simpo")]
+#[sweetspot_core::plugin(
+    name = "simpo",
+    description = "SimPO: reference-free, length-normalised, with a target margin gamma",
+    example = "type = \"simpo\"\nbeta = 2.0\ngamma = 0.5"
+)]
 impl PreferenceLossConfig for SimpoConfig {
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
         self.build(ctx)

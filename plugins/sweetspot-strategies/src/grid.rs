@@ -1,7 +1,6 @@
 use serde::{Deserialize, Serialize};
 use sweetspot_core::{
-    BuildContext, PairStrategy, PairStrategyConfig, PluginError, PluginInfo, PluginKind, Point,
-    ScoredGroup, Selection,
+    BuildContext, PairStrategy, PairStrategyConfig, PluginError, Point, ScoredGroup, Selection,
 };
 
 /// `grid`: every pair (chosen at the higher point, rejected at the lower) over a list of reward
@@ -30,16 +29,6 @@ impl Default for Grid {
     }
 }
 
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::PairStrategy,
-        name: "grid",
-        description: "every (higher, lower) pair of reward points in one pass; default: the paper's 21 datasets",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"grid\"",
-    }
-}
-
 /// A built grid: points sorted from lowest to highest, and the (chosen, rejected) point pairs.
 #[derive(Debug)]
 struct GridStrategy {
@@ -48,8 +37,16 @@ struct GridStrategy {
     n: Option<usize>,
 }
 
-#[typetag::serde(name = "grid")]
+#[sweetspot_core::plugin(
+    name = "grid",
+    description = "every (higher, lower) pair of reward points in one pass; default: the paper's 21 datasets",
+    example = "type = \"grid\""
+)]
 impl PairStrategyConfig for Grid {
+    fn own_n(&self) -> Option<usize> {
+        self.n
+    }
+
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn PairStrategy>, PluginError> {
         crate::check_n("grid", self.n)?;
         let mut points = self.points.clone();

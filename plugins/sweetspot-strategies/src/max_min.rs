@@ -1,7 +1,6 @@
 use serde::{Deserialize, Serialize};
 use sweetspot_core::{
-    BuildContext, PairStrategy, PairStrategyConfig, PluginError, PluginInfo, PluginKind, Point,
-    ScoredGroup, Selection,
+    BuildContext, PairStrategy, PairStrategyConfig, PluginError, Point, ScoredGroup, Selection,
 };
 
 /// `max-min`: chosen = the highest reward, rejected = the lowest (the conventional baseline).
@@ -12,18 +11,16 @@ pub struct MaxMin {
     pub n: Option<usize>,
 }
 
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::PairStrategy,
-        name: "max-min",
-        description: "chosen = highest reward, rejected = lowest (the conventional baseline)",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"max-min\"",
-    }
-}
-
-#[typetag::serde(name = "max-min")]
+#[sweetspot_core::plugin(
+    name = "max-min",
+    description = "chosen = highest reward, rejected = lowest (the conventional baseline)",
+    example = "type = \"max-min\""
+)]
 impl PairStrategyConfig for MaxMin {
+    fn own_n(&self) -> Option<usize> {
+        self.n
+    }
+
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn PairStrategy>, PluginError> {
         crate::check_n("max-min", self.n)?;
         Ok(Box::new(self.clone()))

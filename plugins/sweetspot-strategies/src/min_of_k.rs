@@ -2,8 +2,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sweetspot_core::{
-    BuildContext, PairStrategy, PairStrategyConfig, PluginError, PluginInfo, PluginKind, Point,
-    ScoredGroup, Selection,
+    BuildContext, PairStrategy, PairStrategyConfig, PluginError, Point, ScoredGroup, Selection,
 };
 
 /// Which k samples form the rejected pool.
@@ -51,24 +50,22 @@ impl Default for MaxOfNMinOfK {
     }
 }
 
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::PairStrategy,
-        name: "max-of-n-min-of-k",
-        description: "chosen = max over all n, rejected = min over k samples (default 5; the paper's cheap proxy)",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"max-of-n-min-of-k\"",
-    }
-}
-
 #[derive(Debug)]
 struct Built {
     cfg: MaxOfNMinOfK,
     seed: u64,
 }
 
-#[typetag::serde(name = "max-of-n-min-of-k")]
+#[sweetspot_core::plugin(
+    name = "max-of-n-min-of-k",
+    description = "chosen = max over all n, rejected = min over k samples (default 5; the paper's cheap proxy)",
+    example = "type = \"max-of-n-min-of-k\""
+)]
 impl PairStrategyConfig for MaxOfNMinOfK {
+    fn own_n(&self) -> Option<usize> {
+        self.n
+    }
+
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn PairStrategy>, PluginError> {
         crate::check_n("max-of-n-min-of-k", self.n)?;
         if self.k == 0 {

@@ -1,7 +1,6 @@
 use serde::{Deserialize, Serialize};
 use sweetspot_core::{
-    BuildContext, PairStrategy, PairStrategyConfig, PluginError, PluginInfo, PluginKind, Point,
-    ScoredGroup, Selection,
+    BuildContext, PairStrategy, PairStrategyConfig, PluginError, Point, ScoredGroup, Selection,
 };
 
 /// `sigma`: chosen and rejected each at any reward point (`min`, `max`, or mu + k * sigma for a
@@ -17,18 +16,16 @@ pub struct Sigma {
     pub n: Option<usize>,
 }
 
-inventory::submit! {
-    PluginInfo {
-        kind: PluginKind::PairStrategy,
-        name: "sigma",
-        description: "chosen and rejected at reward points min, max or mu + k*sigma (paper: max vs -2)",
-        crate_name: env!("CARGO_PKG_NAME"),
-        example: "type = \"sigma\"\nchosen = \"max\"\nrejected = -2",
-    }
-}
-
-#[typetag::serde(name = "sigma")]
+#[sweetspot_core::plugin(
+    name = "sigma",
+    description = "chosen and rejected at reward points min, max or mu + k*sigma (paper: max vs -2)",
+    example = "type = \"sigma\"\nchosen = \"max\"\nrejected = -2"
+)]
 impl PairStrategyConfig for Sigma {
+    fn own_n(&self) -> Option<usize> {
+        self.n
+    }
+
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn PairStrategy>, PluginError> {
         crate::check_n("sigma", self.n)?;
         if self.chosen.order_key() <= self.rejected.order_key() {
