@@ -1,5 +1,5 @@
 //! sweetspot-core: the data model, the four plugin traits, the plugin registry and the recipe
-//! schema of sweetspot.
+//! schema of sweetspot, and [`atomic`], the one atomic file writer the other crates share.
 //!
 //! Everything else in the workspace (readers and writers, the model code, the trainer, the runner,
 //! the CLI and every plugin) builds on the types here. This crate compiles no burn backend: the one
@@ -11,6 +11,7 @@
 //! - Rewards inside a [`ScoredGroup`] are finite.
 //! - No plugin trait has a backend type parameter; every trait is object safe.
 
+pub mod atomic;
 pub mod error;
 pub mod model;
 pub mod plugin;

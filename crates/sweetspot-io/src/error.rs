@@ -120,3 +120,12 @@ pub enum WriteError {
         message: String,
     },
 }
+
+impl From<sweetspot_core::atomic::FileError> for WriteError {
+    fn from(e: sweetspot_core::atomic::FileError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}

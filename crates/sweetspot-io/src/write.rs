@@ -1,5 +1,7 @@
 //! Atomic writers: every output goes to a temporary file beside its target, and all of a run's
-//! outputs are renamed into place together in [`OutputSet::commit`].
+//! outputs are renamed into place together in [`OutputSet::commit`]. The temporary files and the
+//! single-file [`write_atomic`] are sweetspot-core's ([`sweetspot_core::atomic`]), shared with the
+//! model crate.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -10,6 +12,7 @@ use arrow_schema::{DataType, Field, Fields, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
+use sweetspot_core::atomic::{TEMP_PREFIX, TEMP_SUFFIX, temp_file_for, write_temp};
 use sweetspot_core::recipe::OutputFormat;
 use tempfile::NamedTempFile;
 
@@ -74,15 +77,7 @@ impl RowWriter {
 
     /// A writer of rows with Arrow schema `schema` (used for Parquet only).
     pub fn new(target: &Path, format: OutputFormat, schema: Schema) -> Result<Self, WriteError> {
-        let dir = target
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let io = |source| WriteError::Io {
-            path: target.to_path_buf(),
-            source,
-        };
-        let tmp = temp_builder().tempfile_in(dir).map_err(io)?;
+        let tmp = temp_file_for(target)?;
         let enc = |e: &dyn std::fmt::Display| WriteError::Encode {
             path: target.to_path_buf(),
             message: e.to_string(),
@@ -250,52 +245,15 @@ impl OutputSet {
     }
 }
 
-fn write_temp(target: &Path, contents: &[u8]) -> Result<NamedTempFile, WriteError> {
-    let dir = target
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let io = |source| WriteError::Io {
-        path: target.to_path_buf(),
-        source,
-    };
-    let mut tmp = temp_builder().tempfile_in(dir).map_err(io)?;
-    tmp.write_all(contents).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    Ok(tmp)
-}
-
-/// Writes `contents` to `target` atomically (temporary file, then rename).
+/// Writes `contents` to `target` atomically (temporary file, then rename): sweetspot-core's
+/// [`sweetspot_core::atomic::write_atomic`], its error as a [`WriteError::Io`] naming `target`.
 pub fn write_atomic(target: &Path, contents: &[u8]) -> Result<(), WriteError> {
-    let tmp = write_temp(target, contents)?;
-    tmp.persist(target).map_err(|e| WriteError::Io {
-        path: target.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+    Ok(sweetspot_core::atomic::write_atomic(target, contents)?)
 }
 
-/// Temporary files are `.sweetspot-<pid>-<random>.tmp` beside their targets, created with the
-/// mode other outputs get (0644 before the umask), so a renamed output is not private.
-fn temp_builder() -> tempfile::Builder<'static, 'static> {
-    let mut b = tempfile::Builder::new();
-    b.prefix(temp_prefix()).suffix(".tmp");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        b.permissions(std::fs::Permissions::from_mode(0o644));
-    }
-    b
-}
-
-fn temp_prefix() -> &'static str {
-    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PREFIX.get_or_init(|| format!(".sweetspot-{}-", std::process::id()))
-}
-
-/// Removes the temporary files a killed sweetspot process left in `dir`: those named by
-/// [`temp_builder`] whose process is gone (on Linux, no `/proc/<pid>`; elsewhere, untouched
-/// for a day). Returns how many were removed.
+/// Removes the temporary files a killed sweetspot process left in `dir`: those named as
+/// [`sweetspot_core::atomic`] names them (`.sweetspot-<pid>-<random>.tmp`) whose process is gone
+/// (on Linux, no `/proc/<pid>`; elsewhere, untouched for a day). Returns how many were removed.
 pub fn remove_stale_temp_files(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -305,10 +263,10 @@ pub fn remove_stale_temp_files(dir: &Path) -> usize {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let Some(rest) = name.strip_prefix(".sweetspot-") else {
+        let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
             continue;
         };
-        if !name.ends_with(".tmp") {
+        if !name.ends_with(TEMP_SUFFIX) {
             continue;
         }
         let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());

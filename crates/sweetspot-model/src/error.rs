@@ -3,7 +3,7 @@ use std::path::PathBuf;
 /// Errors of the model crate.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    /// A file cannot be read.
+    /// A file cannot be read or written.
     #[error("{}: {source}", path.display())]
     Io {
         /// The file.
@@ -34,4 +34,13 @@ pub enum ModelError {
     /// Bad input to the model (an empty batch, too long a sequence).
     #[error("{0}")]
     Input(String),
+}
+
+impl From<sweetspot_core::atomic::FileError> for ModelError {
+    fn from(e: sweetspot_core::atomic::FileError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }

@@ -19,13 +19,10 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelError + '_ {
 }
 
 /// Writes `bytes` to `path` through a temporary file beside it and a rename, so the file appears
-/// whole or not at all.
+/// whole or not at all: sweetspot-core's [`sweetspot_core::atomic::write_atomic`] (the one the
+/// readers and writers of sweetspot-io use too), its error as a [`ModelError::Io`] naming `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    Ok(sweetspot_core::atomic::write_atomic(path, bytes)?)
 }
 
 fn host<const D: usize>(t: Tensor<D>) -> Result<(Vec<usize>, Vec<f32>), ModelError> {

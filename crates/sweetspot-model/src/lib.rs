@@ -5,6 +5,13 @@
 //!   SwiGLU, tied or untied embeddings), batched with an attention mask and a KV cache.
 //! - [`reward`]: reward heads (sequence classification, ArmoRM, LM judge) and batch scoring.
 //! - [`weights`]: safetensors loading (single file or sharded) through burn-store.
+//! - [`gguf`]: llama.cpp's GGUF files: the container, dequantization, the metadata as a config,
+//!   and loading into [`Llama`] (one file each under `gguf/`).
+//! - [`tokenizer`]: tokenizers and chat templates, from `tokenizer.json` or GGUF metadata.
+//! - [`generate`]: the sampling rule, per-sequence seeds, and static and continuous batching
+//!   (one file each under `generate/`).
+//! - [`generation_config`]: the sampling defaults a model folder or GGUF file suggests.
+//! - [`export`]: writing a model and its tokenizer in Hugging Face's layout.
 //! - [`device`]: the runtime device from a name (`cpu`, `wgpu`, `cuda:0`).
 //! - [`precision`]: f32, bf16 or f16 weights, and what stays in f32 regardless.
 //!

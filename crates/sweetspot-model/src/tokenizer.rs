@@ -5,9 +5,9 @@ use std::path::Path;
 
 use serde::Serialize;
 use sweetspot_core::Message;
+use sweetspot_core::atomic::write_atomic;
 
 use crate::error::ModelError;
-use crate::export::write_atomic;
 use crate::gguf::{Gguf, Value};
 
 /// A tokenizer with its chat template and end tokens.
@@ -373,7 +373,10 @@ impl Tokenizer {
         }
         let text = serde_json::to_string_pretty(&serde_json::Value::Object(cfg))
             .map_err(|e| tok_err(&path, e))?;
-        write_atomic(&dir.join("tokenizer_config.json"), text.as_bytes())
+        Ok(write_atomic(
+            &dir.join("tokenizer_config.json"),
+            text.as_bytes(),
+        )?)
     }
 
     /// The chat template's source, when there is one.
