@@ -7,7 +7,8 @@ mod common;
 use common::*;
 use std::collections::BTreeMap;
 
-/// Package name and number of `inventory::submit!` registrations of each crate in `plugins/`.
+/// Package name and number of registrations (`#[sweetspot_core::plugin(...)]` attributes) of
+/// each crate in `plugins/`.
 fn workspace_plugins() -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for entry in std::fs::read_dir(root().join("plugins")).unwrap() {
@@ -29,7 +30,7 @@ fn workspace_plugins() -> BTreeMap<String, usize> {
                 } else if p.extension().is_some_and(|x| x == "rs") {
                     count += std::fs::read_to_string(&p)
                         .unwrap()
-                        .matches("inventory::submit!")
+                        .matches("#[sweetspot_core::plugin(")
                         .count();
                 }
             }
