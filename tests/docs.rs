@@ -521,3 +521,50 @@ fn commands_are_read_from_the_blocks_as_a_shell_would() {
         ]
     );
 }
+
+/// Lists in the docs that could drift from the code: the execution settings docs/plugins.md
+/// gives, every workspace crate in docs/architecture.md's map, every registered plugin in the
+/// recipe reference.
+#[test]
+fn docs_lists_match_the_code() {
+    let read = |rel: &str| std::fs::read_to_string(root().join(rel)).unwrap();
+    let plugins_md = read("docs/plugins.md");
+    let row = plugins_md
+        .lines()
+        .find(|l| l.trim_start().starts_with("| `execution_settings()`"))
+        .expect("docs/plugins.md has the execution_settings row");
+    for key in sweetspot::core::EXECUTION_SETTINGS {
+        assert!(
+            row.contains(&format!("`{key}`")),
+            "docs/plugins.md's execution settings leave out `{key}`"
+        );
+    }
+    let listed = row.matches('`').count() / 2;
+    // The method, the constant's name and the settings: nothing more.
+    assert_eq!(
+        listed,
+        2 + sweetspot::core::EXECUTION_SETTINGS.len(),
+        "docs/plugins.md lists execution settings the code does not have: {row}"
+    );
+    let architecture = read("docs/architecture.md");
+    for dir in ["crates", "plugins"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(
+                architecture.contains(&format!("### `{dir}/{name}`")),
+                "docs/architecture.md has no section for {dir}/{name}"
+            );
+        }
+    }
+    sweetspot::cli::link_builtin_plugins();
+    let recipes = read("docs/recipes.md");
+    for p in sweetspot::core::registry::plugins() {
+        assert!(
+            recipes.contains(&format!("`{}`", p.name))
+                || recipes.contains(&format!("\"{}\"", p.name)),
+            "docs/recipes.md does not name the {} `{}`",
+            p.kind.noun(),
+            p.name
+        );
+    }
+}

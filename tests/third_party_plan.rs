@@ -139,8 +139,8 @@ fn planned(dir: &Path, text: &str) -> Result<Plan, String> {
     sweetspot::cli::link_builtin_plugins();
     let path = dir.join("recipe.toml");
     std::fs::write(&path, text).unwrap();
-    let recipe = sweetspot::core::recipe::Recipe::from_toml(text, Some(&path))
-        .map_err(|e| e.to_string())?;
+    let recipe =
+        sweetspot::core::recipe::Recipe::from_toml(text, Some(&path)).map_err(|e| e.to_string())?;
     let ctx = BuildContext {
         seed: recipe.run.seed,
         ..BuildContext::new(dir)
@@ -222,7 +222,10 @@ fn a_local_sampler_with_its_own_model_key_is_planned_through_its_methods() {
     );
     assert!(!first.settings.contains_key("sampler.checkpoint"));
     assert!(!first.settings.contains_key("sampler.workers"));
-    assert_eq!(first.settings["sampler.temperature"], serde_json::json!(0.8f32));
+    assert_eq!(
+        first.settings["sampler.temperature"],
+        serde_json::json!(0.8f32)
+    );
     // Round 2 samples with the policy round 1 trained: the train node's product.
     let second = gens.iter().find(|n| n.round == 2).unwrap();
     let train1 = plan
@@ -234,21 +237,45 @@ fn a_local_sampler_with_its_own_model_key_is_planned_through_its_methods() {
         second.identity.inputs["sampler.checkpoint"],
         format!("node:{}/train/policy", train1.hash)
     );
-    assert!(second.deps.contains(&plan.nodes.iter().position(|n| n.hash == train1.hash).unwrap()));
+    assert!(
+        second.deps.contains(
+            &plan
+                .nodes
+                .iter()
+                .position(|n| n.hash == train1.hash)
+                .unwrap()
+        )
+    );
     // Training starts from the sampler's checkpoint (`local_model`).
-    assert_eq!(train1.identity.inputs["policy"], first.inputs["sampler.checkpoint"]);
+    assert_eq!(
+        train1.identity.inputs["policy"],
+        first.inputs["sampler.checkpoint"]
+    );
     // Eval samples at eval's temperature and length (`for_eval`), once per policy.
-    let evals: Vec<_> = gens.iter().filter(|n| n.label.starts_with("eval ")).collect();
+    let evals: Vec<_> = gens
+        .iter()
+        .filter(|n| n.label.starts_with("eval "))
+        .collect();
     assert_eq!(evals.len(), 3, "the base and one policy per round");
     for e in &evals {
-        assert_eq!(e.identity.settings["sampler.temperature"], serde_json::json!(0.5));
-        assert_eq!(e.identity.settings["sampler.max_new_tokens"], serde_json::json!(4));
+        assert_eq!(
+            e.identity.settings["sampler.temperature"],
+            serde_json::json!(0.5)
+        );
+        assert_eq!(
+            e.identity.settings["sampler.max_new_tokens"],
+            serde_json::json!(4)
+        );
     }
 
     // Its own execution setting changes no hash; a computed setting changes every node below.
     let tmp2 = tempfile::tempdir().unwrap();
     std::fs::write(tmp2.path().join("prompts.jsonl"), PROMPTS).unwrap();
-    let busy = planned(tmp2.path(), &local_recipe("workers = 16\ndevice = \"cpu\"", 0.8)).unwrap();
+    let busy = planned(
+        tmp2.path(),
+        &local_recipe("workers = 16\ndevice = \"cpu\"", 0.8),
+    )
+    .unwrap();
     assert_eq!(hashes(&plan), hashes(&busy));
     let hotter = planned(tmp2.path(), &local_recipe("", 0.9)).unwrap();
     assert_ne!(hashes(&plan)[0], hashes(&hotter)[0]);
@@ -278,7 +305,10 @@ n = 2
     let a = planned(dir, &recipe("http://127.0.0.1:9", "")).unwrap();
     let id = &a.nodes[0].identity;
     assert_eq!(id.inputs.keys().collect::<Vec<_>>(), ["prompts"], "{id:?}");
-    assert_eq!(id.settings["sampler.served_as"], serde_json::json!("policy-v1"));
+    assert_eq!(
+        id.settings["sampler.served_as"],
+        serde_json::json!("policy-v1")
+    );
     assert!(!id.settings.contains_key("sampler.server"));
     // Another server (an execution setting), or a changed file of the same name: same node.
     std::fs::write(dir.join("policy-v1"), "still not a model").unwrap();
@@ -301,6 +331,10 @@ n = 2
         &format!("[train]\npolicy = \"{}\"\n", fixture("policy")),
     );
     let p = planned(dir, &recipe("http://127.0.0.1:9", &with_policy)).unwrap();
-    let t = p.nodes.iter().find(|n| n.stage == StageKind::Train).unwrap();
+    let t = p
+        .nodes
+        .iter()
+        .find(|n| n.stage == StageKind::Train)
+        .unwrap();
     assert!(t.identity.inputs["policy"].starts_with("model:"));
 }

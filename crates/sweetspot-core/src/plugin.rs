@@ -132,10 +132,10 @@ pub fn inputs_in_settings(settings: &serde_json::Value, ctx: &BuildContext) -> V
             }
         };
         match v {
-            serde_json::Value::String(s) if !s.is_empty() && !key.is_empty() => {
-                if ctx.resolve(Path::new(s)).exists() {
-                    out.push(PluginInput::new(key.clone(), s));
-                }
+            serde_json::Value::String(s)
+                if !s.is_empty() && !key.is_empty() && ctx.resolve(Path::new(s)).exists() =>
+            {
+                out.push(PluginInput::new(key.clone(), s));
             }
             serde_json::Value::Object(m) => {
                 stack.extend(m.iter().map(|(k, v)| (join(k), v)));

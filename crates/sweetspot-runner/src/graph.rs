@@ -432,12 +432,7 @@ fn run_node(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<(), RunE
             )?;
             counts([("prompts", n as u64), ("samples", 2 * n as u64)])
         }
-        Work::Eval {
-            baseline,
-            policies,
-            judged,
-            bootstrap,
-        } => run_eval_node(plan, i, (*baseline, policies, judged), *bootstrap)?,
+        Work::Eval { .. } => run_eval_node(plan, i)?,
         Work::Train {
             pairs,
             policy,
@@ -528,13 +523,21 @@ fn run_generate_node(
 
 /// Runs the eval node `i`: every policy's scored responses against the baseline's, with the
 /// judge's verdicts where there is a judge; writes `eval.json` and AlpacaEval's layout.
-fn run_eval_node(
-    plan: &Plan,
-    i: usize,
-    (baseline, policies, judged): (usize, &[(String, usize)], &[(String, usize)]),
-    bootstrap: usize,
-) -> Result<BTreeMap<String, u64>, RunError> {
+fn run_eval_node(plan: &Plan, i: usize) -> Result<BTreeMap<String, u64>, RunError> {
     let (node, dir) = (&plan.nodes[i], plan.node_dir(i));
+    let Work::Eval {
+        baseline,
+        policies,
+        judged,
+        bootstrap,
+    } = &node.work
+    else {
+        return Err(RunError::Config(format!(
+            "{}: not an eval node",
+            node.label
+        )));
+    };
+    let (baseline, bootstrap) = (*baseline, *bootstrap);
     let scored = |i: usize| plan.node_dir(i).join(StageKind::Score.product());
     let base = crate::eval::read_responses(&scored(baseline))?;
     let mut all = vec![("base".to_string(), base.clone())];

@@ -90,6 +90,21 @@ pub fn check_outputs(inputs: &[PathBuf], outputs: &[PathBuf]) -> Result<(), RunE
     Ok(())
 }
 
+/// Whether a stage's `given` input is the stage before's product in a chained run: left out, or
+/// naming that stage's own `output` (the explicit chain). Paths resolve against `ctx`'s folder.
+pub fn reads_upstream(
+    ctx: &sweetspot_core::BuildContext,
+    given: Option<&PathBuf>,
+    upstream_output: Option<&PathBuf>,
+) -> bool {
+    match given {
+        None => true,
+        Some(g) => {
+            upstream_output.is_some_and(|o| resolved(&ctx.resolve(g)) == resolved(&ctx.resolve(o)))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use sweetspot_core::recipe::{OutputFormat, PairsConfig, Recipe, TrainConfig};
 use sweetspot_core::{BuildContext, PreferenceLossConfig, RewardModelConfig, SamplerConfig};
 
 use crate::error::RunError;
-use crate::paths::resolved;
+use crate::paths::{reads_upstream, resolved};
 use crate::plan::{Variant, continue_with, policy_variants, run_dir, run_name, train_losses};
 
 /// Where a stage's input comes from.
@@ -206,22 +206,18 @@ pub fn resolve(r: &Recipe, recipe_path: &Path, ctx: &BuildContext) -> Result<Res
     })
 }
 
-/// An input left out, or naming the upstream stage's own output: that stage's product.
+/// An input left out, or naming the upstream stage's own output: that stage's product (when
+/// there is an upstream stage); else the user's file.
 fn stage_input(
     ctx: &BuildContext,
     upstream: bool,
     given: Option<&PathBuf>,
     upstream_output: Option<&PathBuf>,
 ) -> Option<StageInput> {
-    let same = |a: &PathBuf, b: &PathBuf| resolved(&ctx.resolve(a)) == resolved(&ctx.resolve(b));
-    match (upstream, given) {
-        (true, None) => Some(StageInput::Upstream),
-        (true, Some(g)) if upstream_output.is_some_and(|o| same(o, g)) => {
-            Some(StageInput::Upstream)
-        }
-        (_, Some(g)) => Some(StageInput::File(ctx.resolve(g))),
-        (false, None) => None,
+    if upstream && reads_upstream(ctx, given, upstream_output) {
+        return Some(StageInput::Upstream);
     }
+    given.map(|g| StageInput::File(ctx.resolve(g)))
 }
 
 fn resolve_generate(r: &Recipe, ctx: &BuildContext) -> Option<GenerateSpec> {

@@ -12,7 +12,7 @@ use sweetspot_core::recipe::{
 };
 
 use crate::identity::{Table, table_inputs};
-use crate::paths::resolved;
+use crate::paths::{reads_upstream, resolved};
 
 /// Which stages of a recipe are about to run (and so are checked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,13 +249,8 @@ impl Check<'_> {
         (stage, what, before): (usize, &str, &str),
     ) -> Result<(), Invalid> {
         let ctx = self.ctx;
-        let connected = self.stages.chained
-            && upstream
-            && match given {
-                None => true,
-                Some(p) => upstream_out
-                    .is_some_and(|o| resolved(&ctx.resolve(p)) == resolved(&ctx.resolve(o))),
-            };
+        let connected =
+            self.stages.chained && upstream && reads_upstream(ctx, given.as_ref(), upstream_out);
         match given {
             Some(input) => self.input(key, ctx.resolve(input), stage),
             None if connected => {}
