@@ -14,6 +14,7 @@
 pub mod atomic;
 pub mod error;
 pub mod model;
+pub mod pair_row;
 pub mod plugin;
 pub mod points;
 pub mod recipe;
@@ -25,6 +26,7 @@ pub use model::{
     FinishReason, Message, PreferencePair, Prompt, PromptContent, Sample, SampleGroup, ScoredGroup,
     ScoredSample,
 };
+pub use pair_row::{Completion, PairRow};
 pub use plugin::{
     BuildContext, EXECUTION_SETTINGS, LossInput, LossOutput, NoProgress, PairStrategy,
     PairStrategyConfig, PluginInput, PreferenceLoss, PreferenceLossConfig, Progress, RewardModel,

@@ -122,8 +122,10 @@ pub struct TrainConfig {
     /// Write a checkpoint every this many optimizer steps (0: only at the end).
     #[serde(default = "default_save_steps")]
     pub save_steps: usize,
-    /// Float type of the policy's weights, gradients and optimizer moments (and of the
-    /// reference pass); `bf16` halves the memory where the device computes in it.
+    /// Compute type of the forward and backward passes, the activations and the reference
+    /// pass: `bf16` or `f16` is mixed precision (TRL's `bf16 = true`), through casts of the
+    /// weights; the weights, their gradients and AdamW's moments stay f32, and so does the
+    /// export.
     #[serde(default)]
     pub dtype: Precision,
     /// Recompute memory-bound activations in the backward pass instead of keeping them

@@ -1,92 +1,11 @@
 //! The row types written out.
 
-use serde::ser::SerializeSeq;
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 use sweetspot_core::{PromptContent, ScoredSample};
 
-/// One preference pair in TRL's conversational format, plus provenance: `prompt` is a message
-/// list, `chosen` and `rejected` are one-message assistant lists.
-#[derive(Debug, Serialize)]
-pub struct PairRow<'a> {
-    /// The prompt as chat messages.
-    #[serde(serialize_with = "prompt_messages")]
-    pub prompt: &'a PromptContent,
-    /// The chosen response as one assistant message.
-    #[serde(serialize_with = "assistant")]
-    pub chosen: &'a str,
-    /// The rejected response as one assistant message.
-    #[serde(serialize_with = "assistant")]
-    pub rejected: &'a str,
-    /// The prompt's id.
-    pub prompt_id: &'a str,
-    /// The chosen sample's index.
-    pub chosen_index: u32,
-    /// The rejected sample's index.
-    pub rejected_index: u32,
-    /// The chosen sample's reward.
-    pub score_chosen: f64,
-    /// The rejected sample's reward.
-    pub score_rejected: f64,
-}
-
-impl<'a> PairRow<'a> {
-    /// The row for `chosen` over `rejected` on prompt `prompt`.
-    pub fn new(
-        prompt_id: &'a str,
-        prompt: &'a PromptContent,
-        chosen: &'a ScoredSample,
-        rejected: &'a ScoredSample,
-    ) -> Self {
-        Self {
-            prompt,
-            chosen: &chosen.sample.response,
-            rejected: &rejected.sample.response,
-            prompt_id,
-            chosen_index: chosen.sample.sample_index,
-            rejected_index: rejected.sample.sample_index,
-            score_chosen: chosen.reward,
-            score_rejected: rejected.reward,
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct Msg<'a> {
-    role: &'a str,
-    content: &'a str,
-}
-
-fn prompt_messages<S: Serializer>(prompt: &&PromptContent, s: S) -> Result<S::Ok, S::Error> {
-    match prompt {
-        PromptContent::Text(text) => {
-            let mut seq = s.serialize_seq(Some(1))?;
-            seq.serialize_element(&Msg {
-                role: "user",
-                content: text,
-            })?;
-            seq.end()
-        }
-        PromptContent::Chat(messages) => {
-            let mut seq = s.serialize_seq(Some(messages.len()))?;
-            for m in messages {
-                seq.serialize_element(&Msg {
-                    role: &m.role,
-                    content: &m.content,
-                })?;
-            }
-            seq.end()
-        }
-    }
-}
-
-fn assistant<S: Serializer>(text: &&str, s: S) -> Result<S::Ok, S::Error> {
-    let mut seq = s.serialize_seq(Some(1))?;
-    seq.serialize_element(&Msg {
-        role: "assistant",
-        content: text,
-    })?;
-    seq.end()
-}
+/// One preference pair (TRL's conversational format plus provenance): one type for the writer
+/// here and the trainer's reader.
+pub use sweetspot_core::PairRow;
 
 /// One scored sample in the long layout: `prompt_id`, `prompt`, `sample_index`, `response`,
 /// `reward`, and the optional fields when present.

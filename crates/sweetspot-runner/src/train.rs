@@ -1,9 +1,9 @@
 //! The train stage: pairs in, a trained policy out (see `sweetspot_train::run`).
 
 use sweetspot_core::BuildContext;
-use sweetspot_core::recipe::{Schedule, TrainConfig};
+use sweetspot_core::recipe::TrainConfig;
 use sweetspot_train::OptimizerSettings;
-use sweetspot_train::run::{Decay, TrainSettings, TrainSummary, run_training};
+use sweetspot_train::run::{TrainSettings, TrainSummary, run_training};
 
 use crate::error::RunError;
 use crate::identity::{Identity, Resume, reconcile, write_record};
@@ -171,11 +171,7 @@ fn run_train_inner(
         micro_batch_size: cfg.micro_batch_size.min(cfg.batch_size),
         learning_rate: cfg.learning_rate,
         warmup_ratio: cfg.warmup_ratio,
-        decay: match cfg.schedule {
-            Schedule::Linear => Decay::Linear,
-            Schedule::Cosine => Decay::Cosine,
-            Schedule::Constant => Decay::Constant,
-        },
+        decay: cfg.schedule,
         optimizer: OptimizerSettings {
             beta1: cfg.adam_beta1 as f32,
             beta2: cfg.adam_beta2 as f32,

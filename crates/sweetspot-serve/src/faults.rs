@@ -14,8 +14,6 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::state::AppState;
-
 /// The fault settings and counter.
 #[derive(Debug)]
 pub(crate) struct Faults {
@@ -36,12 +34,13 @@ impl Faults {
     }
 }
 
+/// The middleware: `faults` is `None` when the server injects none.
 pub(crate) async fn inject(
-    State(state): State<Arc<AppState>>,
+    State(faults): State<Option<Arc<Faults>>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(faults) = &state.faults else {
+    let Some(faults) = &faults else {
         return next.run(request).await;
     };
     if request.method() != Method::POST {

@@ -306,11 +306,6 @@ pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<()
         generate: gen_tx,
         reward,
         api_key: opts.api_key.clone(),
-        faults: opts.inject_faults.map(|(rate, seed)| faults::Faults {
-            rate,
-            seed,
-            count: AtomicU64::new(0),
-        }),
         limits: state::Limits {
             max_sequences,
             max_tokens,
@@ -319,7 +314,14 @@ pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<()
             in_flight_tokens: AtomicU64::new(0),
         },
     });
-    let app = router(state).layer(DefaultBodyLimit::max(opts.max_body_bytes));
+    let faults = opts.inject_faults.map(|(rate, seed)| {
+        Arc::new(faults::Faults {
+            rate,
+            seed,
+            count: AtomicU64::new(0),
+        })
+    });
+    let app = router(state, faults).layer(DefaultBodyLimit::max(opts.max_body_bytes));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -398,17 +400,14 @@ async fn accept(
     Ok(())
 }
 
-fn router(state: Arc<AppState>) -> Router {
+fn router(state: Arc<AppState>, faults: Option<Arc<faults::Faults>>) -> Router {
     let api = Router::new()
         .route("/v1/models", get(api::models))
         .route("/v1/completions", post(api::completions))
         .route("/v1/chat/completions", post(api::chat_completions))
         .route("/classify", post(api::classify))
         .route("/v1/classify", post(api::classify))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            faults::inject,
-        ))
+        .layer(middleware::from_fn_with_state(faults, faults::inject))
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/health", get(api::health))

@@ -24,7 +24,6 @@ pub(crate) struct AppState {
     pub(crate) reward: Option<RewardState>,
     /// The API key, when one is required. Never logged.
     pub(crate) api_key: Option<String>,
-    pub(crate) faults: Option<crate::faults::Faults>,
     pub(crate) limits: Limits,
 }
 

@@ -27,7 +27,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sweetspot_core::{Message, PreferenceLoss, Progress, PromptContent};
+use sweetspot_core::{Completion, Message, PairRow, PreferenceLoss, Progress, PromptContent};
 use sweetspot_model::export::write_atomic;
 use sweetspot_model::{Llama, Precision, Tokenizer};
 
@@ -36,16 +36,9 @@ use crate::{
     response_logps,
 };
 
-/// The learning-rate schedule after warm-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decay {
-    /// Linear to 0 at the last step.
-    Linear,
-    /// Half a cosine to 0 at the last step.
-    Cosine,
-    /// Constant.
-    Constant,
-}
+/// The learning-rate schedule after warm-up: the recipe's `[train] schedule`, one type from the
+/// recipe to the optimizer.
+pub use sweetspot_core::recipe::Schedule as Decay;
 
 /// Everything a run needs, paths resolved.
 #[derive(Debug, Clone)]
@@ -119,40 +112,6 @@ pub fn learning_rate(peak: f64, step: usize, total: usize, warmup: usize, decay:
     }
 }
 
-#[derive(Deserialize)]
-struct PairIn {
-    prompt: Option<PromptContent>,
-    chosen: Option<Completion>,
-    rejected: Option<Completion>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Completion {
-    Text(String),
-    Messages(Vec<Message>),
-}
-
-impl Completion {
-    /// No text at all (or only whitespace) in the response.
-    fn is_empty(&self) -> bool {
-        match self {
-            Self::Text(t) => t.trim().is_empty(),
-            Self::Messages(m) => m.iter().all(|m| m.content.trim().is_empty()),
-        }
-    }
-
-    fn into_messages(self) -> Vec<Message> {
-        match self {
-            Self::Text(t) => vec![Message {
-                role: "assistant".into(),
-                content: t,
-            }],
-            Self::Messages(m) => m,
-        }
-    }
-}
-
 /// Reads a pairs file and tokenizes every pair as TRL does.
 pub fn read_pairs(path: &Path, tok: &Tokenizer) -> Result<Vec<TokenizedPair>, TrainError> {
     let text = std::fs::read_to_string(path)
@@ -169,7 +128,7 @@ pub fn read_pairs(path: &Path, tok: &Tokenizer) -> Result<Vec<TokenizedPair>, Tr
                 i + 1
             ))
         };
-        let p: PairIn = serde_json::from_str(line).map_err(|e| {
+        let p: PairRow<'_> = serde_json::from_str(line).map_err(|e| {
             // Name the field at fault, in words (serde's untagged-enum message names none).
             let value: Result<serde_json::Value, _> = serde_json::from_str(line);
             let Ok(serde_json::Value::Object(obj)) = value else {
@@ -184,7 +143,7 @@ pub fn read_pairs(path: &Path, tok: &Tokenizer) -> Result<Vec<TokenizedPair>, Tr
                 let ok = if field == "prompt" {
                     serde_json::from_value::<PromptContent>(v.clone()).is_ok()
                 } else {
-                    serde_json::from_value::<Completion>(v.clone()).is_ok()
+                    serde_json::from_value::<Completion<'_>>(v.clone()).is_ok()
                 };
                 if !ok {
                     return at(

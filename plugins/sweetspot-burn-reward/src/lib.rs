@@ -33,10 +33,12 @@ pub const DEFAULT_JUDGE_TEMPLATE: &str = "Here is a request and a response to it
 [Request]\n{prompt}\n\n[Response]\n{response}\n\n\
 Is the response helpful, correct and appropriate? Answer Yes or No.";
 
-fn default_batch() -> usize {
+/// `batch_size` when not given (the CLI's flags take it from here too).
+pub fn default_batch() -> usize {
     16
 }
-fn default_batch_tokens() -> usize {
+/// `max_batch_tokens` when not given.
+pub fn default_batch_tokens() -> usize {
     16 * 512
 }
 fn default_pattern() -> String {

@@ -74,10 +74,12 @@ pub struct BurnSamplerConfig {
 /// The temperature when neither the recipe nor the model's generation config sets one (the
 /// paper's).
 pub const DEFAULT_TEMPERATURE: f32 = 0.8;
-fn default_max_new() -> usize {
+/// `max_new_tokens` when not given (the CLI's flags take it from here too).
+pub fn default_max_new() -> usize {
     512
 }
-fn default_batch() -> usize {
+/// `batch_size` when not given.
+pub fn default_batch() -> usize {
     16
 }
 

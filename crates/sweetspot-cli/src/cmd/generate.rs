@@ -48,10 +48,10 @@ pub struct GenerateArgs {
     #[arg(long, value_parser = ["auto", "vllm"])]
     pub generation_config: Option<String>,
     /// Longest response in tokens.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = sweetspot_burn_sampler::default_max_new())]
     pub max_new_tokens: usize,
     /// Sequences on the device at once (continuous batching).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = sweetspot_burn_sampler::default_batch())]
     pub batch_size: usize,
     /// Key/value slots on the device at once (rows x slots); unbounded when absent.
     #[arg(long)]

@@ -30,7 +30,7 @@ pub struct ScoreArgs {
     #[arg(long, short, required_unless_present = "recipe")]
     pub model: Option<PathBuf>,
     /// Most sequences per batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = sweetspot_burn_reward::default_batch())]
     pub batch_size: usize,
     /// Any other reward-model key, as key=value (value in TOML syntax); repeatable.
     #[arg(long = "param", value_name = "KEY=VALUE")]

@@ -40,7 +40,7 @@ pub struct ServeArgs {
     #[arg(long, value_parser = ["f32", "bf16", "f16"], default_value = "f32")]
     pub dtype: String,
     /// Most sequences per device batch (concurrent requests are batched together).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = sweetspot_burn_sampler::default_batch())]
     pub batch_size: usize,
     /// A reward model folder to serve on /classify.
     #[arg(long)]
@@ -49,7 +49,7 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value = "seq-cls", requires = "reward_model")]
     pub reward_type: RewardTypeArg,
     /// Most padded tokens per scoring batch.
-    #[arg(long, default_value_t = 16 * 512)]
+    #[arg(long, default_value_t = sweetspot_burn_reward::default_batch_tokens())]
     pub max_batch_tokens: usize,
     /// Require this API key (`Authorization: Bearer KEY`); SWEETSPOT_API_KEY when absent. Prefer
     /// the variable: a flag shows in the process list.
