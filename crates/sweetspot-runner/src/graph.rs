@@ -630,42 +630,8 @@ fn publish(plan: &Plan, i: usize, target: &Path) -> Result<(), RunError> {
 fn readable_names(plan: &Plan) -> Vec<(String, usize, String)> {
     let mut out = Vec::new();
     for (i, node) in plan.nodes.iter().enumerate() {
-        let prefix = if plan.rounds > 1 {
-            format!("round{}/", node.round)
-        } else {
-            String::new()
-        };
-        if node.label.starts_with("eval ") {
-            // The eval's own responses are read through the eval node's `model_outputs/`.
-            continue;
-        }
-        match node.stage {
-            StageKind::Eval => {
-                out.push(("eval.json".into(), i, "eval.json".into()));
-                out.push(("eval".into(), i, "model_outputs".into()));
-            }
-            StageKind::Generate => {
-                out.push((format!("{prefix}samples.jsonl"), i, "samples.jsonl".into()))
-            }
-            StageKind::Score => {
-                out.push((format!("{prefix}scored.jsonl"), i, "scored.jsonl".into()))
-            }
-            StageKind::Pairs => {
-                let name = match node.n {
-                    Some(n) => format!("{prefix}pairs/n{n}"),
-                    None => format!("{prefix}pairs/all"),
-                };
-                out.push((name, i, "pairs".into()));
-            }
-            StageKind::Train => {
-                let name = node.policy_name.clone().unwrap_or_default();
-                out.push((format!("{prefix}policies/{name}"), i, "train/policy".into()));
-                out.push((
-                    format!("{prefix}metrics/{name}.jsonl"),
-                    i,
-                    "train/metrics.jsonl".into(),
-                ));
-            }
+        for (name, inner) in node.readable_names(plan.rounds) {
+            out.push((name, i, inner));
         }
     }
     out

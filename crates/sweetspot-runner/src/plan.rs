@@ -198,6 +198,47 @@ pub struct Node {
     pub seed: u64,
 }
 
+impl Node {
+    /// The readable names of this node's products in the run folder: (name relative to the
+    /// run folder, path inside the node's folder). A run of several `rounds` puts each round's
+    /// under `round<k>/`.
+    pub fn readable_names(&self, rounds: usize) -> Vec<(String, String)> {
+        let prefix = if rounds > 1 {
+            format!("round{}/", self.round)
+        } else {
+            String::new()
+        };
+        if self.label.starts_with("eval ") {
+            // The eval's own responses are read through the eval node's `model_outputs/`.
+            return Vec::new();
+        }
+        let product = self.stage.product().to_string();
+        match self.stage {
+            StageKind::Eval => vec![
+                ("eval.json".into(), product),
+                ("eval".into(), "model_outputs".into()),
+            ],
+            StageKind::Generate | StageKind::Score => vec![(format!("{prefix}{product}"), product)],
+            StageKind::Pairs => {
+                let set = self
+                    .n
+                    .map_or_else(|| "all".to_string(), |n| format!("n{n}"));
+                vec![(format!("{prefix}pairs/{set}"), product)]
+            }
+            StageKind::Train => {
+                let name = self.policy_name.clone().unwrap_or_default();
+                vec![
+                    (format!("{prefix}policies/{name}"), "train/policy".into()),
+                    (
+                        format!("{prefix}metrics/{name}.jsonl"),
+                        "train/metrics.jsonl".into(),
+                    ),
+                ]
+            }
+        }
+    }
+}
+
 /// The expanded recipe.
 #[derive(Debug, Clone)]
 pub struct Plan {
