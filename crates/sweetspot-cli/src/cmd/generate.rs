@@ -57,7 +57,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub max_batch_tokens: Option<usize>,
     /// Seed: the sample for (prompt id, sample index) depends on it and those two only.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = sweetspot_core::recipe::RunConfig::default().seed)]
     pub seed: u64,
     /// The weights' float type: f32 (default), bf16 or f16.
     #[arg(long, value_parser = ["f32", "bf16", "f16"])]

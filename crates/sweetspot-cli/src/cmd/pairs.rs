@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use sweetspot_core::recipe::{InputLayout, OutputFormat, Recipe};
+use sweetspot_core::recipe::{InputLayout, OnBadGroup, OutputFormat, Recipe, RunConfig};
 use sweetspot_runner::{PairsJob, PairsSummary};
 
 use crate::Failure;
@@ -20,7 +20,7 @@ pub struct PairsArgs {
     #[arg(long, short, required_unless_present = "recipe")]
     pub input: Option<PathBuf>,
     /// The input's layout.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_enum, default_value_t = InputLayout::default().into())]
     pub input_layout: LayoutArg,
     /// The strategy (see `sweetspot plugins --kind pair-strategy`).
     #[arg(long, short, required_unless_present = "recipe")]
@@ -53,13 +53,13 @@ pub struct PairsArgs {
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
     /// Groups too small for the strategy: error or skip.
-    #[arg(long, value_enum, default_value = "error")]
+    #[arg(long, value_enum, default_value_t = OnBadGroup::default().into())]
     pub on_small_group: PolicyArg,
     /// Groups with a NaN/infinite/null reward: error or skip.
-    #[arg(long, value_enum, default_value = "error")]
+    #[arg(long, value_enum, default_value_t = OnBadGroup::default().into())]
     pub on_invalid_reward: PolicyArg,
     /// Seed for random choices.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = RunConfig::default().seed)]
     pub seed: u64,
     /// Print the summary as JSON.
     #[arg(long)]
@@ -75,6 +75,16 @@ pub enum LayoutArg {
     Long,
     /// One row per prompt.
     Grouped,
+}
+
+impl From<InputLayout> for LayoutArg {
+    fn from(l: InputLayout) -> Self {
+        match l {
+            InputLayout::Auto => Self::Auto,
+            InputLayout::Long => Self::Long,
+            InputLayout::Grouped => Self::Grouped,
+        }
+    }
 }
 
 impl From<LayoutArg> for InputLayout {
@@ -105,11 +115,20 @@ pub enum PolicyArg {
     Skip,
 }
 
-impl PolicyArg {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Error => "error",
-            Self::Skip => "skip",
+impl From<OnBadGroup> for PolicyArg {
+    fn from(p: OnBadGroup) -> Self {
+        match p {
+            OnBadGroup::Error => Self::Error,
+            OnBadGroup::Skip => Self::Skip,
+        }
+    }
+}
+
+impl From<PolicyArg> for OnBadGroup {
+    fn from(p: PolicyArg) -> Self {
+        match p {
+            PolicyArg::Error => Self::Error,
+            PolicyArg::Skip => Self::Skip,
         }
     }
 }
@@ -208,17 +227,13 @@ pub(crate) fn flags_to_recipe(args: &PairsArgs) -> Result<String, Failure> {
     let mut pairs = toml::Table::new();
     pairs.insert("input".into(), path_value(input));
     pairs.insert("output".into(), path_value(output));
-    let layout: InputLayout = args.input_layout.into();
+    // The recipe's own spellings (the types' serde names).
+    let value = |v: Result<toml::Value, toml::ser::Error>| {
+        v.map_err(|e| usage(format!("cannot form a recipe from the flags: {e}")))
+    };
     pairs.insert(
         "input_layout".into(),
-        toml::Value::String(
-            match layout {
-                InputLayout::Auto => "auto",
-                InputLayout::Long => "long",
-                InputLayout::Grouped => "grouped",
-            }
-            .into(),
-        ),
+        value(toml::Value::try_from(InputLayout::from(args.input_layout)))?,
     );
     if let Some(f) = args.format {
         let f = match f {
@@ -229,11 +244,13 @@ pub(crate) fn flags_to_recipe(args: &PairsArgs) -> Result<String, Failure> {
     }
     pairs.insert(
         "on_small_group".into(),
-        toml::Value::String(args.on_small_group.as_str().into()),
+        value(toml::Value::try_from(OnBadGroup::from(args.on_small_group)))?,
     );
     pairs.insert(
         "on_invalid_reward".into(),
-        toml::Value::String(args.on_invalid_reward.as_str().into()),
+        value(toml::Value::try_from(OnBadGroup::from(
+            args.on_invalid_reward,
+        )))?,
     );
     pairs.insert(
         "strategies".into(),

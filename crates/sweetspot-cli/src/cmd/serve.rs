@@ -37,7 +37,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// The weights' float type: f32 (default), bf16 or f16.
-    #[arg(long, value_parser = ["f32", "bf16", "f16"], default_value = "f32")]
+    #[arg(
+        long,
+        value_parser = ["f32", "bf16", "f16"],
+        default_value = sweetspot_core::recipe::Precision::default().name()
+    )]
     pub dtype: String,
     /// Most sequences per device batch (concurrent requests are batched together).
     #[arg(long, default_value_t = sweetspot_burn_sampler::default_batch())]

@@ -38,7 +38,7 @@ pub struct TrainArgs {
     #[arg(long = "param", value_name = "KEY=VALUE")]
     pub params: Vec<String>,
     /// Seed of the data order.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = sweetspot_core::recipe::RunConfig::default().seed)]
     pub seed: u64,
     /// Compute type: f32 (default), or bf16 / f16 mixed precision (weights stay f32).
     #[arg(long, value_parser = ["f32", "bf16", "f16"])]
