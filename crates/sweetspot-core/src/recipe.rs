@@ -123,9 +123,10 @@ pub struct TrainConfig {
     #[serde(default = "default_save_steps")]
     pub save_steps: usize,
     /// Compute type of the forward and backward passes, the activations and the reference
-    /// pass: `bf16` or `f16` is mixed precision (TRL's `bf16 = true`), through casts of the
-    /// weights; the weights, their gradients and AdamW's moments stay f32, and so does the
-    /// export.
+    /// pass: `f32` (the default), or `bf16` / `f16` as mixed precision (TRL's `bf16 = true`),
+    /// through casts of the weights; the weights, their gradients and AdamW's moments stay f32,
+    /// and so does the export. A device that cannot compute in the type is refused before the
+    /// first step.
     #[serde(default)]
     pub dtype: Precision,
     /// Recompute memory-bound activations in the backward pass instead of keeping them
@@ -139,6 +140,35 @@ pub struct TrainConfig {
     /// `loss`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub losses: Vec<Box<dyn PreferenceLossConfig>>,
+}
+
+impl Default for TrainConfig {
+    /// A `[train]` table with every key left out (the serde defaults above).
+    fn default() -> Self {
+        Self {
+            pairs: None,
+            datasets: None,
+            policy: None,
+            output: None,
+            seeds: None,
+            epochs: one(),
+            batch_size: default_batch(),
+            micro_batch_size: default_micro_batch(),
+            learning_rate: default_lr(),
+            warmup_ratio: default_warmup(),
+            schedule: Schedule::default(),
+            weight_decay: 0.0,
+            max_grad_norm: one_f(),
+            adam_beta1: default_beta1(),
+            adam_beta2: default_beta2(),
+            adam_epsilon: default_eps(),
+            save_steps: default_save_steps(),
+            dtype: Precision::default(),
+            gradient_checkpointing: false,
+            loss: None,
+            losses: Vec::new(),
+        }
+    }
 }
 
 /// One value or a list of values (`n = 16` or `n = [8, 16]`).
@@ -164,8 +194,9 @@ impl<T: Clone> OneOrMany<T> {
 /// `[run].device`: one device, or a pool that independent stages share out.
 pub type Devices = OneOrMany<String>;
 
-/// The float type a model's weights are held and computed in. Norm statistics, softmax and
-/// the logits stay in f32 whatever the choice, as in transformers.
+/// The float type a model's weights are held and computed in (for `[train]`, only computed in:
+/// see [`TrainConfig::dtype`]). Norm statistics, softmax and the logits stay in f32 whatever the
+/// choice, as in transformers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -801,4 +832,18 @@ fn key_at(table: &toml::de::DeTable<'_>, offset: usize, path: &mut Vec<String>) 
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn train_config_default_is_an_empty_train_table() {
+        let parsed: TrainConfig = toml::from_str("").unwrap();
+        assert_eq!(
+            serde_json::to_value(TrainConfig::default()).unwrap(),
+            serde_json::to_value(parsed).unwrap()
+        );
+    }
 }

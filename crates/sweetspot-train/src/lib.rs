@@ -23,6 +23,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use sweetspot_core::recipe::TrainConfig;
 use sweetspot_core::{LossInput, Message, PluginError, PreferenceLoss};
 use sweetspot_model::llama::LlamaParams;
 use sweetspot_model::{Llama, ModelError, Precision, Tokenizer};
@@ -200,15 +201,23 @@ pub struct OptimizerSettings {
     pub max_grad_norm: Option<f64>,
 }
 
-impl Default for OptimizerSettings {
-    fn default() -> Self {
+impl OptimizerSettings {
+    /// The settings of a `[train]` table (`max_grad_norm = 0` turns clipping off).
+    pub fn from_config(cfg: &TrainConfig) -> Self {
         Self {
-            beta1: 0.9,
-            beta2: 0.999,
-            epsilon: 1e-8,
-            weight_decay: 0.0,
-            max_grad_norm: Some(1.0),
+            beta1: cfg.adam_beta1 as f32,
+            beta2: cfg.adam_beta2 as f32,
+            epsilon: cfg.adam_epsilon as f32,
+            weight_decay: cfg.weight_decay as f32,
+            max_grad_norm: (cfg.max_grad_norm > 0.0).then_some(cfg.max_grad_norm),
         }
+    }
+}
+
+impl Default for OptimizerSettings {
+    /// The recipe's defaults (those of a `[train]` table with every key left out).
+    fn default() -> Self {
+        Self::from_config(&TrainConfig::default())
     }
 }
 
@@ -587,5 +596,25 @@ impl Trainer {
             ],
             grads,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn optimizer_defaults_are_the_recipe_defaults_as_before() {
+        // The values the optimizer had before they came from the recipe's defaults.
+        assert_eq!(
+            OptimizerSettings::default(),
+            OptimizerSettings {
+                beta1: 0.9,
+                beta2: 0.999,
+                epsilon: 1e-8,
+                weight_decay: 0.0,
+                max_grad_norm: Some(1.0),
+            }
+        );
     }
 }
