@@ -133,6 +133,10 @@ pub struct TrainConfig {
     /// (less memory, more time), like TRL's `gradient_checkpointing`.
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// Train low-rank adapters on a frozen base instead of every weight (`[train.adapter]`,
+    /// PEFT's LoRA); the reference model is then the base with the adapters off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterConfig>,
     /// The loss (`[train.loss]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<Box<dyn PreferenceLossConfig>>,
@@ -165,11 +169,106 @@ impl Default for TrainConfig {
             save_steps: default_save_steps(),
             dtype: Precision::default(),
             gradient_checkpointing: false,
+            adapter: None,
             loss: None,
             losses: Vec::new(),
         }
     }
 }
+
+/// `[train.adapter]`: LoRA adapters on a frozen base, with PEFT's `LoraConfig` names and
+/// defaults. Keys of PEFT's that change the computation and are not implemented here
+/// (`use_dora`, `modules_to_save`, `layers_to_transform`, a `bias` other than `"none"`, ...) are
+/// refused by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterConfig {
+    /// The adapter kind: `"lora"`.
+    #[serde(rename = "type")]
+    pub kind: AdapterKind,
+    /// The rank of each adapter (PEFT's `r`, default 8).
+    #[serde(default = "default_lora_r")]
+    pub r: usize,
+    /// The scale's numerator: the update is `lora_alpha / r` (or `/ sqrt(r)` with `use_rslora`)
+    /// times `B A x` (PEFT's default 8).
+    #[serde(default = "default_lora_alpha")]
+    pub lora_alpha: f64,
+    /// Dropout on the adapters' input (PEFT's default 0).
+    #[serde(default)]
+    pub lora_dropout: f64,
+    /// The linear layers that get adapters, by module name (`q_proj`, `k_proj`, `v_proj`,
+    /// `o_proj`, `gate_proj`, `up_proj`, `down_proj`), or `"all-linear"` (every one of them but
+    /// the output head). PEFT's default for Llama-family models: `["q_proj", "v_proj"]`.
+    #[serde(default = "default_target_modules")]
+    pub target_modules: OneOrMany<String>,
+    /// Rank-stabilized LoRA: scale by `lora_alpha / sqrt(r)`.
+    #[serde(default)]
+    pub use_rslora: bool,
+    /// PEFT's `bias`: only `"none"` (no bias is trained).
+    #[serde(default = "default_lora_bias")]
+    pub bias: String,
+    /// How the frozen base is held (QLoRA when not f32): `f32` (the default), `bf16`, `f16`.
+    /// The adapters, their gradients and AdamW's moments are f32 whatever the choice.
+    #[serde(default)]
+    pub base_dtype: Precision,
+    /// Export the policy merged into a full Hugging Face model folder instead of a PEFT adapter
+    /// folder.
+    #[serde(default)]
+    pub merge: bool,
+}
+
+/// `[train.adapter].type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterKind {
+    /// Low-rank adaptation (Hu et al. 2021), PEFT's `LoraConfig`.
+    Lora,
+}
+
+fn default_lora_r() -> usize {
+    8
+}
+fn default_lora_alpha() -> f64 {
+    8.0
+}
+fn default_target_modules() -> OneOrMany<String> {
+    OneOrMany::Many(vec!["q_proj".into(), "v_proj".into()])
+}
+fn default_lora_bias() -> String {
+    "none".into()
+}
+
+impl AdapterConfig {
+    /// The linear layers named by the module names PEFT uses, `all-linear` expanded.
+    pub fn modules(&self) -> Vec<String> {
+        let named = self.target_modules.to_vec();
+        if named.iter().any(|m| m == "all-linear") {
+            LINEAR_MODULES.iter().map(|m| m.to_string()).collect()
+        } else {
+            named
+        }
+    }
+
+    /// The factor of the low-rank update.
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.lora_alpha / (self.r as f64).sqrt()
+        } else {
+            self.lora_alpha / self.r as f64
+        }
+    }
+}
+
+/// The linear layers of a decoder layer, by their Hugging Face module names.
+pub const LINEAR_MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 /// One value or a list of values (`n = 16` or `n = [8, 16]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,6 +441,71 @@ pub struct RunConfig {
     /// `sweetspot run`: the policy each round continues with (a dataset name, or a policy name
     /// such as `grid_max_vs_-2-n16`), when `rounds` > 1.
     pub continue_with: Option<String>,
+    /// The memory of each device in bytes, where it cannot be read from the device (or to plan
+    /// for a device this machine does not have): `run --plan` and `run` size every node against
+    /// it. A string with a unit is accepted (`"80GB"`, `"80GiB"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory: Option<ByteSize>,
+}
+
+/// A number of bytes, written as an integer or as a string with a unit (`"80GB"`, `"24GiB"`,
+/// `"512MiB"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ByteSizeRepr", into = "u64")]
+pub struct ByteSize(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ByteSizeRepr {
+    Int(u64),
+    Text(String),
+}
+
+impl From<ByteSize> for u64 {
+    fn from(b: ByteSize) -> u64 {
+        b.0
+    }
+}
+
+impl TryFrom<ByteSizeRepr> for ByteSize {
+    type Error = String;
+    fn try_from(r: ByteSizeRepr) -> Result<Self, String> {
+        match r {
+            ByteSizeRepr::Int(v) => Ok(Self(v)),
+            ByteSizeRepr::Text(t) => t.parse(),
+        }
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(t: &str) -> Result<Self, String> {
+        let s = t.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("`{t}` is not a size (such as \"80GB\" or \"24GiB\")"))?;
+        let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "kb" => 1e3,
+            "mb" => 1e6,
+            "gb" => 1e9,
+            "tb" => 1e12,
+            "kib" => 1024.0,
+            "mib" => 1024.0 * 1024.0,
+            "gib" => 1024.0 * 1024.0 * 1024.0,
+            "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+            other => {
+                return Err(format!(
+                    "`{t}`: unknown unit `{other}` (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+                ));
+            }
+        };
+        Ok(Self((value * factor).round() as u64))
+    }
 }
 
 fn one_round() -> usize {
@@ -357,6 +521,7 @@ impl Default for RunConfig {
             dir: None,
             rounds: one_round(),
             continue_with: None,
+            device_memory: None,
         }
     }
 }

@@ -7,6 +7,9 @@
 //! uninterrupted one. The output appears, by rename, only when every prompt is done, its groups
 //! in the prompts' order (a fleet answers in any order; the file does not depend on it).
 
+/// Prompts handed to the sampler in one call (checkpointed after each call).
+pub const PROMPTS_PER_CALL: usize = 8;
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};

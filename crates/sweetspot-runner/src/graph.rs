@@ -442,7 +442,7 @@ fn run_node(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<(), RunE
                 pairs: Some(plan.source_path(pairs)),
                 policy: Some(plan.source_path(policy)),
                 output: Some(dir.join(StageKind::Train.product())),
-                ..config.clone()
+                ..(**config).clone()
             };
             let cache = Some(dir.join("reference-cache"));
             let s = crate::train::run_train_with(cfg, &ctx, quiet, false, cache)?;
@@ -511,7 +511,7 @@ fn run_generate_node(
         n,
         sampler,
         ctx,
-        prompts_per_call: 8,
+        prompts_per_call: crate::generate::PROMPTS_PER_CALL,
         quiet,
         restart: false,
     })?;

@@ -24,7 +24,7 @@ pub mod validate;
 pub mod winrate;
 
 pub use error::{RunError, SmallGroupError};
-pub use generate::{GenerateJob, GenerateSummary, partial_path, run_generate};
+pub use generate::{GenerateJob, GenerateSummary, PROMPTS_PER_CALL, partial_path, run_generate};
 pub use pairs::{DatasetSummary, PairsJob, PairsSummary, run_pairs};
 pub use progress::BarProgress;
 pub use score::{ScoreJob, ScoreSummary, run_score};

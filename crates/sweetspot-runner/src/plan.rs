@@ -136,7 +136,7 @@ pub enum Work {
         /// The policy to start from (and the reference).
         policy: Source,
         /// The `[train]` table with one `loss` and no paths or lists.
-        config: TrainConfig,
+        config: Box<TrainConfig>,
     },
 }
 
@@ -665,7 +665,7 @@ impl Graph<'_> {
         let work = Work::Train {
             pairs,
             policy,
-            config,
+            config: Box::new(config),
         };
         let i = self.add(StageKind::Train, id, work, at);
         let node = &mut self.nodes[i];

@@ -617,7 +617,14 @@ impl Check<'_> {
         in_range("train.adam_beta1", t.adam_beta1, 0.0, 1.0, true)?;
         in_range("train.adam_beta2", t.adam_beta2, 0.0, 1.0, true)?;
         in_range("train.weight_decay", t.weight_decay, 0.0, f64::MAX, false)?;
-        in_range("train.max_grad_norm", t.max_grad_norm, 0.0, f64::MAX, false)
+        in_range("train.max_grad_norm", t.max_grad_norm, 0.0, f64::MAX, false)?;
+        if t.adapter.is_some() {
+            return Err(self.err(
+                "train.adapter",
+                "LoRA training is not implemented yet".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// `[train.loss]` or `[[train.losses]]`, each checked.

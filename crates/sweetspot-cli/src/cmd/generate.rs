@@ -150,7 +150,7 @@ pub(crate) fn generate_cmd(args: GenerateArgs, quiet: bool) -> Result<(), Failur
         n: gen_cfg.n,
         sampler,
         ctx,
-        prompts_per_call: 8,
+        prompts_per_call: sweetspot_runner::PROMPTS_PER_CALL,
         quiet,
         restart: args.model_flags.restart,
     };
