@@ -2,6 +2,8 @@
 //! not change them (that would recompute every node of every run). The hashes below were
 //! recorded from `sweetspot run --plan` on main before the typed plan (issue 25) and must not
 //! move unless a change means to recompute (then bump `COMPUTATION` and record them again).
+//! New kinds of node are added to the lists (the shared reference node of each round came with
+//! issue 26); the hashes of the nodes that were there stay.
 //!
 //! Every recipe here reads only small files (tiny fixture models, prompts), which a node's
 //! fingerprint hashes by content, so the hashes are the same on every machine and checkout.
@@ -172,6 +174,7 @@ const QUICKSTART: &[&str] = &[
     "score score-e0fe0d2f38a4defc",
     "pairs n8 pairs-4a1d01f030ba7400",
     "pairs n16 pairs-213c7426889bb10f",
+    "reference reference-785045e211d2666e",
     "train grid_max_vs_-2-n8 train-b64737083669d4d4",
     "train max-min-n8 train-482c008e60689b6f",
     "train grid_max_vs_-2-n16 train-df8ce4eaab684062",
@@ -201,6 +204,7 @@ const ROUNDS: &[&str] = &[
     "score score-e0fe0d2f38a4defc",
     "pairs n8 pairs-4a1d01f030ba7400",
     "pairs n16 pairs-213c7426889bb10f",
+    "reference reference-785045e211d2666e",
     "train grid_max_vs_-2-n8-dpo-s1 train-478107b8c364573f",
     "train grid_max_vs_-2-n8-dpo-s2 train-c2130e11683e0d7b",
     "train grid_max_vs_-2-n8-ipo-s1 train-d881ab8dfab11d30",
@@ -221,6 +225,7 @@ const ROUNDS: &[&str] = &[
     "r2 score score-35893a1b02df0d34",
     "r2 pairs n8 pairs-313de0701358f40c",
     "r2 pairs n16 pairs-8c26c419c8ac2594",
+    "r2 reference reference-64900cfb4933961b",
     "r2 train grid_max_vs_-2-n8-dpo-s1 train-bdfda5658d041c89",
     "r2 train grid_max_vs_-2-n8-dpo-s2 train-482d36e625799435",
     "r2 train grid_max_vs_-2-n8-ipo-s1 train-ce9fb12a31fa58a5",

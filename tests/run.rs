@@ -127,6 +127,7 @@ fn an_edit_reruns_exactly_the_nodes_it_changes() {
             "generate",
             "pairs n2",
             "pairs n4",
+            "reference",
             "score",
             "train max-min-n2",
             "train max-min-n4"
@@ -163,6 +164,7 @@ fn an_edit_reruns_exactly_the_nodes_it_changes() {
         [
             "pairs n2",
             "pairs n4",
+            "reference",
             "train sigma_max_vs_-1-n2",
             "train sigma_max_vs_-1-n4"
         ]
@@ -176,7 +178,7 @@ fn an_edit_reruns_exactly_the_nodes_it_changes() {
     let after = run(&other_rm.write(dir));
     let (reused, made) = diff(&first, &after);
     assert_eq!(reused, ["generate"], "made: {made:?}");
-    assert_eq!(made.len(), 5, "{made:?}");
+    assert_eq!(made.len(), 6, "{made:?}");
 
     // One more n: one more pairs node and one more train node, nothing else.
     let more_n = Recipe {
@@ -185,7 +187,12 @@ fn an_edit_reruns_exactly_the_nodes_it_changes() {
     };
     let after = run(&more_n.write(dir));
     let (reused, made) = diff(&first, &after);
-    assert_eq!(made, ["pairs n3", "train max-min-n3"], "reused: {reused:?}");
+    // The round's reference node covers every training's pairs: it is made again.
+    assert_eq!(
+        made,
+        ["pairs n3", "reference", "train max-min-n3"],
+        "reused: {reused:?}"
+    );
     assert_eq!(reused.len(), 6);
 }
 
@@ -242,7 +249,103 @@ fn a_sweep_of_two_n_and_three_datasets_trains_six_policies() {
     // Now the plan says every node is done, with exact sizes.
     let o = sweetspot(["run".as_ref(), "--plan".as_ref(), recipe.as_os_str()]);
     let plan = stdout(&o);
-    assert!(plan.contains("10 stages, 10 done, 0 to run"), "{plan}");
+    assert!(plan.contains("11 stages, 11 done, 0 to run"), "{plan}");
+}
+
+/// The sweep's reference node computes each distinct (prompt, response) once: `max-min` and
+/// `grid_max_vs_min` are the same pairs, `grid_max_vs_0` shares their chosen responses, so per
+/// n the trainings need 3 responses per prompt, not 6. Its done.json counts them; every policy
+/// trained from it is byte for byte the one `sweetspot train` makes with a cache of its own.
+#[test]
+fn the_shared_reference_computes_each_response_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let recipe = Recipe {
+        pairs: "n = 4",
+        strategies: "[[pairs.strategies]]\ntype = \"max-min\"\n\n\
+                     [[pairs.strategies]]\ntype = \"grid\"\npoints = [\"min\", 0, \"max\"]\n",
+        train: "datasets = [\"max-min\", \"grid_max_vs_*\"]",
+        ..Recipe::default()
+    }
+    .write(dir);
+    let o = sweetspot(["run".as_ref(), "--plan".as_ref(), recipe.as_os_str()]);
+    assert_ok(&o);
+    let plan = stdout(&o);
+    assert!(
+        plan.contains("3 responses per prompt instead of 6, for 3 datasets"),
+        "{plan}"
+    );
+    assert_ok(&sweetspot(["run".as_ref(), recipe.as_os_str()]));
+    let run = dir.join("run");
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    let node = |stage: &str| -> Vec<serde_json::Value> {
+        index["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["stage"] == stage)
+            .cloned()
+            .collect()
+    };
+    let reference = &node("reference")[0];
+    let counts = &reference["done"]["counts"];
+    let pairs: u64 = ["max-min", "grid_max_vs_min", "grid_max_vs_0"]
+        .iter()
+        .map(|d| {
+            node("pairs")[0]["done"]["counts"][format!("pairs.{d}")]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(counts["sequences"].as_u64().unwrap(), 2 * pairs, "{counts}");
+    let distinct = counts["distinct"].as_u64().unwrap();
+    let store = run
+        .join("nodes")
+        .join(reference["id"].as_str().unwrap())
+        .join("reference.jsonl");
+    assert_eq!(read_jsonl(&store).len() as u64, distinct);
+    // max-min and grid_max_vs_min are the same pairs: at most 3 responses of each prompt.
+    assert!(distinct <= 3 * 6 && distinct < 2 * pairs, "{counts}");
+    assert_eq!(counts["computed"], counts["distinct"]);
+    // Every training looked its reference up (no cache of its own).
+    for t in node("train") {
+        let folder = run.join("nodes").join(t["id"].as_str().unwrap());
+        assert!(!folder.join("reference-cache").exists());
+    }
+    // The same policies as `sweetspot train` on each pairs file with its own reference pass.
+    for name in ["max-min", "grid_max_vs_min", "grid_max_vs_0"] {
+        let out = dir.join(format!("alone-{name}"));
+        let o = sweetspot([
+            "train".as_ref(),
+            "--pairs".as_ref(),
+            run.join(format!("pairs/n4/{name}.jsonl")).as_os_str(),
+            "--policy".as_ref(),
+            fixture("policy").as_os_str(),
+            "--output".as_ref(),
+            out.as_os_str(),
+            "--beta".as_ref(),
+            "0.1".as_ref(),
+            "--seed".as_ref(),
+            "7".as_ref(),
+            "--param".as_ref(),
+            "batch_size=2".as_ref(),
+            "--param".as_ref(),
+            "micro_batch_size=2".as_ref(),
+            "--param".as_ref(),
+            "learning_rate=1e-4".as_ref(),
+            "--param".as_ref(),
+            "warmup_ratio=0.0".as_ref(),
+        ]);
+        assert_ok(&o);
+        let shared =
+            std::fs::read(run.join(format!("policies/{name}-n4/model.safetensors"))).unwrap();
+        let alone = std::fs::read(out.join("policy/model.safetensors")).unwrap();
+        assert!(
+            shared == alone,
+            "{name}: the policy differs from a separate reference's"
+        );
+    }
 }
 
 #[test]
@@ -306,7 +409,7 @@ fn a_failed_node_is_reported_and_the_pool_goes_on() {
     .write(dir);
     let o = sweetspot(["run".as_ref(), recipe.as_os_str()]);
     let err = assert_clean_failure(&o, 1);
-    assert!(err.contains("1 of 5 stages failed"), "{err}");
+    assert!(err.contains("1 of 6 stages failed"), "{err}");
     assert!(err.contains("train sigma_max_vs_min_n8"), "{err}");
     assert!(err.contains("has no pairs"), "{err}");
     assert!(dir.join("run/policies/max-min/model.safetensors").is_file());
@@ -318,7 +421,7 @@ fn a_failed_node_is_reported_and_the_pool_goes_on() {
     let o = sweetspot(["run".as_ref(), recipe.as_os_str()]);
     assert_clean_failure(&o, 1);
     let out = stdout(&o);
-    assert_eq!(out.matches("reused (complete)").count(), 4, "{out}");
+    assert_eq!(out.matches("reused (complete)").count(), 5, "{out}");
 }
 
 /// Every file under `dir` (following no links), relative, with its bytes; what holds wall times

@@ -413,6 +413,16 @@ pub trait PairStrategy: Send + Sync {
     /// [`PairStrategy::min_samples`] samples, sorted by strictly increasing sample index, all with
     /// finite rewards.
     fn select(&self, group: &ScoredGroup, out: &mut Vec<Selection>) -> Result<(), PluginError>;
+
+    /// For each dataset, in the order of [`PairStrategy::datasets`], a name of the response it
+    /// picks as chosen and as rejected (`max`, `-2`, `min-of-first-5`), the same name meaning
+    /// the same response of a group wherever two strategies of a pairs stage use it (this
+    /// includes the n the strategy cuts the group to, if its own). Used to plan, not to select:
+    /// the run's reference node counts how many distinct responses the trainings need. `None`
+    /// (the default): not known.
+    fn responses(&self) -> Option<Vec<[String; 2]>> {
+        None
+    }
 }
 
 /// A pair strategy's recipe table (`[[pairs.strategies]]`, with `type = "..."`).

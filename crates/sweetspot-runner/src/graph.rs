@@ -61,6 +61,9 @@ pub enum NodeState {
     Partial,
     /// Not started.
     ToRun,
+    /// Not complete, and not needed: every node that reads it is complete (a reference node
+    /// added to a run folder whose trainings were done before it existed).
+    NotNeeded,
 }
 
 /// What happened to a node in a run.
@@ -69,6 +72,8 @@ pub enum NodeState {
 pub enum Outcome {
     /// Complete before this run: reused.
     Reused,
+    /// Not run, and not needed: every node that reads it was complete.
+    NotNeeded,
     /// Run now.
     Ran {
         /// Seconds.
@@ -134,7 +139,7 @@ pub fn done_record(plan: &Plan, i: usize) -> Option<Done> {
 
 /// Each node's state, from the run folder.
 pub fn states(plan: &Plan) -> Vec<NodeState> {
-    (0..plan.nodes.len())
+    let mut st: Vec<NodeState> = (0..plan.nodes.len())
         .map(|i| {
             if done_record(plan, i).is_some() {
                 NodeState::Done
@@ -144,7 +149,27 @@ pub fn states(plan: &Plan) -> Vec<NodeState> {
                 NodeState::ToRun
             }
         })
-        .collect()
+        .collect();
+    for i in 0..st.len() {
+        if st[i] != NodeState::Done && not_needed(plan, i, &st) {
+            st[i] = NodeState::NotNeeded;
+        }
+    }
+    st
+}
+
+/// Whether node `i` need not run: it is a reference node (only trainings read it, and they
+/// compute without it when they are complete) and every node reading it is done.
+fn not_needed(plan: &Plan, i: usize, st: &[NodeState]) -> bool {
+    let mut readers = plan
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.deps.contains(&i))
+        .peekable();
+    plan.nodes[i].stage == StageKind::Reference
+        && readers.peek().is_some()
+        && readers.all(|(j, _)| st[j] == NodeState::Done)
 }
 
 /// The size of each node, in words, for `--plan`: prompts, samples, pairs, optimizer steps
@@ -221,6 +246,27 @@ pub fn sizes(plan: &Plan) -> Vec<String> {
                     (None, None) => String::new(),
                 }
             }
+            Work::Reference {
+                pairs, per_prompt, ..
+            } => {
+                let d = done.as_ref().map(|d| &d.counts);
+                match (
+                    d.and_then(|c| c.get("distinct")),
+                    d.and_then(|c| c.get("sequences")),
+                ) {
+                    (Some(distinct), Some(all)) => format!(
+                        "{distinct} distinct sequences, computed once for {all} of {} datasets",
+                        pairs.len()
+                    ),
+                    _ => match per_prompt {
+                        Some((distinct, all)) => format!(
+                            "{distinct} responses per prompt instead of {all}, for {} datasets",
+                            pairs.len()
+                        ),
+                        None => format!("distinct responses of {} datasets", pairs.len()),
+                    },
+                }
+            }
         };
         out.push(text);
     }
@@ -249,11 +295,14 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<RunReport, RunError> {
     // Complete nodes first: they need no device.
     {
         let mut o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
-        for (i, slot) in o.iter_mut().enumerate() {
-            if done_record(plan, i).is_some() {
-                *slot = Some(Outcome::Reused);
-                sweetspot_core::Progress::advance(&overall, 1);
-            }
+        for (slot, state) in o.iter_mut().zip(states(plan)) {
+            let outcome = match state {
+                NodeState::Done => Outcome::Reused,
+                NodeState::NotNeeded => Outcome::NotNeeded,
+                NodeState::Partial | NodeState::ToRun => continue,
+            };
+            *slot = Some(outcome);
+            sweetspot_core::Progress::advance(&overall, 1);
         }
     }
     write_index(plan)?;
@@ -433,10 +482,37 @@ fn run_node(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<(), RunE
             counts([("prompts", n as u64), ("samples", 2 * n as u64)])
         }
         Work::Eval { .. } => run_eval_node(plan, i)?,
+        Work::Reference {
+            policy,
+            pairs,
+            config,
+            ..
+        } => {
+            let device = sweetspot_model::resolve_device(&ctx.device)
+                .map_err(|e| RunError::Train(sweetspot_train::TrainError::Model(e)))?;
+            let settings = sweetspot_train::reference::ReferenceSettings {
+                policy: plan.source_path(policy),
+                pairs: pairs.iter().map(|p| plan.source_path(p)).collect(),
+                output: dir.join(StageKind::Reference.product()),
+                device,
+                dtype: config.dtype,
+                micro_batch_size: config.micro_batch_size.min(config.batch_size),
+                gradient_checkpointing: config.gradient_checkpointing,
+            };
+            let bar = crate::progress::BarProgress::new("reference", "sequences", quiet);
+            let c = sweetspot_train::reference::compute_reference(&settings, &bar)?;
+            bar.finish();
+            counts([
+                ("sequences", c.requested as u64),
+                ("distinct", c.distinct as u64),
+                ("computed", c.computed as u64),
+            ])
+        }
         Work::Train {
             pairs,
             policy,
             config,
+            reference,
         } => {
             let cfg = TrainConfig {
                 pairs: Some(plan.source_path(pairs)),
@@ -444,8 +520,13 @@ fn run_node(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<(), RunE
                 output: Some(dir.join(StageKind::Train.product())),
                 ..(**config).clone()
             };
-            let cache = Some(dir.join("reference-cache"));
-            let s = crate::train::run_train_with(cfg, &ctx, quiet, false, cache)?;
+            let reference = match reference {
+                Some(r) => crate::train::Reference::Shared(
+                    plan.node_dir(*r).join(StageKind::Reference.product()),
+                ),
+                None => crate::train::Reference::Cache(dir.join("reference-cache")),
+            };
+            let s = crate::train::run_train_with(cfg, &ctx, quiet, false, reference)?;
             if s.policy.is_none() {
                 return Err(RunError::Config(format!(
                     "{}: training stopped before its last step",
@@ -591,7 +672,9 @@ fn publish(plan: &Plan, i: usize, target: &Path) -> Result<(), RunError> {
         Ok(())
     };
     match plan.nodes[i].stage {
-        StageKind::Generate | StageKind::Score | StageKind::Eval => copy(&from, target),
+        StageKind::Generate | StageKind::Score | StageKind::Eval | StageKind::Reference => {
+            copy(&from, target)
+        }
         StageKind::Pairs => {
             let single = target
                 .extension()

@@ -30,5 +30,5 @@ pub use progress::BarProgress;
 pub use score::{ScoreJob, ScoreSummary, run_score};
 pub use stats::{DatasetStats, dataset_stats};
 pub use sweetspot_train::run::TrainSummary;
-pub use train::{run_train, run_train_with};
+pub use train::{Reference, run_train, run_train_with};
 pub use validate::{Invalid, RecipeSource, Stages, validate_recipe};

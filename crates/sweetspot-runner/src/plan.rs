@@ -37,6 +37,9 @@ pub enum StageKind {
     Score,
     /// Pair datasets from scored samples, for one n.
     Pairs,
+    /// The reference model's log-probabilities of every distinct response the round's trainings
+    /// need, computed once for all of them.
+    Reference,
     /// A policy trained on one dataset.
     Train,
     /// Win rates of every policy's eval responses against the starting policy's.
@@ -50,6 +53,7 @@ impl StageKind {
             Self::Generate => "generate",
             Self::Score => "score",
             Self::Pairs => "pairs",
+            Self::Reference => "reference",
             Self::Train => "train",
             Self::Eval => "eval",
         }
@@ -62,6 +66,7 @@ impl StageKind {
             Self::Generate => "samples.jsonl",
             Self::Score => "scored.jsonl",
             Self::Pairs => "pairs",
+            Self::Reference => "reference.jsonl",
             Self::Train => "train",
             Self::Eval => "eval.json",
         }
@@ -137,6 +142,21 @@ pub enum Work {
         policy: Source,
         /// The `[train]` table with one `loss` and no paths or lists.
         config: Box<TrainConfig>,
+        /// The reference node whose store holds this training's reference log-probabilities
+        /// (`None`: the loss needs none).
+        reference: Option<usize>,
+    },
+    /// The reference log-probabilities of the round's trainings, computed once.
+    Reference {
+        /// The reference model (the trainings' starting policy).
+        policy: Source,
+        /// Every pairs file a training of the round reads whose loss needs the reference.
+        pairs: Vec<Source>,
+        /// The round's `[train]` table (compute type, micro-batch, checkpointing).
+        config: Box<TrainConfig>,
+        /// Responses per prompt: (distinct, as each training would compute them), where the
+        /// strategies say which response each dataset picks.
+        per_prompt: Option<(usize, usize)>,
     },
 }
 
@@ -152,9 +172,20 @@ impl Work {
             Self::Score { input, .. } | Self::Pairs { input, .. } => {
                 node(input).into_iter().collect()
             }
-            Self::Train { pairs, policy, .. } => {
-                [pairs, policy].into_iter().filter_map(node).collect()
-            }
+            Self::Train {
+                pairs,
+                policy,
+                reference,
+                ..
+            } => [pairs, policy]
+                .into_iter()
+                .filter_map(node)
+                .chain(*reference)
+                .collect(),
+            Self::Reference { policy, pairs, .. } => std::iter::once(policy)
+                .chain(pairs)
+                .filter_map(node)
+                .collect(),
             Self::Eval {
                 baseline,
                 policies,
@@ -219,6 +250,7 @@ impl Node {
                 ("eval".into(), "model_outputs".into()),
             ],
             StageKind::Generate | StageKind::Score => vec![(format!("{prefix}{product}"), product)],
+            StageKind::Reference => Vec::new(),
             StageKind::Pairs => {
                 let set = self
                     .n
@@ -543,7 +575,12 @@ impl Graph<'_> {
             dataset: None,
             hash,
             identity,
-            deps: work.deps(),
+            deps: {
+                let mut d = work.deps();
+                let mut seen = std::collections::BTreeSet::new();
+                d.retain(|i| seen.insert(*i));
+                d
+            },
             work,
             seed,
         });
@@ -646,7 +683,7 @@ impl Graph<'_> {
         &mut self,
         (pairs, policy): (Source, Source),
         config: TrainConfig,
-        v: &Variant,
+        (v, reference): (&Variant, Option<usize>),
         round: usize,
     ) -> Result<usize, RunError> {
         let table = serde_json::to_value(&config).map_err(config_err)?;
@@ -662,10 +699,13 @@ impl Graph<'_> {
             round,
             seed: v.seed,
         };
+        // The reference node is not an input of the hash: what it computes is fixed by the
+        // policy, the pairs and the settings, which the hash covers already.
         let work = Work::Train {
             pairs,
             policy,
             config: Box::new(config),
+            reference,
         };
         let i = self.add(StageKind::Train, id, work, at);
         let node = &mut self.nodes[i];
@@ -851,6 +891,7 @@ fn add_train(
         (None, None) => return Err(config_err("[train]: `policy` is not given")),
     };
     let (mut trained, mut next) = (Vec::new(), None);
+    let mut inputs = Vec::new();
     for v in &t.variants {
         let pairs = match (&v.dataset, &t.pairs) {
             (Some(d), _) => {
@@ -870,11 +911,20 @@ fn add_train(
             (None, Some(TrainPairs::File(p))) => Source::File(p.clone()),
             (None, None) => return Err(config_err("[train]: no pairs")),
         };
+        let needs = t.losses[v.loss]
+            .build(g.ctx)
+            .map_err(|e| config_err(format!("[train.loss]: {e}")))?
+            .needs_reference();
+        inputs.push((pairs, needs));
+    }
+    let reference = add_reference(g, rr, round, &base_policy, &inputs)?;
+    for (v, (pairs, needs)) in t.variants.iter().zip(inputs) {
         let config = TrainConfig {
             loss: Some(t.losses[v.loss].clone()),
             ..t.config.clone()
         };
-        let i = g.train((pairs, base_policy.clone()), config, v, round)?;
+        let reference = reference.filter(|_| needs);
+        let i = g.train((pairs, base_policy.clone()), config, (v, reference), round)?;
         if let Some(o) = &t.output {
             g.publish.push((i, o.clone()));
         }
@@ -884,6 +934,85 @@ fn add_train(
         }
     }
     Ok((trained, next))
+}
+
+/// Round `round`'s reference node, over the pairs files whose training needs the reference
+/// (`inputs`: each training's pairs, and whether its loss needs the reference); `None` when
+/// none does.
+fn add_reference(
+    g: &mut Graph<'_>,
+    rr: &Resolved,
+    round: usize,
+    policy: &Source,
+    inputs: &[(Source, bool)],
+) -> Result<Option<usize>, RunError> {
+    let Some(t) = &rr.train else {
+        return Ok(None);
+    };
+    let mut pairs: Vec<Source> = Vec::new();
+    for (p, needs) in inputs {
+        let key = |s: &Source| format!("{s:?}");
+        if *needs && !pairs.iter().any(|q| key(q) == key(p)) {
+            pairs.push(p.clone());
+        }
+    }
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    // What the values depend on: the model and its compute type (how it is held, for an
+    // adapter's base), the chat template (in the model), the pairs.
+    let adapter_base = t.config.adapter.as_ref().map(|a| a.base_dtype);
+    let mut id = Identity::new(
+        "reference",
+        &serde_json::json!({"dtype": t.config.dtype, "base_dtype": adapter_base}),
+    );
+    id.inputs.insert("policy".into(), g.source_input(policy)?);
+    for (k, p) in pairs.iter().enumerate() {
+        id.inputs.insert(format!("pairs {k}"), g.source_input(p)?);
+    }
+    let per_prompt = responses_per_prompt(g, rr, &pairs);
+    let work = Work::Reference {
+        policy: policy.clone(),
+        pairs,
+        config: Box::new(t.config.clone()),
+        per_prompt,
+    };
+    let at = At {
+        label: "reference".into(),
+        round,
+        seed: rr.seed,
+    };
+    Ok(Some(g.add(StageKind::Reference, id, work, at)))
+}
+
+/// Responses per prompt the trainings over `pairs` need: (distinct, counted per training), from
+/// what each dataset's strategy says it picks; `None` when a strategy does not say, or a file
+/// is not a pairs node's dataset.
+fn responses_per_prompt(g: &Graph<'_>, rr: &Resolved, pairs: &[Source]) -> Option<(usize, usize)> {
+    let p = rr.pairs.as_ref()?;
+    // Dataset name -> its (chosen, rejected) response names, over every strategy.
+    let mut picks = BTreeMap::new();
+    for s in &p.config.strategies {
+        let built = s.build(g.ctx).ok()?;
+        for (d, r) in built.datasets().into_iter().zip(built.responses()?) {
+            picks.insert(d, r);
+        }
+    }
+    let mut distinct = std::collections::BTreeSet::new();
+    let mut total = 0;
+    for src in pairs {
+        let Source::Node(i, rel) = src else {
+            return None;
+        };
+        let file = rel.rsplit('/').next()?;
+        let name = file.rsplit_once('.').map_or(file, |(s, _)| s);
+        let [c, r] = picks.get(name)?;
+        let n = g.nodes[*i].n;
+        distinct.insert((n, c.clone()));
+        distinct.insert((n, r.clone()));
+        total += 2;
+    }
+    Some((distinct.len(), total))
 }
 
 /// The eval: the starting policy and every trained one answer the held-out prompts, once each;

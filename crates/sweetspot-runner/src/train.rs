@@ -18,7 +18,19 @@ pub fn run_train(
     quiet: bool,
     restart: bool,
 ) -> Result<TrainSummary, RunError> {
-    run_train_with(cfg, ctx, quiet, restart, None)
+    run_train_with(cfg, ctx, quiet, restart, Reference::BesidePairs)
+}
+
+/// Where a training's reference log-probabilities come from.
+#[derive(Debug, Clone)]
+pub enum Reference {
+    /// Computed, and cached beside the pairs file.
+    BesidePairs,
+    /// Computed, and cached in this folder (a run node's own, so that a node never writes into
+    /// another's).
+    Cache(std::path::PathBuf),
+    /// Looked up in a store a reference node computed for the whole sweep.
+    Shared(std::path::PathBuf),
 }
 
 /// The pairs, policy and output of a `[train]` table with one of each, resolved.
@@ -40,14 +52,13 @@ fn train_paths(
     ))
 }
 
-/// [`run_train`], with the reference log-probabilities cached in `reference_cache` instead of
-/// beside the pairs file (the run folder's cache, so that a node never writes into another's).
+/// [`run_train`], with the reference log-probabilities from `reference`.
 pub fn run_train_with(
     cfg: TrainConfig,
     ctx: &BuildContext,
     quiet: bool,
     restart: bool,
-    reference_cache: Option<std::path::PathBuf>,
+    reference: Reference,
 ) -> Result<TrainSummary, RunError> {
     let (pairs, policy, output) = train_paths(&cfg, ctx)?;
     crate::paths::check_outputs(
@@ -116,7 +127,7 @@ pub fn run_train_with(
         }
         Resume::Continue => {}
     }
-    let summary = match run_train_inner(cfg, ctx, quiet, reference_cache) {
+    let summary = match run_train_inner(cfg, ctx, quiet, reference) {
         Ok(s) => s,
         Err(e) => {
             // A run that failed before its first step leaves nothing behind.
@@ -139,9 +150,14 @@ fn run_train_inner(
     cfg: TrainConfig,
     ctx: &BuildContext,
     quiet: bool,
-    reference_cache: Option<std::path::PathBuf>,
+    reference: Reference,
 ) -> Result<TrainSummary, RunError> {
     let (pairs, policy, output) = train_paths(&cfg, ctx)?;
+    let (reference_cache, reference_store) = match reference {
+        Reference::BesidePairs => (None, None),
+        Reference::Cache(dir) => (Some(dir), None),
+        Reference::Shared(store) => (None, Some(store)),
+    };
     let (Some(loss), true) = (&cfg.loss, cfg.losses.is_empty()) else {
         return Err(RunError::Config(
             "[train]: give one `[train.loss]` (a list of losses is for `sweetspot run`)".into(),
@@ -165,6 +181,7 @@ fn run_train_inner(
         policy,
         output,
         reference_cache,
+        reference_store,
         device,
         epochs: cfg.epochs,
         batch_size: cfg.batch_size,

@@ -17,6 +17,7 @@
 //! - Parity with TRL is the proof: `tests/trl.rs` replays two steps of TRL's DPOTrainer (and of
 //!   CPOTrainer's SimPO loss) from `scripts/trl_dpo_reference.py`.
 
+pub mod reference;
 pub mod run;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};

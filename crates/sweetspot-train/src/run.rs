@@ -77,6 +77,9 @@ pub struct TrainSettings {
     pub stop_after: Option<usize>,
     /// Where the reference log-probabilities are cached (a folder); `None`: beside the pairs.
     pub reference_cache: Option<PathBuf>,
+    /// Reference log-probabilities computed once for a whole sweep
+    /// ([`crate::reference::compute_reference`]): looked up instead of computed or cached.
+    pub reference_store: Option<PathBuf>,
 }
 
 /// What a run did.
@@ -254,12 +257,7 @@ fn reference_logps(
     dtype: Precision,
     progress: &dyn Progress,
 ) -> Result<RefCache, TrainError> {
-    let frozen = Llama::from_params(
-        &policy.config,
-        policy.params.clone().no_grad(),
-        policy.device(),
-    )
-    .compute_copy(dtype)?;
+    let frozen = crate::reference::frozen_reference(policy, dtype)?;
     let mut chosen = Vec::with_capacity(pairs.len());
     let mut rejected = Vec::with_capacity(pairs.len());
     progress.message("reference log-probabilities");
@@ -428,7 +426,12 @@ pub fn run_training(
 
     // Reference log-probabilities: cached beside the pairs file.
     let mut reference_cached = false;
-    let refs = if loss.needs_reference() {
+    let refs = if let (true, Some(store)) = (loss.needs_reference(), &s.reference_store) {
+        let (chosen, rejected) =
+            crate::reference::ReferenceStore::open(store)?.lookup(&pairs, &s.pairs)?;
+        reference_cached = true;
+        Some(RefCache { chosen, rejected })
+    } else if loss.needs_reference() {
         let key = cache_key(&s.pairs, &s.policy, &tok, s.dtype)?;
         let mut name = s.pairs.file_name().unwrap_or_default().to_os_string();
         name.push(format!(".ref-{key}.json"));

@@ -106,6 +106,16 @@ impl PairStrategy for GridStrategy {
         out.extend(self.pairs.iter().map(|&(c, r)| view.checked(at[c], at[r])));
         Ok(())
     }
+
+    fn responses(&self) -> Option<Vec<[String; 2]>> {
+        let name = |p: usize| crate::response_name(&self.points[p].to_string(), self.n);
+        Some(
+            self.pairs
+                .iter()
+                .map(|&(c, r)| [name(c), name(r)])
+                .collect(),
+        )
+    }
 }
 
 #[cfg(test)]

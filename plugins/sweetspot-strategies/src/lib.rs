@@ -78,6 +78,15 @@ fn check_n(plugin: &str, n: Option<usize>) -> Result<(), sweetspot_core::PluginE
     }
 }
 
+/// The name of the response at `point` of a group cut to its first `n` samples, for
+/// [`PairStrategy::responses`](sweetspot_core::PairStrategy::responses).
+pub(crate) fn response_name(point: &str, n: Option<usize>) -> String {
+    match n {
+        Some(n) => format!("{point}@{n}"),
+        None => point.to_string(),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testutil {
     use sweetspot_core::{Prompt, PromptContent, Sample, ScoredGroup, ScoredSample};

@@ -43,6 +43,11 @@ impl PairStrategy for MaxMin {
         out.push(view.checked(view.point(Point::Max), view.point(Point::Min)));
         Ok(())
     }
+
+    fn responses(&self) -> Option<Vec<[String; 2]>> {
+        let name = |p: &str| crate::response_name(p, self.n);
+        Some(vec![[name("max"), name("min")]])
+    }
 }
 
 #[cfg(test)]

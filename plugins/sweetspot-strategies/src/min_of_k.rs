@@ -127,6 +127,17 @@ impl PairStrategy for Built {
         out.push(view.checked(chosen, rejected));
         Ok(())
     }
+
+    fn responses(&self) -> Option<Vec<[String; 2]>> {
+        let pool = match self.cfg.subset {
+            Subset::First => format!("min-of-first-{}", self.cfg.k),
+            Subset::Random => format!("min-of-random-{}-seed{}", self.cfg.k, self.seed),
+        };
+        Some(vec![[
+            crate::response_name("max", self.cfg.n),
+            crate::response_name(&pool, self.cfg.n),
+        ]])
+    }
 }
 
 #[cfg(test)]

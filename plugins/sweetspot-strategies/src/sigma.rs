@@ -60,6 +60,11 @@ impl PairStrategy for Sigma {
         out.push(view.checked(view.point(self.chosen), view.point(self.rejected)));
         Ok(())
     }
+
+    fn responses(&self) -> Option<Vec<[String; 2]>> {
+        let name = |p: &Point| crate::response_name(&p.to_string(), self.n);
+        Some(vec![[name(&self.chosen), name(&self.rejected)]])
+    }
 }
 
 #[cfg(test)]

@@ -140,14 +140,23 @@ fn print_plan(plan: &sweetspot_runner::plan::Plan) {
     let states = sweetspot_runner::graph::states(plan);
     let sizes = sweetspot_runner::graph::sizes(plan);
     let done = states.iter().filter(|s| **s == NodeState::Done).count();
+    let unneeded = states
+        .iter()
+        .filter(|s| **s == NodeState::NotNeeded)
+        .count();
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "run `{}` in {}: {} stages, {done} done, {} to run; devices: {}",
+        "run `{}` in {}: {} stages, {done} done, {} to run{}; devices: {}",
         plan.name,
         plan.dir.display(),
         plan.nodes.len(),
-        plan.nodes.len() - done,
+        plan.nodes.len() - done - unneeded,
+        if unneeded > 0 {
+            format!(", {unneeded} not needed")
+        } else {
+            String::new()
+        },
         plan.devices.join(", ")
     );
     let width = plan.nodes.iter().map(|n| n.label.len()).max().unwrap_or(5);
@@ -156,6 +165,7 @@ fn print_plan(plan: &sweetspot_runner::plan::Plan) {
             NodeState::Done => "done",
             NodeState::Partial => "resumes",
             NodeState::ToRun => "to run",
+            NodeState::NotNeeded => "unneeded",
         };
         let after: Vec<&str> = node
             .deps
@@ -169,7 +179,7 @@ fn print_plan(plan: &sweetspot_runner::plan::Plan) {
         };
         let _ = writeln!(
             out,
-            "  {:width$}  {:7}  {}  [{}]{after}",
+            "  {:width$}  {:8}  {}  [{}]{after}",
             node.label, state, sizes[i], node.id
         );
     }
@@ -182,12 +192,16 @@ fn print_report(
 ) {
     let mut out = std::io::stdout().lock();
     let width = report.nodes.iter().map(|n| n.0.len()).max().unwrap_or(5);
-    let (mut ran, mut reused) = (0, 0);
+    let (mut ran, mut reused, mut unneeded) = (0, 0, 0);
     for (label, _, outcome) in &report.nodes {
         let what = match outcome {
             Outcome::Reused => {
                 reused += 1;
                 "reused (complete)".to_string()
+            }
+            Outcome::NotNeeded => {
+                unneeded += 1;
+                "not needed (every node reading it is complete)".to_string()
             }
             Outcome::Ran { seconds } => {
                 ran += 1;
@@ -198,9 +212,14 @@ fn print_report(
         };
         let _ = writeln!(out, "  {label:width$}  {what}");
     }
+    let unneeded = if unneeded > 0 {
+        format!(", {unneeded} not needed")
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "run `{}`: {ran} stages ran, {reused} reused, in {:.1}s",
+        "run `{}`: {ran} stages ran, {reused} reused{unneeded}, in {:.1}s",
         plan.name, report.seconds
     );
     let dir = plan.dir.display();
