@@ -174,6 +174,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         n: None,
         ctx: BuildContext::new(&dir),
         quiet: true,
+        paths_relative_to: None,
     })?;
     let run_s = t.elapsed().as_secs_f64();
     let peak = peak_rss_kib();

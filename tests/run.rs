@@ -967,3 +967,134 @@ fn an_output_in_a_read_only_folder_is_refused_before_anything_is_written() {
     assert!(!dir.join("run").exists());
     assert_eq!(std::fs::read_dir(&locked).unwrap().count(), 0);
 }
+
+/// The plan's node ids and labels, in its order.
+fn plan_nodes(recipe: &Path) -> Vec<(String, String)> {
+    let o = sweetspot(["run".as_ref(), "--plan".as_ref(), recipe.as_os_str()]);
+    assert_ok(&o);
+    stdout(&o)
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let label = l.trim_start().split("  ").next()?.trim().to_string();
+            let id = l.split('[').nth(1)?.split(']').next()?.to_string();
+            Some((label, id))
+        })
+        .collect()
+}
+
+/// `run --node ID` computes one node, as a cluster scheduler's job would: refused before its
+/// inputs are complete, nothing done when it is complete; node by node in the plan's order, the
+/// outputs equal a one-process run's. Then the run folder moves (and every node of it is still
+/// complete), and an eval node whose stage record names a policy inside the old folder resumes
+/// from its record instead of being refused.
+#[test]
+fn one_node_at_a_time_and_a_moved_run_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let eval = "[eval]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 4\nbootstrap = 20\n";
+    let whole = tmp.path().join("whole");
+    let parts = tmp.path().join("parts");
+    for d in [&whole, &parts] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let recipe = |dir: &Path| {
+        Recipe {
+            pairs: "n = 4",
+            tail: eval,
+            ..Recipe::default()
+        }
+        .write(dir)
+    };
+    let (r_whole, r_parts) = (recipe(&whole), recipe(&parts));
+    assert_ok(&sweetspot(["run".as_ref(), r_whole.as_os_str()]));
+
+    let nodes = plan_nodes(&r_parts);
+    let train = nodes.iter().find(|(l, _)| l.starts_with("train ")).unwrap();
+    let o = sweetspot([
+        "run".as_ref(),
+        r_parts.as_os_str(),
+        "--node".as_ref(),
+        train.1.as_ref(),
+    ]);
+    let err = assert_clean_failure(&o, 2);
+    assert!(err.contains("input nodes are not complete"), "{err}");
+    let o = sweetspot([
+        "run".as_ref(),
+        r_parts.as_os_str(),
+        "--node".as_ref(),
+        "train-0000".as_ref(),
+    ]);
+    assert!(assert_clean_failure(&o, 2).contains("no node `train-0000`"));
+    for (label, id) in &nodes {
+        let o = sweetspot([
+            "run".as_ref(),
+            r_parts.as_os_str(),
+            "--node".as_ref(),
+            id.as_ref(),
+        ]);
+        assert_ok(&o);
+        assert!(
+            stdout(&o).contains(&format!("{label} [{id}]: done")),
+            "{}",
+            stdout(&o)
+        );
+    }
+    // A scheduler's retry does nothing.
+    let o = sweetspot([
+        "run".as_ref(),
+        r_parts.as_os_str(),
+        "--node".as_ref(),
+        train.1.as_ref(),
+    ]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("complete already"), "{}", stdout(&o));
+    same_nodes(&whole.join("run"), &parts.join("run"));
+
+    // Moved: every node is still complete; the pairs' summary names no absolute path.
+    let moved = tmp.path().join("elsewhere");
+    std::fs::rename(&parts, &moved).unwrap();
+    let r_moved = moved.join("recipe.toml");
+    for (_, id) in &nodes {
+        let summary = moved.join("run/nodes").join(id).join("pairs/summary.json");
+        if summary.exists() {
+            let text = std::fs::read_to_string(&summary).unwrap();
+            assert!(!text.contains(tmp.path().to_str().unwrap()), "{text}");
+        }
+    }
+    // An eval generate node, its done.json gone: its stage record (with the old folder's policy
+    // path in its settings) is the same work, complete, so it is taken as it is.
+    let (_, eval_gen) = nodes
+        .iter()
+        .find(|(l, _)| l.starts_with("eval generate max-min"))
+        .unwrap();
+    let node_dir = moved.join("run/nodes").join(eval_gen);
+    let record = std::fs::read_to_string(node_dir.join("samples.jsonl.record.json")).unwrap();
+    assert!(record.contains(parts.to_str().unwrap()), "{record}");
+    std::fs::remove_file(node_dir.join("done.json")).unwrap();
+    let o = sweetspot(["run".as_ref(), r_moved.as_os_str()]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!("1 stages ran, {} reused", nodes.len() - 1)),
+        "{out}"
+    );
+    same_nodes(&whole.join("run"), &moved.join("run"));
+}
+
+/// The nodes' files of two run folders are the same (names and bytes; the report and figures,
+/// which only a whole run draws, left out).
+fn same_nodes(a: &Path, b: &Path) {
+    let nodes = |d: &Path| -> BTreeMap<String, Vec<u8>> {
+        outputs(d)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("nodes/"))
+            .collect()
+    };
+    let (x, y) = (nodes(a), nodes(b));
+    let differ: Vec<&String> = x
+        .keys()
+        .chain(y.keys())
+        .filter(|k| x.get(*k) != y.get(*k))
+        .collect();
+    assert!(differ.is_empty(), "the nodes differ in {differ:?}");
+}

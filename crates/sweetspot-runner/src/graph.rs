@@ -415,11 +415,69 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<RunReport, RunError> {
     })
 }
 
+/// What [`run_single`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Single {
+    /// The node was complete already: nothing ran.
+    AlreadyDone,
+    /// It ran (or resumed) to completion.
+    Ran,
+}
+
+/// Runs exactly node `i` of the plan (`sweetspot run --node`), as a cluster scheduler's job
+/// does: refused while an upstream node is not complete; nothing runs when the node is complete
+/// (a scheduler's retry is safe). Updates `run.json` and the readable names afterwards.
+pub fn run_single(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<Single, RunError> {
+    std::fs::create_dir_all(plan.dir.join("nodes")).map_err(io_err(&plan.dir))?;
+    if done_record(plan, i).is_some() {
+        write_index(plan)?;
+        return Ok(Single::AlreadyDone);
+    }
+    let missing: Vec<&str> = plan.nodes[i]
+        .deps
+        .iter()
+        .filter(|&&d| done_record(plan, d).is_none())
+        .map(|&d| plan.nodes[d].id.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(RunError::Config(format!(
+            "{} ({}): its input nodes are not complete yet: {} (run them first: `--node ID` \
+             each, or the whole recipe)",
+            plan.nodes[i].label,
+            plan.nodes[i].id,
+            missing.join(", ")
+        )));
+    }
+    run_node(plan, i, device, quiet)?;
+    write_index(plan)?;
+    Ok(Single::Ran)
+}
+
 /// Runs node `i` on `device` (resuming its own partial work) and writes its `done.json`.
 fn run_node(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<(), RunError> {
     let node = &plan.nodes[i];
     let dir = plan.node_dir(i);
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    // One process per node at a time (two scheduler jobs given the same node by mistake, or a
+    // whole run beside a `--node` job): the lock goes with the process, so a killed holder
+    // frees it.
+    let lock_path = dir.join(".lock");
+    let lock = std::fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(RunError::Config(format!(
+                "{}: another process is computing this node ({} is locked)",
+                node.label,
+                lock_path.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+    }
+    if done_record(plan, i).is_some() {
+        // Completed by the process that held the lock.
+        return Ok(());
+    }
     for d in [dir.clone(), dir.join("pairs")] {
         sweetspot_io::remove_stale_temp_files(&d);
     }
@@ -465,6 +523,7 @@ fn run_node(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<(), RunE
             let input = Some(plan.source_path(input));
             let mut job = crate::PairsJob::from_config(config.clone(), input, Some(out), ctx)?;
             job.quiet = quiet;
+            job.paths_relative_to = Some(plan.dir.clone());
             let s = crate::run_pairs(job)?;
             let mut c = counts([("groups", s.groups), ("samples", s.samples)]);
             for d in &s.datasets {

@@ -122,6 +122,11 @@ impl Identity {
         let keys: std::collections::BTreeSet<&String> =
             self.settings.keys().chain(old.settings.keys()).collect();
         for k in keys {
+            // A setting that names an input (`sampler.model`) is a path: what it names is
+            // compared through the input's fingerprint, so a moved run folder or model resumes.
+            if self.inputs.contains_key(k) || old.inputs.contains_key(k) {
+                continue;
+            }
             let (a, b) = (old.settings.get(k), self.settings.get(k));
             if a != b {
                 let show = |v: Option<&serde_json::Value>| {

@@ -40,6 +40,9 @@ pub struct PairsJob {
     pub ctx: BuildContext,
     /// Hide the progress bar.
     pub quiet: bool,
+    /// Write the paths in `summary.json` relative to this folder (the run folder, so that a
+    /// moved run folder stays whole); absolute when `None`.
+    pub paths_relative_to: Option<PathBuf>,
 }
 
 impl PairsJob {
@@ -84,6 +87,7 @@ impl PairsJob {
             n,
             ctx,
             quiet: false,
+            paths_relative_to: None,
         })
     }
 }
@@ -431,7 +435,20 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
         seconds: 0.0,
     };
     summary.seconds = start.elapsed().as_secs_f64();
-    let json = serde_json::to_vec_pretty(&summary)
+    let written = match &job.paths_relative_to {
+        Some(base) => {
+            let rel = |p: &Path| crate::paths::relative_to(p, base);
+            let mut s = summary.clone();
+            s.input = rel(&s.input);
+            s.summary_file = rel(&s.summary_file);
+            for d in &mut s.datasets {
+                d.file = rel(&d.file);
+            }
+            s
+        }
+        None => summary.clone(),
+    };
+    let json = serde_json::to_vec_pretty(&written)
         .map_err(|e| RunError::Config(format!("cannot encode the summary: {e}")))?;
     outputs.add_file(summary_file, json);
     outputs.commit()?;

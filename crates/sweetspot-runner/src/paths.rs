@@ -105,6 +105,29 @@ pub fn reads_upstream(
     }
 }
 
+/// `path` relative to the folder `base` when both are absolute and share a root (`..` where it
+/// leaves `base`); `path` itself otherwise.
+pub fn relative_to(path: &Path, base: &Path) -> PathBuf {
+    if !(path.is_absolute() && base.is_absolute()) {
+        return path.to_path_buf();
+    }
+    let (p, b) = (normalize(path), normalize(base));
+    let (pc, bc): (Vec<Component<'_>>, Vec<Component<'_>>) =
+        (p.components().collect(), b.components().collect());
+    let common = pc.iter().zip(&bc).take_while(|(x, y)| x == y).count();
+    if common == 0 {
+        return path.to_path_buf();
+    }
+    let mut out = PathBuf::new();
+    for _ in common..bc.len() {
+        out.push("..");
+    }
+    for c in &pc[common..] {
+        out.push(c.as_os_str());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +143,13 @@ mod tests {
         let fine = dir.path().join("out");
         assert!(check_outputs(std::slice::from_ref(&input), std::slice::from_ref(&fine)).is_ok());
         assert!(check_outputs(&[], &[fine.clone(), fine.join("x")]).is_err());
+    }
+
+    #[test]
+    fn relative_paths() {
+        let r = |p: &str, b: &str| super::relative_to(Path::new(p), Path::new(b));
+        assert_eq!(r("/a/b/c.txt", "/a"), Path::new("b/c.txt"));
+        assert_eq!(r("/a/x/y", "/a/b/c"), Path::new("../../x/y"));
+        assert_eq!(r("rel/p", "/a"), Path::new("rel/p"));
     }
 }

@@ -24,6 +24,11 @@ pub struct RunArgs {
     /// Print the expanded graph (every node, its state and size) and run nothing.
     #[arg(long)]
     pub plan: bool,
+    /// Compute exactly this node (its id as `--plan` prints it, such as
+    /// `train-5c1a514e3bfe94e1`): refused while an input node is not complete, nothing done
+    /// when it is complete. For a cluster scheduler running one node per job.
+    #[arg(long, value_name = "ID", conflicts_with = "plan")]
+    pub node: Option<String>,
     #[command(flatten)]
     pub model: ModelFlags,
 }
@@ -60,6 +65,28 @@ pub(crate) fn run_cmd(args: RunArgs, quiet: bool) -> Result<(), Failure> {
     })?;
     if let Err(e) = crate::logging::log_to(&plan.dir.join("run.log")) {
         tracing::warn!("cannot write {}: {e}", plan.dir.join("run.log").display());
+    }
+    if let Some(id) = &args.node {
+        let Some(i) = plan.nodes.iter().position(|n| &n.id == id) else {
+            return Err(Failure {
+                message: format!(
+                    "no node `{id}` in the plan of {} (`sweetspot run --plan` lists the ids)",
+                    path.display()
+                ),
+                code: 2,
+            });
+        };
+        let device = plan
+            .devices
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "cpu".into());
+        let what = match sweetspot_runner::graph::run_single(&plan, i, &device, quiet)? {
+            sweetspot_runner::graph::Single::AlreadyDone => "complete already: nothing to do",
+            sweetspot_runner::graph::Single::Ran => "done",
+        };
+        println!("{} [{}]: {what}", plan.nodes[i].label, plan.nodes[i].id);
+        return Ok(());
     }
     let states = sweetspot_runner::graph::states(&plan);
     let done = states.iter().filter(|s| **s == NodeState::Done).count();
