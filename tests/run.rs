@@ -1098,3 +1098,125 @@ fn same_nodes(a: &Path, b: &Path) {
         .collect();
     assert!(differ.is_empty(), "the nodes differ in {differ:?}");
 }
+
+/// `--emit slurm` on a real Slurm: a one-node cluster on loopback (`scripts/slurm_loopback.sh`:
+/// munged, slurmctld, slurmd), the emitted script submitted to it, every job finishing, the
+/// nodes equal to a one-process run's. The two trainings of each pairs set are one job array.
+/// Skipped with a message where Slurm is not installed (Debian: `slurm-wlm`, `munge`), except in
+/// CI, which installs it.
+#[test]
+fn a_slurm_job_graph_on_a_loopback_cluster() {
+    let installed = [
+        "/usr/sbin/slurmctld",
+        "/usr/sbin/slurmd",
+        "/usr/sbin/munged",
+    ]
+    .iter()
+    .all(|p| Path::new(p).exists());
+    let root_user = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !(installed && root_user) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test: install slurm-wlm and munge, and run as root"
+        );
+        eprintln!("skipped: Slurm (slurm-wlm, munge) is not installed, or this is not root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = tmp.path().join("cluster");
+    let script = root().join("scripts/slurm_loopback.sh");
+    struct Stop(PathBuf, PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("bash")
+                .arg(&self.0)
+                .arg("stop")
+                .arg(&self.1)
+                .status();
+        }
+    }
+    let up = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("start")
+        .arg(&cluster)
+        .output()
+        .unwrap();
+    let _stop = Stop(script.clone(), cluster.clone());
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let conf = cluster.join("slurm.conf");
+
+    let recipe = |dir: &Path, tail: &str| {
+        std::fs::create_dir_all(dir).unwrap();
+        Recipe {
+            strategies: "[[pairs.strategies]]\ntype = \"max-min\"\n\n\
+                         [[pairs.strategies]]\ntype = \"grid\"\npoints = [\"min\", \"max\"]\n",
+            train: "datasets = \"all\"",
+            tail,
+            ..Recipe::default()
+        }
+        .write(dir)
+    };
+    let tail = "[eval]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 4\nbootstrap = 20\n\n\
+                [cluster]\ntime = \"0:30:00\"\nsbatch = [\"--nice=0\"]\n";
+    let whole = recipe(&tmp.path().join("whole"), tail);
+    let slurm = recipe(&tmp.path().join("slurm"), tail);
+    assert_ok(&sweetspot(["run".as_ref(), whole.as_os_str()]));
+
+    let o = sweetspot([
+        "run".as_ref(),
+        "--emit".as_ref(),
+        "slurm".as_ref(),
+        slurm.as_os_str(),
+    ]);
+    assert_ok(&o);
+    let run = tmp.path().join("slurm/run");
+    let submit = std::fs::read_to_string(run.join("slurm/submit.sh")).unwrap();
+    assert!(submit.contains("--array=0-1"), "{submit}");
+    assert!(submit.contains("--dependency=afterok:"), "{submit}");
+    assert!(submit.contains("--time=0:30:00"), "{submit}");
+    let out = std::process::Command::new("bash")
+        .arg(run.join("slurm/submit.sh"))
+        .env("SLURM_CONF", &conf)
+        .env(
+            "PATH",
+            format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Wait for the queue to empty (every job finished, or failed: then the check below says).
+    let queued = || {
+        std::process::Command::new("squeue")
+            .arg("-h")
+            .env("SLURM_CONF", &conf)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+            .unwrap_or(0)
+    };
+    let start = std::time::Instant::now();
+    while queued() > 0 && start.elapsed().as_secs() < 600 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let o = sweetspot(["run".as_ref(), "--plan".as_ref(), slurm.as_os_str()]);
+    let plan = stdout(&o);
+    let logs: String = files(&run.join("slurm/logs"))
+        .iter()
+        .map(|f| std::fs::read_to_string(run.join("slurm/logs").join(f)).unwrap_or_default())
+        .collect();
+    assert!(
+        plan.lines().skip(1).all(|l| l.contains(" done ")),
+        "{plan}\n{logs}"
+    );
+    same_nodes(&tmp.path().join("whole/run"), &run);
+}

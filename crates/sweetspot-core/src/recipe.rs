@@ -34,6 +34,32 @@ pub struct Recipe {
     pub train: Option<TrainConfig>,
     /// The evaluation stage (`sweetspot run`).
     pub eval: Option<EvalConfig>,
+    /// How `sweetspot run --emit slurm` asks a cluster's scheduler for each node's job. What a
+    /// node computes does not depend on it (no node hash covers it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: the scheduler requests of `sweetspot run --emit slurm`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The partition (`sbatch --partition`).
+    pub partition: Option<String>,
+    /// The account (`sbatch --account`).
+    pub account: Option<String>,
+    /// Each job's time limit, in Slurm's forms (`"4:00:00"`, `"1-00:00:00"`).
+    pub time: Option<String>,
+    /// Each job's memory when the plan cannot size it (`sbatch --mem`, such as `"64G"`).
+    pub mem: Option<String>,
+    /// CPUs per job (`sbatch --cpus-per-task`).
+    pub cpus_per_task: Option<usize>,
+    /// More `sbatch` options, one per item (`["--qos=high", "--constraint=h100"]`), given to
+    /// every job.
+    #[serde(default)]
+    pub sbatch: Vec<String>,
+    /// The sweetspot binary as the cluster's nodes see it (default: this binary's path).
+    pub sweetspot: Option<PathBuf>,
 }
 
 /// `[eval]`: held-out prompts answered by the starting policy and by every trained policy (one

@@ -7,6 +7,7 @@
 //!   [`sweetspot_io::OutputSet`]); a failed stage leaves no output file behind.
 //! - Every error names the file and, for data, the line or row and field.
 
+pub mod cluster;
 mod error;
 pub mod eval;
 mod generate;

@@ -29,6 +29,11 @@ pub struct RunArgs {
     /// when it is complete. For a cluster scheduler running one node per job.
     #[arg(long, value_name = "ID", conflicts_with = "plan")]
     pub node: Option<String>,
+    /// Write the plan as a cluster scheduler's job graph instead of running it: `slurm` writes
+    /// `<run folder>/slurm/submit.sh` (one `sbatch` job per node that is not complete, each
+    /// `--node ID`, with `afterok` dependencies; requests from `[cluster]`).
+    #[arg(long, value_name = "SCHEDULER", value_parser = ["slurm"], conflicts_with_all = ["plan", "node"])]
+    pub emit: Option<String>,
     #[command(flatten)]
     pub model: ModelFlags,
 }
@@ -57,6 +62,19 @@ pub(crate) fn run_cmd(args: RunArgs, quiet: bool) -> Result<(), Failure> {
     }
     if args.plan {
         print_plan(&plan);
+        return Ok(());
+    }
+    if args.emit.is_some() {
+        let binary = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sweetspot"));
+        let cluster = recipe.cluster.clone().unwrap_or_default();
+        let e = sweetspot_runner::cluster::emit_slurm(&plan, &path, &cluster, &binary)?;
+        println!(
+            "{}: {} jobs for {} nodes (submit with: bash {})",
+            e.script.display(),
+            e.jobs,
+            e.nodes,
+            e.script.display()
+        );
         return Ok(());
     }
     std::fs::create_dir_all(&plan.dir).map_err(|e| Failure {

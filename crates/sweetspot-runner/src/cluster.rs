@@ -1,0 +1,247 @@
+//! A plan as a cluster scheduler's job graph (`sweetspot run --emit slurm`): one job per node
+//! that is not complete, each running `sweetspot run RECIPE --node ID`, ordered by the
+//! scheduler's own dependencies. Nothing here schedules: Slurm does.
+//!
+//! Invariants:
+//! - A job's dependencies are exactly its node's input nodes that are not complete (a complete
+//!   input needs no job); a job never starts before them (`afterok`).
+//! - Sibling nodes (same stage, same inputs, same requests: the trainings of one pairs set) are
+//!   one job array; a job that reads one of them depends on that task alone (`<array>_<task>`).
+//! - The emitted files are plain shell and hold absolute paths: the recipe, the run folder and
+//!   the binary as the cluster sees them (`[cluster] sweetspot`).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use sweetspot_core::recipe::ClusterConfig;
+
+use crate::error::RunError;
+use crate::graph::{NodeState, states};
+use crate::plan::{Plan, StageKind};
+
+/// What `--emit slurm` wrote.
+#[derive(Debug, Clone)]
+pub struct Emitted {
+    /// The submit script (run it on the cluster's login node).
+    pub script: PathBuf,
+    /// Jobs it submits (an array counts once).
+    pub jobs: usize,
+    /// Nodes they compute.
+    pub nodes: usize,
+}
+
+/// A string as one shell word.
+fn quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn path_word(p: &Path) -> String {
+    quote(&p.to_string_lossy())
+}
+
+/// One job of the script: the nodes it runs (one, or an array's tasks) and its requests.
+struct Job {
+    nodes: Vec<usize>,
+    deps: Vec<usize>,
+    stage: StageKind,
+    gpu: bool,
+    mem: Option<String>,
+}
+
+/// The device a job passes to `--node`, and whether it asks for a GPU: the first device of the
+/// recipe's pool, by kind (a job sees its own GPU as device 0).
+fn device_of(plan: &Plan) -> (String, bool) {
+    let first = plan.devices.first().map_or("cpu", String::as_str);
+    if first.starts_with("cuda") {
+        ("cuda".into(), true)
+    } else if first.starts_with("wgpu") {
+        ("wgpu".into(), true)
+    } else {
+        ("cpu".into(), false)
+    }
+}
+
+/// Writes `<run folder>/slurm/submit.sh` (and the job scripts it submits) for every node of
+/// `plan` that is not complete. `recipe` is the recipe's path; `binary`, this program's.
+pub fn emit_slurm(
+    plan: &Plan,
+    recipe: &Path,
+    cluster: &ClusterConfig,
+    binary: &Path,
+) -> Result<Emitted, RunError> {
+    let recipe = std::path::absolute(recipe).unwrap_or_else(|_| recipe.to_path_buf());
+    let binary = cluster
+        .sweetspot
+        .clone()
+        .unwrap_or_else(|| binary.to_path_buf());
+    let st = states(plan);
+    let todo = |i: usize| matches!(st[i], NodeState::ToRun | NodeState::Partial);
+    let (device, gpu) = device_of(plan);
+    // Jobs in plan order (every node after its inputs); siblings grouped into arrays.
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut job_of: Vec<Option<(usize, usize)>> = vec![None; plan.nodes.len()];
+    for (i, node) in plan.nodes.iter().enumerate() {
+        if !todo(i) {
+            continue;
+        }
+        let deps: Vec<usize> = node.deps.iter().copied().filter(|&d| todo(d)).collect();
+        let mem = cluster.mem.clone();
+        let sibling = jobs.iter().position(|j| {
+            node.stage == StageKind::Train
+                && j.stage == StageKind::Train
+                && j.deps == deps
+                && j.gpu == gpu
+                && j.mem == mem
+        });
+        match sibling {
+            Some(k) => {
+                job_of[i] = Some((k, jobs[k].nodes.len()));
+                jobs[k].nodes.push(i);
+            }
+            None => {
+                job_of[i] = Some((jobs.len(), 0));
+                jobs.push(Job {
+                    nodes: vec![i],
+                    deps,
+                    stage: node.stage,
+                    gpu,
+                    mem,
+                });
+            }
+        }
+    }
+    let dir = plan.dir.join("slurm");
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)
+        .map_err(|e| RunError::Config(format!("{}: {e}", logs.display())))?;
+
+    let mut common = String::new();
+    for (flag, v) in [
+        ("--partition", &cluster.partition),
+        ("--account", &cluster.account),
+        ("--time", &cluster.time),
+    ] {
+        if let Some(v) = v {
+            let _ = write!(common, " {flag}={}", quote(v));
+        }
+    }
+    if let Some(c) = cluster.cpus_per_task {
+        let _ = write!(common, " --cpus-per-task={c}");
+    }
+    for extra in &cluster.sbatch {
+        let _ = write!(common, " {}", quote(extra));
+    }
+
+    let mut s = String::new();
+    let _ = writeln!(s, "#!/usr/bin/env bash");
+    let _ = writeln!(
+        s,
+        "# Submits the plan of {} to Slurm: one job per node that is not complete ({} jobs),\n\
+         # each `sweetspot run RECIPE --node ID`, in the order of the plan's dependencies.\n\
+         # Written by `sweetspot run --emit slurm` (sweetspot {}). Run it where sbatch works.",
+        recipe.display(),
+        jobs.len(),
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = writeln!(s, "set -euo pipefail");
+    let _ = writeln!(s, "cd {}", path_word(&dir));
+    let _ = writeln!(s, "export SWEETSPOT={}", path_word(&binary));
+    let _ = writeln!(s, "export SWEETSPOT_RECIPE={}", path_word(&recipe));
+    let _ = writeln!(s, "export SWEETSPOT_DEVICE={}", quote(&device));
+    for (k, job) in jobs.iter().enumerate() {
+        let labels: Vec<&str> = job
+            .nodes
+            .iter()
+            .map(|&i| plan.nodes[i].label.as_str())
+            .collect();
+        let _ = writeln!(s, "\n# {}", labels.join(", "));
+        let mut deps: Vec<String> = Vec::new();
+        for &d in &job.deps {
+            if let Some((dj, task)) = job_of[d] {
+                if jobs[dj].nodes.len() > 1 {
+                    deps.push(format!("${{j{dj}}}_{task}"));
+                } else {
+                    deps.push(format!("${{j{dj}}}"));
+                }
+            }
+        }
+        deps.dedup();
+        let mut args = format!(
+            "--parsable --export=ALL --job-name={}",
+            quote(&format!(
+                "sweetspot-{}",
+                plan.nodes[job.nodes[0]].stage.name()
+            ))
+        );
+        args.push_str(&common);
+        if job.gpu {
+            args.push_str(" --gres=gpu:1");
+        }
+        if let Some(m) = &job.mem {
+            let _ = write!(args, " --mem={}", quote(m));
+        }
+        if !deps.is_empty() {
+            let _ = write!(args, " --dependency=afterok:{}", deps.join(":"));
+        }
+        if job.nodes.len() == 1 {
+            let id = &plan.nodes[job.nodes[0]].id;
+            let _ = write!(args, " --output=logs/{id}-%j.out");
+            let _ = writeln!(s, "j{k}=$(sbatch {args} node.sh {id})");
+        } else {
+            let list = format!("array-{k}.txt");
+            let ids: String = job
+                .nodes
+                .iter()
+                .map(|&i| format!("{}\n", plan.nodes[i].id))
+                .collect();
+            sweetspot_io::write_atomic(&dir.join(&list), ids.as_bytes())?;
+            let _ = write!(
+                args,
+                " --array=0-{} --output=logs/array-{k}-%A_%a.out",
+                job.nodes.len() - 1
+            );
+            let _ = writeln!(s, "j{k}=$(sbatch {args} array.sh {list})");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\necho \"submitted {} jobs for {} nodes; logs in {}\"",
+        jobs.len(),
+        job_of.iter().filter(|j| j.is_some()).count(),
+        logs.display()
+    );
+    let node_sh = "#!/usr/bin/env bash\n\
+        # One node of the plan: sweetspot run RECIPE --node ID (see submit.sh).\n\
+        set -euo pipefail\n\
+        exec \"$SWEETSPOT\" run \"$SWEETSPOT_RECIPE\" --node \"$1\" --device \"$SWEETSPOT_DEVICE\"\n";
+    let array_sh = "#!/usr/bin/env bash\n\
+        # Task SLURM_ARRAY_TASK_ID of a job array: the node on that line of the list (see submit.sh).\n\
+        set -euo pipefail\n\
+        id=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" \"$1\")\n\
+        exec \"$SWEETSPOT\" run \"$SWEETSPOT_RECIPE\" --node \"$id\" --device \"$SWEETSPOT_DEVICE\"\n";
+    for (name, text) in [
+        ("node.sh", node_sh),
+        ("array.sh", array_sh),
+        ("submit.sh", s.as_str()),
+    ] {
+        let path = dir.join(name);
+        sweetspot_io::write_atomic(&path, text.as_bytes())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| RunError::Config(format!("{}: {e}", path.display())))?;
+        }
+    }
+    Ok(Emitted {
+        script: dir.join("submit.sh"),
+        jobs: jobs.len(),
+        nodes: job_of.iter().filter(|j| j.is_some()).count(),
+    })
+}
