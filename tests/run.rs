@@ -1220,3 +1220,67 @@ fn a_slurm_job_graph_on_a_loopback_cluster() {
     );
     same_nodes(&tmp.path().join("whole/run"), &run);
 }
+
+/// `--emit argo`: an Argo Workflows DAG with one task per node to run, its dependencies the
+/// plan's input nodes (from `--plan --json`), one template per stage kind, the run's volume
+/// claim mounted, recipe paths rewritten under the mount; refused without an image. The same
+/// file loads with Argo's Python models in CI (`scripts/check_argo.py`, the `hera` package).
+#[test]
+fn an_argo_workflow_is_the_plans_graph() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let recipe = Recipe {
+        tail: "[cluster]\nimage = \"example/sweetspot:1\"\nvolume_claim = \"runs\"\n\
+               mount_path = \"/mnt/runs\"\n",
+        ..Recipe::default()
+    }
+    .write(dir);
+    let o = sweetspot([
+        "run".as_ref(),
+        "--emit".as_ref(),
+        "argo".as_ref(),
+        recipe.as_os_str(),
+    ]);
+    assert_ok(&o);
+    let wf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/argo/workflow.json")).unwrap())
+            .unwrap();
+    let o = sweetspot([
+        "run".as_ref(),
+        "--plan".as_ref(),
+        "--json".as_ref(),
+        recipe.as_os_str(),
+    ]);
+    assert_ok(&o);
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let nodes = plan["nodes"].as_array().unwrap();
+    let templates = wf["spec"]["templates"].as_array().unwrap();
+    let tasks = templates[0]["dag"]["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), nodes.len());
+    for (task, node) in tasks.iter().zip(nodes) {
+        assert_eq!(task["name"], node["id"]);
+        assert_eq!(task["template"], node["stage"]);
+        let deps = task["dependencies"].as_array().cloned().unwrap_or_default();
+        assert_eq!(&serde_json::Value::Array(deps), &node["inputs"], "{task}");
+    }
+    let kinds: std::collections::BTreeSet<&str> =
+        nodes.iter().map(|n| n["stage"].as_str().unwrap()).collect();
+    assert_eq!(templates.len(), kinds.len() + 1);
+    let c = &templates[1]["container"];
+    assert_eq!(c["args"][1], "/mnt/runs/recipe.toml", "{c}");
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/mnt/runs");
+    assert_eq!(
+        wf["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "runs"
+    );
+    // No image: refused by name.
+    let bare = Recipe::default().write(dir);
+    let o = sweetspot([
+        "run".as_ref(),
+        "--emit".as_ref(),
+        "argo".as_ref(),
+        bare.as_os_str(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("`[cluster] image`"), "{}", stderr(&o));
+}

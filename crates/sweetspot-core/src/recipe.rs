@@ -58,8 +58,20 @@ pub struct ClusterConfig {
     /// every job.
     #[serde(default)]
     pub sbatch: Vec<String>,
-    /// The sweetspot binary as the cluster's nodes see it (default: this binary's path).
+    /// The sweetspot binary as the cluster's nodes see it (default: this binary's path; for
+    /// `--emit argo`, `sweetspot` on the image's PATH).
     pub sweetspot: Option<PathBuf>,
+    /// `--emit argo`: the container image that holds sweetspot.
+    pub image: Option<String>,
+    /// `--emit argo`: the PersistentVolumeClaim holding the recipe, its inputs and the run
+    /// folder, mounted in every pod at `mount_path`.
+    pub volume_claim: Option<String>,
+    /// `--emit argo`: where the claim is mounted in the pods (default `/data`).
+    pub mount_path: Option<PathBuf>,
+    /// `--emit argo`: the folder on this machine that is the claim's root (default: the
+    /// recipe's folder); the recipe must lie inside it, and its paths are rewritten under
+    /// `mount_path`.
+    pub volume_root: Option<PathBuf>,
 }
 
 /// `[eval]`: held-out prompts answered by the starting policy and by every trained policy (one

@@ -245,3 +245,142 @@ pub fn emit_slurm(
         nodes: job_of.iter().filter(|j| j.is_some()).count(),
     })
 }
+
+/// Writes `<run folder>/argo/workflow.json`: an Argo Workflows `Workflow` (JSON, which
+/// `argo submit` and `kubectl` take as they take YAML) whose DAG has one task per node that is
+/// not complete, each a pod running `sweetspot run RECIPE --node ID` with the run's
+/// PersistentVolumeClaim mounted; one template per stage kind; `dependencies` the incomplete
+/// input nodes. `recipe` is the recipe's path on this machine.
+pub fn emit_argo(plan: &Plan, recipe: &Path, cluster: &ClusterConfig) -> Result<Emitted, RunError> {
+    let need = |v: &Option<String>, key: &str| {
+        v.clone().ok_or_else(|| {
+            RunError::Config(format!(
+                "--emit argo: give `[cluster] {key}` (the {})",
+                if key == "image" {
+                    "container image that holds sweetspot"
+                } else {
+                    "PersistentVolumeClaim that holds the recipe, its inputs and the run folder"
+                }
+            ))
+        })
+    };
+    let image = need(&cluster.image, "image")?;
+    let claim = need(&cluster.volume_claim, "volume_claim")?;
+    let recipe = std::path::absolute(recipe).unwrap_or_else(|_| recipe.to_path_buf());
+    let root = match &cluster.volume_root {
+        Some(r) => std::path::absolute(r).unwrap_or_else(|_| r.clone()),
+        None => recipe.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    let mount = cluster
+        .mount_path
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/data"));
+    let inside = |p: &Path| -> Result<String, RunError> {
+        let rel = p.strip_prefix(&root).map_err(|_| {
+            RunError::Config(format!(
+                "--emit argo: {} is not inside the volume's root {} (`[cluster] volume_root`)",
+                p.display(),
+                root.display()
+            ))
+        })?;
+        Ok(mount.join(rel).to_string_lossy().into_owned())
+    };
+    let recipe_in_pod = inside(&recipe)?;
+    // The run folder must be on the volume too: the nodes write into it.
+    inside(&plan.dir)?;
+    let binary = cluster.sweetspot.as_ref().map_or_else(
+        || "sweetspot".to_string(),
+        |p| p.to_string_lossy().into_owned(),
+    );
+    let st = states(plan);
+    let todo = |i: usize| matches!(st[i], NodeState::ToRun | NodeState::Partial);
+    let (device, gpu) = device_of(plan);
+    let mut kinds: Vec<StageKind> = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, node) in plan.nodes.iter().enumerate() {
+        if !todo(i) {
+            continue;
+        }
+        if !kinds.contains(&node.stage) {
+            kinds.push(node.stage);
+        }
+        let deps: Vec<&str> = node
+            .deps
+            .iter()
+            .filter(|&&d| todo(d))
+            .map(|&d| plan.nodes[d].id.as_str())
+            .collect();
+        let mut task = serde_json::json!({
+            "name": node.id,
+            "template": node.stage.name(),
+            "arguments": {"parameters": [{"name": "node", "value": node.id}]},
+        });
+        if !deps.is_empty() {
+            task["dependencies"] = serde_json::json!(deps);
+        }
+        tasks.push(task);
+    }
+    let mut templates = vec![serde_json::json!({
+        "name": "plan",
+        "dag": {"tasks": tasks},
+    })];
+    for kind in &kinds {
+        let mut resources = serde_json::json!({});
+        if let Some(m) = &cluster.mem {
+            resources["requests"] = serde_json::json!({"memory": m});
+        }
+        if let Some(c) = cluster.cpus_per_task {
+            resources["requests"]["cpu"] = serde_json::json!(c.to_string());
+        }
+        if gpu {
+            resources["limits"] = serde_json::json!({"nvidia.com/gpu": "1"});
+        }
+        templates.push(serde_json::json!({
+            "name": kind.name(),
+            "inputs": {"parameters": [{"name": "node"}]},
+            "container": {
+                "image": image,
+                "command": [binary],
+                "args": ["run", recipe_in_pod, "--node", "{{inputs.parameters.node}}",
+                         "--device", device],
+                "volumeMounts": [{"name": "run", "mountPath": mount.to_string_lossy()}],
+                "resources": resources,
+            },
+        }));
+    }
+    let name: String = plan
+        .name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let workflow = serde_json::json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {
+            "generateName": format!("sweetspot-{}-", name.trim_matches('-')),
+            "annotations": {
+                "sweetspot/recipe": recipe_in_pod,
+                "sweetspot/version": env!("CARGO_PKG_VERSION"),
+            },
+        },
+        "spec": {
+            "entrypoint": "plan",
+            "volumes": [{"name": "run", "persistentVolumeClaim": {"claimName": claim}}],
+            "templates": templates,
+        },
+    });
+    let dir = plan.dir.join("argo");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| RunError::Config(format!("{}: {e}", dir.display())))?;
+    let path = dir.join("workflow.json");
+    let text = serde_json::to_vec_pretty(&workflow)
+        .map_err(|e| RunError::Config(format!("--emit argo: {e}")))?;
+    sweetspot_io::write_atomic(&path, &text)?;
+    let n = plan.nodes.len() - (0..plan.nodes.len()).filter(|&i| !todo(i)).count();
+    Ok(Emitted {
+        script: path,
+        jobs: n,
+        nodes: n,
+    })
+}

@@ -415,6 +415,38 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<RunReport, RunError> {
     })
 }
 
+/// The plan as JSON for tools (`run --plan --json`): the run's name, folder and devices, and per
+/// node its id, stage, label, round, input ids, state and size in words.
+pub fn plan_json(plan: &Plan) -> serde_json::Value {
+    let st = states(plan);
+    let sizes = sizes(plan);
+    let nodes: Vec<serde_json::Value> = plan
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            serde_json::json!({
+                "id": n.id,
+                "stage": n.stage.name(),
+                "label": n.label,
+                "round": n.round,
+                "inputs": n.deps.iter().map(|&d| plan.nodes[d].id.as_str()).collect::<Vec<_>>(),
+                "state": st[i],
+                "size": sizes[i],
+                "policy": n.policy_name,
+                "dataset": n.dataset,
+                "n": n.n,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": plan.name,
+        "dir": plan.dir,
+        "devices": plan.devices,
+        "nodes": nodes,
+    })
+}
+
 /// What [`run_single`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Single {

@@ -24,6 +24,10 @@ pub struct RunArgs {
     /// Print the expanded graph (every node, its state and size) and run nothing.
     #[arg(long)]
     pub plan: bool,
+    /// With `--plan`: print the graph as JSON (ids, stages, labels, input ids, states, sizes)
+    /// for tools to read.
+    #[arg(long, requires = "plan")]
+    pub json: bool,
     /// Compute exactly this node (its id as `--plan` prints it, such as
     /// `train-5c1a514e3bfe94e1`): refused while an input node is not complete, nothing done
     /// when it is complete. For a cluster scheduler running one node per job.
@@ -31,8 +35,9 @@ pub struct RunArgs {
     pub node: Option<String>,
     /// Write the plan as a cluster scheduler's job graph instead of running it: `slurm` writes
     /// `<run folder>/slurm/submit.sh` (one `sbatch` job per node that is not complete, each
-    /// `--node ID`, with `afterok` dependencies; requests from `[cluster]`).
-    #[arg(long, value_name = "SCHEDULER", value_parser = ["slurm"], conflicts_with_all = ["plan", "node"])]
+    /// `--node ID`, with `afterok` dependencies; requests from `[cluster]`); `argo` writes
+    /// `<run folder>/argo/workflow.json` (an Argo Workflows DAG of the same, one pod per node).
+    #[arg(long, value_name = "SCHEDULER", value_parser = ["slurm", "argo"], conflicts_with_all = ["plan", "node"])]
     pub emit: Option<String>,
     #[command(flatten)]
     pub model: ModelFlags,
@@ -60,13 +65,29 @@ pub(crate) fn run_cmd(args: RunArgs, quiet: bool) -> Result<(), Failure> {
     if let Some(d) = &args.model.device {
         plan.devices = vec![d.clone()];
     }
+    if args.plan && args.json {
+        let text = serde_json::to_string_pretty(&sweetspot_runner::graph::plan_json(&plan))
+            .unwrap_or_default();
+        println!("{text}");
+        return Ok(());
+    }
     if args.plan {
         print_plan(&plan);
         return Ok(());
     }
-    if args.emit.is_some() {
+    if let Some(scheduler) = &args.emit {
         let binary = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sweetspot"));
         let cluster = recipe.cluster.clone().unwrap_or_default();
+        if scheduler == "argo" {
+            let e = sweetspot_runner::cluster::emit_argo(&plan, &path, &cluster)?;
+            println!(
+                "{}: {} tasks (submit with: argo submit {})",
+                e.script.display(),
+                e.jobs,
+                e.script.display()
+            );
+            return Ok(());
+        }
         let e = sweetspot_runner::cluster::emit_slurm(&plan, &path, &cluster, &binary)?;
         println!(
             "{}: {} jobs for {} nodes (submit with: bash {})",
