@@ -275,6 +275,15 @@ pub fn model_fingerprint(path: &Path) -> Result<String, RunError> {
         }
         hasher.update([0]);
     }
+    // A PEFT adapter folder: its base is part of the model.
+    if path.is_dir()
+        && sweetspot_model::lora::is_adapter_folder(path)
+        && let Ok(folder) = sweetspot_model::lora::AdapterFolder::read(path)
+        && folder.base != path
+    {
+        hasher.update(b"base ");
+        hasher.update(model_fingerprint(&folder.base)?.as_bytes());
+    }
     Ok(format!("model:{}", hex(&hasher.finalize())))
 }
 

@@ -56,6 +56,7 @@ fn settings(dir: &Path, out: &str) -> TrainSettings {
         gradient_checkpointing: false,
         stop_after: None,
         reference_cache: None,
+        adapter: None,
     }
 }
 
