@@ -477,6 +477,17 @@ pub struct AdapterFolder {
     pub base: PathBuf,
 }
 
+/// The model whose weights and `config.json` `path` uses: the base of a PEFT adapter folder
+/// (when its config reads), `path` itself otherwise.
+pub fn base_model_path(path: &Path) -> PathBuf {
+    if is_adapter_folder(path)
+        && let Ok(folder) = AdapterFolder::read(path)
+    {
+        return folder.base;
+    }
+    path.to_path_buf()
+}
+
 /// Whether `path` is a PEFT adapter folder (holds `adapter_config.json`).
 pub fn is_adapter_folder(path: &Path) -> bool {
     path.join(ADAPTER_CONFIG).is_file()
