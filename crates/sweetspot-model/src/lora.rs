@@ -271,7 +271,7 @@ impl Llama {
     }
 
     /// The adapters merged into the base weights (`W + scale · B A`, computed in f32 and stored
-    /// in each weight's type); the result has no adapters.
+    /// in each weight's type, as new leaves off the autodiff graph); the result has no adapters.
     pub fn merged(&self) -> Llama {
         let mut params = self.params.clone();
         if let Some(adapters) = params.adapters.take() {
@@ -281,9 +281,11 @@ impl Llama {
                         continue;
                     };
                     let delta = lora.delta();
+                    // A new leaf (off the adapters' graph), trainable where the weight was.
                     lin.weight = lin.weight.clone().map(|w| {
-                        let dtype = w.dtype();
-                        to_dtype(to_f32(w) + delta, dtype)
+                        let (dtype, grad) = (w.dtype(), w.is_require_grad());
+                        let m = to_dtype(to_f32(w) + delta, dtype).detach();
+                        if grad { m.require_grad() } else { m }
                     });
                 }
             }

@@ -384,3 +384,83 @@ fn a_killed_lora_run_resumes_to_the_same_adapter() {
         .fold(0f32, f32::max);
     assert!(moved > 1e-3, "training did not move the adapter ({moved})");
 }
+
+/// LoRA on a bf16 base with gradient checkpointing: it trains (losses within bf16 rounding of
+/// the f32 base's), caches its reference log-probabilities under its own key, keeps the adapters
+/// f32 and exports them. Then the exported adapter folder as the next run's policy: a full run
+/// merges it into its base and trains every weight; a LoRA run from it is refused unless
+/// `merge = true`.
+#[test]
+fn lora_on_a_bf16_base_and_runs_from_an_adapter_folder() {
+    let device = resolve_device("cpu").unwrap();
+    if !device.supports_dtype(burn::tensor::FloatDType::BF16) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_pairs(&dir.path().join("pairs.jsonl"));
+    let f32_run = run_training(
+        &lora_settings(dir.path(), "f32", false),
+        loss(),
+        &NoProgress,
+    )
+    .unwrap();
+    let mut half = lora_settings(dir.path(), "bf16", false);
+    if let Some(a) = half.adapter.as_mut() {
+        a.base_dtype = Precision::Bf16;
+    }
+    half.gradient_checkpointing = true;
+    let s = run_training(&half, loss(), &NoProgress).unwrap();
+    assert!(
+        !s.reference_cached,
+        "the f32 base's reference must not be reused"
+    );
+    let losses = |out: &str| -> Vec<f64> {
+        std::fs::read_to_string(dir.path().join(out).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (a, b) = (losses("f32"), losses("bf16"));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 0.05, "f32 base {x}, bf16 base {y}");
+    }
+    assert!(
+        a.iter().zip(&b).any(|(x, y)| x != y),
+        "bf16 computed as f32"
+    );
+    let folder = s.policy.unwrap();
+    let (model, _) = sweetspot_model::load_causal_lm(&folder, &device, Precision::Bf16).unwrap();
+    assert_eq!(model.precision(), Precision::Bf16);
+    let lora = model.params.adapters.as_ref().unwrap().layers[0]
+        .q_proj
+        .as_ref()
+        .unwrap();
+    assert_eq!(lora.lora_a.val().dtype(), burn::tensor::DType::F32);
+
+    // The adapter folder as a policy.
+    let adapter_policy = f32_run.policy.unwrap();
+    let mut full = settings(dir.path(), "from-adapter");
+    full.policy = adapter_policy.clone();
+    let s = run_training(&full, loss(), &NoProgress).unwrap();
+    let out = s.policy.unwrap();
+    assert!(
+        out.join("model.safetensors").is_file(),
+        "a full model comes out"
+    );
+    let mut again = lora_settings(dir.path(), "lora-from-adapter", false);
+    again.policy = adapter_policy.clone();
+    let e = run_training(&again, loss(), &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("merge = true"), "{e}");
+    let mut merged = lora_settings(dir.path(), "lora-from-adapter-merged", true);
+    merged.policy = adapter_policy;
+    let s = run_training(&merged, loss(), &NoProgress).unwrap();
+    assert!(s.policy.unwrap().join("model.safetensors").is_file());
+}
