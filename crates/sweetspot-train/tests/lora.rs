@@ -358,3 +358,51 @@ fn fresh_adapters_are_the_base_and_only_adapters_train() {
     assert_eq!(before, after, "B = 0: the same logits");
     assert!(with.has_adapters() && !with.without_adapters().has_adapters());
 }
+
+/// Loading adapter folders: `base_model_name_or_path` relative to the adapter folder resolves
+/// there; keys sweetspot cannot honour, and a missing base, are refused by name.
+#[test]
+fn adapter_folders_resolve_their_base_and_refuse_what_they_cannot_load() {
+    let device = resolve_device("cpu").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        std::fs::canonicalize(root().join("models/policy")).unwrap(),
+        dir.path().join("base"),
+    )
+    .unwrap();
+    let folder = dir.path().join("adapter");
+    let cfg = adapter(8.0, Precision::F32);
+    let base = Llama::from_pretrained(&root().join("models/policy"), &device).unwrap();
+    let tok = Tokenizer::from_dir(&root().join("models/policy"), &[]).unwrap();
+    base.with_adapter_tensors(&cfg, &root().join("dpo/after_lora.safetensors"))
+        .unwrap()
+        .save_adapter(&folder, &tok, &cfg, Path::new("../base"))
+        .unwrap();
+    let (model, _) = sweetspot_model::load_causal_lm(&folder, &device, Precision::F32).unwrap();
+    let (worst, _) = logits_diff(&model, &json("peft_logits.json"));
+    assert!(worst <= 1e-4, "{worst}");
+    let config_path = folder.join("adapter_config.json");
+    let good: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    for (key, value) in [
+        ("use_dora", serde_json::json!(true)),
+        ("fan_in_fan_out", serde_json::json!(true)),
+        ("rank_pattern", serde_json::json!({"q_proj": 8})),
+        ("bias", serde_json::json!("all")),
+        ("target_modules", serde_json::json!(["q_proj", "lm_head"])),
+        ("peft_type", serde_json::json!("IA3")),
+        ("base_model_name_or_path", serde_json::json!("../nowhere")),
+    ] {
+        let mut bad = good.clone();
+        bad[key] = value;
+        std::fs::write(&config_path, bad.to_string()).unwrap();
+        let e = sweetspot_model::load_causal_lm(&folder, &device, Precision::F32)
+            .err()
+            .unwrap_or_else(|| panic!("{key} accepted"))
+            .to_string();
+        assert!(
+            e.contains(key) && e.contains("adapter_config.json"),
+            "{key}: {e}"
+        );
+    }
+}
