@@ -19,8 +19,8 @@
 //! order of epoch e is a shuffle seeded by (seed, e)), so the final weights equal an
 //! uninterrupted run's.
 //!
-//! Reference log-probabilities are computed once, with the initial policy on the training
-//! device (the same kernels, so implicit rewards start at exactly 0), and cached beside the pairs
+//! Reference log-probabilities are computed once, with the initial policy (with LoRA: the base,
+//! the adapters off) on the training device (the same kernels, so implicit rewards start at exactly 0), and cached beside the pairs
 //! file as `<pairs>.ref-<key>.json`, the key hashing the pairs file, the policy's files (path,
 //! size, modification time) and the chat template; a later run with the same three reuses it.
 
