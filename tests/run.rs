@@ -1284,3 +1284,73 @@ fn an_argo_workflow_is_the_plans_graph() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("`[cluster] image`"), "{}", stderr(&o));
 }
+
+/// `[train.adapter]` through `sweetspot run`: the trained policy is a PEFT adapter folder on the
+/// starting policy, and the eval stage loads it (base + adapter) like any model; bad adapter
+/// keys are refused by name.
+#[test]
+fn a_lora_recipe_trains_an_adapter_that_eval_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("eval.jsonl"),
+        "{\"prompt_id\": \"x\", \"prompt\": \"Name an animal.\"}\n",
+    )
+    .unwrap();
+    let tail = "[train.adapter]\ntype = \"lora\"\nr = 4\nlora_alpha = 8\n\
+                target_modules = \"all-linear\"\n\n\
+                [eval]\nprompts = \"eval.jsonl\"\nmax_new_tokens = 4\nbootstrap = 50\n";
+    let recipe = Recipe {
+        pairs: "n = [4]",
+        tail,
+        ..Recipe::default()
+    }
+    .write(dir);
+    let o = sweetspot(["run".as_ref(), recipe.as_os_str()]);
+    assert_ok(&o);
+    let table: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/eval.json")).unwrap()).unwrap();
+    let names: Vec<&str> = table
+        .iter()
+        .map(|r| r["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["base", "max-min-n4"]);
+    fn find(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                find(&p, out);
+            } else if p.file_name().is_some_and(|n| n == "adapter_config.json") {
+                out.push(dir.to_path_buf());
+            }
+        }
+    }
+    let mut adapters = Vec::new();
+    find(&dir.join("run/nodes"), &mut adapters);
+    assert_eq!(adapters.len(), 1, "one adapter policy");
+    assert!(adapters[0].join("adapter_model.safetensors").is_file());
+    assert!(!adapters[0].join("model.safetensors").exists());
+
+    // Refused by name.
+    for (bad, key) in [
+        ("lora_dropout = 0.1", "train.adapter.lora_dropout"),
+        (
+            "target_modules = [\"q_proj\", \"lm_head\"]",
+            "train.adapter.target_modules",
+        ),
+        ("r = 0", "train.adapter.r"),
+        ("bias = \"all\"", "train.adapter.bias"),
+    ] {
+        let tail = format!("[train.adapter]\ntype = \"lora\"\n{bad}\n");
+        let recipe = Recipe {
+            pairs: "n = [4]",
+            tail: &tail,
+            ..Recipe::default()
+        }
+        .write(dir);
+        let o = sweetspot(["validate".as_ref(), recipe.as_os_str()]);
+        assert!(!o.status.success(), "{bad} accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(key), "{bad}: {err}");
+    }
+}

@@ -111,3 +111,62 @@ fn bad_pairs_and_settings_are_clean_errors() {
     let err = assert_clean_failure(&train(tmp.path(), &["--loss", "dpoo"]), 2);
     assert!(err.contains("dpo"), "{err}");
 }
+
+/// `sweetspot train --recipe` with `[train.adapter]`: a PEFT adapter folder naming the base by
+/// its absolute path, which `sweetspot generate` loads as a model (base + adapter).
+#[test]
+fn a_lora_recipe_exports_an_adapter_that_generate_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_pairs(&tmp.path().join("pairs.jsonl"));
+    let policy = root().join("tests/fixtures/models/policy");
+    std::fs::write(
+        tmp.path().join("recipe.toml"),
+        format!(
+            "[train]\npairs = \"pairs.jsonl\"\npolicy = {policy:?}\noutput = \"run\"\n\
+             batch_size = 2\nmicro_batch_size = 1\nlearning_rate = 1e-3\n\n\
+             [train.loss]\ntype = \"dpo\"\nbeta = 0.1\n\n\
+             [train.adapter]\ntype = \"lora\"\nr = 4\ntarget_modules = [\"q_proj\", \"v_proj\"]\n"
+        ),
+    )
+    .unwrap();
+    let o = sweetspot([
+        "train".as_ref(),
+        "--recipe".as_ref(),
+        tmp.path().join("recipe.toml").as_os_str(),
+    ]);
+    assert_ok(&o);
+    let out = tmp.path().join("run/policy");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(
+        config["target_modules"],
+        serde_json::json!(["q_proj", "v_proj"])
+    );
+    assert!(
+        std::path::Path::new(config["base_model_name_or_path"].as_str().unwrap()).is_absolute()
+    );
+    std::fs::write(
+        tmp.path().join("prompts.jsonl"),
+        "{\"prompt_id\": \"a\", \"prompt\": \"What is the capital of France?\"}\n",
+    )
+    .unwrap();
+    let o = sweetspot([
+        "generate".as_ref(),
+        "-m".as_ref(),
+        out.as_os_str(),
+        "-p".as_ref(),
+        tmp.path().join("prompts.jsonl").as_os_str(),
+        "-n".as_ref(),
+        "1".as_ref(),
+        "--temperature".as_ref(),
+        "0".as_ref(),
+        "--max-new-tokens".as_ref(),
+        "6".as_ref(),
+        "-o".as_ref(),
+        tmp.path().join("samples.jsonl").as_os_str(),
+    ]);
+    assert_ok(&o);
+    assert_eq!(read_jsonl(&tmp.path().join("samples.jsonl")).len(), 1);
+}

@@ -100,6 +100,26 @@ pub fn hf_tensors(params: &LlamaParams) -> Result<Vec<HfTensor>, ModelError> {
     Ok(out)
 }
 
+/// Writes `tensors` (f32) as one safetensors file at `path` (whole or not at all).
+pub fn write_safetensors(path: &Path, tensors: Vec<HfTensor>) -> Result<(), ModelError> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            TensorView::new(Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| ModelError::Input(format!("tensor `{n}`: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let data = safetensors::serialize(views, Some(meta))
+        .map_err(|e| ModelError::Input(format!("safetensors: {e}")))?;
+    write_atomic(path, &data)
+}
+
 impl Llama {
     /// Writes the model and `tokenizer` to the folder `dir` in Hugging Face's layout. Each file
     /// appears whole (temporary file, then rename). `generation_config.json` lists the
@@ -127,23 +147,13 @@ impl Llama {
             ));
         }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let tensors = hf_tensors(&self.params)?;
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-            .into_iter()
-            .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-            .collect();
-        let views = bytes
-            .iter()
-            .map(|(n, s, b)| {
-                TensorView::new(Dtype::F32, s.clone(), b)
-                    .map(|v| (n.clone(), v))
-                    .map_err(|e| ModelError::Input(format!("tensor `{n}`: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-        let data = safetensors::serialize(views, Some(meta))
-            .map_err(|e| ModelError::Input(format!("safetensors: {e}")))?;
-        write_atomic(&dir.join("model.safetensors"), &data)?;
+        if self.has_adapters() {
+            return Err(ModelError::Input(
+                "the model has adapters: merge them (`merged`) or save them as an adapter folder"
+                    .into(),
+            ));
+        }
+        write_safetensors(&dir.join("model.safetensors"), hf_tensors(&self.params)?)?;
         let mut config = serde_json::to_value(&self.config)
             .map_err(|e| ModelError::Input(format!("config: {e}")))?;
         if let Some(obj) = config.as_object_mut() {

@@ -11,6 +11,8 @@
 //! - [`generate`]: the sampling rule, per-sequence seeds, and static and continuous batching
 //!   (one file each under `generate/`).
 //! - [`generation_config`]: the sampling defaults a model folder or GGUF file suggests.
+//! - [`lora`]: LoRA adapters on the linear layers (PEFT's layout), switched off, merged, and
+//!   PEFT adapter folders written and read.
 //! - [`export`]: writing a model and its tokenizer in Hugging Face's layout.
 //! - [`device`]: the runtime device from a name (`cpu`, `wgpu`, `cuda:0`).
 //! - [`precision`]: f32, bf16 or f16 weights, and what stays in f32 regardless.
@@ -31,6 +33,7 @@ pub mod gguf;
 #[cfg(feature = "flex")]
 pub mod kernels;
 pub mod llama;
+pub mod lora;
 pub mod precision;
 pub mod reward;
 pub mod tokenizer;
@@ -49,6 +52,12 @@ pub use tokenizer::Tokenizer;
 /// Loads only the tokenizer of a model folder or `.gguf` file (no weights): for checks that
 /// need to know how text tokenizes before a run loads the model.
 pub fn load_tokenizer(path: &std::path::Path) -> Result<Tokenizer, ModelError> {
+    if lora::is_adapter_folder(path) {
+        // The adapter folder's tokenizer files, the base's end tokens.
+        let base = lora::AdapterFolder::read(path)?.base;
+        let eos = load_tokenizer(&base)?.stop_ids().to_vec();
+        return Tokenizer::from_dir(path, &eos);
+    }
     if path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
@@ -66,13 +75,34 @@ pub fn load_tokenizer(path: &std::path::Path) -> Result<Tokenizer, ModelError> {
 }
 
 /// Loads a causal LM with its tokenizer: a model folder (config.json, safetensors,
-/// tokenizer.json) or a `.gguf` file, its weights in `precision`.
+/// tokenizer.json), a `.gguf` file, or a PEFT LoRA adapter folder (`adapter_config.json`: the
+/// base named by its `base_model_name_or_path`, absolute or relative to the adapter folder, is
+/// loaded in `precision` and the adapters, in f32, put on it; the tokenizer is the adapter
+/// folder's when it has one, the base's otherwise), its weights in `precision`.
 pub fn load_causal_lm(
     path: &std::path::Path,
     device: &burn::tensor::Device,
     precision: Precision,
 ) -> Result<(Llama, Tokenizer), ModelError> {
     precision::check_supported(device, precision)?;
+    if lora::is_adapter_folder(path) {
+        let folder = lora::AdapterFolder::read(path)?;
+        if lora::is_adapter_folder(&folder.base) {
+            return Err(ModelError::Input(format!(
+                "{}: `base_model_name_or_path` names another adapter folder ({})",
+                path.display(),
+                folder.base.display()
+            )));
+        }
+        let (base, tok) = load_causal_lm(&folder.base, device, precision)?;
+        let model = base.with_adapter_tensors(&folder.config, &path.join(lora::ADAPTER_WEIGHTS))?;
+        let tok = if path.join("tokenizer.json").is_file() {
+            Tokenizer::from_dir(path, tok.stop_ids())?
+        } else {
+            tok
+        };
+        return Ok((model, tok));
+    }
     if path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
@@ -101,6 +131,9 @@ fn stop_ids(dir: &std::path::Path, config_eos: Vec<u32>) -> Result<Vec<u32>, Mod
 /// The generation settings a model folder or `.gguf` file suggests (see
 /// [`generation_config`]); reads no weights.
 pub fn load_generation_defaults(path: &std::path::Path) -> Result<GenerationDefaults, ModelError> {
+    if lora::is_adapter_folder(path) {
+        return load_generation_defaults(&lora::AdapterFolder::read(path)?.base);
+    }
     if path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))

@@ -10,6 +10,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
+use crate::lora::{Adapters, LayerLora, project};
 use crate::precision::{
     Precision, cast_module, cast_tracked, check_supported, precision_of, to_dtype, to_f32,
 };
@@ -34,15 +35,20 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = self.gate_proj.forward(x.clone());
-        let up = self.up_proj.forward(x);
+    fn forward(&self, x: Tensor<3>, lora: Option<&LayerLora>) -> Tensor<3> {
+        let ad = |name: &str| lora.and_then(|l| l.get(name));
+        let gate = project(&self.gate_proj, ad("gate_proj"), x.clone());
+        let up = project(&self.up_proj, ad("up_proj"), x);
         // Training in f32 on the CPU: the fused product, whose backward keeps gate and up only.
         #[cfg(feature = "flex")]
         if gate.device().is_autodiff() && crate::kernels::applies(&gate.device(), gate.dtype()) {
-            return self.down_proj.forward(crate::kernels::swiglu(gate, up));
+            return project(
+                &self.down_proj,
+                ad("down_proj"),
+                crate::kernels::swiglu(gate, up),
+            );
         }
-        self.down_proj.forward(silu(gate) * up)
+        project(&self.down_proj, ad("down_proj"), silu(gate) * up)
     }
 }
 
@@ -144,6 +150,9 @@ pub struct LlamaParams {
     pub model: LlamaModel,
     /// The output projection; `None` when tied to the embeddings.
     pub lm_head: Option<Linear>,
+    /// LoRA adapters on the decoder's linear layers (see [`crate::lora`]); `None` for a plain
+    /// model, which then has exactly the parameters above.
+    pub adapters: Option<Adapters>,
 }
 
 /// Per-layer keys and values of the tokens seen so far, `[batch, kv_heads, len, head_dim]`.
@@ -267,6 +276,7 @@ impl Llama {
                     .with_bias(false)
                     .init(device)
             }),
+            adapters: None,
         };
         Self::from_params(config, params, device)
     }
@@ -386,11 +396,12 @@ impl Llama {
         }
         for (i, layer) in self.params.model.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let lora = self.params.adapters.as_ref().and_then(|a| a.layers.get(i));
             let h = layer.input_layernorm.forward(x.clone());
-            let h = attention(&layer.self_attn, h, &cos, &sin, slot, &path);
+            let h = attention(&layer.self_attn, lora, h, &cos, &sin, slot, &path);
             x = x + h;
             let h = layer.post_attention_layernorm.forward(x.clone());
-            x = x + layer.mlp.forward(h);
+            x = x + layer.mlp.forward(h, lora);
         }
         if let Some(c) = cache {
             c.len += t;
@@ -531,6 +542,7 @@ fn rotate_half(x: Tensor<4>) -> Tensor<4> {
 
 fn attention(
     attn: &Attention,
+    lora: Option<&LayerLora>,
     x: Tensor<3>,
     cos: &Tensor<4>,
     sin: &Tensor<4>,
@@ -539,8 +551,10 @@ fn attention(
 ) -> Tensor<3> {
     let [b, t, _] = x.dims();
     let (h, kvh, hd) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
-    let q = attn.q_proj.forward(x.clone()).reshape([b, t, h, hd]);
-    let k = attn.k_proj.forward(x.clone()).reshape([b, t, kvh, hd]);
+    let ad = |name: &str| lora.and_then(|l| l.get(name));
+    let o_proj = |x: Tensor<3>| project(&attn.o_proj, ad("o_proj"), x);
+    let q = project(&attn.q_proj, ad("q_proj"), x.clone()).reshape([b, t, h, hd]);
+    let k = project(&attn.k_proj, ad("k_proj"), x.clone()).reshape([b, t, kvh, hd]);
     // Qwen3: each head's queries and keys normalized over the head's width, before RoPE.
     let q = match &attn.q_norm {
         Some(n) => n.forward(q),
@@ -552,9 +566,7 @@ fn attention(
         None => k,
     }
     .swap_dims(1, 2);
-    let v = attn
-        .v_proj
-        .forward(x)
+    let v = project(&attn.v_proj, ad("v_proj"), x)
         .reshape([b, t, kvh, hd])
         .swap_dims(1, 2);
     let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
@@ -575,9 +587,7 @@ fn attention(
         AttnPath::Own(mask) => {
             // sweetspot's kernel: only the keys each query tile can see, no score tensor kept.
             let out = crate::kernels::attention(q, k, v, mask.clone());
-            return attn
-                .o_proj
-                .forward(out.swap_dims(1, 2).reshape([b, t, h * hd]));
+            return o_proj(out.swap_dims(1, 2).reshape([b, t, h * hd]));
         }
         AttnPath::Fused(masked) => {
             // burn-flex's fused attention: tiled over keys with an online softmax, grouped-query
@@ -591,9 +601,7 @@ fn attention(
                 None,
                 burn::tensor::ops::AttentionModuleOptions::default(),
             );
-            return attn
-                .o_proj
-                .forward(out.swap_dims(1, 2).reshape([b, t, h * hd]));
+            return o_proj(out.swap_dims(1, 2).reshape([b, t, h * hd]));
         }
         AttnPath::Explicit(masked) => masked,
     };
@@ -615,7 +623,7 @@ fn attention(
     let probs = to_dtype(probs, dtype);
     let out = probs.matmul(v).reshape([b, h, t, hd]);
     let out = out.swap_dims(1, 2).reshape([b, t, h * hd]);
-    attn.o_proj.forward(out)
+    o_proj(out)
 }
 
 /// The RoPE cos and sin tables of a model: built for the first [`INITIAL_ROPE_POSITIONS`]

@@ -523,6 +523,7 @@ fn backbone(config: &LlamaConfig, model: LlamaModel, device: &Device) -> Llama {
         LlamaParams {
             model,
             lm_head: None,
+            adapters: None,
         },
         device,
     )

@@ -589,6 +589,7 @@ fn run_node(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<(), RunE
                 dtype: config.dtype,
                 micro_batch_size: config.micro_batch_size.min(config.batch_size),
                 gradient_checkpointing: config.gradient_checkpointing,
+                adapter: config.adapter.clone(),
             };
             let bar = crate::progress::BarProgress::new("reference", "sequences", quiet);
             let c = sweetspot_train::reference::compute_reference(&settings, &bar)?;

@@ -280,6 +280,15 @@ pub fn model_fingerprint(path: &Path) -> Result<String, RunError> {
         }
         hasher.update([0]);
     }
+    // A PEFT adapter folder: its base is part of the model.
+    if path.is_dir()
+        && sweetspot_model::lora::is_adapter_folder(path)
+        && let Ok(folder) = sweetspot_model::lora::AdapterFolder::read(path)
+        && folder.base != path
+    {
+        hasher.update(b"base ");
+        hasher.update(model_fingerprint(&folder.base)?.as_bytes());
+    }
     Ok(format!("model:{}", hex(&hasher.finalize())))
 }
 
@@ -498,6 +507,31 @@ pub fn record_path(output: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A PEFT adapter folder's fingerprint covers the base it names: another base, another
+    /// model.
+    #[test]
+    fn an_adapter_folders_fingerprint_covers_its_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base");
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::write(base.join("config.json"), "{\"a\": 1}").unwrap();
+        let adapter = dir.path().join("adapter");
+        std::fs::create_dir_all(&adapter).unwrap();
+        std::fs::write(
+            adapter.join("adapter_config.json"),
+            serde_json::json!({
+                "peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"],
+                "base_model_name_or_path": "../base",
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let before = model_fingerprint(&adapter).unwrap();
+        assert_eq!(before, model_fingerprint(&adapter).unwrap());
+        std::fs::write(base.join("config.json"), "{\"a\": 2}").unwrap();
+        assert_ne!(before, model_fingerprint(&adapter).unwrap());
+    }
 
     #[test]
     fn changes_name_the_settings_and_inputs() {

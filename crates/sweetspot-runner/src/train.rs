@@ -195,6 +195,7 @@ fn run_train_inner(
         dtype: cfg.dtype,
         gradient_checkpointing: cfg.gradient_checkpointing,
         stop_after: None,
+        adapter: cfg.adapter.clone(),
     };
     let bar = BarProgress::new("train", "steps", quiet);
     let summary = run_training(&settings, loss, &bar)?;

@@ -618,10 +618,80 @@ impl Check<'_> {
         in_range("train.adam_beta2", t.adam_beta2, 0.0, 1.0, true)?;
         in_range("train.weight_decay", t.weight_decay, 0.0, f64::MAX, false)?;
         in_range("train.max_grad_norm", t.max_grad_norm, 0.0, f64::MAX, false)?;
-        if t.adapter.is_some() {
+        if let Some(a) = &t.adapter {
+            self.train_adapter(t, a)?;
+        }
+        Ok(())
+    }
+
+    /// `[train.adapter]`: every key either works or is refused by name.
+    fn train_adapter(
+        &self,
+        t: &TrainConfig,
+        a: &sweetspot_core::recipe::AdapterConfig,
+    ) -> Result<(), Invalid> {
+        if a.r == 0 {
+            return Err(self.err("train.adapter.r", "must be at least 1".into()));
+        }
+        if !(a.lora_alpha.is_finite() && a.lora_alpha > 0.0) {
             return Err(self.err(
-                "train.adapter",
-                "LoRA training is not implemented yet".into(),
+                "train.adapter.lora_alpha",
+                format!("{} must be > 0", a.lora_alpha),
+            ));
+        }
+        if !(a.lora_dropout.is_finite() && (0.0..1.0).contains(&a.lora_dropout)) {
+            return Err(self.err(
+                "train.adapter.lora_dropout",
+                format!("{} must be in [0, 1)", a.lora_dropout),
+            ));
+        }
+        if a.lora_dropout != 0.0 {
+            return Err(self.err(
+                "train.adapter.lora_dropout",
+                format!(
+                    "{}: only 0 is supported (dropout on the adapters' input is not \
+                     implemented)",
+                    a.lora_dropout
+                ),
+            ));
+        }
+        let named = a.target_modules.to_vec();
+        if named.is_empty() {
+            return Err(self.err(
+                "train.adapter.target_modules",
+                "name at least one module".into(),
+            ));
+        }
+        let known = sweetspot_core::recipe::LINEAR_MODULES;
+        if let Some(bad) = named
+            .iter()
+            .find(|m| *m != "all-linear" && !known.contains(&m.as_str()))
+        {
+            return Err(self.err(
+                "train.adapter.target_modules",
+                format!(
+                    "`{bad}` is not a linear layer of the decoder: one of {}, or \"all-linear\"",
+                    known.join(", ")
+                ),
+            ));
+        }
+        if a.bias != "none" {
+            return Err(self.err(
+                "train.adapter.bias",
+                format!(
+                    "\"{}\": only \"none\" is supported (no bias trains)",
+                    a.bias
+                ),
+            ));
+        }
+        if t.dtype != sweetspot_core::Precision::F32 {
+            return Err(self.err(
+                "train.dtype",
+                format!(
+                    "\"{}\" with [train.adapter]: set `[train.adapter] base_dtype` instead (the \
+                     base is held and computed in it, the adapters in f32)",
+                    t.dtype
+                ),
             ));
         }
         Ok(())

@@ -14,6 +14,10 @@
 //!   batch (see `sweetspot_core::LossInput`).
 //! - Gradients are clipped by their global norm over all parameters (burn's own clipping is per
 //!   tensor, which is not what TRL does); the logged `grad_norm` is the norm before clipping.
+//! - With LoRA adapters only the adapters train (the base is frozen: no gradients, no optimizer
+//!   state, no weight decay); gradients are clipped over the adapters; the reference is the base
+//!   with the adapters off, never a second copy of the weights (`tests/lora.rs` against TRL +
+//!   PEFT).
 //! - Parity with TRL is the proof: `tests/trl.rs` replays two steps of TRL's DPOTrainer (and of
 //!   CPOTrainer's SimPO loss) from `scripts/trl_dpo_reference.py`.
 
@@ -303,8 +307,30 @@ fn scaled<const D: usize>(p: Param<Tensor<D>>, keep: f64) -> Param<Tensor<D>> {
 /// Decoupled weight decay, `p <- p (1 - lr wd)`, before the Adam update (as
 /// `torch.optim.AdamW` orders it), on the parameter group transformers' `Trainer` decays:
 /// embeddings and linear weights; not norms, not biases.
+/// With LoRA adapters, only they train: `lora_A` and `lora_B` are decayed (they are linear
+/// weights to transformers' `Trainer`), the frozen base is not touched.
 fn decay(mut p: LlamaParams, keep: f64) -> LlamaParams {
     if keep == 1.0 {
+        return p;
+    }
+    if let Some(adapters) = p.adapters.as_mut() {
+        for l in &mut adapters.layers {
+            for lora in [
+                &mut l.q_proj,
+                &mut l.k_proj,
+                &mut l.v_proj,
+                &mut l.o_proj,
+                &mut l.gate_proj,
+                &mut l.up_proj,
+                &mut l.down_proj,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                lora.lora_a = scaled(lora.lora_a.clone(), keep);
+                lora.lora_b = scaled(lora.lora_b.clone(), keep);
+            }
+        }
         return p;
     }
     p.model.embed_tokens.weight = scaled(p.model.embed_tokens.weight, keep);
@@ -353,6 +379,11 @@ impl Trainer {
     /// A trainer for `policy` (on an autodiff device: `Device::autodiff()`), with `reference`
     /// (`None` for reference-free losses) on the same device, so that both run the same kernels
     /// and the implicit rewards start at exactly 0, as in TRL. The reference is frozen.
+    ///
+    /// A policy with LoRA adapters ([`Llama::with_new_adapters`]) trains only its adapters (its
+    /// base is frozen: no gradients, no optimizer state), and with `reference` `None` its
+    /// reference is the policy with the adapters off ([`Llama::without_adapters`]: the same base
+    /// tensors), as TRL does with a `peft_config`.
     pub fn new(
         policy: Llama,
         reference: Option<Llama>,
@@ -398,6 +429,13 @@ impl Trainer {
     pub fn with_compute_precision(mut self, precision: Precision) -> Result<Self, TrainError> {
         if let Some(p) = &self.policy {
             sweetspot_model::precision::check_supported(p.device(), precision)?;
+            if p.has_adapters() && precision != Precision::F32 {
+                return Err(TrainError::Input(format!(
+                    "mixed precision ({precision}) with LoRA adapters: hold the base in \
+                     {precision} instead (`[train.adapter] base_dtype`); the adapters compute in \
+                     f32"
+                )));
+            }
         }
         self.compute = precision;
         Ok(self)
@@ -564,6 +602,11 @@ impl Trainer {
             (Some(floats(c)), Some(floats(r)))
         } else if let Some(model) = &self.reference {
             let (r, _) = response_logps(&model.compute_copy(self.compute)?, &seqs)?;
+            let r = r.detach();
+            (Some(r.clone().narrow(0, 0, b)), Some(r.narrow(0, b, b)))
+        } else if policy.has_adapters() {
+            // LoRA: the reference is the frozen base, the adapters off.
+            let (r, _) = response_logps(&policy.without_adapters(), &seqs)?;
             let r = r.detach();
             (Some(r.clone().narrow(0, 0, b)), Some(r.narrow(0, b, b)))
         } else {

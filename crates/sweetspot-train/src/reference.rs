@@ -49,12 +49,9 @@ pub fn sequence_key(prompt: &[u32], completion: &[u32]) -> String {
 /// The reference model as the trainer uses it: the policy's weights off the autodiff graph, in
 /// the compute type.
 pub fn frozen_reference(policy: &Llama, dtype: Precision) -> Result<Llama, TrainError> {
-    Ok(Llama::from_params(
-        &policy.config,
-        policy.params.clone().no_grad(),
-        policy.device(),
-    )
-    .compute_copy(dtype)?)
+    // With LoRA adapters the reference is the base, the adapters off (the same tensors).
+    let base = policy.without_adapters();
+    Ok(base.map_params(|p| p.no_grad()).compute_copy(dtype)?)
 }
 
 /// One line of a store.
@@ -157,6 +154,9 @@ pub struct ReferenceSettings {
     pub micro_batch_size: usize,
     /// Whether the trainings recompute activations in the backward pass (the same device kind).
     pub gradient_checkpointing: bool,
+    /// The trainings' `[train.adapter]`: the reference is then the base as they hold it (in its
+    /// `base_dtype`), the adapters off.
+    pub adapter: Option<sweetspot_core::recipe::AdapterConfig>,
 }
 
 /// The partial file of a store.
@@ -177,7 +177,16 @@ pub fn compute_reference(
         s.device.clone().autodiff()
     };
     sweetspot_model::precision::check_supported(&s.device, s.dtype)?;
-    let (policy, tok) = sweetspot_model::load_causal_lm(&s.policy, &device, Precision::F32)?;
+    // The model as the trainer loads it (an adapter folder merged into its base), without new
+    // adapters: the reference is the base.
+    let held = s.adapter.as_ref().map_or(Precision::F32, |a| a.base_dtype);
+    let (policy, tok) = sweetspot_model::load_causal_lm(&s.policy, &device, held)?;
+    let policy = if policy.has_adapters() {
+        policy.merged()
+    } else {
+        policy
+    };
+    let dtype = s.adapter.as_ref().map_or(s.dtype, |a| a.base_dtype);
     let mut requested = 0;
     let mut seen = HashSet::new();
     // (key, prompt, completion) of each distinct sequence, in the order first met.
@@ -232,7 +241,7 @@ pub fn compute_reference(
     todo.sort_by_key(|(_, p, c)| std::cmp::Reverse(p.len() + c.len()));
     progress.set_total(Some(distinct as u64));
     progress.advance(done.len() as u64);
-    let frozen = frozen_reference(&policy, s.dtype)?;
+    let frozen = frozen_reference(&policy, dtype)?;
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(&partial)

@@ -6,15 +6,21 @@
 //!   `rewards/margins`, `logps/chosen`, `logps/rejected`) plus `step` and `epoch`;
 //! - `checkpoint/`: the policy (Hugging Face layout), `optimizer.bin`, `state.json` (steps done,
 //!   parameter ids), written every `save_steps` steps and at the end (each file by rename);
-//! - `policy/`: the trained policy in Hugging Face's layout, written at the end.
+//! - `policy/`: the trained policy in Hugging Face's layout, written at the end; with
+//!   `[train.adapter]`, a PEFT adapter folder (`adapter_config.json`, `adapter_model.safetensors`,
+//!   the tokenizer) whose `base_model_name_or_path` is the absolute path of the base, or, with
+//!   `merge = true`, the merged model in Hugging Face's layout.
+//!
+//! With LoRA the checkpoint holds the adapters (a PEFT folder) and the optimizer state of the
+//! adapters only; resuming puts them back on the same frozen base.
 //!
 //! A killed run resumes from `checkpoint/`: the policy, the optimizer's moments and the step
 //! come back, `metrics.jsonl` is cut to that step, and the batches go on in the same order (the
 //! order of epoch e is a shuffle seeded by (seed, e)), so the final weights equal an
 //! uninterrupted run's.
 //!
-//! Reference log-probabilities are computed once, with the initial policy on the training
-//! device (the same kernels, so implicit rewards start at exactly 0), and cached beside the pairs
+//! Reference log-probabilities are computed once, with the initial policy (with LoRA: the base,
+//! the adapters off) on the training device (the same kernels, so implicit rewards start at exactly 0), and cached beside the pairs
 //! file as `<pairs>.ref-<key>.json`, the key hashing the pairs file, the policy's files (path,
 //! size, modification time) and the chat template; a later run with the same three reuses it.
 
@@ -27,6 +33,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use sweetspot_core::recipe::AdapterConfig;
 use sweetspot_core::{Completion, Message, PairRow, PreferenceLoss, Progress, PromptContent};
 use sweetspot_model::export::write_atomic;
 use sweetspot_model::{Llama, Precision, Tokenizer};
@@ -80,6 +87,10 @@ pub struct TrainSettings {
     /// Reference log-probabilities computed once for a whole sweep
     /// ([`crate::reference::compute_reference`]): looked up instead of computed or cached.
     pub reference_store: Option<PathBuf>,
+    /// LoRA (`[train.adapter]`): train adapters on the frozen base held in its `base_dtype`,
+    /// and export them as a PEFT adapter folder (or merged, with `merge`). `None`: every
+    /// parameter trains.
+    pub adapter: Option<AdapterConfig>,
 }
 
 /// What a run did.
@@ -305,11 +316,15 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::Input(format!("{}: {e}", path.display()))
 }
 
+/// The LoRA settings and the base's path of a run with adapters.
+type AdapterRun<'a> = Option<(&'a AdapterConfig, &'a Path)>;
+
 fn save_checkpoint(
     dir: &Path,
     trainer: &Trainer,
     tok: &Tokenizer,
     steps: usize,
+    adapter: AdapterRun<'_>,
 ) -> Result<(), TrainError> {
     // Written into a fresh folder, then swapped in, so a kill never leaves half a checkpoint.
     let tmp = dir.with_extension("tmp");
@@ -324,13 +339,20 @@ fn save_checkpoint(
             .ok_or_else(|| TrainError::Input("no policy".into()))?,
         policy.device(),
     );
-    plain.save_pretrained(&tmp, tok)?;
+    match adapter {
+        // LoRA: only the adapters (the base is the run's input, unchanged).
+        Some((cfg, base)) => plain.save_adapter(&tmp, tok, cfg, base)?,
+        None => plain.save_pretrained(&tmp, tok)?,
+    }
     trainer
         .optimizer()
         .save(tmp.join("optimizer.bin"))
         .map_err(|e| TrainError::Input(format!("saving the optimizer: {e:?}")))?;
     let mut ids = Ids(Vec::new());
-    policy.params.visit(&mut ids);
+    match &policy.params.adapters {
+        Some(a) => a.visit(&mut ids),
+        None => policy.params.visit(&mut ids),
+    }
     let state = serde_json::to_vec(&State {
         steps,
         param_ids: ids.0,
@@ -381,6 +403,55 @@ fn metrics_line(m: &StepMetrics, step: usize, epoch: f64) -> String {
     .to_string()
 }
 
+/// The initial policy on `device`: every parameter trainable, or, with `[train.adapter]`, the
+/// base in its `base_dtype`, frozen, with fresh adapters (seeded by the run's seed). A policy
+/// given as a PEFT adapter folder is merged into its base first (a LoRA run from one must
+/// export merged: its adapters would not apply to the folder's base).
+fn load_policy(s: &TrainSettings, device: &Device) -> Result<(Llama, Tokenizer), TrainError> {
+    let Some(a) = &s.adapter else {
+        let (policy, tok) = sweetspot_model::load_causal_lm(&s.policy, device, Precision::F32)?;
+        if policy.has_adapters() {
+            return Ok((policy.merged().map_params(|p| p.map(&mut Trainable)), tok));
+        }
+        return Ok((policy, tok));
+    };
+    if a.lora_dropout != 0.0 {
+        return Err(TrainError::Input(
+            "[train.adapter] `lora_dropout`: only 0 is supported".into(),
+        ));
+    }
+    if s.dtype != Precision::F32 {
+        return Err(TrainError::Input(format!(
+            "[train] `dtype` = \"{}\" with [train.adapter]: set `[train.adapter] base_dtype` \
+             instead (the adapters always compute in f32)",
+            s.dtype
+        )));
+    }
+    let (base, tok) = sweetspot_model::load_causal_lm(&s.policy, device, a.base_dtype)?;
+    let base = if base.has_adapters() {
+        if !a.merge {
+            return Err(TrainError::Input(format!(
+                "[train] `policy`: {} is a LoRA adapter folder; a LoRA run from it needs \
+                 `[train.adapter] merge = true` (new adapters would not apply to its base)",
+                s.policy.display()
+            )));
+        }
+        base.merged()
+    } else {
+        base
+    };
+    Ok((base.with_new_adapters(a, s.seed)?, tok))
+}
+
+/// Makes every parameter trainable (a merged adapter policy trained in full).
+struct Trainable;
+
+impl ModuleMapper for Trainable {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|t| t.require_grad())
+    }
+}
+
 /// Runs (or resumes) a training run.
 pub fn run_training(
     s: &TrainSettings,
@@ -398,7 +469,14 @@ pub fn run_training(
     } else {
         s.device.clone().autodiff()
     };
-    let (policy, tok) = sweetspot_model::load_causal_lm(&s.policy, &device, Precision::F32)?;
+    let (policy, tok) = load_policy(s, &device)?;
+    // The base of a LoRA run, as its adapter folder names it (absolute).
+    let base_path = std::fs::canonicalize(&s.policy)
+        .or_else(|_| std::path::absolute(&s.policy))
+        .unwrap_or_else(|_| s.policy.clone());
+    let adapter: AdapterRun<'_> = s.adapter.as_ref().map(|a| (a, base_path.as_path()));
+    // The type the reference runs in: the compute type, or a LoRA base's own type.
+    let ref_dtype = s.adapter.as_ref().map_or(s.dtype, |a| a.base_dtype);
     if policy.config.rope_freqs.is_some() {
         // Refused before any step: the trained policy could not be exported.
         return Err(TrainError::Input(format!(
@@ -432,7 +510,7 @@ pub fn run_training(
         reference_cached = true;
         Some(RefCache { chosen, rejected })
     } else if loss.needs_reference() {
-        let key = cache_key(&s.pairs, &s.policy, &tok, s.dtype)?;
+        let key = cache_key(&s.pairs, &s.policy, &tok, ref_dtype)?;
         let mut name = s.pairs.file_name().unwrap_or_default().to_os_string();
         name.push(format!(".ref-{key}.json"));
         let cache = match &s.reference_cache {
@@ -452,7 +530,7 @@ pub fn run_training(
                 Some(c)
             }
             None => {
-                let c = reference_logps(&policy, &pairs, s.micro_batch_size, s.dtype, progress)?;
+                let c = reference_logps(&policy, &pairs, s.micro_batch_size, ref_dtype, progress)?;
                 let bytes = serde_json::to_vec(&c).map_err(|e| TrainError::Input(e.to_string()))?;
                 write_atomic(&cache, &bytes)?;
                 Some(c)
@@ -477,12 +555,27 @@ pub fn run_training(
     // No reference model: the cached log-probabilities come with each step.
     let mut trainer = match std::fs::read(checkpoint.join("state.json")) {
         Ok(bytes) => {
-            // The checkpoint's weights replace the initial ones: free those first.
-            drop(policy);
             let state: State = serde_json::from_slice(&bytes)
                 .map_err(|e| TrainError::Input(format!("{}: {e}", checkpoint.display())))?;
-            let model = Llama::from_pretrained(&checkpoint, &device)?
-                .map_params(|p| p.map(&mut SetIds(state.param_ids.clone().into_iter())));
+            let ids = || SetIds(state.param_ids.clone().into_iter());
+            let model = match adapter {
+                // LoRA: the same frozen base, the checkpoint's adapters on it.
+                Some((cfg, _)) => policy
+                    .without_adapters()
+                    .with_adapter_tensors(
+                        cfg,
+                        &checkpoint.join(sweetspot_model::lora::ADAPTER_WEIGHTS),
+                    )?
+                    .map_params(|mut p| {
+                        p.adapters = p.adapters.map(|a| a.map(&mut ids()));
+                        p
+                    }),
+                None => {
+                    // The checkpoint's weights replace the initial ones: free those first.
+                    drop(policy);
+                    Llama::from_pretrained(&checkpoint, &device)?.map_params(|p| p.map(&mut ids()))
+                }
+            };
             let mut t =
                 Trainer::new(model, None, loss, s.optimizer)?.with_compute_precision(s.dtype)?;
             t.load_optimizer(&checkpoint.join("optimizer.bin"))?;
@@ -534,7 +627,7 @@ pub fn run_training(
         // The last step is followed by the export, not a checkpoint (a kill during the export
         // resumes from the last checkpoint and reaches the same weights).
         if done < total && ((s.save_steps > 0 && done % s.save_steps == 0) || done == end) {
-            save_checkpoint(&checkpoint, &trainer, &tok, done)?;
+            save_checkpoint(&checkpoint, &trainer, &tok, done, adapter)?;
         }
     }
     let steps = end;
@@ -549,11 +642,13 @@ pub fn run_training(
         // Written into a temporary folder and renamed: `policy/` exists only complete.
         let tmp = s.output.join("policy.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
-        Llama::from_params(&p.config, params, p.device()).save_pretrained_from(
-            &tmp,
-            &tok,
-            Some(&s.policy),
-        )?;
+        let trained = Llama::from_params(&p.config, params, p.device());
+        match adapter {
+            Some((cfg, base)) if !cfg.merge => trained.save_adapter(&tmp, &tok, cfg, base)?,
+            _ => trained
+                .merged()
+                .save_pretrained_from(&tmp, &tok, Some(&s.policy))?,
+        }
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
         // A finished run is never extended: its checkpoint has no further use.

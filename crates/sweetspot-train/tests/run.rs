@@ -57,6 +57,7 @@ fn settings(dir: &Path, out: &str) -> TrainSettings {
         stop_after: None,
         reference_cache: None,
         reference_store: None,
+        adapter: None,
     }
 }
 
@@ -280,4 +281,187 @@ fn bf16_run_with_checkpointing_trains_and_keeps_its_own_cache() {
     );
     let trained = Llama::from_pretrained(&s.policy.unwrap(), &device).unwrap();
     assert_eq!(trained.precision(), Precision::F32);
+}
+
+fn lora_settings(dir: &Path, out: &str, merge: bool) -> TrainSettings {
+    let adapter: sweetspot_core::recipe::AdapterConfig =
+        serde_json::from_value(serde_json::json!({
+            "type": "lora", "r": 4, "lora_alpha": 8, "target_modules": "all-linear", "merge": merge,
+        }))
+        .unwrap();
+    TrainSettings {
+        adapter: Some(adapter),
+        ..settings(dir, out)
+    }
+}
+
+/// LoRA: a killed and resumed run gives the same adapter byte for byte (the checkpoint holds
+/// the adapters and their optimizer state; the base comes back from the run's input); the
+/// export is a PEFT folder naming the base by its absolute path, which `load_causal_lm` loads;
+/// `merge = true` exports the merged model, with the same logits.
+#[test]
+fn a_killed_lora_run_resumes_to_the_same_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pairs(&dir.path().join("pairs.jsonl"));
+    let whole = lora_settings(dir.path(), "whole", false);
+    let s = run_training(&whole, loss(), &NoProgress).unwrap();
+    assert_eq!((s.total_steps, s.steps), (4, 4));
+    let policy = s.policy.unwrap();
+    let metrics = std::fs::read_to_string(whole.output.join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().nth(1).unwrap()).unwrap();
+    assert!(first["grad_norm"].as_f64().unwrap() > 0.0);
+
+    let mut parts = lora_settings(dir.path(), "parts", false);
+    for (stop, resumed) in [(Some(1), 0), (Some(2), 1), (None, 3)] {
+        parts.stop_after = stop;
+        let s = run_training(&parts, loss(), &NoProgress).unwrap();
+        assert_eq!(s.resumed_steps, resumed);
+        if stop.is_some() {
+            let ckpt = parts.output.join("checkpoint");
+            assert!(ckpt.join("adapter_model.safetensors").is_file());
+            assert!(
+                !ckpt.join("model.safetensors").exists(),
+                "no copy of the base"
+            );
+        }
+    }
+    let resumed = parts.output.join("policy");
+    assert_eq!(
+        read(&resumed.join("adapter_model.safetensors")),
+        read(&policy.join("adapter_model.safetensors")),
+        "resumed adapter differs"
+    );
+    assert_eq!(
+        std::fs::read_to_string(parts.output.join("metrics.jsonl")).unwrap(),
+        metrics
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&read(&policy.join("adapter_config.json"))).unwrap();
+    let base = PathBuf::from(config["base_model_name_or_path"].as_str().unwrap());
+    assert!(base.is_absolute());
+    assert_eq!(
+        std::fs::canonicalize(&base).unwrap(),
+        std::fs::canonicalize(fixtures().join("models/policy")).unwrap()
+    );
+    assert!(!policy.join("model.safetensors").exists());
+
+    // Loads as a model; merged export gives the same logits.
+    let device = resolve_device("cpu").unwrap();
+    let (adapted, _) = sweetspot_model::load_causal_lm(&policy, &device, Precision::F32).unwrap();
+    assert!(adapted.has_adapters());
+    let merged_run = lora_settings(dir.path(), "merged", true);
+    let m = run_training(&merged_run, loss(), &NoProgress).unwrap();
+    let merged_dir = m.policy.unwrap();
+    assert!(merged_dir.join("model.safetensors").is_file());
+    assert!(!merged_dir.join("adapter_config.json").exists());
+    let merged = Llama::from_pretrained(&merged_dir, &device).unwrap();
+    let logits = |model: &Llama| {
+        use burn::tensor::{Bool, Int, Tensor, TensorData};
+        let ids =
+            Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 9, 42, 77], [1, 5]), &device);
+        let pos =
+            Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3, 4], [1, 5]), &device);
+        let mask = Tensor::<2, Bool>::from_data(TensorData::new(vec![true; 5], [1, 5]), &device);
+        model
+            .forward(ids, pos, mask, None)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    let (a, b) = (logits(&adapted), logits(&merged));
+    let base_model = Llama::from_pretrained(&fixtures().join("models/policy"), &device).unwrap();
+    let c = logits(&base_model);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-4, "merged vs adapter logits: {worst}");
+    let moved = a
+        .iter()
+        .zip(&c)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(moved > 1e-3, "training did not move the adapter ({moved})");
+}
+
+/// LoRA on a bf16 base with gradient checkpointing: it trains (losses within bf16 rounding of
+/// the f32 base's), caches its reference log-probabilities under its own key, keeps the adapters
+/// f32 and exports them. Then the exported adapter folder as the next run's policy: a full run
+/// merges it into its base and trains every weight; a LoRA run from it is refused unless
+/// `merge = true`.
+#[test]
+fn lora_on_a_bf16_base_and_runs_from_an_adapter_folder() {
+    let device = resolve_device("cpu").unwrap();
+    if !device.supports_dtype(burn::tensor::FloatDType::BF16) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_pairs(&dir.path().join("pairs.jsonl"));
+    let f32_run = run_training(
+        &lora_settings(dir.path(), "f32", false),
+        loss(),
+        &NoProgress,
+    )
+    .unwrap();
+    let mut half = lora_settings(dir.path(), "bf16", false);
+    if let Some(a) = half.adapter.as_mut() {
+        a.base_dtype = Precision::Bf16;
+    }
+    half.gradient_checkpointing = true;
+    let s = run_training(&half, loss(), &NoProgress).unwrap();
+    assert!(
+        !s.reference_cached,
+        "the f32 base's reference must not be reused"
+    );
+    let losses = |out: &str| -> Vec<f64> {
+        std::fs::read_to_string(dir.path().join(out).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (a, b) = (losses("f32"), losses("bf16"));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 0.05, "f32 base {x}, bf16 base {y}");
+    }
+    assert!(
+        a.iter().zip(&b).any(|(x, y)| x != y),
+        "bf16 computed as f32"
+    );
+    let folder = s.policy.unwrap();
+    let (model, _) = sweetspot_model::load_causal_lm(&folder, &device, Precision::Bf16).unwrap();
+    assert_eq!(model.precision(), Precision::Bf16);
+    let lora = model.params.adapters.as_ref().unwrap().layers[0]
+        .q_proj
+        .as_ref()
+        .unwrap();
+    assert_eq!(lora.lora_a.val().dtype(), burn::tensor::DType::F32);
+
+    // The adapter folder as a policy.
+    let adapter_policy = f32_run.policy.unwrap();
+    let mut full = settings(dir.path(), "from-adapter");
+    full.policy = adapter_policy.clone();
+    let s = run_training(&full, loss(), &NoProgress).unwrap();
+    let out = s.policy.unwrap();
+    assert!(
+        out.join("model.safetensors").is_file(),
+        "a full model comes out"
+    );
+    let mut again = lora_settings(dir.path(), "lora-from-adapter", false);
+    again.policy = adapter_policy.clone();
+    let e = run_training(&again, loss(), &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("merge = true"), "{e}");
+    let mut merged = lora_settings(dir.path(), "lora-from-adapter-merged", true);
+    merged.policy = adapter_policy;
+    let s = run_training(&merged, loss(), &NoProgress).unwrap();
+    assert!(s.policy.unwrap().join("model.safetensors").is_file());
 }

@@ -188,12 +188,14 @@ impl SamplerConfig for BurnSamplerConfig {
         let path = ctx.resolve(&self.model);
         let context = || -> Result<(Tokenizer, usize), ModelError> {
             let tokenizer = sweetspot_model::load_tokenizer(&path)?;
-            let positions = if is_gguf(&path) {
-                sweetspot_model::gguf::Gguf::open_header(&path)?
+            // An adapter folder's positions are its base's.
+            let base = sweetspot_model::lora::base_model_path(&path);
+            let positions = if is_gguf(&base) {
+                sweetspot_model::gguf::Gguf::open_header(&base)?
                     .llama_config()?
                     .max_position_embeddings
             } else {
-                sweetspot_model::LlamaConfig::from_file(&path.join("config.json"))?
+                sweetspot_model::LlamaConfig::from_file(&base.join("config.json"))?
                     .max_position_embeddings
             };
             Ok((tokenizer, positions))
