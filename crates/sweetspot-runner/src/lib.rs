@@ -12,6 +12,7 @@ pub mod eval;
 mod generate;
 pub mod graph;
 pub mod identity;
+pub mod memory;
 mod pairs;
 pub mod paths;
 pub mod plan;
