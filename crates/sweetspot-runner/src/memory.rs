@@ -128,7 +128,8 @@ impl Shape {
 
     /// Parameters: embedding, layers (linears and two norms), final norm, untied head.
     pub fn params(&self) -> u64 {
-        let layer: u64 = self.linears().iter().map(|(_, a, b)| a * b).sum::<u64>() + 2 * self.hidden;
+        let layer: u64 =
+            self.linears().iter().map(|(_, a, b)| a * b).sum::<u64>() + 2 * self.hidden;
         let head = if self.tied {
             0
         } else {
@@ -444,12 +445,18 @@ pub fn generate(s: &Shape, g: &InferSetup, place: Place, gguf: bool) -> Estimate
         ),
         kv + kv_layer,
     );
-    e.add("prefill activations and logits", run - kv - kv_layer + logits);
+    e.add(
+        "prefill activations and logits",
+        run - kv - kv_layer + logits,
+    );
     let (name, bytes) = place.overhead();
     e.add(name, bytes);
     // Loading comes before the cache exists: the larger of the two phases counts.
     if load > run + logits {
-        e.add("load transient (file and dequantization)", load - run - logits);
+        e.add(
+            "load transient (file and dequantization)",
+            load - run - logits,
+        );
     }
     e
 }
@@ -592,7 +599,8 @@ pub fn read_shape(model: &Path) -> Result<Shape, String> {
 }
 
 fn is_gguf(p: &Path) -> bool {
-    p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    p.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// Prompt tokens assumed when the prompts cannot be read.
@@ -697,7 +705,11 @@ fn model_of(plan: &Plan, s: &Source, start: Option<&Path>) -> Option<std::path::
 /// Every node's estimated peak memory; `None` for nodes that run no model (pairs, eval).
 /// `start_policy` is the model training starts from (and eval's baseline).
 pub fn plan_memory(plan: &Plan, start_policy: Option<&Path>) -> Vec<Option<NodeMemory>> {
-    let device = plan.devices.first().cloned().unwrap_or_else(|| "cpu".into());
+    let device = plan
+        .devices
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "cpu".into());
     let place = Place::of(&device);
     let mut shapes: std::collections::BTreeMap<std::path::PathBuf, Result<Shape, String>> =
         std::collections::BTreeMap::new();
@@ -736,7 +748,8 @@ pub fn plan_memory(plan: &Plan, start_policy: Option<&Path>) -> Vec<Option<NodeM
                 match path {
                     Some(p) => shape_of(&p).map(|s| {
                         let mut e = generate(&s, &setup, place, is_gguf(&p));
-                        e.notes.extend(b.notes.into_iter().filter(|n| n.contains("prompt")));
+                        e.notes
+                            .extend(b.notes.into_iter().filter(|n| n.contains("prompt")));
                         e
                     }),
                     None => Err("the model is not known".into()),
@@ -855,7 +868,11 @@ pub fn train_alternatives(s: &Shape, t: &TrainSetup, place: Place, limit: u64) -
         .into_iter()
         .map(|(what, setup)| {
             let total = train(s, &setup, place).total();
-            let verdict = if total <= limit { "fits" } else { "does not fit" };
+            let verdict = if total <= limit {
+                "fits"
+            } else {
+                "does not fit"
+            };
             format!("{what}: {} ({verdict})", human(total))
         })
         .collect()
@@ -992,11 +1009,7 @@ mod tests {
 
     #[test]
     fn lora_r16_with_bf16_base_is_under_40gb_of_states_and_fits_80gb() {
-        let e = train(
-            &llama3_8b(),
-            &paper(Some(lora16()), 1, true),
-            Place::Gpu,
-        );
+        let e = train(&llama3_8b(), &paper(Some(lora16()), 1, true), Place::Gpu);
         let a = lora16().params(&llama3_8b());
         // PEFT's count for r=16 all-linear on Llama-3-8B: 41,943,040.
         assert_eq!(a, 41_943_040);
@@ -1063,6 +1076,9 @@ mod tests {
         assert_eq!((s.head_dim, s.kv_dim()), (16, 32));
         let bad = Shape::from_config_json("{}", Path::new("m/config.json")).unwrap_err();
         assert!(bad.contains("m/config.json") && bad.contains("num_attention_heads"));
-        assert_eq!(meminfo("MemTotal:  100 kB\nMemAvailable: 42 kB\n", "MemAvailable"), Some(42));
+        assert_eq!(
+            meminfo("MemTotal:  100 kB\nMemAvailable: 42 kB\n", "MemAvailable"),
+            Some(42)
+        );
     }
 }
