@@ -32,4 +32,4 @@ pub use score::{ScoreJob, ScoreSummary, run_score};
 pub use stats::{DatasetStats, dataset_stats};
 pub use sweetspot_train::run::TrainSummary;
 pub use train::{run_train, run_train_with};
-pub use validate::{Invalid, RecipeSource, Stages, validate_recipe};
+pub use validate::{Invalid, RecipeSource, Stages, validate_for_plan, validate_recipe};

@@ -524,7 +524,7 @@ pub fn device_memory(run: &RunConfig, device: &str) -> DeviceMemory {
     if let Some(b) = run.device_memory {
         return DeviceMemory {
             bytes: Some(b.0),
-            source: "[run] device_memory".into(),
+            source: "the recipe's run.device_memory".into(),
         };
     }
     if Place::of(device) == Place::Cpu {
@@ -540,12 +540,15 @@ pub fn device_memory(run: &RunConfig, device: &str) -> DeviceMemory {
         }
         return DeviceMemory {
             bytes: None,
-            source: "unknown (no /proc/meminfo); give [run] device_memory".into(),
+            source: "unknown (no /proc/meminfo); set device_memory in the recipe's run table"
+                .into(),
         };
     }
     DeviceMemory {
         bytes: None,
-        source: format!("unknown for `{device}`; give [run] device_memory"),
+        source: format!(
+            "unknown for `{device}`; set device_memory in the recipe's run table (such as \"80GB\")"
+        ),
     }
 }
 
@@ -890,7 +893,7 @@ pub fn check_fit(
         return Ok(());
     };
     let place = Place::of(plan.devices.first().map_or("cpu", String::as_str));
-    let mut lines = Vec::new();
+    let mut lines: Vec<(Vec<&str>, String)> = Vec::new();
     for (i, m) in memory.iter().enumerate() {
         let Some(Ok(e)) = m.as_ref().map(|m| &m.estimate) else {
             continue;
@@ -901,8 +904,7 @@ pub fn check_fit(
         }
         let node = &plan.nodes[i];
         let mut line = format!(
-            "`{}` needs about {} at its peak, more than the {} of `{}` ({}):",
-            node.label,
+            "needs about {} at its peak, more than the {} of `{}` ({}):",
             human(total),
             human(limit),
             memory[i].as_ref().map_or("cpu", |m| m.device.as_str()),
@@ -929,18 +931,28 @@ pub fn check_fit(
                  dtype = \"bf16\"",
             ),
         }
-        lines.push(line);
+        // Stages with the same numbers are named together.
+        match lines.iter_mut().find(|(_, l)| *l == line) {
+            Some((labels, _)) => labels.push(node.label.as_str()),
+            None => lines.push((vec![node.label.as_str()], line)),
+        }
     }
-    if lines.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} of {} stages cannot fit in the device's memory:\n  {}",
-            lines.len(),
-            plan.nodes.len(),
-            lines.join("\n  ")
-        ))
+    let count: usize = lines.iter().map(|(l, _)| l.len()).sum();
+    if count == 0 {
+        return Ok(());
     }
+    let text: Vec<String> = lines
+        .iter()
+        .map(|(labels, line)| match labels.as_slice() {
+            [one] => format!("`{one}` {line}"),
+            many => format!("`{}` and {} more like it {line}", many[0], many.len() - 1),
+        })
+        .collect();
+    Err(format!(
+        "{count} of {} stages cannot fit in the device's memory:\n  {}",
+        plan.nodes.len(),
+        text.join("\n  ")
+    ))
 }
 
 #[cfg(test)]
