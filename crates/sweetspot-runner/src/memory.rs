@@ -475,10 +475,10 @@ fn prefill(s: &Shape, batch: u64, tokens: u64, wb: u64, place: Place) -> u64 {
 }
 
 /// The estimated peak of a score node: weights and one batch's forward at the longest sequence.
-pub fn score(s: &Shape, g: &InferSetup, place: Place) -> Estimate {
+pub fn score(s: &Shape, g: &InferSetup, place: Place, gguf: bool) -> Estimate {
     let mut e = Estimate::default();
     let wb = bytes_of(g.dtype);
-    let load = weights(&mut e, s, g.dtype, place, false);
+    let load = weights(&mut e, s, g.dtype, place, gguf);
     let seq = g.prompt_tokens + g.new_tokens;
     let mut batch = g.batch_size;
     if let Some(m) = g.max_batch_tokens {
@@ -489,7 +489,7 @@ pub fn score(s: &Shape, g: &InferSetup, place: Place) -> Estimate {
     let (name, bytes) = place.overhead();
     e.add(name, bytes);
     if load > run {
-        e.add("load transient (file)", load - run);
+        e.add("load transient (file and dequantization)", load - run);
     }
     e
 }
@@ -778,7 +778,7 @@ pub fn plan_memory(plan: &Plan, start_policy: Option<&Path>) -> Vec<Option<NodeM
                     new_tokens: b.new_tokens,
                 };
                 shape_of(&m.model).map(|s| {
-                    let mut e = score(&s, &setup, place);
+                    let mut e = score(&s, &setup, place, is_gguf(&m.model));
                     e.notes.extend(b.notes);
                     e
                 })

@@ -197,6 +197,15 @@ impl PairwiseJudgeConfig {
     example = "type = \"pairwise-judge\"\nmodel = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\""
 )]
 impl RewardModelConfig for PairwiseJudgeConfig {
+    fn memory_use(&self) -> Option<sweetspot_core::InferenceMemory> {
+        Some(sweetspot_core::InferenceMemory {
+            model: self.model.clone(),
+            dtype: self.dtype,
+            batch_size: self.batch_size,
+            max_batch_tokens: Some(self.max_batch_tokens),
+            max_new_tokens: 0,
+        })
+    }
     fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
         declared_inputs([("model", &self.model)])
     }
@@ -414,6 +423,15 @@ impl RewardModelConfig for ArmoRmConfig {
     example = "type = \"judge\"\nmodel = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\""
 )]
 impl RewardModelConfig for JudgeConfig {
+    fn memory_use(&self) -> Option<sweetspot_core::InferenceMemory> {
+        Some(sweetspot_core::InferenceMemory {
+            model: self.model.clone(),
+            dtype: self.dtype,
+            batch_size: self.batch_size,
+            max_batch_tokens: Some(self.max_batch_tokens),
+            max_new_tokens: 0,
+        })
+    }
     fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
         declared_inputs([("model", &self.model)])
     }
