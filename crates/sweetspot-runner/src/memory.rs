@@ -38,6 +38,9 @@ pub const PROCESS_BASELINE: u64 = 62 << 20;
 /// once per node.
 pub const GPU_RUNTIME: u64 = 1 << 30;
 
+/// The largest size field the estimator takes (2^24: a vocabulary of 16M, a width of 16M).
+const MAX_SIZE: u64 = 1 << 24;
+
 /// The sizes of a decoder that set its memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
@@ -67,13 +70,31 @@ impl Shape {
     pub fn from_config_json(text: &str, path: &Path) -> Result<Self, String> {
         let v: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
+        // Sizes past any real model's would overflow the byte counts: refused by name.
+        let in_range = |key: &str, n: u64| -> Result<u64, String> {
+            if n <= MAX_SIZE {
+                Ok(n)
+            } else {
+                Err(format!(
+                    "{}: `{key}` = {n} is larger than {MAX_SIZE}",
+                    path.display()
+                ))
+            }
+        };
         let get = |key: &str| -> Result<u64, String> {
-            v.get(key).and_then(|x| x.as_u64()).ok_or_else(|| {
+            let n = v.get(key).and_then(|x| x.as_u64()).ok_or_else(|| {
                 format!(
                     "{}: `{key}` is missing or not a whole number",
                     path.display()
                 )
-            })
+            })?;
+            in_range(key, n)
+        };
+        let opt = |key: &str| -> Result<Option<u64>, String> {
+            v.get(key)
+                .and_then(|x| x.as_u64())
+                .map(|n| in_range(key, n))
+                .transpose()
         };
         let heads = get("num_attention_heads")?;
         let hidden = get("hidden_size")?;
@@ -86,14 +107,8 @@ impl Shape {
             intermediate: get("intermediate_size")?,
             layers: get("num_hidden_layers")?,
             heads,
-            kv_heads: v
-                .get("num_key_value_heads")
-                .and_then(|x| x.as_u64())
-                .unwrap_or(heads),
-            head_dim: v
-                .get("head_dim")
-                .and_then(|x| x.as_u64())
-                .unwrap_or(hidden / heads),
+            kv_heads: opt("num_key_value_heads")?.unwrap_or(heads),
+            head_dim: opt("head_dim")?.unwrap_or(hidden / heads),
             tied: v
                 .get("tie_word_embeddings")
                 .and_then(|x| x.as_bool())
@@ -1086,6 +1101,12 @@ mod tests {
             "tie_word_embeddings": false}"#;
         let s = Shape::from_config_json(text, Path::new("config.json")).unwrap();
         assert_eq!((s.head_dim, s.kv_dim()), (16, 32));
+        let huge = text.replace(
+            "\"vocab_size\": 320",
+            "\"vocab_size\": 18446744073709551615",
+        );
+        let err = Shape::from_config_json(&huge, Path::new("config.json")).unwrap_err();
+        assert!(err.contains("`vocab_size`"), "{err}");
         let bad = Shape::from_config_json("{}", Path::new("m/config.json")).unwrap_err();
         assert!(bad.contains("m/config.json") && bad.contains("num_attention_heads"));
         assert_eq!(
