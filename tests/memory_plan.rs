@@ -139,3 +139,37 @@ fn a_model_without_config_json_has_unknown_memory() {
         "{out}"
     );
 }
+
+/// `run` refuses a stage that cannot fit before the first node runs: the tiny fixtures on a
+/// device said to hold 1 MB.
+#[test]
+fn run_refuses_a_stage_that_cannot_fit_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = |m: &str| format!("{:?}", root().join("tests/fixtures/models").join(m));
+    let text = std::fs::read_to_string(example("recipes/paper-grid-full.toml"))
+        .unwrap()
+        .replace(
+            "\"../../models/Meta-Llama-3-8B-Instruct\"",
+            &fixture("policy"),
+        )
+        .replace("\"../../models/ArmoRM-Llama3-8B-v0.1\"", &fixture("armorm"))
+        .replace("../../data/ultrafeedback-prompts.jsonl", "prompts.jsonl")
+        .replace("device_memory = \"80GB\"", "device_memory = \"1MB\"");
+    std::fs::copy(
+        example("quickstart/prompts.jsonl"),
+        tmp.path().join("prompts.jsonl"),
+    )
+    .unwrap();
+    let recipe = tmp.path().join("recipe.toml");
+    std::fs::write(&recipe, text).unwrap();
+    let o = sweetspot([
+        "run".as_ref(),
+        recipe.as_os_str(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+    ]);
+    let err = assert_clean_failure(&o, 1);
+    assert!(err.contains("cannot fit in the device's memory"), "{err}");
+    assert!(err.contains("1 MB of `cpu`"), "{err}");
+    assert!(!tmp.path().join("runs").exists(), "a node ran");
+}
