@@ -863,8 +863,15 @@ pub fn train_alternatives(s: &Shape, t: &TrainSetup, place: Place, limit: u64) -
                 .collect(),
             base_dtype: Precision::Bf16,
         };
+        let also = if t.dtype == Precision::Bf16 {
+            ""
+        } else {
+            " (and dtype = \"bf16\")"
+        };
         tries.push((
-            "[train.adapter] type = \"lora\", r = 16, all-linear, base_dtype = \"bf16\"".into(),
+            format!(
+                "[train.adapter] type = \"lora\", r = 16, all-linear, base_dtype = \"bf16\"{also}"
+            ),
             TrainSetup {
                 lora: Some(lora.clone()),
                 dtype: Precision::Bf16,
