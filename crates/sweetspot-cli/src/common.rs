@@ -39,6 +39,30 @@ pub(crate) fn check_recipe(
     })
 }
 
+/// [`check_recipe`] for `run --plan`: missing inputs are returned (one line each), not refused.
+pub(crate) fn check_recipe_for_plan(
+    recipe: &Recipe,
+    text: &str,
+    origin: &Path,
+    ctx: &BuildContext,
+    stages: sweetspot_runner::Stages,
+) -> Result<Vec<String>, Failure> {
+    let src = sweetspot_runner::RecipeSource {
+        recipe,
+        text,
+        origin,
+    };
+    sweetspot_runner::validate_for_plan(&src, ctx, stages)
+        .map(|(_, missing)| missing)
+        .map_err(|e| Failure {
+            code: match e {
+                sweetspot_runner::Invalid::MissingInput(_) => 1,
+                sweetspot_runner::Invalid::Recipe(_) => 2,
+            },
+            message: e.error().to_string(),
+        })
+}
+
 /// `--device`, set once at start.
 pub(crate) static DEVICE_OVERRIDE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 

@@ -28,9 +28,9 @@ pub use model::{
 };
 pub use pair_row::{Completion, PairRow};
 pub use plugin::{
-    BuildContext, EXECUTION_SETTINGS, LossInput, LossOutput, NoProgress, PairStrategy,
-    PairStrategyConfig, PluginInput, PreferenceLoss, PreferenceLossConfig, Progress, RewardModel,
-    RewardModelConfig, SampleRequest, Sampler, SamplerConfig, Selection, SkipReason,
+    BuildContext, EXECUTION_SETTINGS, InferenceMemory, LossInput, LossOutput, NoProgress,
+    PairStrategy, PairStrategyConfig, PluginInput, PreferenceLoss, PreferenceLossConfig, Progress,
+    RewardModel, RewardModelConfig, SampleRequest, Sampler, SamplerConfig, Selection, SkipReason,
     declared_inputs, inputs_in_settings, settings_json,
 };
 pub use points::Point;

@@ -75,6 +75,22 @@ impl BuildContext {
 // What every plugin table answers the runner
 // ---------------------------------------------------------------------------------------------
 
+/// What the memory plan (`sweetspot run --plan`) needs to size a node that runs a local model
+/// for inference: the model, the type its weights are held in, and the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InferenceMemory {
+    /// The model folder or GGUF file, as written in the recipe.
+    pub model: PathBuf,
+    /// The type the weights are held and computed in.
+    pub dtype: crate::recipe::Precision,
+    /// Sequences on the device at once.
+    pub batch_size: usize,
+    /// Padded tokens (or key/value slots) on the device at once, when bounded.
+    pub max_batch_tokens: Option<usize>,
+    /// Tokens generated per sequence (0 for a reward model).
+    pub max_new_tokens: usize,
+}
+
 /// A file or folder a plugin table reads, by the setting that names it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PluginInput {
@@ -265,6 +281,12 @@ pub trait SamplerConfig: dyn_clone::DynClone + fmt::Debug + Send + Sync {
         let _ = (temperature, max_new_tokens);
         None
     }
+
+    /// The local model this sampler runs and its batch, for the memory plan; `None` (the
+    /// default) when it runs no local model, and the plan says its memory is not known.
+    fn memory_use(&self) -> Option<InferenceMemory> {
+        None
+    }
 }
 
 dyn_clone::clone_trait_object!(SamplerConfig);
@@ -325,6 +347,12 @@ pub trait RewardModelConfig: dyn_clone::DynClone + fmt::Debug + Send + Sync {
     /// than scoring one. The default is `false`.
     fn pairwise(&self) -> bool {
         false
+    }
+
+    /// The local model this reward model runs and its batch, for the memory plan (as
+    /// [`SamplerConfig::memory_use`]); `None` by default.
+    fn memory_use(&self) -> Option<InferenceMemory> {
+        None
     }
 }
 

@@ -5,6 +5,8 @@
 //! Invariants:
 //! - A job's dependencies are exactly its node's input nodes that are not complete (a complete
 //!   input needs no job); a job never starts before them (`afterok`).
+//! - Each job's memory is `[cluster] mem`, else for a CPU job the plan's estimated peak plus a
+//!   quarter (a GPU job's estimate is GPU memory, which `--gres` requests whole).
 //! - Sibling nodes (same stage, same inputs, same requests: the trainings of one pairs set) are
 //!   one job array; a job that reads one of them depends on that task alone (`<array>_<task>`).
 //! - The emitted files are plain shell and hold absolute paths: the recipe, the run folder and
@@ -74,6 +76,7 @@ pub fn emit_slurm(
     recipe: &Path,
     cluster: &ClusterConfig,
     binary: &Path,
+    peaks: &[Option<u64>],
 ) -> Result<Emitted, RunError> {
     let recipe = std::path::absolute(recipe).unwrap_or_else(|_| recipe.to_path_buf());
     let binary = cluster
@@ -91,7 +94,12 @@ pub fn emit_slurm(
             continue;
         }
         let deps: Vec<usize> = node.deps.iter().copied().filter(|&d| todo(d)).collect();
-        let mem = cluster.mem.clone();
+        // `[cluster] mem`, else (a CPU job: its memory is the host's) the plan's estimate and a
+        // quarter more, in MiB.
+        let mem = cluster.mem.clone().or_else(|| {
+            let peak = peaks.get(i).copied().flatten()?;
+            (!gpu).then(|| format!("{}M", (peak + peak / 4).div_ceil(1 << 20)))
+        });
         let sibling = jobs.iter().position(|j| {
             node.stage == StageKind::Train
                 && j.stage == StageKind::Train

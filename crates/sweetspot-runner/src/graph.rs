@@ -184,11 +184,13 @@ pub fn sizes(plan: &Plan) -> Vec<String> {
     for (i, node) in plan.nodes.iter().enumerate() {
         let done = done_record(plan, i);
         let text = match &node.work {
-            Work::Generate { prompts, n, .. } => {
-                let p = count_lines(prompts).unwrap_or(0);
-                groups[i] = Some((p, true));
-                format!("{p} prompts x {n} = {} samples", p * *n as u64)
-            }
+            Work::Generate { prompts, n, .. } => match count_lines(prompts) {
+                Some(p) => {
+                    groups[i] = Some((p, true));
+                    format!("{p} prompts x {n} = {} samples", p * *n as u64)
+                }
+                None => format!("prompts unknown (not readable yet) x {n} samples"),
+            },
             Work::Score { input, .. } => match input {
                 Source::Node(u, _) => {
                     groups[i] = groups[*u];
@@ -196,8 +198,10 @@ pub fn sizes(plan: &Plan) -> Vec<String> {
                         Work::Generate { n, .. } => *n as u64,
                         _ => 0,
                     };
-                    let p = groups[*u].map_or(0, |g| g.0);
-                    format!("{} samples", p * n)
+                    match groups[*u] {
+                        Some(g) => format!("{} samples", g.0 * n),
+                        None => "samples unknown (prompts unknown)".to_string(),
+                    }
                 }
                 Source::File(f) => {
                     let rows = count_lines(f).unwrap_or(0);

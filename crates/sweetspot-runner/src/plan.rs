@@ -510,10 +510,18 @@ thread_local! {
         const { std::cell::RefCell::new(BTreeMap::new()) };
 }
 
+thread_local! {
+    /// Set by [`plan_missing_inputs`]: an input that does not exist is fingerprinted as missing.
+    static MISSING_OK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// A file's SHA-256 or a folder's (or model file's) fingerprint, computed once per plan.
 fn fingerprint_cached(path: &Path) -> Result<String, RunError> {
     if let Some(f) = FINGERPRINTS.with(|m| m.borrow().get(path).cloned()) {
         return Ok(f);
+    }
+    if MISSING_OK.with(|m| m.get()) && !path.exists() {
+        return Ok(format!("missing:{}", path.display()));
     }
     let f = if path.is_dir() || is_model_file(path) {
         model_fingerprint(path)?
@@ -739,6 +747,20 @@ pub fn run_name(r: &Recipe, recipe_path: &Path) -> String {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "run".into())
     })
+}
+
+/// [`plan`] for `sweetspot run --plan` before the inputs exist (see
+/// [`crate::validate_for_plan`]): an input that does not exist gets a `missing:<path>`
+/// fingerprint, so the nodes that read it have placeholder hashes until it does.
+pub fn plan_missing_inputs(
+    r: &Recipe,
+    recipe_path: &Path,
+    ctx: &BuildContext,
+) -> Result<Plan, RunError> {
+    MISSING_OK.with(|m| m.set(true));
+    let out = plan(r, recipe_path, ctx);
+    MISSING_OK.with(|m| m.set(false));
+    out
 }
 
 /// Expands a checked recipe (see [`crate::validate_recipe`]) into its graph: resolves it once

@@ -105,7 +105,30 @@ pub fn validate_recipe(
     ctx: &BuildContext,
     stages: Stages,
 ) -> Result<Vec<String>, Invalid> {
+    check(src, ctx, stages, false).map(|(described, _)| described)
+}
+
+/// The check of `sweetspot run --plan`: every check of [`validate_recipe`], except that an input
+/// that does not exist yet (a model, prompts) is listed instead of refused, and `[train.adapter]`
+/// is sized rather than refused. Returns the stages' lines and the missing inputs, one line
+/// each (`` `sampler.model`: models/x does not exist ``).
+pub fn validate_for_plan(
+    src: &RecipeSource<'_>,
+    ctx: &BuildContext,
+    stages: Stages,
+) -> Result<(Vec<String>, Vec<String>), Invalid> {
+    check(src, ctx, stages, true)
+}
+
+fn check(
+    src: &RecipeSource<'_>,
+    ctx: &BuildContext,
+    stages: Stages,
+    planning: bool,
+) -> Result<(Vec<String>, Vec<String>), Invalid> {
     let mut c = Check {
+        planning,
+        missing: Vec::new(),
         r: src.recipe,
         text: src.text,
         origin: src.origin,
@@ -142,6 +165,9 @@ pub fn validate_recipe(
 
 /// The state of one check: the recipe, and what the passes so far found it reads and writes.
 struct Check<'a> {
+    /// `run --plan`: missing inputs are listed in `missing`, not refused.
+    planning: bool,
+    missing: Vec<String>,
     r: &'a Recipe,
     text: &'a str,
     origin: &'a Path,
@@ -177,6 +203,27 @@ impl Check<'_> {
 
     fn err(&self, key: &str, message: String) -> Invalid {
         Invalid::Recipe(self.located(key, message))
+    }
+
+    /// A plugin table's check: its missing file listed when planning, else refused.
+    fn plugin_check(
+        &mut self,
+        table: &str,
+        r: Result<(), sweetspot_core::ConfigIssue>,
+    ) -> Result<(), Invalid> {
+        match r {
+            Err(i) if self.planning && i.missing_file => {
+                let key = if i.key.is_empty() {
+                    table.to_string()
+                } else {
+                    format!("{table}.{}", i.key)
+                };
+                self.missing.push(format!("`{key}`: {}", i.message));
+                Ok(())
+            }
+            Err(i) => Err(self.plugin_issue(table, i)),
+            Ok(()) => Ok(()),
+        }
     }
 
     fn plugin_issue(&self, table: &str, i: sweetspot_core::ConfigIssue) -> Invalid {
@@ -333,9 +380,7 @@ impl Check<'_> {
         if g.n == 0 {
             return Err(self.err("generate.n", "must be at least 1".into()));
         }
-        sampler
-            .check(ctx)
-            .map_err(|i| self.plugin_issue("sampler", i))?;
+        self.plugin_check("sampler", sampler.check(ctx))?;
         let prompts = g.prompts.to_vec();
         if prompts.is_empty() || (prompts.len() > 1 && prompts.len() != rounds) {
             return Err(self.err(
@@ -382,9 +427,7 @@ impl Check<'_> {
         if s.groups_per_call == 0 {
             return Err(self.err("score.groups_per_call", "must be at least 1".into()));
         }
-        reward
-            .check(self.ctx)
-            .map_err(|i| self.plugin_issue("reward", i))?;
+        self.plugin_check("reward", reward.check(self.ctx))?;
         refuse_pairwise(reward.as_ref(), "reward.type").map_err(|m| self.err("reward.type", m))?;
         let upstream_out = r.generate.as_ref().and_then(|g| g.output.as_ref());
         self.stage_input(
@@ -895,8 +938,7 @@ impl Check<'_> {
     fn eval_scorers(&mut self, e: &EvalConfig) -> Result<(), Invalid> {
         match (&e.reward, &self.r.reward) {
             (Some(own), _) => {
-                own.check(self.ctx)
-                    .map_err(|i| self.plugin_issue("eval.reward", i))?;
+                self.plugin_check("eval.reward", own.check(self.ctx))?;
                 refuse_pairwise(own.as_ref(), "eval.reward.type")
                     .map_err(|m| self.err("eval.reward.type", m))?;
                 self.plugin_inputs("eval.reward", own.as_ref(), EVAL);
@@ -920,16 +962,14 @@ impl Check<'_> {
                     ),
                 ));
             }
-            judge
-                .check(self.ctx)
-                .map_err(|i| self.plugin_issue("eval.judge", i))?;
+            self.plugin_check("eval.judge", judge.check(self.ctx))?;
             self.plugin_inputs("eval.judge", judge.as_ref(), EVAL);
         }
         Ok(())
     }
 
     /// The result: the stages' descriptions, once the paths fit.
-    fn finish(self) -> Result<Vec<String>, Invalid> {
+    fn finish(mut self) -> Result<(Vec<String>, Vec<String>), Invalid> {
         if self.described.is_empty() {
             return Err(Invalid::Recipe(RecipeError {
                 path: Some(self.origin.to_path_buf()),
@@ -940,14 +980,28 @@ impl Check<'_> {
                     .into(),
             }));
         }
-        check_paths(&self.inputs, &self.outputs).map_err(|(key, m, missing)| {
-            if missing {
-                Invalid::MissingInput(self.located(&key, m))
-            } else {
-                Invalid::Recipe(self.located(&key, m))
+        loop {
+            match check_paths(&self.inputs, &self.outputs) {
+                Ok(()) => break,
+                Err((key, m, true)) if self.planning => {
+                    // Listed, and left out of the checks of the inputs still to check.
+                    let before = self.inputs.len();
+                    self.inputs.retain(|n| n.key != key || n.path.exists());
+                    if self.inputs.len() == before {
+                        return Err(Invalid::MissingInput(self.located(&key, m)));
+                    }
+                    self.missing.push(format!("`{key}`: {m}"));
+                }
+                Err((key, m, missing)) => {
+                    return Err(if missing {
+                        Invalid::MissingInput(self.located(&key, m))
+                    } else {
+                        Invalid::Recipe(self.located(&key, m))
+                    });
+                }
             }
-        })?;
-        Ok(self.described)
+        }
+        Ok((self.described, self.missing))
     }
 }
 

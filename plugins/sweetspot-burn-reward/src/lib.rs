@@ -197,6 +197,15 @@ impl PairwiseJudgeConfig {
     example = "type = \"pairwise-judge\"\nmodel = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\""
 )]
 impl RewardModelConfig for PairwiseJudgeConfig {
+    fn memory_use(&self) -> Option<sweetspot_core::InferenceMemory> {
+        Some(sweetspot_core::InferenceMemory {
+            model: self.model.clone(),
+            dtype: self.dtype,
+            batch_size: self.batch_size,
+            max_batch_tokens: Some(self.max_batch_tokens),
+            max_new_tokens: 0,
+        })
+    }
     fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
         declared_inputs([("model", &self.model)])
     }
@@ -285,6 +294,15 @@ fn device_for(
     example = "type = \"seq-cls\"\nmodel = \"models/Skywork-Reward-Llama-3.1-8B\""
 )]
 impl RewardModelConfig for SeqClsConfig {
+    fn memory_use(&self) -> Option<sweetspot_core::InferenceMemory> {
+        Some(sweetspot_core::InferenceMemory {
+            model: self.model.clone(),
+            dtype: self.dtype,
+            batch_size: self.batch_size,
+            max_batch_tokens: Some(self.max_batch_tokens),
+            max_new_tokens: 0,
+        })
+    }
     fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
         declared_inputs([("model", &self.model)])
     }
@@ -323,6 +341,9 @@ impl RewardModelConfig for SeqClsConfig {
     example = "type = \"skywork\"\nmodel = \"models/Skywork-Reward-Llama-3.1-8B\""
 )]
 impl RewardModelConfig for SkyworkConfig {
+    fn memory_use(&self) -> Option<sweetspot_core::InferenceMemory> {
+        self.0.memory_use()
+    }
     fn inputs(&self, ctx: &BuildContext) -> Vec<PluginInput> {
         self.0.inputs(ctx)
     }
@@ -342,6 +363,15 @@ impl RewardModelConfig for SkyworkConfig {
     example = "type = \"armorm\"\nmodel = \"models/ArmoRM-Llama3-8B-v0.1\""
 )]
 impl RewardModelConfig for ArmoRmConfig {
+    fn memory_use(&self) -> Option<sweetspot_core::InferenceMemory> {
+        Some(sweetspot_core::InferenceMemory {
+            model: self.model.clone(),
+            dtype: self.dtype,
+            batch_size: self.batch_size,
+            max_batch_tokens: Some(self.max_batch_tokens),
+            max_new_tokens: 0,
+        })
+    }
     fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
         declared_inputs([("model", &self.model)])
     }
@@ -393,6 +423,15 @@ impl RewardModelConfig for ArmoRmConfig {
     example = "type = \"judge\"\nmodel = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\""
 )]
 impl RewardModelConfig for JudgeConfig {
+    fn memory_use(&self) -> Option<sweetspot_core::InferenceMemory> {
+        Some(sweetspot_core::InferenceMemory {
+            model: self.model.clone(),
+            dtype: self.dtype,
+            batch_size: self.batch_size,
+            max_batch_tokens: Some(self.max_batch_tokens),
+            max_new_tokens: 0,
+        })
+    }
     fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
         declared_inputs([("model", &self.model)])
     }

@@ -119,6 +119,15 @@ pub fn load(
     example = "type = \"burn\"\nmodel = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\""
 )]
 impl SamplerConfig for BurnSamplerConfig {
+    fn memory_use(&self) -> Option<sweetspot_core::InferenceMemory> {
+        Some(sweetspot_core::InferenceMemory {
+            model: self.model.clone(),
+            dtype: self.dtype,
+            batch_size: self.batch_size,
+            max_batch_tokens: self.max_batch_tokens,
+            max_new_tokens: self.max_new_tokens,
+        })
+    }
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
         check_sampling(
             self.temperature.unwrap_or(DEFAULT_TEMPERATURE),

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::Args;
 use sweetspot_runner::graph::{NodeState, Outcome, RunOptions};
 
-use crate::common::{DEVICE_OVERRIDE, base_dir, check_recipe, context, load_recipe};
+use crate::common::{
+    DEVICE_OVERRIDE, base_dir, check_recipe, check_recipe_for_plan, context, load_recipe,
+};
 use crate::{Failure, ModelFlags};
 
 /// `sweetspot run`.
@@ -53,28 +55,65 @@ pub(crate) fn run_cmd(args: RunArgs, quiet: bool) -> Result<(), Failure> {
     let _ = DEVICE_OVERRIDE.set(args.model.device.clone());
     let (recipe, text) = load_recipe(&path)?;
     let ctx = context(&recipe, base_dir(&path));
-    // The whole recipe is checked before anything runs.
-    check_recipe(
-        &recipe,
-        &text,
-        &path,
-        &ctx,
-        sweetspot_runner::Stages::all_of(&recipe),
-    )?;
-    let mut plan = sweetspot_runner::plan::plan(&recipe, &path, &ctx)?;
+    // The whole recipe is checked before anything runs; `--plan` lists missing inputs instead
+    // of refusing them.
+    let stages = sweetspot_runner::Stages::all_of(&recipe);
+    let missing = if args.plan {
+        check_recipe_for_plan(&recipe, &text, &path, &ctx, stages)?
+    } else {
+        check_recipe(&recipe, &text, &path, &ctx, stages)?;
+        Vec::new()
+    };
+    let mut plan = if missing.is_empty() {
+        sweetspot_runner::plan::plan(&recipe, &path, &ctx)?
+    } else {
+        sweetspot_runner::plan::plan_missing_inputs(&recipe, &path, &ctx)?
+    };
     if let Some(d) = &args.model.device {
         plan.devices = vec![d.clone()];
     }
+    // The memory plan: a node that cannot fit is refused before the first node runs.
+    let memory = sweetspot_runner::memory::plan_memory(&plan, None);
+    let first_device = plan
+        .devices
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "cpu".into());
+    let device_memory = sweetspot_runner::memory::device_memory(&recipe.run, &first_device);
+    let fit = sweetspot_runner::memory::check_fit(&plan, &memory, &device_memory, None)
+        .map_err(|message| Failure { message, code: 1 });
     if args.plan && args.json {
-        let text = serde_json::to_string_pretty(&sweetspot_runner::graph::plan_json(&plan))
-            .unwrap_or_default();
+        let mut json = sweetspot_runner::graph::plan_json(&plan);
+        for (node, m) in json["nodes"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .zip(&memory)
+        {
+            node["memory"] = match m.as_ref().map(|m| &m.estimate) {
+                Some(Ok(e)) => serde_json::json!({
+                    "peak_bytes": e.total(),
+                    "parts": e.parts.iter().map(|p| serde_json::json!({"name": p.name, "bytes": p.bytes})).collect::<Vec<_>>(),
+                    "notes": e.notes,
+                }),
+                Some(Err(why)) => serde_json::json!({"unknown": why}),
+                None => serde_json::Value::Null,
+            };
+        }
+        json["device_memory"] = serde_json::json!({
+            "bytes": device_memory.bytes,
+            "source": device_memory.source,
+        });
+        json["missing_inputs"] = serde_json::json!(missing);
+        let text = serde_json::to_string_pretty(&json).unwrap_or_default();
         println!("{text}");
         return Ok(());
     }
     if args.plan {
-        print_plan(&plan);
-        return Ok(());
+        print_plan(&plan, &memory, &device_memory, &missing);
+        return fit;
     }
+    fit?;
     if let Some(scheduler) = &args.emit {
         let binary = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sweetspot"));
         let cluster = recipe.cluster.clone().unwrap_or_default();
@@ -88,7 +127,17 @@ pub(crate) fn run_cmd(args: RunArgs, quiet: bool) -> Result<(), Failure> {
             );
             return Ok(());
         }
-        let e = sweetspot_runner::cluster::emit_slurm(&plan, &path, &cluster, &binary)?;
+        // A CPU job asks for its node's estimated peak (and a quarter more) unless `[cluster]
+        // mem` says otherwise.
+        let peaks: Vec<Option<u64>> = memory
+            .iter()
+            .map(|m| {
+                m.as_ref()
+                    .and_then(|m| m.estimate.as_ref().ok())
+                    .map(|e| e.total())
+            })
+            .collect();
+        let e = sweetspot_runner::cluster::emit_slurm(&plan, &path, &cluster, &binary, &peaks)?;
         println!(
             "{}: {} jobs for {} nodes (submit with: bash {})",
             e.script.display(),
@@ -202,7 +251,13 @@ pub(crate) fn failure_summary(report: &sweetspot_runner::graph::RunReport) -> St
     )
 }
 
-fn print_plan(plan: &sweetspot_runner::plan::Plan) {
+fn print_plan(
+    plan: &sweetspot_runner::plan::Plan,
+    memory: &[Option<sweetspot_runner::memory::NodeMemory>],
+    device: &sweetspot_runner::memory::DeviceMemory,
+    missing: &[String],
+) {
+    use sweetspot_runner::memory::human;
     let states = sweetspot_runner::graph::states(plan);
     let sizes = sweetspot_runner::graph::sizes(plan);
     let done = states.iter().filter(|s| **s == NodeState::Done).count();
@@ -243,11 +298,68 @@ fn print_plan(plan: &sweetspot_runner::plan::Plan) {
         } else {
             format!("  <- {}", after.join(", "))
         };
+        let peak = match memory.get(i).and_then(Option::as_ref).map(|m| &m.estimate) {
+            Some(Ok(e)) => format!("peak {}", human(e.total())),
+            Some(Err(_)) => "peak unknown".to_string(),
+            None => "peak -".to_string(),
+        };
         let _ = writeln!(
             out,
-            "  {:width$}  {:8}  {}  [{}]{after}",
-            node.label, state, sizes[i], node.id
+            "  {:width$}  {:8}  {:15}  {}  [{}]{after}",
+            node.label, state, peak, sizes[i], node.id
         );
+    }
+    if !missing.is_empty() {
+        let _ = writeln!(
+            out,
+            "missing inputs (`validate` and `run` refuse the recipe until they exist):"
+        );
+        for m in missing {
+            let _ = writeln!(out, "  {m}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "memory: device {}: {}",
+        plan.devices.first().map_or("cpu", String::as_str),
+        match device.bytes {
+            Some(b) => format!("{} ({})", human(b), device.source),
+            None => device.source.clone(),
+        }
+    );
+    // Nodes with the same estimate are listed together, each estimate once, parts and all.
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    for (i, m) in memory.iter().enumerate() {
+        let Some(m) = m else { continue };
+        let text = match &m.estimate {
+            Ok(e) => {
+                let fits = match device.bytes {
+                    Some(b) if e.total() > b => "  DOES NOT FIT",
+                    Some(_) => "  fits",
+                    None => "",
+                };
+                let mut t = format!("{}{fits}", human(e.total()));
+                for p in &e.parts {
+                    t.push_str(&format!("\n      {}: {}", p.name, human(p.bytes)));
+                }
+                for n in &e.notes {
+                    t.push_str(&format!("\n      ({n})"));
+                }
+                t
+            }
+            Err(why) => format!("unknown: {why}"),
+        };
+        match groups.iter_mut().find(|g| g.0 == text) {
+            Some(g) => g.1.push(plan.nodes[i].label.as_str()),
+            None => groups.push((text, vec![plan.nodes[i].label.as_str()])),
+        }
+    }
+    for (text, labels) in groups {
+        let who = match labels.as_slice() {
+            [one] => format!("`{one}`"),
+            many => format!("`{}` and {} more", many[0], many.len() - 1),
+        };
+        let _ = writeln!(out, "  peak of {who}: {text}");
     }
 }
 
