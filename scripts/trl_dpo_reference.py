@@ -120,8 +120,10 @@ def save_params(model, name):
     save_file(state, os.path.join(OUT, f"after_{name}.safetensors"))
 
 
-def dpo_step(tok, loss_type, label_smoothing, bf16=False, save_as=None):
+def dpo_step(tok, loss_type, label_smoothing, bf16=False, save_as=None, loss_weights=None,
+             metrics=METRICS, **extra):
     from trl import DPOConfig, DPOTrainer
+    loss_type = loss_type if isinstance(loss_type, list) else [loss_type]
     model = load_policy()
     ref = load_policy()
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,10 +132,10 @@ def dpo_step(tok, loss_type, label_smoothing, bf16=False, save_as=None):
             max_steps=STEPS, learning_rate=HYPER["learning_rate"], lr_scheduler_type="constant",
             warmup_steps=0, weight_decay=HYPER["weight_decay"], adam_beta1=HYPER["adam_beta1"],
             adam_beta2=HYPER["adam_beta2"], adam_epsilon=HYPER["adam_epsilon"],
-            max_grad_norm=HYPER["max_grad_norm"], beta=HYPER["beta"], loss_type=[loss_type],
-            label_smoothing=label_smoothing, logging_steps=1, report_to=[], seed=0,
+            max_grad_norm=HYPER["max_grad_norm"], beta=HYPER["beta"], loss_type=loss_type,
+            loss_weights=loss_weights, label_smoothing=label_smoothing, logging_steps=1, report_to=[], seed=0,
             save_strategy="no", use_cpu=True, bf16=bf16, fp16=False, disable_dropout=True,
-            optim="adamw_torch", dataloader_drop_last=False, max_length=None)
+            optim="adamw_torch", dataloader_drop_last=False, max_length=None, **extra)
         trainer = DPOTrainer(model=model, ref_model=ref, args=args,
                              train_dataset=Dataset.from_list(PAIRS), processing_class=tok)
         tokenized = [{k: trainer.train_dataset[i][k] for k in ("prompt_ids", "chosen_ids",
@@ -142,8 +144,8 @@ def dpo_step(tok, loss_type, label_smoothing, bf16=False, save_as=None):
         trainer.train()
         logs = [h for h in trainer.state.log_history if "loss" in h]
     if not bf16:
-        save_params(trainer.model, save_as or loss_type)
-    return tokenized, [{k: h[k] for k in METRICS} for h in logs]
+        save_params(trainer.model, save_as or loss_type[0])
+    return tokenized, [{k: h[k] for k in metrics} for h in logs]
 
 
 def simpo_step(tokenized):
@@ -203,11 +205,52 @@ def simpo_step(tokenized):
     return steps
 
 
+# `--losses`: the other loss types of TRL's DPOTrainer, one combination (the MPO example of TRL's
+# docs) and the non-default f-divergences, each as (name, loss_type, label_smoothing, extra
+# DPOConfig settings).
+LOSSES = [
+    ("exo_pair", "exo_pair", 1e-3, {}),
+    ("nca_pair", "nca_pair", 0.0, {}),
+    ("bco_pair", "bco_pair", 0.0, {}),
+    ("sppo_hard", "sppo_hard", 0.0, {}),
+    ("aot", "aot", 0.1, {}),
+    ("aot_unpaired", "aot_unpaired", 0.0, {}),
+    ("apo_zero", "apo_zero", 0.0, {}),
+    ("apo_down", "apo_down", 0.0, {}),
+    ("discopop", "discopop", 0.0, {}),
+    ("sft", "sft", 0.0, {}),
+    ("sigmoid_norm", "sigmoid_norm", 0.0, {}),
+    ("mpo", ["sigmoid", "bco_pair", "sft"], 0.0, {"loss_weights": [0.8, 0.2, 1.0]}),
+    ("sigmoid_forward_kl", "sigmoid", 0.0, {"f_divergence_type": "forward_kl"}),
+    ("sigmoid_js_divergence", "sigmoid", 0.0, {"f_divergence_type": "js_divergence"}),
+    ("ipo_alpha_divergence", "ipo", 0.0, {"f_divergence_type": "alpha_divergence",
+                                          "f_alpha_divergence_coef": 0.5}),
+]
+
+
 def main():
     import transformers
     import trl
     global POLICY
     tok = tokenizer()
+    if "--losses" in sys.argv:
+        # The committed policy as it is; the same pairs and settings as reference.json.
+        results, settings, tokenized = {}, {}, None
+        for name, loss_type, ls, extra in LOSSES:
+            torch.manual_seed(0)
+            tokenized, metrics = dpo_step(
+                tok, loss_type, ls, save_as=name,
+                metrics=METRICS + ["logits/chosen", "logits/rejected"], **extra)
+            results[name] = metrics
+            settings[name] = {"loss_type": loss_type if isinstance(loss_type, list) else [loss_type],
+                              "label_smoothing": ls, **extra}
+            print(name, metrics)
+        with open(os.path.join(OUT, "reference_losses.json"), "w") as f:
+            json.dump({"tokenized": tokenized, "hyper": HYPER, "settings": settings,
+                       "steps": results, "trl": trl.__version__,
+                       "transformers": transformers.__version__, "torch": torch.__version__},
+                      f, indent=1)
+        return
     if "--qwen3" in sys.argv:
         POLICY = os.path.join(ROOT, "tests", "fixtures", "models", "policy-qwen3")
         # The reward fixtures' sizes, with Qwen3's own head width, base and tied embeddings.
