@@ -32,6 +32,15 @@ precision: f32 weights and optimizer, the forward and backward autocast to bf16)
 `Qwen3ForCausalLM`: per-head q/k norms, head_dim 32 over hidden size 64, tied embeddings; the
 same tokenizer and template) and tests/fixtures/dpo/reference_qwen3.json with
 after_qwen3_sigmoid.safetensors: DPO's (`sigmoid`) two steps on it, as above.
+
+`python3 scripts/trl_dpo_reference.py --losses` leaves the policy as it is and writes
+tests/fixtures/dpo/reference_losses.json with after_<case>.safetensors: the two steps of every
+other `loss_type` of TRL's `DPOTrainer` (`exo_pair` with label_smoothing 1e-3, `nca_pair`,
+`bco_pair`, `sppo_hard`, `aot` with label_smoothing 0.1, `aot_unpaired`, `apo_zero`, `apo_down`,
+`discopop`, `sft`, `sigmoid_norm`), the MPO combination of TRL's docs (`mpo`: `["sigmoid",
+"bco_pair", "sft"]` weighted `[0.8, 0.2, 1.0]`) and three f-divergences (`sigmoid` with
+`forward_kl` and `js_divergence`, `ipo` with `alpha_divergence` 0.5), each case's DPOConfig
+settings under `settings`, and `logits/chosen`, `logits/rejected` besides the metrics above.
 """
 
 import copy

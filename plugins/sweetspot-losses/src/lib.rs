@@ -12,7 +12,13 @@
 //!
 //! (`b` = `beta`, `e` = `label_smoothing`, `g` = `gamma`, logsig the log-sigmoid.) TRL: `dpo` with
 //! `e = 0` is DPOTrainer's `sigmoid`, `robust = true` its `robust`; `ipo` and `hinge` its `ipo`
-//! and `hinge`; `simpo` CPOTrainer's `simpo` with `cpo_alpha = 0`.
+//! and `hinge`; `simpo` CPOTrainer's `simpo` with `cpo_alpha = 0`. `dpo`, `ipo` and `hinge` take
+//! TRL's `f_divergence_type` (the scores replace the log-ratios in `d`; see the `trl` module).
+//!
+//! Every other loss type of TRL 1.16's `DPOTrainer` (`exo_pair`, `nca_pair`, `bco_pair`,
+//! `sppo_hard`, `aot`, `aot_unpaired`, `apo_zero`, `apo_down`, `discopop`, `sft`,
+//! `sigmoid_norm`), TRL's list form (`type = "trl"`) and weighted sums (`type = "weighted"`) are
+//! in the `trl` module, with their formulas.
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::{log_sigmoid, relu};

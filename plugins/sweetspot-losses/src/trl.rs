@@ -1019,7 +1019,7 @@ impl WeightedConfig {
 #[sweetspot_core::plugin(
     name = "weighted",
     description = "a weighted sum of losses: [[train.loss.terms]] each with type, weight and its own keys",
-    example = "type = \"weighted\"\n[[terms]]\ntype = \"dpo\"\nweight = 0.8\n[[terms]]\ntype = \"bco_pair\"\nweight = 0.2\n[[terms]]\ntype = \"sft\"\nweight = 1.0"
+    example = "type = \"weighted\"\nterms = [{ type = \"dpo\", weight = 0.8 }, { type = \"bco_pair\", weight = 0.2 }, { type = \"sft\", weight = 1.0 }]"
 )]
 impl PreferenceLossConfig for WeightedConfig {
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
