@@ -145,6 +145,19 @@ fn two_steps_of(
     let lr = h["learning_rate"].as_f64().unwrap();
     let mut metrics = Vec::new();
     for (i, want) in steps["steps"][name].as_array().unwrap().iter().enumerate() {
+        if let (Some(tol), Some(_)) = (tol, want.get("logits/chosen")) {
+            // TRL's `logits/*` (the trainer does not log them): the policy before this step.
+            let got = mean_logits(trainer.policy().unwrap(), &pairs);
+            for (k, got) in ["logits/chosen", "logits/rejected"].into_iter().zip(got) {
+                let w = want[k].as_f64().unwrap();
+                eprintln!("{name} step {} {k}: {got} vs TRL {w}", i + 1);
+                assert!(
+                    (got - w).abs() <= tol.0 * 1e-2 + tol.1 * w.abs(),
+                    "{name} step {} {k}: {got} vs TRL {w}",
+                    i + 1
+                );
+            }
+        }
         let m = trainer.step(&pairs, lr).unwrap();
         if let Some(tol) = tol {
             check_metrics(&m, want, &format!("{name} {precision} step {}", i + 1), tol);
@@ -152,6 +165,45 @@ fn two_steps_of(
         metrics.push(m);
     }
     (trainer, metrics)
+}
+
+/// TRL's `logits/chosen` and `logits/rejected` of `policy` on `pairs`: the mean over the
+/// vocabulary of the logits that predict each completion token, averaged over every chosen
+/// (rejected) completion token of the batch.
+fn mean_logits(policy: &Llama, pairs: &[TokenizedPair]) -> [f64; 2] {
+    use burn::tensor::{Bool, Int, Tensor, TensorData};
+    let d = policy.device().clone();
+    let side = |pick: fn(&TokenizedPair) -> &Vec<u32>| {
+        let (mut sum, mut n) = (0f64, 0usize);
+        for p in pairs {
+            let ids: Vec<i64> = p.prompt.iter().chain(pick(p)).map(|&i| i as i64).collect();
+            let t = ids.len();
+            let logits = policy
+                .forward(
+                    Tensor::<2, Int>::from_data(TensorData::new(ids, [1, t]), &d),
+                    Tensor::<2, Int>::from_data(
+                        TensorData::new((0..t as i64).collect(), [1, t]),
+                        &d,
+                    ),
+                    Tensor::<2, Bool>::from_data(TensorData::new(vec![true; t], [1, t]), &d),
+                    None,
+                )
+                .unwrap();
+            let means = logits
+                .detach()
+                .mean_dim(2)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            // Position i predicts token i + 1: the completion from the prompt's last token.
+            for m in &means[p.prompt.len() - 1..t - 1] {
+                sum += f64::from(*m);
+                n += 1;
+            }
+        }
+        sum / n as f64
+    };
+    [side(|p| &p.chosen), side(|p| &p.rejected)]
 }
 
 /// Every parameter against `dpo/<file>.safetensors`.
