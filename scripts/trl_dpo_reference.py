@@ -41,6 +41,12 @@ other `loss_type` of TRL's `DPOTrainer` (`exo_pair` with label_smoothing 1e-3, `
 "bco_pair", "sft"]` weighted `[0.8, 0.2, 1.0]`) and three f-divergences (`sigmoid` with
 `forward_kl` and `js_divergence`, `ipo` with `alpha_divergence` 0.5), each case's DPOConfig
 settings under `settings`, and `logits/chosen`, `logits/rejected` besides the metrics above.
+
+`python3 scripts/trl_dpo_reference.py --reference-free` writes tests/fixtures/dpo/
+reference_free.json with after_<case>.safetensors: two steps of CPO (`cpo`: sigmoid, cpo_alpha
+1.0; `cpo_ipo`: ipo, cpo_alpha 0.5), AlphaPO (`alphapo`: CPO's `loss_type="alphapo"`, alpha
+0.25, beta 2.0) and ORPO (`orpo`: beta 0.1), with the losses of TRL's experimental
+`CPOTrainer` and `ORPOTrainer` on the same tokens, stepped in torch as `simpo` is.
 """
 
 import copy
@@ -157,6 +163,88 @@ def dpo_step(tok, loss_type, label_smoothing, bf16=False, save_as=None, loss_wei
     return tokenized, [{k: h[k] for k in metrics} for h in logs]
 
 
+def reference_free_step(tokenized, kind, save_as, **settings):
+    """Two steps of CPOTrainer's (`kind = "cpo"`: `cpo_loss` plus `cpo_alpha` times the NLL) or
+    ORPOTrainer's (`kind = "orpo"`: the NLL minus `odds_ratio_loss`) loss, each trainer's own
+    loss functions on the tokens DPOTrainer trains on, and the step written out in torch as in
+    `simpo_step` below. The NLL is each trainer's `cross_entropy_loss` on the chosen half: the mean
+    over chosen completion tokens (the prompt's labels are -100)."""
+    from transformers import Trainer
+    from trl.experimental.cpo import CPOTrainer
+    from trl.experimental.orpo import ORPOTrainer
+    model = load_policy()
+    model.train()
+    ids, masks = [], []
+    for which in ("chosen_ids", "rejected_ids"):
+        for t in tokenized:
+            ids.append(t["prompt_ids"] + t[which])
+            masks.append([0] * len(t["prompt_ids"]) + [1] * len(t[which]))
+    width = max(len(i) for i in ids)
+    x = torch.zeros(len(ids), width, dtype=torch.long)
+    attn = torch.zeros(len(ids), width, dtype=torch.long)
+    comp = torch.zeros(len(ids), width, dtype=torch.long)
+    for r, (i, m) in enumerate(zip(ids, masks)):
+        x[r, :len(i)] = torch.tensor(i)
+        attn[r, :len(i)] = 1
+        comp[r, :len(m)] = torch.tensor(m)
+    target = x[:, 1:]
+    mask = comp[:, 1:].float()
+    n = len(tokenized)
+    cfg = dict(beta=HYPER["beta"], label_smoothing=0.0, loss_type="sigmoid", cpo_alpha=1.0,
+               simpo_gamma=0.5, alpha=0.0)
+    cfg.update(settings)
+    if cfg["loss_type"] == "alphapo":
+        cfg.update(loss_type="simpo", cpo_alpha=0.0)
+    ns = types.SimpleNamespace(accelerator=types.SimpleNamespace(device="cpu"), **cfg)
+    decay = set(Trainer.get_decay_parameter_names(None, model))
+    groups = [
+        {"params": [p for n_, p in model.named_parameters() if n_ in decay],
+         "weight_decay": HYPER["weight_decay"]},
+        {"params": [p for n_, p in model.named_parameters() if n_ not in decay],
+         "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=HYPER["learning_rate"],
+                            betas=(HYPER["adam_beta1"], HYPER["adam_beta2"]),
+                            eps=HYPER["adam_epsilon"], weight_decay=HYPER["weight_decay"])
+    average = kind == "orpo" or cfg["loss_type"] in ("ipo", "simpo")
+    steps = []
+    for _ in range(STEPS):
+        logits = model(x, attention_mask=attn).logits[:, :-1]
+        per_token = torch.gather(logits.log_softmax(-1), 2, target.unsqueeze(-1)).squeeze(-1)
+        summed = (per_token * mask).sum(-1)
+        logps = summed / mask.sum(-1) if average else summed
+        chosen, rejected = logps[:n], logps[n:]
+        nll = -(per_token[:n] * mask[:n]).sum() / mask[:n].sum()
+        if kind == "cpo":
+            losses, cr, rr = CPOTrainer.cpo_loss(ns, chosen, rejected)
+            loss = losses.mean() + cfg["cpo_alpha"] * nll
+        else:
+            losses, cr, rr, _, _ = ORPOTrainer.odds_ratio_loss(ns, chosen, rejected)
+            loss = nll - losses.mean()
+        opt.zero_grad()
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), HYPER["max_grad_norm"])
+        opt.step()
+        steps.append({"loss": loss.item(), "grad_norm": grad_norm.item(),
+                      "rewards/chosen": cr.mean().item(), "rewards/rejected": rr.mean().item(),
+                      "rewards/accuracies": (cr > rr).float().mean().item(),
+                      "rewards/margins": (cr - rr).mean().item(),
+                      "logps/chosen": chosen.mean().item(),
+                      "logps/rejected": rejected.mean().item(),
+                      "nll_loss": nll.item()})
+    save_params(model, save_as)
+    return steps
+
+
+# `--reference-free`: CPO's and ORPO's losses (trl.experimental), as (name, kind, settings).
+REFERENCE_FREE = [
+    ("cpo", "cpo", {}),
+    ("cpo_ipo", "cpo", {"loss_type": "ipo", "cpo_alpha": 0.5}),
+    ("alphapo", "cpo", {"loss_type": "alphapo", "alpha": 0.25, "beta": 2.0, "simpo_gamma": 0.5}),
+    ("orpo", "orpo", {}),
+]
+
+
 def simpo_step(tokenized):
     from trl.experimental.cpo import CPOTrainer
     model = load_policy()
@@ -242,6 +330,21 @@ def main():
     import trl
     global POLICY
     tok = tokenizer()
+    if "--reference-free" in sys.argv:
+        with open(os.path.join(OUT, "reference.json")) as f:
+            tokenized = json.load(f)["tokenized"]
+        results, settings = {}, {}
+        for name, kind, cfg in REFERENCE_FREE:
+            torch.manual_seed(0)
+            results[name] = reference_free_step(tokenized, kind, name, **cfg)
+            settings[name] = {"trainer": kind, **cfg}
+            print(name, results[name])
+        with open(os.path.join(OUT, "reference_free.json"), "w") as f:
+            json.dump({"tokenized": tokenized, "hyper": HYPER, "settings": settings,
+                       "steps": results, "trl": trl.__version__,
+                       "transformers": transformers.__version__, "torch": torch.__version__},
+                      f, indent=1)
+        return
     if "--losses" in sys.argv:
         # The committed policy as it is; the same pairs and settings as reference.json.
         results, settings, tokenized = {}, {}, None

@@ -16,9 +16,9 @@ use std::path::PathBuf;
 use sweetspot_core::{BuildContext, Message, PreferenceLossConfig};
 use sweetspot_losses::{
     AotConfig, AotSettings, AotUnpairedConfig, ApoDownConfig, ApoZeroConfig, BcoPairConfig,
-    BetaConfig, DiscopopConfig, DpoConfig, ExoPairConfig, FDivergence, HingeConfig, IpoConfig,
-    LossType, LossTypes, NcaPairConfig, SftConfig, SigmoidNormConfig, SimpoConfig, SppoHardConfig,
-    TrlConfig,
+    BetaConfig, CpoConfig, CpoLossType, DiscopopConfig, DpoConfig, ExoPairConfig, FDivergence,
+    HingeConfig, IpoConfig, LossType, LossTypes, NcaPairConfig, OrpoConfig, SftConfig,
+    SigmoidNormConfig, SimpoConfig, SppoHardConfig, TrlConfig,
 };
 use sweetspot_model::{Llama, Precision, Tokenizer, resolve_device};
 use sweetspot_train::{OptimizerSettings, StepMetrics, TokenizedPair, Trainer, tokenize_pair};
@@ -667,4 +667,80 @@ fn trl_form_with_trls_own_settings_matches_every_case() {
         );
         check_params(&format!("after_{name}"), &trainer);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPO, AlphaPO and ORPO (`scripts/trl_dpo_reference.py --reference-free` ->
+// `dpo/reference_free.json`: the losses of TRL's experimental CPOTrainer and ORPOTrainer on the
+// same tokens, stepped in torch as SimPO is)
+// ---------------------------------------------------------------------------------------------
+
+fn reference_free(name: &str, loss: &CpoOrOrpo, perturbed: &CpoOrOrpo) {
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("dpo/reference_free.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r["tokenized"], reference()["tokenized"]);
+    let (trainer, _) = two_steps_of(
+        "policy",
+        name,
+        loss.as_ref(),
+        &r,
+        Precision::F32,
+        Some(F32_TOL),
+    );
+    check_params(&format!("after_{name}"), &trainer);
+    let (trainer, metrics) =
+        two_steps_of("policy", name, perturbed.as_ref(), &r, Precision::F32, None);
+    let off: Vec<_> = metrics
+        .iter()
+        .zip(r["steps"][name].as_array().unwrap())
+        .flat_map(|(m, want)| metric_diffs(m, want, F32_TOL))
+        .collect();
+    let params = params_match(&format!("after_{name}"), &trainer);
+    assert!(
+        !off.is_empty() || params.is_err(),
+        "{name}: a perturbed {perturbed:?} still matches TRL"
+    );
+}
+
+type CpoOrOrpo = Box<dyn PreferenceLossConfig>;
+
+#[test]
+fn cpo_two_steps_match_trl() {
+    let cpo = |a: f64| -> CpoOrOrpo {
+        Box::new(CpoConfig {
+            cpo_alpha: a,
+            ..CpoConfig::default()
+        })
+    };
+    reference_free("cpo", &cpo(1.0), &cpo(0.9));
+    let ipo = |b: f64| -> CpoOrOrpo {
+        Box::new(CpoConfig {
+            loss_type: CpoLossType::Ipo,
+            cpo_alpha: 0.5,
+            beta: b,
+            ..CpoConfig::default()
+        })
+    };
+    reference_free("cpo_ipo", &ipo(0.1), &ipo(0.12));
+}
+
+#[test]
+fn alphapo_two_steps_match_trl() {
+    let alphapo = |a: f64| -> CpoOrOrpo {
+        Box::new(CpoConfig {
+            loss_type: CpoLossType::Alphapo,
+            alpha: a,
+            beta: 2.0,
+            ..CpoConfig::default()
+        })
+    };
+    reference_free("alphapo", &alphapo(0.25), &alphapo(0.3));
+}
+
+#[test]
+fn orpo_two_steps_match_trl() {
+    let orpo = |b: f64| -> CpoOrOrpo { Box::new(OrpoConfig { beta: b }) };
+    reference_free("orpo", &orpo(0.1), &orpo(0.12));
 }

@@ -18,7 +18,7 @@
 //! Every other loss type of TRL 1.16's `DPOTrainer` (`exo_pair`, `nca_pair`, `bco_pair`,
 //! `sppo_hard`, `aot`, `aot_unpaired`, `apo_zero`, `apo_down`, `discopop`, `sft`,
 //! `sigmoid_norm`), TRL's list form (`type = "trl"`) and weighted sums (`type = "weighted"`) are
-//! in the `trl` module, with their formulas.
+//! in the `trl` module, with their formulas; CPO (with AlphaPO) and ORPO in the `cpo` module.
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::{log_sigmoid, relu};
@@ -28,8 +28,10 @@ use sweetspot_core::{
     PreferenceLossConfig,
 };
 
+mod cpo;
 mod trl;
 
+pub use cpo::{CpoConfig, CpoLossType, OrpoConfig, ReferenceFree};
 pub use trl::{
     AotConfig, AotSettings, AotUnpairedConfig, ApoDownConfig, ApoZeroConfig, BcoPairConfig,
     BetaConfig, DiscopopConfig, ExoPairConfig, FDivergence, LossType, LossTypes, NcaPairConfig,

@@ -334,7 +334,7 @@ impl TrlLoss {
 }
 
 /// `-(1 - e) logsig(x) - e logsig(-x)`.
-fn smoothed(x: Tensor<1>, e: f64) -> Tensor<1> {
+pub(crate) fn smoothed(x: Tensor<1>, e: f64) -> Tensor<1> {
     let pos = log_sigmoid(x.clone()).mul_scalar(-(1.0 - e));
     if e == 0.0 {
         pos
@@ -482,7 +482,9 @@ impl PreferenceLoss for TrlLoss {
     }
 }
 
-fn check_of(built: Result<Box<dyn PreferenceLoss>, PluginError>) -> Result<(), ConfigIssue> {
+pub(crate) fn check_of(
+    built: Result<Box<dyn PreferenceLoss>, PluginError>,
+) -> Result<(), ConfigIssue> {
     built
         .map(drop)
         .map_err(|e| ConfigIssue::from_build_error(&e))
