@@ -434,8 +434,12 @@ fn run_loss(name: &str, loss: &dyn PreferenceLossConfig) {
 /// not match TRL's run: some metric of some step, or some parameter, is out of tolerance (a
 /// weight on a lone term changes the loss and gradient norm but not Adam's clipped steps).
 fn differs(name: &str, loss: &dyn PreferenceLossConfig) {
-    let r = losses_reference();
-    let (trainer, metrics) = two_steps_of("policy", name, loss, &r, Precision::F32, None);
+    differs_from(&losses_reference(), name, loss);
+}
+
+/// [`differs`] against the reference `r`.
+fn differs_from(r: &serde_json::Value, name: &str, loss: &dyn PreferenceLossConfig) {
+    let (trainer, metrics) = two_steps_of("policy", name, loss, r, Precision::F32, None);
     let off: Vec<_> = metrics
         .iter()
         .zip(r["steps"][name].as_array().unwrap())
@@ -743,4 +747,45 @@ fn alphapo_two_steps_match_trl() {
 fn orpo_two_steps_match_trl() {
     let orpo = |b: f64| -> CpoOrOrpo { Box::new(OrpoConfig { beta: b }) };
     reference_free("orpo", &orpo(0.1), &orpo(0.12));
+}
+
+/// The sensitivity checks of the first five losses (`reference.json`): one changed parameter
+/// each breaks the match.
+#[test]
+fn first_losses_with_a_changed_parameter_do_not_match_trl() {
+    let r = reference();
+    let dpo = |b, e, robust| DpoConfig {
+        beta: b,
+        label_smoothing: e,
+        robust,
+        ..DpoConfig::default()
+    };
+    differs_from(&r, "sigmoid", &dpo(0.12, 0.0, false));
+    differs_from(&r, "robust", &dpo(0.1, 0.2, true));
+    differs_from(&r, "robust", &dpo(0.1, 0.1, false));
+    differs_from(
+        &r,
+        "ipo",
+        &IpoConfig {
+            beta: 0.12,
+            ..IpoConfig::default()
+        },
+    );
+    differs_from(
+        &r,
+        "hinge",
+        &HingeConfig {
+            beta: 0.12,
+            ..HingeConfig::default()
+        },
+    );
+    differs_from(
+        &r,
+        "simpo",
+        &SimpoConfig {
+            beta: 0.1,
+            gamma: 0.6,
+            label_smoothing: 0.0,
+        },
+    );
 }
