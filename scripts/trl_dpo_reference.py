@@ -32,6 +32,21 @@ precision: f32 weights and optimizer, the forward and backward autocast to bf16)
 `Qwen3ForCausalLM`: per-head q/k norms, head_dim 32 over hidden size 64, tied embeddings; the
 same tokenizer and template) and tests/fixtures/dpo/reference_qwen3.json with
 after_qwen3_sigmoid.safetensors: DPO's (`sigmoid`) two steps on it, as above.
+
+`python3 scripts/trl_dpo_reference.py --losses` leaves the policy as it is and writes
+tests/fixtures/dpo/reference_losses.json with after_<case>.safetensors: the two steps of every
+other `loss_type` of TRL's `DPOTrainer` (`exo_pair` with label_smoothing 1e-3, `nca_pair`,
+`bco_pair`, `sppo_hard`, `aot` with label_smoothing 0.1, `aot_unpaired`, `apo_zero`, `apo_down`,
+`discopop`, `sft`, `sigmoid_norm`), the MPO combination of TRL's docs (`mpo`: `["sigmoid",
+"bco_pair", "sft"]` weighted `[0.8, 0.2, 1.0]`) and three f-divergences (`sigmoid` with
+`forward_kl` and `js_divergence`, `ipo` with `alpha_divergence` 0.5), each case's DPOConfig
+settings under `settings`, and `logits/chosen`, `logits/rejected` besides the metrics above.
+
+`python3 scripts/trl_dpo_reference.py --reference-free` writes tests/fixtures/dpo/
+reference_free.json with after_<case>.safetensors: two steps of CPO (`cpo`: sigmoid, cpo_alpha
+1.0; `cpo_ipo`: ipo, cpo_alpha 0.5), AlphaPO (`alphapo`: CPO's `loss_type="alphapo"`, alpha
+0.25, beta 2.0) and ORPO (`orpo`: beta 0.1), with the losses of TRL's experimental
+`CPOTrainer` and `ORPOTrainer` on the same tokens, stepped in torch as `simpo` is.
 """
 
 import copy
@@ -120,8 +135,10 @@ def save_params(model, name):
     save_file(state, os.path.join(OUT, f"after_{name}.safetensors"))
 
 
-def dpo_step(tok, loss_type, label_smoothing, bf16=False, save_as=None):
+def dpo_step(tok, loss_type, label_smoothing, bf16=False, save_as=None, loss_weights=None,
+             metrics=METRICS, **extra):
     from trl import DPOConfig, DPOTrainer
+    loss_type = loss_type if isinstance(loss_type, list) else [loss_type]
     model = load_policy()
     ref = load_policy()
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,10 +147,10 @@ def dpo_step(tok, loss_type, label_smoothing, bf16=False, save_as=None):
             max_steps=STEPS, learning_rate=HYPER["learning_rate"], lr_scheduler_type="constant",
             warmup_steps=0, weight_decay=HYPER["weight_decay"], adam_beta1=HYPER["adam_beta1"],
             adam_beta2=HYPER["adam_beta2"], adam_epsilon=HYPER["adam_epsilon"],
-            max_grad_norm=HYPER["max_grad_norm"], beta=HYPER["beta"], loss_type=[loss_type],
-            label_smoothing=label_smoothing, logging_steps=1, report_to=[], seed=0,
+            max_grad_norm=HYPER["max_grad_norm"], beta=HYPER["beta"], loss_type=loss_type,
+            loss_weights=loss_weights, label_smoothing=label_smoothing, logging_steps=1, report_to=[], seed=0,
             save_strategy="no", use_cpu=True, bf16=bf16, fp16=False, disable_dropout=True,
-            optim="adamw_torch", dataloader_drop_last=False, max_length=None)
+            optim="adamw_torch", dataloader_drop_last=False, max_length=None, **extra)
         trainer = DPOTrainer(model=model, ref_model=ref, args=args,
                              train_dataset=Dataset.from_list(PAIRS), processing_class=tok)
         tokenized = [{k: trainer.train_dataset[i][k] for k in ("prompt_ids", "chosen_ids",
@@ -142,8 +159,90 @@ def dpo_step(tok, loss_type, label_smoothing, bf16=False, save_as=None):
         trainer.train()
         logs = [h for h in trainer.state.log_history if "loss" in h]
     if not bf16:
-        save_params(trainer.model, save_as or loss_type)
-    return tokenized, [{k: h[k] for k in METRICS} for h in logs]
+        save_params(trainer.model, save_as or loss_type[0])
+    return tokenized, [{k: h[k] for k in metrics} for h in logs]
+
+
+def reference_free_step(tokenized, kind, save_as, **settings):
+    """Two steps of CPOTrainer's (`kind = "cpo"`: `cpo_loss` plus `cpo_alpha` times the NLL) or
+    ORPOTrainer's (`kind = "orpo"`: the NLL minus `odds_ratio_loss`) loss, each trainer's own
+    loss functions on the tokens DPOTrainer trains on, and the step written out in torch as in
+    `simpo_step` below. The NLL is each trainer's `cross_entropy_loss` on the chosen half: the mean
+    over chosen completion tokens (the prompt's labels are -100)."""
+    from transformers import Trainer
+    from trl.experimental.cpo import CPOTrainer
+    from trl.experimental.orpo import ORPOTrainer
+    model = load_policy()
+    model.train()
+    ids, masks = [], []
+    for which in ("chosen_ids", "rejected_ids"):
+        for t in tokenized:
+            ids.append(t["prompt_ids"] + t[which])
+            masks.append([0] * len(t["prompt_ids"]) + [1] * len(t[which]))
+    width = max(len(i) for i in ids)
+    x = torch.zeros(len(ids), width, dtype=torch.long)
+    attn = torch.zeros(len(ids), width, dtype=torch.long)
+    comp = torch.zeros(len(ids), width, dtype=torch.long)
+    for r, (i, m) in enumerate(zip(ids, masks)):
+        x[r, :len(i)] = torch.tensor(i)
+        attn[r, :len(i)] = 1
+        comp[r, :len(m)] = torch.tensor(m)
+    target = x[:, 1:]
+    mask = comp[:, 1:].float()
+    n = len(tokenized)
+    cfg = dict(beta=HYPER["beta"], label_smoothing=0.0, loss_type="sigmoid", cpo_alpha=1.0,
+               simpo_gamma=0.5, alpha=0.0)
+    cfg.update(settings)
+    if cfg["loss_type"] == "alphapo":
+        cfg.update(loss_type="simpo", cpo_alpha=0.0)
+    ns = types.SimpleNamespace(accelerator=types.SimpleNamespace(device="cpu"), **cfg)
+    decay = set(Trainer.get_decay_parameter_names(None, model))
+    groups = [
+        {"params": [p for n_, p in model.named_parameters() if n_ in decay],
+         "weight_decay": HYPER["weight_decay"]},
+        {"params": [p for n_, p in model.named_parameters() if n_ not in decay],
+         "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=HYPER["learning_rate"],
+                            betas=(HYPER["adam_beta1"], HYPER["adam_beta2"]),
+                            eps=HYPER["adam_epsilon"], weight_decay=HYPER["weight_decay"])
+    average = kind == "orpo" or cfg["loss_type"] in ("ipo", "simpo")
+    steps = []
+    for _ in range(STEPS):
+        logits = model(x, attention_mask=attn).logits[:, :-1]
+        per_token = torch.gather(logits.log_softmax(-1), 2, target.unsqueeze(-1)).squeeze(-1)
+        summed = (per_token * mask).sum(-1)
+        logps = summed / mask.sum(-1) if average else summed
+        chosen, rejected = logps[:n], logps[n:]
+        nll = -(per_token[:n] * mask[:n]).sum() / mask[:n].sum()
+        if kind == "cpo":
+            losses, cr, rr = CPOTrainer.cpo_loss(ns, chosen, rejected)
+            loss = losses.mean() + cfg["cpo_alpha"] * nll
+        else:
+            losses, cr, rr, _, _ = ORPOTrainer.odds_ratio_loss(ns, chosen, rejected)
+            loss = nll - losses.mean()
+        opt.zero_grad()
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), HYPER["max_grad_norm"])
+        opt.step()
+        steps.append({"loss": loss.item(), "grad_norm": grad_norm.item(),
+                      "rewards/chosen": cr.mean().item(), "rewards/rejected": rr.mean().item(),
+                      "rewards/accuracies": (cr > rr).float().mean().item(),
+                      "rewards/margins": (cr - rr).mean().item(),
+                      "logps/chosen": chosen.mean().item(),
+                      "logps/rejected": rejected.mean().item(),
+                      "nll_loss": nll.item()})
+    save_params(model, save_as)
+    return steps
+
+
+# `--reference-free`: CPO's and ORPO's losses (trl.experimental), as (name, kind, settings).
+REFERENCE_FREE = [
+    ("cpo", "cpo", {}),
+    ("cpo_ipo", "cpo", {"loss_type": "ipo", "cpo_alpha": 0.5}),
+    ("alphapo", "cpo", {"loss_type": "alphapo", "alpha": 0.25, "beta": 2.0, "simpo_gamma": 0.5}),
+    ("orpo", "orpo", {}),
+]
 
 
 def simpo_step(tokenized):
@@ -203,11 +302,67 @@ def simpo_step(tokenized):
     return steps
 
 
+# `--losses`: the other loss types of TRL's DPOTrainer, one combination (the MPO example of TRL's
+# docs) and the non-default f-divergences, each as (name, loss_type, label_smoothing, extra
+# DPOConfig settings).
+LOSSES = [
+    ("exo_pair", "exo_pair", 1e-3, {}),
+    ("nca_pair", "nca_pair", 0.0, {}),
+    ("bco_pair", "bco_pair", 0.0, {}),
+    ("sppo_hard", "sppo_hard", 0.0, {}),
+    ("aot", "aot", 0.1, {}),
+    ("aot_unpaired", "aot_unpaired", 0.0, {}),
+    ("apo_zero", "apo_zero", 0.0, {}),
+    ("apo_down", "apo_down", 0.0, {}),
+    ("discopop", "discopop", 0.0, {}),
+    ("sft", "sft", 0.0, {}),
+    ("sigmoid_norm", "sigmoid_norm", 0.0, {}),
+    ("mpo", ["sigmoid", "bco_pair", "sft"], 0.0, {"loss_weights": [0.8, 0.2, 1.0]}),
+    ("sigmoid_forward_kl", "sigmoid", 0.0, {"f_divergence_type": "forward_kl"}),
+    ("sigmoid_js_divergence", "sigmoid", 0.0, {"f_divergence_type": "js_divergence"}),
+    ("ipo_alpha_divergence", "ipo", 0.0, {"f_divergence_type": "alpha_divergence",
+                                          "f_alpha_divergence_coef": 0.5}),
+]
+
+
 def main():
     import transformers
     import trl
     global POLICY
     tok = tokenizer()
+    if "--reference-free" in sys.argv:
+        with open(os.path.join(OUT, "reference.json")) as f:
+            tokenized = json.load(f)["tokenized"]
+        results, settings = {}, {}
+        for name, kind, cfg in REFERENCE_FREE:
+            torch.manual_seed(0)
+            results[name] = reference_free_step(tokenized, kind, name, **cfg)
+            settings[name] = {"trainer": kind, **cfg}
+            print(name, results[name])
+        with open(os.path.join(OUT, "reference_free.json"), "w") as f:
+            json.dump({"tokenized": tokenized, "hyper": HYPER, "settings": settings,
+                       "steps": results, "trl": trl.__version__,
+                       "transformers": transformers.__version__, "torch": torch.__version__},
+                      f, indent=1)
+        return
+    if "--losses" in sys.argv:
+        # The committed policy as it is; the same pairs and settings as reference.json.
+        results, settings, tokenized = {}, {}, None
+        for name, loss_type, ls, extra in LOSSES:
+            torch.manual_seed(0)
+            tokenized, metrics = dpo_step(
+                tok, loss_type, ls, save_as=name,
+                metrics=METRICS + ["logits/chosen", "logits/rejected"], **extra)
+            results[name] = metrics
+            settings[name] = {"loss_type": loss_type if isinstance(loss_type, list) else [loss_type],
+                              "label_smoothing": ls, **extra}
+            print(name, metrics)
+        with open(os.path.join(OUT, "reference_losses.json"), "w") as f:
+            json.dump({"tokenized": tokenized, "hyper": HYPER, "settings": settings,
+                       "steps": results, "trl": trl.__version__,
+                       "transformers": transformers.__version__, "torch": torch.__version__},
+                      f, indent=1)
+        return
     if "--qwen3" in sys.argv:
         POLICY = os.path.join(ROOT, "tests", "fixtures", "models", "policy-qwen3")
         # The reward fixtures' sizes, with Qwen3's own head width, base and tied embeddings.

@@ -81,8 +81,7 @@ fn main() {
     drop(frozen);
     let loss = DpoConfig {
         beta: 0.1,
-        label_smoothing: 0.0,
-        robust: false,
+        ..DpoConfig::default()
     }
     .build(&BuildContext::new("."))
     .expect("loss");

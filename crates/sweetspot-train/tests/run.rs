@@ -64,8 +64,7 @@ fn settings(dir: &Path, out: &str) -> TrainSettings {
 fn loss() -> Box<dyn sweetspot_core::PreferenceLoss> {
     DpoConfig {
         beta: 0.1,
-        label_smoothing: 0.0,
-        robust: false,
+        ..DpoConfig::default()
     }
     .build(&sweetspot_core::BuildContext::new("."))
     .unwrap()

@@ -12,7 +12,13 @@
 //!
 //! (`b` = `beta`, `e` = `label_smoothing`, `g` = `gamma`, logsig the log-sigmoid.) TRL: `dpo` with
 //! `e = 0` is DPOTrainer's `sigmoid`, `robust = true` its `robust`; `ipo` and `hinge` its `ipo`
-//! and `hinge`; `simpo` CPOTrainer's `simpo` with `cpo_alpha = 0`.
+//! and `hinge`; `simpo` CPOTrainer's `simpo` with `cpo_alpha = 0`. `dpo`, `ipo` and `hinge` take
+//! TRL's `f_divergence_type` (the scores replace the log-ratios in `d`; see the `trl` module).
+//!
+//! Every other loss type of TRL 1.16's `DPOTrainer` (`exo_pair`, `nca_pair`, `bco_pair`,
+//! `sppo_hard`, `aot`, `aot_unpaired`, `apo_zero`, `apo_down`, `discopop`, `sft`,
+//! `sigmoid_norm`), TRL's list form (`type = "trl"`) and weighted sums (`type = "weighted"`) are
+//! in the `trl` module, with their formulas; CPO (with AlphaPO) and ORPO in the `cpo` module.
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::{log_sigmoid, relu};
@@ -22,15 +28,24 @@ use sweetspot_core::{
     PreferenceLossConfig,
 };
 
+mod cpo;
+mod trl;
+
+pub use cpo::{CpoConfig, CpoLossType, OrpoConfig, ReferenceFree};
+pub use trl::{
+    AotConfig, AotSettings, AotUnpairedConfig, ApoDownConfig, ApoZeroConfig, BcoPairConfig,
+    BetaConfig, DiscopopConfig, ExoPairConfig, FDivergence, LossType, LossTypes, NcaPairConfig,
+    SftConfig, SigmoidNormConfig, SppoHardConfig, Term, TrlConfig, TrlLoss, Weighted,
+    WeightedConfig,
+};
+use trl::{FDiv, default_alpha_coef, default_beta, is_default_alpha_coef};
+
 /// Call from a binary to make sure this crate is linked (and its plugins registered).
 #[inline(never)]
 pub fn link() {
     std::hint::black_box(());
 }
 
-fn default_beta() -> f64 {
-    0.1
-}
 fn default_simpo_beta() -> f64 {
     2.0
 }
@@ -52,6 +67,28 @@ pub struct DpoConfig {
     /// The unbiased (robust) form instead of the conservative one.
     #[serde(default)]
     pub robust: bool,
+    /// TRL's `f_divergence_type` (f-DPO): `reverse_kl` (DPO), `forward_kl`, `js_divergence`,
+    /// `alpha_divergence`.
+    #[serde(default, skip_serializing_if = "FDivergence::is_default")]
+    pub f_divergence_type: FDivergence,
+    /// TRL's `f_alpha_divergence_coef`, for `alpha_divergence`.
+    #[serde(
+        default = "default_alpha_coef",
+        skip_serializing_if = "is_default_alpha_coef"
+    )]
+    pub f_alpha_divergence_coef: f64,
+}
+
+impl Default for DpoConfig {
+    fn default() -> Self {
+        Self {
+            beta: default_beta(),
+            label_smoothing: 0.0,
+            robust: false,
+            f_divergence_type: FDivergence::ReverseKl,
+            f_alpha_divergence_coef: default_alpha_coef(),
+        }
+    }
 }
 
 /// `type = "ipo"`: IPO (Azar et al.) on length-averaged log-ratios, as TRL computes it.
@@ -61,6 +98,25 @@ pub struct IpoConfig {
     /// The regularization `tau` of the paper.
     #[serde(default = "default_beta")]
     pub beta: f64,
+    /// TRL's `f_divergence_type` (as `dpo`'s).
+    #[serde(default, skip_serializing_if = "FDivergence::is_default")]
+    pub f_divergence_type: FDivergence,
+    /// TRL's `f_alpha_divergence_coef`, for `alpha_divergence`.
+    #[serde(
+        default = "default_alpha_coef",
+        skip_serializing_if = "is_default_alpha_coef"
+    )]
+    pub f_alpha_divergence_coef: f64,
+}
+
+impl Default for IpoConfig {
+    fn default() -> Self {
+        Self {
+            beta: default_beta(),
+            f_divergence_type: FDivergence::ReverseKl,
+            f_alpha_divergence_coef: default_alpha_coef(),
+        }
+    }
 }
 
 /// `type = "hinge"`: the hinge loss of SLiC (Zhao et al.).
@@ -70,6 +126,25 @@ pub struct HingeConfig {
     /// Inverse margin.
     #[serde(default = "default_beta")]
     pub beta: f64,
+    /// TRL's `f_divergence_type` (as `dpo`'s).
+    #[serde(default, skip_serializing_if = "FDivergence::is_default")]
+    pub f_divergence_type: FDivergence,
+    /// TRL's `f_alpha_divergence_coef`, for `alpha_divergence`.
+    #[serde(
+        default = "default_alpha_coef",
+        skip_serializing_if = "is_default_alpha_coef"
+    )]
+    pub f_alpha_divergence_coef: f64,
+}
+
+impl Default for HingeConfig {
+    fn default() -> Self {
+        Self {
+            beta: default_beta(),
+            f_divergence_type: FDivergence::ReverseKl,
+            f_alpha_divergence_coef: default_alpha_coef(),
+        }
+    }
 }
 
 /// `type = "simpo"`: SimPO (Meng et al.), reference-free on length-averaged log-probabilities.
@@ -114,6 +189,7 @@ enum Kind {
 pub struct Loss {
     beta: f64,
     kind: Kind,
+    fdiv: FDiv,
 }
 
 #[sweetspot_core::plugin(
@@ -130,7 +206,16 @@ impl PreferenceLossConfig for DpoConfig {
 
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn PreferenceLoss>, PluginError> {
         check("dpo", self.beta, self.label_smoothing)?;
+        let fdiv = FDiv::new("dpo", self.f_divergence_type, self.f_alpha_divergence_coef)?;
+        if fdiv != FDiv::ReverseKl && self.label_smoothing > 0.0 && !self.robust {
+            return Err(PluginError::config(
+                "dpo",
+                "`f_divergence_type` other than reverse_kl with conservative DPO \
+                 (`label_smoothing` without `robust`) is not a TRL loss",
+            ));
+        }
         Ok(Box::new(Loss {
+            fdiv,
             beta: self.beta,
             kind: Kind::Dpo {
                 smoothing: self.label_smoothing,
@@ -155,6 +240,7 @@ impl PreferenceLossConfig for IpoConfig {
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn PreferenceLoss>, PluginError> {
         check("ipo", self.beta, 0.0)?;
         Ok(Box::new(Loss {
+            fdiv: FDiv::new("ipo", self.f_divergence_type, self.f_alpha_divergence_coef)?,
             beta: self.beta,
             kind: Kind::Ipo,
         }))
@@ -176,6 +262,11 @@ impl PreferenceLossConfig for HingeConfig {
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn PreferenceLoss>, PluginError> {
         check("hinge", self.beta, 0.0)?;
         Ok(Box::new(Loss {
+            fdiv: FDiv::new(
+                "hinge",
+                self.f_divergence_type,
+                self.f_alpha_divergence_coef,
+            )?,
             beta: self.beta,
             kind: Kind::Hinge,
         }))
@@ -197,6 +288,7 @@ impl PreferenceLossConfig for SimpoConfig {
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn PreferenceLoss>, PluginError> {
         check("simpo", self.beta, self.label_smoothing)?;
         Ok(Box::new(Loss {
+            fdiv: FDiv::ReverseKl,
             beta: self.beta,
             kind: Kind::Simpo {
                 gamma: self.gamma,
@@ -242,7 +334,9 @@ impl PreferenceLoss for Loss {
         };
         let ratio_c = input.policy_chosen.clone() - ref_c;
         let ratio_r = input.policy_rejected.clone() - ref_r;
-        let delta = ratio_c.clone() - ratio_r.clone();
+        let score_c = self.fdiv.score(ratio_c.clone());
+        let score_r = self.fdiv.score(ratio_r.clone());
+        let delta = score_c.clone() - score_r.clone();
         let losses = match self.kind {
             Kind::Dpo {
                 smoothing,
@@ -258,8 +352,8 @@ impl PreferenceLoss for Loss {
                 (clean - flipped).div_scalar(1.0 - 2.0 * smoothing)
             }
             Kind::Ipo => {
-                let avg = ratio_c.clone() / input.chosen_tokens.clamp_min(1.0)
-                    - ratio_r.clone() / input.rejected_tokens.clamp_min(1.0);
+                let avg = score_c / input.chosen_tokens.clamp_min(1.0)
+                    - score_r / input.rejected_tokens.clamp_min(1.0);
                 avg.sub_scalar(1.0 / (2.0 * b)).powi_scalar(2)
             }
             Kind::Hinge => relu(delta.mul_scalar(-b).add_scalar(1.0)),
@@ -315,6 +409,7 @@ mod tests {
         let d = [2.0, -1.0];
         let dpo = Loss {
             beta: 0.1,
+            fdiv: FDiv::ReverseKl,
             kind: Kind::Dpo {
                 smoothing: 0.0,
                 robust: false,
@@ -326,6 +421,7 @@ mod tests {
         close(&vals(out.rejected_rewards), &[-0.1, 0.1]);
         let robust = Loss {
             beta: 0.1,
+            fdiv: FDiv::ReverseKl,
             kind: Kind::Dpo {
                 smoothing: 0.2,
                 robust: true,
@@ -335,12 +431,14 @@ mod tests {
         close(&vals(robust.compute(input()).unwrap().losses), &want);
         let hinge = Loss {
             beta: 0.5,
+            fdiv: FDiv::ReverseKl,
             kind: Kind::Hinge,
         };
         close(&vals(hinge.compute(input()).unwrap().losses), &[0.0, 1.5]);
         // ipo: (1/4 - -1/2, 0/5 - 1/3) = (0.75, -1/3); minus 1/(2*0.5) = 1
         let ipo = Loss {
             beta: 0.5,
+            fdiv: FDiv::ReverseKl,
             kind: Kind::Ipo,
         };
         close(
@@ -350,6 +448,7 @@ mod tests {
         // simpo: averages (-2.5, -4) and (-6, -6); margin (3.5, 2) - gamma/beta 0.25
         let simpo = Loss {
             beta: 2.0,
+            fdiv: FDiv::ReverseKl,
             kind: Kind::Simpo {
                 gamma: 0.5,
                 smoothing: 0.0,
@@ -371,7 +470,7 @@ mod tests {
         let cfg = DpoConfig {
             beta: 0.0,
             label_smoothing: 0.0,
-            robust: false,
+            ..DpoConfig::default()
         };
         assert!(cfg.build(&ctx).err().unwrap().to_string().contains("beta"));
         let cfg = SimpoConfig {
@@ -388,8 +487,7 @@ mod tests {
         );
         let dpo = DpoConfig {
             beta: 0.1,
-            label_smoothing: 0.0,
-            robust: false,
+            ..DpoConfig::default()
         }
         .build(&ctx)
         .unwrap();
