@@ -87,6 +87,7 @@ fn two_steps(cfg: &AdapterConfig) -> (Trainer, Vec<StepMetrics>) {
         beta: 0.1,
         label_smoothing: 0.0,
         robust: false,
+        ..DpoConfig::default()
     }
     .build(&BuildContext::new("."))
     .unwrap();
