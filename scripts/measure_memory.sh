@@ -51,6 +51,29 @@ measure train-smol "$bin" train -q -m "$smol" --pairs "$out/smol-pairs.jsonl" -o
 measure train-smol-ckpt "$bin" train -q -m "$smol" --pairs "$out/smol-pairs.jsonl" \
   -o "$out/smol-train-ckpt" --param batch_size=4 --param micro_batch_size=2 \
   --param gradient_checkpointing=true
+# LoRA DPO (r = 16 on every linear layer) on the f32 and the bf16 base.
+for bd in f32 bf16; do
+  cat > "$out/lora-$bd.toml" <<TOML
+[train]
+pairs = "smol-pairs.jsonl"
+policy = "$PWD/$smol"
+output = "lora-$bd-out"
+batch_size = 4
+micro_batch_size = 2
+
+[train.loss]
+type = "dpo"
+
+[train.adapter]
+type = "lora"
+r = 16
+lora_alpha = 32
+target_modules = "all-linear"
+base_dtype = "$bd"
+TOML
+  measure "train-smol-lora-$bd" "$bin" train -q --recipe "$out/lora-$bd.toml"
+  "$bin" run --plan "scripts/memory/smol-lora-$bd.toml" | sed -n '/^memory/,$p' > "$out/plan-smol-lora-$bd.txt"
+done
 # The estimates: the same runs as recipes, planned.
 for r in tiny smol; do
   "$bin" run --plan "scripts/memory/$r.toml" | sed -n '/^memory/,$p' > "$out/plan-$r.txt"

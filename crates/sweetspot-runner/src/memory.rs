@@ -291,7 +291,8 @@ impl TrainSetup {
     /// From a `[train]` table and the longest sequence.
     pub fn of(t: &TrainConfig, seq_len: u64) -> Self {
         Self {
-            dtype: t.dtype,
+            // With LoRA the forward computes in the base's type (the adapters in f32).
+            dtype: t.adapter.as_ref().map_or(t.dtype, |a| a.base_dtype),
             batch_size: t.batch_size as u64,
             micro_batch_size: t.micro_batch_size as u64,
             seq_len,
