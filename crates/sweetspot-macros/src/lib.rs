@@ -19,6 +19,18 @@ struct Args {
     example: Expr,
 }
 
+/// A string literal, also as a `macro_rules!` argument (which arrives in an invisible group).
+fn lit_str(e: &Expr) -> Option<LitStr> {
+    match e {
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(s),
+            ..
+        }) => Some(s.clone()),
+        Expr::Group(g) => lit_str(&g.expr),
+        _ => None,
+    }
+}
+
 impl Parse for Args {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let pairs = Punctuated::<MetaNameValue, Token![,]>::parse_terminated(input)?;
@@ -30,13 +42,13 @@ impl Parse for Args {
                 .map(|i| i.to_string())
                 .unwrap_or_default();
             match key.as_str() {
-                "name" => match &p.value {
-                    Expr::Lit(syn::ExprLit {
-                        lit: syn::Lit::Str(s),
-                        ..
-                    }) => name = Some(s.clone()),
-                    other => {
-                        return Err(syn::Error::new_spanned(other, "`name` is a string literal"));
+                "name" => match lit_str(&p.value) {
+                    Some(s) => name = Some(s),
+                    None => {
+                        return Err(syn::Error::new_spanned(
+                            &p.value,
+                            "`name` is a string literal",
+                        ));
                     }
                 },
                 "description" => description = Some(p.value),
