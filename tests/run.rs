@@ -1111,8 +1111,12 @@ fn same_nodes(a: &Path, b: &Path) {
 }
 
 /// `--emit slurm` on a real Slurm: a one-node cluster on loopback (`scripts/slurm_loopback.sh`:
-/// munged, slurmctld, slurmd), the emitted script submitted to it, every job finishing, the
-/// nodes equal to a one-process run's. The two trainings of each pairs set are one job array.
+/// munged, slurmctld, slurmd), a sweep of six trainings (sample, score, two pairs sets, the
+/// reference, six DPO nodes) submitted by the emitted script; the first job seen running is
+/// cancelled with `scancel` (and the jobs below it), the plan emitted and submitted again, and the
+/// graph finishes: every node completed by exactly one job (the jobs' logs), the nodes equal to a
+/// one-process run's made in another folder. The three trainings of each pairs set are one job
+/// array.
 /// Skipped with a message where Slurm is not installed (Debian: `slurm-wlm`, `munge`), except in
 /// CI, which installs it.
 #[test]
@@ -1163,60 +1167,104 @@ fn a_slurm_job_graph_on_a_loopback_cluster() {
     );
     let conf = cluster.join("slurm.conf");
 
+    // Six trainings: three datasets (the same max-vs-min pairs by three strategies) at n = 2
+    // and n = 4, never empty.
     let recipe = |dir: &Path, tail: &str| {
         std::fs::create_dir_all(dir).unwrap();
         Recipe {
             strategies: "[[pairs.strategies]]\ntype = \"max-min\"\n\n\
-                         [[pairs.strategies]]\ntype = \"grid\"\npoints = [\"min\", \"max\"]\n",
+                         [[pairs.strategies]]\ntype = \"grid\"\npoints = [\"min\", \"max\"]\n\n\
+                         [[pairs.strategies]]\ntype = \"sigma\"\nchosen = \"max\"\n\
+                         rejected = \"min\"\n",
             train: "datasets = \"all\"",
             tail,
             ..Recipe::default()
         }
         .write(dir)
     };
-    let tail = "[eval]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 4\nbootstrap = 20\n\n\
-                [cluster]\ntime = \"0:30:00\"\nsbatch = [\"--nice=0\"]\n";
+    let tail = "[cluster]\ntime = \"0:30:00\"\nsbatch = [\"--nice=0\"]\n";
     let whole = recipe(&tmp.path().join("whole"), tail);
     let slurm = recipe(&tmp.path().join("slurm"), tail);
     assert_ok(&sweetspot(["run".as_ref(), whole.as_os_str()]));
 
-    let o = sweetspot([
-        "run".as_ref(),
-        "--emit".as_ref(),
-        "slurm".as_ref(),
-        slurm.as_os_str(),
-    ]);
-    assert_ok(&o);
     let run = tmp.path().join("slurm/run");
-    let submit = std::fs::read_to_string(run.join("slurm/submit.sh")).unwrap();
-    assert!(submit.contains("--array=0-1"), "{submit}");
-    assert!(submit.contains("--dependency=afterok:"), "{submit}");
-    assert!(submit.contains("--time=0:30:00"), "{submit}");
-    let out = std::process::Command::new("bash")
-        .arg(run.join("slurm/submit.sh"))
-        .env("SLURM_CONF", &conf)
-        .env(
+    let slurm_cmd = |program: &str| {
+        let mut c = std::process::Command::new(program);
+        c.env("SLURM_CONF", &conf).env(
             "PATH",
             format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()),
-        )
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Wait for the queue to empty (every job finished, or failed: then the check below says).
-    let queued = || {
-        std::process::Command::new("squeue")
-            .arg("-h")
-            .env("SLURM_CONF", &conf)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
-            .unwrap_or(0)
+        );
+        c
     };
+    let submit = || {
+        let o = sweetspot([
+            "run".as_ref(),
+            "--emit".as_ref(),
+            "slurm".as_ref(),
+            slurm.as_os_str(),
+        ]);
+        assert_ok(&o);
+        let script = std::fs::read_to_string(run.join("slurm/submit.sh")).unwrap();
+        let out = slurm_cmd("bash")
+            .arg(run.join("slurm/submit.sh"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        script
+    };
+    let squeue = |state: &str| -> Vec<String> {
+        let mut c = slurm_cmd("squeue");
+        c.args(["-h", "-o", "%i"]);
+        if !state.is_empty() {
+            c.args(["-t", state]);
+        }
+        c.output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let script = submit();
+    let trainings = script.matches("\n# train ").count();
+    assert!(script.contains("--array=0-2"), "{script}");
+    assert!(script.contains("--dependency=afterok:"), "{script}");
+    assert!(script.contains("--time=0:30:00"), "{script}");
+    assert_eq!(trainings, 2, "two arrays of three trainings: {script}");
+    // Cancel the first job seen running, and with it the graph below it (its dependants can
+    // never start): a scheduler's cancellation mid-run.
     let start = std::time::Instant::now();
-    while queued() > 0 && start.elapsed().as_secs() < 600 {
+    let cancelled = loop {
+        if let Some(job) = squeue("R").first() {
+            break job.clone();
+        }
+        assert!(start.elapsed().as_secs() < 120, "no job ever ran");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        slurm_cmd("scancel")
+            .arg(&cancelled)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for job in squeue("") {
+        let _ = slurm_cmd("scancel").arg(&job).status();
+    }
+    while !squeue("").is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Emitted again, only what is missing is submitted, and the graph finishes.
+    submit();
+    let start = std::time::Instant::now();
+    while !squeue("").is_empty() && start.elapsed().as_secs() < 600 {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     let o = sweetspot(["run".as_ref(), "--plan".as_ref(), slurm.as_os_str()]);
@@ -1225,12 +1273,23 @@ fn a_slurm_job_graph_on_a_loopback_cluster() {
         .iter()
         .map(|f| std::fs::read_to_string(run.join("slurm/logs").join(f)).unwrap_or_default())
         .collect();
-    assert!(
-        plan.lines()
-            .skip(1)
-            .filter(|l| l.contains("  ["))
-            .all(|l| l.contains(" done ")),
-        "{plan}\n{logs}"
+    let nodes: Vec<&str> = plan.lines().skip(1).filter(|l| l.contains("  [")).collect();
+    assert!(nodes.iter().all(|l| l.contains(" done ")), "{plan}\n{logs}");
+    // Every node was completed by exactly one job.
+    for l in &nodes {
+        let id = l.split('[').nth(1).unwrap().split(']').next().unwrap();
+        assert_eq!(
+            logs.matches(&format!("[{id}]: done")).count(),
+            1,
+            "{id}:\n{logs}"
+        );
+    }
+    assert_eq!(
+        nodes
+            .iter()
+            .filter(|l| l.trim_start().starts_with("train "))
+            .count(),
+        6
     );
     same_nodes(&tmp.path().join("whole/run"), &run);
 }
