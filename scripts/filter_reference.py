@@ -144,7 +144,7 @@ def main():
     with open(OUT / "scored.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    datasets = {"max-min": "max_min", "max-of-n-min-of-k": "max_min_of_first_3"}
+    datasets = {"max-min": "max-min", "max-of-n-min-of-k": "max-of-n-min-of-3"}
     result = {
         name: {
             "config": cfg,
