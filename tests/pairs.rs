@@ -609,3 +609,40 @@ fn filter_and_layout_values_are_refused_by_key() {
         assert!(!tmp.path().join(format!("o{i}")).exists());
     }
 }
+
+#[test]
+fn the_trainer_refuses_unpaired_and_listwise_rows_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    run_filters(tmp.path(), "unpaired", "layout = \"unpaired\"");
+    let input = root().join("tests/fixtures/filters/scored.jsonl");
+    let path = tmp.path().join("lw.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[run]\nseed = 1\n\n[pairs]\ninput = {:?}\noutput = \"lw\"\nlayout = \"listwise\"\n",
+            input.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    assert_ok(&sweetspot([
+        "pairs".as_ref(),
+        "--recipe".as_ref(),
+        path.as_os_str(),
+    ]));
+    let tok =
+        sweetspot_model::Tokenizer::from_dir(&root().join("tests/fixtures/models/policy"), &[])
+            .unwrap();
+    for (file, field, layout) in [
+        ("unpaired/max-min.jsonl", "completion", "unpaired"),
+        ("lw/listwise.jsonl", "completions", "listwise"),
+    ] {
+        let err = sweetspot_train::run::read_pairs(&tmp.path().join(file), &tok)
+            .err()
+            .unwrap_or_else(|| panic!("{file} read as pairs"))
+            .to_string();
+        assert!(err.contains(":1: field `chosen`"), "{err}");
+        assert!(err.contains(&format!("`{field}`")), "{err}");
+        assert!(err.contains(&format!("layout = \"{layout}\"")), "{err}");
+        assert!(err.contains("reads pairs only"), "{err}");
+    }
+}
