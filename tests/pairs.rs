@@ -646,3 +646,27 @@ fn the_trainer_refuses_unpaired_and_listwise_rows_by_name() {
         assert!(err.contains("reads pairs only"), "{err}");
     }
 }
+
+#[test]
+fn run_refuses_unpaired_or_listwise_pairs_before_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = std::fs::read_to_string(example("quickstart/recipe.toml")).unwrap();
+    assert!(recipe.contains("\n[pairs]\n"));
+    for layout in ["unpaired", "listwise"] {
+        let path = tmp.path().join(format!("{layout}.toml"));
+        let text = recipe.replace(
+            "\n[pairs]\n",
+            &format!("\n[pairs]\nlayout = \"{layout}\"\n"),
+        );
+        std::fs::write(&path, text).unwrap();
+        let o = sweetspot(["run".as_ref(), "--plan".as_ref(), path.as_os_str()]);
+        let err = assert_clean_failure(&o, 2);
+        assert!(err.contains(&format!("{layout}.toml:")), "{err}");
+        let key = if layout == "listwise" {
+            "pairs.strategies"
+        } else {
+            "pairs.layout"
+        };
+        assert!(err.contains(&format!("key `{key}`")), "{err}");
+    }
+}
