@@ -421,20 +421,40 @@ fn filters_match_the_python_reference() {
 
 #[test]
 fn top_fraction_in_parquet_equals_jsonl() {
+    // The buffered rows are copied into Parquet through Arrow's JSON reader: every value, the
+    // rewards' bits included, must equal the JSONL output's.
+    use parquet::file::reader::{FileReader, SerializedFileReader};
     let tmp = tempfile::tempdir().unwrap();
-    run_filters(tmp.path(), "j", "top_fraction = 0.3\nmin_margin = 1.0");
-    run_filters(
-        tmp.path(),
-        "p",
-        "top_fraction = 0.3\nmin_margin = 1.0\nformat = \"parquet\"",
-    );
-    let j = read_jsonl(&tmp.path().join("j/max-min.jsonl"));
-    let file = std::fs::File::open(tmp.path().join("p/max-min.parquet")).unwrap();
-    let reader =
-        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
-    let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
-    assert_eq!(rows, j.len());
-    assert!(rows > 0);
+    let input = example("quickstart/scored.jsonl");
+    for (layout, n) in [("pairs", 1), ("unpaired", 2)] {
+        let mut outputs = Vec::new();
+        for format in ["jsonl", "parquet"] {
+            let name = format!("{layout}-{format}");
+            let path = tmp.path().join(format!("{name}.toml"));
+            std::fs::write(
+                &path,
+                format!(
+                    "[run]\nseed = 1\n\n[pairs]\ninput = {:?}\noutput = \"{name}\"\n\
+                     format = \"{format}\"\nlayout = \"{layout}\"\ntop_fraction = 0.3\n\n\
+                     [[pairs.strategies]]\ntype = \"max-min\"\n",
+                    input.to_str().unwrap()
+                ),
+            )
+            .unwrap();
+            let o = sweetspot(["pairs".as_ref(), "--recipe".as_ref(), path.as_os_str()]);
+            assert_ok(&o);
+            outputs.push(tmp.path().join(name).join(format!("max-min.{format}")));
+        }
+        let want = read_jsonl(&outputs[0]);
+        assert_eq!(want.len(), n * 12, "{layout}"); // ceil(0.3 * 39) = 12 pairs
+        let reader = SerializedFileReader::new(std::fs::File::open(&outputs[1]).unwrap()).unwrap();
+        let got: Vec<serde_json::Value> = reader
+            .get_row_iter(None)
+            .unwrap()
+            .map(|r| r.unwrap().to_json_value())
+            .collect();
+        assert_eq!(got, want, "{layout}");
+    }
 }
 
 #[test]
