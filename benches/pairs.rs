@@ -175,6 +175,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ctx: BuildContext::new(&dir),
         quiet: true,
         paths_relative_to: None,
+        min_margin: None,
+        min_margin_sigma: None,
+        top_fraction: None,
+        layout: Default::default(),
+        listwise_k: None,
     })?;
     let run_s = t.elapsed().as_secs_f64();
     let peak = peak_rss_kib();

@@ -346,3 +346,347 @@ fn empty_responses_are_never_chosen_or_rejected_and_are_counted() {
         "{summary}"
     );
 }
+
+/// A recipe over `tests/fixtures/filters/scored.jsonl` with the two strategies of
+/// `scripts/filter_reference.py` and `extra` in `[pairs]`; runs it into `out`, returns the
+/// `--json` summary.
+fn run_filters(dir: &std::path::Path, name: &str, extra: &str) -> serde_json::Value {
+    let input = root().join("tests/fixtures/filters/scored.jsonl");
+    let recipe = format!(
+        "[run]\nseed = 1\n\n[pairs]\ninput = {:?}\noutput = \"{name}\"\n{extra}\n\n\
+         [[pairs.strategies]]\ntype = \"max-min\"\n\n\
+         [[pairs.strategies]]\ntype = \"max-of-n-min-of-k\"\nk = 3\nsubset = \"first\"\n",
+        input.to_str().unwrap()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, recipe).unwrap();
+    let o = sweetspot([
+        "pairs".as_ref(),
+        "--json".as_ref(),
+        "--recipe".as_ref(),
+        path.as_os_str(),
+    ]);
+    assert_ok(&o);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn filters_match_the_python_reference() {
+    // tests/fixtures/filters/expected.json is scripts/filter_reference.py's, computed in plain
+    // Python from the rules in docs/recipes.md.
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/filters/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = root().join("tests/fixtures/filters/scored.jsonl");
+    let size = std::fs::metadata(&input).unwrap().len();
+    for (name, case) in expected.as_object().unwrap() {
+        let extra: String = case["config"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect();
+        let summary = run_filters(tmp.path(), name, &extra);
+        // top_fraction buffers rows in a temporary file: the input is still read once.
+        assert_eq!(summary["input_passes"], 1, "{name}");
+        assert_eq!(summary["input_bytes_read"].as_u64(), Some(size), "{name}");
+        let datasets = summary["datasets"].as_array().unwrap();
+        assert_eq!(datasets.len(), 2);
+        for d in datasets {
+            let ds = d["name"].as_str().unwrap();
+            let want = &case["datasets"][ds];
+            assert_eq!(d["pairs"], want["pairs"], "{name}/{ds}");
+            assert_eq!(d["rows"], want["pairs"], "{name}/{ds}");
+            assert_eq!(d["dropped"], want["dropped"], "{name}/{ds}");
+            let rows = read_jsonl(&tmp.path().join(name).join(format!("{ds}.jsonl")));
+            let kept: Vec<&str> = rows
+                .iter()
+                .map(|r| r["prompt_id"].as_str().unwrap())
+                .collect();
+            let want_kept: Vec<&str> = want["kept"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            assert_eq!(
+                kept, want_kept,
+                "{name}/{ds}: the pairs kept, in input order"
+            );
+        }
+    }
+}
+
+#[test]
+fn top_fraction_in_parquet_equals_jsonl() {
+    // The buffered rows are copied into Parquet through Arrow's JSON reader: every value, the
+    // rewards' bits included, must equal the JSONL output's.
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let input = example("quickstart/scored.jsonl");
+    for (layout, n) in [("pairs", 1), ("unpaired", 2)] {
+        let mut outputs = Vec::new();
+        for format in ["jsonl", "parquet"] {
+            let name = format!("{layout}-{format}");
+            let path = tmp.path().join(format!("{name}.toml"));
+            std::fs::write(
+                &path,
+                format!(
+                    "[run]\nseed = 1\n\n[pairs]\ninput = {:?}\noutput = \"{name}\"\n\
+                     format = \"{format}\"\nlayout = \"{layout}\"\ntop_fraction = 0.3\n\n\
+                     [[pairs.strategies]]\ntype = \"max-min\"\n",
+                    input.to_str().unwrap()
+                ),
+            )
+            .unwrap();
+            let o = sweetspot(["pairs".as_ref(), "--recipe".as_ref(), path.as_os_str()]);
+            assert_ok(&o);
+            outputs.push(tmp.path().join(name).join(format!("max-min.{format}")));
+        }
+        let want = read_jsonl(&outputs[0]);
+        assert_eq!(want.len(), n * 12, "{layout}"); // ceil(0.3 * 39) = 12 pairs
+        let reader = SerializedFileReader::new(std::fs::File::open(&outputs[1]).unwrap()).unwrap();
+        let got: Vec<serde_json::Value> = reader
+            .get_row_iter(None)
+            .unwrap()
+            .map(|r| r.unwrap().to_json_value())
+            .collect();
+        assert_eq!(got, want, "{layout}");
+    }
+}
+
+#[test]
+fn unpaired_layout_is_two_rows_per_pair() {
+    let tmp = tempfile::tempdir().unwrap();
+    let paired = run_filters(tmp.path(), "pairs", "min_margin = 1.0");
+    let unpaired = run_filters(
+        tmp.path(),
+        "unpaired",
+        "min_margin = 1.0\nlayout = \"unpaired\"",
+    );
+    assert_eq!(unpaired["layout"], "unpaired");
+    for (a, b) in paired["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(unpaired["datasets"].as_array().unwrap())
+    {
+        assert_eq!(a["pairs"], b["pairs"]);
+        assert_eq!(a["dropped"], b["dropped"]);
+        assert_eq!(
+            b["rows"].as_u64().unwrap(),
+            2 * b["pairs"].as_u64().unwrap()
+        );
+        let ds = a["name"].as_str().unwrap();
+        let pairs = read_jsonl(&tmp.path().join("pairs").join(format!("{ds}.jsonl")));
+        let rows = read_jsonl(&tmp.path().join("unpaired").join(format!("{ds}.jsonl")));
+        assert_eq!(rows.len(), 2 * pairs.len());
+        for (p, two) in pairs.iter().zip(rows.chunks(2)) {
+            // TRL's unpaired format: prompt, completion, label (chosen true, rejected false).
+            let keys: Vec<&str> = two[0]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str())
+                .collect();
+            for k in ["prompt", "completion", "label"] {
+                assert!(keys.contains(&k), "{keys:?}");
+            }
+            assert!(!keys.contains(&"chosen"));
+            assert_eq!(two[0]["prompt"], p["prompt"]);
+            assert_eq!(two[0]["completion"], p["chosen"]);
+            assert_eq!(two[0]["label"], true);
+            assert_eq!(two[0]["reward"], p["score_chosen"]);
+            assert_eq!(two[1]["prompt"], p["prompt"]);
+            assert_eq!(two[1]["completion"], p["rejected"]);
+            assert_eq!(two[1]["label"], false);
+            assert_eq!(two[1]["sample_index"], p["rejected_index"]);
+        }
+    }
+}
+
+#[test]
+fn listwise_layout_ranks_each_prompts_responses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = root().join("tests/fixtures/filters/scored.jsonl");
+    let recipe = format!(
+        "[run]\nseed = 1\n\n[pairs]\ninput = {:?}\noutput = \"lw\"\nlayout = \"listwise\"\n\
+         listwise_k = 4\n",
+        input.to_str().unwrap()
+    );
+    let path = tmp.path().join("lw.toml");
+    std::fs::write(&path, recipe).unwrap();
+    let o = sweetspot([
+        "pairs".as_ref(),
+        "--json".as_ref(),
+        "--recipe".as_ref(),
+        path.as_os_str(),
+    ]);
+    assert_ok(&o);
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["layout"], "listwise");
+    assert_eq!(summary["datasets"][0]["name"], "listwise_k4");
+    assert_eq!(summary["datasets"][0]["pairs"], 60);
+    let rows = read_jsonl(&tmp.path().join("lw/listwise_k4.jsonl"));
+    assert_eq!(rows.len(), 60);
+    // The fixture's rewards, per prompt.
+    let mut rewards: BTreeMap<String, Vec<(f64, u64)>> = BTreeMap::new();
+    for r in read_jsonl(&input) {
+        rewards
+            .entry(r["prompt_id"].as_str().unwrap().into())
+            .or_default()
+            .push((
+                r["reward"].as_f64().unwrap(),
+                r["sample_index"].as_u64().unwrap(),
+            ));
+    }
+    for row in &rows {
+        let keys: Vec<&str> = row
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        for k in [
+            "prompt",
+            "completions",
+            "rewards",
+            "prompt_id",
+            "sample_indices",
+        ] {
+            assert!(keys.contains(&k), "{keys:?}");
+        }
+        let mut want = rewards[row["prompt_id"].as_str().unwrap()].clone();
+        // Best first; ties to the lower sample index.
+        want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        want.truncate(4);
+        let got: Vec<(f64, u64)> = row["rewards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(row["sample_indices"].as_array().unwrap())
+            .map(|(r, i)| (r.as_f64().unwrap(), i.as_u64().unwrap()))
+            .collect();
+        assert_eq!(got, want);
+        let completions = row["completions"].as_array().unwrap();
+        assert_eq!(completions.len(), 4);
+        for (c, (_, i)) in completions.iter().zip(&want) {
+            assert_eq!(c[0]["role"], "assistant");
+            let text = c[0]["content"].as_str().unwrap();
+            assert!(text.ends_with(&format!(".{i}")), "{text}");
+        }
+        assert_eq!(row["prompt"][0]["role"], "user");
+    }
+}
+
+#[test]
+fn filter_and_layout_values_are_refused_by_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = root().join("tests/fixtures/filters/scored.jsonl");
+    let strategy = "\n[[pairs.strategies]]\ntype = \"max-min\"\n";
+    let cases = [
+        ("min_margin = -1.0", strategy, "pairs.min_margin"),
+        ("min_margin = nan", strategy, "pairs.min_margin"),
+        (
+            "min_margin_sigma = -0.5",
+            strategy,
+            "pairs.min_margin_sigma",
+        ),
+        ("min_margin_sigma = inf", strategy, "pairs.min_margin_sigma"),
+        ("top_fraction = 0.0", strategy, "pairs.top_fraction"),
+        ("top_fraction = 1.5", strategy, "pairs.top_fraction"),
+        ("top_fraction = nan", strategy, "pairs.top_fraction"),
+        ("layout = \"listwise\"", strategy, "pairs.strategies"),
+        (
+            "layout = \"listwise\"\nmin_margin = 1.0",
+            "",
+            "pairs.min_margin",
+        ),
+        (
+            "layout = \"listwise\"\nlistwise_k = 1",
+            "",
+            "pairs.listwise_k",
+        ),
+        ("listwise_k = 3", strategy, "pairs.listwise_k"),
+        ("layout = \"unpaired\"", "", "pairs.strategies"),
+    ];
+    for (i, (extra, strategies, key)) in cases.iter().enumerate() {
+        let recipe = format!(
+            "[run]\nseed = 1\n\n[pairs]\ninput = {:?}\noutput = \"o{i}\"\n{extra}\n{strategies}",
+            input.to_str().unwrap()
+        );
+        let path = tmp.path().join(format!("r{i}.toml"));
+        std::fs::write(&path, recipe).unwrap();
+        let o = sweetspot(["pairs".as_ref(), "--recipe".as_ref(), path.as_os_str()]);
+        let err = assert_clean_failure(&o, 2);
+        assert!(err.contains(&format!("`{key}`")), "{extra}: {err}");
+        assert!(
+            err.contains(&format!("r{i}.toml:")),
+            "{extra}: file and line: {err}"
+        );
+        assert!(!tmp.path().join(format!("o{i}")).exists());
+    }
+}
+
+#[test]
+fn the_trainer_refuses_unpaired_and_listwise_rows_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    run_filters(tmp.path(), "unpaired", "layout = \"unpaired\"");
+    let input = root().join("tests/fixtures/filters/scored.jsonl");
+    let path = tmp.path().join("lw.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[run]\nseed = 1\n\n[pairs]\ninput = {:?}\noutput = \"lw\"\nlayout = \"listwise\"\n",
+            input.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    assert_ok(&sweetspot([
+        "pairs".as_ref(),
+        "--recipe".as_ref(),
+        path.as_os_str(),
+    ]));
+    let tok =
+        sweetspot_model::Tokenizer::from_dir(&root().join("tests/fixtures/models/policy"), &[])
+            .unwrap();
+    for (file, field, layout) in [
+        ("unpaired/max-min.jsonl", "completion", "unpaired"),
+        ("lw/listwise.jsonl", "completions", "listwise"),
+    ] {
+        let err = sweetspot_train::run::read_pairs(&tmp.path().join(file), &tok)
+            .err()
+            .unwrap_or_else(|| panic!("{file} read as pairs"))
+            .to_string();
+        assert!(err.contains(":1: field `chosen`"), "{err}");
+        assert!(err.contains(&format!("`{field}`")), "{err}");
+        assert!(err.contains(&format!("layout = \"{layout}\"")), "{err}");
+        assert!(err.contains("reads pairs only"), "{err}");
+    }
+}
+
+#[test]
+fn run_refuses_unpaired_or_listwise_pairs_before_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = std::fs::read_to_string(example("quickstart/recipe.toml")).unwrap();
+    assert!(recipe.contains("\n[pairs]\n"));
+    for layout in ["unpaired", "listwise"] {
+        let path = tmp.path().join(format!("{layout}.toml"));
+        let text = recipe.replace(
+            "\n[pairs]\n",
+            &format!("\n[pairs]\nlayout = \"{layout}\"\n"),
+        );
+        std::fs::write(&path, text).unwrap();
+        let o = sweetspot(["run".as_ref(), "--plan".as_ref(), path.as_os_str()]);
+        let err = assert_clean_failure(&o, 2);
+        assert!(err.contains(&format!("{layout}.toml:")), "{err}");
+        let key = if layout == "listwise" {
+            "pairs.strategies"
+        } else {
+            "pairs.layout"
+        };
+        assert!(err.contains(&format!("key `{key}`")), "{err}");
+    }
+}

@@ -648,8 +648,58 @@ pub struct PairsConfig {
     /// Groups with a NaN or infinite reward.
     #[serde(default)]
     pub on_invalid_reward: OnBadGroup,
-    /// The strategies, all applied in one pass over the input.
+    /// The strategies, all applied in one pass over the input. None with `layout = "listwise"`.
+    #[serde(default)]
     pub strategies: Vec<Box<dyn PairStrategyConfig>>,
+    /// Drop a pair whose reward margin (chosen - rejected) is below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_margin: Option<f64>,
+    /// Drop a pair whose margin, in units of its prompt's reward standard deviation (population
+    /// sigma over the samples the strategy looks at), is below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_margin_sigma: Option<f64>,
+    /// Keep only this fraction of each dataset's pairs (those left by the margin filters), the
+    /// ones with the largest margins: k = ceil(fraction * pairs), every pair with a margin above
+    /// the k-th largest plus, in input order, as many at it as make k.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_fraction: Option<f64>,
+    /// The rows written: pairs (TRL's preference format), TRL's unpaired format, or listwise.
+    #[serde(default, skip_serializing_if = "PairsLayout::is_pairs")]
+    pub layout: PairsLayout,
+    /// `layout = "listwise"`: responses per prompt (the k best by reward); all when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listwise_k: Option<usize>,
+}
+
+/// The rows a pairs stage writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairsLayout {
+    /// One row per pair: `prompt`, `chosen`, `rejected` (TRL's preference format).
+    #[default]
+    Pairs,
+    /// Two rows per pair: `prompt`, `completion`, `label` (true for the chosen response, false
+    /// for the rejected one; TRL's unpaired preference format, for KTO/BCO).
+    Unpaired,
+    /// One row per prompt: `prompt`, `completions` (the responses, best reward first),
+    /// `rewards`. No strategies.
+    Listwise,
+}
+
+impl PairsLayout {
+    /// The default layout.
+    pub fn is_pairs(&self) -> bool {
+        *self == Self::Pairs
+    }
+
+    /// Its name in a recipe.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Pairs => "pairs",
+            Self::Unpaired => "unpaired",
+            Self::Listwise => "listwise",
+        }
+    }
 }
 
 /// Where the plugin tables of a recipe live, and their kind. `*` stands for every element of an

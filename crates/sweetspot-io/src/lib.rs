@@ -18,8 +18,11 @@ mod write;
 pub use error::{Position, ReadError, WriteError};
 pub use prompts::{SampleReader, SampleRow, read_prompts, read_prompts_at};
 pub use read::{InputKind, ReadOptions, Record, ScoredReader};
-pub use rows::{PairRow, ScoredRow};
-pub use write::{OutputSet, RowWriter, pair_schema, remove_stale_temp_files, write_atomic};
+pub use rows::{ListwiseRow, PairRow, ScoredRow, UnpairedRow};
+pub use write::{
+    OutputSet, RowWriter, listwise_schema, pair_schema, remove_stale_temp_files, unpaired_schema,
+    write_atomic,
+};
 
 /// Rows per Parquet record batch read at a time.
 pub const PARQUET_BATCH_ROWS: usize = 1024;

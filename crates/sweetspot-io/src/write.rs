@@ -69,10 +69,106 @@ pub fn pair_schema() -> Schema {
     ])
 }
 
+/// The Arrow schema of [`crate::UnpairedRow`] (TRL's unpaired preference format).
+pub fn unpaired_schema() -> Schema {
+    Schema::new(vec![
+        Field::new("prompt", message_list(), false),
+        Field::new("completion", message_list(), false),
+        Field::new("label", DataType::Boolean, false),
+        Field::new("prompt_id", DataType::Utf8, false),
+        Field::new("sample_index", DataType::Int64, false),
+        Field::new("reward", DataType::Float64, false),
+    ])
+}
+
+/// The Arrow schema of [`crate::ListwiseRow`].
+pub fn listwise_schema() -> Schema {
+    Schema::new(vec![
+        Field::new("prompt", message_list(), false),
+        Field::new(
+            "completions",
+            DataType::List(Arc::new(Field::new("item", message_list(), true))),
+            false,
+        ),
+        Field::new(
+            "rewards",
+            DataType::List(Arc::new(Field::new("item", DataType::Float64, true))),
+            false,
+        ),
+        Field::new("prompt_id", DataType::Utf8, false),
+        Field::new(
+            "sample_indices",
+            DataType::List(Arc::new(Field::new("item", DataType::Int64, true))),
+            false,
+        ),
+    ])
+}
+
 impl RowWriter {
     /// A writer of preference pairs to `target` (created in [`OutputSet::commit`]).
     pub fn pairs(target: &Path, format: OutputFormat) -> Result<Self, WriteError> {
         Self::new(target, format, pair_schema())
+    }
+
+    /// A writer of unpaired rows ([`crate::UnpairedRow`]) to `target`.
+    pub fn unpaired(target: &Path, format: OutputFormat) -> Result<Self, WriteError> {
+        Self::new(target, format, unpaired_schema())
+    }
+
+    /// A writer of listwise rows ([`crate::ListwiseRow`]) to `target`.
+    pub fn listwise(target: &Path, format: OutputFormat) -> Result<Self, WriteError> {
+        Self::new(target, format, listwise_schema())
+    }
+
+    /// Writes one row given as one line of JSON text (no newline), as this writer's own
+    /// [`RowWriter::write`] wrote it: copied as it is to JSONL, decoded by Arrow's JSON reader
+    /// (exact for numbers) for Parquet.
+    pub fn write_json_line(&mut self, line: &[u8]) -> Result<(), WriteError> {
+        let target = &self.target;
+        let enc = |e: &dyn std::fmt::Display| WriteError::Encode {
+            path: target.clone(),
+            message: e.to_string(),
+        };
+        match &mut self.inner {
+            Inner::Jsonl(w) => {
+                w.write_all(line)
+                    .and_then(|()| w.write_all(b"\n"))
+                    .map_err(|source| WriteError::Io {
+                        path: target.clone(),
+                        source,
+                    })?;
+            }
+            Inner::Parquet {
+                decoder,
+                writer,
+                pending,
+            } => {
+                let mut rest = line;
+                loop {
+                    let used = decoder.decode(rest).map_err(|e| enc(&e))?;
+                    rest = &rest[used..];
+                    if rest.is_empty() {
+                        break;
+                    }
+                    // The decoder's batch is full: write it out and go on.
+                    if let Some(batch) = decoder.flush().map_err(|e| enc(&e))? {
+                        writer.write(&batch).map_err(|e| enc(&e))?;
+                    }
+                    *pending = 0;
+                }
+                // A row ends at the line's end.
+                decoder.decode(b"\n").map_err(|e| enc(&e))?;
+                *pending += 1;
+                if *pending >= PARQUET_ROW_GROUP_ROWS {
+                    if let Some(batch) = decoder.flush().map_err(|e| enc(&e))? {
+                        writer.write(&batch).map_err(|e| enc(&e))?;
+                    }
+                    *pending = 0;
+                }
+            }
+        }
+        self.rows += 1;
+        Ok(())
     }
 
     /// A writer of rows with Arrow schema `schema` (used for Parquet only).

@@ -6,9 +6,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
-use sweetspot_core::recipe::{InputLayout, OnBadGroup, OutputFormat, PairsConfig};
-use sweetspot_core::{BuildContext, PairStrategy, PairStrategyConfig, Selection, SkipReason};
-use sweetspot_io::{OutputSet, PairRow, ReadError, ReadOptions, Record, RowWriter, ScoredReader};
+use std::io::{BufRead, Seek};
+
+use sweetspot_core::recipe::{InputLayout, OnBadGroup, OutputFormat, PairsConfig, PairsLayout};
+use sweetspot_core::{
+    BuildContext, PairStrategy, PairStrategyConfig, RewardStats, Selection, SkipReason,
+};
+use sweetspot_io::{
+    ListwiseRow, OutputSet, PairRow, ReadError, ReadOptions, Record, RowWriter, ScoredReader,
+    UnpairedRow,
+};
 
 /// Groups read ahead of the selecting thread, at most.
 pub const PIPELINE_GROUPS: usize = 64;
@@ -43,6 +50,113 @@ pub struct PairsJob {
     /// Write the paths in `summary.json` relative to this folder (the run folder, so that a
     /// moved run folder stays whole); absolute when `None`.
     pub paths_relative_to: Option<PathBuf>,
+    /// Drop pairs whose reward margin is below this.
+    pub min_margin: Option<f64>,
+    /// Drop pairs whose margin over the prompt's reward sigma is below this.
+    pub min_margin_sigma: Option<f64>,
+    /// Keep only this top fraction of each dataset's pairs by margin.
+    pub top_fraction: Option<f64>,
+    /// The rows written.
+    pub layout: PairsLayout,
+    /// `listwise`: responses per prompt (all when `None`).
+    pub listwise_k: Option<usize>,
+}
+
+/// The filter names, as counted in `summary.json`.
+pub const FILTER_MIN_MARGIN: &str = "min_margin";
+/// See [`FILTER_MIN_MARGIN`].
+pub const FILTER_MIN_MARGIN_SIGMA: &str = "min_margin_sigma";
+/// See [`FILTER_MIN_MARGIN`].
+pub const FILTER_TOP_FRACTION: &str = "top_fraction";
+
+/// The one dataset of `layout = "listwise"`: `listwise`, or `listwise_k{k}`.
+pub fn listwise_name(k: Option<usize>) -> String {
+    match k {
+        Some(k) => format!("listwise_k{k}"),
+        None => "listwise".into(),
+    }
+}
+
+/// How many pairs of `pairs` `top_fraction = fraction` keeps: ceil(fraction * pairs), where a
+/// product within 1e-9 of a whole number counts as that number (so 0.3 of 10 pairs is 3).
+pub fn top_fraction_keeps(fraction: f64, pairs: usize) -> usize {
+    let x = fraction * pairs as f64;
+    let k = if (x - x.round()).abs() < 1e-9 {
+        x.round()
+    } else {
+        x.ceil()
+    };
+    (k.max(0.0) as usize).min(pairs)
+}
+
+/// Checks `[pairs]`'s filters and layout: on failure, the dotted key at fault and what is wrong.
+pub fn check_options(p: &PairsConfig) -> Result<(), (String, String)> {
+    let bad = |key: &str, m: String| Err((format!("pairs.{key}"), m));
+    for (key, v) in [
+        (FILTER_MIN_MARGIN, p.min_margin),
+        (FILTER_MIN_MARGIN_SIGMA, p.min_margin_sigma),
+    ] {
+        if let Some(v) = v
+            && !(v.is_finite() && v >= 0.0)
+        {
+            return bad(key, format!("{v}: give a finite number, 0 or more"));
+        }
+    }
+    if let Some(f) = p.top_fraction
+        && !(f > 0.0 && f <= 1.0)
+    {
+        return bad(
+            FILTER_TOP_FRACTION,
+            format!("{f}: give a fraction above 0 and at most 1"),
+        );
+    }
+    match p.layout {
+        PairsLayout::Listwise => {
+            if !p.strategies.is_empty() {
+                return bad(
+                    "strategies",
+                    "`layout = \"listwise\"` writes every prompt's responses ranked by reward, \
+                     with no strategy: drop the [[pairs.strategies]] tables"
+                        .into(),
+                );
+            }
+            for (key, set) in [
+                (FILTER_MIN_MARGIN, p.min_margin.is_some()),
+                (FILTER_MIN_MARGIN_SIGMA, p.min_margin_sigma.is_some()),
+                (FILTER_TOP_FRACTION, p.top_fraction.is_some()),
+            ] {
+                if set {
+                    return bad(
+                        key,
+                        "filters pairs, and `layout = \"listwise\"` writes none: drop it".into(),
+                    );
+                }
+            }
+            if let Some(k) = p.listwise_k
+                && k < 2
+            {
+                return bad("listwise_k", format!("{k}: a ranking needs at least 2"));
+            }
+        }
+        PairsLayout::Pairs | PairsLayout::Unpaired => {
+            if p.listwise_k.is_some() {
+                return bad(
+                    "listwise_k",
+                    format!(
+                        "is for `layout = \"listwise\"`, and the layout is `{}`",
+                        p.layout.as_str()
+                    ),
+                );
+            }
+            if p.strategies.is_empty() {
+                return bad(
+                    "strategies",
+                    "no strategies: add at least one [[pairs.strategies]] table".into(),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 impl PairsJob {
@@ -64,6 +178,8 @@ impl PairsJob {
                     ))
                 })
         };
+        check_options(&cfg)
+            .map_err(|(key, m)| RunError::Config(format!("[pairs]: `{key}`: {m}")))?;
         let input = pick(input, &cfg.input, "input")?;
         let output = pick(output, &cfg.output, "output")?;
         let n = match cfg.n.as_ref().map(|n| n.to_vec()).as_deref() {
@@ -88,6 +204,11 @@ impl PairsJob {
             ctx,
             quiet: false,
             paths_relative_to: None,
+            min_margin: cfg.min_margin,
+            min_margin_sigma: cfg.min_margin_sigma,
+            top_fraction: cfg.top_fraction,
+            layout: cfg.layout,
+            listwise_k: cfg.listwise_k,
         })
     }
 }
@@ -99,10 +220,16 @@ pub struct DatasetSummary {
     pub name: String,
     /// Where it was written.
     pub file: PathBuf,
-    /// Pairs written.
+    /// Pairs written (kept by every filter); with `layout = "listwise"`, prompts written.
     pub pairs: u64,
+    /// Rows written: `pairs`, twice that with `layout = "unpaired"`.
+    pub rows: u64,
     /// Groups that gave no pair, by reason.
     pub skipped: BTreeMap<String, u64>,
+    /// Pairs a strategy picked and a filter dropped, by filter (`min_margin`,
+    /// `min_margin_sigma`, `top_fraction`, applied in that order; each filter set is listed).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped: BTreeMap<String, u64>,
 }
 
 /// The result of a pairs run (also written as JSON beside the outputs).
@@ -112,8 +239,11 @@ pub struct PairsSummary {
     pub input: PathBuf,
     /// `long` or `grouped`.
     pub input_layout: String,
-    /// Passes over the input: always 1.
+    /// Passes over the input: always 1 (`top_fraction` buffers the candidate rows in a temporary
+    /// file beside the output instead of reading the input again).
     pub input_passes: u32,
+    /// `pairs`, `unpaired` or `listwise`.
+    pub layout: String,
     /// Bytes taken from the input file.
     pub input_bytes_read: u64,
     /// Rows read.
@@ -139,6 +269,15 @@ struct Built {
     /// Index of the strategy's first dataset.
     first: usize,
     count: usize,
+    /// The n the strategy cuts groups to itself.
+    own_n: Option<usize>,
+}
+
+/// One dataset's candidate rows under `top_fraction`: each pair's rows as JSON lines in a
+/// temporary file, and its margin in memory (8 bytes a pair).
+struct Buffer {
+    file: std::io::BufWriter<tempfile::NamedTempFile>,
+    margins: Vec<f64>,
 }
 
 /// Runs the pairs stage. On failure no output file is left behind, and a folder the run created
@@ -156,7 +295,15 @@ pub fn run_pairs(job: PairsJob) -> Result<PairsSummary, RunError> {
 
 fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSummary, RunError> {
     let start = Instant::now();
-    if job.strategies.is_empty() {
+    if job.layout == PairsLayout::Listwise {
+        if !job.strategies.is_empty() {
+            return Err(RunError::Config(
+                "[pairs]: `layout = \"listwise\"` takes no strategies: drop the \
+                 [[pairs.strategies]] tables"
+                    .into(),
+            ));
+        }
+    } else if job.strategies.is_empty() {
         return Err(RunError::Config(
             "no strategies: add at least one [[pairs.strategies]] table".into(),
         ));
@@ -180,8 +327,12 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
             count: datasets.len(),
             strategy,
             label,
+            own_n: cfg.own_n(),
         });
         names.extend(datasets);
+    }
+    if job.layout == PairsLayout::Listwise {
+        names.push(listwise_name(job.listwise_k));
     }
     let mut unique = HashSet::new();
     for name in &names {
@@ -241,8 +392,45 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
     }
     let mut outputs = OutputSet::new();
     for target in &targets {
-        outputs.add(RowWriter::pairs(target, format)?);
+        outputs.add(match job.layout {
+            PairsLayout::Pairs => RowWriter::pairs(target, format)?,
+            PairsLayout::Unpaired => RowWriter::unpaired(target, format)?,
+            PairsLayout::Listwise => RowWriter::listwise(target, format)?,
+        });
     }
+    let temp_err = |target: &Path, e: &dyn std::fmt::Display| {
+        RunError::Write(sweetspot_io::WriteError::Encode {
+            path: target.to_path_buf(),
+            message: format!("the temporary file of `top_fraction`: {e}"),
+        })
+    };
+    let mut buffers: Vec<Option<Buffer>> = Vec::with_capacity(targets.len());
+    for target in &targets {
+        buffers.push(match job.top_fraction {
+            Some(_) => {
+                let tmp = sweetspot_core::atomic::temp_file_for(target)
+                    .map_err(|e| temp_err(target, &e))?;
+                Some(Buffer {
+                    file: std::io::BufWriter::with_capacity(1 << 16, tmp),
+                    margins: Vec::new(),
+                })
+            }
+            None => None,
+        });
+    }
+    let mut dropped: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); names.len()];
+    for d in dropped.iter_mut() {
+        for (name, set) in [
+            (FILTER_MIN_MARGIN, job.min_margin.is_some()),
+            (FILTER_MIN_MARGIN_SIGMA, job.min_margin_sigma.is_some()),
+            (FILTER_TOP_FRACTION, job.top_fraction.is_some()),
+        ] {
+            if set {
+                d.insert(name.to_string(), 0);
+            }
+        }
+    }
+    let mut rows = vec![0u64; names.len()];
 
     let mut reader = ScoredReader::open(
         &job.input,
@@ -337,6 +525,27 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
             .retain(|s| !s.sample.response.trim().is_empty());
         let empty = before - group.samples.len();
         empty_responses += empty as u64;
+        if job.layout == PairsLayout::Listwise {
+            let needs = job.listwise_k.unwrap_or(2).max(2);
+            if group.samples.len() < needs {
+                let who = format!("`[pairs].listwise_k` = {needs}");
+                if let Some(e) = too_small(&group, needs, who, empty) {
+                    return Err(e);
+                }
+                *skipped[0].entry(SkipReason::TOO_FEW_SAMPLES).or_default() += 1;
+                continue;
+            }
+            // Best reward first; a tie goes to the lower sample index (the group's order).
+            let mut order: Vec<&sweetspot_core::ScoredSample> = group.samples.iter().collect();
+            order.sort_by(|a, b| b.reward.total_cmp(&a.reward));
+            order.truncate(job.listwise_k.unwrap_or(order.len()));
+            outputs
+                .writer(0)
+                .write(&ListwiseRow::new(&group.prompt, &order))?;
+            pairs[0] += 1;
+            rows[0] += 1;
+            continue;
+        }
         for b in &built {
             let needs = b.strategy.min_samples();
             if group.samples.len() < needs {
@@ -381,9 +590,56 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
                                 )),
                             });
                         };
-                        let row = PairRow::new(&group.prompt.id, &group.prompt.content, c, r);
-                        outputs.writer(d).write(&row)?;
-                        pairs[d] += 1;
+                        let margin = c.reward - r.reward;
+                        if let Some(m) = job.min_margin
+                            && margin < m
+                        {
+                            *dropped[d].entry(FILTER_MIN_MARGIN.into()).or_default() += 1;
+                            continue;
+                        }
+                        if let Some(m) = job.min_margin_sigma {
+                            let sigma = RewardStats::from_rewards(
+                                group.first_n(b.own_n).iter().map(|s| s.reward),
+                            )
+                            .map_or(0.0, |s| s.std);
+                            // A pair needs sigma > 0 (the strategies skip sigma = 0 groups).
+                            let z = if sigma > 0.0 {
+                                margin / sigma
+                            } else {
+                                f64::INFINITY
+                            };
+                            if z < m {
+                                *dropped[d]
+                                    .entry(FILTER_MIN_MARGIN_SIGMA.into())
+                                    .or_default() += 1;
+                                continue;
+                            }
+                        }
+                        let unpaired = job.layout == PairsLayout::Unpaired;
+                        if let Some(buf) = buffers[d].as_mut() {
+                            let target = &targets[d];
+                            let mut line = |v: &dyn erased::Line| -> Result<(), RunError> {
+                                v.write_to(&mut buf.file).map_err(|e| temp_err(target, &e))
+                            };
+                            if unpaired {
+                                line(&UnpairedRow::new(&group.prompt, c, true))?;
+                                line(&UnpairedRow::new(&group.prompt, r, false))?;
+                            } else {
+                                line(&PairRow::new(&group.prompt.id, &group.prompt.content, c, r))?;
+                            }
+                            buf.margins.push(margin);
+                        } else if unpaired {
+                            let w = outputs.writer(d);
+                            w.write(&UnpairedRow::new(&group.prompt, c, true))?;
+                            w.write(&UnpairedRow::new(&group.prompt, r, false))?;
+                            pairs[d] += 1;
+                            rows[d] += 2;
+                        } else {
+                            let row = PairRow::new(&group.prompt.id, &group.prompt.content, c, r);
+                            outputs.writer(d).write(&row)?;
+                            pairs[d] += 1;
+                            rows[d] += 1;
+                        }
                     }
                     Selection::Skip(reason) => {
                         *skipped[d].entry(reason.clone()).or_default() += 1;
@@ -403,6 +659,57 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
         }));
     }
 
+    // `top_fraction`: per dataset, the threshold from the margins, then the buffered rows copied.
+    if let Some(fraction) = job.top_fraction {
+        let per_pair = if job.layout == PairsLayout::Unpaired {
+            2
+        } else {
+            1
+        };
+        for (d, buf) in buffers.iter_mut().enumerate() {
+            let Some(buf) = buf.take() else { continue };
+            let target = &targets[d];
+            let m = buf.margins.len();
+            let k = top_fraction_keeps(fraction, m);
+            let mut sorted = buf.margins.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let threshold = if k == 0 { f64::INFINITY } else { sorted[k - 1] };
+            drop(sorted);
+            let above = buf.margins.iter().filter(|&&x| x > threshold).count();
+            let mut ties = k - above;
+            let mut tmp = buf.file.into_inner().map_err(|e| temp_err(target, &e))?;
+            tmp.as_file_mut()
+                .rewind()
+                .map_err(|e| temp_err(target, &e))?;
+            let mut lines = std::io::BufReader::new(tmp.as_file()).split(b'\n');
+            for &margin in &buf.margins {
+                // Above the k-th largest margin: kept; at it: kept in input order while k lasts.
+                let keep = if margin > threshold {
+                    true
+                } else if margin == threshold && ties > 0 {
+                    ties -= 1;
+                    true
+                } else {
+                    false
+                };
+                for _ in 0..per_pair {
+                    let line = lines
+                        .next()
+                        .ok_or_else(|| temp_err(target, &"ends early"))?
+                        .map_err(|e| temp_err(target, &e))?;
+                    if keep {
+                        outputs.writer(d).write_json_line(&line)?;
+                    }
+                }
+                if keep {
+                    pairs[d] += 1;
+                    rows[d] += per_pair;
+                }
+            }
+            *dropped[d].entry(FILTER_TOP_FRACTION.into()).or_default() += (m - k) as u64;
+        }
+    }
+
     let datasets: Vec<DatasetSummary> = names
         .iter()
         .zip(&targets)
@@ -411,6 +718,8 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
             name: name.clone(),
             file: file.clone(),
             pairs: pairs[d],
+            rows: rows[d],
+            dropped: dropped[d].clone(),
             skipped: skipped[d]
                 .iter()
                 .map(|(k, v)| (k.as_str().to_string(), *v))
@@ -425,6 +734,7 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
             None => "empty".into(),
         },
         input_passes: 1,
+        layout: job.layout.as_str().into(),
         input_bytes_read: reader.bytes_read(),
         rows_read: reader.rows_read(),
         groups: reader.groups_read(),
@@ -482,4 +792,20 @@ fn create_dir(dir: &Path, created: &mut Vec<PathBuf>) -> Result<(), RunError> {
             source,
         })
     })
+}
+
+mod erased {
+    //! One row as a JSON line, behind a trait object (the buffer takes rows of either type).
+
+    /// A row that writes itself as one JSON line.
+    pub(super) trait Line {
+        fn write_to(&self, w: &mut dyn std::io::Write) -> Result<(), String>;
+    }
+
+    impl<T: serde::Serialize> Line for T {
+        fn write_to(&self, w: &mut dyn std::io::Write) -> Result<(), String> {
+            serde_json::to_writer(&mut *w, self).map_err(|e| e.to_string())?;
+            w.write_all(b"\n").map_err(|e| e.to_string())
+        }
+    }
 }

@@ -255,6 +255,9 @@ fn resolve_pairs(r: &Recipe, ctx: &BuildContext) -> Result<Option<PairsSpec>, Ru
             .map_err(|e| config_err(format!("[pairs]: {e}")))?;
         datasets.extend(built.datasets());
     }
+    if p.layout == sweetspot_core::recipe::PairsLayout::Listwise {
+        datasets.push(crate::pairs::listwise_name(p.listwise_k));
+    }
     let ns = match &p.n {
         Some(n) => n.to_vec().into_iter().map(Some).collect(),
         None => vec![None],

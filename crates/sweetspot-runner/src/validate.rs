@@ -454,10 +454,18 @@ impl Check<'_> {
             .pairs
             .as_ref()
             .ok_or_else(|| self.err("pairs", "missing".into()))?;
-        if p.strategies.is_empty() {
+        crate::pairs::check_options(p).map_err(|(key, m)| self.err(&key, m))?;
+        if p.layout != sweetspot_core::recipe::PairsLayout::Pairs
+            && self.stages.train
+            && r.train.is_some()
+        {
             return Err(self.err(
-                "pairs.strategies",
-                "no strategies: add at least one [[pairs.strategies]] table".into(),
+                "pairs.layout",
+                format!(
+                    "`{}` rows feed TRL's unpaired or listwise trainers; [train] reads pairs \
+                     only (`layout = \"pairs\"`)",
+                    p.layout.as_str()
+                ),
             ));
         }
         if let Some(n) = &p.n {
@@ -560,6 +568,9 @@ impl Check<'_> {
     /// writes each (no name twice).
     fn pairs_datasets(&self, p: &PairsConfig) -> Result<Vec<(String, usize)>, Invalid> {
         let mut names: Vec<(String, usize)> = Vec::new();
+        if p.layout == sweetspot_core::recipe::PairsLayout::Listwise {
+            names.push((crate::pairs::listwise_name(p.listwise_k), 0));
+        }
         for (i, s) in p.strategies.iter().enumerate() {
             let table = format!("pairs.strategies[{i}]");
             s.check(self.ctx)

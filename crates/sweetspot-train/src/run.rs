@@ -169,6 +169,21 @@ pub fn read_pairs(path: &Path, tok: &Tokenizer) -> Result<Vec<TokenizedPair>, Tr
             TrainError::Input(format!("{}:{}: not a pair row: {e}", path.display(), i + 1))
         })?;
         let prompt = p.prompt.ok_or_else(|| at("prompt", "missing".into()))?;
+        if p.chosen.is_none() {
+            // Rows of the pairs stage's other layouts: named, with what the trainer reads.
+            for (field, layout) in [("completion", "unpaired"), ("completions", "listwise")] {
+                if line.contains(&format!("\"{field}\"")) {
+                    return Err(at(
+                        "chosen",
+                        format!(
+                            "missing, and the row has `{field}`: a row of `[pairs] layout = \
+                             \"{layout}\"`; the trainer reads pairs only (`prompt`, `chosen`, \
+                             `rejected`: `layout = \"pairs\"`)"
+                        ),
+                    ));
+                }
+            }
+        }
         let chosen = p.chosen.ok_or_else(|| at("chosen", "missing".into()))?;
         let rejected = p.rejected.ok_or_else(|| at("rejected", "missing".into()))?;
         for (field, c) in [("chosen", &chosen), ("rejected", &rejected)] {

@@ -296,7 +296,19 @@ pub(crate) fn print_summary(s: &PairsSummary) {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let _ = writeln!(out, "{:width$}  {:>8}  {skipped}", d.name, d.pairs);
+        let dropped = if d.dropped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; dropped by filters: {}",
+                d.dropped
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let _ = writeln!(out, "{:width$}  {:>8}  {skipped}{dropped}", d.name, d.pairs);
     }
     let folder = s
         .datasets

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Independent reference for `[pairs]`'s filters (min_margin, min_margin_sigma, top_fraction).
+
+Writes a small scored fixture (long layout; rewards multiples of 0.25, so every sum and margin is
+exact and margins tie often) and, for each filter configuration and strategy, the counts the
+pairs stage must report plus the prompt ids of the pairs kept, computed here in plain Python
+from the definitions in docs/recipes.md:
+
+- strategies: `max-min` (chosen = highest reward, rejected = lowest, ties to the lowest sample
+  index) and `max-of-n-min-of-k` with k = 3, subset = "first" (chosen = highest of all,
+  rejected = lowest of the first 3); a pair is skipped when sigma = 0, chosen == rejected, or the
+  chosen reward is not strictly higher;
+- sigma: population standard deviation (two passes: mean, then squared deviations);
+- filters in order: min_margin (margin < value dropped), min_margin_sigma (margin / sigma <
+  value dropped), top_fraction over what is left, per dataset: k = ceil(fraction * pairs) (a
+  product within 1e-9 of a whole number counts as that number), keep margins above the k-th
+  largest, and at it in input order until k are kept.
+
+    python scripts/filter_reference.py   # rewrites tests/fixtures/filters/{scored.jsonl,expected.json}
+
+tests/pairs.rs (`filters_match_the_python_reference`) runs the stage on the fixture and
+compares with expected.json; no Python is needed there.
+"""
+
+import json
+import math
+import random
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "tests" / "fixtures" / "filters"
+N_PROMPTS = 60
+N_SAMPLES = 6
+
+CONFIGS = {
+    "margin": {"min_margin": 3.0},
+    "sigma": {"min_margin_sigma": 2.5},
+    "top": {"top_fraction": 0.3},
+    "all": {"min_margin": 2.0, "min_margin_sigma": 2.0, "top_fraction": 0.5},
+    "top_all": {"top_fraction": 1.0},
+}
+
+
+def make_fixture():
+    rng = random.Random(28)
+    rows = []
+    for p in range(N_PROMPTS):
+        if p == 7:
+            rewards = [0.5] * N_SAMPLES  # sigma = 0: no pair
+        else:
+            rewards = [rng.randint(-12, 12) / 4 for _ in range(N_SAMPLES)]
+        for i, r in enumerate(rewards):
+            rows.append(
+                {
+                    "prompt_id": f"f-{p:03d}",
+                    "prompt": f"Question {p}?",
+                    "sample_index": i,
+                    "response": f"answer {p}.{i}",
+                    "reward": r,
+                }
+            )
+    return rows
+
+
+def groups(rows):
+    out = {}
+    for r in rows:
+        out.setdefault(r["prompt_id"], []).append(r["reward"])
+    return list(out.items())
+
+
+def sigma(rewards):
+    if min(rewards) == max(rewards):
+        return 0.0
+    s = 0.0
+    for r in rewards:
+        s += r
+    mean = s / len(rewards)
+    sq = 0.0
+    for r in rewards:
+        sq += (r - mean) * (r - mean)
+    return math.sqrt(sq / len(rewards))
+
+
+def argmax(xs):
+    return max(range(len(xs)), key=lambda i: (xs[i], -i))
+
+
+def argmin(xs):
+    return min(range(len(xs)), key=lambda i: (xs[i], i))
+
+
+def pick(name, rewards):
+    c = argmax(rewards)
+    r = argmin(rewards) if name == "max-min" else argmin(rewards[:3])
+    s = sigma(rewards)
+    if s == 0 or c == r or not rewards[c] > rewards[r]:
+        return None
+    return rewards[c] - rewards[r], s
+
+
+def keeps(fraction, m):
+    x = fraction * m
+    k = round(x) if abs(x - round(x)) < 1e-9 else math.ceil(x)
+    return min(max(int(k), 0), m)
+
+
+def expected(rows, cfg, strategy):
+    dropped = {k: 0 for k in ("min_margin", "min_margin_sigma", "top_fraction") if k in cfg}
+    cands = []
+    for pid, rewards in groups(rows):
+        got = pick(strategy, rewards)
+        if got is None:
+            continue
+        margin, s = got
+        if "min_margin" in cfg and margin < cfg["min_margin"]:
+            dropped["min_margin"] += 1
+            continue
+        if "min_margin_sigma" in cfg and margin / s < cfg["min_margin_sigma"]:
+            dropped["min_margin_sigma"] += 1
+            continue
+        cands.append((pid, margin))
+    kept = [pid for pid, _ in cands]
+    if "top_fraction" in cfg:
+        m = len(cands)
+        k = keeps(cfg["top_fraction"], m)
+        kept = []
+        if k > 0:
+            t = sorted((x for _, x in cands), reverse=True)[k - 1]
+            ties = k - sum(1 for _, x in cands if x > t)
+            for pid, x in cands:
+                if x > t:
+                    kept.append(pid)
+                elif x == t and ties > 0:
+                    ties -= 1
+                    kept.append(pid)
+        dropped["top_fraction"] = m - k
+    return {"pairs": len(kept), "dropped": dropped, "kept": kept}
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    rows = make_fixture()
+    with open(OUT / "scored.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    datasets = {"max-min": "max-min", "max-of-n-min-of-k": "max-of-n-min-of-3"}
+    result = {
+        name: {
+            "config": cfg,
+            "datasets": {
+                ds: expected(rows, cfg, strategy) for strategy, ds in datasets.items()
+            },
+        }
+        for name, cfg in CONFIGS.items()
+    }
+    (OUT / "expected.json").write_text(json.dumps(result, indent=1) + "\n")
+    for name, r in result.items():
+        print(name, {ds: (v["pairs"], v["dropped"]) for ds, v in r["datasets"].items()})
+
+
+if __name__ == "__main__":
+    main()
