@@ -19,7 +19,9 @@ Writes into `output`:
   `loss`, `grad_norm`, `learning_rate`, `rewards/chosen`, `rewards/rejected`,
   `rewards/accuracies`, `rewards/margins`, `logps/chosen`, `logps/rejected`);
 - `checkpoint/checkpoint-N/`: TRL's checkpoints (every `save_steps`); a run that finds one resumes
-  from the latest (`resume_from_checkpoint`), its metrics cut to that step;
+  from the latest (`resume_from_checkpoint`), its metrics cut to that step; removed once the
+  policy is exported. `SWEETSPOT_TRL_STOP_AFTER=N` (tests) stops after step N, saved, as a
+  killed job would leave it;
 - `policy/`: the trained policy as a Hugging Face folder (written to `policy.tmp`, then renamed).
 
 The effective batch is `batch_size` = per-device micro-batch x gradient accumulation x processes;
@@ -158,9 +160,21 @@ def main(job_path):
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(line) + "\n")
 
+    stop_after = int(os.environ.get("SWEETSPOT_TRL_STOP_AFTER", "0"))
+
+    class StopAfter(TrainerCallback):
+        """Tests of resuming: stop (as a killed job would) after this many steps, saved."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop_after and state.global_step >= stop_after:
+                control.should_save = True
+                control.should_training_stop = True
+
     trainer = DPOTrainer(model=job["policy"], args=args, train_dataset=dataset,
-                         processing_class=tokenizer, callbacks=[Metrics()])
+                         processing_class=tokenizer, callbacks=[Metrics(), StopAfter()])
     trainer.train(resume_from_checkpoint=resume)
+    if stop_after and trainer.state.global_step < trainer.state.max_steps:
+        return
     tmp = os.path.join(out, "policy.tmp")
     if trainer.is_world_process_zero() and os.path.exists(tmp):
         shutil.rmtree(tmp)
@@ -171,6 +185,8 @@ def main(job_path):
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
+        # As the native trainer: a finished run drops its checkpoints.
+        shutil.rmtree(checkpoints, ignore_errors=True)
         with open(os.path.join(out, "trl", "summary.json"), "w", encoding="utf-8") as f:
             json.dump({"total_steps": trainer.state.max_steps,
                        "global_step": trainer.state.global_step,

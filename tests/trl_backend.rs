@@ -47,6 +47,20 @@ fn train(recipe: &Path) -> std::process::Output {
     sweetspot(["train".as_ref(), "--recipe".as_ref(), recipe.as_os_str()])
 }
 
+/// `sweetspot train --recipe` with the driver told to stop after `steps` steps.
+fn sweetspot_env(recipe: &Path, steps: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sweetspot"))
+        .args([
+            "-q".as_ref(),
+            "train".as_ref(),
+            "--recipe".as_ref(),
+            recipe.as_os_str(),
+        ])
+        .env("SWEETSPOT_TRL_STOP_AFTER", steps)
+        .output()
+        .unwrap()
+}
+
 fn python() -> String {
     std::env::var("SWEETSPOT_PYTHON")
         .ok()
@@ -95,7 +109,14 @@ fn trl_backend_matches_the_native_trainer() {
     let loss = "type = \"dpo\"\nbeta = 0.1";
     let o = train(&recipe(tmp.path(), "native", "", loss));
     assert_ok(&o);
-    let o = train(&recipe(tmp.path(), "trl", "backend = \"trl\"", loss));
+    // Stopped after step 1 (as a killed job), then resumed from TRL's checkpoint-1.
+    let trl_recipe = recipe(tmp.path(), "trl", "backend = \"trl\"", loss);
+    let o = sweetspot_env(&trl_recipe, "1");
+    assert_ok(&o);
+    assert!(tmp.path().join("trl/checkpoint/checkpoint-1").is_dir());
+    assert!(!tmp.path().join("trl/policy").exists());
+    assert_eq!(read_jsonl(&tmp.path().join("trl/metrics.jsonl")).len(), 1);
+    let o = train(&trl_recipe);
     assert_ok(&o);
     let native = read_jsonl(&tmp.path().join("native/metrics.jsonl"));
     let trl = read_jsonl(&tmp.path().join("trl/metrics.jsonl"));
@@ -116,8 +137,8 @@ fn trl_backend_matches_the_native_trainer() {
     assert!(policy.join("config.json").is_file());
     assert!(policy.join("model.safetensors").is_file());
     assert!(tmp.path().join("trl/record.json").is_file());
-    // TRL's checkpoints (save_steps = 1) are where a rerun resumes from.
-    assert!(tmp.path().join("trl/checkpoint/checkpoint-2").is_dir());
+    // A finished run drops its checkpoints, as the native trainer does.
+    assert!(!tmp.path().join("trl/checkpoint").exists());
     // A complete run is not run again.
     let o = train(&recipe(tmp.path(), "trl", "backend = \"trl\"", loss));
     assert_ok(&o);

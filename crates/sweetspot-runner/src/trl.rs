@@ -291,8 +291,10 @@ pub fn run(
         .unwrap_or_default();
     let lines = read_metrics(&metrics);
     let steps = lines.len();
+    let policy_out = output.join("policy");
     Ok(TrainSummary {
-        policy: Some(output.join("policy")),
+        // Absent when the run stopped early (SWEETSPOT_TRL_STOP_AFTER).
+        policy: policy_out.is_dir().then_some(policy_out),
         total_steps: summary["total_steps"]
             .as_u64()
             .map_or(steps, |v| v as usize),
