@@ -77,6 +77,12 @@ fn has_trl() -> bool {
         ])
         .output()
         .is_ok_and(|o| o.status.success());
+    if !ok && std::env::var_os("SWEETSPOT_REQUIRE_TRL").is_some() {
+        panic!(
+            "SWEETSPOT_REQUIRE_TRL is set and `{}` cannot import trl",
+            python()
+        );
+    }
     if !ok {
         eprintln!(
             "skipped: `{}` cannot import trl (set SWEETSPOT_PYTHON to a venv made from \
