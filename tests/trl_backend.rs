@@ -196,7 +196,37 @@ fn keys_trl_lacks_are_refused_by_name() {
         2,
     );
     assert!(err.contains("/nonexistent/python3"), "{err}");
-    for d in ["a", "b", "c", "d"] {
+    // A Python without the packages (python3 -S: no site-packages) is refused, naming them.
+    if std::process::Command::new("python3")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        let fake = tmp.path().join("bare-python");
+        std::fs::write(&fake, "#!/bin/sh\nexec python3 -S \"$@\"\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = assert_clean_failure(
+            &train(&recipe(
+                tmp.path(),
+                "e",
+                &format!("backend = \"trl\"\npython = {fake:?}"),
+                "type = \"dpo\"",
+            )),
+            2,
+        );
+        assert!(err.contains("missing Python packages:"), "{err}");
+        assert!(err.contains("trl"), "{err}");
+        assert!(err.contains("requirements-trl.txt"), "{err}");
+    }
+    // `sweetspot validate` refuses a key TRL lacks by name, before anything runs.
+    let o = sweetspot([
+        "validate".as_ref(),
+        recipe(tmp.path(), "f", "backend = \"trl\"", "type = \"simpo\"").as_os_str(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("simpo"), "{}", stderr(&o));
+    for d in ["a", "b", "c", "d", "e", "f"] {
         assert!(!tmp.path().join(d).exists(), "{d} left behind");
     }
 }
