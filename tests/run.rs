@@ -1427,3 +1427,45 @@ fn a_lora_recipe_trains_an_adapter_that_eval_loads() {
         assert!(err.contains(key), "{bad}: {err}");
     }
 }
+
+/// `--emit slurm` with a TRL training under an accelerate config (`[train] backend = "trl"`):
+/// its job holds the config's `num_processes` GPUs (a whole node under ZeRO-3); the other jobs
+/// one.
+#[test]
+fn a_trl_training_job_asks_for_the_accelerate_configs_gpus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("zero3.yaml"),
+        "distributed_type: DEEPSPEED\nnum_processes: 8\n",
+    )
+    .unwrap();
+    let recipe = Recipe {
+        run: "device = \"cuda\"",
+        pairs: "n = 4",
+        train: "datasets = [\"max-min\"]\nbackend = \"trl\"\naccelerate_config = \"zero3.yaml\"",
+        ..Recipe::default()
+    }
+    .write(dir);
+    let o = sweetspot([
+        "run".as_ref(),
+        "--emit".as_ref(),
+        "slurm".as_ref(),
+        recipe.as_os_str(),
+    ]);
+    assert_ok(&o);
+    let submit = std::fs::read_to_string(dir.join("run/slurm/submit.sh")).unwrap();
+    let train: Vec<&str> = submit
+        .lines()
+        .filter(|l| l.contains("sweetspot-train"))
+        .collect();
+    assert_eq!(train.len(), 1, "{submit}");
+    assert!(train[0].contains("--gres=gpu:8"), "{submit}");
+    assert!(
+        submit
+            .lines()
+            .filter(|l| l.contains("$(sbatch") && !l.contains("sweetspot-train"))
+            .all(|l| l.contains("--gres=gpu:1")),
+        "{submit}"
+    );
+}

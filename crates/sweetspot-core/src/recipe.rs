@@ -182,6 +182,36 @@ pub struct TrainConfig {
     /// `loss`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub losses: Vec<Box<dyn PreferenceLossConfig>>,
+    /// The trainer: `native` (burn, the default) or `trl` (TRL's `DPOTrainer` in a Python
+    /// subprocess, `accelerate launch` with `accelerate_config`; see docs/recipes.md).
+    #[serde(default, skip_serializing_if = "TrainBackend::is_native")]
+    pub backend: TrainBackend,
+    /// `backend = "trl"`: the Python interpreter (default `$SWEETSPOT_PYTHON`, else `python3`).
+    /// Where the run happens, not what it computes: not part of the node's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<PathBuf>,
+    /// `backend = "trl"`: an accelerate config file (`accelerate launch --config_file`), such as
+    /// examples/recipes/accelerate-zero3.yaml (DeepSpeed ZeRO-3); without it, one process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerate_config: Option<PathBuf>,
+}
+
+/// `[train] backend`: which trainer runs the train stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainBackend {
+    /// The native trainer (burn).
+    #[default]
+    Native,
+    /// TRL's `DPOTrainer` through scripts/trl_backend.py.
+    Trl,
+}
+
+impl TrainBackend {
+    /// Whether this is the default (left out of serialized recipes, so hashes do not change).
+    pub fn is_native(&self) -> bool {
+        *self == Self::Native
+    }
 }
 
 impl Default for TrainConfig {
@@ -210,6 +240,9 @@ impl Default for TrainConfig {
             adapter: None,
             loss: None,
             losses: Vec::new(),
+            backend: TrainBackend::Native,
+            python: None,
+            accelerate_config: None,
         }
     }
 }

@@ -53,7 +53,31 @@ struct Job {
     deps: Vec<usize>,
     stage: StageKind,
     gpu: bool,
+    /// GPUs per job when `gpu` ([`gpus_of`]).
+    gpus: usize,
     mem: Option<String>,
+}
+
+/// The GPUs a node's job asks for: a TRL training under an accelerate config
+/// (`[train] backend = "trl"`, `accelerate_config`) holds its `num_processes` (a whole node's
+/// GPUs under ZeRO-3); every other job one.
+fn gpus_of(node: &crate::plan::Node, recipe: &Path) -> usize {
+    if let crate::plan::Work::Train { config, .. } = &node.work
+        && config.backend == sweetspot_core::recipe::TrainBackend::Trl
+        && let Some(a) = &config.accelerate_config
+    {
+        let path = recipe.parent().unwrap_or(Path::new(".")).join(a);
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(v) = line.trim().strip_prefix("num_processes:")
+                && let Ok(n) = v.trim().trim_matches(['\'', '"']).parse::<usize>()
+                && n >= 1
+            {
+                return n;
+            }
+        }
+    }
+    1
 }
 
 /// The device a job passes to `--node`, and whether it asks for a GPU: the first device of the
@@ -100,11 +124,13 @@ pub fn emit_slurm(
             let peak = peaks.get(i).copied().flatten()?;
             (!gpu).then(|| format!("{}M", (peak + peak / 4).div_ceil(1 << 20)))
         });
+        let gpus = gpus_of(node, &recipe);
         let sibling = jobs.iter().position(|j| {
             node.stage == StageKind::Train
                 && j.stage == StageKind::Train
                 && j.deps == deps
                 && j.gpu == gpu
+                && j.gpus == gpus
                 && j.mem == mem
         });
         match sibling {
@@ -119,6 +145,7 @@ pub fn emit_slurm(
                     deps,
                     stage: node.stage,
                     gpu,
+                    gpus,
                     mem,
                 });
             }
@@ -189,7 +216,7 @@ pub fn emit_slurm(
         );
         args.push_str(&common);
         if job.gpu {
-            args.push_str(" --gres=gpu:1");
+            let _ = write!(args, " --gres=gpu:{}", job.gpus);
         }
         if let Some(m) = &job.mem {
             let _ = write!(args, " --mem={}", quote(m));

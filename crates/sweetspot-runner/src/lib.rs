@@ -22,6 +22,7 @@ pub mod resolve;
 mod score;
 mod stats;
 mod train;
+pub mod trl;
 pub mod validate;
 pub mod winrate;
 

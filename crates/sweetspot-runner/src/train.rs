@@ -1,7 +1,7 @@
 //! The train stage: pairs in, a trained policy out (see `sweetspot_train::run`).
 
 use sweetspot_core::BuildContext;
-use sweetspot_core::recipe::TrainConfig;
+use sweetspot_core::recipe::{TrainBackend, TrainConfig};
 use sweetspot_train::OptimizerSettings;
 use sweetspot_train::run::{TrainSettings, TrainSummary, run_training};
 
@@ -77,6 +77,10 @@ pub fn run_train_with(
         output: None,
         pairs: None,
         policy: None,
+        // The interpreter and the accelerate config are where the run happens, not what it
+        // computes (both absent for the native trainer).
+        python: None,
+        accelerate_config: None,
         ..cfg.clone()
     };
     let settings =
@@ -127,7 +131,12 @@ pub fn run_train_with(
         }
         Resume::Continue => {}
     }
-    let summary = match run_train_inner(cfg, ctx, quiet, reference) {
+    // The trainer seam: the TRL backend computes its own reference (TRL's frozen copy).
+    let trained = match cfg.backend {
+        TrainBackend::Native => run_train_inner(cfg, ctx, quiet, reference),
+        TrainBackend::Trl => crate::trl::run(&cfg, ctx, (&pairs, &policy, &output), quiet),
+    };
+    let summary = match trained {
         Ok(s) => s,
         Err(e) => {
             // A run that failed before its first step leaves nothing behind.

@@ -600,6 +600,18 @@ impl Check<'_> {
             .ok_or_else(|| self.err("train", "missing".into()))?;
         self.train_values(t)?;
         self.train_losses(t)?;
+        if t.backend == sweetspot_core::recipe::TrainBackend::Trl {
+            // Every key and loss TRL lacks, refused by name before any stage runs.
+            for loss in crate::plan::train_losses(t) {
+                let one = TrainConfig {
+                    loss: Some(loss),
+                    losses: Vec::new(),
+                    ..t.clone()
+                };
+                crate::trl::dpo_config(&one, r.run.seed)
+                    .map_err(|e| self.err("train.backend", e.to_string()))?;
+            }
+        }
         let seeds = t.seeds.as_ref().map(|s| s.to_vec()).unwrap_or_default();
         if t.seeds.is_some() {
             if seeds.is_empty() {
