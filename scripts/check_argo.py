@@ -2,7 +2,8 @@
 """Loads a workflow written by `sweetspot run --emit argo` with Argo Workflows' Python models
 (the `hera` package) and checks its DAG against the plan (`sweetspot run --plan --json`): one
 task per node that is not complete, each task's dependencies exactly its incomplete input nodes,
-one template per stage kind, every pod mounting the run's volume claim.
+one template per stage kind and GPU count (`train-8gpu` for a training that holds 8), asking
+for the GPUs the plan says, every pod mounting the run's volume claim.
 
     python3 scripts/check_argo.py RUN_FOLDER/argo/workflow.json PLAN.json
 
@@ -14,6 +15,12 @@ import sys
 
 from hera.workflows import Workflow
 from hera.workflows.models import Workflow as WorkflowModel
+
+
+def template_of(node: dict) -> str:
+    """The template a node's task runs: its stage, with the GPU count when it holds several."""
+    gpus = node.get("gpus", 0)
+    return f"{node['stage']}-{gpus}gpu" if gpus > 1 else node["stage"]
 
 
 def main() -> None:
@@ -38,14 +45,19 @@ def main() -> None:
         want = sorted(d for d in node["inputs"] if d in todo)
         got = sorted(task.dependencies or [])
         assert got == want, f"{node_id}: dependencies {got}, the plan's inputs {want}"
-        assert task.template == node["stage"], f"{node_id}: template {task.template}"
+        assert task.template == template_of(node), f"{node_id}: template {task.template}"
         params = {p.name: p.value for p in task.arguments.parameters}
         assert params.get("node") == node_id, params
-    kinds = {n["stage"] for n in todo.values()}
-    assert set(templates) - {"plan"} == kinds, f"templates {sorted(templates)} for kinds {kinds}"
+    kinds = {template_of(n): n.get("gpus", 0) for n in todo.values()}
+    assert set(templates) - {"plan"} == set(kinds), f"templates {sorted(templates)} for {kinds}"
     claims = [v.persistent_volume_claim.claim_name for v in spec.volumes]
-    for kind in kinds:
+    for kind, gpus in kinds.items():
         c = templates[kind].container
+        limits = (c.resources.limits or {}) if c.resources else {}
+        got = limits.get("nvidia.com/gpu")
+        want = str(gpus) if gpus > 0 else None
+        got = getattr(got, "root", got)
+        assert (str(got) if got is not None else None) == want, f"{kind}: GPUs {got}, plan {want}"
         assert "--node" in c.args and "{{inputs.parameters.node}}" in c.args, c.args
         mounts = [m.name for m in c.volume_mounts]
         assert mounts == ["run"], mounts

@@ -7,37 +7,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-
-const MODELS: [&str; 2] = ["Meta-Llama-3-8B-Instruct", "ArmoRM-Llama3-8B-v0.1"];
-
-/// `<tmp>/examples/recipes/<the paper recipes>` and `<tmp>/models/<name>/config.json`, as the
-/// recipes' `../../models/...` paths expect.
-fn config_only_tree(dir: &Path, models: &[&str]) -> PathBuf {
-    let recipes = dir.join("examples/recipes");
-    std::fs::create_dir_all(&recipes).unwrap();
-    for f in std::fs::read_dir(example("recipes")).unwrap() {
-        let f = f.unwrap().path();
-        if f.extension().is_some_and(|e| e == "toml") {
-            std::fs::copy(&f, recipes.join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    for m in models {
-        let to = dir.join("models").join(m);
-        std::fs::create_dir_all(&to).unwrap();
-        std::fs::copy(
-            root()
-                .join("tests/fixtures/configs")
-                .join(m)
-                .join("config.json"),
-            to.join("config.json"),
-        )
-        .unwrap();
-    }
-    recipes
-}
 
 fn plan(recipe: &Path) -> std::process::Output {
     sweetspot(["run".as_ref(), "--plan".as_ref(), recipe.as_os_str()])
@@ -88,26 +60,68 @@ fn lora_paper_recipes_fit_one_80gb_gpu_from_config_json_alone() {
 }
 
 #[test]
-fn full_parameter_paper_recipes_are_refused_on_one_80gb_gpu() {
+fn the_native_full_parameter_recipe_is_refused_on_one_80gb_gpu() {
     let tmp = tempfile::tempdir().unwrap();
     let recipes = config_only_tree(tmp.path(), &MODELS);
-    for name in ["paper-grid-full", "paper-scaling-full"] {
-        let o = plan(&recipes.join(format!("{name}.toml")));
-        let err = assert_clean_failure(&o, 1);
-        assert!(err.contains("21 of"), "{err}");
-        assert!(err.contains("cannot fit in the device's memory"), "{err}");
-        assert!(err.contains("AdamW moments (2 x f32): 64.2 GB"), "{err}");
-        // What would fit is named.
-        assert!(err.contains("LoRA") && err.contains("(fits)"), "{err}");
-        // The plan is still printed, each training marked.
-        let out = stdout(&o);
-        assert_eq!(
-            node_lines(&out).len(),
-            // The stages and the round's shared reference node.
-            if name == "paper-grid-full" { 25 } else { 31 }
-        );
-        assert!(out.contains("DOES NOT FIT"), "{out}");
+    let o = plan(&recipes.join("paper-scaling-full.toml"));
+    let err = assert_clean_failure(&o, 1);
+    assert!(err.contains("21 of"), "{err}");
+    assert!(err.contains("cannot fit in the device's memory"), "{err}");
+    assert!(err.contains("AdamW moments (2 x f32): 64.2 GB"), "{err}");
+    assert!(err.contains("286.3 GB"), "{err}");
+    // What would fit is named.
+    assert!(err.contains("LoRA") && err.contains("(fits)"), "{err}");
+    // The plan is still printed, each training marked: the stages and the rounds' shared
+    // reference node.
+    let out = stdout(&o);
+    assert_eq!(node_lines(&out).len(), 31);
+    assert!(out.contains("DOES NOT FIT"), "{out}");
+}
+
+/// The full-parameter grid through TRL under DeepSpeed ZeRO-3 over 8 processes
+/// (paper-grid-full.toml): each process holds an eighth of the states and fits its 80 GB GPU;
+/// TRL computes its own reference, so the plan has no shared reference node. The same recipe
+/// without the accelerate config (one process) is refused.
+#[test]
+fn the_trl_zero3_grid_fits_each_gpu_and_one_process_does_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipes = config_only_tree(tmp.path(), &MODELS);
+    let o = plan(&recipes.join("paper-grid-full.toml"));
+    assert_ok(&o);
+    let out = stdout(&o);
+    // generate, score, pairs and 21 trainings.
+    assert_eq!(node_lines(&out).len(), 24, "{out}");
+    assert!(
+        !node_lines(&out)
+            .iter()
+            .any(|l| l.trim_start().starts_with("reference")),
+        "{out}"
+    );
+    for part in [
+        "weights (bf16 / 8 by ZeRO-3): 2.0 GB",
+        "f32 master weights / 8 by ZeRO-3: 4.0 GB",
+        "AdamW moments (2 x f32 / 8 by ZeRO-3): 8.0 GB",
+        "TRL's reference model (bf16 / 8 by ZeRO-3): 2.0 GB",
+        "logits: 13.1 GB",
+        "DeepSpeed ZeRO-3 over 8 process(es)",
+    ] {
+        assert!(out.contains(part), "{part}: {out}");
     }
+    let peak = out
+        .lines()
+        .find(|l| l.contains("peak of `train grid_max_vs_min`"))
+        .unwrap();
+    assert!(peak.ends_with("fits"), "{peak}");
+    let text = std::fs::read_to_string(recipes.join("paper-grid-full.toml")).unwrap();
+    let one = recipes.join("one-process.toml");
+    std::fs::write(
+        &one,
+        text.replace("accelerate_config = \"accelerate-zero3.yaml\"", ""),
+    )
+    .unwrap();
+    let err = assert_clean_failure(&plan(&one), 1);
+    assert!(err.contains("cannot fit in the device's memory"), "{err}");
+    assert!(err.contains("num_processes"), "{err}");
 }
 
 #[test]
@@ -150,7 +164,7 @@ fn a_model_without_config_json_has_unknown_memory() {
 fn run_refuses_a_stage_that_cannot_fit_before_anything_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let fixture = |m: &str| format!("{:?}", root().join("tests/fixtures/models").join(m));
-    let text = std::fs::read_to_string(example("recipes/paper-grid-full.toml"))
+    let text = std::fs::read_to_string(example("recipes/paper-scaling-full.toml"))
         .unwrap()
         .replace(
             "\"../../models/Meta-Llama-3-8B-Instruct\"",

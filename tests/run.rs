@@ -543,6 +543,11 @@ fn records_or_empty(run: &Path) -> BTreeMap<String, (String, Vec<u8>)> {
 fn the_paper_recipes_check_and_plan() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("prompts.jsonl"), PROMPTS).unwrap();
+    std::fs::copy(
+        example("recipes/accelerate-zero3.yaml"),
+        tmp.path().join("accelerate-zero3.yaml"),
+    )
+    .unwrap();
     for (name, pairs_nodes, datasets) in [
         ("paper-grid", 1, 21),
         ("paper-grid-full", 1, 21),
@@ -1429,8 +1434,8 @@ fn a_lora_recipe_trains_an_adapter_that_eval_loads() {
 }
 
 /// `--emit slurm` with a TRL training under an accelerate config (`[train] backend = "trl"`):
-/// its job holds the config's `num_processes` GPUs (a whole node under ZeRO-3); the other jobs
-/// one.
+/// its job holds the config's `num_processes` GPUs (a whole node under ZeRO-3); the pairs job
+/// none; the other jobs one. The plan has no shared reference node for it.
 #[test]
 fn a_trl_training_job_asks_for_the_accelerate_configs_gpus() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1447,6 +1452,19 @@ fn a_trl_training_job_asks_for_the_accelerate_configs_gpus() {
         ..Recipe::default()
     }
     .write(dir);
+    // TRL's effective batch is micro-batch x accumulation x the 8 processes: a batch of 2 is
+    // refused by name before anything runs.
+    let o = sweetspot(["validate".as_ref(), recipe.as_os_str()]);
+    let err = assert_clean_failure(&o, 2);
+    assert!(
+        err.contains("train.batch_size") && err.contains("num_processes (8)"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&recipe).unwrap().replace(
+        "batch_size = 2\nmicro_batch_size = 2",
+        "batch_size = 16\nmicro_batch_size = 2",
+    );
+    std::fs::write(&recipe, text).unwrap();
     let o = sweetspot([
         "run".as_ref(),
         "--emit".as_ref(),
@@ -1461,11 +1479,26 @@ fn a_trl_training_job_asks_for_the_accelerate_configs_gpus() {
         .collect();
     assert_eq!(train.len(), 1, "{submit}");
     assert!(train[0].contains("--gres=gpu:8"), "{submit}");
+    for l in submit
+        .lines()
+        .filter(|l| l.contains("$(sbatch") && !l.contains("sweetspot-train"))
+    {
+        // The pairs stage runs no model: no GPU.
+        if l.contains("sweetspot-pairs") {
+            assert!(!l.contains("--gres"), "{l}");
+        } else {
+            assert!(l.contains("--gres=gpu:1"), "{l}");
+        }
+    }
+    assert!(submit.contains("sweetspot-pairs"), "{submit}");
+    // No reference node: TRL computes its own.
+    let o = sweetspot(["run".as_ref(), "--plan".as_ref(), recipe.as_os_str()]);
+    assert_ok(&o);
     assert!(
-        submit
+        !stdout(&o)
             .lines()
-            .filter(|l| l.contains("$(sbatch") && !l.contains("sweetspot-train"))
-            .all(|l| l.contains("--gres=gpu:1")),
-        "{submit}"
+            .any(|l| l.trim_start().starts_with("reference ")),
+        "{}",
+        stdout(&o)
     );
 }

@@ -112,3 +112,33 @@ pub fn browser() -> Option<PathBuf> {
     eprintln!("skipping the browser check: no Chromium found");
     None
 }
+
+/// The paper recipes' 8B models, as tests/fixtures/configs holds their `config.json`.
+pub const MODELS: [&str; 2] = ["Meta-Llama-3-8B-Instruct", "ArmoRM-Llama3-8B-v0.1"];
+
+/// `<dir>/examples/recipes/<the paper recipes and their accelerate config>` and
+/// `<dir>/models/<name>/config.json`, as the recipes' `../../models/...` paths expect. Returns
+/// the recipes' folder.
+pub fn config_only_tree(dir: &Path, models: &[&str]) -> PathBuf {
+    let recipes = dir.join("examples/recipes");
+    std::fs::create_dir_all(&recipes).unwrap();
+    for f in std::fs::read_dir(example("recipes")).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|e| e == "toml" || e == "yaml") {
+            std::fs::copy(&f, recipes.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    for m in models {
+        let to = dir.join("models").join(m);
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(
+            root()
+                .join("tests/fixtures/configs")
+                .join(m)
+                .join("config.json"),
+            to.join("config.json"),
+        )
+        .unwrap();
+    }
+    recipes
+}

@@ -68,9 +68,9 @@ pub struct ClusterConfig {
     pub volume_claim: Option<String>,
     /// `--emit argo`: where the claim is mounted in the pods (default `/data`).
     pub mount_path: Option<PathBuf>,
-    /// `--emit argo`: the folder on this machine that is the claim's root (default: the
-    /// recipe's folder); the recipe must lie inside it, and its paths are rewritten under
-    /// `mount_path`.
+    /// `--emit argo`: the folder on this machine that is the claim's root, relative to the
+    /// recipe's folder (default: the recipe's folder); the recipe and the run folder must lie
+    /// inside it, and their paths are rewritten under `mount_path`.
     pub volume_root: Option<PathBuf>,
 }
 

@@ -9,8 +9,10 @@
 //!   quarter (a GPU job's estimate is GPU memory, which `--gres` requests whole).
 //! - Sibling nodes (same stage, same inputs, same requests: the trainings of one pairs set) are
 //!   one job array; a job that reads one of them depends on that task alone (`<array>_<task>`).
-//! - The emitted files are plain shell and hold absolute paths: the recipe, the run folder and
-//!   the binary as the cluster sees them (`[cluster] sweetspot`).
+//! - The emitted files are plain shell and hold no absolute path but the binary's (`[cluster]
+//!   sweetspot`, else this binary's path): the recipe is named relative to the script's own
+//!   folder, so a run folder moved or mounted elsewhere (with its recipe beside it as before)
+//!   submits as it did.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -47,6 +49,40 @@ fn path_word(p: &Path) -> String {
     quote(&p.to_string_lossy())
 }
 
+/// The path with links and `..` resolved: its longest existing ancestor canonicalized, the rest
+/// appended.
+fn canonical(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut base = abs.as_path();
+    let mut rest: Vec<&std::ffi::OsStr> = Vec::new();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(base) {
+            return rest.iter().rev().fold(c, |acc, r| acc.join(r));
+        }
+        match (base.parent(), base.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                base = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// `path` relative to the folder `from` (both absolute), through `..` where needed.
+fn relative(path: &Path, from: &Path) -> PathBuf {
+    let (a, b): (Vec<_>, Vec<_>) = (path.components().collect(), from.components().collect());
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &a[common..] {
+        out.push(c);
+    }
+    out
+}
+
 /// One job of the script: the nodes it runs (one, or an array's tasks) and its requests.
 struct Job {
     nodes: Vec<usize>,
@@ -58,26 +94,33 @@ struct Job {
     mem: Option<String>,
 }
 
-/// The GPUs a node's job asks for: a TRL training under an accelerate config
-/// (`[train] backend = "trl"`, `accelerate_config`) holds its `num_processes` (a whole node's
-/// GPUs under ZeRO-3); every other job one.
-fn gpus_of(node: &crate::plan::Node, recipe: &Path) -> usize {
+/// The GPUs a node's job asks for when the run's devices are GPUs: none for a stage that runs
+/// no model (pairs, compose); a TRL training under an accelerate config
+/// (`[train] backend = "trl"`, `accelerate_config`) its `num_processes` (a whole node's GPUs
+/// under ZeRO-3); every other job one.
+fn gpus_of(node: &crate::plan::Node, plan: &Plan) -> usize {
+    if matches!(
+        node.work,
+        crate::plan::Work::Pairs { .. } | crate::plan::Work::Compose { .. }
+    ) {
+        return 0;
+    }
     if let crate::plan::Work::Train { config, .. } = &node.work
-        && config.backend == sweetspot_core::recipe::TrainBackend::Trl
-        && let Some(a) = &config.accelerate_config
+        && let Ok(Some(a)) = crate::memory::trl_accelerate(plan, config)
     {
-        let path = recipe.parent().unwrap_or(Path::new(".")).join(a);
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        for line in text.lines() {
-            if let Some(v) = line.trim().strip_prefix("num_processes:")
-                && let Ok(n) = v.trim().trim_matches(['\'', '"']).parse::<usize>()
-                && n >= 1
-            {
-                return n;
-            }
-        }
+        return a.processes;
     }
     1
+}
+
+/// The GPUs node `i`'s job holds: none when the run's devices are not GPUs, else as
+/// [`gpus_of`] says. `run --plan --json` prints it per node.
+pub fn gpus(plan: &Plan, i: usize) -> usize {
+    if device_of(plan).1 {
+        gpus_of(&plan.nodes[i], plan)
+    } else {
+        0
+    }
 }
 
 /// The device a job passes to `--node`, and whether it asks for a GPU: the first device of the
@@ -124,7 +167,7 @@ pub fn emit_slurm(
             let peak = peaks.get(i).copied().flatten()?;
             (!gpu).then(|| format!("{}M", (peak + peak / 4).div_ceil(1 << 20)))
         });
-        let gpus = gpus_of(node, &recipe);
+        let gpus = if gpu { gpus_of(node, plan) } else { 0 };
         let sibling = jobs.iter().position(|j| {
             node.stage == StageKind::Train
                 && j.stage == StageKind::Train
@@ -180,14 +223,20 @@ pub fn emit_slurm(
         "# Submits the plan of {} to Slurm: one job per node that is not complete ({} jobs),\n\
          # each `sweetspot run RECIPE --node ID`, in the order of the plan's dependencies.\n\
          # Written by `sweetspot run --emit slurm` (sweetspot {}). Run it where sbatch works.",
-        recipe.display(),
+        relative(&canonical(&recipe), &canonical(&dir)).display(),
         jobs.len(),
         env!("CARGO_PKG_VERSION")
     );
     let _ = writeln!(s, "set -euo pipefail");
-    let _ = writeln!(s, "cd {}", path_word(&dir));
+    // Paths relative to this folder: the run folder moves (or is mounted elsewhere) whole.
+    let _ = writeln!(s, "here=$(cd \"$(dirname \"$0\")\" && pwd)");
+    let _ = writeln!(s, "cd \"$here\"");
     let _ = writeln!(s, "export SWEETSPOT={}", path_word(&binary));
-    let _ = writeln!(s, "export SWEETSPOT_RECIPE={}", path_word(&recipe));
+    let _ = writeln!(
+        s,
+        "export SWEETSPOT_RECIPE=\"$here\"/{}",
+        path_word(&relative(&canonical(&recipe), &canonical(&dir)))
+    );
     let _ = writeln!(s, "export SWEETSPOT_DEVICE={}", quote(&device));
     for (k, job) in jobs.iter().enumerate() {
         let labels: Vec<&str> = job
@@ -215,7 +264,7 @@ pub fn emit_slurm(
             ))
         );
         args.push_str(&common);
-        if job.gpu {
+        if job.gpu && job.gpus > 0 {
             let _ = write!(args, " --gres=gpu:{}", job.gpus);
         }
         if let Some(m) = &job.mem {
@@ -246,10 +295,9 @@ pub fn emit_slurm(
     }
     let _ = writeln!(
         s,
-        "\necho \"submitted {} jobs for {} nodes; logs in {}\"",
+        "\necho \"submitted {} jobs for {} nodes; logs in $here/logs\"",
         jobs.len(),
         job_of.iter().filter(|j| j.is_some()).count(),
-        logs.display()
     );
     let node_sh = "#!/usr/bin/env bash\n\
         # One node of the plan: sweetspot run RECIPE --node ID (see submit.sh).\n\
@@ -301,11 +349,13 @@ pub fn emit_argo(plan: &Plan, recipe: &Path, cluster: &ClusterConfig) -> Result<
     };
     let image = need(&cluster.image, "image")?;
     let claim = need(&cluster.volume_claim, "volume_claim")?;
-    let recipe = std::path::absolute(recipe).unwrap_or_else(|_| recipe.to_path_buf());
-    let root = match &cluster.volume_root {
-        Some(r) => std::path::absolute(r).unwrap_or_else(|_| r.clone()),
-        None => recipe.parent().map(Path::to_path_buf).unwrap_or_default(),
-    };
+    let recipe = canonical(recipe);
+    let folder = recipe.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Relative to the recipe's folder, as the recipe's other paths.
+    let root = canonical(&match &cluster.volume_root {
+        Some(r) => folder.join(r),
+        None => folder,
+    });
     let mount = cluster
         .mount_path
         .clone()
@@ -322,7 +372,7 @@ pub fn emit_argo(plan: &Plan, recipe: &Path, cluster: &ClusterConfig) -> Result<
     };
     let recipe_in_pod = inside(&recipe)?;
     // The run folder must be on the volume too: the nodes write into it.
-    inside(&plan.dir)?;
+    inside(&canonical(&plan.dir))?;
     let binary = cluster.sweetspot.as_ref().map_or_else(
         || "sweetspot".to_string(),
         |p| p.to_string_lossy().into_owned(),
@@ -330,14 +380,23 @@ pub fn emit_argo(plan: &Plan, recipe: &Path, cluster: &ClusterConfig) -> Result<
     let st = states(plan);
     let todo = |i: usize| matches!(st[i], NodeState::ToRun | NodeState::Partial);
     let (device, gpu) = device_of(plan);
-    let mut kinds: Vec<StageKind> = Vec::new();
+    // One template per stage kind and GPU count (a TRL training under ZeRO-3 holds several).
+    let mut kinds: Vec<(StageKind, usize)> = Vec::new();
+    let template = |(kind, gpus): (StageKind, usize)| {
+        if gpus > 1 {
+            format!("{}-{gpus}gpu", kind.name())
+        } else {
+            kind.name().to_string()
+        }
+    };
     let mut tasks = Vec::new();
     for (i, node) in plan.nodes.iter().enumerate() {
         if !todo(i) {
             continue;
         }
-        if !kinds.contains(&node.stage) {
-            kinds.push(node.stage);
+        let kind = (node.stage, if gpu { gpus_of(node, plan) } else { 0 });
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
         }
         let deps: Vec<&str> = node
             .deps
@@ -347,7 +406,7 @@ pub fn emit_argo(plan: &Plan, recipe: &Path, cluster: &ClusterConfig) -> Result<
             .collect();
         let mut task = serde_json::json!({
             "name": node.id,
-            "template": node.stage.name(),
+            "template": template(kind),
             "arguments": {"parameters": [{"name": "node", "value": node.id}]},
         });
         if !deps.is_empty() {
@@ -359,7 +418,7 @@ pub fn emit_argo(plan: &Plan, recipe: &Path, cluster: &ClusterConfig) -> Result<
         "name": "plan",
         "dag": {"tasks": tasks},
     })];
-    for kind in &kinds {
+    for &kind in &kinds {
         let mut resources = serde_json::json!({});
         if let Some(m) = &cluster.mem {
             resources["requests"] = serde_json::json!({"memory": m});
@@ -367,11 +426,11 @@ pub fn emit_argo(plan: &Plan, recipe: &Path, cluster: &ClusterConfig) -> Result<
         if let Some(c) = cluster.cpus_per_task {
             resources["requests"]["cpu"] = serde_json::json!(c.to_string());
         }
-        if gpu {
-            resources["limits"] = serde_json::json!({"nvidia.com/gpu": "1"});
+        if kind.1 > 0 {
+            resources["limits"] = serde_json::json!({"nvidia.com/gpu": kind.1.to_string()});
         }
         templates.push(serde_json::json!({
-            "name": kind.name(),
+            "name": template(kind),
             "inputs": {"parameters": [{"name": "node"}]},
             "container": {
                 "image": image,

@@ -310,6 +310,19 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<RunReport, RunError> {
         }
     }
     write_index(plan)?;
+    // A node that spans several processes (a TRL training under an accelerate config with
+    // `num_processes` > 1, each process a GPU of the machine) runs alone.
+    let exclusive: Vec<bool> = plan
+        .nodes
+        .iter()
+        .map(|n| match &n.work {
+            crate::plan::Work::Train { config, .. } => {
+                matches!(crate::memory::trl_accelerate(plan, config), Ok(Some(a)) if a.processes > 1)
+            }
+            _ => false,
+        })
+        .collect();
+    let exclusive = &exclusive;
     let index_lock = Mutex::new(());
     std::thread::scope(|scope| {
         for device in &plan.devices {
@@ -339,9 +352,12 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<RunReport, RunError> {
                                     sweetspot_core::Progress::advance(overall, 1);
                                 }
                             }
-                            let ready = (0..total).find(|&i| {
+                            let busy = r.iter().any(|&x| x);
+                            let alone = (0..total).any(|i| r[i] && exclusive[i]);
+                            let ready = (0..total).filter(|_| !alone).find(|&i| {
                                 o[i].is_none()
                                     && !r[i]
+                                    && (!exclusive[i] || !busy)
                                     && plan.nodes[i].deps.iter().all(|&d| {
                                         matches!(o[d], Some(Outcome::Reused | Outcome::Ran { .. }))
                                     })
@@ -420,7 +436,8 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<RunReport, RunError> {
 }
 
 /// The plan as JSON for tools (`run --plan --json`): the run's name, folder and devices, and per
-/// node its id, stage, label, round, input ids, state and size in words.
+/// node its id, stage, label, round, input ids, state, size in words and the GPUs a cluster job
+/// of it holds.
 pub fn plan_json(plan: &Plan) -> serde_json::Value {
     let st = states(plan);
     let sizes = sizes(plan);
@@ -440,6 +457,7 @@ pub fn plan_json(plan: &Plan) -> serde_json::Value {
                 "policy": n.policy_name,
                 "dataset": n.dataset,
                 "n": n.n,
+                "gpus": crate::cluster::gpus(plan, i),
             })
         })
         .collect();

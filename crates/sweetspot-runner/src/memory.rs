@@ -407,6 +407,117 @@ pub fn train(s: &Shape, t: &TrainSetup, place: Place) -> Estimate {
     e
 }
 
+/// The estimated peak per process of a training under `[train] backend = "trl"`: TRL's
+/// `DPOTrainer` in PyTorch under `accelerate launch`, `acc` its accelerate config. DeepSpeed
+/// ZeRO shares the states among the processes (stage 1 the optimizer's, 2 also the gradients,
+/// 3 also the weights); PyTorch's attention (SDPA) keeps no scores; Hugging Face's gradient
+/// checkpointing keeps each layer's input and recomputes one layer at a time; TRL holds a
+/// frozen reference model beside the policy (sharded like it under ZeRO-3).
+pub fn train_trl(
+    s: &Shape,
+    t: &TrainSetup,
+    place: Place,
+    acc: &crate::trl::Accelerate,
+) -> Estimate {
+    let mut e = Estimate::default();
+    let p = s.params();
+    let cb = bytes_of(t.dtype);
+    let n = acc.processes.max(1) as u64;
+    let stage = acc.zero_stage.unwrap_or(0);
+    let shard = |bytes: u64, from: u8| {
+        if stage >= from {
+            bytes.div_ceil(n)
+        } else {
+            bytes
+        }
+    };
+    let over = |from: u8| {
+        if stage >= from && n > 1 {
+            format!(" / {n} by ZeRO-{stage}")
+        } else {
+            String::new()
+        }
+    };
+    let mixed = cb != 4;
+    let optimizer_host = acc.zero_stage.is_some() && acc.offload_optimizer;
+    let params_host = stage >= 3 && acc.offload_param;
+    if mixed && acc.zero_stage.is_some() {
+        // DeepSpeed's bf16/fp16: the model in the compute type, f32 master and states.
+        if !params_host {
+            e.add(
+                format!("weights ({}{})", t.dtype, over(3)),
+                shard(p * cb, 3),
+            );
+        }
+        if !optimizer_host {
+            e.add(format!("f32 master weights{}", over(1)), shard(p * 4, 1));
+            e.add(format!("gradients (f32{})", over(2)), shard(p * 4, 2));
+            e.add(
+                format!("AdamW moments (2 x f32{})", over(1)),
+                shard(p * 8, 1),
+            );
+        }
+    } else {
+        // PyTorch autocast (or f32): f32 weights, gradients and states, cast per operation.
+        e.add(format!("weights (f32{})", over(3)), shard(p * 4, 3));
+        e.add(format!("gradients (f32{})", over(2)), shard(p * 4, 2));
+        if !optimizer_host {
+            e.add(
+                format!("AdamW moments (2 x f32{})", over(1)),
+                shard(p * 8, 1),
+            );
+        }
+    }
+    if optimizer_host || params_host {
+        e.notes.push(
+            "DeepSpeed offload: the offloaded states are in host memory (not counted here)".into(),
+        );
+    }
+    if stage >= 3 && n > 1 {
+        // A layer's weights gathered whole for its forward and backward (and the next one
+        // prefetched).
+        let layer = (p - s.vocab * s.hidden * 2) / s.layers.max(1);
+        e.add("ZeRO-3 gathered layers (2 x one layer)", 2 * layer * cb);
+    }
+    if !params_host {
+        e.add(
+            format!("TRL's reference model ({}{})", t.dtype, over(3)),
+            shard(p * cb, 3),
+        );
+    }
+    // Chosen and rejected concatenated in one forward.
+    let rows = 2 * t.micro_batch_size * t.seq_len;
+    let layer = layer_activations(s, t.seq_len, cb, true, false);
+    let act = if t.checkpointing {
+        rows * s.hidden * cb * s.layers + rows * layer
+    } else {
+        rows * layer * s.layers
+    };
+    e.add(
+        format!(
+            "activations ({} x 2 x {} tokens{})",
+            t.micro_batch_size,
+            t.seq_len,
+            if t.checkpointing {
+                ", checkpointed"
+            } else {
+                ""
+            }
+        ),
+        act,
+    );
+    e.add("logits", rows * s.vocab * (8 + cb));
+    let (name, bytes) = place.overhead();
+    e.add(name, bytes);
+    e.notes.push(match acc.zero_stage {
+        Some(z) => {
+            format!("TRL under DeepSpeed ZeRO-{z} over {n} process(es): per process (one GPU each)")
+        }
+        None => format!("TRL over {n} process(es) without DeepSpeed: per process"),
+    });
+    e
+}
+
 /// An inference node's settings (generation or scoring).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InferSetup {
@@ -803,9 +914,22 @@ pub fn plan_memory(plan: &Plan, start_policy: Option<&Path>) -> Vec<Option<NodeM
             Work::Train { policy, config, .. } => {
                 let b = budget_of(plan, generating(plan, i));
                 let setup = TrainSetup::of(config, b.prompt_tokens + b.new_tokens);
+                let trl = match trl_accelerate(plan, config) {
+                    Ok(a) => a,
+                    Err(m) => {
+                        out.push(Some(NodeMemory {
+                            estimate: Err(m),
+                            device: device.clone(),
+                        }));
+                        continue;
+                    }
+                };
                 match model_of(plan, policy, start_policy) {
                     Some(p) => shape_of(&p).map(|s| {
-                        let mut e = train(&s, &setup, place);
+                        let mut e = match &trl {
+                            Some(a) => train_trl(&s, &setup, place, a),
+                            None => train(&s, &setup, place),
+                        };
                         e.notes.extend(b.notes);
                         e
                     }),
@@ -856,6 +980,28 @@ pub fn plan_memory(plan: &Plan, start_policy: Option<&Path>) -> Vec<Option<NodeM
         }));
     }
     out
+}
+
+/// The accelerate config of a `[train] backend = "trl"` training (`None` for the native
+/// trainer; one process without DeepSpeed when the recipe gives no `accelerate_config`).
+pub fn trl_accelerate(
+    plan: &Plan,
+    config: &TrainConfig,
+) -> Result<Option<crate::trl::Accelerate>, String> {
+    if config.backend != sweetspot_core::recipe::TrainBackend::Trl {
+        return Ok(None);
+    }
+    match &config.accelerate_config {
+        Some(a) => crate::trl::Accelerate::read(&plan.base_dir.join(a))
+            .map(Some)
+            .map_err(|e| format!("`accelerate_config`: {e}")),
+        None => Ok(Some(crate::trl::Accelerate {
+            processes: 1,
+            zero_stage: None,
+            offload_optimizer: false,
+            offload_param: false,
+        })),
+    }
 }
 
 /// What would fit instead of a training setup that does not: each change on its own (and LoRA
@@ -971,6 +1117,15 @@ pub fn check_fit(
             line.push_str(&format!("\n      {}: {}", p.name, human(p.bytes)));
         }
         match &node.work {
+            Work::Train { config, .. }
+                if config.backend == sweetspot_core::recipe::TrainBackend::Trl =>
+            {
+                line.push_str(
+                    "\n    instead: more processes (`num_processes`) under DeepSpeed ZeRO-3 in \
+                     the accelerate config, `offload_optimizer_device: cpu`, micro_batch_size \
+                     = 1, or gradient_checkpointing = true",
+                );
+            }
             Work::Train { policy, config, .. } => {
                 let shape = model_of(plan, policy, start_policy)
                     .and_then(|p| read_shape(&plan.base_dir.join(p)).ok());

@@ -936,7 +936,10 @@ fn add_train(
         let needs = t.losses[v.loss]
             .build(g.ctx)
             .map_err(|e| config_err(format!("[train.loss]: {e}")))?
-            .needs_reference();
+            .needs_reference()
+            // TRL's DPOTrainer computes its own reference (a `[train] backend = "trl"` node
+            // reads no shared store).
+            && t.config.backend != sweetspot_core::recipe::TrainBackend::Trl;
         inputs.push((pairs, needs));
     }
     let reference = add_reference(g, rr, round, &base_policy, &inputs)?;

@@ -317,3 +317,139 @@ fn read_metrics(path: &Path) -> Vec<serde_json::Value> {
 fn count_lines(path: &Path) -> usize {
     read_metrics(path).len()
 }
+
+/// What the plan needs from an accelerate config file (`accelerate launch --config_file`): how
+/// many processes a training spans and how DeepSpeed shares its states among them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accelerate {
+    /// `num_processes` (GPUs on one machine; 1 when absent).
+    pub processes: usize,
+    /// `deepspeed_config.zero_stage` under `distributed_type: DEEPSPEED`; `None` without
+    /// DeepSpeed.
+    pub zero_stage: Option<u8>,
+    /// `deepspeed_config.offload_optimizer_device` is not `none`: the optimizer's states (and
+    /// the f32 master weights) live in host memory.
+    pub offload_optimizer: bool,
+    /// `deepspeed_config.offload_param_device` is not `none` (ZeRO-3): parameters in host memory.
+    pub offload_param: bool,
+}
+
+impl Accelerate {
+    /// Reads the keys of an accelerate config as `accelerate config` writes it (YAML: top-level
+    /// keys, and a `deepspeed_config:` block of its own keys). Other keys are accelerate's own and
+    /// do not change what the plan sizes.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, String> {
+        let mut top = std::collections::BTreeMap::new();
+        let mut ds = std::collections::BTreeMap::new();
+        let mut in_ds = false;
+        for (no, raw) in text.lines().enumerate() {
+            let line = raw.split(" #").next().unwrap_or("").trim_end();
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            let indented = line.starts_with(' ') || line.starts_with('\t');
+            let Some((k, v)) = line.trim().split_once(':') else {
+                if line.trim().starts_with('-') {
+                    continue; // a list item of a list-valued key
+                }
+                return Err(format!(
+                    "{}:{}: not `key: value`: {}",
+                    path.display(),
+                    no + 1,
+                    line.trim()
+                ));
+            };
+            let v = v.trim().trim_matches(['\'', '"']).to_string();
+            if !indented {
+                in_ds = k == "deepspeed_config";
+                top.insert(k.to_string(), v);
+            } else if in_ds {
+                ds.insert(k.trim().to_string(), v);
+            }
+        }
+        let number = |key: &str, v: &str| -> Result<usize, String> {
+            v.parse::<usize>()
+                .map_err(|_| format!("{}: `{key}` is {v:?}, not a number", path.display()))
+        };
+        let processes = match top.get("num_processes") {
+            Some(v) => number("num_processes", v)?.max(1),
+            None => 1,
+        };
+        let deepspeed = top
+            .get("distributed_type")
+            .is_some_and(|v| v.eq_ignore_ascii_case("deepspeed"));
+        let zero_stage = match (deepspeed, ds.get("zero_stage")) {
+            (true, Some(v)) => {
+                let s = number("deepspeed_config.zero_stage", v)?;
+                if s > 3 {
+                    return Err(format!(
+                        "{}: `deepspeed_config.zero_stage` is {s}; DeepSpeed has stages 0 to 3",
+                        path.display()
+                    ));
+                }
+                Some(s as u8)
+            }
+            (true, None) => Some(0),
+            (false, _) => None,
+        };
+        let offloaded = |key: &str| {
+            deepspeed
+                && ds
+                    .get(key)
+                    .is_some_and(|v| !v.is_empty() && !v.eq_ignore_ascii_case("none"))
+        };
+        Ok(Self {
+            processes,
+            zero_stage,
+            offload_optimizer: offloaded("offload_optimizer_device"),
+            offload_param: offloaded("offload_param_device"),
+        })
+    }
+
+    /// Reads and parses the file.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&text, path)
+    }
+}
+
+#[cfg(test)]
+mod accelerate_tests {
+    use super::Accelerate;
+    use std::path::Path;
+
+    #[test]
+    fn the_shipped_zero3_config_is_eight_processes_at_stage_3() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/recipes/accelerate-zero3.yaml");
+        let a = Accelerate::read(&p).unwrap();
+        assert_eq!(
+            a,
+            Accelerate {
+                processes: 8,
+                zero_stage: Some(3),
+                offload_optimizer: false,
+                offload_param: false
+            }
+        );
+    }
+
+    #[test]
+    fn offload_and_plain_configs() {
+        let p = Path::new("a.yaml");
+        let a = Accelerate::parse(
+            "distributed_type: DEEPSPEED\ndeepspeed_config:\n  zero_stage: 2\n  \
+             offload_optimizer_device: cpu\nnum_processes: 4\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(
+            (a.processes, a.zero_stage, a.offload_optimizer),
+            (4, Some(2), true)
+        );
+        let a = Accelerate::parse("distributed_type: MULTI_GPU\nnum_processes: 2\n", p).unwrap();
+        assert_eq!((a.processes, a.zero_stage), (2, None));
+        let e = Accelerate::parse("num_processes: eight\n", p).unwrap_err();
+        assert!(e.contains("num_processes"), "{e}");
+    }
+}

@@ -611,6 +611,27 @@ impl Check<'_> {
                 crate::trl::dpo_config(&one, r.run.seed)
                     .map_err(|e| self.err("train.backend", e.to_string()))?;
             }
+            // The effective batch is micro-batch x accumulation x processes.
+            if let Some(a) = &t.accelerate_config {
+                let path = self.ctx.resolve(a);
+                self.input("train.accelerate_config", path.clone(), TRAIN);
+                if path.is_file() {
+                    let acc = crate::trl::Accelerate::read(&path)
+                        .map_err(|e| self.err("train.accelerate_config", e))?;
+                    let micro = t.micro_batch_size.min(t.batch_size);
+                    if !t.batch_size.is_multiple_of(micro * acc.processes) {
+                        return Err(self.err(
+                            "train.batch_size",
+                            format!(
+                                "{} is not a multiple of micro_batch_size ({micro}) x the \
+                                 accelerate config's num_processes ({}): TRL's effective batch \
+                                 is micro-batch x gradient accumulation x processes",
+                                t.batch_size, acc.processes
+                            ),
+                        ));
+                    }
+                }
+            }
         }
         let seeds = t.seeds.as_ref().map(|s| s.to_vec()).unwrap_or_default();
         if t.seeds.is_some() {
