@@ -11,25 +11,69 @@ const PROMPTS: &str = r#"{"prompt_id": "france", "prompt": "What is the capital 
 "#;
 
 fn generate(model: &std::path::Path, dir: &std::path::Path, out: &str) -> std::process::Output {
+    generate_rows(model, dir, out, Some(4))
+}
+
+/// `sweetspot generate` of the three prompts x 3 samples, `batch` rows (`None`: "auto").
+fn generate_rows(
+    model: &std::path::Path,
+    dir: &std::path::Path,
+    out: &str,
+    batch: Option<usize>,
+) -> std::process::Output {
     let prompts = dir.join("prompts.jsonl");
     std::fs::write(&prompts, PROMPTS).unwrap();
-    sweetspot([
-        "generate".as_ref(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        "--prompts".as_ref(),
-        prompts.as_os_str(),
-        "--n".as_ref(),
-        "3".as_ref(),
-        "--max-new-tokens".as_ref(),
-        "12".as_ref(),
-        "--batch-size".as_ref(),
-        "4".as_ref(),
-        "--seed".as_ref(),
-        "11".as_ref(),
-        "--output".as_ref(),
-        dir.join(out).as_os_str(),
-    ])
+    let batch = batch.map(|b| b.to_string());
+    let batch: Vec<&std::ffi::OsStr> = match &batch {
+        Some(b) => vec!["--batch-size".as_ref(), b.as_ref()],
+        None => Vec::new(),
+    };
+    sweetspot_logging(
+        "info",
+        [
+            "generate".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--prompts".as_ref(),
+            prompts.as_os_str(),
+            "--n".as_ref(),
+            "3".as_ref(),
+            "--max-new-tokens".as_ref(),
+            "12".as_ref(),
+            "--seed".as_ref(),
+            "11".as_ref(),
+            "--output".as_ref(),
+            dir.join(out).as_os_str(),
+        ]
+        .into_iter()
+        .chain(batch),
+    )
+}
+
+/// By default (`batch_size = "auto"`) the sampler takes as many rows as memory and its cap
+/// allow, here the 9 sequences there are, says so, and samples what 4 rows sample.
+#[test]
+fn auto_rows_are_logged_and_sample_what_fixed_rows_sample() {
+    let Some(model) = smollm2() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let fixed = generate_rows(&model, tmp.path(), "fixed.jsonl", Some(4));
+    assert_ok(&fixed);
+    let auto = generate_rows(&model, tmp.path(), "auto.jsonl", None);
+    assert_ok(&auto);
+    assert!(
+        stderr(&auto).contains("9 rows at once (batch_size = \"auto\": 9 sequences to generate)"),
+        "{}",
+        stderr(&auto)
+    );
+    let (a, b) = (
+        read_jsonl(&tmp.path().join("fixed.jsonl")),
+        read_jsonl(&tmp.path().join("auto.jsonl")),
+    );
+    assert_eq!(a.len(), 9);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x["response"], y["response"]);
+        assert_eq!(x["token_count"], y["token_count"]);
+    }
 }
 
 #[test]

@@ -29,6 +29,22 @@ where
         .expect("the sweetspot binary runs")
 }
 
+/// [`sweetspot`] with its logs at `level` (the `-q` of the tests hides `info`).
+pub fn sweetspot_logging<I, S>(level: &str, args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let bin =
+        std::env::var_os("SWEETSPOT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_sweetspot").into());
+    Command::new(bin)
+        .arg("-q")
+        .args(args)
+        .env("RUST_LOG", level)
+        .output()
+        .expect("the sweetspot binary runs")
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -127,6 +127,7 @@ pub(crate) fn context(recipe: &Recipe, base: PathBuf) -> BuildContext {
             .unwrap_or_else(|| "cpu".into()),
         base_dir: base,
         seed: recipe.run.seed,
+        device_memory: recipe.run.device_memory.map(|b| b.0),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod plugin;
 pub mod points;
 pub mod recipe;
 pub mod registry;
+pub mod rows;
 pub mod stats;
 
 pub use error::{ConfigIssue, PluginError, check_device_name, check_penalties, check_sampling};
@@ -36,6 +37,7 @@ pub use plugin::{
 pub use points::Point;
 pub use recipe::Precision;
 pub use registry::{PluginInfo, PluginKind};
+pub use rows::Rows;
 pub use stats::RewardStats;
 /// Registers a plugin (see [`registry`]).
 pub use sweetspot_macros::plugin;

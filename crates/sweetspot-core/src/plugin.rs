@@ -49,6 +49,9 @@ pub struct BuildContext {
     pub base_dir: PathBuf,
     /// The run's seed.
     pub seed: u64,
+    /// The device's memory in bytes when the recipe gives it (`[run] device_memory`): what a
+    /// sampler with `batch_size = "auto"` sizes its rows from on a GPU.
+    pub device_memory: Option<u64>,
 }
 
 impl BuildContext {
@@ -58,6 +61,7 @@ impl BuildContext {
             device: "cpu".to_string(),
             base_dir: base_dir.into(),
             seed: 0,
+            device_memory: None,
         }
     }
 
@@ -83,8 +87,9 @@ pub struct InferenceMemory {
     pub model: PathBuf,
     /// The type the weights are held and computed in.
     pub dtype: crate::recipe::Precision,
-    /// Sequences on the device at once.
-    pub batch_size: usize,
+    /// Sequences on the device at once, or `Auto` (a sampler's `batch_size = "auto"`: the
+    /// rows [`crate::rows::auto_rows`] picks).
+    pub batch_size: crate::rows::Rows,
     /// Padded tokens (or key/value slots) on the device at once, when bounded.
     pub max_batch_tokens: Option<usize>,
     /// Tokens generated per sequence (0 for a reward model).

@@ -327,6 +327,26 @@ impl Llama {
         &self.device
     }
 
+    /// Bytes of key/value cache one token takes: every layer's keys and values, in the weights'
+    /// type (the cache follows the activations).
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        let c = &self.config;
+        let per = match self.precision() {
+            Precision::F32 => 4,
+            Precision::Bf16 | Precision::F16 => 2,
+        };
+        (2 * c.num_hidden_layers * c.kv_heads() * c.head_dim()) as u64 * per
+    }
+
+    /// Bytes the weights take.
+    pub fn weight_bytes(&self) -> u64 {
+        let per = match self.precision() {
+            Precision::F32 => 4,
+            Precision::Bf16 | Precision::F16 => 2,
+        };
+        self.params.num_params() as u64 * per
+    }
+
     /// Hidden states after the final norm, `[batch, tokens, hidden]`.
     ///
     /// - `tokens`: `[batch, tokens]` ids of the new tokens.

@@ -539,6 +539,7 @@ fn run_node(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<(), RunE
         device: device.to_string(),
         base_dir: plan.base_dir.clone(),
         seed: node.seed,
+        device_memory: plan.device_memory,
     };
     let start = Instant::now();
     let counts = match &node.work {

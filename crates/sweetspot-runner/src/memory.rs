@@ -24,8 +24,8 @@
 
 use std::path::Path;
 
-use sweetspot_core::Precision;
 use sweetspot_core::recipe::{AdapterConfig, RunConfig, TrainConfig};
+use sweetspot_core::{Precision, Rows};
 
 use crate::plan::{Plan, Source, Work};
 
@@ -869,16 +869,29 @@ pub fn plan_memory(plan: &Plan, start_policy: Option<&Path>) -> Vec<Option<NodeM
                     None => Some(m.model.clone()),
                 };
                 let b = budget_of(plan, Some(i));
-                let setup = InferSetup {
-                    dtype: m.dtype,
-                    batch_size: m.batch_size as u64,
-                    max_batch_tokens: m.max_batch_tokens.map(|t| t as u64),
-                    prompt_tokens: b.prompt_tokens,
-                    new_tokens: m.max_new_tokens as u64,
-                };
                 match path {
                     Some(p) => shape_of(&p).map(|s| {
+                        let (rows, auto) = match m.batch_size {
+                            Rows::Fixed(n) => (n as u64, None),
+                            Rows::Auto => {
+                                let c = plan_rows(plan, &s, &m, b.prompt_tokens, place);
+                                (c.rows as u64, Some(c))
+                            }
+                        };
+                        let setup = InferSetup {
+                            dtype: m.dtype,
+                            batch_size: rows,
+                            max_batch_tokens: m.max_batch_tokens.map(|t| t as u64),
+                            prompt_tokens: b.prompt_tokens,
+                            new_tokens: m.max_new_tokens as u64,
+                        };
                         let mut e = generate(&s, &setup, place, is_gguf(&p));
+                        if let Some(c) = auto {
+                            e.notes.push(format!(
+                                "batch_size = \"auto\": {} rows ({})",
+                                c.rows, c.why
+                            ));
+                        }
                         e.notes
                             .extend(b.notes.into_iter().filter(|n| n.contains("prompt")));
                         e
@@ -900,7 +913,10 @@ pub fn plan_memory(plan: &Plan, start_policy: Option<&Path>) -> Vec<Option<NodeM
                 let b = budget_of(plan, generating(plan, i));
                 let setup = InferSetup {
                     dtype: m.dtype,
-                    batch_size: m.batch_size as u64,
+                    batch_size: match m.batch_size {
+                        Rows::Fixed(n) => n as u64,
+                        Rows::Auto => sweetspot_core::rows::AUTO_ROWS_UNKNOWN as u64,
+                    },
                     max_batch_tokens: m.max_batch_tokens.map(|t| t as u64),
                     prompt_tokens: b.prompt_tokens,
                     new_tokens: b.new_tokens,
@@ -980,6 +996,43 @@ pub fn plan_memory(plan: &Plan, start_policy: Option<&Path>) -> Vec<Option<NodeM
         }));
     }
     out
+}
+
+/// The rows a sampler with `batch_size = "auto"` would pick on the plan's device, as the
+/// sampler picks them (sweetspot_core::rows): from `[run] device_memory`, else on a CPU the
+/// host's available RAM less the weights.
+fn plan_rows(
+    plan: &Plan,
+    s: &Shape,
+    m: &sweetspot_core::InferenceMemory,
+    prompt_tokens: u64,
+    place: Place,
+) -> sweetspot_core::rows::RowChoice {
+    use sweetspot_core::rows::*;
+    let weights = s.params() * bytes_of(m.dtype);
+    let (cache_bytes, cap) = match (place, plan.device_memory) {
+        (Place::Cpu, Some(b)) => (
+            Some((b.saturating_sub(weights) as f64 * CPU_CACHE_SHARE) as u64),
+            AUTO_ROWS_CPU,
+        ),
+        (Place::Cpu, None) => (
+            available_ram().map(|b| (b.saturating_sub(weights) as f64 * CPU_CACHE_SHARE) as u64),
+            AUTO_ROWS_CPU,
+        ),
+        (Place::Gpu, Some(b)) => (
+            Some(((b as f64 * GPU_MEMORY_SHARE) as u64).saturating_sub(weights)),
+            AUTO_ROWS_GPU,
+        ),
+        (Place::Gpu, None) => (None, AUTO_ROWS_UNKNOWN),
+    };
+    auto_rows(&RowBudget {
+        kv_bytes_per_token: 2 * s.kv_dim() * s.layers * bytes_of(m.dtype),
+        tokens_per_row: prompt_tokens + m.max_new_tokens as u64,
+        cache_bytes,
+        max_batch_tokens: m.max_batch_tokens,
+        cap,
+        sequences: usize::MAX,
+    })
 }
 
 /// The accelerate config of a `[train] backend = "trl"` training (`None` for the native

@@ -292,6 +292,8 @@ pub struct Plan {
     pub pairs_ext: String,
     /// Copies the recipe asks for (`output` keys): (node, stage).
     pub publish: Vec<(usize, PathBuf)>,
+    /// `[run] device_memory` in bytes, when given.
+    pub device_memory: Option<u64>,
 }
 
 impl Plan {
@@ -800,6 +802,7 @@ pub fn plan(r: &Recipe, recipe_path: &Path, ctx: &BuildContext) -> Result<Plan, 
         datasets: pairs.map(|p| p.datasets.clone()).unwrap_or_default(),
         pairs_ext: pairs.map_or_else(|| "jsonl".into(), |p| p.ext.clone()),
         publish: g.publish,
+        device_memory: r.run.device_memory.map(|b| b.0),
     })
 }
 

@@ -201,7 +201,7 @@ impl RewardModelConfig for PairwiseJudgeConfig {
         Some(sweetspot_core::InferenceMemory {
             model: self.model.clone(),
             dtype: self.dtype,
-            batch_size: self.batch_size,
+            batch_size: sweetspot_core::Rows::Fixed(self.batch_size),
             max_batch_tokens: Some(self.max_batch_tokens),
             max_new_tokens: 0,
         })
@@ -298,7 +298,7 @@ impl RewardModelConfig for SeqClsConfig {
         Some(sweetspot_core::InferenceMemory {
             model: self.model.clone(),
             dtype: self.dtype,
-            batch_size: self.batch_size,
+            batch_size: sweetspot_core::Rows::Fixed(self.batch_size),
             max_batch_tokens: Some(self.max_batch_tokens),
             max_new_tokens: 0,
         })
@@ -367,7 +367,7 @@ impl RewardModelConfig for ArmoRmConfig {
         Some(sweetspot_core::InferenceMemory {
             model: self.model.clone(),
             dtype: self.dtype,
-            batch_size: self.batch_size,
+            batch_size: sweetspot_core::Rows::Fixed(self.batch_size),
             max_batch_tokens: Some(self.max_batch_tokens),
             max_new_tokens: 0,
         })
@@ -427,7 +427,7 @@ impl RewardModelConfig for JudgeConfig {
         Some(sweetspot_core::InferenceMemory {
             model: self.model.clone(),
             dtype: self.dtype,
-            batch_size: self.batch_size,
+            batch_size: sweetspot_core::Rows::Fixed(self.batch_size),
             max_batch_tokens: Some(self.max_batch_tokens),
             max_new_tokens: 0,
         })

@@ -7,6 +7,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use sweetspot_core::rows::{
+    AUTO_ROWS_CPU, AUTO_ROWS_GPU, AUTO_ROWS_UNKNOWN, CPU_CACHE_SHARE, GPU_MEMORY_SHARE, RowBudget,
+    Rows, auto_rows, available_ram,
+};
 use sweetspot_core::{
     BuildContext, ConfigIssue, PluginError, PluginInput, Progress, Prompt, Sample, SampleGroup,
     SampleRequest, Sampler, SamplerConfig, check_device_name, check_penalties, check_sampling,
@@ -56,9 +60,13 @@ pub struct BurnSamplerConfig {
     #[serde(default = "default_max_new")]
     pub max_new_tokens: usize,
     /// Sequences on the device at once (continuous batching: a row that stops takes the next
-    /// waiting sequence).
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
+    /// waiting sequence): a number, or `"auto"` (the default): as many rows as the key/value
+    /// cache of each at its longest fits in memory (half the host's available RAM on a CPU; 90%
+    /// of `[run] device_memory` less the weights on a GPU), at most 64 on a CPU and 256 on a GPU
+    /// (16 on a GPU whose memory is not given), within `max_batch_tokens`. The rows chosen are
+    /// logged at the start.
+    #[serde(default)]
+    pub batch_size: Rows,
     /// Key/value slots on the device at once (rows x slots, padding included): a waiting
     /// sequence joins only if every row could still run to `max_new_tokens` within it. Unset:
     /// `batch_size` alone bounds the batch.
@@ -78,7 +86,7 @@ pub const DEFAULT_TEMPERATURE: f32 = 0.8;
 pub fn default_max_new() -> usize {
     512
 }
-/// `batch_size` when not given.
+/// `sweetspot serve`'s batch size when not given.
 pub fn default_batch() -> usize {
     16
 }
@@ -88,7 +96,12 @@ pub struct BurnSampler {
     model: Llama,
     tokenizer: Tokenizer,
     params: SamplingParams,
-    limits: BatchLimits,
+    rows: Rows,
+    max_batch_tokens: Option<usize>,
+    max_new_tokens: usize,
+    /// `[run] device_memory`, for `batch_size = "auto"` on a GPU.
+    device_memory: Option<u64>,
+    on_cpu: bool,
 }
 
 impl std::fmt::Debug for BurnSampler {
@@ -135,8 +148,11 @@ impl SamplerConfig for BurnSamplerConfig {
             self.max_new_tokens,
         )?;
         check_penalties(self.repetition_penalty, self.min_p)?;
-        if self.batch_size == 0 {
-            return Err(ConfigIssue::new("batch_size", "must be at least 1"));
+        if self.batch_size == Rows::Fixed(0) {
+            return Err(ConfigIssue::new(
+                "batch_size",
+                "must be at least 1 (or \"auto\")",
+            ));
         }
         if let Some(t) = self.max_batch_tokens
             && t <= self.max_new_tokens
@@ -284,10 +300,11 @@ impl SamplerConfig for BurnSamplerConfig {
             model,
             tokenizer,
             params,
-            limits: BatchLimits {
-                rows: self.batch_size,
-                tokens: self.max_batch_tokens,
-            },
+            rows: self.batch_size,
+            max_batch_tokens: self.max_batch_tokens,
+            max_new_tokens: self.max_new_tokens,
+            device_memory: ctx.device_memory,
+            on_cpu: device == "cpu" || device.starts_with("cpu:"),
         }))
     }
 }
@@ -366,6 +383,64 @@ fn prompt_ids(tokenizer: &Tokenizer, prompt: &Prompt) -> Result<Vec<u32>, Plugin
 }
 
 impl BurnSampler {
+    /// The batch limits for `sequences` requests over the prompts `encoded`: `batch_size` as
+    /// given, or for `"auto"` the rows [`auto_rows`] picks from the memory there is now (the
+    /// weights are loaded), logged.
+    fn limits(&self, encoded: &[Vec<u32>], sequences: usize) -> BatchLimits {
+        let rows = match self.rows {
+            Rows::Fixed(n) => n,
+            Rows::Auto => {
+                let longest = encoded.iter().map(Vec::len).max().unwrap_or(0);
+                let tokens_per_row = (longest + self.max_new_tokens) as u64;
+                let (cache_bytes, cap) = if self.on_cpu {
+                    let share = self.device_memory.or_else(available_ram).map(|b| {
+                        let b = if self.device_memory.is_some() {
+                            b.saturating_sub(self.model.weight_bytes())
+                        } else {
+                            b
+                        };
+                        (b as f64 * CPU_CACHE_SHARE) as u64
+                    });
+                    (share, AUTO_ROWS_CPU)
+                } else {
+                    match self.device_memory {
+                        Some(b) => (
+                            Some(
+                                ((b as f64 * GPU_MEMORY_SHARE) as u64)
+                                    .saturating_sub(self.model.weight_bytes()),
+                            ),
+                            AUTO_ROWS_GPU,
+                        ),
+                        None => (None, AUTO_ROWS_UNKNOWN),
+                    }
+                };
+                let choice = auto_rows(&RowBudget {
+                    kv_bytes_per_token: self.model.kv_bytes_per_token(),
+                    tokens_per_row,
+                    cache_bytes,
+                    max_batch_tokens: self.max_batch_tokens,
+                    cap,
+                    sequences,
+                });
+                tracing::info!(
+                    "generate: {} rows at once (batch_size = \"auto\": {}{})",
+                    choice.rows,
+                    choice.why,
+                    if !self.on_cpu && self.device_memory.is_none() {
+                        "; give [run] device_memory to size it from the GPU's memory"
+                    } else {
+                        ""
+                    }
+                );
+                choice.rows
+            }
+        };
+        BatchLimits {
+            rows,
+            tokens: self.max_batch_tokens,
+        }
+    }
+
     fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, PluginError> {
         prompt_ids(&self.tokenizer, prompt)
     }
@@ -395,6 +470,7 @@ impl Sampler for BurnSampler {
             .iter()
             .map(|&(p, s)| SeqRequest::sample(encoded[p].clone(), request.seed, &prompts[p].id, s))
             .collect();
+        let limits = self.limits(&encoded, reqs.len());
         let mut tokens = 0u64;
         // A failure of the sink (the stage's output) is kept as it is; the engine only stops.
         let mut sink_error: Option<PluginError> = None;
@@ -405,7 +481,7 @@ impl Sampler for BurnSampler {
             &reqs,
             &stop,
             &self.params,
-            self.limits,
+            limits,
             |n| {
                 tokens += n as u64;
                 if tokens % 256 < n as u64 {

@@ -50,9 +50,10 @@ pub struct GenerateArgs {
     /// Longest response in tokens.
     #[arg(long, default_value_t = sweetspot_burn_sampler::default_max_new())]
     pub max_new_tokens: usize,
-    /// Sequences on the device at once (continuous batching).
-    #[arg(long, default_value_t = sweetspot_burn_sampler::default_batch())]
-    pub batch_size: usize,
+    /// Sequences on the device at once (continuous batching); by default as many as the
+    /// memory holds, at most 64 on a CPU (`batch_size = "auto"`).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Key/value slots on the device at once (rows x slots); unbounded when absent.
     #[arg(long)]
     pub max_batch_tokens: Option<usize>,
@@ -102,10 +103,12 @@ pub(crate) fn generate_cmd(args: GenerateArgs, quiet: bool) -> Result<(), Failur
             "max_new_tokens".into(),
             toml::Value::Integer(args.max_new_tokens as i64),
         );
-        sampler.insert(
-            "batch_size".into(),
-            toml::Value::Integer(args.batch_size as i64),
-        );
+        if let Some(b) = args.batch_size {
+            sampler.insert(
+                "batch_size".into(),
+                toml::Value::Integer(i64::try_from(b).unwrap_or(i64::MAX)),
+            );
+        }
         if let Some(t) = args.max_batch_tokens {
             sampler.insert(
                 "max_batch_tokens".into(),
