@@ -18,15 +18,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    // SWEETSPOT_BIN runs the tests against another build (an older release, to show which
-    // cases it fails).
-    let bin =
-        std::env::var_os("SWEETSPOT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_sweetspot").into());
-    Command::new(bin)
-        .arg("-q")
-        .args(args)
-        .output()
-        .expect("the sweetspot binary runs")
+    run_sweetspot(args, None)
 }
 
 /// [`sweetspot`] with its logs at `level` (the `-q` of the tests hides `info`).
@@ -35,14 +27,24 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
+    run_sweetspot(args, Some(level))
+}
+
+fn run_sweetspot<I, S>(args: I, log: Option<&str>) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    // SWEETSPOT_BIN runs the tests against another build (an older release, to show which
+    // cases it fails).
     let bin =
         std::env::var_os("SWEETSPOT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_sweetspot").into());
-    Command::new(bin)
-        .arg("-q")
-        .args(args)
-        .env("RUST_LOG", level)
-        .output()
-        .expect("the sweetspot binary runs")
+    let mut c = Command::new(bin);
+    c.arg("-q").args(args);
+    if let Some(level) = log {
+        c.env("RUST_LOG", level);
+    }
+    c.output().expect("the sweetspot binary runs")
 }
 
 pub fn stderr(o: &Output) -> String {

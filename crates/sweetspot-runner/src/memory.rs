@@ -327,6 +327,20 @@ fn layer_activations(s: &Shape, seq: u64, cb: u64, fused: bool, checkpointing: b
     kept * cb + scores
 }
 
+/// The name of a training's activations part.
+fn activations_label(t: &TrainSetup) -> String {
+    format!(
+        "activations ({} x 2 x {} tokens{})",
+        t.micro_batch_size,
+        t.seq_len,
+        if t.checkpointing {
+            ", checkpointed"
+        } else {
+            ""
+        }
+    )
+}
+
 /// The estimated peak of a DPO training node (full or LoRA).
 pub fn train(s: &Shape, t: &TrainSetup, place: Place) -> Estimate {
     let mut e = Estimate::default();
@@ -381,19 +395,7 @@ pub fn train(s: &Shape, t: &TrainSetup, place: Place) -> Estimate {
         // The backward recomputes one layer's activations at a time.
         act += rows * layer_activations(s, t.seq_len, cb, fused, false);
     }
-    e.add(
-        format!(
-            "activations ({} x 2 x {} tokens{})",
-            t.micro_batch_size,
-            t.seq_len,
-            if t.checkpointing {
-                ", checkpointed"
-            } else {
-                ""
-            }
-        ),
-        act,
-    );
+    e.add(activations_label(t), act);
     // Log-probabilities of the tokens: whole logits (and their log-softmax, f32) except under
     // sweetspot's fused kernel, which makes them a block of rows at a time.
     let logits = if fused {
@@ -493,19 +495,7 @@ pub fn train_trl(
     } else {
         rows * layer * s.layers
     };
-    e.add(
-        format!(
-            "activations ({} x 2 x {} tokens{})",
-            t.micro_batch_size,
-            t.seq_len,
-            if t.checkpointing {
-                ", checkpointed"
-            } else {
-                ""
-            }
-        ),
-        act,
-    );
+    e.add(activations_label(t), act);
     e.add("logits", rows * s.vocab * (8 + cb));
     let (name, bytes) = place.overhead();
     e.add(name, bytes);
