@@ -1520,6 +1520,22 @@ fn a_second_reward_model_reruns_only_its_scoring_and_below() {
     // mean_z ranks a chosen response above its rejected one for at least one model: an
     // agreement of one model keeps every pair.
     assert_eq!(summary["datasets"][0]["dropped"]["agree"], 0, "{summary}");
+    // The report: the models' agreement figures and the filters' counts.
+    assert_ok(&sweetspot(["report".as_ref(), run_dir.as_os_str()]));
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(
+        run_dir
+            .join("figures/agreement-spearman-seq-armo.png")
+            .is_file(),
+        "{html}"
+    );
+    assert!(
+        html.contains("id=\"agreement-reversed-seq-armo\""),
+        "{html}"
+    );
+    assert!(html.contains("<table id=\"filters\">"), "{html}");
+    assert!(html.contains("dropped: agree"), "{html}");
+    assert!(html.contains("<td>mean_z</td>"), "{html}");
 
     // Another ranking: both scorings are reused, pairs and training run again.
     let before = after;
