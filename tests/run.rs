@@ -1558,3 +1558,54 @@ fn a_second_reward_model_reruns_only_its_scoring_and_below() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("pairs.rank_by"), "{}", stderr(&o));
 }
+
+/// examples/recipes/two-reward-models.toml with the tiny fixtures in place of the 8B models
+/// (ArmoRM's and a seq-cls one for Skywork's): it passes the check, and `--plan` lays out one
+/// score node per model and the grid's 21 trainings.
+#[test]
+fn the_two_reward_model_example_checks_and_plans() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("prompts.jsonl"), PROMPTS).unwrap();
+    let text = std::fs::read_to_string(example("recipes/two-reward-models.toml"))
+        .unwrap()
+        .replace(
+            "\"../../models/Meta-Llama-3-8B-Instruct\"",
+            &format!("{:?}", fixture("policy")),
+        )
+        .replace(
+            "\"../../models/ArmoRM-Llama3-8B-v0.1\"",
+            &format!("{:?}", fixture("armorm")),
+        )
+        .replace(
+            "\"../../models/Skywork-Reward-Llama-3.1-8B-v0.2\"",
+            &format!("{:?}", fixture("seq-cls")),
+        )
+        .replace("../../data/ultrafeedback-prompts.jsonl", "prompts.jsonl");
+    assert!(!text.contains("../../models"), "{text}");
+    let recipe = tmp.path().join("two.toml");
+    std::fs::write(&recipe, text).unwrap();
+    let cpu = ["--device".as_ref(), "cpu".as_ref()];
+    let o = sweetspot(
+        ["validate".as_ref(), recipe.as_os_str()]
+            .into_iter()
+            .chain(cpu),
+    );
+    assert_ok(&o);
+    let o = sweetspot(
+        ["run".as_ref(), "--plan".as_ref(), recipe.as_os_str()]
+            .into_iter()
+            .chain(cpu),
+    );
+    assert_ok(&o);
+    let plan = stdout(&o);
+    let count = |prefix: &str| {
+        plan.lines()
+            .filter(|l| l.trim_start().starts_with(prefix))
+            .count()
+    };
+    assert_eq!(count("score armo"), 1, "{plan}");
+    assert_eq!(count("score sky"), 1, "{plan}");
+    assert_eq!(count("pairs"), 1, "{plan}");
+    assert_eq!(count("train "), 21, "{plan}");
+    assert!(!tmp.path().join("runs").exists());
+}
