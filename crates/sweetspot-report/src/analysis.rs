@@ -233,10 +233,10 @@ pub fn analyse_agreement(first: (&str, &Path), second: (&str, &Path)) -> Result<
             }
         }
     }
-    for c in 0..k {
-        for r in 0..k {
-            if a.pairs[c][r] > 0 {
-                a.reversed[c][r] = Some(100.0 * reversed[c][r] as f64 / a.pairs[c][r] as f64);
+    for ((shares, counts), flips) in a.reversed.iter_mut().zip(&a.pairs).zip(&reversed) {
+        for ((share, &count), &flipped) in shares.iter_mut().zip(counts).zip(flips) {
+            if count > 0 {
+                *share = Some(100.0 * flipped as f64 / count as f64);
             }
         }
     }

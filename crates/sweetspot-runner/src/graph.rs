@@ -561,7 +561,7 @@ fn run_node(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<(), RunE
         } => {
             let out = dir.join(StageKind::Pairs.product());
             let input = Some(plan.source_path(input));
-            let mut job = crate::PairsJob::from_config(config.clone(), input, Some(out), ctx)?;
+            let mut job = crate::PairsJob::from_config((**config).clone(), input, Some(out), ctx)?;
             job.rewards = rewards
                 .iter()
                 .map(|(name, s)| (name.clone(), plan.source_path(s)))

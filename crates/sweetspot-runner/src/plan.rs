@@ -115,7 +115,7 @@ pub enum Work {
         /// each), in the recipe's order; empty with one.
         rewards: Vec<(String, Source)>,
         /// The `[pairs]` table with this node's `n` and no paths.
-        config: PairsConfig,
+        config: Box<PairsConfig>,
     },
     /// `[eval]`: the comparison of every policy's scored eval responses with the baseline's.
     Eval {
@@ -704,7 +704,7 @@ impl Graph<'_> {
         let work = Work::Pairs {
             input,
             rewards,
-            config,
+            config: Box::new(config),
         };
         let i = self.add(StageKind::Pairs, id, work, at);
         self.nodes[i].n = n;
