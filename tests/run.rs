@@ -1557,6 +1557,35 @@ fn a_second_reward_model_reruns_only_its_scoring_and_below() {
     let o = sweetspot(["run".as_ref(), write(&two, "").as_os_str()]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("pairs.rank_by"), "{}", stderr(&o));
+    // A name used twice: refused at its line, naming the table.
+    let twice = two.replace("name = \"armo\"", "name = \"seq\"");
+    let o = sweetspot([
+        "validate".as_ref(),
+        write(&twice, "rank_by = \"seq\"").as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let line = std::fs::read_to_string(dir.join("recipe.toml"))
+        .unwrap()
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| *l == "name = \"seq\"")
+        .nth(1)
+        .map(|(i, _)| i + 1)
+        .unwrap();
+    assert!(
+        stderr(&o).contains(&format!("recipe.toml:{line}:"))
+            && stderr(&o).contains("key `reward[1].name`: `seq` names two [[reward]] tables"),
+        "{}",
+        stderr(&o)
+    );
+    // Several models under `sweetspot score`: refused (one score node per model is `run`'s).
+    let o = sweetspot([
+        "score".as_ref(),
+        "--recipe".as_ref(),
+        write(&two, "rank_by = \"seq\"").as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("sweetspot run"), "{}", stderr(&o));
 }
 
 /// examples/recipes/two-reward-models.toml with the tiny fixtures in place of the 8B models

@@ -1047,6 +1047,7 @@ pub fn parse_checked<T: serde::de::DeserializeOwned>(
     let doc = toml::de::DeTable::parse(text)
         .map_err(|e| err_at(e.span(), None, e.message().to_string()))?;
     check_plugin_types(doc.get_ref(), &err_at)?;
+    check_reward_names(doc.get_ref(), &err_at)?;
     toml::from_str::<T>(text).map_err(|e| {
         let mut message = e.message().trim().to_string();
         // typetag names the trait object in its messages; name the plugin kind instead.
@@ -1264,6 +1265,42 @@ fn check_plugin_types(root: &toml::de::DeTable<'_>, err_at: &ErrAt<'_>) -> Resul
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks each `[[reward]]` table's `name` where the text has it (the deserializer checks the
+/// same, without the spans): present, a string, unique.
+fn check_reward_names(root: &toml::de::DeTable<'_>, err_at: &ErrAt<'_>) -> Result<(), RecipeError> {
+    let mut found = Vec::new();
+    collect_tables(root, &["reward", "*"], &mut Vec::new(), None, &mut found);
+    let mut seen: Vec<String> = Vec::new();
+    for (path, span, table) in found {
+        let key = dotted(&path);
+        let Some((_, v)) = table.iter().find(|(k, _)| k.get_ref() == "name") else {
+            return Err(err_at(
+                Some(span),
+                Some(key),
+                "missing `name`: every [[reward]] table needs one (what [pairs] `rank_by` and \
+                 `agree` use)"
+                    .into(),
+            ));
+        };
+        let toml::de::DeValue::String(name) = v.get_ref() else {
+            return Err(err_at(
+                Some(v.span()),
+                Some(format!("{key}.name")),
+                "`name` must be a string".into(),
+            ));
+        };
+        if seen.iter().any(|s| s == name.as_ref()) {
+            return Err(err_at(
+                Some(v.span()),
+                Some(format!("{key}.name")),
+                format!("`{name}` names two [[reward]] tables"),
+            ));
+        }
+        seen.push(name.to_string());
     }
     Ok(())
 }
