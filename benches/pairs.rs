@@ -180,6 +180,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         top_fraction: None,
         layout: Default::default(),
         listwise_k: None,
+        rewards: Vec::new(),
+        rank_by: None,
+        agree: Vec::new(),
+        agree_min: None,
     })?;
     let run_s = t.elapsed().as_secs_f64();
     let peak = peak_rss_kib();

@@ -690,3 +690,156 @@ fn run_refuses_unpaired_or_listwise_pairs_before_train() {
         assert!(err.contains(&format!("key `{key}`")), "{err}");
     }
 }
+
+/// `[pairs] rewards` over the three models of `scripts/filter_reference.py` (a:
+/// `tests/fixtures/filters/scored.jsonl`, b and c: `scored-{b,c}.jsonl`), with `extra` in
+/// `[pairs]`; runs it into `<dir>/<name>`, returns the `--json` summary.
+fn run_models(dir: &std::path::Path, name: &str, extra: &str) -> std::process::Output {
+    let f = |m: &str| {
+        let file = if m == "a" {
+            "scored.jsonl".to_string()
+        } else {
+            format!("scored-{m}.jsonl")
+        };
+        root().join("tests/fixtures/filters").join(file)
+    };
+    let recipe = format!(
+        "[run]\nseed = 1\n\n[pairs]\noutput = \"{name}\"\n\
+         rewards = {{ a = {:?}, b = {:?}, c = {:?} }}\n{extra}\n\n\
+         [[pairs.strategies]]\ntype = \"max-min\"\n\n\
+         [[pairs.strategies]]\ntype = \"max-of-n-min-of-k\"\nk = 3\nsubset = \"first\"\n",
+        f("a").to_str().unwrap(),
+        f("b").to_str().unwrap(),
+        f("c").to_str().unwrap(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, recipe).unwrap();
+    sweetspot([
+        "pairs".as_ref(),
+        "--json".as_ref(),
+        "--recipe".as_ref(),
+        path.as_os_str(),
+    ])
+}
+
+#[test]
+fn agreement_and_margin_filters_match_the_python_reference() {
+    // tests/fixtures/filters/expected-models.json is scripts/filter_reference.py's: the ranking
+    // (one model, mean of z-scores, weighted sum), the agreement filter and the margin filters
+    // computed in plain Python on the same three scored files.
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/filters/expected-models.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = expected.as_object().unwrap();
+    assert!(cases.len() >= 5);
+    let mut dropped_by_agree = 0;
+    for (name, case) in cases {
+        let o = run_models(tmp.path(), name, case["toml"].as_str().unwrap());
+        assert_ok(&o);
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let models: Vec<&str> = summary["reward_models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(models, ["a", "b", "c"], "{name}");
+        let rank_by = &case["config"]["rank_by"];
+        let label = match rank_by.as_str() {
+            Some(m) => m.to_string(),
+            None if rank_by["aggregate"] == "mean_z" => "mean_z".into(),
+            None => "weighted(a=0.7,b=0.3)".into(),
+        };
+        assert_eq!(summary["rank_by"], label.as_str(), "{name}");
+        let datasets = summary["datasets"].as_array().unwrap();
+        assert_eq!(datasets.len(), 2);
+        for d in datasets {
+            let ds = d["name"].as_str().unwrap();
+            let want = &case["datasets"][ds];
+            assert_eq!(d["pairs"], want["pairs"], "{name}/{ds}");
+            assert_eq!(d["dropped"], want["dropped"], "{name}/{ds}");
+            dropped_by_agree += d["dropped"]["agree"].as_u64().unwrap_or(0);
+            let rows = read_jsonl(&tmp.path().join(name).join(format!("{ds}.jsonl")));
+            let kept: Vec<&str> = rows
+                .iter()
+                .map(|r| r["prompt_id"].as_str().unwrap())
+                .collect();
+            let want_kept: Vec<&str> = want["kept"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            assert_eq!(
+                kept, want_kept,
+                "{name}/{ds}: the pairs kept, in input order"
+            );
+        }
+    }
+    // The fixture makes the agreement filter bite.
+    assert!(dropped_by_agree > 50, "{dropped_by_agree}");
+}
+
+#[test]
+fn reward_model_names_are_refused_by_key_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (extra, key, words) in [
+        (
+            "rank_by = \"d\"",
+            "pairs.rank_by",
+            "`d` is no [[reward]] model's name",
+        ),
+        (
+            "rank_by = \"a\"\nagree = [\"a\", \"x\"]",
+            "pairs.agree[1]",
+            "`x`",
+        ),
+        (
+            "rank_by = { aggregate = \"weighted\", weights = { a = 1.0, zz = 2.0 } }",
+            "pairs.rank_by.weights.zz",
+            "`zz`",
+        ),
+        ("agree = [\"a\"]", "pairs.rank_by", "missing"),
+        (
+            "rank_by = \"a\"\nagree = [\"a\", \"b\"]\nagree_min = 3",
+            "pairs.agree_min",
+            "give 1 to 2",
+        ),
+        (
+            "rank_by = { aggregate = \"median\" }",
+            "pairs.rank_by",
+            "aggregate",
+        ),
+    ] {
+        let o = run_models(tmp.path(), "refused", extra);
+        assert_eq!(o.status.code(), Some(2), "{extra}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains(key), "{extra}: {err}");
+        assert!(err.contains(words), "{extra}: {err}");
+        assert!(!tmp.path().join("refused").exists(), "{extra}");
+    }
+    // One scored file: `rank_by` has nothing to choose from.
+    let input = root().join("tests/fixtures/filters/scored.jsonl");
+    let path = tmp.path().join("one.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[pairs]\ninput = {:?}\noutput = \"one\"\nrank_by = \"a\"\n\n\
+             [[pairs.strategies]]\ntype = \"max-min\"\n",
+            input.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let o = sweetspot(["pairs".as_ref(), "--recipe".as_ref(), path.as_os_str()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("pairs.rank_by"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("several reward models"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!tmp.path().join("one").exists());
+}

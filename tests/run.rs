@@ -1502,3 +1502,172 @@ fn a_trl_training_job_asks_for_the_accelerate_configs_gpus() {
         stdout(&o)
     );
 }
+
+/// `[[reward]]` tables: each model is a score node of its own, so adding a second reward model
+/// runs only its scoring and what lies below (pairs, reference, training); the first model's
+/// node is the one-model recipe's, reused byte for byte.
+#[test]
+fn a_second_reward_model_reruns_only_its_scoring_and_below() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let write = |rewards: &str, pairs: &str| {
+        std::fs::write(dir.join("prompts.jsonl"), PROMPTS).unwrap();
+        let text = format!(
+            "[run]\nseed = 7\ndir = \"run\"\n\n\
+             [sampler]\ntype = \"burn\"\nmodel = {policy:?}\nmax_new_tokens = 6\n\n\
+             [generate]\nprompts = \"prompts.jsonl\"\nn = 4\n\n{rewards}\n\
+             [score]\n\n[pairs]\n{pairs}\n\n[[pairs.strategies]]\ntype = \"max-min\"\n\n\
+             [train]\ndatasets = [\"max-min\"]\nbatch_size = 2\nmicro_batch_size = 2\n\
+             learning_rate = 1e-4\nwarmup_ratio = 0.0\n\n\
+             [train.loss]\ntype = \"dpo\"\nbeta = 0.1\n",
+            policy = fixture("policy"),
+        );
+        let path = dir.join("recipe.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let seq = format!("type = \"seq-cls\"\nmodel = {:?}\n", fixture("seq-cls"));
+    let armo = format!("type = \"armorm\"\nmodel = {:?}\n", fixture("armorm"));
+    let first = run(&write(&format!("[reward]\n{seq}"), ""));
+    assert_eq!(
+        first.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["generate", "pairs", "reference", "score", "train max-min"]
+    );
+
+    let two = format!("[[reward]]\nname = \"seq\"\n{seq}\n[[reward]]\nname = \"armo\"\n{armo}\n");
+    let pairs = "rank_by = { aggregate = \"mean_z\" }\nagree = [\"seq\", \"armo\"]\nagree_min = 1";
+    let after = run(&write(&two, pairs));
+    let (reused, made) = diff(&first, &after);
+    assert_eq!(reused, ["generate", "score seq"], "made: {made:?}");
+    assert_eq!(made, ["pairs", "reference", "score armo", "train max-min"]);
+    let run_dir = dir.join("run");
+    assert!(run_dir.join("scored/seq.jsonl").is_file());
+    assert!(run_dir.join("scored/armo.jsonl").is_file());
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("pairs/all/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["rank_by"], "mean_z", "{summary}");
+    assert_eq!(summary["reward_models"][0]["name"], "seq", "{summary}");
+    assert_eq!(summary["reward_models"][1]["name"], "armo", "{summary}");
+    // mean_z ranks a chosen response above its rejected one for at least one model: an
+    // agreement of one model keeps every pair.
+    assert_eq!(summary["datasets"][0]["dropped"]["agree"], 0, "{summary}");
+    // The report: the models' agreement figures and the filters' counts.
+    assert_ok(&sweetspot(["report".as_ref(), run_dir.as_os_str()]));
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(
+        run_dir
+            .join("figures/agreement-spearman-seq-armo.png")
+            .is_file(),
+        "{html}"
+    );
+    assert!(
+        html.contains("id=\"agreement-reversed-seq-armo\""),
+        "{html}"
+    );
+    assert!(html.contains("<table id=\"filters\">"), "{html}");
+    assert!(html.contains("dropped: agree"), "{html}");
+    assert!(html.contains("<td>mean_z</td>"), "{html}");
+
+    // Another ranking: both scorings are reused, pairs and training run again.
+    let before = after;
+    let after = run(&write(&two, "rank_by = \"armo\""));
+    let (reused, made) = diff(&before, &after);
+    assert_eq!(
+        reused,
+        ["generate", "score armo", "score seq"],
+        "made: {made:?}"
+    );
+    assert_eq!(made, ["pairs", "reference", "train max-min"]);
+
+    // A name no model has is refused by key before anything runs.
+    let o = sweetspot(["run".as_ref(), write(&two, "rank_by = \"sky\"").as_os_str()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("pairs.rank_by"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("`sky`"), "{}", stderr(&o));
+    // Several models and no ranking: refused, naming the key.
+    let o = sweetspot(["run".as_ref(), write(&two, "").as_os_str()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("pairs.rank_by"), "{}", stderr(&o));
+    // A name used twice: refused at its line, naming the table.
+    let twice = two.replace("name = \"armo\"", "name = \"seq\"");
+    let o = sweetspot([
+        "validate".as_ref(),
+        write(&twice, "rank_by = \"seq\"").as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let line = std::fs::read_to_string(dir.join("recipe.toml"))
+        .unwrap()
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| *l == "name = \"seq\"")
+        .nth(1)
+        .map(|(i, _)| i + 1)
+        .unwrap();
+    assert!(
+        stderr(&o).contains(&format!("recipe.toml:{line}:"))
+            && stderr(&o).contains("key `reward[1].name`: `seq` names two [[reward]] tables"),
+        "{}",
+        stderr(&o)
+    );
+    // Several models under `sweetspot score`: refused (one score node per model is `run`'s).
+    let o = sweetspot([
+        "score".as_ref(),
+        "--recipe".as_ref(),
+        write(&two, "rank_by = \"seq\"").as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("sweetspot run"), "{}", stderr(&o));
+}
+
+/// examples/recipes/two-reward-models.toml with the tiny fixtures in place of the 8B models
+/// (ArmoRM's and a seq-cls one for Skywork's): it passes the check, and `--plan` lays out one
+/// score node per model and the grid's 21 trainings.
+#[test]
+fn the_two_reward_model_example_checks_and_plans() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("prompts.jsonl"), PROMPTS).unwrap();
+    let text = std::fs::read_to_string(example("recipes/two-reward-models.toml"))
+        .unwrap()
+        .replace(
+            "\"../../models/Meta-Llama-3-8B-Instruct\"",
+            &format!("{:?}", fixture("policy")),
+        )
+        .replace(
+            "\"../../models/ArmoRM-Llama3-8B-v0.1\"",
+            &format!("{:?}", fixture("armorm")),
+        )
+        .replace(
+            "\"../../models/Skywork-Reward-Llama-3.1-8B-v0.2\"",
+            &format!("{:?}", fixture("seq-cls")),
+        )
+        .replace("../../data/ultrafeedback-prompts.jsonl", "prompts.jsonl");
+    assert!(!text.contains("../../models"), "{text}");
+    let recipe = tmp.path().join("two.toml");
+    std::fs::write(&recipe, text).unwrap();
+    let cpu = ["--device".as_ref(), "cpu".as_ref()];
+    let o = sweetspot(
+        ["validate".as_ref(), recipe.as_os_str()]
+            .into_iter()
+            .chain(cpu),
+    );
+    assert_ok(&o);
+    let o = sweetspot(
+        ["run".as_ref(), "--plan".as_ref(), recipe.as_os_str()]
+            .into_iter()
+            .chain(cpu),
+    );
+    assert_ok(&o);
+    let plan = stdout(&o);
+    let count = |prefix: &str| {
+        plan.lines()
+            .filter(|l| l.trim_start().starts_with(prefix))
+            .count()
+    };
+    assert_eq!(count("score armo"), 1, "{plan}");
+    assert_eq!(count("score sky"), 1, "{plan}");
+    assert_eq!(count("pairs"), 1, "{plan}");
+    assert_eq!(count("train "), 21, "{plan}");
+    assert!(!tmp.path().join("runs").exists());
+}

@@ -24,8 +24,9 @@ pub struct Recipe {
     pub sampler: Option<Box<dyn SamplerConfig>>,
     /// The generate stage: prompts in, n samples per prompt out.
     pub generate: Option<GenerateConfig>,
-    /// The reward model the score stage uses.
-    pub reward: Option<Box<dyn RewardModelConfig>>,
+    /// The reward model the score stage uses (`[reward]`), or several, each named
+    /// (`[[reward]]` tables with a `name`).
+    pub reward: Option<RewardTables>,
     /// The score stage: samples in, scored samples out.
     pub score: Option<ScoreConfig>,
     /// The pair-building stage.
@@ -38,6 +39,198 @@ pub struct Recipe {
     /// node computes does not depend on it (no node hash covers it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
+}
+
+/// `[reward]`: one reward model, or `[[reward]]`: several, each with a `name`.
+#[derive(Debug, Clone)]
+pub enum RewardTables {
+    /// One `[reward]` table (no name).
+    One(Box<dyn RewardModelConfig>),
+    /// `[[reward]]` tables, in the recipe's order.
+    Named(Vec<NamedReward>),
+}
+
+/// One `[[reward]]` table: a name (what `[pairs] rank_by` and `agree` use) and the model.
+#[derive(Debug, Clone)]
+pub struct NamedReward {
+    /// The model's name in the recipe.
+    pub name: String,
+    /// The reward model's table, less `name`.
+    pub model: Box<dyn RewardModelConfig>,
+}
+
+impl RewardTables {
+    /// The models with their names (`None` for a `[reward]` table), in the recipe's order.
+    pub fn models(&self) -> Vec<(Option<&str>, &(dyn RewardModelConfig + 'static))> {
+        match self {
+            Self::One(m) => vec![(None, m.as_ref())],
+            Self::Named(v) => v
+                .iter()
+                .map(|n| (Some(n.name.as_str()), n.model.as_ref()))
+                .collect(),
+        }
+    }
+
+    /// The first model: the one model of a `[reward]` table.
+    pub fn first(&self) -> Option<&(dyn RewardModelConfig + 'static)> {
+        self.models().first().map(|m| m.1)
+    }
+
+    /// The first model, owned.
+    pub fn into_first(self) -> Option<Box<dyn RewardModelConfig>> {
+        match self {
+            Self::One(m) => Some(m),
+            Self::Named(v) => v.into_iter().next().map(|n| n.model),
+        }
+    }
+
+    /// The model named `name`.
+    pub fn named(&self, name: &str) -> Option<&(dyn RewardModelConfig + 'static)> {
+        match self {
+            Self::One(_) => None,
+            Self::Named(v) => v.iter().find(|n| n.name == name).map(|n| n.model.as_ref()),
+        }
+    }
+
+    /// The names of `[[reward]]` tables (empty for a `[reward]` table).
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Self::One(_) => Vec::new(),
+            Self::Named(v) => v.iter().map(|n| n.name.clone()).collect(),
+        }
+    }
+
+    /// Whether several models score the samples.
+    pub fn is_several(&self) -> bool {
+        matches!(self, Self::Named(v) if v.len() > 1)
+    }
+}
+
+impl Serialize for RewardTables {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        match self {
+            Self::One(m) => m.serialize(s),
+            Self::Named(v) => {
+                let mut seq = s.serialize_seq(Some(v.len()))?;
+                for n in v {
+                    let mut table = serde_json::to_value(&n.model).map_err(S::Error::custom)?;
+                    if let Some(t) = table.as_object_mut() {
+                        t.insert("name".into(), n.name.clone().into());
+                    }
+                    seq.serialize_element(&table)?;
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RewardTables {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = toml::Value::deserialize(d)?;
+        match value {
+            toml::Value::Table(_) => Box::<dyn RewardModelConfig>::deserialize(value)
+                .map(Self::One)
+                .map_err(D::Error::custom),
+            toml::Value::Array(items) => {
+                if items.is_empty() {
+                    return Err(D::Error::custom(
+                        "an empty list: give at least one [[reward]] table",
+                    ));
+                }
+                let mut out: Vec<NamedReward> = Vec::with_capacity(items.len());
+                for (i, item) in items.into_iter().enumerate() {
+                    let toml::Value::Table(mut t) = item else {
+                        return Err(D::Error::custom(format!(
+                            "reward[{i}]: expected a table ([[reward]])"
+                        )));
+                    };
+                    let name = match t.remove("name") {
+                        Some(toml::Value::String(n)) => n,
+                        Some(_) => {
+                            return Err(D::Error::custom(format!(
+                                "reward[{i}].name: expected a string"
+                            )));
+                        }
+                        None => {
+                            return Err(D::Error::custom(format!(
+                                "reward[{i}]: missing `name`: every [[reward]] table needs one \
+                                 (what [pairs] `rank_by` and `agree` use)"
+                            )));
+                        }
+                    };
+                    if name.is_empty()
+                        || !name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+                        || name.starts_with('.')
+                    {
+                        return Err(D::Error::custom(format!(
+                            "reward[{i}].name: `{name}`: use letters, digits, `_`, `-` and `.` \
+                             (it names files)"
+                        )));
+                    }
+                    if out.iter().any(|n| n.name == name) {
+                        return Err(D::Error::custom(format!(
+                            "reward[{i}].name: `{name}` names two [[reward]] tables"
+                        )));
+                    }
+                    let model = Box::<dyn RewardModelConfig>::deserialize(toml::Value::Table(t))
+                        .map_err(|e| D::Error::custom(format!("reward[{i}]: {e}")))?;
+                    out.push(NamedReward { name, model });
+                }
+                Ok(Self::Named(out))
+            }
+            _ => Err(D::Error::custom(
+                "expected a [reward] table or [[reward]] tables",
+            )),
+        }
+    }
+}
+
+/// `[pairs] rank_by`: what ranks the samples when several reward models score them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RankBy {
+    /// One `[[reward]]` model, by name.
+    Model(String),
+    /// An aggregate of several.
+    Aggregate(Aggregate),
+}
+
+/// `rank_by = { aggregate = "..." }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "aggregate", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Aggregate {
+    /// The mean over the models of each sample's per-prompt z-score (population sigma over the
+    /// prompt's samples; a model whose rewards are all equal on a prompt contributes 0).
+    MeanZ,
+    /// `sum(weight * reward)` over the models named in `weights` (raw rewards).
+    Weighted {
+        /// Model name to weight.
+        weights: std::collections::BTreeMap<String, f64>,
+    },
+}
+
+impl RankBy {
+    /// How summaries and labels name it: the model's name, `mean_z`, or
+    /// `weighted(a=0.7,b=0.3)`.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Model(m) => m.clone(),
+            Self::Aggregate(Aggregate::MeanZ) => "mean_z".into(),
+            Self::Aggregate(Aggregate::Weighted { weights }) => format!(
+                "weighted({})",
+                weights
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
 }
 
 /// `[cluster]`: the scheduler requests of `sweetspot run --emit slurm`.
@@ -696,6 +889,21 @@ pub struct PairsConfig {
     /// the k-th largest plus, in input order, as many at it as make k.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_fraction: Option<f64>,
+    /// `sweetspot pairs` (not `run`): several reward models' scores of the same samples, one
+    /// scored file per model (the single-model layout), by model name; instead of `input`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rewards: std::collections::BTreeMap<String, PathBuf>,
+    /// With several `[[reward]]` models: what ranks the samples (a model's name, or
+    /// `{ aggregate = "mean_z" }`, or `{ aggregate = "weighted", weights = { a = 0.7 } }`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank_by: Option<RankBy>,
+    /// Keep only pairs whose order (chosen above rejected, strictly) these `[[reward]]` models
+    /// agree with; applied before the margin filters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agree: Vec<String>,
+    /// With `agree`: how many of its models must agree (default: all of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agree_min: Option<usize>,
     /// The rows written: pairs (TRL's preference format), TRL's unpaired format, or listwise.
     #[serde(default, skip_serializing_if = "PairsLayout::is_pairs")]
     pub layout: PairsLayout,
@@ -741,6 +949,7 @@ const PLUGIN_TABLES: &[(&[&str], PluginKind)] = &[
     (&["pairs", "strategies", "*"], PluginKind::PairStrategy),
     (&["sampler"], PluginKind::Sampler),
     (&["reward"], PluginKind::RewardModel),
+    (&["reward", "*"], PluginKind::RewardModel),
     (&["train", "loss"], PluginKind::PreferenceLoss),
     (&["train", "losses", "*"], PluginKind::PreferenceLoss),
     (&["eval", "reward"], PluginKind::RewardModel),
@@ -838,6 +1047,7 @@ pub fn parse_checked<T: serde::de::DeserializeOwned>(
     let doc = toml::de::DeTable::parse(text)
         .map_err(|e| err_at(e.span(), None, e.message().to_string()))?;
     check_plugin_types(doc.get_ref(), &err_at)?;
+    check_reward_names(doc.get_ref(), &err_at)?;
     toml::from_str::<T>(text).map_err(|e| {
         let mut message = e.message().trim().to_string();
         // typetag names the trait object in its messages; name the plugin kind instead.
@@ -849,6 +1059,11 @@ pub fn parse_checked<T: serde::de::DeserializeOwned>(
         ] {
             message = message.replace(trait_name, kind.noun());
         }
+        message = message.replace(
+            "data did not match any variant of untagged enum RankBy",
+            "expected a [[reward]] model's name, { aggregate = \"mean_z\" }, or \
+             { aggregate = \"weighted\", weights = { <name> = <weight>, ... } }",
+        );
         message = message.replace(
             "data did not match any variant of untagged enum OneOrMany",
             "expected one value or a list of values",
@@ -946,14 +1161,21 @@ fn pinpoint_plugin_error(
             if !(span.contains(&error_at) || span.start == error_at) {
                 continue;
             }
-            let table = table_at(&values, &path)?;
+            let mut table = table_at(&values, &path)?.clone();
+            if pattern.len() == 2 && pattern[0] == "reward" {
+                // A [[reward]] table's `name` is the recipe's, not the plugin's.
+                table.remove("name");
+            }
+            let table = &table;
             let Err(original) = probe(*kind, table) else {
                 continue;
             };
             // The first key whose removal changes the error is the one to blame.
             for (k, v) in spanned.iter() {
                 let name = k.get_ref();
-                if name == "type" {
+                if name == "type"
+                    || (pattern.len() == 2 && pattern[0] == "reward" && name == "name")
+                {
                     continue;
                 }
                 let mut without = table.clone();
@@ -1043,6 +1265,42 @@ fn check_plugin_types(root: &toml::de::DeTable<'_>, err_at: &ErrAt<'_>) -> Resul
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks each `[[reward]]` table's `name` where the text has it (the deserializer checks the
+/// same, without the spans): present, a string, unique.
+fn check_reward_names(root: &toml::de::DeTable<'_>, err_at: &ErrAt<'_>) -> Result<(), RecipeError> {
+    let mut found = Vec::new();
+    collect_tables(root, &["reward", "*"], &mut Vec::new(), None, &mut found);
+    let mut seen: Vec<String> = Vec::new();
+    for (path, span, table) in found {
+        let key = dotted(&path);
+        let Some((_, v)) = table.iter().find(|(k, _)| k.get_ref() == "name") else {
+            return Err(err_at(
+                Some(span),
+                Some(key),
+                "missing `name`: every [[reward]] table needs one (what [pairs] `rank_by` and \
+                 `agree` use)"
+                    .into(),
+            ));
+        };
+        let toml::de::DeValue::String(name) = v.get_ref() else {
+            return Err(err_at(
+                Some(v.span()),
+                Some(format!("{key}.name")),
+                "`name` must be a string".into(),
+            ));
+        };
+        if seen.iter().any(|s| s == name.as_ref()) {
+            return Err(err_at(
+                Some(v.span()),
+                Some(format!("{key}.name")),
+                format!("`{name}` names two [[reward]] tables"),
+            ));
+        }
+        seen.push(name.to_string());
     }
     Ok(())
 }

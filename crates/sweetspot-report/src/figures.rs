@@ -11,7 +11,7 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::Figure;
-use crate::analysis::{POINTS, PoolAnalysis};
+use crate::analysis::{Agreement, POINTS, PoolAnalysis};
 
 const SIZE: (u32, u32) = (640, 400);
 const GRID_SIZE: (u32, u32) = (560, 520);
@@ -736,6 +736,48 @@ pub(crate) fn win_rates(eval: &[serde_json::Value]) -> Vec<Figure> {
                 x_axis: XAxis::LogN,
                 y_bounds: Some((0.0, 100.0)),
                 series: scaling,
+            },
+        });
+    }
+    out
+}
+
+/// Two reward models' agreement: the histogram of per-prompt Spearman correlations and the
+/// share of grid pairs the second model reverses, per cell.
+pub(crate) fn agreement(a: &Agreement) -> Vec<Figure> {
+    let mut out = Vec::new();
+    let (first, second) = (&a.models.0, &a.models.1);
+    if !a.spearman.is_empty() {
+        out.push(Figure {
+            id: format!("agreement-spearman-{first}-{second}"),
+            caption: format!(
+                "Spearman rank correlation of the rewards of {first} and {second} over each \
+                 prompt's samples ({} of {} prompts; a prompt either model scores flat has \
+                 none): 1, the models rank the samples alike; 0, unrelated; -1, reversed.",
+                a.spearman.len(),
+                a.groups
+            ),
+            plot: Plot::Histogram {
+                title: format!("per-prompt Spearman, {first} vs {second}"),
+                x_desc: "Spearman rank correlation".into(),
+                values: a.spearman.clone(),
+            },
+        });
+    }
+    if a.pairs.iter().flatten().any(|&c| c > 0) {
+        let labels: Vec<String> = POINTS.iter().map(|p| format!("{p}")).collect();
+        out.push(Figure {
+            id: format!("agreement-reversed-{first}-{second}"),
+            caption: format!(
+                "Share of grid pairs (picked and ordered by {first}; chosen point by row, \
+                 rejected by column) whose order {second} reverses (a strictly lower reward for \
+                 the chosen response), in percent of the prompts that give the cell a pair; \
+                 grey: no such pair."
+            ),
+            plot: Plot::Heatmap {
+                title: format!("% of grid pairs {second} reverses"),
+                labels,
+                cells: a.reversed.clone(),
             },
         });
     }

@@ -20,7 +20,7 @@ mod figures;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-pub use analysis::{PoolAnalysis, analyse_pool};
+pub use analysis::{Agreement, PoolAnalysis, analyse_agreement, analyse_pool, spearman};
 
 /// What went wrong, in words (file first).
 pub type Error = String;
@@ -67,7 +67,28 @@ pub fn write_report(run_dir: &Path) -> Result<(PathBuf, usize), Error> {
         .collect();
     ns.sort_unstable();
     ns.dedup();
-    let scored = run_dir.join(format!("{prefix}scored.jsonl"));
+    // Several reward models: `scored/<name>.jsonl` each, in the recipe's order (the score
+    // nodes' order in the plan); the pool figures show the first model's scores.
+    let models: Vec<String> = index["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["stage"] == "score" && n["round"].as_u64() == Some(1))
+        .filter_map(|n| {
+            n["label"]
+                .as_str()?
+                .strip_prefix("score ")
+                .map(str::to_string)
+        })
+        .filter(|m| !m.contains(' '))
+        .collect();
+    let model_file = |m: &str| run_dir.join(format!("{prefix}scored/{m}.jsonl"));
+    let mut scored = run_dir.join(format!("{prefix}scored.jsonl"));
+    if !scored.exists()
+        && let Some(m) = models.first()
+    {
+        scored = model_file(m);
+    }
     let mut pool_note = String::new();
     if scored.exists() {
         let a = analyse_pool(&scored, &ns)?;
@@ -81,6 +102,18 @@ pub fn write_report(run_dir: &Path) -> Result<(PathBuf, usize), Error> {
         );
         figures.extend(figures::pool(&a));
     }
+
+    // Agreement of the first reward model with each other one.
+    if let Some((first, rest)) = models.split_first() {
+        for other in rest {
+            let (fa, fb) = (model_file(first), model_file(other));
+            if fa.exists() && fb.exists() {
+                let a = analyse_agreement((first, &fa), (other, &fb))?;
+                figures.extend(figures::agreement(&a));
+            }
+        }
+    }
+    let filters = filter_counts(run_dir, &index, prefix);
 
     // The eval table and the win-rate figures.
     let eval = read_json(&run_dir.join("eval.json"))
@@ -119,7 +152,7 @@ pub fn write_report(run_dir: &Path) -> Result<(PathBuf, usize), Error> {
         .map(|f| figures::svg(&f.plot))
         .collect::<Result<Vec<_>, _>>()?;
     write_pngs(&run_dir.join("figures"), &figures)?;
-    let html = page(&name, &pool_note, &eval, &figures, &svgs);
+    let html = page(&name, &pool_note, &filters, &eval, &figures, &svgs);
     let out = run_dir.join("report.html");
     sweetspot_io::write_atomic(&out, html.as_bytes())
         .map_err(|e| format!("{}: {e}", out.display()))?;
@@ -145,9 +178,83 @@ fn write_pngs(dir: &Path, figures: &[Figure]) -> Result<(), Error> {
     std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))
 }
 
+/// The pairs stage's counts of round 1 (or the only round) as an HTML table: per pair set and
+/// dataset, the pairs written and the pairs each filter dropped (`summary.json`); empty when
+/// no pairs node is complete.
+fn filter_counts(run_dir: &Path, index: &serde_json::Value, prefix: &str) -> String {
+    let mut sets: Vec<(String, serde_json::Value)> = Vec::new();
+    if let Some(names) = index["names"].as_object() {
+        for (key, _) in names {
+            let Some(set) = key.strip_prefix(&format!("{prefix}pairs/")) else {
+                continue;
+            };
+            if set.contains('/') {
+                continue;
+            }
+            if let Some(s) = read_json(&run_dir.join(key).join("summary.json")) {
+                sets.push((set.to_string(), s));
+            }
+        }
+    }
+    if sets.is_empty() {
+        return String::new();
+    }
+    let mut filters: Vec<String> = Vec::new();
+    for (_, s) in &sets {
+        for d in s["datasets"].as_array().into_iter().flatten() {
+            for k in d["dropped"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k)
+            {
+                if !filters.contains(k) {
+                    filters.push(k.clone());
+                }
+            }
+        }
+    }
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<h2>Pairs and filters</h2>\n<table id=\"filters\"><tr><th>pair set</th>\
+         <th>dataset</th><th>ranked by</th><th>pairs</th>"
+    );
+    for f in &filters {
+        let _ = write!(h, "<th>dropped: {}</th>", esc(f));
+    }
+    h.push_str("</tr>\n");
+    for (set, s) in &sets {
+        let rank_by = s["rank_by"].as_str().unwrap_or("reward");
+        for d in s["datasets"].as_array().into_iter().flatten() {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+                esc(set),
+                esc(d["name"].as_str().unwrap_or("")),
+                esc(rank_by),
+                d["pairs"].as_u64().unwrap_or(0)
+            );
+            for f in &filters {
+                let v = d["dropped"][f.as_str()]
+                    .as_u64()
+                    .map_or("-".to_string(), |v| v.to_string());
+                let _ = write!(h, "<td>{v}</td>");
+            }
+            h.push_str("</tr>\n");
+        }
+    }
+    h.push_str(
+        "</table>\n<p>Filters apply in the order agree, min_margin, min_margin_sigma, \
+         top_fraction; each counts the pairs it dropped of those the ones before it left.</p>\n",
+    );
+    h
+}
+
 fn page(
     name: &str,
     pool_note: &str,
+    filters: &str,
     eval: &[serde_json::Value],
     figures: &[Figure],
     svgs: &[String],
@@ -169,6 +276,7 @@ fn page(
     if !pool_note.is_empty() {
         let _ = writeln!(h, "<p>Scored pool: {}.</p>", esc(pool_note));
     }
+    h.push_str(filters);
     if !eval.is_empty() {
         let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
         let _ = writeln!(

@@ -573,10 +573,21 @@ fn run_node(plan: &Plan, i: usize, device: &str, quiet: bool) -> Result<(), RunE
             })?;
             counts([("groups", s.groups as u64), ("samples", s.samples as u64)])
         }
-        Work::Pairs { input, config } => {
+        Work::Pairs {
+            input,
+            rewards,
+            config,
+        } => {
             let out = dir.join(StageKind::Pairs.product());
             let input = Some(plan.source_path(input));
-            let mut job = crate::PairsJob::from_config(config.clone(), input, Some(out), ctx)?;
+            let mut job = crate::PairsJob::from_config((**config).clone(), input, Some(out), ctx)?;
+            job.rewards = rewards
+                .iter()
+                .map(|(name, s)| (name.clone(), plan.source_path(s)))
+                .collect();
+            if !job.rewards.is_empty() {
+                job.input = job.rewards[0].1.clone();
+            }
             job.quiet = quiet;
             job.paths_relative_to = Some(plan.dir.clone());
             let s = crate::run_pairs(job)?;

@@ -8,7 +8,9 @@ use std::time::Instant;
 use serde::Serialize;
 use std::io::{BufRead, Seek};
 
-use sweetspot_core::recipe::{InputLayout, OnBadGroup, OutputFormat, PairsConfig, PairsLayout};
+use sweetspot_core::recipe::{
+    Aggregate, InputLayout, OnBadGroup, OutputFormat, PairsConfig, PairsLayout, RankBy,
+};
 use sweetspot_core::{
     BuildContext, PairStrategy, PairStrategyConfig, RewardStats, Selection, SkipReason,
 };
@@ -60,9 +62,24 @@ pub struct PairsJob {
     pub layout: PairsLayout,
     /// `listwise`: responses per prompt (all when `None`).
     pub listwise_k: Option<usize>,
+    /// Several reward models' scores of the same samples: each model's name and scored file
+    /// (the single-model layout), in the recipe's order; `input` is the first's. Read in
+    /// lockstep: every file must hold the same prompts and sample indices in the same order.
+    /// Empty: `input` alone, one model.
+    pub rewards: Vec<(String, PathBuf)>,
+    /// With `rewards`: what ranks the samples.
+    pub rank_by: Option<RankBy>,
+    /// With `rewards`: the models whose order a pair must have (see [`FILTER_AGREE`]).
+    pub agree: Vec<String>,
+    /// How many of `agree` must agree (all when `None`).
+    pub agree_min: Option<usize>,
 }
 
-/// The filter names, as counted in `summary.json`.
+/// The filter names, as counted in `summary.json`. `agree`: a pair is kept when at least
+/// `agree_min` (default: all) of the `agree` models give its chosen response a strictly higher
+/// reward than its rejected one.
+pub const FILTER_AGREE: &str = "agree";
+/// See [`FILTER_AGREE`].
 pub const FILTER_MIN_MARGIN: &str = "min_margin";
 /// See [`FILTER_MIN_MARGIN`].
 pub const FILTER_MIN_MARGIN_SIGMA: &str = "min_margin_sigma";
@@ -110,8 +127,52 @@ pub fn check_options(p: &PairsConfig) -> Result<(), (String, String)> {
             format!("{f}: give a fraction above 0 and at most 1"),
         );
     }
+    if let Some(k) = p.agree_min {
+        if p.agree.is_empty() {
+            return bad(
+                "agree_min",
+                "counts the models of `agree`, and `agree` names none".into(),
+            );
+        }
+        if k == 0 || k > p.agree.len() {
+            return bad(
+                "agree_min",
+                format!(
+                    "{k}: give 1 to {} (the models `agree` names)",
+                    p.agree.len()
+                ),
+            );
+        }
+    }
+    for (i, name) in p.agree.iter().enumerate() {
+        if p.agree[..i].contains(name) {
+            return bad("agree", format!("`{name}` is named twice"));
+        }
+    }
+    if let Some(RankBy::Aggregate(Aggregate::Weighted { weights })) = &p.rank_by {
+        if weights.is_empty() {
+            return bad(
+                "rank_by.weights",
+                "no weights: give at least one `<model name> = <weight>`".into(),
+            );
+        }
+        for (name, w) in weights {
+            if !w.is_finite() {
+                return bad(
+                    &format!("rank_by.weights.{name}"),
+                    format!("{w}: give a finite number"),
+                );
+            }
+        }
+    }
     match p.layout {
         PairsLayout::Listwise => {
+            if !p.agree.is_empty() {
+                return bad(
+                    FILTER_AGREE,
+                    "filters pairs, and `layout = \"listwise\"` writes none: drop it".into(),
+                );
+            }
             if !p.strategies.is_empty() {
                 return bad(
                     "strategies",
@@ -159,6 +220,76 @@ pub fn check_options(p: &PairsConfig) -> Result<(), (String, String)> {
     Ok(())
 }
 
+/// Checks `[pairs]`'s `rank_by`, `agree` and `agree_min` against the `[[reward]]` models that
+/// score the pairs' input (`names`: none for one `[reward]` model or a user's scored file): on
+/// failure, the dotted key at fault and what is wrong.
+pub fn check_rewards(
+    rank_by: Option<&RankBy>,
+    agree: &[String],
+    names: &[String],
+) -> Result<(), (String, String)> {
+    let bad = |key: &str, m: String| Err((format!("pairs.{key}"), m));
+    let uses = rank_by.is_some() || !agree.is_empty();
+    if names.len() < 2 {
+        if uses {
+            let key = if rank_by.is_some() {
+                "rank_by"
+            } else {
+                FILTER_AGREE
+            };
+            return bad(
+                key,
+                "needs several reward models' scores of the pairs' input: two or more \
+                 [[reward]] tables, each with a `name`, whose scores [pairs] reads (it has \
+                 no `input` of its own)"
+                    .into(),
+            );
+        }
+        return Ok(());
+    }
+    let known = |name: &str| names.iter().any(|n| n == name);
+    let list = names.join(", ");
+    match rank_by {
+        None => {
+            return bad(
+                "rank_by",
+                format!(
+                    "missing: several reward models score the samples ({list}): name the one \
+                     that ranks them (`rank_by = \"{}\"`), or an aggregate \
+                     (`rank_by = {{ aggregate = \"mean_z\" }}`)",
+                    names[0]
+                ),
+            );
+        }
+        Some(RankBy::Model(m)) if !known(m) => {
+            return bad(
+                "rank_by",
+                format!("`{m}` is no [[reward]] model's name (they are {list})"),
+            );
+        }
+        Some(RankBy::Aggregate(Aggregate::Weighted { weights })) => {
+            for name in weights.keys() {
+                if !known(name) {
+                    return bad(
+                        &format!("rank_by.weights.{name}"),
+                        format!("`{name}` is no [[reward]] model's name (they are {list})"),
+                    );
+                }
+            }
+        }
+        Some(_) => {}
+    }
+    for (i, name) in agree.iter().enumerate() {
+        if !known(name) {
+            return bad(
+                &format!("agree[{i}]"),
+                format!("`{name}` is no [[reward]] model's name (they are {list})"),
+            );
+        }
+    }
+    Ok(())
+}
+
 impl PairsJob {
     /// The job for a recipe's `[pairs]` table, reading `input` and writing `output` (the
     /// table's own, resolved against `ctx.base_dir`, when `None`). A table without them (made
@@ -180,7 +311,20 @@ impl PairsJob {
         };
         check_options(&cfg)
             .map_err(|(key, m)| RunError::Config(format!("[pairs]: `{key}`: {m}")))?;
-        let input = pick(input, &cfg.input, "input")?;
+        let rewards: Vec<(String, PathBuf)> = cfg
+            .rewards
+            .iter()
+            .map(|(name, p)| (name.clone(), ctx.resolve(p)))
+            .collect();
+        let input = match rewards.first() {
+            Some(_) if input.is_some() || cfg.input.is_some() => {
+                return Err(RunError::Config(
+                    "[pairs]: `input` and `rewards` both name scored samples: give one".into(),
+                ));
+            }
+            Some((_, first)) => first.clone(),
+            None => pick(input, &cfg.input, "input")?,
+        };
         let output = pick(output, &cfg.output, "output")?;
         let n = match cfg.n.as_ref().map(|n| n.to_vec()).as_deref() {
             None => None,
@@ -209,6 +353,10 @@ impl PairsJob {
             top_fraction: cfg.top_fraction,
             layout: cfg.layout,
             listwise_k: cfg.listwise_k,
+            rewards,
+            rank_by: cfg.rank_by,
+            agree: cfg.agree,
+            agree_min: cfg.agree_min,
         })
     }
 }
@@ -226,7 +374,7 @@ pub struct DatasetSummary {
     pub rows: u64,
     /// Groups that gave no pair, by reason.
     pub skipped: BTreeMap<String, u64>,
-    /// Pairs a strategy picked and a filter dropped, by filter (`min_margin`,
+    /// Pairs a strategy picked and a filter dropped, by filter (`agree`, `min_margin`,
     /// `min_margin_sigma`, `top_fraction`, applied in that order; each filter set is listed).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub dropped: BTreeMap<String, u64>,
@@ -244,6 +392,13 @@ pub struct PairsSummary {
     pub input_passes: u32,
     /// `pairs`, `unpaired` or `listwise`.
     pub layout: String,
+    /// Several reward models: each one's name and scored file (`input` is the first's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reward_models: Vec<RewardInput>,
+    /// Several reward models: what ranked the samples (a model's name, `mean_z`, or
+    /// `weighted(<name>=<weight>,...)`); margins and filters use that ranking reward.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank_by: Option<String>,
     /// Bytes taken from the input file.
     pub input_bytes_read: u64,
     /// Rows read.
@@ -261,6 +416,156 @@ pub struct PairsSummary {
     pub summary_file: PathBuf,
     /// Wall time, seconds.
     pub seconds: f64,
+}
+
+/// One reward model's scores in a summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct RewardInput {
+    /// The `[[reward]]` name.
+    pub name: String,
+    /// Its scored file.
+    pub file: PathBuf,
+}
+
+/// Each model's rewards of a group's samples, `[model][sample]`, in the group's order.
+type ModelRewards = Vec<Vec<f64>>;
+
+/// What the reader thread hands over: a record, whether the input is long, and with several
+/// models their rewards of the group's samples.
+type Message = Result<(Record, Option<bool>, ModelRewards), RunError>;
+
+/// The next record of each other model's reader, checked against the first model's `record`:
+/// the same prompt and the same sample indices.
+fn join_models(
+    record: &Record,
+    others: &mut [ScoredReader],
+) -> Result<(Option<Record>, ModelRewards), RunError> {
+    let mismatch = |path: &Path, m: String| {
+        RunError::Config(format!(
+            "{}: {m}: every [[reward]] model's scores must hold the same prompts and samples in \
+             the same order",
+            path.display()
+        ))
+    };
+    let (id, indices, mut rewards): (&str, Option<Vec<u32>>, ModelRewards) = match record {
+        Record::Group { group, .. } => (
+            &group.prompt.id,
+            Some(
+                group
+                    .samples
+                    .iter()
+                    .map(|s| s.sample.sample_index)
+                    .collect(),
+            ),
+            vec![group.samples.iter().map(|s| s.reward).collect()],
+        ),
+        Record::InvalidReward { prompt_id, .. } => (prompt_id, None, Vec::new()),
+    };
+    let mut invalid = indices.is_none();
+    for other in others.iter_mut() {
+        let path = other.path().to_path_buf();
+        let next = match other.next() {
+            Some(r) => r?,
+            None => {
+                return Err(mismatch(
+                    &path,
+                    format!("ends before prompt `{id}` (the first model's file goes on)"),
+                ));
+            }
+        };
+        match next {
+            Record::Group { group, .. } => {
+                if group.prompt.id != id {
+                    return Err(mismatch(
+                        &path,
+                        format!(
+                            "prompt `{}` where the first model's file has `{id}`",
+                            group.prompt.id
+                        ),
+                    ));
+                }
+                let own: Vec<u32> = group
+                    .samples
+                    .iter()
+                    .map(|s| s.sample.sample_index)
+                    .collect();
+                if let Some(ix) = &indices
+                    && *ix != own
+                {
+                    return Err(mismatch(
+                        &path,
+                        format!("prompt `{id}` has other sample indices than the first model's"),
+                    ));
+                }
+                rewards.push(group.samples.iter().map(|s| s.reward).collect());
+            }
+            Record::InvalidReward { prompt_id, .. } => {
+                if prompt_id != id {
+                    return Err(mismatch(
+                        &path,
+                        format!("prompt `{prompt_id}` where the first model's file has `{id}`"),
+                    ));
+                }
+                invalid = true;
+            }
+        }
+    }
+    if invalid && indices.is_some() {
+        // Another model's rewards of this group are not finite: the group is an invalid one.
+        if let Record::Group { group, at } = record {
+            return Ok((
+                Some(Record::InvalidReward {
+                    prompt_id: group.prompt.id.clone(),
+                    at: *at,
+                }),
+                Vec::new(),
+            ));
+        }
+    }
+    Ok((None, rewards))
+}
+
+/// Population mean and sigma of `v`.
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
+/// The ranking reward of each sample from the models' rewards (`[model][sample]`).
+fn rank_rewards(rank_by: &RankBy, names: &[String], models: &ModelRewards) -> Vec<f64> {
+    let samples = models.first().map_or(0, Vec::len);
+    let index = |name: &str| names.iter().position(|n| n == name);
+    match rank_by {
+        RankBy::Model(m) => index(m)
+            .and_then(|i| models.get(i).cloned())
+            .unwrap_or_default(),
+        RankBy::Aggregate(Aggregate::MeanZ) => {
+            let mut out = vec![0.0; samples];
+            for rewards in models {
+                let (mean, std) = mean_std(rewards);
+                if std > 0.0 {
+                    for (o, r) in out.iter_mut().zip(rewards) {
+                        *o += (r - mean) / std;
+                    }
+                }
+            }
+            let k = models.len().max(1) as f64;
+            out.iter().map(|x| x / k).collect()
+        }
+        RankBy::Aggregate(Aggregate::Weighted { weights }) => {
+            let mut out = vec![0.0; samples];
+            for (name, w) in weights {
+                if let Some(rewards) = index(name).and_then(|i| models.get(i)) {
+                    for (o, r) in out.iter_mut().zip(rewards) {
+                        *o += w * r;
+                    }
+                }
+            }
+            out
+        }
+    }
 }
 
 struct Built {
@@ -308,10 +613,31 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
             "no strategies: add at least one [[pairs.strategies]] table".into(),
         ));
     }
-    crate::paths::check_outputs(
-        std::slice::from_ref(&job.input),
-        std::slice::from_ref(&job.output),
-    )?;
+    let model_names: Vec<String> = job.rewards.iter().map(|r| r.0.clone()).collect();
+    check_rewards(job.rank_by.as_ref(), &job.agree, &model_names)
+        .map_err(|(key, m)| RunError::Config(format!("[pairs]: `{key}`: {m}")))?;
+    if let Some((_, first)) = job.rewards.first()
+        && *first != job.input
+    {
+        return Err(RunError::Config(format!(
+            "[pairs]: the input `{}` is not the first reward model's scores `{}`",
+            job.input.display(),
+            first.display()
+        )));
+    }
+    let inputs: Vec<PathBuf> = if job.rewards.is_empty() {
+        vec![job.input.clone()]
+    } else {
+        job.rewards.iter().map(|r| r.1.clone()).collect()
+    };
+    crate::paths::check_outputs(&inputs, std::slice::from_ref(&job.output))?;
+    // The `agree` models, as indices into the models.
+    let agree: Vec<usize> = job
+        .agree
+        .iter()
+        .filter_map(|a| model_names.iter().position(|n| n == a))
+        .collect();
+    let agree_min = job.agree_min.unwrap_or(agree.len());
     // Build the strategies and lay out their datasets.
     let mut built = Vec::new();
     let mut names: Vec<String> = Vec::new();
@@ -421,6 +747,7 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
     let mut dropped: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); names.len()];
     for d in dropped.iter_mut() {
         for (name, set) in [
+            (FILTER_AGREE, !agree.is_empty()),
             (FILTER_MIN_MARGIN, job.min_margin.is_some()),
             (FILTER_MIN_MARGIN_SIGMA, job.min_margin_sigma.is_some()),
             (FILTER_TOP_FRACTION, job.top_fraction.is_some()),
@@ -432,13 +759,15 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
     }
     let mut rows = vec![0u64; names.len()];
 
-    let mut reader = ScoredReader::open(
-        &job.input,
-        ReadOptions {
-            layout: job.input_layout,
-            on_invalid_reward: job.on_invalid_reward,
-        },
-    )?;
+    let options = ReadOptions {
+        layout: job.input_layout,
+        on_invalid_reward: job.on_invalid_reward,
+    };
+    let mut reader = ScoredReader::open(&job.input, options)?;
+    let mut others = Vec::new();
+    for path in inputs.iter().skip(1) {
+        others.push(ScoredReader::open(path, options)?);
+    }
     tracing::info!(
         input = %job.input.display(),
         datasets = names.len(),
@@ -449,17 +778,22 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
 
     // Two-stage pipeline: one thread reads and parses, this one selects and writes. The channel
     // holds at most PIPELINE_GROUPS groups, so memory stays bounded.
-    let (tx, rx) =
-        std::sync::mpsc::sync_channel::<Result<(Record, Option<bool>), ReadError>>(PIPELINE_GROUPS);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Message>(PIPELINE_GROUPS);
     let bar = progress.clone();
     let reader_thread = std::thread::Builder::new()
         .name("sweetspot-read".into())
         .spawn(move || {
             let mut n = 0u32;
             while let Some(record) = reader.next() {
-                let failed = record.is_err();
                 let is_long = reader.is_long();
-                if tx.send(record.map(|r| (r, is_long))).is_err() || failed {
+                let message = match record {
+                    Err(e) => Err(RunError::from(e)),
+                    Ok(r) if others.is_empty() => Ok((r, is_long, Vec::new())),
+                    Ok(r) => join_models(&r, &mut others)
+                        .map(|(replaced, models)| (replaced.unwrap_or(r), is_long, models)),
+                };
+                let failed = message.is_err();
+                if tx.send(message).is_err() || failed {
                     break;
                 }
                 n += 1;
@@ -467,7 +801,26 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
                     bar.set_position(reader.progress().0);
                 }
             }
-            reader
+            // Every other model's file must end where the first model's does.
+            let mut tail = Ok(());
+            for other in others.iter_mut() {
+                if let Some(extra) = other.next() {
+                    let what = match extra {
+                        Ok(Record::Group { group, .. }) => format!("prompt `{}`", group.prompt.id),
+                        Ok(Record::InvalidReward { prompt_id, .. }) => {
+                            format!("prompt `{prompt_id}`")
+                        }
+                        Err(e) => e.to_string(),
+                    };
+                    tail = Err(RunError::Config(format!(
+                        "{}: goes on after the first model's scores end ({what}): every \
+                         [[reward]] model's scores must hold the same prompts and samples",
+                        other.path().display()
+                    )));
+                    break;
+                }
+            }
+            (reader, tail)
         })
         .map_err(|e| RunError::Config(format!("cannot start the reader thread: {e}")))?;
 
@@ -477,7 +830,7 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
     let mut empty_responses = 0u64;
     let mut selections = Vec::new();
     for message in rx.iter() {
-        let (record, is_long) = message?;
+        let (record, is_long, mut models) = message?;
         let (mut group, at) = match record {
             Record::Group { group, at } => (group, at),
             Record::InvalidReward { .. } => {
@@ -515,16 +868,37 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
                 continue;
             }
             group.samples.truncate(n);
+            for m in models.iter_mut() {
+                m.truncate(n);
+            }
         }
         samples += group.samples.len() as u64;
         // An empty response is never a pair's chosen or rejected: left out before selection,
         // and counted.
         let before = group.samples.len();
+        let kept: Vec<bool> = group
+            .samples
+            .iter()
+            .map(|s| !s.sample.response.trim().is_empty())
+            .collect();
         group
             .samples
             .retain(|s| !s.sample.response.trim().is_empty());
+        for m in models.iter_mut() {
+            let mut keep = kept.iter();
+            m.retain(|_| keep.next().copied().unwrap_or(false));
+        }
         let empty = before - group.samples.len();
         empty_responses += empty as u64;
+        // Several models: the ranking reward of each sample (over the samples left).
+        if let Some(rank_by) = &job.rank_by
+            && !models.is_empty()
+        {
+            let ranked = rank_rewards(rank_by, &model_names, &models);
+            for (s, r) in group.samples.iter_mut().zip(ranked) {
+                s.reward = r;
+            }
+        }
         if job.layout == PairsLayout::Listwise {
             let needs = job.listwise_k.unwrap_or(2).max(2);
             if group.samples.len() < needs {
@@ -590,6 +964,19 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
                                 )),
                             });
                         };
+                        if !agree.is_empty() {
+                            let agreeing = agree
+                                .iter()
+                                .filter(|&&m| {
+                                    let v = &models[m];
+                                    v[*chosen] > v[*rejected]
+                                })
+                                .count();
+                            if agreeing < agree_min {
+                                *dropped[d].entry(FILTER_AGREE.into()).or_default() += 1;
+                                continue;
+                            }
+                        }
                         let margin = c.reward - r.reward;
                         if let Some(m) = job.min_margin
                             && margin < m
@@ -648,9 +1035,10 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
             }
         }
     }
-    let reader = reader_thread
+    let (reader, tail) = reader_thread
         .join()
         .map_err(|_| RunError::Config("the reader thread panicked".into()))?;
+    tail?;
     progress.finish();
     if reader.rows_read() == 0 {
         return Err(RunError::Read(ReadError::Empty {
@@ -735,6 +1123,19 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
         },
         input_passes: 1,
         layout: job.layout.as_str().into(),
+        reward_models: job
+            .rewards
+            .iter()
+            .map(|(name, file)| RewardInput {
+                name: name.clone(),
+                file: file.clone(),
+            })
+            .collect(),
+        rank_by: job
+            .rank_by
+            .as_ref()
+            .filter(|_| !job.rewards.is_empty())
+            .map(RankBy::label),
         input_bytes_read: reader.bytes_read(),
         rows_read: reader.rows_read(),
         groups: reader.groups_read(),
@@ -753,6 +1154,9 @@ fn run_pairs_inner(job: PairsJob, created: &mut Vec<PathBuf>) -> Result<PairsSum
             s.summary_file = rel(&s.summary_file);
             for d in &mut s.datasets {
                 d.file = rel(&d.file);
+            }
+            for r in &mut s.reward_models {
+                r.file = rel(&r.file);
             }
             s
         }

@@ -109,10 +109,13 @@ pub enum Work {
     },
     /// `[pairs]` for one n.
     Pairs {
-        /// The scored samples.
+        /// The scored samples (with several reward models: the first model's).
         input: Source,
+        /// With several `[[reward]]` models: each model's name and scored samples (a score node
+        /// each), in the recipe's order; empty with one.
+        rewards: Vec<(String, Source)>,
         /// The `[pairs]` table with this node's `n` and no paths.
-        config: PairsConfig,
+        config: Box<PairsConfig>,
     },
     /// `[eval]`: the comparison of every policy's scored eval responses with the baseline's.
     Eval {
@@ -169,9 +172,11 @@ impl Work {
         };
         match self {
             Self::Generate { model, .. } => model.iter().filter_map(node).collect(),
-            Self::Score { input, .. } | Self::Pairs { input, .. } => {
-                node(input).into_iter().collect()
-            }
+            Self::Score { input, .. } => node(input).into_iter().collect(),
+            Self::Pairs { input, rewards, .. } => std::iter::once(input)
+                .chain(rewards.iter().map(|r| &r.1))
+                .filter_map(node)
+                .collect(),
             Self::Train {
                 pairs,
                 policy,
@@ -217,6 +222,8 @@ pub struct Node {
     pub policy_name: Option<String>,
     /// For train nodes: the dataset.
     pub dataset: Option<String>,
+    /// For score nodes of one of several `[[reward]]` models: the model's name.
+    pub reward: Option<String>,
     /// The full hash.
     pub hash: String,
     /// What the hash covers.
@@ -249,7 +256,12 @@ impl Node {
                 ("eval.json".into(), product),
                 ("eval".into(), "model_outputs".into()),
             ],
-            StageKind::Generate | StageKind::Score => vec![(format!("{prefix}{product}"), product)],
+            StageKind::Score => match &self.reward {
+                // Several reward models: `scored/<name>.jsonl`, one file per model.
+                Some(name) => vec![(format!("{prefix}scored/{name}.jsonl"), product)],
+                None => vec![(format!("{prefix}{product}"), product)],
+            },
+            StageKind::Generate => vec![(format!("{prefix}{product}"), product)],
             StageKind::Reference => Vec::new(),
             StageKind::Pairs => {
                 let set = self
@@ -583,6 +595,7 @@ impl Graph<'_> {
             n: None,
             policy_name: None,
             dataset: None,
+            reward: None,
             hash,
             identity,
             deps: {
@@ -668,10 +681,11 @@ impl Graph<'_> {
         Ok(self.add(StageKind::Score, id, work, at))
     }
 
-    /// A pairs node: `config` (with its n, no paths) over the scored samples of `input`.
+    /// A pairs node: `config` (with its n, no paths) over the scored samples of `input`, or
+    /// of each of several reward models (`rewards`, named; then `input` is the first's).
     fn pairs(
         &mut self,
-        input: Source,
+        (input, rewards): (Source, Vec<(String, Source)>),
         config: PairsConfig,
         n: Option<usize>,
         at: At,
@@ -681,9 +695,20 @@ impl Graph<'_> {
             "pairs",
             &serde_json::json!({"pairs": table, "seed": at.seed}),
         );
-        id.inputs
-            .insert("scored".into(), self.source_input(&input)?);
-        let i = self.add(StageKind::Pairs, id, Work::Pairs { input, config }, at);
+        if rewards.is_empty() {
+            id.inputs
+                .insert("scored".into(), self.source_input(&input)?);
+        }
+        for (name, source) in &rewards {
+            id.inputs
+                .insert(format!("scored.{name}"), self.source_input(source)?);
+        }
+        let work = Work::Pairs {
+            input,
+            rewards,
+            config: Box::new(config),
+        };
+        let i = self.add(StageKind::Pairs, id, work, at);
         self.nodes[i].n = n;
         Ok(i)
     }
@@ -840,27 +865,50 @@ fn add_generate(
     Ok(Some(Source::Node(i, StageKind::Generate.product().into())))
 }
 
-/// Round `round`'s score node: the scored samples.
+/// The scored samples of a round: the one model's, or each of several named models'.
+type Scored = Option<(Source, Vec<(String, Source)>)>;
+
+/// Round `round`'s score nodes (one per reward model): the scored samples. A model's node
+/// does not depend on its name or on the other models, so adding a model leaves the others'
+/// nodes (and their hashes) as they are.
 fn add_score(
     g: &mut Graph<'_>,
     rr: &Resolved,
     round: usize,
     samples: Option<Source>,
-) -> Result<Option<Source>, RunError> {
+) -> Result<Scored, RunError> {
     let Some(s) = &rr.score else {
         return Ok(None);
     };
     let input = input_of(&s.input, samples, "[score]")?;
-    let at = At {
-        label: "score".into(),
-        round,
-        seed: rr.seed,
-    };
-    let i = g.score(input, s.reward.as_ref(), s.groups_per_call, at)?;
-    if let Some(o) = &s.output {
-        g.publish.push((i, o.clone()));
+    let mut first = None;
+    let mut named = Vec::new();
+    for (name, reward) in &s.rewards {
+        let at = At {
+            label: match name {
+                Some(n) => format!("score {n}"),
+                None => "score".into(),
+            },
+            round,
+            seed: rr.seed,
+        };
+        let i = g.score(input.clone(), reward.as_ref(), s.groups_per_call, at)?;
+        g.nodes[i].reward = name.clone();
+        if let Some(o) = &s.output {
+            // Several models: `output` is a folder of `<name>.jsonl`.
+            let o = match name {
+                Some(n) => o.join(format!("{n}.jsonl")),
+                None => o.clone(),
+            };
+            g.publish.push((i, o));
+        }
+        let source = Source::Node(i, StageKind::Score.product().into());
+        first.get_or_insert(source.clone());
+        if let Some(n) = name {
+            named.push((n.clone(), source));
+        }
     }
-    Ok(Some(Source::Node(i, StageKind::Score.product().into())))
+    Ok(first.map(|f| (f, named)))
 }
 
 /// Round `round`'s pairs nodes, one per n.
@@ -868,13 +916,22 @@ fn add_pairs(
     g: &mut Graph<'_>,
     rr: &Resolved,
     round: usize,
-    scored: Option<Source>,
+    scored: Scored,
 ) -> Result<BTreeMap<Option<usize>, usize>, RunError> {
     let mut pair_nodes = BTreeMap::new();
     let Some(p) = &rr.pairs else {
         return Ok(pair_nodes);
     };
-    let input = input_of(&p.input, scored, "[pairs]")?;
+    let (first, named) = match scored {
+        Some((f, named)) => (Some(f), named),
+        None => (None, Vec::new()),
+    };
+    let input = input_of(&p.input, first, "[pairs]")?;
+    // A user's file is one model's scores: the named models' files are not read.
+    let rewards = match &p.input {
+        StageInput::Upstream => named,
+        StageInput::File(_) => Vec::new(),
+    };
     for &n in &p.ns {
         let config = PairsConfig {
             n: n.map(OneOrMany::One),
@@ -889,7 +946,7 @@ fn add_pairs(
             round,
             seed: rr.seed,
         };
-        let i = g.pairs(input.clone(), config, n, at)?;
+        let i = g.pairs((input.clone(), rewards.clone()), config, n, at)?;
         if let Some(o) = &p.output {
             g.publish.push((i, o.clone()));
         }

@@ -48,8 +48,9 @@ pub struct GenerateSpec {
 pub struct ScoreSpec {
     /// The samples.
     pub input: StageInput,
-    /// The reward model.
-    pub reward: Box<dyn RewardModelConfig>,
+    /// The reward models: one (no name, `[reward]`) or several named (`[[reward]]`; one named
+    /// model is laid out as `[reward]` is).
+    pub rewards: Vec<(Option<String>, Box<dyn RewardModelConfig>)>,
     /// Groups per call.
     pub groups_per_call: usize,
     /// A copy of the scores the recipe asks for.
@@ -238,7 +239,19 @@ fn resolve_score(r: &Recipe, ctx: &BuildContext) -> Option<ScoreSpec> {
         // Left out with no [generate]: `plan` reports it (validation refuses it first).
         input: stage_input(ctx, upstream, s.input.as_ref(), upstream_out)
             .unwrap_or(StageInput::Upstream),
-        reward: reward.clone(),
+        rewards: if reward.is_several() {
+            reward
+                .models()
+                .into_iter()
+                .map(|(n, m)| (n.map(str::to_string), dyn_clone::clone_box(m)))
+                .collect()
+        } else {
+            reward
+                .first()
+                .map(|m| (None, dyn_clone::clone_box(m)))
+                .into_iter()
+                .collect()
+        },
         groups_per_call: s.groups_per_call,
         output: s.output.as_ref().map(|o| ctx.resolve(o)),
     })
@@ -269,6 +282,7 @@ fn resolve_pairs(r: &Recipe, ctx: &BuildContext) -> Result<Option<PairsSpec>, Ru
             input: None,
             output: None,
             n: None,
+            rewards: Default::default(),
             ..p.clone()
         },
         input: stage_input(ctx, upstream, p.input.as_ref(), upstream_out)
@@ -342,6 +356,29 @@ fn resolve_train(
     }))
 }
 
+/// The reward model `[eval]` uses when it names none: the one model, or with several the one
+/// `[pairs] rank_by` names; an aggregate ranks no eval response, so it is refused.
+pub fn eval_reward<'a>(
+    rewards: &'a sweetspot_core::recipe::RewardTables,
+    pairs: Option<&PairsConfig>,
+) -> Result<&'a (dyn RewardModelConfig + 'static), String> {
+    if !rewards.is_several() {
+        return rewards
+            .first()
+            .ok_or_else(|| "[eval]: no reward model".to_string());
+    }
+    match pairs.and_then(|p| p.rank_by.as_ref()) {
+        Some(sweetspot_core::recipe::RankBy::Model(name)) => rewards
+            .named(name)
+            .ok_or_else(|| format!("[pairs] `rank_by` names no [[reward]] model `{name}`")),
+        _ => Err(
+            "several [[reward]] models and `[pairs] rank_by` names none of them: name \
+                  the eval's reward model in [eval.reward]"
+                .to_string(),
+        ),
+    }
+}
+
 fn resolve_eval(r: &Recipe, ctx: &BuildContext) -> Result<Option<EvalSpec>, RunError> {
     let (Some(e), Some(sampler)) = (&r.eval, &r.sampler) else {
         return Ok(None);
@@ -356,7 +393,9 @@ fn resolve_eval(r: &Recipe, ctx: &BuildContext) -> Result<Option<EvalSpec>, RunE
         })?;
     let reward = match (&e.reward, &r.reward) {
         (Some(own), _) => own.clone(),
-        (None, Some(rm)) => rm.clone(),
+        (None, Some(rm)) => {
+            dyn_clone::clone_box(eval_reward(rm, r.pairs.as_ref()).map_err(config_err)?)
+        }
         (None, None) => return Err(config_err("[eval]: no reward model")),
     };
     Ok(Some(EvalSpec {

@@ -427,15 +427,64 @@ impl Check<'_> {
         if s.groups_per_call == 0 {
             return Err(self.err("score.groups_per_call", "must be at least 1".into()));
         }
-        self.plugin_check("reward", reward.check(self.ctx))?;
-        refuse_pairwise(reward.as_ref(), "reward.type").map_err(|m| self.err("reward.type", m))?;
+        let models = reward.models();
+        if reward.is_several() {
+            if !self.stages.chained {
+                return Err(self.err(
+                    "reward",
+                    format!(
+                        "{} [[reward]] models: scoring with several is for `sweetspot run` \
+                         (one score node per model); `sweetspot score` takes one",
+                        models.len()
+                    ),
+                ));
+            }
+            if s.output.is_some() {
+                return Err(self.err(
+                    "score.output",
+                    "several [[reward]] models write one scored file each: leave `output` out \
+                     (the run folder names each `scored/<name>.jsonl`)"
+                        .into(),
+                ));
+            }
+        }
+        for (i, (name, model)) in models.iter().enumerate() {
+            let table = if name.is_some() {
+                format!("reward[{i}]")
+            } else {
+                "reward".to_string()
+            };
+            self.plugin_check(&table, model.check(self.ctx))?;
+            refuse_pairwise(*model, &format!("{table}.type"))
+                .map_err(|m| self.err(&format!("{table}.type"), m))?;
+            let settings = crate::identity::Table::settings(*model);
+            for (j, (other, earlier)) in models[..i].iter().enumerate() {
+                if crate::identity::Table::settings(*earlier) == settings {
+                    return Err(self.err(
+                        &format!("{table}.type"),
+                        format!(
+                            "the same reward model as reward[{j}] (`{}`): it would score the \
+                             samples twice alike",
+                            other.unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+        }
         let upstream_out = r.generate.as_ref().and_then(|g| g.output.as_ref());
         self.stage_input(
             "score.input",
             (&s.input, self.stages.generate, upstream_out),
             (SCORE, "the samples to score", "[generate]"),
         )?;
-        self.plugin_inputs("reward", reward.as_ref(), SCORE);
+        for (i, (name, model)) in models.iter().enumerate() {
+            let table = if name.is_some() {
+                format!("reward[{i}]")
+            } else {
+                "reward".to_string()
+            };
+            self.plugin_inputs(&table, *model, SCORE);
+        }
         self.one_place(
             "score.output",
             s.output.is_some(),
@@ -455,6 +504,46 @@ impl Check<'_> {
             .as_ref()
             .ok_or_else(|| self.err("pairs", "missing".into()))?;
         crate::pairs::check_options(p).map_err(|(key, m)| self.err(&key, m))?;
+        // `rank_by` and `agree` read the [[reward]] models' scores: [pairs] must read what
+        // [score] makes, not a file of its own.
+        let reads_score = self.stages.chained
+            && self.stages.score
+            && r.score.is_some()
+            && reads_upstream(
+                self.ctx,
+                p.input.as_ref(),
+                r.score.as_ref().and_then(|s| s.output.as_ref()),
+            );
+        let mut names = match &r.reward {
+            Some(rw) if reads_score && rw.is_several() => rw.names(),
+            _ => Vec::new(),
+        };
+        if !p.rewards.is_empty() {
+            if self.stages.chained {
+                return Err(self.err(
+                    "pairs.rewards",
+                    "is for `sweetspot pairs`: in `sweetspot run`, [pairs] reads the scores of \
+                     the [[reward]] models"
+                        .into(),
+                ));
+            }
+            if p.input.is_some() {
+                return Err(self.err(
+                    "pairs.input",
+                    "`input` and `rewards` both name scored samples: give one".into(),
+                ));
+            }
+            for (name, path) in &p.rewards {
+                if name.is_empty() {
+                    return Err(self.err("pairs.rewards", "a model needs a name".into()));
+                }
+                let path = self.ctx.resolve(path);
+                self.input(&format!("pairs.rewards.{name}"), path, PAIRS);
+            }
+            names = p.rewards.keys().cloned().collect();
+        }
+        crate::pairs::check_rewards(p.rank_by.as_ref(), &p.agree, &names)
+            .map_err(|(key, m)| self.err(&key, m))?;
         if p.layout != sweetspot_core::recipe::PairsLayout::Pairs
             && self.stages.train
             && r.train.is_some()
@@ -504,11 +593,13 @@ impl Check<'_> {
             self.output("pairs.output", &p.output, PAIRS);
         }
         let upstream_out = r.score.as_ref().and_then(|s| s.output.as_ref());
-        self.stage_input(
-            "pairs.input",
-            (&p.input, self.stages.score, upstream_out),
-            (PAIRS, "the scored samples", "[score]"),
-        )?;
+        if p.rewards.is_empty() {
+            self.stage_input(
+                "pairs.input",
+                (&p.input, self.stages.score, upstream_out),
+                (PAIRS, "the scored samples", "[score]"),
+            )?;
+        }
         let sets = if self.ns.len() > 1 {
             format!(", {} values of n", self.ns.len())
         } else {
@@ -987,7 +1078,10 @@ impl Check<'_> {
                     .map_err(|m| self.err("eval.reward.type", m))?;
                 self.plugin_inputs("eval.reward", own.as_ref(), EVAL);
             }
-            (None, Some(_)) => {}
+            (None, Some(rw)) => {
+                crate::resolve::eval_reward(rw, self.r.pairs.as_ref())
+                    .map_err(|m| self.err("eval", m))?;
+            }
             (None, None) => {
                 return Err(self.err(
                     "eval",

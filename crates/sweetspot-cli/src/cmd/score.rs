@@ -90,7 +90,12 @@ pub(crate) fn score_cmd(args: ScoreArgs, quiet: bool) -> Result<(), Failure> {
         ..sweetspot_runner::Stages::NONE
     };
     check_recipe(&recipe, &text, &origin, &ctx, stages)?;
-    let (Some(reward), Some(cfg)) = (recipe.reward, recipe.score) else {
+    // Validation refuses several [[reward]] models outside `sweetspot run`.
+    let reward = recipe
+        .reward
+        .filter(|r| !r.is_several())
+        .and_then(|r| r.into_first());
+    let (Some(reward), Some(cfg)) = (reward, recipe.score) else {
         return Err(usage(format!(
             "{}: the recipe needs [reward] and [score] tables",
             origin.display()
