@@ -228,12 +228,10 @@ def test_datasets_round_trip():
     # A shuffled selection goes through its indices mapping: the same pairs, reordered.
     sub = ds.select([3, 1, 2])
     picked = sweetspot.pairs(sub, "max-min")["max-min"].to_pylist()
-    full = {r["prompt_id"]: r for r in tables["max-min"].to_pylist()} if "prompt_id" in tables[
-        "max-min"].column_names else None
+    full = {r["prompt_id"]: r for r in tables["max-min"].to_pylist()}
     assert len(picked) == 3
-    if full is not None:
-        for r in picked:
-            assert r == full[r["prompt_id"]]
+    for r in picked:
+        assert r == full[r["prompt_id"]]
 
 
 def test_validate_and_plan():
@@ -282,7 +280,22 @@ def test_run_error(tmp_path):
     with pytest.raises(SweetspotError) as e:
         sweetspot.run(recipe, quiet=True)
     assert "scored.jsonl" in str(e.value)
+    assert not str(e.value).startswith("error: ")
     assert e.value.exit_code == 1
+
+
+def test_failed_run_lists_its_stages(tmp_path):
+    """A run whose stage fails raises with the command's message, naming stage, line and field."""
+    recipe = tmp_path / "recipe.toml"
+    bad = tmp_path / "scored.jsonl"
+    bad.write_text(SCORED.read_text().replace('"all_rm_scores": [', '"all_rm_scores": ["x", ', 1))
+    recipe.write_text(EXAMPLE.read_text().replace('"../quickstart/scored.jsonl"', '"scored.jsonl"'))
+    with pytest.raises(SweetspotError) as e:
+        sweetspot.run(recipe, quiet=True)
+    message = str(e.value)
+    assert message.startswith("stage `pairs` failed: "), message
+    assert "scored.jsonl:1: field `all_rm_scores`" in message, message
+    assert e.value.exit_code != 0
 
 
 def test_run_folder_refuses_other_folders(tmp_path):

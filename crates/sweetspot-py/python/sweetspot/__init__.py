@@ -194,9 +194,14 @@ def _command(args: Sequence[str], capture: bool) -> subprocess.CompletedProcess:
 
 
 def _failed(p: subprocess.CompletedProcess) -> SweetspotError:
-    text = (p.stderr or "").strip()
-    lines = [l for l in text.splitlines() if l.startswith("error: ")]
-    message = "\n".join(l[len("error: ") :] for l in lines) or text or f"exit code {p.returncode}"
+    """The command's error: its `error: ...` line and the lines after it (a failed run lists
+    its failed stages below it), else its whole stderr."""
+    lines = (p.stderr or "").strip().splitlines()
+    first = next((i for i, l in enumerate(lines) if l.startswith("error: ")), None)
+    if first is not None:
+        message = "\n".join([lines[first][len("error: ") :], *lines[first + 1 :]])
+    else:
+        message = "\n".join(lines) or f"exit code {p.returncode}"
     err = SweetspotError(message)
     err.exit_code = p.returncode
     return err
@@ -372,7 +377,7 @@ class RunFolder:
         for name, target in sorted(self._names().items()):
             if "pairs/" not in name and not name.startswith("pairs"):
                 continue
-            folder = self.path / "nodes" / Path(target).relative_to("nodes")
+            folder = self.path / target
             if not folder.is_dir():
                 continue
             prefix = name.split("pairs/", 1)[1] if "pairs/" in name else name
