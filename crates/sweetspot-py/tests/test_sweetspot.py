@@ -316,3 +316,82 @@ def test_command_line():
     p = subprocess.run([exe, "pairs", "--nope"], capture_output=True, text=True)
     assert p.returncode == 2
     assert "--nope" in p.stderr
+
+
+INTERRUPT = """
+import glob, os, signal, sys, threading, time
+import sweetspot
+
+recipe, need = sys.argv[1], int(sys.argv[2])
+pattern = os.path.join(os.path.dirname(recipe), "runs", "*", "nodes", "*", "*.partial")
+
+
+def watch():
+    while True:
+        files = glob.glob(pattern)
+        if files and sum(1 for _ in open(files[0])) >= need:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C in a notebook: the kernel only
+            return
+        time.sleep(0.05)
+
+
+threading.Thread(target=watch, daemon=True).start()
+try:
+    sweetspot.run(recipe, quiet=True)
+    print("finished")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_keyboard_interrupt_stops_run_and_rerun_resumes(tmp_path):
+    """KeyboardInterrupt stops the run's process; the next run keeps the finished groups."""
+    group = 64
+    # 40 prompts: the run is far from done when the second interrupt comes.
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt_id": f"p{i}", "prompt": f"Count to {i} and explain why."}) + "\n"
+            for i in range(40)
+        )
+    )
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        f"""
+[run]
+name = "slow"
+seed = 7
+
+[sampler]
+type = "burn"
+model = {json.dumps(str(ROOT / "tests/fixtures/models/policy"))}
+max_new_tokens = 100
+
+[generate]
+prompts = {json.dumps(str(prompts))}
+n = {group}
+"""
+    )
+
+    def interrupted_run(need: int) -> list:
+        p = subprocess.run(
+            [sys.executable, "-c", INTERRUPT, str(recipe), str(need)],
+            capture_output=True, text=True, timeout=600,
+        )
+        assert p.stdout.strip() == "interrupted", (p.stdout, p.stderr)
+        # No process of the run is left.
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                args = cmdline.read_bytes().split(b"\0")
+            except OSError:
+                continue
+            assert str(recipe).encode() not in args, args
+        (partial,) = tmp_path.glob("runs/slow/nodes/*/samples.jsonl.partial")
+        return partial.read_text().splitlines()
+
+    first = interrupted_run(group)
+    kept = first[: len(first) - len(first) % group]  # whole groups (a torn one is redone)
+    assert len(kept) >= group
+    second = interrupted_run(len(kept) + group)
+    assert second[: len(kept)] == kept
+    assert len(second) >= len(kept) + group
