@@ -238,6 +238,31 @@ fn relabel(message: String, input: &Path, label: &Option<String>) -> String {
     out.replace(&path, label)
 }
 
+/// The name of the recipe `pairs` makes from its arguments, in messages.
+const ORIGIN: &str = "<sweetspot.pairs arguments>";
+
+/// A recipe error without the line and column of the recipe `pairs` made (the caller never saw
+/// it): `<origin>:3:1: key ...` becomes `sweetspot.pairs: key ...`.
+fn strip_origin(message: String) -> String {
+    let needle = format!("{ORIGIN}:");
+    let mut out = String::new();
+    let mut rest = message.as_str();
+    while let Some(i) = rest.find(&needle) {
+        out.push_str(&rest[..i]);
+        out.push_str("sweetspot.pairs:");
+        rest = &rest[i + needle.len()..];
+        // `line:column:`, when there.
+        for _ in 0..2 {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if digits > 0 && rest[digits..].starts_with(':') {
+                rest = &rest[digits + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out.replace(ORIGIN, "sweetspot.pairs")
+}
+
 /// The `sweetspot` command on `argv` (`sys.argv`: the first item is the program's name);
 /// returns the exit code. Runs without the GIL.
 #[pyfunction]
@@ -283,10 +308,10 @@ fn pairs<'py>(
     root.insert("run".into(), toml::Value::Table(table(run, "run")?));
     root.insert("pairs".into(), toml::Value::Table(p));
     let text = toml::to_string(&root).map_err(|e| error(e.to_string(), 2))?;
-    let origin = PathBuf::from("<sweetspot.pairs arguments>");
+    let origin = PathBuf::from(ORIGIN);
     let summary = py
         .detach(|| sweetspot_cli::pairs_from_toml(&text, &origin, PathBuf::from("."), quiet))
-        .map_err(|(m, code)| error(relabel(m, &abs, &label), code))?;
+        .map_err(|(m, code)| error(relabel(strip_origin(m), &abs, &label), code))?;
     let tables = PyDict::new(py);
     for d in &summary.datasets {
         let stream = py
