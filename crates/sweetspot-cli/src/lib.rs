@@ -12,7 +12,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use sweetspot_core::recipe::RecipeError;
+use sweetspot_core::recipe::{Recipe, RecipeError};
 use sweetspot_runner::RunError;
 
 use crate::common::DEVICE_OVERRIDE;
@@ -119,17 +119,50 @@ impl From<RecipeError> for Failure {
 
 /// The whole program: parses `std::env::args`, runs, prints errors, returns the exit code.
 pub fn main() -> ExitCode {
+    ExitCode::from(run_from(std::env::args_os()))
+}
+
+/// The whole program on the given arguments (the first one is the program's name, as in
+/// `std::env::args`): parses them, runs, prints errors and returns the exit code. `main` is this
+/// on the process's arguments; the Python wheel's `sweetspot` command is this on `sys.argv`.
+pub fn run_from<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
     link_builtin_plugins();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // What `Cli::parse` does, less its `exit`: help and version to stdout (code 0),
+            // usage errors to stderr (code 2).
+            let _ = e.print();
+            return u8::try_from(e.exit_code()).unwrap_or(2);
+        }
+    };
     init_logging(cli.quiet, cli.verbose);
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(f) => {
             let _ = std::io::stdout().flush();
             eprintln!("error: {}", f.message);
-            ExitCode::from(f.code)
+            f.code
         }
     }
+}
+
+/// The pairs stage of a recipe given as TOML text, checked and run exactly as
+/// `sweetspot pairs --recipe` does (relative paths resolve against `base`; `origin` names the
+/// recipe in messages). On failure: the message the command prints and its exit code.
+pub fn pairs_from_toml(
+    text: &str,
+    origin: &std::path::Path,
+    base: std::path::PathBuf,
+    quiet: bool,
+) -> Result<sweetspot_runner::PairsSummary, (String, u8)> {
+    link_builtin_plugins();
+    let recipe = Recipe::from_toml(text, Some(origin)).map_err(|e| (e.to_string(), 2))?;
+    cmd::pairs::run_pairs_recipe(recipe, text, origin, base, quiet).map_err(|f| (f.message, f.code))
 }
 
 fn init_logging(quiet: bool, verbose: u8) {

@@ -140,11 +140,32 @@ pub(crate) fn pairs_cmd(args: PairsArgs, quiet: bool) -> Result<(), Failure> {
         let recipe = Recipe::from_toml(&text, Some(&origin))?;
         Ok((recipe, PathBuf::from("."), origin, text))
     })?;
-    let ctx = context(&recipe, base);
     let mut recipe = recipe;
     if let (Some(_), Some(o), Some(p)) = (&args.recipe, &args.output, recipe.pairs.as_mut()) {
         p.output = Some(std::path::absolute(o).unwrap_or_else(|_| o.clone()));
     }
+    let summary = run_pairs_recipe(recipe, &text, &origin, base, quiet)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
+    } else {
+        print_summary(&summary);
+    }
+    Ok(())
+}
+
+/// The pairs stage of a parsed recipe, checked as `sweetspot pairs --recipe` checks it: the
+/// command's work after reading its arguments (also the Python module's `pairs`).
+pub(crate) fn run_pairs_recipe(
+    recipe: Recipe,
+    text: &str,
+    origin: &std::path::Path,
+    base: PathBuf,
+    quiet: bool,
+) -> Result<PairsSummary, Failure> {
+    let ctx = context(&recipe, base);
     if recipe.pairs.is_none() {
         return Err(Failure {
             message: format!("{}: the recipe has no [pairs] table", origin.display()),
@@ -155,7 +176,7 @@ pub(crate) fn pairs_cmd(args: PairsArgs, quiet: bool) -> Result<(), Failure> {
         pairs: true,
         ..sweetspot_runner::Stages::NONE
     };
-    check_recipe(&recipe, &text, &origin, &ctx, stages)?;
+    check_recipe(&recipe, text, origin, &ctx, stages)?;
     let Some(pairs) = recipe.pairs else {
         return Err(Failure {
             message: "the recipe has no [pairs] table".into(),
@@ -164,16 +185,7 @@ pub(crate) fn pairs_cmd(args: PairsArgs, quiet: bool) -> Result<(), Failure> {
     };
     let mut job = PairsJob::from_config(pairs, None, None, ctx)?;
     job.quiet = quiet;
-    let summary = sweetspot_runner::run_pairs(job)?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary).unwrap_or_default()
-        );
-    } else {
-        print_summary(&summary);
-    }
-    Ok(())
+    Ok(sweetspot_runner::run_pairs(job)?)
 }
 
 /// The flag form, written as a recipe so that it goes through the same checks.

@@ -1,0 +1,5 @@
+"""``python -m sweetspot``: the ``sweetspot`` command."""
+
+from ._cli import main
+
+main()
