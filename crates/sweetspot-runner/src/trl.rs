@@ -375,6 +375,16 @@ impl Accelerate {
             Some(v) => number("num_processes", v)?.max(1),
             None => 1,
         };
+        // `num_processes` counts every machine's processes; a training here runs on one.
+        if let Some(v) = top.get("num_machines")
+            && number("num_machines", v)? > 1
+        {
+            return Err(format!(
+                "{}: `num_machines` is {v}: a training runs `accelerate launch` on one machine \
+                 (its processes are that machine's GPUs); give num_machines: 1",
+                path.display()
+            ));
+        }
         let deepspeed = top
             .get("distributed_type")
             .is_some_and(|v| v.eq_ignore_ascii_case("deepspeed"));
@@ -451,5 +461,7 @@ mod accelerate_tests {
         assert_eq!((a.processes, a.zero_stage), (2, None));
         let e = Accelerate::parse("num_processes: eight\n", p).unwrap_err();
         assert!(e.contains("num_processes"), "{e}");
+        let e = Accelerate::parse("num_machines: 2\nnum_processes: 16\n", p).unwrap_err();
+        assert!(e.contains("num_machines"), "{e}");
     }
 }
