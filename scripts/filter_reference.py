@@ -120,21 +120,9 @@ def keeps(fraction, m):
     return min(max(int(k), 0), m)
 
 
-def expected(rows, cfg, strategy):
-    dropped = {k: 0 for k in ("min_margin", "min_margin_sigma", "top_fraction") if k in cfg}
-    cands = []
-    for pid, rewards in groups(rows):
-        got = pick(strategy, rewards)
-        if got is None:
-            continue
-        margin, s = got
-        if "min_margin" in cfg and margin < cfg["min_margin"]:
-            dropped["min_margin"] += 1
-            continue
-        if "min_margin_sigma" in cfg and margin / s < cfg["min_margin_sigma"]:
-            dropped["min_margin_sigma"] += 1
-            continue
-        cands.append((pid, margin))
+def top_fraction(cands, cfg, dropped):
+    """The pairs left after the margin filters, `cands` as (prompt id, margin) in input order:
+    all, or with top_fraction the k largest margins (at the k-th, in input order)."""
     kept = [pid for pid, _ in cands]
     if "top_fraction" in cfg:
         m = len(cands)
@@ -151,6 +139,24 @@ def expected(rows, cfg, strategy):
                     kept.append(pid)
         dropped["top_fraction"] = m - k
     return {"pairs": len(kept), "dropped": dropped, "kept": kept}
+
+
+def expected(rows, cfg, strategy):
+    dropped = {k: 0 for k in ("min_margin", "min_margin_sigma", "top_fraction") if k in cfg}
+    cands = []
+    for pid, rewards in groups(rows):
+        got = pick(strategy, rewards)
+        if got is None:
+            continue
+        margin, s = got
+        if "min_margin" in cfg and margin < cfg["min_margin"]:
+            dropped["min_margin"] += 1
+            continue
+        if "min_margin_sigma" in cfg and margin / s < cfg["min_margin_sigma"]:
+            dropped["min_margin_sigma"] += 1
+            continue
+        cands.append((pid, margin))
+    return top_fraction(cands, cfg, dropped)
 
 
 MODELS = ("a", "b", "c")
@@ -253,22 +259,7 @@ def expected_models(models, cfg, strategy):
             dropped["min_margin_sigma"] += 1
             continue
         cands.append((pid, margin))
-    kept = [pid for pid, _ in cands]
-    if "top_fraction" in cfg:
-        m = len(cands)
-        k = keeps(cfg["top_fraction"], m)
-        kept = []
-        if k > 0:
-            t = sorted((x for _, x in cands), reverse=True)[k - 1]
-            ties = k - sum(1 for _, x in cands if x > t)
-            for pid, x in cands:
-                if x > t:
-                    kept.append(pid)
-                elif x == t and ties > 0:
-                    ties -= 1
-                    kept.append(pid)
-        dropped["top_fraction"] = m - k
-    return {"pairs": len(kept), "dropped": dropped, "kept": kept}
+    return top_fraction(cands, cfg, dropped)
 
 
 def toml_value(v):
