@@ -21,6 +21,7 @@ use sweetspot_core::recipe::ClusterConfig;
 
 use crate::error::RunError;
 use crate::graph::{NodeState, states};
+use crate::paths::{relative_to, resolved};
 use crate::plan::{Plan, StageKind};
 
 /// What `--emit slurm` wrote.
@@ -49,47 +50,12 @@ fn path_word(p: &Path) -> String {
     quote(&p.to_string_lossy())
 }
 
-/// The path with links and `..` resolved: its longest existing ancestor canonicalized, the rest
-/// appended.
-fn canonical(p: &Path) -> PathBuf {
-    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    let mut base = abs.as_path();
-    let mut rest: Vec<&std::ffi::OsStr> = Vec::new();
-    loop {
-        if let Ok(c) = std::fs::canonicalize(base) {
-            return rest.iter().rev().fold(c, |acc, r| acc.join(r));
-        }
-        match (base.parent(), base.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name);
-                base = parent;
-            }
-            _ => return abs,
-        }
-    }
-}
-
-/// `path` relative to the folder `from` (both absolute), through `..` where needed.
-fn relative(path: &Path, from: &Path) -> PathBuf {
-    let (a, b): (Vec<_>, Vec<_>) = (path.components().collect(), from.components().collect());
-    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let mut out = PathBuf::new();
-    for _ in common..b.len() {
-        out.push("..");
-    }
-    for c in &a[common..] {
-        out.push(c);
-    }
-    out
-}
-
 /// One job of the script: the nodes it runs (one, or an array's tasks) and its requests.
 struct Job {
     nodes: Vec<usize>,
     deps: Vec<usize>,
     stage: StageKind,
-    gpu: bool,
-    /// GPUs per job when `gpu` ([`gpus_of`]).
+    /// GPUs per job ([`gpus`]; 0 asks for none).
     gpus: usize,
     mem: Option<String>,
 }
@@ -167,12 +133,11 @@ pub fn emit_slurm(
             let peak = peaks.get(i).copied().flatten()?;
             (!gpu).then(|| format!("{}M", (peak + peak / 4).div_ceil(1 << 20)))
         });
-        let gpus = if gpu { gpus_of(node, plan) } else { 0 };
+        let gpus = gpus(plan, i);
         let sibling = jobs.iter().position(|j| {
             node.stage == StageKind::Train
                 && j.stage == StageKind::Train
                 && j.deps == deps
-                && j.gpu == gpu
                 && j.gpus == gpus
                 && j.mem == mem
         });
@@ -187,7 +152,6 @@ pub fn emit_slurm(
                     nodes: vec![i],
                     deps,
                     stage: node.stage,
-                    gpu,
                     gpus,
                     mem,
                 });
@@ -216,6 +180,8 @@ pub fn emit_slurm(
         let _ = write!(common, " {}", quote(extra));
     }
 
+    // The recipe as the scripts name it: relative to their folder.
+    let recipe_rel = relative_to(&resolved(&recipe), &resolved(&dir));
     let mut s = String::new();
     let _ = writeln!(s, "#!/usr/bin/env bash");
     let _ = writeln!(
@@ -223,7 +189,7 @@ pub fn emit_slurm(
         "# Submits the plan of {} to Slurm: one job per node that is not complete ({} jobs),\n\
          # each `sweetspot run RECIPE --node ID`, in the order of the plan's dependencies.\n\
          # Written by `sweetspot run --emit slurm` (sweetspot {}). Run it where sbatch works.",
-        relative(&canonical(&recipe), &canonical(&dir)).display(),
+        recipe_rel.display(),
         jobs.len(),
         env!("CARGO_PKG_VERSION")
     );
@@ -235,7 +201,7 @@ pub fn emit_slurm(
     let _ = writeln!(
         s,
         "export SWEETSPOT_RECIPE=\"$here\"/{}",
-        path_word(&relative(&canonical(&recipe), &canonical(&dir)))
+        path_word(&recipe_rel)
     );
     let _ = writeln!(s, "export SWEETSPOT_DEVICE={}", quote(&device));
     for (k, job) in jobs.iter().enumerate() {
@@ -264,7 +230,7 @@ pub fn emit_slurm(
             ))
         );
         args.push_str(&common);
-        if job.gpu && job.gpus > 0 {
+        if job.gpus > 0 {
             let _ = write!(args, " --gres=gpu:{}", job.gpus);
         }
         if let Some(m) = &job.mem {
@@ -349,10 +315,10 @@ pub fn emit_argo(plan: &Plan, recipe: &Path, cluster: &ClusterConfig) -> Result<
     };
     let image = need(&cluster.image, "image")?;
     let claim = need(&cluster.volume_claim, "volume_claim")?;
-    let recipe = canonical(recipe);
+    let recipe = resolved(recipe);
     let folder = recipe.parent().map(Path::to_path_buf).unwrap_or_default();
     // Relative to the recipe's folder, as the recipe's other paths.
-    let root = canonical(&match &cluster.volume_root {
+    let root = resolved(&match &cluster.volume_root {
         Some(r) => folder.join(r),
         None => folder,
     });
@@ -372,14 +338,14 @@ pub fn emit_argo(plan: &Plan, recipe: &Path, cluster: &ClusterConfig) -> Result<
     };
     let recipe_in_pod = inside(&recipe)?;
     // The run folder must be on the volume too: the nodes write into it.
-    inside(&canonical(&plan.dir))?;
+    inside(&resolved(&plan.dir))?;
     let binary = cluster.sweetspot.as_ref().map_or_else(
         || "sweetspot".to_string(),
         |p| p.to_string_lossy().into_owned(),
     );
     let st = states(plan);
     let todo = |i: usize| matches!(st[i], NodeState::ToRun | NodeState::Partial);
-    let (device, gpu) = device_of(plan);
+    let (device, _) = device_of(plan);
     // One template per stage kind and GPU count (a TRL training under ZeRO-3 holds several).
     let mut kinds: Vec<(StageKind, usize)> = Vec::new();
     let template = |(kind, gpus): (StageKind, usize)| {
@@ -394,7 +360,7 @@ pub fn emit_argo(plan: &Plan, recipe: &Path, cluster: &ClusterConfig) -> Result<
         if !todo(i) {
             continue;
         }
-        let kind = (node.stage, if gpu { gpus_of(node, plan) } else { 0 });
+        let kind = (node.stage, gpus(plan, i));
         if !kinds.contains(&kind) {
             kinds.push(kind);
         }
