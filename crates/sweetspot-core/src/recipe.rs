@@ -573,6 +573,14 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// Bytes per element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Self::F32 => 4,
+            Self::Bf16 | Self::F16 => 2,
+        }
+    }
+
     /// The name recipes use (`f32`, `bf16`, `f16`).
     pub fn name(self) -> &'static str {
         match self {

@@ -71,6 +71,35 @@ pub const CPU_CACHE_SHARE: f64 = 0.5;
 /// (vLLM's `gpu_memory_utilization` default).
 pub const GPU_MEMORY_SHARE: f64 = 0.9;
 
+/// The cache bytes and the row cap of `"auto"` on a device: on a CPU, [`CPU_CACHE_SHARE`] of
+/// `device_memory` less the weights when the recipe gives it, else of `free_ram` (the host's
+/// available RAM beside the weights); on a GPU, [`GPU_MEMORY_SHARE`] of `device_memory` less the
+/// weights, or unknown (and [`AUTO_ROWS_UNKNOWN`] rows) without it.
+pub fn cache_budget(
+    on_cpu: bool,
+    device_memory: Option<u64>,
+    free_ram: Option<u64>,
+    weights: u64,
+) -> (Option<u64>, usize) {
+    if on_cpu {
+        let free = device_memory
+            .map(|b| b.saturating_sub(weights))
+            .or(free_ram);
+        (
+            free.map(|b| (b as f64 * CPU_CACHE_SHARE) as u64),
+            AUTO_ROWS_CPU,
+        )
+    } else {
+        match device_memory {
+            Some(b) => (
+                Some(((b as f64 * GPU_MEMORY_SHARE) as u64).saturating_sub(weights)),
+                AUTO_ROWS_GPU,
+            ),
+            None => (None, AUTO_ROWS_UNKNOWN),
+        }
+    }
+}
+
 /// What [`auto_rows`] chose and why, in words for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowChoice {

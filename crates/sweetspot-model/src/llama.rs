@@ -331,20 +331,12 @@ impl Llama {
     /// type (the cache follows the activations).
     pub fn kv_bytes_per_token(&self) -> u64 {
         let c = &self.config;
-        let per = match self.precision() {
-            Precision::F32 => 4,
-            Precision::Bf16 | Precision::F16 => 2,
-        };
-        (2 * c.num_hidden_layers * c.kv_heads() * c.head_dim()) as u64 * per
+        (2 * c.num_hidden_layers * c.kv_heads() * c.head_dim()) as u64 * self.precision().bytes()
     }
 
     /// Bytes the weights take.
     pub fn weight_bytes(&self) -> u64 {
-        let per = match self.precision() {
-            Precision::F32 => 4,
-            Precision::Bf16 | Precision::F16 => 2,
-        };
-        self.params.num_params() as u64 * per
+        self.params.num_params() as u64 * self.precision().bytes()
     }
 
     /// Hidden states after the final norm, `[batch, tokens, hidden]`.

@@ -161,10 +161,7 @@ impl Shape {
 
 /// Bytes per element of a float type.
 pub fn bytes_of(p: Precision) -> u64 {
-    match p {
-        Precision::F32 => 4,
-        Precision::Bf16 | Precision::F16 => 2,
-    }
+    p.bytes()
 }
 
 /// One named part of an estimate.
@@ -1000,21 +997,13 @@ fn plan_rows(
 ) -> sweetspot_core::rows::RowChoice {
     use sweetspot_core::rows::*;
     let weights = s.params() * bytes_of(m.dtype);
-    let (cache_bytes, cap) = match (place, plan.device_memory) {
-        (Place::Cpu, Some(b)) => (
-            Some((b.saturating_sub(weights) as f64 * CPU_CACHE_SHARE) as u64),
-            AUTO_ROWS_CPU,
-        ),
-        (Place::Cpu, None) => (
-            available_ram().map(|b| (b.saturating_sub(weights) as f64 * CPU_CACHE_SHARE) as u64),
-            AUTO_ROWS_CPU,
-        ),
-        (Place::Gpu, Some(b)) => (
-            Some(((b as f64 * GPU_MEMORY_SHARE) as u64).saturating_sub(weights)),
-            AUTO_ROWS_GPU,
-        ),
-        (Place::Gpu, None) => (None, AUTO_ROWS_UNKNOWN),
-    };
+    // Not loaded yet: the RAM beside the weights is the available RAM less them.
+    let (cache_bytes, cap) = cache_budget(
+        place == Place::Cpu,
+        plan.device_memory,
+        available_ram().map(|b| b.saturating_sub(weights)),
+        weights,
+    );
     auto_rows(&RowBudget {
         kv_bytes_per_token: 2 * s.kv_dim() * s.layers * bytes_of(m.dtype),
         tokens_per_row: prompt_tokens + m.max_new_tokens as u64,

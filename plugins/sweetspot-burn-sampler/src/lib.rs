@@ -7,10 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use sweetspot_core::rows::{
-    AUTO_ROWS_CPU, AUTO_ROWS_GPU, AUTO_ROWS_UNKNOWN, CPU_CACHE_SHARE, GPU_MEMORY_SHARE, RowBudget,
-    Rows, auto_rows, available_ram,
-};
+use sweetspot_core::rows::{RowBudget, Rows, auto_rows, available_ram, cache_budget};
 use sweetspot_core::{
     BuildContext, ConfigIssue, PluginError, PluginInput, Progress, Prompt, Sample, SampleGroup,
     SampleRequest, Sampler, SamplerConfig, check_device_name, check_penalties, check_sampling,
@@ -392,28 +389,13 @@ impl BurnSampler {
             Rows::Auto => {
                 let longest = encoded.iter().map(Vec::len).max().unwrap_or(0);
                 let tokens_per_row = (longest + self.max_new_tokens) as u64;
-                let (cache_bytes, cap) = if self.on_cpu {
-                    let share = self.device_memory.or_else(available_ram).map(|b| {
-                        let b = if self.device_memory.is_some() {
-                            b.saturating_sub(self.model.weight_bytes())
-                        } else {
-                            b
-                        };
-                        (b as f64 * CPU_CACHE_SHARE) as u64
-                    });
-                    (share, AUTO_ROWS_CPU)
-                } else {
-                    match self.device_memory {
-                        Some(b) => (
-                            Some(
-                                ((b as f64 * GPU_MEMORY_SHARE) as u64)
-                                    .saturating_sub(self.model.weight_bytes()),
-                            ),
-                            AUTO_ROWS_GPU,
-                        ),
-                        None => (None, AUTO_ROWS_UNKNOWN),
-                    }
-                };
+                // The weights are loaded: the available RAM is what is left beside them.
+                let (cache_bytes, cap) = cache_budget(
+                    self.on_cpu,
+                    self.device_memory,
+                    available_ram(),
+                    self.model.weight_bytes(),
+                );
                 let choice = auto_rows(&RowBudget {
                     kv_bytes_per_token: self.model.kv_bytes_per_token(),
                     tokens_per_row,
