@@ -155,11 +155,42 @@ pub struct LlamaParams {
     pub adapters: Option<Adapters>,
 }
 
-/// Per-layer keys and values of the tokens seen so far, `[batch, kv_heads, len, head_dim]`.
+/// Key slots a cache buffer grows by: a cache is written in place and copied only when it
+/// runs out of room, once every this many decoding steps (see [`KvCache`]).
+const CACHE_ROOM: usize = 64;
+
+/// The slots a buffer holding `len` slots is allocated with.
+fn cache_capacity(len: usize) -> usize {
+    len.next_multiple_of(CACHE_ROOM).max(CACHE_ROOM)
+}
+
+/// Per-layer keys and values of the tokens seen so far.
+///
+/// Each layer holds a `[batch, kv_heads, capacity, head_dim]` buffer of which the first
+/// [`KvCache::len`] slots are filled: a decoding step writes its slots in place (burn-flex
+/// assigns into a buffer nothing else holds without copying it) and attention reads the filled
+/// slots as a view, so a step costs no copy of the cache; the buffer is copied into a larger one
+/// only when it is full ([`CACHE_ROOM`] slots at a time), and when rows are dropped or joined.
+/// Slots past `len` are zeros or stale and never read.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
     len: usize,
+}
+
+/// `x`'s first `len` slots (dimension 2) in a fresh buffer of `capacity` slots, `front` empty
+/// slots before them.
+fn rebuffer(x: &Tensor<4>, front: usize, len: usize, capacity: usize) -> Tensor<4> {
+    let [b, h, _, d] = x.dims();
+    let zeros = Tensor::<4>::zeros([b, h, capacity, d], &x.device());
+    let zeros = crate::precision::to_dtype(zeros, x.dtype());
+    if len == 0 {
+        return zeros;
+    }
+    zeros.slice_assign(
+        [0..b, 0..h, front..front + len, 0..d],
+        x.clone().narrow(2, 0, len),
+    )
 }
 
 impl KvCache {
@@ -178,6 +209,48 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Batch rows (0 for an empty cache).
+    pub fn rows(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .next()
+            .map_or(0, |(k, _)| k.dims()[0])
+    }
+
+    /// Writes row `src_row` of `src` (all its slots) into row `row` of this cache, right-aligned:
+    /// at slots `len - src.len() .. len`, in place (the row's earlier slots keep what they held,
+    /// which the caller's key mask must mark as padding). Lets a new sequence take the row of
+    /// one that ended without copying the batch.
+    pub fn write_row(
+        &mut self,
+        row: usize,
+        src: &KvCache,
+        src_row: usize,
+    ) -> Result<(), ModelError> {
+        let (len, n) = (self.len, src.len);
+        if n > len || src.layers.len() != self.layers.len() || row >= self.rows() {
+            return Err(ModelError::Input(format!(
+                "cannot write a cache row of {n} slots into row {row} of a cache of {} rows and \
+                 {len} slots",
+                self.rows()
+            )));
+        }
+        for (dst, from) in self.layers.iter_mut().zip(&src.layers) {
+            let (Some((k, v)), Some((sk, sv))) = (dst.take(), from) else {
+                return Err(ModelError::Input("a cache layer is empty".into()));
+            };
+            let [_, h, _, d] = k.dims();
+            let part = |x: &Tensor<4>| x.clone().narrow(0, src_row, 1).narrow(2, 0, n);
+            let at = [row..row + 1, 0..h, len - n..len, 0..d];
+            *dst = Some((
+                k.slice_assign(at.clone(), part(sk)),
+                v.slice_assign(at, part(sv)),
+            ));
+        }
+        Ok(())
+    }
+
     /// Keeps only the batch rows in `rows` (for dropping finished sequences).
     pub fn retain_rows(&mut self, rows: &Tensor<1, Int>) {
         for (k, v) in self.layers.iter_mut().flatten() {
@@ -192,17 +265,10 @@ impl KvCache {
         if n == 0 {
             return;
         }
-        let pad = |x: &Tensor<4>| {
-            let [b, h, _, d] = x.dims();
-            let zeros = Tensor::<4>::zeros([b, h, n, d], &x.device());
-            Tensor::cat(
-                vec![crate::precision::to_dtype(zeros, x.dtype()), x.clone()],
-                2,
-            )
-        };
+        let (len, capacity) = (self.len, cache_capacity(self.len + n));
         for (k, v) in self.layers.iter_mut().flatten() {
-            *k = pad(k);
-            *v = pad(v);
+            *k = rebuffer(k, n, len, capacity);
+            *v = rebuffer(v, n, len, capacity);
         }
         self.len += n;
     }
@@ -215,9 +281,10 @@ impl KvCache {
             return;
         }
         let keep = self.len - n;
+        let capacity = cache_capacity(keep);
         for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.clone().narrow(2, n, keep);
-            *v = v.clone().narrow(2, n, keep);
+            *k = rebuffer(&k.clone().narrow(2, n, keep), 0, keep, capacity);
+            *v = rebuffer(&v.clone().narrow(2, n, keep), 0, keep, capacity);
         }
         self.len = keep;
     }
@@ -237,6 +304,7 @@ impl KvCache {
                 p.len
             )));
         }
+        let capacity = cache_capacity(len);
         let mut layers = Vec::with_capacity(depth);
         for l in 0..depth {
             let mut ks = Vec::with_capacity(parts.len());
@@ -245,13 +313,54 @@ impl KvCache {
                 let Some((k, v)) = &p.layers[l] else {
                     return Err(ModelError::Input(format!("cache layer {l} is empty")));
                 };
-                ks.push(k.clone());
-                vs.push(v.clone());
+                // Buffers of one capacity side by side; others are copied to it first.
+                let fit = |x: &Tensor<4>| {
+                    if x.dims()[2] == capacity {
+                        x.clone()
+                    } else {
+                        rebuffer(x, 0, len, capacity)
+                    }
+                };
+                ks.push(fit(k));
+                vs.push(fit(v));
             }
             layers.push(Some((Tensor::cat(ks, 0), Tensor::cat(vs, 0))));
         }
         Ok(KvCache { layers, len })
     }
+}
+
+/// Writes a layer's new keys and values `[batch, kv_heads, tokens, head_dim]` into its cache
+/// buffers after the `past` filled slots (a larger buffer first when they are full) and returns
+/// views of the filled slots. The views share the buffers: they must be dropped before the next
+/// step writes, or that write copies the buffer (correct, only slower).
+fn cache_append(
+    slot: &mut Option<(Tensor<4>, Tensor<4>)>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    past: usize,
+) -> (Tensor<4>, Tensor<4>) {
+    let [b, kvh, t, hd] = k.dims();
+    let end = past + t;
+    let (kb, vb) = match slot.take() {
+        Some((kb, vb)) if kb.dims()[2] >= end => (kb, vb),
+        Some((kb, vb)) => {
+            let capacity = cache_capacity(end);
+            (
+                rebuffer(&kb, 0, past, capacity),
+                rebuffer(&vb, 0, past, capacity),
+            )
+        }
+        None => {
+            let capacity = cache_capacity(end);
+            (rebuffer(&k, 0, 0, capacity), rebuffer(&v, 0, 0, capacity))
+        }
+    };
+    let kb = kb.slice_assign([0..b, 0..kvh, past..end, 0..hd], k);
+    let vb = vb.slice_assign([0..b, 0..kvh, past..end, 0..hd], v);
+    let views = (kb.clone().narrow(2, 0, end), vb.clone().narrow(2, 0, end));
+    *slot = Some((kb, vb));
+    views
 }
 
 /// A Llama-family causal language model with its RoPE tables.
@@ -410,7 +519,7 @@ impl Llama {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let lora = self.params.adapters.as_ref().and_then(|a| a.layers.get(i));
             let h = layer.input_layernorm.forward(x.clone());
-            let h = attention(&layer.self_attn, lora, h, &cos, &sin, slot, &path);
+            let h = attention(&layer.self_attn, lora, h, &cos, &sin, slot, past, &path);
             x = x + h;
             let h = layer.post_attention_layernorm.forward(x.clone());
             x = x + layer.mlp.forward(h, lora);
@@ -552,6 +661,7 @@ fn rotate_half(x: Tensor<4>) -> Tensor<4> {
     Tensor::cat(vec![x2.neg(), x1], 3)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn attention(
     attn: &Attention,
     lora: Option<&LayerLora>,
@@ -559,6 +669,7 @@ fn attention(
     cos: &Tensor<4>,
     sin: &Tensor<4>,
     cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    past: usize,
     path: &AttnPath,
 ) -> Tensor<3> {
     let [b, t, _] = x.dims();
@@ -584,14 +695,7 @@ fn attention(
     let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
     let k = k.clone() * cos.clone() + rotate_half(k) * sin.clone();
     let (k, v) = match cache {
-        Some(slot) => {
-            let kv = match slot.take() {
-                Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-                None => (k, v),
-            };
-            *slot = Some(kv.clone());
-            kv
-        }
+        Some(slot) => cache_append(slot, k, v, past),
         None => (k, v),
     };
     let masked = match path {
@@ -783,5 +887,137 @@ mod rope_tests {
             e.contains("position 131072") && e.contains("max_position_embeddings = 131072"),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    fn model() -> Llama {
+        let config = LlamaConfig::from_json(
+            r#"{"vocab_size": 32, "hidden_size": 16, "intermediate_size": 24,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "max_position_embeddings": 512}"#,
+            std::path::Path::new("config.json"),
+        )
+        .unwrap();
+        Llama::init(&config, &Device::default())
+    }
+
+    fn ints(v: Vec<i64>, shape: [usize; 2]) -> Tensor<2, Int> {
+        Tensor::from_data(TensorData::new(v, shape), &Device::default())
+    }
+
+    fn mask(v: Vec<bool>, shape: [usize; 2]) -> Tensor<2, Bool> {
+        Tensor::from_data(TensorData::new(v, shape), &Device::default())
+    }
+
+    fn row(logits: &Tensor<3>, b: usize, t: usize) -> Vec<f32> {
+        logits
+            .clone()
+            .slice([b..b + 1, t..t + 1])
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-4, "{what}: logits differ by {d}");
+    }
+
+    /// Decoding one token at a time through the cache, past several growths of its buffer
+    /// (150 slots, room for 64 at a time), and through the operations the scheduler applies
+    /// between steps (empty slots put in front and trimmed again, rows dropped, rows joined),
+    /// gives the logits of one forward pass over the whole sequence.
+    #[test]
+    fn cached_decoding_matches_a_full_forward_pass() {
+        let m = model();
+        let (rows, len, prompt) = (2, 150, 10);
+        let ids: Vec<i64> = (0..rows * len)
+            .map(|i| ((i * 7 + i / 3) % 32) as i64)
+            .collect();
+        let pos: Vec<i64> = (0..rows).flat_map(|_| 0..len as i64).collect();
+        let full = m
+            .forward(
+                ints(ids.clone(), [rows, len]),
+                ints(pos, [rows, len]),
+                mask(vec![true; rows * len], [rows, len]),
+                None,
+            )
+            .unwrap();
+
+        let mut cache = KvCache::new();
+        let mut key_mask: Vec<Vec<bool>> = vec![vec![true; prompt]; rows];
+        let take = |t0: usize, n: usize, live: &[usize]| {
+            let v: Vec<i64> = live
+                .iter()
+                .flat_map(|&r| ids[r * len + t0..r * len + t0 + n].to_vec())
+                .collect();
+            let p: Vec<i64> = live
+                .iter()
+                .flat_map(|_| (t0 as i64..(t0 + n) as i64).collect::<Vec<_>>())
+                .collect();
+            (ints(v, [live.len(), n]), ints(p, [live.len(), n]))
+        };
+        let flat = |km: &[Vec<bool>]| mask(km.concat(), [km.len(), km[0].len()]);
+        let mut live = vec![0, 1];
+        let (tok, p) = take(0, prompt, &live);
+        let out = m
+            .forward(tok, p, flat(&key_mask), Some(&mut cache))
+            .unwrap();
+        for (i, &r) in live.iter().enumerate() {
+            close(
+                &row(&out, i, prompt - 1),
+                &row(&full, r, prompt - 1),
+                "prefill",
+            );
+        }
+        for t in prompt..len {
+            match t {
+                40 => {
+                    cache.pad_front(3);
+                    key_mask
+                        .iter_mut()
+                        .for_each(|k| drop(k.splice(0..0, [false; 3])));
+                }
+                60 => {
+                    cache.trim_front(3);
+                    key_mask.iter_mut().for_each(|k| {
+                        k.drain(..3);
+                    });
+                }
+                90 => {
+                    // Row 0 joins again beside itself, then the first copy is dropped.
+                    cache = KvCache::cat_rows(vec![cache.clone(), cache.clone()]).unwrap();
+                    key_mask = [key_mask.clone(), key_mask.clone()].concat();
+                    live = [live.clone(), live.clone()].concat();
+                    let keep: Tensor<1, Int> =
+                        Tensor::from_data(TensorData::new(vec![1i64, 2], [2]), &Device::default());
+                    cache.retain_rows(&keep);
+                    key_mask = vec![key_mask[1].clone(), key_mask[2].clone()];
+                    live = vec![live[1], live[2]];
+                }
+                _ => {}
+            }
+            key_mask.iter_mut().for_each(|k| k.push(true));
+            let (tok, p) = take(t, 1, &live);
+            let out = m
+                .forward(tok, p, flat(&key_mask), Some(&mut cache))
+                .unwrap();
+            for (i, &r) in live.iter().enumerate() {
+                close(
+                    &row(&out, i, 0),
+                    &row(&full, r, t),
+                    &format!("slot {t}, row {r}"),
+                );
+            }
+        }
+        assert_eq!(cache.len(), len);
     }
 }

@@ -122,9 +122,10 @@ fn shared_prefill_gives_the_same_samples() {
     }
 }
 
-/// Continuous batching: with 3, 5 or 7 rows on the device and the queue refilling them as rows
-/// stop (at different steps), every request gets the same tokens, finish
-/// reason and log-probability as in one static batch, on each family's fixture (the window
+/// Continuous batching: with 3, 5, 7 or 12 rows on the device and the queue refilling them as
+/// rows stop (at different steps; with 12, a new request is written into the row of one that
+/// stopped, with fewer the rows are dropped and joined), every request gets the same tokens,
+/// finish reason and log-probability as in one static batch, on each family's fixture (the window
 /// fixture included: rows that join later are padded in front and keep their key distances).
 /// Each request is reported exactly once.
 #[test]
@@ -151,7 +152,7 @@ fn continuous_batching_gives_the_same_samples() {
             lengths.len() > 2,
             "{name}: rows should stop at different steps"
         );
-        for rows in [3, 5, 7] {
+        for rows in [3, 5, 7, 12] {
             let mut got: Vec<Option<sweetspot_model::generate::Generation>> =
                 vec![None; batch.len()];
             let mut order = Vec::new();

@@ -316,3 +316,36 @@ fn kernels_apply_to_f32_on_flex_only() {
         burn::tensor::DType::BF16
     ));
 }
+
+/// Decoding reads keys and values as the filled slots of a cache buffer with room after them (a
+/// view narrowed on the key axis, read in place): the same output, bit for bit, as from
+/// contiguous copies of those slots, with and without autodiff.
+#[test]
+fn attention_reads_the_filled_slots_of_a_larger_buffer() {
+    let (batch, heads, kv_heads, past, dim, room) = (3, 6, 2, 40, 8, 64);
+    let keys = past + 1;
+    let mut key_mask = vec![true; batch * keys];
+    key_mask[keys..keys + 10].fill(false);
+    let mask = AttnMask {
+        key_mask: Arc::new(key_mask),
+        past,
+        window: usize::MAX,
+    };
+    for device in [Device::flex(), Device::flex().autodiff()] {
+        let make = |shape: [usize; 4], seed| {
+            let n = shape.iter().product();
+            Tensor::<4>::from_data(TensorData::new(values(n, seed, 2.0), shape), &device)
+        };
+        let q = make([batch, heads, 1, dim], 1);
+        let k = make([batch, kv_heads, room, dim], 2).narrow(2, 0, keys);
+        let v = make([batch, kv_heads, room, dim], 3).narrow(2, 0, keys);
+        let copy = |x: &Tensor<4>| Tensor::<4>::from_data(x.to_data(), &device);
+        let (kc, vc) = (copy(&k), copy(&v));
+        let viewed = kernels::attention(q.clone(), k, v, mask.clone());
+        let copied = kernels::attention(q, kc, vc, mask.clone());
+        assert_eq!(
+            viewed.into_data().try_to_vec::<f32>().unwrap(),
+            copied.into_data().try_to_vec::<f32>().unwrap()
+        );
+    }
+}

@@ -147,6 +147,11 @@ fn candidates(logits: &[f32], p: &SamplingParams) -> Candidates {
     Candidates::Kept(idx, weights)
 }
 
+thread_local! {
+    /// [`pick`]'s weights over the vocabulary, reused from call to call.
+    static WEIGHTS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Picks a token from `logits` (one row) with uniform draw `u` in [0, 1).
 ///
 /// The rule is part of the sampling stream's definition (a change to it bumps the runner's
@@ -165,22 +170,25 @@ pub fn pick(logits: &[f32], p: &SamplingParams, u: f64) -> u32 {
         Candidates::All => {
             let t = p.temperature as f64;
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 / t;
-            let weight = |l: f32| (l as f64 / t - max).exp();
-            let total: f64 = logits.iter().map(|&l| weight(l)).sum();
-            let target = u * total;
-            let mut acc = 0.0;
-            let mut last = 0;
-            for (i, &l) in logits.iter().enumerate() {
-                let w = weight(l);
-                if w > 0.0 {
-                    acc += w;
-                    last = i;
-                    if target < acc {
-                        return i as u32;
+            // Each weight is computed once and kept for the search (a buffer per thread).
+            WEIGHTS.with_borrow_mut(|weights| {
+                weights.clear();
+                weights.extend(logits.iter().map(|&l| (l as f64 / t - max).exp()));
+                let total: f64 = weights.iter().sum();
+                let target = u * total;
+                let mut acc = 0.0;
+                let mut last = 0;
+                for (i, &w) in weights.iter().enumerate() {
+                    if w > 0.0 {
+                        acc += w;
+                        last = i;
+                        if target < acc {
+                            return i as u32;
+                        }
                     }
                 }
-            }
-            last as u32
+                last as u32
+            })
         }
         Candidates::Kept(idx, weights) => {
             let kept: f64 = weights.iter().sum();

@@ -11,14 +11,19 @@
 //!   copied to each of its rows; a prompt's prefill is kept until its last request has joined.
 //! - With a key/value budget ([`BatchLimits::tokens`]), a request joins only if the batch stays
 //!   within it until every row could have ended.
-//! - Requests join in order; finished rows leave the batch at once, and key slots no row uses any
-//!   more are dropped (continuous batching).
+//! - Requests join in order. A joining request takes the row of a sequence that ended, its keys
+//!   and values written into that row of the cache in place (no copy of the batch); rows no
+//!   request takes are dropped once an eighth of the batch or more is free, and key slots no row
+//!   uses any more are dropped (continuous batching).
+//! - Between steps nothing else copies the cache: a decoding step writes its keys into the
+//!   cache's buffers ([`KvCache`]), and the rows' draws run on all cores.
 
 use std::collections::HashMap;
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use sweetspot_core::FinishReason;
 
 use super::sampling::{SamplingParams, log_softmax_at, penalize, pick};
@@ -180,6 +185,10 @@ pub fn generate_continuous_cancellable(
     )
 }
 
+/// Leading key slots that every row masks, dropped from the cache once there are this many
+/// (and whenever rows are dropped).
+const TRIM_SLOTS: usize = 64;
+
 struct Batching {
     max_rows: usize,
     max_tokens: Option<usize>,
@@ -254,6 +263,41 @@ fn join<'a>(
     prefixes: &mut HashMap<&'a [u32], Prefilled>,
 ) -> Result<Prefilled, ModelError> {
     let vocab = model.config.vocab_size;
+    prefill_prompts(model, new, prefixes)?;
+    let slots = new
+        .iter()
+        .map(|r| prefixes[r.prompt_ids.as_slice()].cache.len())
+        .max()
+        .unwrap_or(0);
+    let mut parts = Vec::with_capacity(new.len());
+    let mut key_mask = Vec::with_capacity(new.len());
+    let mut logits = Vec::with_capacity(new.len() * vocab);
+    for r in new {
+        let e = &prefixes[r.prompt_ids.as_slice()];
+        let pad = slots - e.cache.len();
+        let mut cache = e.cache.clone();
+        cache.pad_front(pad);
+        parts.push(cache);
+        let mut m = vec![false; pad];
+        m.extend_from_slice(&e.key_mask[0]);
+        key_mask.push(m);
+        logits.extend_from_slice(&e.logits);
+    }
+    Ok(Prefilled {
+        cache: KvCache::cat_rows(parts)?,
+        key_mask,
+        logits,
+    })
+}
+
+/// Puts in `prefixes` the prefill of each distinct prompt of `new` not in it yet (one row, no
+/// padding).
+fn prefill_prompts<'a>(
+    model: &Llama,
+    new: &'a [SeqRequest],
+    prefixes: &mut HashMap<&'a [u32], Prefilled>,
+) -> Result<(), ModelError> {
+    let vocab = model.config.vocab_size;
     let mut missing: Vec<&'a [u32]> = Vec::new();
     for r in new {
         let ids = r.prompt_ids.as_slice();
@@ -287,30 +331,7 @@ fn join<'a>(
             );
         }
     }
-    let slots = new
-        .iter()
-        .map(|r| prefixes[r.prompt_ids.as_slice()].cache.len())
-        .max()
-        .unwrap_or(0);
-    let mut parts = Vec::with_capacity(new.len());
-    let mut key_mask = Vec::with_capacity(new.len());
-    let mut logits = Vec::with_capacity(new.len() * vocab);
-    for r in new {
-        let e = &prefixes[r.prompt_ids.as_slice()];
-        let pad = slots - e.cache.len();
-        let mut cache = e.cache.clone();
-        cache.pad_front(pad);
-        parts.push(cache);
-        let mut m = vec![false; pad];
-        m.extend_from_slice(&e.key_mask[0]);
-        key_mask.push(m);
-        logits.extend_from_slice(&e.logits);
-    }
-    Ok(Prefilled {
-        cache: KvCache::cat_rows(parts)?,
-        key_mask,
-        logits,
-    })
+    Ok(())
 }
 
 /// Ok(false) when `cancelled` stopped it.
@@ -340,10 +361,12 @@ fn run(
     }
     let device = model.device().clone();
     let vocab = model.config.vocab_size;
+    // The batch: per row, its sequence (None: the row's sequence ended and the row waits for
+    // the next request or to be dropped), its key mask and its last logits.
     let mut cache = KvCache::new();
+    let mut rows: Vec<Option<Active>> = Vec::new();
     let mut key_mask: Vec<Vec<bool>> = Vec::new();
     let mut logits: Vec<f32> = Vec::new();
-    let mut active: Vec<Active> = Vec::new();
     let mut next = 0;
     // With a shared prefill, each prompt's prefill is kept until its last request has joined.
     let mut last_use: HashMap<&[u32], usize> = HashMap::new();
@@ -351,31 +374,33 @@ fn run(
         last_use.insert(r.prompt_ids.as_slice(), i);
     }
     let mut prefixes: HashMap<&[u32], Prefilled> = HashMap::new();
+    let active = |rows: &[Option<Active>]| rows.iter().filter(|r| r.is_some()).count();
     loop {
         if cancelled() {
             return Ok(false);
         }
+        let live = active(&rows);
         // Free rows take the next pending requests.
-        let mut take = if active.len() < limits.max_rows && next < requests.len() {
-            (limits.max_rows - active.len()).min(requests.len() - next)
+        let mut take = if live < limits.max_rows && next < requests.len() {
+            (limits.max_rows - live).min(requests.len() - next)
         } else {
             0
         };
         if let (Some(budget), true) = (limits.max_tokens, take > 0) {
             // The slots every row could reach: the batch's (or a joining prompt's, if longer)
             // plus max_new_tokens; rows x that must fit.
-            let slots = if active.is_empty() { 0 } else { cache.len() };
+            let slots = if live == 0 { 0 } else { cache.len() };
             let mut longest = 0;
             let mut fits = 0;
             for r in &requests[next..next + take] {
                 longest = longest.max(r.prompt_ids.len());
                 let peak = slots.max(longest) + params.max_new_tokens;
-                if (active.len() + fits + 1).saturating_mul(peak) > budget {
+                if (live + fits + 1).saturating_mul(peak) > budget {
                     break;
                 }
                 fits += 1;
             }
-            if fits == 0 && active.is_empty() {
+            if fits == 0 && live == 0 {
                 let r = &requests[next];
                 return Err(ModelError::Input(format!(
                     "max_batch_tokens = {budget} is less than sequence {next} needs alone: its \
@@ -388,63 +413,132 @@ fn run(
         }
         if take > 0 {
             let new = &requests[next..next + take];
-            let p = if limits.share_prefill {
-                let p = join(model, new, &mut prefixes)?;
-                prefixes.retain(|ids, _| last_use[ids] >= next + take);
-                p
-            } else {
-                prefill(model, new)?
-            };
-            let (old_slots, new_slots) = (cache.len(), p.cache.len());
-            let mut new_cache = p.cache;
-            let mut new_mask = p.key_mask;
-            if !active.is_empty() {
-                // Line the two up on the right: the shorter is padded in front.
-                if old_slots < new_slots {
-                    cache.pad_front(new_slots - old_slots);
-                    for row in key_mask.iter_mut() {
-                        row.splice(0..0, std::iter::repeat_n(false, new_slots - old_slots));
-                    }
-                } else {
-                    new_cache.pad_front(old_slots - new_slots);
-                    for row in new_mask.iter_mut() {
-                        row.splice(0..0, std::iter::repeat_n(false, old_slots - new_slots));
-                    }
-                }
-                cache = KvCache::cat_rows(vec![std::mem::take(&mut cache), new_cache])?;
-            } else {
-                cache = new_cache;
-                key_mask.clear();
-                logits.clear();
-            }
-            key_mask.extend(new_mask);
-            logits.extend(p.logits);
-            active.extend(new.iter().enumerate().map(|(j, r)| Active {
+            let joining = new.iter().enumerate().map(|(j, r)| Active {
                 req: next + j,
                 rng: sequence_rng(r.seed),
                 tokens: Vec::new(),
                 logprob: 0.0,
                 next_pos: r.prompt_ids.len() as i64,
-            }));
+            });
+            if live == 0 {
+                // A new batch: the joining rows side by side.
+                let p = if limits.share_prefill {
+                    join(model, new, &mut prefixes)?
+                } else {
+                    prefill(model, new)?
+                };
+                cache = p.cache;
+                key_mask = p.key_mask;
+                logits = p.logits;
+                rows = joining.map(Some).collect();
+            } else {
+                // Each joining row's prefill: a cache, the row in it, its key mask and logits.
+                let own;
+                let sources: Vec<(&KvCache, usize, &[bool], &[f32])> = if limits.share_prefill {
+                    prefill_prompts(model, new, &mut prefixes)?;
+                    new.iter()
+                        .map(|r| {
+                            let e = &prefixes[r.prompt_ids.as_slice()];
+                            (&e.cache, 0, e.key_mask[0].as_slice(), e.logits.as_slice())
+                        })
+                        .collect()
+                } else {
+                    own = prefill(model, new)?;
+                    (0..take)
+                        .map(|j| {
+                            (
+                                &own.cache,
+                                j,
+                                own.key_mask[j].as_slice(),
+                                &own.logits[j * vocab..(j + 1) * vocab],
+                            )
+                        })
+                        .collect()
+                };
+                // Line the rows up on the right: the batch is padded in front when a joining
+                // prefill is longer, a joining row where it is shorter.
+                let longest = sources.iter().map(|s| s.0.len()).max().unwrap_or(0);
+                if longest > cache.len() {
+                    let pad = longest - cache.len();
+                    cache.pad_front(pad);
+                    for row in key_mask.iter_mut() {
+                        row.splice(0..0, std::iter::repeat_n(false, pad));
+                    }
+                }
+                let slots = cache.len();
+                let free_rows: Vec<usize> =
+                    (0..rows.len()).filter(|&r| rows[r].is_none()).collect();
+                let mut free = free_rows.into_iter();
+                let mut extra = Vec::new();
+                for (src, a) in sources.into_iter().zip(joining) {
+                    let (part, part_row, part_mask, part_logits) = src;
+                    let mut m = vec![false; slots - part.len()];
+                    m.extend_from_slice(part_mask);
+                    match free.next() {
+                        // The row of an ended sequence: written in place.
+                        Some(r) => {
+                            cache.write_row(r, part, part_row)?;
+                            key_mask[r] = m;
+                            logits[r * vocab..(r + 1) * vocab].copy_from_slice(part_logits);
+                            rows[r] = Some(a);
+                        }
+                        // No free row: a new row after the others.
+                        None => {
+                            let mut c = part.clone();
+                            if c.rows() > 1 {
+                                let one = Tensor::<1, Int>::from_data(
+                                    TensorData::new(vec![part_row as i64], [1]),
+                                    &device,
+                                );
+                                c.retain_rows(&one);
+                            }
+                            c.pad_front(slots - c.len());
+                            extra.push(c);
+                            key_mask.push(m);
+                            logits.extend_from_slice(part_logits);
+                            rows.push(Some(a));
+                        }
+                    }
+                }
+                if !extra.is_empty() {
+                    extra.insert(0, std::mem::take(&mut cache));
+                    cache = KvCache::cat_rows(extra)?;
+                }
+            }
+            if limits.share_prefill {
+                prefixes.retain(|ids, _| last_use[ids] >= next + take);
+            }
             next += take;
         }
-        if active.is_empty() {
+        let live = active(&rows);
+        if live == 0 {
             break;
         }
-        let mut keep = Vec::with_capacity(active.len());
-        let mut next_tokens = Vec::with_capacity(active.len());
-        for (row, a) in active.iter_mut().enumerate() {
-            let l = &logits[row * vocab..(row + 1) * vocab];
-            let u: f64 = a.rng.random();
-            let tok = if params.repetition_penalty == 1.0 {
-                pick(l, params, u)
-            } else {
-                let mut penalized = l.to_vec();
-                let history = requests[a.req].prompt_ids.iter().chain(&a.tokens).copied();
-                penalize(&mut penalized, history, params.repetition_penalty);
-                pick(&penalized, params, u)
+        // Each row's draw and log-probability, the rows spread over the cores (a row's values do
+        // not depend on which thread computes them).
+        let drawn: Vec<Option<(u32, f64)>> = rows
+            .par_iter_mut()
+            .zip(logits.par_chunks_exact(vocab))
+            .map(|(a, l)| {
+                let a = a.as_mut()?;
+                let u: f64 = a.rng.random();
+                let tok = if params.repetition_penalty == 1.0 {
+                    pick(l, params, u)
+                } else {
+                    let mut penalized = l.to_vec();
+                    let history = requests[a.req].prompt_ids.iter().chain(&a.tokens).copied();
+                    penalize(&mut penalized, history, params.repetition_penalty);
+                    pick(&penalized, params, u)
+                };
+                Some((tok, log_softmax_at(l, tok)))
+            })
+            .collect();
+        let mut next_tokens = vec![0i64; rows.len()];
+        for (row, (slot, drawn)) in rows.iter_mut().zip(drawn).enumerate() {
+            let (Some(a), Some((tok, logprob))) = (slot.as_mut(), drawn) else {
+                continue;
             };
-            a.logprob += log_softmax_at(l, tok);
+            a.logprob += logprob;
             a.tokens.push(tok);
             a.next_pos += 1;
             let stopped = stop_ids.contains(&tok);
@@ -461,64 +555,64 @@ fn run(
                         logprob: a.logprob,
                     },
                 )?;
+                *slot = None;
+                key_mask[row].fill(false);
             } else {
-                keep.push(row);
-                next_tokens.push(tok as i64);
+                next_tokens[row] = tok as i64;
             }
         }
-        on_token(active.len());
-        if keep.is_empty() {
-            active.clear();
+        on_token(live);
+        let live = active(&rows);
+        if live == 0 {
             continue;
         }
-        if keep.len() < active.len() {
-            let rows: Tensor<1, Int> = Tensor::from_data(
-                TensorData::new(
-                    keep.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-                    [keep.len()],
-                ),
-                &device,
-            );
-            cache.retain_rows(&rows);
-            let mut i = 0;
-            key_mask.retain(|_| {
-                let k = keep.contains(&i);
-                i += 1;
-                k
-            });
-            let mut i = 0;
-            active.retain(|_| {
-                let k = keep.contains(&i);
-                i += 1;
-                k
-            });
-            if limits.compact {
-                // Slots before every remaining row's first real key are padding for all.
-                let unused = key_mask
-                    .iter()
-                    .map(|m| m.iter().position(|&x| x).unwrap_or(m.len()))
-                    .min()
-                    .unwrap_or(0);
-                if unused > 0 {
-                    cache.trim_front(unused);
-                    for row in key_mask.iter_mut() {
-                        row.drain(..unused);
-                    }
+        // Rows whose sequence ended stay in the batch (their keys masked, their outputs unused)
+        // for the next requests to take in place; once an eighth of the rows or more are free
+        // (the queue is dry, or the key/value budget holds requests back), they are dropped.
+        let free = rows.len() - live;
+        let dropped = free > 0 && free * 8 >= rows.len();
+        if dropped {
+            let keep: Vec<i64> = (0..rows.len())
+                .filter(|&r| rows[r].is_some())
+                .map(|r| r as i64)
+                .collect();
+            let n = keep.len();
+            cache.retain_rows(&Tensor::from_data(TensorData::new(keep, [n]), &device));
+            let mut kept = rows.iter().map(Option::is_some);
+            key_mask.retain(|_| kept.next() == Some(true));
+            let mut kept = rows.iter().map(Option::is_some);
+            next_tokens.retain(|_| kept.next() == Some(true));
+            rows.retain(Option::is_some);
+        }
+        if limits.compact {
+            // Slots before every live row's first real key are padding for all: dropped when
+            // rows were, or when there are a cache buffer's worth of them.
+            let unused = key_mask
+                .iter()
+                .map(|m| m.iter().position(|&x| x).unwrap_or(m.len()))
+                .min()
+                .unwrap_or(0);
+            if unused > 0 && (dropped || unused >= TRIM_SLOTS) {
+                cache.trim_front(unused);
+                for row in key_mask.iter_mut() {
+                    row.drain(..unused.min(row.len()));
                 }
             }
         }
-        let n = active.len();
+        let n = rows.len();
         let input: Tensor<2, Int> =
             Tensor::from_data(TensorData::new(next_tokens, [n, 1]), &device);
         let pos: Tensor<2, Int> = Tensor::from_data(
             TensorData::new(
-                active.iter().map(|a| a.next_pos - 1).collect::<Vec<_>>(),
+                rows.iter()
+                    .map(|a| a.as_ref().map_or(0, |a| a.next_pos - 1))
+                    .collect::<Vec<_>>(),
                 [n, 1],
             ),
             &device,
         );
-        for row in key_mask.iter_mut() {
-            row.push(true);
+        for (row, m) in key_mask.iter_mut().enumerate() {
+            m.push(rows[row].is_some());
         }
         let hidden =
             model.forward_hidden(input, pos, upload(&key_mask, &device), Some(&mut cache))?;

@@ -284,8 +284,8 @@ fn tile_scores(
 /// `-inf` for a query that sees no key, whose output is zeros).
 pub(crate) fn attention_forward(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    (k, k_block): (&[f32], usize),
+    (v, v_block): (&[f32], usize),
     mask: &[bool],
     dims: &AttnDims,
     out: &mut [f32],
@@ -302,8 +302,9 @@ pub(crate) fn attention_forward(
             let (b, h) = (bh / heads, bh % heads);
             let g = h / rep;
             let q = &q[bh * t * d..(bh + 1) * t * d];
-            let k = &k[(b * kv_heads + g) * s * d..(b * kv_heads + g + 1) * s * d];
-            let v = &v[(b * kv_heads + g) * s * d..(b * kv_heads + g + 1) * s * d];
+            let kv = b * kv_heads + g;
+            let k = &k[kv * k_block..kv * k_block + s * d];
+            let v = &v[kv * v_block..kv * v_block + s * d];
             let mask = &mask[b * s..(b + 1) * s];
             for q0 in (0..t).step_by(QUERY_TILE) {
                 let q1 = (q0 + QUERY_TILE).min(t);

@@ -79,6 +79,28 @@ fn f32s(t: &FlexTensor) -> FlexTensor {
     t.to_contiguous()
 }
 
+/// Keys or values `[batch, kv_heads, keys, dim]` as storage in which head block `i` (of
+/// `batch * kv_heads`) is the `keys * dim` values from `i * stride`, and that stride: the
+/// tensor as it is when it is the filled prefix of a cache buffer (a view narrowed on the key
+/// axis, as [`crate::llama`]'s cache hands it over), a contiguous copy otherwise.
+fn kv_blocks(t: &FlexTensor) -> (FlexTensor, usize) {
+    assert_eq!(t.dtype(), DType::F32, "sweetspot kernels take f32");
+    let layout = t.layout();
+    let [_, heads, keys, dim] = dims4(t);
+    let strides = layout.strides();
+    let block = strides[1];
+    let prefix = layout.start_offset() == 0
+        && strides[3] == 1
+        && strides[2] == dim as isize
+        && block >= (keys * dim) as isize
+        && strides[0] == block * heads as isize;
+    if prefix {
+        (t.clone(), block as usize)
+    } else {
+        (t.to_contiguous(), keys * dim)
+    }
+}
+
 fn flex_tensor(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape))
 }
@@ -127,13 +149,15 @@ fn attention_flex(
     mask: &AttnMask,
 ) -> (FlexTensor, FlexTensor) {
     let dims = attn_dims(q, k, mask);
-    let (q, k, v) = (f32s(q), f32s(k), f32s(v));
+    let q = f32s(q);
+    let (k, k_block) = kv_blocks(k);
+    let (v, v_block) = kv_blocks(v);
     let mut out = vec![0f32; q.storage::<f32>().len()];
     let mut lse = vec![0f32; dims.batch * dims.heads * dims.queries];
     cpu::attention_forward(
         q.storage(),
-        k.storage(),
-        v.storage(),
+        (k.storage(), k_block),
+        (v.storage(), v_block),
         &mask.key_mask,
         &dims,
         &mut out,
