@@ -100,6 +100,17 @@ pub fn cache_budget(
     }
 }
 
+/// Key slots a row's cache buffer grows by: the model keeps room for this many more tokens and
+/// writes each step's keys in place, so a row's cache holds its slots rounded up to a multiple
+/// of this ([`cache_slots`]).
+pub const KV_CACHE_ROOM: usize = 64;
+
+/// The key slots a row's cache buffer holds for `tokens` tokens (a multiple of
+/// [`KV_CACHE_ROOM`], at least one).
+pub fn cache_slots(tokens: usize) -> usize {
+    tokens.next_multiple_of(KV_CACHE_ROOM).max(KV_CACHE_ROOM)
+}
+
 /// What [`auto_rows`] chose and why, in words for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowChoice {
@@ -131,7 +142,9 @@ pub struct RowBudget {
 /// generate, the rows whose longest cache fits `cache_bytes`, and the rows `max_batch_tokens`
 /// holds at their longest; at least 1.
 pub fn auto_rows(b: &RowBudget) -> RowChoice {
-    let per_row = b.kv_bytes_per_token.max(1) * b.tokens_per_row.max(1);
+    // A row's buffer: its slots rounded up to the cache's room.
+    let slots = cache_slots(usize::try_from(b.tokens_per_row).unwrap_or(usize::MAX)) as u64;
+    let per_row = b.kv_bytes_per_token.max(1) * slots;
     let mut rows = b.cap.max(1);
     let mut why = format!("at most {} on this device", b.cap);
     if let Some(bytes) = b.cache_bytes {

@@ -155,13 +155,12 @@ pub struct LlamaParams {
     pub adapters: Option<Adapters>,
 }
 
-/// Key slots a cache buffer grows by: a cache is written in place and copied only when it
-/// runs out of room, once every this many decoding steps (see [`KvCache`]).
-const CACHE_ROOM: usize = 64;
-
-/// The slots a buffer holding `len` slots is allocated with.
+/// The slots a buffer holding `len` slots is allocated with: a cache is written in place and
+/// copied only when it runs out of room, once every
+/// [`KV_CACHE_ROOM`](sweetspot_core::rows::KV_CACHE_ROOM) decoding steps (see [`KvCache`]; the
+/// memory plan counts the same buffers).
 fn cache_capacity(len: usize) -> usize {
-    len.next_multiple_of(CACHE_ROOM).max(CACHE_ROOM)
+    sweetspot_core::rows::cache_slots(len)
 }
 
 /// Per-layer keys and values of the tokens seen so far.
@@ -170,7 +169,8 @@ fn cache_capacity(len: usize) -> usize {
 /// [`KvCache::len`] slots are filled: a decoding step writes its slots in place (burn-flex
 /// assigns into a buffer nothing else holds without copying it) and attention reads the filled
 /// slots as a view, so a step costs no copy of the cache; the buffer is copied into a larger one
-/// only when it is full ([`CACHE_ROOM`] slots at a time), and when rows are dropped or joined.
+/// only when it is full ([`KV_CACHE_ROOM`](sweetspot_core::rows::KV_CACHE_ROOM) slots at a
+/// time), and when rows are dropped or joined.
 /// Slots past `len` are zeros or stale and never read.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {

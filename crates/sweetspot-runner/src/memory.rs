@@ -543,9 +543,12 @@ pub fn generate(s: &Shape, g: &InferSetup, place: Place, gguf: bool) -> Estimate
     let wb = bytes_of(g.dtype);
     let load = weights(&mut e, s, g.dtype, place, gguf);
     let per_seq = g.prompt_tokens + g.new_tokens;
-    let mut slots = g.batch_size * per_seq;
+    // Each row's buffer holds its slots rounded up to the cache's room.
+    let per_buffer =
+        sweetspot_core::rows::cache_slots(usize::try_from(per_seq).unwrap_or(usize::MAX)) as u64;
+    let mut slots = g.batch_size * per_buffer;
     if let Some(m) = g.max_batch_tokens {
-        slots = slots.min(m.max(per_seq));
+        slots = slots.min(m.max(per_seq).div_ceil(per_seq) * per_buffer);
     }
     let kv_layer = 2 * s.kv_dim() * slots * wb;
     let kv = kv_layer * s.layers;
