@@ -388,14 +388,19 @@ fn run(
         };
         if let (Some(budget), true) = (limits.max_tokens, take > 0) {
             // The slots every row could reach: the batch's (or a joining prompt's, if longer)
-            // plus max_new_tokens; rows x that must fit.
-            let slots = if live == 0 { 0 } else { cache.len() };
+            // plus max_new_tokens; rows x that must fit, the batch's free rows counted (a
+            // joining request takes one of them first).
+            let (slots, held) = if live == 0 {
+                (0, 0)
+            } else {
+                (cache.len(), rows.len())
+            };
             let mut longest = 0;
             let mut fits = 0;
             for r in &requests[next..next + take] {
                 longest = longest.max(r.prompt_ids.len());
                 let peak = slots.max(longest) + params.max_new_tokens;
-                if (live + fits + 1).saturating_mul(peak) > budget {
+                if (live + fits + 1).max(held).saturating_mul(peak) > budget {
                     break;
                 }
                 fits += 1;
