@@ -120,6 +120,17 @@ def keeps(fraction, m):
     return min(max(int(k), 0), m)
 
 
+def margin_kept(cfg, margin, s, dropped):
+    """Whether a pair passes min_margin, then min_margin_sigma; a drop is counted in `dropped`."""
+    if "min_margin" in cfg and margin < cfg["min_margin"]:
+        dropped["min_margin"] += 1
+        return False
+    if "min_margin_sigma" in cfg and margin / s < cfg["min_margin_sigma"]:
+        dropped["min_margin_sigma"] += 1
+        return False
+    return True
+
+
 def top_fraction(cands, cfg, dropped):
     """The pairs left after the margin filters, `cands` as (prompt id, margin) in input order:
     all, or with top_fraction the k largest margins (at the k-th, in input order)."""
@@ -149,13 +160,8 @@ def expected(rows, cfg, strategy):
         if got is None:
             continue
         margin, s = got
-        if "min_margin" in cfg and margin < cfg["min_margin"]:
-            dropped["min_margin"] += 1
-            continue
-        if "min_margin_sigma" in cfg and margin / s < cfg["min_margin_sigma"]:
-            dropped["min_margin_sigma"] += 1
-            continue
-        cands.append((pid, margin))
+        if margin_kept(cfg, margin, s, dropped):
+            cands.append((pid, margin))
     return top_fraction(cands, cfg, dropped)
 
 
@@ -252,13 +258,8 @@ def expected_models(models, cfg, strategy):
             if agreeing < need:
                 dropped["agree"] += 1
                 continue
-        if "min_margin" in cfg and margin < cfg["min_margin"]:
-            dropped["min_margin"] += 1
-            continue
-        if "min_margin_sigma" in cfg and margin / s < cfg["min_margin_sigma"]:
-            dropped["min_margin_sigma"] += 1
-            continue
-        cands.append((pid, margin))
+        if margin_kept(cfg, margin, s, dropped):
+            cands.append((pid, margin))
     return top_fraction(cands, cfg, dropped)
 
 
