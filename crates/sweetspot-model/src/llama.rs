@@ -8,6 +8,8 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNor
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
+use sweetspot_core::rows::cache_slots;
+
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
 use crate::lora::{Adapters, LayerLora, project};
@@ -155,14 +157,6 @@ pub struct LlamaParams {
     pub adapters: Option<Adapters>,
 }
 
-/// The slots a buffer holding `len` slots is allocated with: a cache is written in place and
-/// copied only when it runs out of room, once every
-/// [`KV_CACHE_ROOM`](sweetspot_core::rows::KV_CACHE_ROOM) decoding steps (see [`KvCache`]; the
-/// memory plan counts the same buffers).
-fn cache_capacity(len: usize) -> usize {
-    sweetspot_core::rows::cache_slots(len)
-}
-
 /// Per-layer keys and values of the tokens seen so far.
 ///
 /// Each layer holds a `[batch, kv_heads, capacity, head_dim]` buffer of which the first
@@ -170,7 +164,7 @@ fn cache_capacity(len: usize) -> usize {
 /// assigns into a buffer nothing else holds without copying it) and attention reads the filled
 /// slots as a view, so a step costs no copy of the cache; the buffer is copied into a larger one
 /// only when it is full ([`KV_CACHE_ROOM`](sweetspot_core::rows::KV_CACHE_ROOM) slots at a
-/// time), and when rows are dropped or joined.
+/// time: [`cache_slots`], as the memory plan counts it), and when rows are dropped or joined.
 /// Slots past `len` are zeros or stale and never read.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
@@ -265,7 +259,7 @@ impl KvCache {
         if n == 0 {
             return;
         }
-        let (len, capacity) = (self.len, cache_capacity(self.len + n));
+        let (len, capacity) = (self.len, cache_slots(self.len + n));
         for (k, v) in self.layers.iter_mut().flatten() {
             *k = rebuffer(k, n, len, capacity);
             *v = rebuffer(v, n, len, capacity);
@@ -281,7 +275,7 @@ impl KvCache {
             return;
         }
         let keep = self.len - n;
-        let capacity = cache_capacity(keep);
+        let capacity = cache_slots(keep);
         for (k, v) in self.layers.iter_mut().flatten() {
             *k = rebuffer(&k.clone().narrow(2, n, keep), 0, keep, capacity);
             *v = rebuffer(&v.clone().narrow(2, n, keep), 0, keep, capacity);
@@ -304,7 +298,7 @@ impl KvCache {
                 p.len
             )));
         }
-        let capacity = cache_capacity(len);
+        let capacity = cache_slots(len);
         let mut layers = Vec::with_capacity(depth);
         for l in 0..depth {
             let mut ks = Vec::with_capacity(parts.len());
@@ -345,14 +339,14 @@ fn cache_append(
     let (kb, vb) = match slot.take() {
         Some((kb, vb)) if kb.dims()[2] >= end => (kb, vb),
         Some((kb, vb)) => {
-            let capacity = cache_capacity(end);
+            let capacity = cache_slots(end);
             (
                 rebuffer(&kb, 0, past, capacity),
                 rebuffer(&vb, 0, past, capacity),
             )
         }
         None => {
-            let capacity = cache_capacity(end);
+            let capacity = cache_slots(end);
             (rebuffer(&k, 0, 0, capacity), rebuffer(&v, 0, 0, capacity))
         }
     };
