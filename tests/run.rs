@@ -513,10 +513,12 @@ fn killed_at_any_moment_the_run_ends_byte_identical() {
     // The same command continues to the end.
     assert_ok(&sweetspot(["run".as_ref(), rb.as_os_str()]));
     let (oa, ob) = (outputs(&a.join("run")), outputs(&b.join("run")));
-    assert_eq!(
-        oa.keys().collect::<Vec<_>>(),
-        ob.keys().collect::<Vec<_>>(),
-        "kills: {kills:?}"
+    let only_a: Vec<&String> = oa.keys().filter(|k| !ob.contains_key(*k)).collect();
+    let only_b: Vec<&String> = ob.keys().filter(|k| !oa.contains_key(*k)).collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty(),
+        "after the kills {kills:?}: only in the uninterrupted run {only_a:?}, \
+         only in the killed one {only_b:?}"
     );
     for (k, v) in &oa {
         assert!(ob[k] == *v, "{k} differs after the kills {kills:?}");

@@ -348,8 +348,9 @@ pub fn write_atomic(target: &Path, contents: &[u8]) -> Result<(), WriteError> {
 }
 
 /// Removes the temporary files a killed sweetspot process left in `dir`: those named as
-/// [`sweetspot_core::atomic`] names them (`.sweetspot-<pid>-<random>.tmp`) whose process is gone
-/// (on Linux, no `/proc/<pid>`; elsewhere, untouched for a day). Returns how many were removed.
+/// [`sweetspot_core::atomic`] names them (`.sweetspot-<pid>-<random>.tmp`; a folder so named is
+/// removed whole) whose process is gone (on Linux, no `/proc/<pid>`; elsewhere, untouched for a
+/// day). Returns how many were removed.
 pub fn remove_stale_temp_files(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -378,7 +379,15 @@ pub fn remove_stale_temp_files(dir: &Path) -> usize {
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age.as_secs() > 86_400),
         };
-        if stale && std::fs::remove_file(entry.path()).is_ok() {
+        if !stale {
+            continue;
+        }
+        let gone = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(entry.path())
+        } else {
+            std::fs::remove_file(entry.path())
+        };
+        if gone.is_ok() {
             removed += 1;
         }
     }

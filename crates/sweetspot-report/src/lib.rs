@@ -4,8 +4,9 @@
 //! - The report is derived: it reads the run folder's index (`run.json`) and the files its
 //!   readable names point to (the scored pool, `eval.json`, training metrics), writes only
 //!   `report.html` (through a temporary file and a rename) and `figures/<id>.png` (a fresh
-//!   folder built beside the old one, then swapped in), and works on a half-finished run,
-//!   leaving out what is not there yet.
+//!   folder built beside the old one under sweetspot-core's temporary name, then swapped in),
+//!   and works on a half-finished run, leaving out what is not there yet. What a killed writer
+//!   left (a temporary file or folder whose process is gone) is removed before writing.
 //! - Each figure is data (`figures::Plot`) drawn by one generic function on two plotters
 //!   backends, so the page's SVG and the PNG copy show the same thing.
 //! - Self-contained: figures are inline SVG (the viewer renders the text), styles are inline,
@@ -19,6 +20,8 @@ mod figures;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+use sweetspot_core::atomic::{TEMP_PREFIX, TEMP_SUFFIX};
 
 pub use analysis::{Agreement, PoolAnalysis, analyse_agreement, analyse_pool, spearman};
 
@@ -163,7 +166,15 @@ pub fn write_report(run_dir: &Path) -> Result<(PathBuf, usize), Error> {
 /// replaces it, so the folder holds exactly this report's figures and never a half-written one.
 fn write_pngs(dir: &Path, figures: &[Figure]) -> Result<(), Error> {
     let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
-    let tmp = dir.with_file_name(format!("figures.tmp-{}", std::process::id()));
+    // Named as sweetspot-core names temporary files, so that what a killed process left here
+    // is found and removed (`remove_stale_temp_files`) by the next report.
+    let tmp = dir.with_file_name(format!(
+        "{TEMP_PREFIX}{}-figures{TEMP_SUFFIX}",
+        std::process::id()
+    ));
+    if let Some(parent) = dir.parent() {
+        sweetspot_io::remove_stale_temp_files(parent);
+    }
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     }
@@ -339,4 +350,41 @@ fn page(
          </body></html>\n",
     );
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report killed while drawing its figures leaves a temporary folder; the next report
+    /// removes it (its process is gone) and keeps a live process's.
+    #[test]
+    fn a_killed_reports_figure_folder_is_removed_by_the_next() {
+        let run = tempfile::tempdir().unwrap();
+        std::fs::write(run.path().join("run.json"), r#"{"name": "t", "nodes": []}"#).unwrap();
+        // No process has this id (above Linux's largest pid).
+        let dead = run
+            .path()
+            .join(format!("{TEMP_PREFIX}4194304999-figures{TEMP_SUFFIX}"));
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::write(dead.join("sigma.png"), b"half a png").unwrap();
+        // Process 1 is alive wherever /proc is.
+        let live = run
+            .path()
+            .join(format!("{TEMP_PREFIX}1-figures{TEMP_SUFFIX}"));
+        std::fs::create_dir_all(&live).unwrap();
+
+        let (html, _) = write_report(run.path()).unwrap();
+        assert!(html.exists());
+        assert!(run.path().join("figures").is_dir());
+        assert!(!dead.exists(), "a dead process's figures were left");
+        if cfg!(target_os = "linux") {
+            assert!(live.exists(), "a live process's figures were removed");
+        }
+        let own = run.path().join(format!(
+            "{TEMP_PREFIX}{}-figures{TEMP_SUFFIX}",
+            std::process::id()
+        ));
+        assert!(!own.exists(), "the report's own temporary folder was left");
+    }
 }
