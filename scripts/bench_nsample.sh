@@ -8,7 +8,8 @@
 #   scripts/bench_nsample.sh [N] [MAX_NEW] [PROMPTS]      (defaults 16, 128, the quickstart's)
 #
 # SWEETSPOT (default target/release/sweetspot) picks the binary, SWEETSPOT_ARGS adds flags
-# (such as --batch-size 16), PYTHON the interpreter with torch and transformers (default python3).
+# (such as --batch-size 16), PYTHON the interpreter with torch and transformers (default python3);
+# DTYPE=bf16 runs both sides in bfloat16 (sweetspot's --dtype bf16, transformers' torch.bfloat16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-16}
@@ -26,7 +27,7 @@ flags=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' \
     | grep -E '^(avx2|fma|avx512f|avx512_bf16|avx512_vnni|avx512_fp16|avx_vnni|amx_bf16|amx_int8|amx_tile)$' \
     | tr '\n' ' ')
 echo "machine: $cpu, $cores cores; flags: $flags"
-echo "workload: 8 prompts x n = $n, up to $max_new new tokens, T = 0.8, real stops; $(date -u +%F)"
+echo "workload: 8 prompts x n = $n, up to $max_new new tokens, T = 0.8, real stops, ${DTYPE:-f32}; $(date -u +%F)"
 echo
 echo "| run | tokens | wall s | tokens/s | CPU busy (of $cores cores) | ratio |"
 echo "|---|---:|---:|---:|---:|---:|"
@@ -34,7 +35,7 @@ echo "|---|---:|---:|---:|---:|---:|"
 # sweetspot: the whole command (model load included).
 /usr/bin/time -f "%e %U %S" -o "$work/ss.time" "$bin" -q generate -m "$model" -p "$work/prompts.jsonl" \
     -o "$work/ss.jsonl" -n "$n" --temperature 0.8 --max-new-tokens "$max_new" --seed 3 \
-    ${SWEETSPOT_ARGS:-} >/dev/null
+    --dtype "${DTYPE:-f32}" ${SWEETSPOT_ARGS:-} >/dev/null
 read -r ss_wall ss_user ss_sys < "$work/ss.time"
 ss_tokens=$("$python" -c 'import json,sys; print(sum(json.loads(l)["token_count"] for l in open(sys.argv[1])))' "$work/ss.jsonl")
 

@@ -8,6 +8,9 @@ A sample's tokens are counted up to and with its end token, as sweetspot counts 
 
     python3 scripts/bench_nsample_transformers.py [PROMPTS] [N] [MAX_NEW]
 
+DTYPE=bf16 in the environment runs the model in bfloat16 (`dtype=torch.bfloat16`, what a
+transformers user passes for bf16 inference), as `sweetspot generate --dtype bf16` does.
+
 The sweetspot side, the same work in one command:
 
     sweetspot generate -m models/SmolLM2-135M-Instruct.Q4_1.gguf -p PROMPTS -o out.jsonl \
@@ -37,7 +40,8 @@ def main():
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(3)
     tok = AutoTokenizer.from_pretrained(DIR, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(DIR, gguf_file=GGUF, dtype=torch.float32).eval()
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[os.environ.get("DTYPE", "f32")]
+    model = AutoModelForCausalLM.from_pretrained(DIR, gguf_file=GGUF, dtype=dtype).eval()
     eos = tok.eos_token_id
     t = time.perf_counter()
     tokens = 0
@@ -57,7 +61,7 @@ def main():
             lengths.append(k)
             tokens += k
     s = time.perf_counter() - t
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {dtype}")
     print(f"{len(prompts)} prompts x {n} samples: {tokens} tokens ({min(lengths)} to "
           f"{max(lengths)} per sample) in {s:.1f} s: {tokens / s:.1f} tokens/s")
 

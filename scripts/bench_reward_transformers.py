@@ -12,6 +12,9 @@ With a samples file (lines with "prompt" and "response"): the realistic mix inst
 (prompt, response) through the tokenizer's chat template as a user and an assistant turn, scored
 as a transformers user batches them: 16 at a time in file order, padded to the longest of each
 batch (right padding with an attention mask).
+
+DTYPE=bf16 in the environment runs the model in bfloat16 (as the Rust bench's
+SWEETSPOT_BENCH_DTYPE=bf16; transformers' head then computes in bf16 too).
 """
 
 import json
@@ -35,6 +38,8 @@ def main():
     model = LlamaForSequenceClassification(cfg).eval()
     model.model.load_state_dict(lm.model.state_dict())
     del lm
+    if os.environ.get("DTYPE", "f32") == "bf16":
+        model = model.to(torch.bfloat16)
     if len(sys.argv) > 1:
         return mix(model, sys.argv[1])
     g = torch.Generator().manual_seed(0)
@@ -43,7 +48,7 @@ def main():
     with torch.no_grad():
         model(x[:2], attention_mask=mask[:2])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"attention {model.config._attn_implementation}")
+          f"attention {model.config._attn_implementation}, {model.dtype}")
     print("| batch x tokens | round | seconds | samples/s | tokens/s |")
     print("|---|---:|---:|---:|---:|")
     for r in range(1, ROUNDS + 1):
@@ -68,7 +73,7 @@ def mix(model, path):
                 seqs.append(tok(text, add_special_tokens=False)["input_ids"])
     tokens = sum(len(s) for s in seqs)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"attention {model.config._attn_implementation}")
+          f"attention {model.config._attn_implementation}, {model.dtype}")
     print(f"{len(seqs)} sequences, {tokens} tokens, longest {max(len(s) for s in seqs)}")
     print("| workload | round | seconds | samples/s | tokens/s |")
     print("|---|---:|---:|---:|---:|")

@@ -581,6 +581,14 @@ impl Precision {
         }
     }
 
+    /// Bytes per key or value of an inference KV cache: on the CPU the cache is f32 whatever
+    /// the weights' type (attention reads f32 keys and values there, as burn-flex's and torch's
+    /// CPU attention compute in f32; no per-step conversion of the whole cache), elsewhere the
+    /// weights' type.
+    pub fn kv_cache_bytes(self, on_cpu: bool) -> u64 {
+        if on_cpu { 4 } else { self.bytes() }
+    }
+
     /// The name recipes use (`f32`, `bf16`, `f16`).
     pub fn name(self) -> &'static str {
         match self {

@@ -11,7 +11,8 @@
 //! `scripts/bench_reward_transformers.py` runs the same forward with transformers'
 //! `LlamaForSequenceClassification`. Environment: SWEETSPOT_BENCH_DEVICE (default `cpu`),
 //! SWEETSPOT_BENCH_ROUNDS (default 3), SWEETSPOT_BENCH_SAMPLES (a samples file: the mix instead
-//! of the fixed shape).
+//! of the fixed shape), SWEETSPOT_BENCH_DTYPE (`f32`, the default, or `bf16`: the backbone in
+//! that type, the head in f32, as the score stage runs `dtype = "bf16"`; the script's DTYPE).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -46,7 +47,15 @@ fn main() {
         .unwrap_or(3);
     let device = resolve_device(&device_name).expect("device");
     let gguf = Gguf::open(&path).expect("gguf");
-    let backbone = Llama::from_gguf(&gguf, &device).expect("model");
+    let precision: sweetspot_model::Precision = std::env::var("SWEETSPOT_BENCH_DTYPE")
+        .unwrap_or_else(|_| "f32".into())
+        .parse()
+        .expect("SWEETSPOT_BENCH_DTYPE: f32, bf16 or f16");
+    let backbone = Llama::from_gguf(&gguf, &device)
+        .expect("model")
+        .to_precision(precision)
+        .expect("dtype");
+    println!("backbone in {precision}");
     let hidden = backbone.config.hidden_size;
     let vocab = backbone.config.vocab_size as u64;
     let net = RewardNet {

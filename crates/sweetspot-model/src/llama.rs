@@ -50,6 +50,11 @@ impl Mlp {
                 crate::kernels::swiglu(gate, up),
             );
         }
+        // bf16 inference on the CPU: one pass, rounded as the composed operations round.
+        #[cfg(feature = "flex")]
+        if let Some(h) = crate::kernels::swiglu_bf16(&gate, &up) {
+            return project(&self.down_proj, ad("down_proj"), h);
+        }
         project(&self.down_proj, ad("down_proj"), silu(gate) * up)
     }
 }
@@ -430,11 +435,15 @@ impl Llama {
         &self.device
     }
 
-    /// Bytes of key/value cache one token takes: every layer's keys and values, in the weights'
-    /// type (the cache follows the activations).
+    /// Bytes of key/value cache one token takes: every layer's keys and values, in f32 on the
+    /// CPU (burn-flex: attention reads an f32 cache) and in the weights' type elsewhere
+    /// ([`Precision::kv_cache_bytes`]).
     pub fn kv_bytes_per_token(&self) -> u64 {
         let c = &self.config;
-        (2 * c.num_hidden_layers * c.kv_heads() * c.head_dim()) as u64 * self.precision().bytes()
+        (2 * c.num_hidden_layers * c.kv_heads() * c.head_dim()) as u64
+            * self
+                .precision()
+                .kv_cache_bytes(*self.device() == Device::flex())
     }
 
     /// Bytes the weights take.
@@ -527,12 +536,19 @@ impl Llama {
     /// Logits `[batch, tokens, vocab]` from hidden states, in f32 whatever the weights' type.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         let logits = match &self.params.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => crate::lora::linear_forward(head, hidden),
             None => {
+                let w = self.params.model.embed_tokens.weight.val();
+                // bf16 inference on AVX512-BF16: h [B, T, H] times W [V, H] as stored.
+                #[cfg(feature = "flex")]
+                if let Some(logits) =
+                    crate::kernels::matmul_bf16(&hidden, &w, crate::kernels::bf16::Layout::NK)
+                {
+                    return to_f32(logits);
+                }
                 // W [V, H] times h^T [H, B*T]: the embedding matrix is used as stored (no
                 // transposed copy of it), only the small activations and logits are transposed.
                 let [b, t, h] = hidden.dims();
-                let w = self.params.model.embed_tokens.weight.val();
                 let v = w.dims()[0];
                 w.matmul(hidden.reshape([b * t, h]).transpose())
                     .transpose()
@@ -626,7 +642,13 @@ fn own_kernel_mask(
     past: usize,
     window: usize,
 ) -> Option<crate::kernels::AttnMask> {
-    if !crate::kernels::applies(device, dtype) {
+    // f32 (inference and training), and inference in bf16 or f16: its queries, keys and values
+    // go to the kernel in f32 (the cache holds f32; see `attention`).
+    let inference_half = !device.is_autodiff()
+        && matches!(dtype, burn::tensor::DType::BF16 | burn::tensor::DType::F16);
+    if !crate::kernels::applies(device, burn::tensor::DType::F32)
+        || !(dtype == burn::tensor::DType::F32 || inference_half)
+    {
         return None;
     }
     let mask = key_mask.clone().into_data().try_to_vec::<bool>().ok()?;
@@ -688,6 +710,14 @@ fn attention(
         .swap_dims(1, 2);
     let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
     let k = k.clone() * cos.clone() + rotate_half(k) * sin.clone();
+    // sweetspot's kernel computes in f32: a bf16 or f16 model's keys and values are cached in
+    // f32 (converted once, as they are made), its queries converted per step, its output back.
+    let dtype = q.dtype();
+    #[cfg(feature = "flex")]
+    let (q, k, v) = match path {
+        AttnPath::Own(_) => (to_f32(q), to_f32(k), to_f32(v)),
+        _ => (q, k, v),
+    };
     let (k, v) = match cache {
         Some(slot) => cache_append(slot, k, v, past),
         None => (k, v),
@@ -696,7 +726,7 @@ fn attention(
         #[cfg(feature = "flex")]
         AttnPath::Own(mask) => {
             // sweetspot's kernel: only the keys each query tile can see, no score tensor kept.
-            let out = crate::kernels::attention(q, k, v, mask.clone());
+            let out = to_dtype(crate::kernels::attention(q, k, v, mask.clone()), dtype);
             return o_proj(out.swap_dims(1, 2).reshape([b, t, h * hd]));
         }
         AttnPath::Fused(masked) => {
@@ -727,7 +757,6 @@ fn attention(
         .reshape([b, h, t, s]);
     // Masking and softmax in f32 (as transformers' eager attention), the product in the weights'
     // type.
-    let dtype = v.dtype();
     let scores = to_f32(scores).mask_fill(masked.clone().expand([b, h, t, s]), MASKED);
     let probs = softmax(scores, 3).reshape([b, kvh, rep * t, s]);
     let probs = to_dtype(probs, dtype);

@@ -141,12 +141,27 @@ pub struct Adapters {
 /// `base(x)`, plus the adapter's update where there is one.
 pub(crate) fn project(lin: &Linear, lora: Option<&Lora>, x: Tensor<3>) -> Tensor<3> {
     match lora {
-        None => lin.forward(x),
+        None => linear_forward(lin, x),
         Some(l) => {
-            let y = lin.forward(x.clone());
+            let y = linear_forward(lin, x.clone());
             l.add_to(y, x)
         }
     }
+}
+
+/// `lin.forward(x)`: the product through [`crate::kernels::matmul_bf16`] where it applies (bf16
+/// inference on burn-flex with AVX512-BF16), burn's otherwise.
+pub(crate) fn linear_forward(lin: &Linear, x: Tensor<3>) -> Tensor<3> {
+    #[cfg(feature = "flex")]
+    if let Some(y) =
+        crate::kernels::matmul_bf16(&x, &lin.weight.val(), crate::kernels::bf16::Layout::KN)
+    {
+        return match &lin.bias {
+            Some(b) => y + b.val().unsqueeze(),
+            None => y,
+        };
+    }
+    lin.forward(x)
 }
 
 /// The linear layer of a decoder layer by its module name.

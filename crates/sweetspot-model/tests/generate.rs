@@ -270,3 +270,39 @@ fn continuous_batching_keeps_to_a_token_budget() {
         .to_string();
     assert!(err.contains("max_batch_tokens"), "{err}");
 }
+
+/// bf16 weights: each sample is the same token for token alone or in a batch with others, on the
+/// three families' fixtures; with sweetspot's bf16 products (a CPU with AVX512-BF16) the
+/// log-probabilities are equal too, bit for bit (a product's sums do not depend on the rows
+/// beside it); through burn's product (gemm's blocking moves with the rows) within 1e-3.
+#[test]
+fn bf16_samples_alone_or_batched() {
+    let device = resolve_device(&test_device()).unwrap();
+    for name in ["gqa", "tied", "llama31"] {
+        let m = Llama::from_pretrained(&fixture(name), &device)
+            .unwrap()
+            .to_precision(sweetspot_model::Precision::Bf16);
+        let Ok(m) = m else {
+            eprintln!("bf16 not computable on {device:?}: skipped");
+            return;
+        };
+        let (ps, _) = prompts(name);
+        let params = SamplingParams::new(0.8, 0.95, 50, 12);
+        let batch: Vec<_> = ps
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| (0..3).map(move |s| req(p, i, s)))
+            .collect();
+        let stop = [5u32, 17];
+        let together = generate(&m, &batch, &stop, &params, |_| {}).unwrap();
+        for (r, g) in batch.iter().zip(&together) {
+            let alone = generate(&m, std::slice::from_ref(r), &stop, &params, |_| {}).unwrap();
+            assert_eq!(alone[0].tokens, g.tokens, "{name}: seed {}", r.seed);
+            #[cfg(feature = "flex")]
+            if sweetspot_model::kernels::bf16::available() {
+                assert_eq!(alone[0].logprob, g.logprob, "{name}: seed {}", r.seed);
+            }
+            assert!((alone[0].logprob - g.logprob).abs() < 1e-3, "{name}");
+        }
+    }
+}

@@ -349,3 +349,172 @@ fn attention_reads_the_filled_slots_of_a_larger_buffer() {
         );
     }
 }
+
+/// The bf16 product against sums in f64 of the same bf16 inputs: each output is the f64 sum
+/// rounded to bf16, or as near it as f32 sums rounded once allow (the f32 sums differ from the
+/// f64 ones by up to (k - 1) 2^-24 of the magnitudes summed, then half a bf16 step). On
+/// shapes with every tail: rows not a multiple of the register block, odd depth, depth not a
+/// multiple of 32, columns not a multiple of 64, one row, one column; both weight layouts.
+#[test]
+fn bf16_products_match_f64_sums_rounded_once() {
+    use burn::tensor::bf16;
+    use sweetspot_model::kernels::bf16::{Layout, matmul};
+    let cases = [
+        (1, 1, 1),
+        (1, 576, 1536),
+        (5, 7, 3),
+        (7, 33, 65),
+        (13, 64, 64),
+        (64, 576, 192),
+        (40, 1537, 70),
+        (100, 96, 130),
+    ];
+    for (i, &(m, k, n)) in cases.iter().enumerate() {
+        let bf = |v: Vec<f32>| v.into_iter().map(bf16::from_f32).collect::<Vec<_>>();
+        let x = bf(values(m * k, 10 + i as u64, 2.0));
+        let w = bf(values(k * n, 20 + i as u64, 0.5));
+        for layout in [Layout::KN, Layout::NK] {
+            let mut out = vec![bf16::ZERO; m * n];
+            matmul(&x, &w, &mut out, m, k, n, layout);
+            for r in 0..m {
+                for c in 0..n {
+                    let (mut s, mut mag) = (0f64, 0f64);
+                    for j in 0..k {
+                        let wv = match layout {
+                            Layout::KN => w[j * n + c],
+                            Layout::NK => w[c * k + j],
+                        };
+                        let p = f64::from(x[r * k + j].to_f32()) * f64::from(wv.to_f32());
+                        s += p;
+                        mag += p.abs();
+                    }
+                    let want = bf16::from_f64(s);
+                    let got = out[r * n + c];
+                    // f32 sums in any order: within (k - 1) 2^-24 of the magnitudes summed;
+                    // then rounded to bf16 (half a step, 2^-9 relative).
+                    let bound = mag * (k - 1) as f64 * 2f64.powi(-24)
+                        + f64::from(got.to_f32()).abs() * 2f64.powi(-8);
+                    assert!(
+                        got == want || (f64::from(got.to_f32()) - s).abs() <= bound,
+                        "{layout:?} [{m}, {k}] x [{k}, {n}] at ({r}, {c}): {got} against {s} (rounded {want})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Through the tensor API: the bf16 product of a linear layer's weight and of tied embeddings
+/// equals burn's own bf16 product (f32 sums rounded once) to one bf16 step, and refuses what it
+/// is not for (f32, autodiff).
+#[test]
+fn bf16_matmul_agrees_with_burns_product() {
+    use burn::tensor::DType;
+    use sweetspot_model::kernels::bf16::Layout;
+    let d = Device::flex();
+    let t = |shape: [usize; 2], seed| {
+        Tensor::<2>::from_data(
+            TensorData::new(values(shape[0] * shape[1], seed, 1.0), shape),
+            &d,
+        )
+        .cast(DType::BF16)
+    };
+    let x = t([9, 130], 1).reshape([3, 3, 130]);
+    let w = t([130, 70], 2);
+    let theirs = x.clone().matmul(w.clone().unsqueeze::<3>());
+    let ours = match kernels::matmul_bf16(&x, &w, Layout::KN) {
+        Some(y) => y,
+        None => {
+            assert!(
+                !kernels::bf16::available(),
+                "refused on a CPU with AVX512-BF16"
+            );
+            eprintln!("no AVX512-BF16 on this CPU: the tensor path is not taken");
+            return;
+        }
+    };
+    assert_eq!(ours.dims(), [3, 3, 70]);
+    assert_eq!(ours.dtype(), DType::BF16);
+    let steps = |a: Tensor<3>, b: Tensor<3>| {
+        let (a, b) = (
+            a.into_data()
+                .convert::<burn::tensor::bf16>()
+                .try_to_vec::<burn::tensor::bf16>()
+                .unwrap(),
+            b.into_data()
+                .convert::<burn::tensor::bf16>()
+                .try_to_vec::<burn::tensor::bf16>()
+                .unwrap(),
+        );
+        a.iter()
+            .zip(&b)
+            .map(|(p, q)| (i32::from(p.to_bits() as i16) - i32::from(q.to_bits() as i16)).abs())
+            .max()
+            .unwrap()
+    };
+    assert!(steps(ours, theirs.clone()) <= 1);
+    // Tied embeddings: [n, k] used as stored.
+    let wt = w.clone().transpose().into_data();
+    let wt = Tensor::<2>::from_data(wt, &d).cast(DType::BF16);
+    let ours = kernels::matmul_bf16(&x, &wt, Layout::NK).unwrap();
+    assert!(steps(ours, theirs) <= 1);
+    // Not for f32, nor under autodiff.
+    assert!(kernels::matmul_bf16(&x.clone().cast(DType::F32), &w, Layout::KN).is_none());
+    let ad = Device::flex().autodiff();
+    let on_ad = |t: Tensor<2>| Tensor::<2>::from_data(t.into_data(), &ad).cast(DType::BF16);
+    let (xa, wa) = (on_ad(x.reshape([9, 130])), on_ad(w));
+    assert!(xa.device().is_autodiff());
+    assert!(kernels::matmul_bf16(&xa, &wa, Layout::KN).is_none());
+}
+
+/// The bf16 SwiGLU product for inference rounds as torch's bf16 `silu(gate) * up` does (the
+/// activation computed in f32 and rounded to bf16, then the product rounded): against that rule
+/// computed in f64, equal on 99 values in 100 and within one bf16 step on all (its exponential is
+/// a polynomial good to about 2^-23). It refuses what it is not for (f32, autodiff).
+#[test]
+fn bf16_swiglu_rounds_as_torch_does() {
+    use burn::tensor::{DType, bf16};
+    let d = Device::flex();
+    let t = |seed| {
+        Tensor::<2>::from_data(TensorData::new(values(37 * 301, seed, 6.0), [37, 301]), &d)
+            .cast(DType::BF16)
+    };
+    let (gate, up) = (t(5), t(6));
+    let ours = kernels::swiglu_bf16(&gate, &up).expect("bf16 on flex");
+    assert_eq!(ours.dtype(), DType::BF16);
+    let v = |x: Tensor<2>| {
+        x.into_data()
+            .convert::<bf16>()
+            .try_to_vec::<bf16>()
+            .unwrap()
+    };
+    let (a, g, u) = (v(ours), v(gate.clone()), v(up.clone()));
+    let want: Vec<bf16> = g
+        .iter()
+        .zip(&u)
+        .map(|(g, u)| {
+            let g = f64::from(g.to_f32());
+            let act = bf16::from_f64(g / (1.0 + (-g).exp()));
+            bf16::from_f64(f64::from(act.to_f32()) * f64::from(u.to_f32()))
+        })
+        .collect();
+    let steps: Vec<i32> = a
+        .iter()
+        .zip(&want)
+        .map(|(p, q)| (i32::from(p.to_bits() as i16) - i32::from(q.to_bits() as i16)).abs())
+        .collect();
+    assert!(
+        steps.iter().all(|&s| s <= 1),
+        "{:?} bf16 steps apart",
+        steps.iter().max()
+    );
+    let equal = steps.iter().filter(|&&s| s == 0).count();
+    assert!(equal * 100 >= a.len() * 99, "{equal} of {} equal", a.len());
+    assert!(
+        kernels::swiglu_bf16(&gate.clone().cast(DType::F32), &up.clone().cast(DType::F32))
+            .is_none()
+    );
+    let ad = Device::flex().autodiff();
+    let on_ad = |x: Tensor<2>| Tensor::<2>::from_data(x.into_data(), &ad).cast(DType::BF16);
+    assert!(kernels::swiglu_bf16(&on_ad(gate), &on_ad(up)).is_none());
+}

@@ -550,7 +550,7 @@ pub fn generate(s: &Shape, g: &InferSetup, place: Place, gguf: bool) -> Estimate
     if let Some(m) = g.max_batch_tokens {
         slots = slots.min(m.max(per_seq).div_ceil(per_seq) * per_buffer);
     }
-    let kv_layer = 2 * s.kv_dim() * slots * wb;
+    let kv_layer = 2 * s.kv_dim() * slots * g.dtype.kv_cache_bytes(place == Place::Cpu);
     let kv = kv_layer * s.layers;
     // Growing a layer's cache copies it once.
     let run = kv + kv_layer + prefill(s, g.batch_size, g.prompt_tokens, wb, place);
@@ -558,7 +558,13 @@ pub fn generate(s: &Shape, g: &InferSetup, place: Place, gguf: bool) -> Estimate
     e.add(
         format!(
             "KV cache ({} x {} tokens, {})",
-            g.batch_size, per_seq, g.dtype
+            g.batch_size,
+            per_seq,
+            if place == Place::Cpu {
+                Precision::F32
+            } else {
+                g.dtype
+            }
         ),
         kv + kv_layer,
     );
@@ -1008,7 +1014,7 @@ fn plan_rows(
         weights,
     );
     auto_rows(&RowBudget {
-        kv_bytes_per_token: 2 * s.kv_dim() * s.layers * bytes_of(m.dtype),
+        kv_bytes_per_token: 2 * s.kv_dim() * s.layers * m.dtype.kv_cache_bytes(place == Place::Cpu),
         tokens_per_row: prompt_tokens + m.max_new_tokens as u64,
         cache_bytes,
         max_batch_tokens: m.max_batch_tokens,

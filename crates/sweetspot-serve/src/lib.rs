@@ -187,12 +187,8 @@ pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<()
     let stop = tokenizer.stop_ids().to_vec();
     let (max_sequences, max_tokens, free) = request_caps(&opts);
     let c = &model.config;
-    let dtype_bytes = match opts.dtype {
-        Precision::F32 => 4,
-        Precision::Bf16 | Precision::F16 => 2,
-    };
-    let kv_bytes_per_token = 2 * c.num_hidden_layers * c.kv_heads() * c.head_dim() * dtype_bytes;
-    let batch_kv = (opts.batch_size * c.max_position_embeddings * kv_bytes_per_token) as u64;
+    let kv_bytes_per_token = model.kv_bytes_per_token();
+    let batch_kv = (opts.batch_size * c.max_position_embeddings) as u64 * kv_bytes_per_token;
     let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
     tracing::info!(
         max_sequences_per_request = max_sequences,

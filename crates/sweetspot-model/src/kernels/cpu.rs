@@ -2,6 +2,7 @@
 //! attention forward and backward tiled over queries, and the log-probability of a target token
 //! under a vocabulary projection. [`super`] wraps them as burn operations.
 
+use burn::tensor::bf16;
 use rayon::prelude::*;
 
 /// Query rows per tile: a tile's keys end where its last query's causal range ends.
@@ -529,6 +530,29 @@ pub(crate) fn swiglu_forward(gate: &[f32], up: &[f32]) -> Vec<f32> {
         .zip(gate.par_chunks(ELEMENTWISE_CHUNK))
         .zip(up.par_chunks(ELEMENTWISE_CHUNK))
         .for_each(|((o, g), u)| swiglu_piece(o, g, u));
+    out
+}
+
+#[inline(always)]
+fn swiglu_bf16_body(out: &mut [bf16], gate: &[bf16], up: &[bf16]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        let g = g.to_f32();
+        // Rounded where transformers' bf16 module rounds: the activation, then the product.
+        let act = bf16::from_f32(g * sigmoid(g));
+        *o = bf16::from_f32(act.to_f32() * u.to_f32());
+    }
+}
+
+multiversion!(swiglu_bf16_piece, swiglu_bf16_body, (out: &mut [bf16], gate: &[bf16], up: &[bf16]) -> ());
+
+/// `silu(g) * u` of bf16 values for inference: the activation rounded to bf16, then the product,
+/// as a bf16 `act_fn(gate) * up` rounds.
+pub(crate) fn swiglu_bf16_forward(gate: &[bf16], up: &[bf16]) -> Vec<bf16> {
+    let mut out = vec![bf16::ZERO; gate.len()];
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(gate.par_chunks(ELEMENTWISE_CHUNK))
+        .zip(up.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|((o, g), u)| swiglu_bf16_piece(o, g, u));
     out
 }
 

@@ -11,9 +11,15 @@
 //!   a block of rows at a time in both passes, so the `[rows, vocab]` logits and softmax are
 //!   never whole.
 //!
-//! Both take f32 on burn-flex (with or without autodiff); [`applies`] says when. Other devices
-//! and dtypes use the composed burn operations (the parity tests pin both).
+//! - [`matmul_bf16`]: a bf16 product for inference (f32 sums rounded once to bf16) on
+//!   AVX512-BF16 ([`bf16`]), where burn-flex converts both operands to f32 on every call; and
+//!   [`swiglu_bf16`], the SwiGLU product of bf16 values for inference in one pass.
+//!
+//! The first three take f32 on burn-flex (with or without autodiff); [`applies`] says when. The
+//! bf16 ones are for inference on burn-flex and say themselves when they apply (`None`). Other
+//! devices and dtypes use the composed burn operations (the parity tests pin both).
 
+pub mod bf16;
 mod cpu;
 
 use std::sync::Arc;
@@ -71,6 +77,13 @@ pub trait SweetspotKernels: Backend {
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         targets: Targets,
+    ) -> FloatTensor<Self>;
+
+    /// See [`matmul_bf16`].
+    fn sweetspot_matmul_bf16(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        layout: bf16::Layout,
     ) -> FloatTensor<Self>;
 }
 
@@ -203,12 +216,61 @@ fn swiglu_flex(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
         up.layout().shape(),
         "swiglu: gate and up differ in shape"
     );
+    if gate.dtype() == DType::BF16 && up.dtype() == DType::BF16 {
+        use burn::tensor::bf16 as B;
+        let (g, u) = (gate.to_contiguous(), up.to_contiguous());
+        let out = cpu::swiglu_bf16_forward(g.storage::<B>(), u.storage::<B>());
+        return FlexTensor::from_data(TensorData::new(out, shape.to_vec()));
+    }
     let (g, u) = (f32s(gate), f32s(up));
     let out = cpu::swiglu_forward(g.storage(), u.storage());
     flex_tensor(out, shape.to_vec())
 }
 
+fn matmul_bf16_flex(x: &FlexTensor, w: &FlexTensor, layout: bf16::Layout) -> FlexTensor {
+    use burn::tensor::bf16 as B;
+    assert!(
+        x.dtype() == DType::BF16 && w.dtype() == DType::BF16,
+        "matmul_bf16 takes bf16"
+    );
+    let (x, w) = (x.to_contiguous(), w.to_contiguous());
+    let shape = x.layout().shape().to_vec();
+    let ws = w.layout().shape();
+    let k = *shape.last().expect("matmul_bf16: x has a last axis");
+    let m = shape.iter().rev().skip(1).product::<usize>();
+    let n = match layout {
+        bf16::Layout::KN => ws[1],
+        bf16::Layout::NK => ws[0],
+    };
+    let wk = match layout {
+        bf16::Layout::KN => ws[0],
+        bf16::Layout::NK => ws[1],
+    };
+    assert_eq!(wk, k, "matmul_bf16: x {shape:?} and w {ws:?} do not fit");
+    let mut out = vec![B::ZERO; m * n];
+    bf16::matmul(
+        x.storage::<B>(),
+        w.storage::<B>(),
+        &mut out,
+        m,
+        k,
+        n,
+        layout,
+    );
+    let mut out_shape = shape;
+    *out_shape.last_mut().expect("a last axis") = n;
+    FlexTensor::from_data(TensorData::new(out, out_shape))
+}
+
 impl SweetspotKernels for Flex {
+    fn sweetspot_matmul_bf16(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        layout: bf16::Layout,
+    ) -> FloatTensor<Self> {
+        matmul_bf16_flex(&x, &w, layout)
+    }
+
     fn sweetspot_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         swiglu_flex(&gate, &up)
     }
@@ -322,6 +384,21 @@ impl Backward<Flex, 2> for LogprobBackward {
 }
 
 impl<C: CheckpointStrategy> SweetspotKernels for Autodiff<Flex, C> {
+    /// Not a kernel of its own under autodiff ([`matmul_bf16`] is for inference): burn's
+    /// product, with its backward.
+    fn sweetspot_matmul_bf16(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        layout: bf16::Layout,
+    ) -> FloatTensor<Self> {
+        use burn::backend::ops::FloatTensorOps as _;
+        let w = match layout {
+            bf16::Layout::KN => w,
+            bf16::Layout::NK => Self::float_swap_dims(w, 0, 1),
+        };
+        Self::float_matmul(x, w)
+    }
+
     fn sweetspot_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -400,6 +477,23 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
     ))
 }
 
+/// `silu(gate) * up` of bf16 tensors for inference, the activation rounded to bf16 and then the
+/// product (two roundings, as transformers' bf16 `act_fn(gate_proj(x)) * up_proj(x)`), in one
+/// pass on every core. `None` where it does not apply: not bf16 on burn-flex without autodiff.
+pub fn swiglu_bf16<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Option<Tensor<D>> {
+    let device = gate.device();
+    let fits = gate.dtype() == DType::BF16
+        && up.dtype() == DType::BF16
+        && !device.is_autodiff()
+        && device == Device::flex();
+    fits.then(|| {
+        Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_swiglu(
+            gate.clone().into_dispatch(),
+            up.clone().into_dispatch(),
+        ))
+    })
+}
+
 /// `log softmax(hidden · weight^T)[row, targets[row]]` for `hidden` `[rows, width]` and `weight`
 /// `[vocab, width]`, `[rows]`. Only where [`applies`].
 pub fn token_logprob(hidden: Tensor<2>, weight: Tensor<2>, targets: Arc<Vec<u32>>) -> Tensor<1> {
@@ -408,4 +502,28 @@ pub fn token_logprob(hidden: Tensor<2>, weight: Tensor<2>, targets: Arc<Vec<u32>
         weight.into_dispatch(),
         Targets(targets),
     ))
+}
+
+/// `x [.., k] · w` in bf16 for inference: `w [k, n]` ([`bf16::Layout::KN`], a linear layer's
+/// weight) or `w [n, k]` ([`bf16::Layout::NK`], tied embeddings), f32 sums rounded once to bf16;
+/// on AVX512-BF16 where the CPU has it. `None` where it does not apply: not bf16 on burn-flex
+/// without autodiff, or no AVX512-BF16 on this CPU.
+pub fn matmul_bf16<const D: usize>(
+    x: &Tensor<D>,
+    w: &Tensor<2>,
+    layout: bf16::Layout,
+) -> Option<Tensor<D>> {
+    let device = x.device();
+    let fits = x.dtype() == DType::BF16
+        && w.dtype() == DType::BF16
+        && !device.is_autodiff()
+        && device == Device::flex()
+        && bf16::available();
+    fits.then(|| {
+        Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_matmul_bf16(
+            x.clone().into_dispatch(),
+            w.clone().into_dispatch(),
+            layout,
+        ))
+    })
 }
