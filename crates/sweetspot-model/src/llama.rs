@@ -439,11 +439,13 @@ impl Llama {
     /// CPU (burn-flex: attention reads an f32 cache) and in the weights' type elsewhere
     /// ([`Precision::kv_cache_bytes`]).
     pub fn kv_bytes_per_token(&self) -> u64 {
+        #[cfg(feature = "flex")]
+        let on_cpu = *self.device() == Device::flex();
+        #[cfg(not(feature = "flex"))]
+        let on_cpu = false;
         let c = &self.config;
         (2 * c.num_hidden_layers * c.kv_heads() * c.head_dim()) as u64
-            * self
-                .precision()
-                .kv_cache_bytes(*self.device() == Device::flex())
+            * self.precision().kv_cache_bytes(on_cpu)
     }
 
     /// Bytes the weights take.
