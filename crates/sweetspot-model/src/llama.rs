@@ -50,7 +50,7 @@ impl Mlp {
                 crate::kernels::swiglu(gate, up),
             );
         }
-        // bf16 inference on the CPU: one pass, rounded as the composed operations round.
+        // bf16 inference on the CPU: one pass, rounded where torch's bf16 module rounds.
         #[cfg(feature = "flex")]
         if let Some(h) = crate::kernels::swiglu_bf16(&gate, &up) {
             return project(&self.down_proj, ad("down_proj"), h);

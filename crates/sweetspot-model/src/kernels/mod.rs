@@ -238,13 +238,9 @@ fn matmul_bf16_flex(x: &FlexTensor, w: &FlexTensor, layout: bf16::Layout) -> Fle
     let ws = w.layout().shape();
     let k = *shape.last().expect("matmul_bf16: x has a last axis");
     let m = shape.iter().rev().skip(1).product::<usize>();
-    let n = match layout {
-        bf16::Layout::KN => ws[1],
-        bf16::Layout::NK => ws[0],
-    };
-    let wk = match layout {
-        bf16::Layout::KN => ws[0],
-        bf16::Layout::NK => ws[1],
+    let (wk, n) = match layout {
+        bf16::Layout::KN => (ws[0], ws[1]),
+        bf16::Layout::NK => (ws[1], ws[0]),
     };
     assert_eq!(wk, k, "matmul_bf16: x {shape:?} and w {ws:?} do not fit");
     let mut out = vec![B::ZERO; m * n];
@@ -477,16 +473,17 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
     ))
 }
 
+/// Whether the bf16 inference operations apply: both operands bf16, on burn-flex without
+/// autodiff.
+fn bf16_inference(device: &Device, dtypes: [DType; 2]) -> bool {
+    dtypes == [DType::BF16; 2] && !device.is_autodiff() && *device == Device::flex()
+}
+
 /// `silu(gate) * up` of bf16 tensors for inference, the activation rounded to bf16 and then the
 /// product (two roundings, as transformers' bf16 `act_fn(gate_proj(x)) * up_proj(x)`), in one
 /// pass on every core. `None` where it does not apply: not bf16 on burn-flex without autodiff.
 pub fn swiglu_bf16<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Option<Tensor<D>> {
-    let device = gate.device();
-    let fits = gate.dtype() == DType::BF16
-        && up.dtype() == DType::BF16
-        && !device.is_autodiff()
-        && device == Device::flex();
-    fits.then(|| {
+    bf16_inference(&gate.device(), [gate.dtype(), up.dtype()]).then(|| {
         Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_swiglu(
             gate.clone().into_dispatch(),
             up.clone().into_dispatch(),
@@ -513,12 +510,7 @@ pub fn matmul_bf16<const D: usize>(
     w: &Tensor<2>,
     layout: bf16::Layout,
 ) -> Option<Tensor<D>> {
-    let device = x.device();
-    let fits = x.dtype() == DType::BF16
-        && w.dtype() == DType::BF16
-        && !device.is_autodiff()
-        && device == Device::flex()
-        && bf16::available();
+    let fits = bf16_inference(&x.device(), [x.dtype(), w.dtype()]) && bf16::available();
     fits.then(|| {
         Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_matmul_bf16(
             x.clone().into_dispatch(),
