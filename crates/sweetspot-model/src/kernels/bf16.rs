@@ -50,8 +50,10 @@ const MR: usize = 6;
 const NK_R: usize = 4;
 /// Output columns per tile of an `NK` product.
 const NK_COLS: usize = 64;
-/// Rows a tile takes at most: a decode step's rows are one tile (each weight read once).
+/// Up to this many rows are one tile: a decode step's rows are (each weight read once).
 const ROWS_PER_TILE: usize = 96;
+/// Rows of a tile when there are more (a multiple of both register blocks, 6 and 4).
+const ROWS_PER_LONG_TILE: usize = 48;
 /// Below this many multiply-adds the product runs on the calling thread.
 const PARALLEL_MACS: usize = 1 << 18;
 
@@ -86,7 +88,11 @@ pub fn matmul(
         Layout::KN => MR,
         Layout::NK => NK_R,
     };
-    let rows = if m <= ROWS_PER_TILE { m } else { 48 };
+    let rows = if m <= ROWS_PER_TILE {
+        m
+    } else {
+        ROWS_PER_LONG_TILE
+    };
     let rows = if col_tiles * m.div_ceil(rows) < want {
         let split = want.div_ceil(col_tiles);
         m.div_ceil(split).div_ceil(block).max(1) * block
