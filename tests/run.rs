@@ -1673,3 +1673,99 @@ fn the_two_reward_model_example_checks_and_plans() {
     assert_eq!(count("train "), 21, "{plan}");
     assert!(!tmp.path().join("runs").exists());
 }
+
+/// `[train] devices` (native data parallelism): bad lists refused by name before anything runs;
+/// the training's Slurm job asks for its GPUs, `--plan --json` says so, the memory plan is per
+/// device with the sharded step's share, and the node's id is the one-device training's (where
+/// it runs is not what it computes).
+#[test]
+fn a_data_parallel_training_is_checked_planned_and_asks_for_its_gpus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let write = |devices: &str, batch: usize| {
+        let recipe = Recipe {
+            run: "device = \"cuda\"\ndevice_memory = \"80GB\"",
+            pairs: "n = 4",
+            train: "datasets = [\"max-min\"]",
+            ..Recipe::default()
+        }
+        .write(dir);
+        let text = std::fs::read_to_string(&recipe).unwrap().replace(
+            "batch_size = 2\nmicro_batch_size = 2",
+            &format!("batch_size = {batch}\nmicro_batch_size = 1\n{devices}"),
+        );
+        assert!(text.contains(&format!("batch_size = {batch}")), "{text}");
+        std::fs::write(&recipe, text).unwrap();
+        recipe
+    };
+    for (devices, batch, key, words) in [
+        ("devices = \"cuda:0-3\"", 2, "train.batch_size", "4 devices"),
+        ("devices = [\"cpu\"]", 2, "train.devices", "over GPUs"),
+        ("devices = [\"cuda\"]", 2, "train.devices", "by index"),
+        (
+            "devices = [\"cuda:1\", \"cuda:0-1\"]",
+            4,
+            "train.devices",
+            "`cuda:1` is named twice",
+        ),
+        (
+            "devices = \"cuda:3-1\"",
+            4,
+            "train.devices",
+            "runs backwards",
+        ),
+        ("devices = []", 4, "train.devices", "empty"),
+        ("devices = \"tpu:0\"", 4, "train.devices", "unknown device"),
+    ] {
+        let recipe = write(devices, batch);
+        let o = sweetspot(["validate".as_ref(), recipe.as_os_str()]);
+        let err = assert_clean_failure(&o, 2);
+        assert!(err.contains(key) && err.contains(words), "{devices}: {err}");
+    }
+    let plan_json = |recipe: &Path| -> serde_json::Value {
+        let o = sweetspot([
+            "run".as_ref(),
+            "--plan".as_ref(),
+            "--json".as_ref(),
+            recipe.as_os_str(),
+        ]);
+        assert_ok(&o);
+        serde_json::from_str(&stdout(&o)).unwrap()
+    };
+    let train_node = |plan: &serde_json::Value| {
+        plan["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["stage"] == "train")
+            .cloned()
+            .unwrap()
+    };
+    let one = train_node(&plan_json(&write("", 8)));
+    assert_eq!(one["gpus"], 1, "{one}");
+    let recipe = write("devices = \"cuda:0-3\"", 8);
+    let four = train_node(&plan_json(&recipe));
+    assert_eq!(four["gpus"], 4, "{four}");
+    assert_eq!(four["id"], one["id"], "the devices moved the node's id");
+    let o = sweetspot(["run".as_ref(), "--plan".as_ref(), recipe.as_os_str()]);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("AdamW moments (2 x f32, / 4 by the sharded step)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = sweetspot([
+        "run".as_ref(),
+        "--emit".as_ref(),
+        "slurm".as_ref(),
+        recipe.as_os_str(),
+    ]);
+    assert_ok(&o);
+    let submit = std::fs::read_to_string(dir.join("run/slurm/submit.sh")).unwrap();
+    let train: Vec<&str> = submit
+        .lines()
+        .filter(|l| l.contains("sweetspot-train"))
+        .collect();
+    assert_eq!(train.len(), 1, "{submit}");
+    assert!(train[0].contains("--gres=gpu:4"), "{submit}");
+}

@@ -387,6 +387,48 @@ pub struct TrainConfig {
     /// examples/recipes/accelerate-zero3.yaml (DeepSpeed ZeRO-3); without it, one process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerate_config: Option<PathBuf>,
+    /// Native trainer: data parallelism over the GPUs of this machine, one replica of the
+    /// policy on each: a range (`"cuda:0-7"`) or a list (`["cuda:0", "cuda:1"]`). Each step's
+    /// pairs are shared out, the gradients reduced, and each parameter updated (with its AdamW
+    /// moments) on one device by burn's sharded optimizer step. The training node runs alone,
+    /// on these devices. Where it runs, not what it computes (the one-device result up to float
+    /// rounding): not part of the node's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Devices>,
+}
+
+impl TrainConfig {
+    /// `devices` expanded (`"cuda:0-3"` is `cuda:0` ... `cuda:3`), in order; empty when left
+    /// out. A device named twice or a range that runs backwards is an error naming it.
+    pub fn data_parallel_devices(&self) -> Result<Vec<String>, String> {
+        let Some(devices) = &self.devices else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<String> = Vec::new();
+        for spec in devices.to_vec() {
+            let spec = spec.trim().to_ascii_lowercase();
+            let range = spec.split_once(':').and_then(|(kind, idx)| {
+                let (a, b) = idx.split_once('-')?;
+                Some((
+                    kind.to_string(),
+                    a.parse::<usize>().ok()?,
+                    b.parse::<usize>().ok()?,
+                ))
+            });
+            let expanded: Vec<String> = match range {
+                Some((kind, a, b)) if a <= b => (a..=b).map(|i| format!("{kind}:{i}")).collect(),
+                Some(_) => return Err(format!("`devices`: the range `{spec}` runs backwards")),
+                None => vec![spec],
+            };
+            for d in expanded {
+                if out.contains(&d) {
+                    return Err(format!("`devices`: `{d}` is named twice"));
+                }
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// `[train] backend`: which trainer runs the train stage.
@@ -435,6 +477,7 @@ impl Default for TrainConfig {
             losses: Vec::new(),
             backend: TrainBackend::Native,
             python: None,
+            devices: None,
             accelerate_config: None,
         }
     }

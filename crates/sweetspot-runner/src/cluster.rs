@@ -63,7 +63,7 @@ struct Job {
 /// The GPUs a node's job asks for when the run's devices are GPUs: none for a stage that runs
 /// no model (pairs, compose); a TRL training under an accelerate config
 /// (`[train] backend = "trl"`, `accelerate_config`) its `num_processes` (a whole node's GPUs
-/// under ZeRO-3); every other job one.
+/// under ZeRO-3); a native training with `[train] devices` that many; every other job one.
 fn gpus_of(node: &crate::plan::Node, plan: &Plan) -> usize {
     if matches!(
         node.work,
@@ -71,10 +71,15 @@ fn gpus_of(node: &crate::plan::Node, plan: &Plan) -> usize {
     ) {
         return 0;
     }
-    if let crate::plan::Work::Train { config, .. } = &node.work
-        && let Ok(Some(a)) = crate::memory::trl_accelerate(plan, config)
-    {
-        return a.processes;
+    if let crate::plan::Work::Train { config, .. } = &node.work {
+        if let Ok(Some(a)) = crate::memory::trl_accelerate(plan, config) {
+            return a.processes;
+        }
+        if let Ok(d) = config.data_parallel_devices()
+            && d.len() > 1
+        {
+            return d.len();
+        }
     }
     1
 }

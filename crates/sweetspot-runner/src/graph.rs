@@ -310,14 +310,16 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<RunReport, RunError> {
         }
     }
     write_index(plan)?;
-    // A node that spans several processes (a TRL training under an accelerate config with
-    // `num_processes` > 1, each process a GPU of the machine) runs alone.
+    // A node that spans several GPUs (a TRL training under an accelerate config with
+    // `num_processes` > 1, each process a GPU of the machine; a native training with
+    // `[train] devices`) runs alone.
     let exclusive: Vec<bool> = plan
         .nodes
         .iter()
         .map(|n| match &n.work {
             crate::plan::Work::Train { config, .. } => {
-                matches!(crate::memory::trl_accelerate(plan, config), Ok(Some(a)) if a.processes > 1)
+                config.devices.is_some()
+                    || matches!(crate::memory::trl_accelerate(plan, config), Ok(Some(a)) if a.processes > 1)
             }
             _ => false,
         })

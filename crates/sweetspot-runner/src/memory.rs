@@ -282,6 +282,8 @@ pub struct TrainSetup {
     pub checkpointing: bool,
     /// `[train.adapter]`.
     pub lora: Option<Lora>,
+    /// Data-parallel replicas (`[train] devices`; 1 on one device): the estimate is per device.
+    pub replicas: u64,
 }
 
 impl TrainSetup {
@@ -295,6 +297,9 @@ impl TrainSetup {
             seq_len,
             checkpointing: t.gradient_checkpointing,
             lora: t.adapter.as_ref().map(Lora::of),
+            replicas: t
+                .data_parallel_devices()
+                .map_or(1, |d| d.len().max(1) as u64),
         }
     }
 }
@@ -344,11 +349,36 @@ pub fn train(s: &Shape, t: &TrainSetup, place: Place) -> Estimate {
     let p = s.params();
     let cb = bytes_of(t.dtype);
     let fused = place == Place::Cpu && t.dtype == Precision::F32;
-    let accumulating = t.batch_size > t.micro_batch_size;
+    // Data parallelism: each device a replica of the weights with its share of each step's
+    // pairs; burn's sharded step keeps 1/n of the updated weights, the reduced gradients and
+    // AdamW's moments on each device.
+    let n = t.replicas.max(1);
+    let accumulating = t.batch_size.div_ceil(n) > t.micro_batch_size;
     let grad_copies = if accumulating { 2 } else { 1 };
+    let sharded = |e: &mut Estimate, what: &str, trained: u64| {
+        if n > 1 {
+            e.add(
+                format!("{what}AdamW moments (2 x f32, / {n} by the sharded step)"),
+                (trained * 8).div_ceil(n),
+            );
+            e.add(
+                format!("{what}updated weights and reduced gradients (2 x f32, / {n})"),
+                (trained * 8).div_ceil(n),
+            );
+        } else {
+            e.add(format!("{what}AdamW moments (2 x f32)"), trained * 8);
+        }
+    };
     match &t.lora {
         None => {
-            e.add("weights (f32 master)", p * 4);
+            e.add(
+                if n > 1 {
+                    "weights (f32, this device's replica)"
+                } else {
+                    "weights (f32 master)"
+                },
+                p * 4,
+            );
             if cb != 4 {
                 e.add(format!("weights' {} compute copy", t.dtype), p * cb);
             }
@@ -360,7 +390,7 @@ pub fn train(s: &Shape, t: &TrainSetup, place: Place) -> Estimate {
                 },
                 p * 4 * grad_copies,
             );
-            e.add("AdamW moments (2 x f32)", p * 8);
+            sharded(&mut e, "", p);
             e.notes.push(
                 "reference: log-probabilities precomputed by the policy before the first step \
                  (no second model)"
@@ -376,7 +406,7 @@ pub fn train(s: &Shape, t: &TrainSetup, place: Place) -> Estimate {
             }
             e.add(format!("LoRA r={} adapters (f32)", l.r), a * 4);
             e.add("adapter gradients (f32)", a * 4 * grad_copies);
-            e.add("adapter AdamW moments (2 x f32)", a * 8);
+            sharded(&mut e, "adapter ", a);
             e.notes.push(format!(
                 "LoRA: {a} trainable parameters on {}; reference = the base with the adapters \
                  off (no copy)",
@@ -1235,6 +1265,7 @@ mod tests {
             seq_len: 2048 + 512,
             checkpointing: ckpt,
             lora,
+            replicas: 1,
         }
     }
 

@@ -721,7 +721,11 @@ impl Graph<'_> {
         (v, reference): (&Variant, Option<usize>),
         round: usize,
     ) -> Result<usize, RunError> {
-        let table = serde_json::to_value(&config).map_err(config_err)?;
+        let mut table = serde_json::to_value(&config).map_err(config_err)?;
+        // Data parallelism is where the node runs, not what it computes.
+        if let Some(t) = table.as_object_mut() {
+            t.remove("devices");
+        }
         let mut id = Identity::new(
             "train",
             &serde_json::json!({"train": table, "seed": v.seed}),

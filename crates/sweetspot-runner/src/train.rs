@@ -81,6 +81,8 @@ pub fn run_train_with(
         // computes (both absent for the native trainer).
         python: None,
         accelerate_config: None,
+        // Data parallelism: the one-device result up to float rounding, as another device is.
+        devices: None,
         ..cfg.clone()
     };
     let settings =
@@ -183,8 +185,21 @@ fn run_train_inner(
     if !(0.0..=1.0).contains(&cfg.warmup_ratio) {
         return Err(bad("`warmup_ratio` must be in [0, 1]"));
     }
-    let device = sweetspot_model::resolve_device(&ctx.device)
-        .map_err(|e| RunError::Train(sweetspot_train::TrainError::Model(e)))?;
+    let resolve = |spec: &str| {
+        sweetspot_model::resolve_device(spec)
+            .map_err(|e| RunError::Train(sweetspot_train::TrainError::Model(e)))
+    };
+    // `[train] devices`: the training's own devices (it runs alone), the first its main one.
+    let data_parallel = cfg
+        .data_parallel_devices()
+        .map_err(|e| bad(&e))?
+        .iter()
+        .map(|d| resolve(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let device = match data_parallel.first() {
+        Some(d) => d.clone(),
+        None => resolve(&ctx.device)?,
+    };
     let settings = TrainSettings {
         pairs,
         policy,
@@ -192,6 +207,7 @@ fn run_train_inner(
         reference_cache,
         reference_store,
         device,
+        data_parallel,
         epochs: cfg.epochs,
         batch_size: cfg.batch_size,
         micro_batch_size: cfg.micro_batch_size.min(cfg.batch_size),

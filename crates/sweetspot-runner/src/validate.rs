@@ -691,6 +691,7 @@ impl Check<'_> {
             .ok_or_else(|| self.err("train", "missing".into()))?;
         self.train_values(t)?;
         self.train_losses(t)?;
+        self.train_devices(t)?;
         if t.backend == sweetspot_core::recipe::TrainBackend::Trl {
             // Every key and loss TRL lacks, refused by name before any stage runs.
             for loss in crate::plan::train_losses(t) {
@@ -762,6 +763,57 @@ impl Check<'_> {
     }
 
     /// `[train]`'s numbers: each in its range.
+    /// `[train] devices` (data parallelism): GPUs of a compiled backend, each named once, the
+    /// native trainer, at least one pair per device and step.
+    fn train_devices(&self, t: &TrainConfig) -> Result<(), Invalid> {
+        let devices = t
+            .data_parallel_devices()
+            .map_err(|e| self.err("train.devices", e))?;
+        if devices.is_empty() {
+            if t.devices.is_some() {
+                return Err(self.err("train.devices", "an empty list: give at least one".into()));
+            }
+            return Ok(());
+        }
+        if t.backend == sweetspot_core::recipe::TrainBackend::Trl {
+            return Err(self.err(
+                "train.devices",
+                "the TRL backend spans GPUs through `accelerate_config` (its `num_processes`), \
+                 not `devices`"
+                    .into(),
+            ));
+        }
+        for d in &devices {
+            sweetspot_core::check_device_name(d).map_err(|m| self.err("train.devices", m))?;
+            let gpu = match d.split_once(':') {
+                Some(("cuda" | "wgpu" | "gpu", i)) => i.parse::<usize>().is_ok(),
+                _ => false,
+            };
+            if !gpu {
+                return Err(self.err(
+                    "train.devices",
+                    format!(
+                        "`{d}`: data parallelism is over GPUs named by index (`cuda:N`, \
+                         `wgpu:N`, or a range `cuda:0-7`); the CPU is one device, whose cores \
+                         already share each step"
+                    ),
+                ));
+            }
+        }
+        if devices.len() > t.batch_size {
+            return Err(self.err(
+                "train.batch_size",
+                format!(
+                    "{} pairs per step for {} devices (`devices`): each device needs at least \
+                     one pair per step",
+                    t.batch_size,
+                    devices.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn train_values(&self, t: &TrainConfig) -> Result<(), Invalid> {
         let positive = |key: &str, v: f64| {
             if v.is_finite() && v > 0.0 {

@@ -21,6 +21,7 @@
 //! - Parity with TRL is the proof: `tests/trl.rs` replays two steps of TRL's DPOTrainer (and of
 //!   CPOTrainer's SimPO loss) from `scripts/trl_dpo_reference.py`.
 
+pub mod parallel;
 pub mod reference;
 pub mod run;
 
@@ -249,6 +250,22 @@ pub struct StepMetrics {
     pub logps_rejected: f64,
 }
 
+/// A step's metrics from the weighted sums of its micro-batches' means (loss, rewards/chosen,
+/// rewards/rejected, accuracies, margins, logps/chosen, logps/rejected).
+fn metrics_of(sums: [f64; 7], grad_norm: f64, lr: f64) -> StepMetrics {
+    StepMetrics {
+        loss: sums[0],
+        grad_norm,
+        lr,
+        rewards_chosen: sums[1],
+        rewards_rejected: sums[2],
+        rewards_accuracies: sums[3],
+        rewards_margins: sums[4],
+        logps_chosen: sums[5],
+        logps_rejected: sums[6],
+    }
+}
+
 fn mean(t: Tensor<1>) -> f64 {
     t.mean().into_scalar::<f64>()
 }
@@ -364,6 +381,9 @@ pub struct Trainer {
     settings: OptimizerSettings,
     compute: Precision,
     steps: usize,
+    /// Data parallelism ([`Trainer::with_data_parallel`]): one replica of the policy per device,
+    /// the first on the policy's device; empty on one device.
+    replicas: Vec<Llama>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -418,6 +438,7 @@ impl Trainer {
             settings,
             compute: Precision::F32,
             steps: 0,
+            replicas: Vec::new(),
         })
     }
 
@@ -441,16 +462,69 @@ impl Trainer {
         Ok(self)
     }
 
-    /// The policy.
+    /// Data parallelism over `devices` (autodiff devices, the first the policy's own): one
+    /// replica of the policy per device, each step's pairs shared out among them, the gradients
+    /// reduced and the parameters updated by burn's sharded optimizer step (see [`parallel`]).
+    /// The result equals the one-device step's up to float rounding. One device: unchanged.
+    pub fn with_data_parallel(mut self, devices: &[Device]) -> Result<Self, TrainError> {
+        let Some(policy) = &self.policy else {
+            return Err(TrainError::Input("the trainer lost its policy".into()));
+        };
+        if devices.len() < 2 {
+            return match devices.first() {
+                Some(d) if d != policy.device() => Err(TrainError::Input(
+                    "data parallelism: the first device must be the policy's".into(),
+                )),
+                _ => Ok(self),
+            };
+        }
+        if devices[0] != *policy.device() {
+            return Err(TrainError::Input(
+                "data parallelism: the first device must be the policy's".into(),
+            ));
+        }
+        if let Some(d) = devices.iter().find(|d| !d.is_autodiff()) {
+            return Err(TrainError::Input(format!(
+                "data parallelism: device {d:?} is not an autodiff device"
+            )));
+        }
+        if self.reference.is_some() {
+            return Err(TrainError::Input(
+                "data parallelism takes precomputed reference log-probabilities (or LoRA's \
+                 base), not a reference model"
+                    .into(),
+            ));
+        }
+        self.replicas = parallel::replicas(policy, devices);
+        Ok(self)
+    }
+
+    /// The devices the policy trains on (one, or the data-parallel replicas').
+    pub fn devices(&self) -> Vec<Device> {
+        if self.replicas.is_empty() {
+            self.policy.iter().map(|p| p.device().clone()).collect()
+        } else {
+            self.replicas.iter().map(|r| r.device().clone()).collect()
+        }
+    }
+
+    /// The policy (with data parallelism, the first replica: every parameter on one device).
     pub fn policy(&self) -> Option<&Llama> {
-        self.policy.as_ref()
+        self.replicas.first().or(self.policy.as_ref())
+    }
+
+    /// Every data-parallel replica's parameters off the autodiff graph (empty on one device):
+    /// they hold the same values after every step.
+    pub fn replica_params(&self) -> Vec<LlamaParams> {
+        self.replicas
+            .iter()
+            .map(|r| r.params.clone().map(&mut NoGrad))
+            .collect()
     }
 
     /// The policy's parameters off the autodiff graph.
     pub fn policy_params(&self) -> Option<LlamaParams> {
-        self.policy
-            .as_ref()
-            .map(|p| p.params.clone().map(&mut NoGrad))
+        self.policy().map(|p| p.params.clone().map(&mut NoGrad))
     }
 
     /// Optimizer steps taken.
@@ -498,7 +572,32 @@ impl Trainer {
         let Some(policy) = self.policy.take() else {
             return Err(TrainError::Input("the trainer lost its policy".into()));
         };
-        let result = self.accumulate(&policy, pairs, reference, micro.max(1), lr);
+        let reference = reference.map(|(c, r)| (c.as_slice(), r.as_slice()));
+        let keep = 1.0 - lr * f64::from(self.settings.weight_decay);
+        if !self.replicas.is_empty() {
+            let result = parallel::step(self, &policy, pairs, reference, micro.max(1), lr);
+            return match result {
+                Ok((metrics, grads, trained)) => {
+                    let optim = &mut self.optim;
+                    let policy = policy
+                        .map_params(|params| optim.step_multi(lr, decay(params, keep), grads));
+                    parallel::refresh(&mut self.replicas, &policy, &trained);
+                    self.policy = Some(policy);
+                    self.steps += 1;
+                    Ok(metrics)
+                }
+                Err(e) => {
+                    self.policy = Some(policy);
+                    Err(e)
+                }
+            };
+        }
+        let result = self
+            .gradients(&policy, pairs, reference, micro.max(1), total)
+            .map(|(sums, mut grads)| {
+                let grad_norm = self.clip(&policy, &mut grads);
+                (metrics_of(sums, grad_norm, lr), grads)
+            });
         let (metrics, grads) = match result {
             Ok(v) => v,
             Err(e) => {
@@ -507,21 +606,22 @@ impl Trainer {
             }
         };
         let optim = &mut self.optim;
-        let keep = 1.0 - lr * f64::from(self.settings.weight_decay);
         self.policy = Some(policy.map_params(|params| optim.step(lr, decay(params, keep), grads)));
         self.steps += 1;
         Ok(metrics)
     }
 
-    fn accumulate(
+    /// The summed gradients of `pairs` (their losses weighted by their share of `total`, the
+    /// step's pairs on every replica) in passes of at most `micro` pairs, and the weighted sums
+    /// of the micro-batches' means (see [`metrics_of`]).
+    fn gradients(
         &self,
         policy: &Llama,
         pairs: &[&TokenizedPair],
-        reference: Option<&(Vec<f32>, Vec<f32>)>,
+        reference: Option<(&[f32], &[f32])>,
         micro: usize,
-        lr: f64,
-    ) -> Result<(StepMetrics, GradientsParams), TrainError> {
-        let total = pairs.len();
+        total: usize,
+    ) -> Result<([f64; 7], GradientsParams), TrainError> {
         let mut acc = burn::optim::GradientsAccumulator::new();
         let mut sums = [0f64; 7];
         for (k, chunk) in pairs.chunks(micro).enumerate() {
@@ -539,35 +639,22 @@ impl Trainer {
                 *s += v * weight;
             }
         }
-        let mut grads = acc.grads();
-        let mut norm = SquaredNorm {
-            grads: &grads,
-            total: 0.0,
-        };
+        Ok((sums, acc.grads()))
+    }
+
+    /// Clips `grads` by their global norm (`max_grad_norm`) and returns the norm before.
+    fn clip(&self, policy: &Llama, grads: &mut GradientsParams) -> f64 {
+        let mut norm = SquaredNorm { grads, total: 0.0 };
         policy.params.visit(&mut norm);
         let grad_norm = norm.total.sqrt();
         if let Some(max) = self.settings.max_grad_norm {
             // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
             let factor = max / (grad_norm + 1e-6);
             if factor < 1.0 {
-                policy.params.visit(&mut Scale {
-                    grads: &mut grads,
-                    factor,
-                });
+                policy.params.visit(&mut Scale { grads, factor });
             }
         }
-        let metrics = StepMetrics {
-            loss: sums[0],
-            grad_norm,
-            lr,
-            rewards_chosen: sums[1],
-            rewards_rejected: sums[2],
-            rewards_accuracies: sums[3],
-            rewards_margins: sums[4],
-            logps_chosen: sums[5],
-            logps_rejected: sums[6],
-        };
-        Ok((metrics, grads))
+        grad_norm
     }
 
     /// Forward and backward of one micro-batch; its loss is weighted by `weight` (its share of

@@ -58,6 +58,9 @@ pub struct TrainSettings {
     pub output: PathBuf,
     /// The device (without autodiff; the run adds it).
     pub device: Device,
+    /// Data parallelism: the devices of one replica each, the first `device` itself (without
+    /// autodiff; see [`crate::parallel`]). Empty: `device` alone.
+    pub data_parallel: Vec<Device>,
     /// Passes over the pairs.
     pub epochs: usize,
     /// Pairs per optimizer step.
@@ -479,11 +482,25 @@ pub fn run_training(
         ));
     }
     sweetspot_model::precision::check_supported(&s.device, s.dtype)?;
-    let device = if s.gradient_checkpointing {
-        s.device.clone().autodiff().gradient_checkpointing()
-    } else {
-        s.device.clone().autodiff()
+    let train_device = |d: &Device| {
+        if s.gradient_checkpointing {
+            d.clone().autodiff().gradient_checkpointing()
+        } else {
+            d.clone().autodiff()
+        }
     };
+    let device = train_device(&s.device);
+    if let Some(first) = s.data_parallel.first()
+        && *first != s.device
+    {
+        return Err(TrainError::Input(
+            "data parallelism: the first device must be the run's device".into(),
+        ));
+    }
+    for d in s.data_parallel.iter().skip(1) {
+        sweetspot_model::precision::check_supported(d, s.dtype)?;
+    }
+    let replicas: Vec<Device> = s.data_parallel.iter().map(train_device).collect();
     let (policy, tok) = load_policy(s, &device)?;
     // The base of a LoRA run, as its adapter folder names it (absolute).
     let base_path = std::fs::canonicalize(&s.policy)
@@ -594,6 +611,7 @@ pub fn run_training(
             let mut t =
                 Trainer::new(model, None, loss, s.optimizer)?.with_compute_precision(s.dtype)?;
             t.load_optimizer(&checkpoint.join("optimizer.bin"))?;
+            let t = t.with_data_parallel(&replicas)?;
             start = state.steps;
             // Keep exactly the metrics of the steps the checkpoint holds.
             let kept: String = std::fs::read_to_string(&metrics_path)
@@ -608,7 +626,9 @@ pub fn run_training(
         }
         Err(_) => {
             let _ = std::fs::remove_file(&metrics_path);
-            Trainer::new(policy, None, loss, s.optimizer)?.with_compute_precision(s.dtype)?
+            Trainer::new(policy, None, loss, s.optimizer)?
+                .with_compute_precision(s.dtype)?
+                .with_data_parallel(&replicas)?
         }
     };
     let mut metrics_file = std::fs::OpenOptions::new()

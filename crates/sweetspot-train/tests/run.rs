@@ -40,6 +40,7 @@ fn settings(dir: &Path, out: &str) -> TrainSettings {
         policy: fixtures().join("models/policy"),
         output: dir.join(out),
         device: resolve_device("cpu").unwrap(),
+        data_parallel: Vec::new(),
         epochs: 2,
         batch_size: 4,
         micro_batch_size: 2,
@@ -463,4 +464,206 @@ fn lora_on_a_bf16_base_and_runs_from_an_adapter_folder() {
     merged.policy = adapter_policy;
     let s = run_training(&merged, loss(), &NoProgress).unwrap();
     assert!(s.policy.unwrap().join("model.safetensors").is_file());
+}
+
+/// The reference log-probabilities (chosen, rejected) of `pairs` under the fixture policy.
+fn reference_logps(pairs: &[&sweetspot_train::TokenizedPair]) -> (Vec<f32>, Vec<f32>) {
+    let device = resolve_device("cpu").unwrap();
+    let model = Llama::from_pretrained(&fixtures().join("models/policy"), &device).unwrap();
+    let (l, _) =
+        sweetspot_train::response_logps(&model, &sweetspot_train::pair_sequences(pairs)).unwrap();
+    let v = l.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let n = pairs.len();
+    (v[..n].to_vec(), v[n..].to_vec())
+}
+
+fn max_diff(a: &[(String, Vec<usize>, Vec<f32>)], b: &[(String, Vec<usize>, Vec<f32>)]) -> f32 {
+    let mut worst = 0f32;
+    for ((na, _, x), (nb, _, y)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        for (p, q) in x.iter().zip(y) {
+            worst = worst.max((p - q).abs());
+        }
+    }
+    worst
+}
+
+#[test]
+fn data_parallel_steps_equal_one_device() {
+    // Replicas on the CPU, several times the same device: the sharing out, the reduction onto
+    // each parameter's owner, the sharded step and the copy back run as on several GPUs.
+    let dir = tempfile::tempdir().unwrap();
+    write_pairs(&dir.path().join("pairs.jsonl"));
+    let device = resolve_device("cpu").unwrap().autodiff();
+    let policy_dir = fixtures().join("models/policy");
+    let (_, tok) = sweetspot_model::load_causal_lm(&policy_dir, &device, Precision::F32).unwrap();
+    let pairs = sweetspot_train::run::read_pairs(&dir.path().join("pairs.jsonl"), &tok).unwrap();
+    let batch: Vec<_> = pairs.iter().take(4).collect();
+    let refs = reference_logps(&batch);
+    let settings = OptimizerSettings {
+        weight_decay: 0.01,
+        max_grad_norm: Some(0.5),
+        ..OptimizerSettings::default()
+    };
+    let run = |replicas: usize, micro: usize| {
+        let policy = Llama::from_pretrained(&policy_dir, &device).unwrap();
+        let devices = vec![device.clone(); replicas];
+        let mut t = Trainer::new(policy, None, loss(), settings)
+            .unwrap()
+            .with_data_parallel(&devices)
+            .unwrap();
+        let mut metrics = Vec::new();
+        for lr in [1e-3, 5e-4, 1e-3] {
+            metrics.push(t.accumulate_step(&batch, Some(&refs), micro, lr).unwrap());
+        }
+        let params = sweetspot_model::export::hf_tensors(&t.policy_params().unwrap()).unwrap();
+        for r in t.replica_params() {
+            let p = sweetspot_model::export::hf_tensors(&r).unwrap();
+            assert_eq!(max_diff(&p, &params), 0.0, "replicas differ");
+        }
+        assert_eq!(
+            t.replica_params().len(),
+            if replicas > 1 { replicas } else { 0 }
+        );
+        (metrics, params)
+    };
+    let (one, one_params) = run(1, 1);
+    // Clipping applies (the norm is above 0.5), so the global norm is over all replicas.
+    assert!(one[0].grad_norm > 0.5, "{:?}", one[0]);
+    // 2 replicas of 2 pairs; 3 replicas of 2, 2 and none; 2 replicas of one micro-batch each.
+    for (replicas, micro) in [(2, 1), (3, 1), (2, 2), (4, 1)] {
+        let (m, p) = run(replicas, micro);
+        for (a, b) in m.iter().zip(&one) {
+            for (x, y, what) in [
+                (a.loss, b.loss, "loss"),
+                (a.grad_norm, b.grad_norm, "grad_norm"),
+                (a.rewards_margins, b.rewards_margins, "margins"),
+                (a.logps_chosen, b.logps_chosen, "logps/chosen"),
+            ] {
+                assert!(
+                    (x - y).abs() <= 1e-4 * y.abs().max(1e-3),
+                    "{replicas} replicas, micro {micro}: {what} {x} vs {y}"
+                );
+            }
+        }
+        let worst = max_diff(&p, &one_params);
+        assert!(worst <= 2e-4, "{replicas} replicas: worst {worst}");
+    }
+}
+
+/// A data-parallel run (two replicas) killed and resumed ends with the uninterrupted
+/// data-parallel run's weights byte for byte, and with the one-device run's within float
+/// rounding; with LoRA only the adapters train on each replica.
+#[test]
+fn a_data_parallel_run_resumes_and_matches_one_device() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pairs(&dir.path().join("pairs.jsonl"));
+    let cpu = resolve_device("cpu").unwrap();
+    let one = run_training(&settings(dir.path(), "one"), loss(), &NoProgress).unwrap();
+    let parallel = |out: &str| TrainSettings {
+        data_parallel: vec![cpu.clone(), cpu.clone()],
+        ..settings(dir.path(), out)
+    };
+    let whole = run_training(&parallel("whole"), loss(), &NoProgress).unwrap();
+    let mut parts = parallel("parts");
+    for (stop, resumed) in [(Some(1), 0), (Some(2), 1), (None, 3)] {
+        parts.stop_after = stop;
+        assert_eq!(
+            run_training(&parts, loss(), &NoProgress)
+                .unwrap()
+                .resumed_steps,
+            resumed
+        );
+    }
+    let weights = |p: &Path| read(&p.join("model.safetensors"));
+    assert_eq!(
+        weights(&parts.output.join("policy")),
+        weights(whole.policy.as_ref().unwrap()),
+        "resumed data-parallel weights differ"
+    );
+    let load = |p: &Path| {
+        let m = Llama::from_pretrained(p, &cpu).unwrap();
+        sweetspot_model::export::hf_tensors(&m.params).unwrap()
+    };
+    let worst = max_diff(
+        &load(whole.policy.as_ref().unwrap()),
+        &load(one.policy.as_ref().unwrap()),
+    );
+    assert!(worst <= 2e-4, "worst {worst}");
+    let lines = |p: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    for (a, b) in lines(&parallel("whole").output)
+        .iter()
+        .zip(lines(&settings(dir.path(), "one").output).iter())
+    {
+        let (x, y) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-4 * y.abs(), "loss {x} vs {y}");
+    }
+
+    // With gradient checkpointing on every replica.
+    let ckpt = run_training(
+        &TrainSettings {
+            gradient_checkpointing: true,
+            ..parallel("ckpt")
+        },
+        loss(),
+        &NoProgress,
+    )
+    .unwrap();
+    let worst = max_diff(
+        &load(ckpt.policy.as_ref().unwrap()),
+        &load(one.policy.as_ref().unwrap()),
+    );
+    assert!(worst <= 2e-4, "checkpointing: worst {worst}");
+
+    // LoRA: two replicas against one device.
+    let lora_one = run_training(
+        &lora_settings(dir.path(), "lora-one", false),
+        loss(),
+        &NoProgress,
+    )
+    .unwrap();
+    let lora_two = run_training(
+        &TrainSettings {
+            data_parallel: vec![cpu.clone(), cpu.clone()],
+            ..lora_settings(dir.path(), "lora-two", false)
+        },
+        loss(),
+        &NoProgress,
+    )
+    .unwrap();
+    let adapter = |p: &Path| {
+        let bytes = read(&p.join(sweetspot_model::lora::ADAPTER_WEIGHTS));
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| {
+                let t = st.tensor(&n).unwrap();
+                let v: Vec<f32> = t
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                (n, t.shape().to_vec(), v)
+            })
+            .collect::<Vec<_>>()
+    };
+    let a = adapter(lora_one.policy.as_ref().unwrap());
+    let b = adapter(lora_two.policy.as_ref().unwrap());
+    assert!(!a.is_empty());
+    let worst = max_diff(&a, &b);
+    assert!(worst <= 2e-4, "LoRA: worst {worst}");
+    // The adapters trained (lora_B starts at zero).
+    assert!(
+        a.iter()
+            .filter(|(n, _, _)| n.contains("lora_B"))
+            .any(|(_, _, v)| v.iter().any(|x| *x != 0.0))
+    );
 }
