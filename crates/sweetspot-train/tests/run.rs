@@ -505,9 +505,17 @@ fn data_parallel_steps_equal_one_device() {
         max_grad_norm: Some(0.5),
         ..OptimizerSettings::default()
     };
+    // SWEETSPOT_TEST_DP_DEVICE (e.g. `wgpu:cpu`, lavapipe, in a build with `--features wgpu`):
+    // the replicas after the first go there, so gradients and weights cross devices.
+    let other = std::env::var("SWEETSPOT_TEST_DP_DEVICE")
+        .ok()
+        .map(|d| resolve_device(&d).unwrap().autodiff());
     let run = |replicas: usize, micro: usize| {
         let policy = Llama::from_pretrained(&policy_dir, &device).unwrap();
-        let devices = vec![device.clone(); replicas];
+        let mut devices = vec![device.clone(); replicas];
+        if let Some(o) = &other {
+            devices[1..].fill(o.clone());
+        }
         let mut t = Trainer::new(policy, None, loss(), settings)
             .unwrap()
             .with_data_parallel(&devices)
@@ -541,7 +549,7 @@ fn data_parallel_steps_equal_one_device() {
                 (a.logps_chosen, b.logps_chosen, "logps/chosen"),
             ] {
                 assert!(
-                    (x - y).abs() <= 1e-4 * y.abs().max(1e-3),
+                    (x - y).abs() <= 1e-4 * y.abs().max(1e-2),
                     "{replicas} replicas, micro {micro}: {what} {x} vs {y}"
                 );
             }
