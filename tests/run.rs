@@ -1467,20 +1467,8 @@ fn a_trl_training_job_asks_for_the_accelerate_configs_gpus() {
         "batch_size = 16\nmicro_batch_size = 2",
     );
     std::fs::write(&recipe, text).unwrap();
-    let o = sweetspot([
-        "run".as_ref(),
-        "--emit".as_ref(),
-        "slurm".as_ref(),
-        recipe.as_os_str(),
-    ]);
-    assert_ok(&o);
-    let submit = std::fs::read_to_string(dir.join("run/slurm/submit.sh")).unwrap();
-    let train: Vec<&str> = submit
-        .lines()
-        .filter(|l| l.contains("sweetspot-train"))
-        .collect();
-    assert_eq!(train.len(), 1, "{submit}");
-    assert!(train[0].contains("--gres=gpu:8"), "{submit}");
+    let (submit, train) = slurm_train_job(&recipe);
+    assert!(train.contains("--gres=gpu:8"), "{submit}");
     for l in submit
         .lines()
         .filter(|l| l.contains("$(sbatch") && !l.contains("sweetspot-train"))
@@ -1754,6 +1742,12 @@ fn a_data_parallel_training_is_checked_planned_and_asks_for_its_gpus() {
         "{}",
         stdout(&o)
     );
+    let (submit, train) = slurm_train_job(&recipe);
+    assert!(train.contains("--gres=gpu:4"), "{submit}");
+}
+
+/// `--emit slurm` of a recipe with one training: the submit script and the training's job line.
+fn slurm_train_job(recipe: &Path) -> (String, String) {
     let o = sweetspot([
         "run".as_ref(),
         "--emit".as_ref(),
@@ -1761,11 +1755,13 @@ fn a_data_parallel_training_is_checked_planned_and_asks_for_its_gpus() {
         recipe.as_os_str(),
     ]);
     assert_ok(&o);
+    let dir = recipe.parent().unwrap();
     let submit = std::fs::read_to_string(dir.join("run/slurm/submit.sh")).unwrap();
     let train: Vec<&str> = submit
         .lines()
         .filter(|l| l.contains("sweetspot-train"))
         .collect();
     assert_eq!(train.len(), 1, "{submit}");
-    assert!(train[0].contains("--gres=gpu:4"), "{submit}");
+    let line = train[0].to_string();
+    (submit, line)
 }

@@ -87,12 +87,9 @@ fn schedule_follows_transformers() {
 
 #[test]
 fn accumulated_micro_batches_equal_one_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    write_pairs(&dir.path().join("pairs.jsonl"));
     let device = resolve_device("cpu").unwrap().autodiff();
     let policy_dir = fixtures().join("models/policy");
-    let (_, tok) = sweetspot_model::load_causal_lm(&policy_dir, &device, Precision::F32).unwrap();
-    let pairs = sweetspot_train::run::read_pairs(&dir.path().join("pairs.jsonl"), &tok).unwrap();
+    let (pairs, tok) = fixture_pairs();
     // The four distinct pairs (the swapped copies would cancel gradients to rounding noise,
     // which Adam then blows up to whole steps).
     let refs: Vec<_> = pairs.iter().take(4).collect();
@@ -153,6 +150,20 @@ fn accumulated_micro_batches_equal_one_batch() {
         )
         .unwrap()
     );
+}
+
+/// The six pairs of [`write_pairs`], tokenized by the fixture policy's tokenizer.
+fn fixture_pairs() -> (
+    Vec<sweetspot_train::TokenizedPair>,
+    sweetspot_model::Tokenizer,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    write_pairs(&dir.path().join("pairs.jsonl"));
+    let device = resolve_device("cpu").unwrap();
+    let policy_dir = fixtures().join("models/policy");
+    let (_, tok) = sweetspot_model::load_causal_lm(&policy_dir, &device, Precision::F32).unwrap();
+    let pairs = sweetspot_train::run::read_pairs(&dir.path().join("pairs.jsonl"), &tok).unwrap();
+    (pairs, tok)
 }
 
 fn read(path: &Path) -> Vec<u8> {
@@ -492,12 +503,9 @@ fn max_diff(a: &[(String, Vec<usize>, Vec<f32>)], b: &[(String, Vec<usize>, Vec<
 fn data_parallel_steps_equal_one_device() {
     // Replicas on the CPU, several times the same device: the sharing out, the reduction onto
     // each parameter's owner, the sharded step and the copy back run as on several GPUs.
-    let dir = tempfile::tempdir().unwrap();
-    write_pairs(&dir.path().join("pairs.jsonl"));
     let device = resolve_device("cpu").unwrap().autodiff();
     let policy_dir = fixtures().join("models/policy");
-    let (_, tok) = sweetspot_model::load_causal_lm(&policy_dir, &device, Precision::F32).unwrap();
-    let pairs = sweetspot_train::run::read_pairs(&dir.path().join("pairs.jsonl"), &tok).unwrap();
+    let (pairs, _) = fixture_pairs();
     let batch: Vec<_> = pairs.iter().take(4).collect();
     let refs = reference_logps(&batch);
     let settings = OptimizerSettings {
