@@ -762,7 +762,6 @@ impl Check<'_> {
         Ok(())
     }
 
-    /// `[train]`'s numbers: each in its range.
     /// `[train] devices` (data parallelism): GPUs of a compiled backend, each named once, the
     /// native trainer, at least one pair per device and step.
     fn train_devices(&self, t: &TrainConfig) -> Result<(), Invalid> {
@@ -814,6 +813,7 @@ impl Check<'_> {
         Ok(())
     }
 
+    /// `[train]`'s numbers: each in its range.
     fn train_values(&self, t: &TrainConfig) -> Result<(), Invalid> {
         let positive = |key: &str, v: f64| {
             if v.is_finite() && v > 0.0 {

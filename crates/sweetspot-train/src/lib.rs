@@ -470,18 +470,13 @@ impl Trainer {
         let Some(policy) = &self.policy else {
             return Err(TrainError::Input("the trainer lost its policy".into()));
         };
-        if devices.len() < 2 {
-            return match devices.first() {
-                Some(d) if d != policy.device() => Err(TrainError::Input(
-                    "data parallelism: the first device must be the policy's".into(),
-                )),
-                _ => Ok(self),
-            };
-        }
-        if devices[0] != *policy.device() {
+        if devices.first().is_some_and(|d| d != policy.device()) {
             return Err(TrainError::Input(
                 "data parallelism: the first device must be the policy's".into(),
             ));
+        }
+        if devices.len() < 2 {
+            return Ok(self);
         }
         if let Some(d) = devices.iter().find(|d| !d.is_autodiff()) {
             return Err(TrainError::Input(format!(
@@ -497,15 +492,6 @@ impl Trainer {
         }
         self.replicas = parallel::replicas(policy, devices);
         Ok(self)
-    }
-
-    /// The devices the policy trains on (one, or the data-parallel replicas').
-    pub fn devices(&self) -> Vec<Device> {
-        if self.replicas.is_empty() {
-            self.policy.iter().map(|p| p.device().clone()).collect()
-        } else {
-            self.replicas.iter().map(|r| r.device().clone()).collect()
-        }
     }
 
     /// The policy (with data parallelism, the first replica: every parameter on one device).
