@@ -624,12 +624,11 @@ impl Precision {
         }
     }
 
-    /// Bytes per key or value of an inference KV cache: on the CPU the cache is f32 whatever
-    /// the weights' type (attention reads f32 keys and values there, as burn-flex's and torch's
-    /// CPU attention compute in f32; no per-step conversion of the whole cache), elsewhere the
-    /// weights' type.
-    pub fn kv_cache_bytes(self, on_cpu: bool) -> u64 {
-        if on_cpu { 4 } else { self.bytes() }
+    /// The type an inference KV cache holds: on the CPU f32 whatever the weights' type
+    /// (attention reads f32 keys and values there, as burn-flex's and torch's CPU attention
+    /// compute in f32; no per-step conversion of the whole cache), elsewhere the weights' type.
+    pub fn kv_cache_type(self, on_cpu: bool) -> Precision {
+        if on_cpu { Self::F32 } else { self }
     }
 
     /// The name recipes use (`f32`, `bf16`, `f16`).

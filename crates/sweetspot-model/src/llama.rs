@@ -437,7 +437,7 @@ impl Llama {
 
     /// Bytes of key/value cache one token takes: every layer's keys and values, in f32 on the
     /// CPU (burn-flex: attention reads an f32 cache) and in the weights' type elsewhere
-    /// ([`Precision::kv_cache_bytes`]).
+    /// ([`Precision::kv_cache_type`]).
     pub fn kv_bytes_per_token(&self) -> u64 {
         #[cfg(feature = "flex")]
         let on_cpu = *self.device() == Device::flex();
@@ -445,7 +445,7 @@ impl Llama {
         let on_cpu = false;
         let c = &self.config;
         (2 * c.num_hidden_layers * c.kv_heads() * c.head_dim()) as u64
-            * self.precision().kv_cache_bytes(on_cpu)
+            * self.precision().kv_cache_type(on_cpu).bytes()
     }
 
     /// Bytes the weights take.

@@ -580,7 +580,7 @@ pub fn generate(s: &Shape, g: &InferSetup, place: Place, gguf: bool) -> Estimate
     if let Some(m) = g.max_batch_tokens {
         slots = slots.min(m.max(per_seq).div_ceil(per_seq) * per_buffer);
     }
-    let kv_layer = 2 * s.kv_dim() * slots * g.dtype.kv_cache_bytes(place == Place::Cpu);
+    let kv_layer = 2 * s.kv_dim() * slots * g.dtype.kv_cache_type(place == Place::Cpu).bytes();
     let kv = kv_layer * s.layers;
     // Growing a layer's cache copies it once.
     let run = kv + kv_layer + prefill(s, g.batch_size, g.prompt_tokens, wb, place);
@@ -590,11 +590,7 @@ pub fn generate(s: &Shape, g: &InferSetup, place: Place, gguf: bool) -> Estimate
             "KV cache ({} x {} tokens, {})",
             g.batch_size,
             per_seq,
-            if place == Place::Cpu {
-                Precision::F32
-            } else {
-                g.dtype
-            }
+            g.dtype.kv_cache_type(place == Place::Cpu)
         ),
         kv + kv_layer,
     );
@@ -1044,7 +1040,10 @@ fn plan_rows(
         weights,
     );
     auto_rows(&RowBudget {
-        kv_bytes_per_token: 2 * s.kv_dim() * s.layers * m.dtype.kv_cache_bytes(place == Place::Cpu),
+        kv_bytes_per_token: 2
+            * s.kv_dim()
+            * s.layers
+            * m.dtype.kv_cache_type(place == Place::Cpu).bytes(),
         tokens_per_row: prompt_tokens + m.max_new_tokens as u64,
         cache_bytes,
         max_batch_tokens: m.max_batch_tokens,
