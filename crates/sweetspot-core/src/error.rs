@@ -188,3 +188,25 @@ pub fn check_device_name(name: &str) -> Result<(), String> {
         ))
     }
 }
+
+/// A `quantize` setting that cannot run, refused by key: 8 bits take f32 weights on the CPU.
+pub fn check_quantize(
+    quantize: Option<crate::recipe::Quantize>,
+    dtype: crate::recipe::Precision,
+    device: &str,
+) -> Result<(), ConfigIssue> {
+    let Some(q) = quantize else { return Ok(()) };
+    if dtype != crate::recipe::Precision::F32 {
+        return Err(ConfigIssue::new(
+            "quantize",
+            format!("\"{q}\" takes f32 weights; remove `dtype = \"{dtype}\"` or `quantize`"),
+        ));
+    }
+    if !matches!(device, "cpu" | "flex") {
+        return Err(ConfigIssue::new(
+            "quantize",
+            format!("\"{q}\" runs on the CPU only; the device is `{device}`"),
+        ));
+    }
+    Ok(())
+}

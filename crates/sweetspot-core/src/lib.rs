@@ -22,7 +22,9 @@ pub mod registry;
 pub mod rows;
 pub mod stats;
 
-pub use error::{ConfigIssue, PluginError, check_device_name, check_penalties, check_sampling};
+pub use error::{
+    ConfigIssue, PluginError, check_device_name, check_penalties, check_quantize, check_sampling,
+};
 pub use model::{
     FinishReason, Message, PreferencePair, Prompt, PromptContent, Sample, SampleGroup, ScoredGroup,
     ScoredSample,
@@ -35,7 +37,7 @@ pub use plugin::{
     declared_inputs, inputs_in_settings, settings_json,
 };
 pub use points::Point;
-pub use recipe::Precision;
+pub use recipe::{Precision, Quantize};
 pub use registry::{PluginInfo, PluginKind};
 pub use rows::Rows;
 pub use stats::RewardStats;

@@ -94,6 +94,8 @@ pub struct InferenceMemory {
     pub max_batch_tokens: Option<usize>,
     /// Tokens generated per sequence (0 for a reward model).
     pub max_new_tokens: usize,
+    /// 8-bit copies of the projections held beside the weights (`quantize`), if any.
+    pub quantize: Option<crate::recipe::Quantize>,
 }
 
 /// A file or folder a plugin table reads, by the setting that names it.

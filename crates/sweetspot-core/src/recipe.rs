@@ -661,6 +661,41 @@ impl std::str::FromStr for Precision {
     }
 }
 
+/// Weight quantization for inference on the CPU (`quantize = "q8_0"` in a sampler or reward
+/// table): the projections computed with 8-bit weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Quantize {
+    /// llama.cpp's Q8_0: blocks of 32 inputs, one f32 scale per block (the largest magnitude
+    /// over 127), for the weights and, per row as each product starts, for the activations.
+    #[serde(rename = "q8_0")]
+    Q8_0,
+}
+
+impl Quantize {
+    /// The name recipes use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q8_0 => "q8_0",
+        }
+    }
+}
+
+impl std::fmt::Display for Quantize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Quantize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "q8_0" => Ok(Self::Q8_0),
+            other => Err(format!("unknown quantization `{other}` (expected q8_0)")),
+        }
+    }
+}
+
 /// A learning-rate decay after warm-up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

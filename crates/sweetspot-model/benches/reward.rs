@@ -12,7 +12,8 @@
 //! `LlamaForSequenceClassification`. Environment: SWEETSPOT_BENCH_DEVICE (default `cpu`),
 //! SWEETSPOT_BENCH_ROUNDS (default 3), SWEETSPOT_BENCH_SAMPLES (a samples file: the mix instead
 //! of the fixed shape), SWEETSPOT_BENCH_DTYPE (`f32`, the default, or `bf16`: the backbone in
-//! that type, the head in f32, as the score stage runs `dtype = "bf16"`; the script's DTYPE).
+//! that type, the head in f32, as the score stage runs `dtype = "bf16"`; the script's DTYPE),
+//! SWEETSPOT_BENCH_QUANTIZE (`q8_0`: the backbone's projections in 8 bits, `quantize = "q8_0"`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -63,6 +64,14 @@ fn main() {
         head: RewardHead::SeqCls {
             score: LinearConfig::new(hidden, 1).with_bias(false).init(&device),
         },
+    };
+    let net = match std::env::var("SWEETSPOT_BENCH_QUANTIZE") {
+        Ok(q) if !q.is_empty() => {
+            let q: sweetspot_model::Quantize = q.parse().expect("SWEETSPOT_BENCH_QUANTIZE: q8_0");
+            println!("projections in {q}");
+            net.quantize(q).expect("quantize")
+        }
+        _ => net,
     };
     if let Some(samples) = std::env::var_os("SWEETSPOT_BENCH_SAMPLES") {
         let tokenizer = Tokenizer::from_gguf(&gguf, &path).expect("tokenizer");

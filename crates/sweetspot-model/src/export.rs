@@ -25,6 +25,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     Ok(sweetspot_core::atomic::write_atomic(path, bytes)?)
 }
 
+/// A tensor's values in f32 on the host.
+pub(crate) fn host_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ModelError> {
+    Ok(host(t)?.1)
+}
+
 fn host<const D: usize>(t: Tensor<D>) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
     let shape = t.dims().to_vec();
     let v = t

@@ -44,10 +44,23 @@ pub use config::LlamaConfig;
 pub use device::resolve_device;
 pub use error::ModelError;
 pub use generation_config::{GenerationConfigMode, GenerationDefaults};
-pub use llama::{KvCache, Llama};
+pub use llama::{KvCache, Llama, Quantize};
 pub use precision::Precision;
 pub use reward::{RewardInput, RewardNet, RewardOutput};
 pub use tokenizer::Tokenizer;
+
+/// Whether 8-bit products (`quantize = "q8_0"`) run on AVX512-VNNI here (else a portable loop
+/// computes the same values, slowly).
+pub fn q8_uses_vnni() -> bool {
+    #[cfg(feature = "flex")]
+    {
+        kernels::q8::available()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        false
+    }
+}
 
 /// Loads only the tokenizer of a model folder or `.gguf` file (no weights): for checks that
 /// need to know how text tokenizes before a run loads the model.

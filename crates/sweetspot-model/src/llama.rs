@@ -8,7 +8,16 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNor
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
+use std::sync::Arc;
+
 use sweetspot_core::rows::cache_slots;
+
+#[cfg(feature = "flex")]
+pub(crate) use crate::kernels::Q8Weight;
+/// Without the CPU backend there is no 8-bit path ([`Llama::quantize`] refuses).
+#[cfg(not(feature = "flex"))]
+#[derive(Debug)]
+pub struct Q8Weight;
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
@@ -37,15 +46,21 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, x: Tensor<3>, lora: Option<&LayerLora>) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, lora: Option<&LayerLora>, q8: Option<&LayerQ8>) -> Tensor<3> {
         let ad = |name: &str| lora.and_then(|l| l.get(name));
-        let gate = project(&self.gate_proj, ad("gate_proj"), x.clone());
-        let up = project(&self.up_proj, ad("up_proj"), x);
-        // Training in f32 on the CPU: the fused product, whose backward keeps gate and up only.
+        let q = |name: &str| q8.and_then(|l| l.get(name));
+        let gate = project(&self.gate_proj, q("gate_proj"), ad("gate_proj"), x.clone());
+        let up = project(&self.up_proj, q("up_proj"), ad("up_proj"), x);
+        // Training in f32 on the CPU: the fused product, whose backward keeps gate and up only;
+        // and 8-bit inference (its vectorized exponential rounds unlike burn's `silu`, which
+        // f32 inference keeps so that its samples do not move).
         #[cfg(feature = "flex")]
-        if gate.device().is_autodiff() && crate::kernels::applies(&gate.device(), gate.dtype()) {
+        if (gate.device().is_autodiff() || q8.is_some())
+            && crate::kernels::applies(&gate.device(), gate.dtype())
+        {
             return project(
                 &self.down_proj,
+                q("down_proj"),
                 ad("down_proj"),
                 crate::kernels::swiglu(gate, up),
             );
@@ -53,9 +68,14 @@ impl Mlp {
         // bf16 inference on the CPU: one pass, rounded where torch's bf16 module rounds.
         #[cfg(feature = "flex")]
         if let Some(h) = crate::kernels::swiglu_bf16(&gate, &up) {
-            return project(&self.down_proj, ad("down_proj"), h);
+            return project(&self.down_proj, q("down_proj"), ad("down_proj"), h);
         }
-        project(&self.down_proj, ad("down_proj"), silu(gate) * up)
+        project(
+            &self.down_proj,
+            q("down_proj"),
+            ad("down_proj"),
+            silu(gate) * up,
+        )
     }
 }
 
@@ -371,7 +391,31 @@ pub struct Llama {
     pub config: LlamaConfig,
     rope: Rope,
     device: Device,
+    /// 8-bit copies of the projections ([`Llama::quantize`]); dropped whenever the parameters
+    /// change.
+    q8: Option<Arc<ModelQ8>>,
 }
+
+/// The projections of every decoder layer and the output projection in Q8_0.
+#[derive(Debug)]
+struct ModelQ8 {
+    layers: Vec<LayerQ8>,
+    /// `None` for a reward model's backbone.
+    head: Option<Q8Weight>,
+}
+
+/// A decoder layer's projections in Q8_0, by module name.
+#[derive(Debug)]
+pub(crate) struct LayerQ8(Vec<(&'static str, Q8Weight)>);
+
+impl LayerQ8 {
+    fn get(&self, name: &str) -> Option<&Q8Weight> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, w)| w)
+    }
+}
+
+/// Weight quantization for inference ([`Llama::quantize`]).
+pub use sweetspot_core::Quantize;
 
 impl Llama {
     /// A model with freshly initialized (random) weights on `device`.
@@ -396,6 +440,7 @@ impl Llama {
             config: config.clone(),
             rope: Rope::new(config, device),
             device: device.clone(),
+            q8: None,
         }
     }
 
@@ -416,7 +461,125 @@ impl Llama {
             config: self.config.clone(),
             rope: self.rope.share(),
             device: self.device.clone(),
+            q8: None,
         })
+    }
+
+    /// The model with every projection (each decoder layer's seven and the output projection)
+    /// also held in `quantize` and computed with it ([`crate::kernels::q8`]; activations are
+    /// quantized per row as each product starts): inference on the CPU, weights in f32. The f32
+    /// weights stay (the embedding lookup reads them); LoRA adapters add to the 8-bit products
+    /// as they add to f32 ones. Refused, naming the reason, on another device, with autodiff, in
+    /// another float type, or where a projection's input width is not a multiple of 32.
+    pub fn quantize(self, quantize: Quantize) -> Result<Self, ModelError> {
+        self.quantize_parts(quantize, true)
+    }
+
+    /// [`Llama::quantize`], the output projection too when `head` (a reward model's backbone
+    /// never computes logits: its embeddings are not copied).
+    pub(crate) fn quantize_parts(self, quantize: Quantize, head: bool) -> Result<Self, ModelError> {
+        #[cfg(feature = "flex")]
+        {
+            let Quantize::Q8_0 = quantize;
+            if self.device != Device::flex() || self.device.is_autodiff() {
+                return Err(ModelError::Device(format!(
+                    "quantize = \"{quantize}\" runs on the CPU for inference only; the device \
+                     is {:?}",
+                    self.device
+                )));
+            }
+            if self.precision() != Precision::F32 {
+                return Err(ModelError::Device(format!(
+                    "quantize = \"{quantize}\" takes f32 weights (dtype = \"f32\"), not {}",
+                    self.precision()
+                )));
+            }
+            let block = crate::kernels::q8::BLOCK;
+            let weight = |name: String, lin: &Linear| -> Result<Q8Weight, ModelError> {
+                let [k, n] = lin.weight.val().dims();
+                if !k.is_multiple_of(block) {
+                    return Err(ModelError::Input(format!(
+                        "quantize = \"{quantize}\": {name} takes {k} inputs, not a multiple of \
+                         {block}"
+                    )));
+                }
+                let w = crate::export::host_f32(lin.weight.val())?;
+                Ok(Q8Weight(Arc::new(crate::kernels::q8::Q8Matrix::quantize(
+                    &w,
+                    k,
+                    n,
+                    crate::kernels::q8::Layout::KN,
+                ))))
+            };
+            let mut layers = Vec::with_capacity(self.params.model.layers.len());
+            for (i, layer) in self.params.model.layers.iter().enumerate() {
+                let (a, m) = (&layer.self_attn, &layer.mlp);
+                let mut named = Vec::with_capacity(7);
+                for (name, lin) in [
+                    ("q_proj", &a.q_proj),
+                    ("k_proj", &a.k_proj),
+                    ("v_proj", &a.v_proj),
+                    ("o_proj", &a.o_proj),
+                    ("gate_proj", &m.gate_proj),
+                    ("up_proj", &m.up_proj),
+                    ("down_proj", &m.down_proj),
+                ] {
+                    named.push((name, weight(format!("layer {i} {name}"), lin)?));
+                }
+                layers.push(LayerQ8(named));
+            }
+            let head = match &self.params.lm_head {
+                _ if !head => None,
+                Some(lin) => Some(weight("lm_head".into(), lin)?),
+                None => {
+                    let w = self.params.model.embed_tokens.weight.val();
+                    let [n, k] = w.dims();
+                    if !k.is_multiple_of(block) {
+                        return Err(ModelError::Input(format!(
+                            "quantize = \"{quantize}\": the output projection takes {k} inputs, \
+                             not a multiple of {block}"
+                        )));
+                    }
+                    let w = crate::export::host_f32(w)?;
+                    Some(Q8Weight(Arc::new(crate::kernels::q8::Q8Matrix::quantize(
+                        &w,
+                        k,
+                        n,
+                        crate::kernels::q8::Layout::NK,
+                    ))))
+                }
+            };
+            Ok(Self {
+                q8: Some(Arc::new(ModelQ8 { layers, head })),
+                ..self
+            })
+        }
+        #[cfg(not(feature = "flex"))]
+        {
+            let _ = head;
+            Err(ModelError::Device(format!(
+                "quantize = \"{quantize}\" needs the CPU backend (cargo feature `flex`)"
+            )))
+        }
+    }
+
+    /// The quantization the projections are computed in, if any ([`Llama::quantize`]).
+    pub fn quantization(&self) -> Option<Quantize> {
+        self.q8.as_ref().map(|_| Quantize::Q8_0)
+    }
+
+    /// Bytes the 8-bit copies of the projections take (0 without [`Llama::quantize`]).
+    pub fn quantized_bytes(&self) -> u64 {
+        #[cfg(feature = "flex")]
+        if let Some(q) = &self.q8 {
+            let layers: usize = q
+                .layers
+                .iter()
+                .flat_map(|l| l.0.iter().map(|(_, w)| w.0.bytes()))
+                .sum();
+            return (layers + q.head.as_ref().map_or(0, |h| h.0.bytes())) as u64;
+        }
+        0
     }
 
     /// The float type the weights are held in.
@@ -523,11 +686,12 @@ impl Llama {
         for (i, layer) in self.params.model.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let lora = self.params.adapters.as_ref().and_then(|a| a.layers.get(i));
+            let q8 = self.q8.as_ref().map(|q| &q.layers[i]);
             let h = layer.input_layernorm.forward(x.clone());
-            let h = attention(&layer.self_attn, lora, h, &cos, &sin, slot, past, &path);
+            let h = attention(&layer.self_attn, lora, q8, h, &cos, &sin, slot, past, &path);
             x = x + h;
             let h = layer.post_attention_layernorm.forward(x.clone());
-            x = x + layer.mlp.forward(h, lora);
+            x = x + layer.mlp.forward(h, lora, q8);
         }
         if let Some(c) = cache {
             c.len += t;
@@ -537,8 +701,14 @@ impl Llama {
 
     /// Logits `[batch, tokens, vocab]` from hidden states, in f32 whatever the weights' type.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        #[cfg(feature = "flex")]
+        if let Some(head) = self.q8.as_ref().and_then(|q| q.head.as_ref())
+            && let Some(logits) = crate::kernels::matmul_q8(&hidden, head)
+        {
+            return logits;
+        }
         let logits = match &self.params.lm_head {
-            Some(head) => crate::lora::linear_forward(head, hidden),
+            Some(head) => crate::lora::linear_forward(head, None, hidden),
             None => {
                 let w = self.params.model.embed_tokens.weight.val();
                 // bf16 inference on AVX512-BF16: h [B, T, H] times W [V, H] as stored.
@@ -586,6 +756,7 @@ impl Llama {
     /// Replaces the parameters (after loading weights).
     pub fn with_params(mut self, params: LlamaParams) -> Self {
         self.params = params;
+        self.q8 = None;
         self
     }
 
@@ -597,12 +768,14 @@ impl Llama {
             config,
             rope,
             device,
+            q8: _,
         } = self;
         Llama {
             params: f(params),
             config,
             rope,
             device,
+            q8: None,
         }
     }
 }
@@ -683,6 +856,7 @@ fn rotate_half(x: Tensor<4>) -> Tensor<4> {
 fn attention(
     attn: &Attention,
     lora: Option<&LayerLora>,
+    q8: Option<&LayerQ8>,
     x: Tensor<3>,
     cos: &Tensor<4>,
     sin: &Tensor<4>,
@@ -693,9 +867,10 @@ fn attention(
     let [b, t, _] = x.dims();
     let (h, kvh, hd) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
     let ad = |name: &str| lora.and_then(|l| l.get(name));
-    let o_proj = |x: Tensor<3>| project(&attn.o_proj, ad("o_proj"), x);
-    let q = project(&attn.q_proj, ad("q_proj"), x.clone()).reshape([b, t, h, hd]);
-    let k = project(&attn.k_proj, ad("k_proj"), x.clone()).reshape([b, t, kvh, hd]);
+    let w8 = |name: &str| q8.and_then(|l| l.get(name));
+    let o_proj = |x: Tensor<3>| project(&attn.o_proj, w8("o_proj"), ad("o_proj"), x);
+    let q = project(&attn.q_proj, w8("q_proj"), ad("q_proj"), x.clone()).reshape([b, t, h, hd]);
+    let k = project(&attn.k_proj, w8("k_proj"), ad("k_proj"), x.clone()).reshape([b, t, kvh, hd]);
     // Qwen3: each head's queries and keys normalized over the head's width, before RoPE.
     let q = match &attn.q_norm {
         Some(n) => n.forward(q),
@@ -707,7 +882,7 @@ fn attention(
         None => k,
     }
     .swap_dims(1, 2);
-    let v = project(&attn.v_proj, ad("v_proj"), x)
+    let v = project(&attn.v_proj, w8("v_proj"), ad("v_proj"), x)
         .reshape([b, t, kvh, hd])
         .swap_dims(1, 2);
     let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();

@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng};
 use sweetspot_core::recipe::{AdapterConfig, LINEAR_MODULES};
 
 use crate::error::ModelError;
-use crate::llama::{DecoderLayer, Llama};
+use crate::llama::{DecoderLayer, Llama, Q8Weight};
 use crate::precision::{to_dtype, to_f32};
 use crate::tokenizer::Tokenizer;
 
@@ -139,19 +139,34 @@ pub struct Adapters {
 }
 
 /// `base(x)`, plus the adapter's update where there is one.
-pub(crate) fn project(lin: &Linear, lora: Option<&Lora>, x: Tensor<3>) -> Tensor<3> {
+pub(crate) fn project(
+    lin: &Linear,
+    q8: Option<&Q8Weight>,
+    lora: Option<&Lora>,
+    x: Tensor<3>,
+) -> Tensor<3> {
     match lora {
-        None => linear_forward(lin, x),
+        None => linear_forward(lin, q8, x),
         Some(l) => {
-            let y = linear_forward(lin, x.clone());
+            let y = linear_forward(lin, q8, x.clone());
             l.add_to(y, x)
         }
     }
 }
 
-/// `lin.forward(x)`: the product through [`crate::kernels::matmul_bf16`] where it applies (bf16
-/// inference on burn-flex with AVX512-BF16), burn's otherwise.
-pub(crate) fn linear_forward(lin: &Linear, x: Tensor<3>) -> Tensor<3> {
+/// `lin.forward(x)`: with the weight's 8-bit copy `q8` where there is one
+/// ([`crate::kernels::matmul_q8`]), through [`crate::kernels::matmul_bf16`] where it applies
+/// (bf16 inference on burn-flex with AVX512-BF16), burn's otherwise.
+pub(crate) fn linear_forward(lin: &Linear, q8: Option<&Q8Weight>, x: Tensor<3>) -> Tensor<3> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = q8.and_then(|w| crate::kernels::matmul_q8(&x, w)) {
+        return match &lin.bias {
+            Some(b) => y + b.val().unsqueeze(),
+            None => y,
+        };
+    }
+    #[cfg(not(feature = "flex"))]
+    let _ = q8;
     #[cfg(feature = "flex")]
     if let Some(y) =
         crate::kernels::matmul_bf16(&x, &lin.weight.val(), crate::kernels::bf16::Layout::KN)

@@ -322,6 +322,16 @@ impl RewardNet {
         })
     }
 
+    /// The backbone's projections in `quantize` ([`Llama::quantize`]; the vocabulary projection
+    /// too only for a judge, the one head that reads logits).
+    pub fn quantize(self, quantize: crate::Quantize) -> Result<Self, ModelError> {
+        let head = matches!(self.head, RewardHead::Judge { .. });
+        Ok(Self {
+            backbone: self.backbone.quantize_parts(quantize, head)?,
+            head: self.head,
+        })
+    }
+
     /// Whether inputs need a gating position.
     pub fn needs_gating_position(&self) -> bool {
         matches!(self.head, RewardHead::ArmoRm(_))

@@ -306,3 +306,45 @@ fn bf16_samples_alone_or_batched() {
         }
     }
 }
+
+/// `quantize = "q8_0"`: each sample is the same, token for token and log-probability bit for
+/// bit, alone or in a batch with others (an 8-bit product's sums do not depend on the rows
+/// beside it, on either the VNNI or the portable path), on the three families' fixtures; and
+/// the 8-bit model refuses what it cannot run.
+#[cfg(feature = "flex")]
+#[test]
+fn q8_samples_alone_or_batched() {
+    use sweetspot_model::Quantize;
+    let device = burn::tensor::Device::flex();
+    for name in ["gqa", "tied", "llama31"] {
+        let m = Llama::from_pretrained(&fixture(name), &device)
+            .unwrap()
+            .quantize(Quantize::Q8_0)
+            .unwrap();
+        assert_eq!(m.quantization(), Some(Quantize::Q8_0));
+        assert!(m.quantized_bytes() > 0);
+        let (ps, _) = prompts(name);
+        let params = SamplingParams::new(0.8, 0.95, 50, 12);
+        let batch: Vec<_> = ps
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| (0..3).map(move |s| req(p, i, s)))
+            .collect();
+        let stop = [5u32, 17];
+        let together = generate(&m, &batch, &stop, &params, |_| {}).unwrap();
+        for (r, g) in batch.iter().zip(&together) {
+            let alone = generate(&m, std::slice::from_ref(r), &stop, &params, |_| {}).unwrap();
+            assert_eq!(alone[0].tokens, g.tokens, "{name}: seed {}", r.seed);
+            assert_eq!(alone[0].logprob, g.logprob, "{name}: seed {}", r.seed);
+        }
+    }
+    let bf16 = Llama::from_pretrained(&fixture("gqa"), &device)
+        .unwrap()
+        .to_precision(sweetspot_model::Precision::Bf16)
+        .unwrap();
+    let e = bf16.quantize(Quantize::Q8_0).unwrap_err().to_string();
+    assert!(e.contains("f32") && e.contains("q8_0"), "{e}");
+    let trains = Llama::from_pretrained(&fixture("gqa"), &device.clone().autodiff()).unwrap();
+    let e = trains.quantize(Quantize::Q8_0).unwrap_err().to_string();
+    assert!(e.contains("inference only"), "{e}");
+}

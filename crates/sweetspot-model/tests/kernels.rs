@@ -518,3 +518,123 @@ fn bf16_swiglu_rounds_as_torch_does() {
     let on_ad = |x: Tensor<2>| Tensor::<2>::from_data(x.into_data(), &ad).cast(DType::BF16);
     assert!(kernels::swiglu_bf16(&on_ad(gate), &on_ad(up)).is_none());
 }
+
+/// Q8_0 rounding of one block as llama.cpp's AVX path does it (`quantize_row_q8_0`: the scale
+/// the largest magnitude / 127, values times its inverse rounded to nearest, ties to even): the
+/// scale and the integers.
+fn q8_block(v: &[f32]) -> (f32, Vec<i32>) {
+    let amax = v.iter().fold(0f32, |a, x| a.max(x.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    (
+        d,
+        v.iter()
+            .map(|x| (x * id).round_ties_even() as i32)
+            .collect(),
+    )
+}
+
+/// The 8-bit product from its definition, written independently of the kernel: both operands
+/// rounded to Q8_0 blocks of 32 along `k`, each block's integer dot product times the two
+/// scales, added in block order with one fused multiply-add per block.
+fn q8_reference(x: &[f32], w_kn: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for r in 0..m {
+        for c in 0..n {
+            let mut sum = 0f32;
+            for b in 0..k / 32 {
+                let (sx, qx) = q8_block(&x[r * k + b * 32..r * k + b * 32 + 32]);
+                let col: Vec<f32> = (0..32).map(|j| w_kn[(b * 32 + j) * n + c]).collect();
+                let (sw, qw) = q8_block(&col);
+                let dot: i32 = qx.iter().zip(&qw).map(|(a, b)| a * b).sum();
+                sum = (dot as f32).mul_add(sx * sw, sum);
+            }
+            out[r * n + c] = sum;
+        }
+    }
+    out
+}
+
+/// The 8-bit product equals its definition bit for bit, on the SIMD path (AVX512-VNNI, where the
+/// CPU has it) and on the scalar one, in both weight layouts, for row and column counts that fill
+/// no register block (1, 3, 5, 17 rows; 1, 15, 17, 33 columns) and for a block of zeros; and it
+/// is within Q8_0's rounding of the f32 product.
+#[test]
+fn q8_products_equal_their_definition() {
+    use kernels::q8::{Layout, Q8Matrix, matmul_with};
+    for &(m, k, n) in &[
+        (1, 32, 1),
+        (3, 64, 15),
+        (5, 96, 17),
+        (17, 576, 33),
+        (4, 128, 64),
+        (100, 64, 200),
+    ] {
+        let x = values(m * k, 31 + m as u64, 2.0);
+        let mut w_kn = values(k * n, 57 + n as u64, 0.5);
+        // a block of zeros in the first column (scale 0)
+        for j in 0..32 {
+            w_kn[j * n] = 0.0;
+        }
+        let w_nk: Vec<f32> = (0..n * k).map(|i| w_kn[(i % k) * n + i / k]).collect();
+        let expected = q8_reference(&x, &w_kn, m, k, n);
+        for (layout, w) in [(Layout::KN, &w_kn), (Layout::NK, &w_nk)] {
+            let q = Q8Matrix::quantize(w, k, n, layout);
+            for simd in [false, true] {
+                let mut out = vec![f32::NAN; m * n];
+                matmul_with(&x, &q, &mut out, m, simd);
+                let same = out
+                    .iter()
+                    .zip(&expected)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "[{m}, {k}] x [{k}, {n}] {layout:?} simd {simd}");
+            }
+        }
+        // Within Q8_0's rounding of the f32 product: each operand's error is at most half a
+        // step (its block's largest magnitude / 254), so an output errs by at most
+        // sum |x| |w| / 127 (twice half a step, relative to the largest of the block).
+        for r in 0..m {
+            for c in 0..n {
+                let exact: f64 = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w_kn[i * n + c] as f64)
+                    .sum();
+                let bound: f64 = (0..k / 32)
+                    .map(|b| {
+                        let xs = &x[r * k + b * 32..r * k + b * 32 + 32];
+                        let ws: Vec<f32> = (0..32).map(|j| w_kn[(b * 32 + j) * n + c]).collect();
+                        let ax = xs.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+                        let aw = ws.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+                        32.0 * ax * aw / 127.0
+                    })
+                    .sum();
+                let got = expected[r * n + c] as f64;
+                assert!(
+                    (got - exact).abs() <= bound + 1e-4,
+                    "row {r} column {c}: {got} against {exact} (bound {bound})"
+                );
+            }
+        }
+    }
+}
+
+/// The 8-bit path through burn tensors: a `[2, 3, k]` activation times a quantized weight equals
+/// the kernel on the flat rows, with and without autodiff on the device (no gradient is asked).
+#[test]
+fn q8_matmul_on_tensors() {
+    use kernels::q8::{Layout, Q8Matrix, matmul};
+    let (k, n) = (64, 40);
+    let x = values(6 * k, 5, 1.0);
+    let w = values(k * n, 6, 0.3);
+    let q = kernels::Q8Weight(Arc::new(Q8Matrix::quantize(&w, k, n, Layout::KN)));
+    let mut flat = vec![0f32; 6 * n];
+    matmul(&x, &q.0, &mut flat, 6);
+    for device in [Device::flex(), Device::flex().autodiff()] {
+        let t: Tensor<3> = Tensor::from_data(TensorData::new(x.clone(), [2, 3, k]), &device);
+        let y = kernels::matmul_q8(&t, &q).expect("f32 on flex");
+        assert_eq!(y.dims(), [2, 3, n]);
+        assert_eq!(y.into_data().try_to_vec::<f32>().unwrap(), flat);
+    }
+    let bf: Tensor<3> = Tensor::from_data(TensorData::new(x, [2, 3, k]), &Device::flex());
+    let bf = bf.cast(burn::tensor::FloatDType::BF16);
+    assert!(kernels::matmul_q8(&bf, &q).is_none(), "bf16 is not taken");
+}

@@ -548,13 +548,27 @@ pub struct InferSetup {
     pub prompt_tokens: u64,
     /// Tokens generated per sequence (for scoring: the longest response).
     pub new_tokens: u64,
+    /// 8-bit copies of the projections beside the weights (`quantize`).
+    pub quantize: Option<sweetspot_core::Quantize>,
 }
 
 /// Weights and the load's transient: a GGUF is read whole and dequantized to f32 before the
 /// cast; a safetensors file passes through memory once.
-fn weights(e: &mut Estimate, s: &Shape, dtype: Precision, place: Place, gguf: bool) -> u64 {
-    let p = s.params();
+fn weights(e: &mut Estimate, s: &Shape, g: &InferSetup, place: Place, gguf: bool) -> u64 {
+    let (dtype, p) = (g.dtype, s.params());
     e.add(format!("weights ({dtype})"), p * bytes_of(dtype));
+    if let Some(q) = g.quantize {
+        // Every projection (and the output projection) again, 32 bytes and a 4-byte scale and
+        // correction per block of 32.
+        let attn =
+            s.hidden * (s.heads + 2 * s.kv_heads) * s.head_dim + s.heads * s.head_dim * s.hidden;
+        let mlp = 3 * s.hidden * s.intermediate;
+        let projections = s.layers * (attn + mlp) + s.vocab * s.hidden;
+        e.add(
+            format!("{q} copies of the projections"),
+            projections / 32 * 40,
+        );
+    }
     if place == Place::Gpu {
         return 0;
     }
@@ -571,7 +585,7 @@ fn weights(e: &mut Estimate, s: &Shape, dtype: Precision, place: Place, gguf: bo
 pub fn generate(s: &Shape, g: &InferSetup, place: Place, gguf: bool) -> Estimate {
     let mut e = Estimate::default();
     let wb = bytes_of(g.dtype);
-    let load = weights(&mut e, s, g.dtype, place, gguf);
+    let load = weights(&mut e, s, g, place, gguf);
     let per_seq = g.prompt_tokens + g.new_tokens;
     // Each row's buffer holds its slots rounded up to the cache's room.
     let per_buffer =
@@ -627,7 +641,7 @@ fn prefill(s: &Shape, batch: u64, tokens: u64, wb: u64, place: Place) -> u64 {
 pub fn score(s: &Shape, g: &InferSetup, place: Place, gguf: bool) -> Estimate {
     let mut e = Estimate::default();
     let wb = bytes_of(g.dtype);
-    let load = weights(&mut e, s, g.dtype, place, gguf);
+    let load = weights(&mut e, s, g, place, gguf);
     let seq = g.prompt_tokens + g.new_tokens;
     let mut batch = g.batch_size;
     if let Some(m) = g.max_batch_tokens {
@@ -906,6 +920,7 @@ pub fn plan_memory(plan: &Plan, start_policy: Option<&Path>) -> Vec<Option<NodeM
                             max_batch_tokens: m.max_batch_tokens.map(|t| t as u64),
                             prompt_tokens: b.prompt_tokens,
                             new_tokens: m.max_new_tokens as u64,
+                            quantize: m.quantize,
                         };
                         let mut e = generate(&s, &setup, place, is_gguf(&p));
                         if let Some(c) = auto {
@@ -942,6 +957,7 @@ pub fn plan_memory(plan: &Plan, start_policy: Option<&Path>) -> Vec<Option<NodeM
                     max_batch_tokens: m.max_batch_tokens.map(|t| t as u64),
                     prompt_tokens: b.prompt_tokens,
                     new_tokens: b.new_tokens,
+                    quantize: m.quantize,
                 };
                 shape_of(&m.model).map(|s| {
                     let mut e = score(&s, &setup, place, is_gguf(&m.model));
@@ -991,6 +1007,7 @@ pub fn plan_memory(plan: &Plan, start_policy: Option<&Path>) -> Vec<Option<NodeM
                     max_batch_tokens: None,
                     prompt_tokens: b.prompt_tokens,
                     new_tokens: b.new_tokens,
+                    quantize: None,
                 };
                 match model_of(plan, policy, start_policy) {
                     Some(p) => shape_of(&p).map(|s| {
@@ -1344,6 +1361,7 @@ mod tests {
             max_batch_tokens: None,
             prompt_tokens: 512,
             new_tokens: 2048,
+            quantize: None,
         };
         let e = generate(&s, &g, Place::Gpu, false);
         // 2 (k, v) x 32 layers x 1024 wide x 2 bytes = 128 KiB per token.
@@ -1360,6 +1378,35 @@ mod tests {
             false,
         );
         assert!(bounded.part("KV cache") * 2 <= e.part("KV cache") + layer);
+    }
+
+    #[test]
+    fn quantized_projections_are_counted_beside_the_weights() {
+        let s = llama3_8b();
+        let g = InferSetup {
+            dtype: Precision::F32,
+            batch_size: 4,
+            max_batch_tokens: None,
+            prompt_tokens: 128,
+            new_tokens: 128,
+            quantize: Some(sweetspot_core::Quantize::Q8_0),
+        };
+        let e = generate(&s, &g, Place::Cpu, false);
+        // Llama-3-8B's projections: 32 layers x (4096 x 6144 + 4096 x 4096 + 3 x 4096 x 14336)
+        // and the 128,256 x 4096 output projection, at 40 bytes per block of 32.
+        let projections: u64 = 32 * (4096 * 6144 + 4096 * 4096 + 3 * 4096 * 14336) + 128_256 * 4096;
+        assert_eq!(e.part("q8_0 copies"), projections / 32 * 40);
+        let plain = generate(
+            &s,
+            &InferSetup {
+                quantize: None,
+                ..g
+            },
+            Place::Cpu,
+            false,
+        );
+        assert_eq!(plain.part("q8_0 copies"), 0);
+        assert_eq!(e.total() - plain.total(), projections / 32 * 40);
     }
 
     #[test]

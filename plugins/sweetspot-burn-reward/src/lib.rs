@@ -17,10 +17,12 @@ use serde::{Deserialize, Serialize};
 use sweetspot_core::{
     BuildContext, ConfigIssue, Message, PluginError, PluginInput, Progress, Prompt, PromptContent,
     RewardModel, RewardModelConfig, SampleGroup, ScoredGroup, ScoredSample, check_device_name,
-    declared_inputs,
+    check_quantize, declared_inputs,
 };
 use sweetspot_model::reward::{LLAMA3_GATING_PATTERN, find_last};
-use sweetspot_model::{ModelError, Precision, RewardInput, RewardNet, Tokenizer, resolve_device};
+use sweetspot_model::{
+    ModelError, Precision, Quantize, RewardInput, RewardNet, Tokenizer, resolve_device,
+};
 
 /// Call from a binary to make sure this crate is linked (and its plugins registered).
 #[inline(never)]
@@ -72,6 +74,11 @@ pub struct SeqClsConfig {
     /// Float type of the model's weights (`f32`, `bf16`, `f16`); heads compute in f32.
     #[serde(default)]
     pub dtype: Precision,
+    /// `"q8_0"`: the backbone's projections computed with 8-bit weights and activations
+    /// (llama.cpp's Q8_0 blocks; VNNI dot products where the CPU has them), on the CPU with
+    /// `dtype = "f32"`; the head stays in f32. Unset: the weights' float type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<Quantize>,
 }
 
 /// `type = "skywork"`: the same as `seq-cls`.
@@ -100,6 +107,11 @@ pub struct ArmoRmConfig {
     /// Float type of the model's weights (`f32`, `bf16`, `f16`); heads compute in f32.
     #[serde(default)]
     pub dtype: Precision,
+    /// `"q8_0"`: the backbone's projections computed with 8-bit weights and activations
+    /// (llama.cpp's Q8_0 blocks; VNNI dot products where the CPU has them), on the CPU with
+    /// `dtype = "f32"`; the head stays in f32. Unset: the weights' float type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<Quantize>,
 }
 
 /// The `[reward]` table with `type = "judge"`.
@@ -204,6 +216,7 @@ impl RewardModelConfig for PairwiseJudgeConfig {
             batch_size: sweetspot_core::Rows::Fixed(self.batch_size),
             max_batch_tokens: Some(self.max_batch_tokens),
             max_new_tokens: 0,
+            quantize: None,
         })
     }
     fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
@@ -301,6 +314,7 @@ impl RewardModelConfig for SeqClsConfig {
             batch_size: sweetspot_core::Rows::Fixed(self.batch_size),
             max_batch_tokens: Some(self.max_batch_tokens),
             max_new_tokens: 0,
+            quantize: self.quantize,
         })
     }
     fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
@@ -314,6 +328,11 @@ impl RewardModelConfig for SeqClsConfig {
             self.batch_size,
             self.max_batch_tokens,
             self.device.as_ref(),
+        )?;
+        check_quantize(
+            self.quantize,
+            self.dtype,
+            self.device.as_deref().unwrap_or(&ctx.device),
         )
     }
 
@@ -324,6 +343,10 @@ impl RewardModelConfig for SeqClsConfig {
         tracing::info!(model = %dir.display(), "loading sequence-classification reward model");
         let net = RewardNet::seq_cls_from_pretrained(&dir, &device, self.dtype)
             .map_err(model_err("seq-cls"))?;
+        let net = match self.quantize {
+            Some(q) => net.quantize(q).map_err(model_err("seq-cls"))?,
+            None => net,
+        };
         let tokenizer = Tokenizer::from_dir(&dir, &[]).map_err(model_err("seq-cls"))?;
         BurnReward::boxed(
             net,
@@ -370,6 +393,7 @@ impl RewardModelConfig for ArmoRmConfig {
             batch_size: sweetspot_core::Rows::Fixed(self.batch_size),
             max_batch_tokens: Some(self.max_batch_tokens),
             max_new_tokens: 0,
+            quantize: self.quantize,
         })
     }
     fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
@@ -384,6 +408,11 @@ impl RewardModelConfig for ArmoRmConfig {
             self.max_batch_tokens,
             self.device.as_ref(),
         )?;
+        check_quantize(
+            self.quantize,
+            self.dtype,
+            self.device.as_deref().unwrap_or(&ctx.device),
+        )?;
         if self.gating_pattern.is_empty() {
             return Err(ConfigIssue::new("gating_pattern", "must not be empty"));
         }
@@ -397,6 +426,10 @@ impl RewardModelConfig for ArmoRmConfig {
         tracing::info!(model = %dir.display(), "loading ArmoRM reward model");
         let net = RewardNet::armorm_from_pretrained(&dir, &device, self.dtype)
             .map_err(model_err("armorm"))?;
+        let net = match self.quantize {
+            Some(q) => net.quantize(q).map_err(model_err("armorm"))?,
+            None => net,
+        };
         let tokenizer = Tokenizer::from_dir(&dir, &[]).map_err(model_err("armorm"))?;
         let pattern = tokenizer
             .encode(&self.gating_pattern, false)
@@ -430,6 +463,7 @@ impl RewardModelConfig for JudgeConfig {
             batch_size: sweetspot_core::Rows::Fixed(self.batch_size),
             max_batch_tokens: Some(self.max_batch_tokens),
             max_new_tokens: 0,
+            quantize: None,
         })
     }
     fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {

@@ -10,12 +10,12 @@ use serde::{Deserialize, Serialize};
 use sweetspot_core::rows::{RowBudget, Rows, auto_rows, available_ram, cache_budget};
 use sweetspot_core::{
     BuildContext, ConfigIssue, PluginError, PluginInput, Progress, Prompt, Sample, SampleGroup,
-    SampleRequest, Sampler, SamplerConfig, check_device_name, check_penalties, check_sampling,
-    declared_inputs,
+    SampleRequest, Sampler, SamplerConfig, check_device_name, check_penalties, check_quantize,
+    check_sampling, declared_inputs,
 };
 use sweetspot_model::generate::{BatchLimits, SamplingParams, SeqRequest, generate_continuous};
 use sweetspot_model::{
-    GenerationConfigMode, GenerationDefaults, Llama, ModelError, Precision, Tokenizer,
+    GenerationConfigMode, GenerationDefaults, Llama, ModelError, Precision, Quantize, Tokenizer,
     resolve_device,
 };
 
@@ -74,6 +74,12 @@ pub struct BurnSamplerConfig {
     /// Float type of the weights (`f32`, `bf16`, `f16`); the logits and sampling stay in f32.
     #[serde(default)]
     pub dtype: Precision,
+    /// `"q8_0"`: the projections computed with 8-bit weights and activations (llama.cpp's Q8_0
+    /// blocks; VNNI dot products where the CPU has them), on the CPU with `dtype = "f32"`.
+    /// Samples differ from f32's by the rounding (docs/benchmarks.md states how much). Unset:
+    /// the weights' float type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<Quantize>,
 }
 
 /// The temperature when neither the recipe nor the model's generation config sets one (the
@@ -136,9 +142,15 @@ impl SamplerConfig for BurnSamplerConfig {
             batch_size: self.batch_size,
             max_batch_tokens: self.max_batch_tokens,
             max_new_tokens: self.max_new_tokens,
+            quantize: self.quantize,
         })
     }
     fn check(&self, ctx: &BuildContext) -> Result<(), ConfigIssue> {
+        check_quantize(
+            self.quantize,
+            self.dtype,
+            self.device.as_deref().unwrap_or(&ctx.device),
+        )?;
         check_sampling(
             self.temperature.unwrap_or(DEFAULT_TEMPERATURE),
             self.top_p.unwrap_or(1.0),
@@ -267,6 +279,23 @@ impl SamplerConfig for BurnSamplerConfig {
         let defaults = sweetspot_model::load_generation_defaults(&path).map_err(model_err)?;
         let (params, sources) = self.resolve(&defaults);
         let (model, tokenizer) = load(&path, &device, self.dtype)?;
+        let model = match self.quantize {
+            Some(q) => {
+                let model = model.quantize(q).map_err(model_err)?;
+                tracing::info!(
+                    "quantize = \"{q}\": the projections in 8 bits ({} MB beside the weights; \
+                     VNNI dot products: {})",
+                    model.quantized_bytes() / 1_000_000,
+                    if sweetspot_model::q8_uses_vnni() {
+                        "yes"
+                    } else {
+                        "no, a portable loop"
+                    }
+                );
+                model
+            }
+            None => model,
+        };
         let stops: Vec<String> = tokenizer
             .stop_ids()
             .iter()

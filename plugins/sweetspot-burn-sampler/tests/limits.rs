@@ -71,3 +71,31 @@ fn a_prompt_beyond_the_budget_is_refused_by_prompt() {
     assert_eq!(i, 1);
     assert!(message.contains("max_batch_tokens = 60"), "{message}");
 }
+
+/// `quantize = "q8_0"` samples through the 8-bit model (the samples are the sampler's own:
+/// drawn again, they are the same), and what it cannot run is refused by key before anything
+/// loads: other float types, other devices.
+#[test]
+fn quantize_runs_on_the_cpu_in_f32_and_is_refused_elsewhere() {
+    let ps = prompts(&["a short one", "x"]);
+    let q8 = config("quantize = \"q8_0\"");
+    let first = sample(&q8, &ps);
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|g| g.samples.len() == 4));
+    let again = sample(&q8, &ps);
+    for (a, b) in first.iter().zip(&again) {
+        let ra: Vec<_> = a.samples.iter().map(|s| (&s.response, s.logprob)).collect();
+        let rb: Vec<_> = b.samples.iter().map(|s| (&s.response, s.logprob)).collect();
+        assert_eq!(ra, rb);
+    }
+    let ctx = BuildContext::new(root());
+    for (extra, words) in [
+        ("quantize = \"q8_0\"\ndtype = \"bf16\"", "takes f32 weights"),
+        ("quantize = \"q8_0\"\ndevice = \"wgpu\"", "CPU only"),
+    ] {
+        let issue = config(extra).check(&ctx).unwrap_err();
+        assert_eq!(issue.key, "quantize", "{extra}");
+        assert!(issue.to_string().contains(words), "{extra}: {issue}");
+    }
+    assert!(toml::from_str::<BurnSamplerConfig>("model = \"m\"\nquantize = \"q4\"").is_err());
+}

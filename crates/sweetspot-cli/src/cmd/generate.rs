@@ -63,6 +63,10 @@ pub struct GenerateArgs {
     /// The weights' float type: f32 (default), bf16 or f16.
     #[arg(long, value_parser = ["f32", "bf16", "f16"])]
     pub dtype: Option<String>,
+    /// Compute the projections with 8-bit weights and activations (llama.cpp's Q8_0 blocks):
+    /// q8_0. CPU only, with f32 weights.
+    #[arg(long, value_parser = ["q8_0"])]
+    pub quantize: Option<String>,
     #[command(flatten)]
     pub model_flags: ModelFlags,
 }
@@ -117,6 +121,9 @@ pub(crate) fn generate_cmd(args: GenerateArgs, quiet: bool) -> Result<(), Failur
         }
         if let Some(d) = &args.dtype {
             sampler.insert("dtype".into(), toml::Value::String(d.clone()));
+        }
+        if let Some(q) = &args.quantize {
+            sampler.insert("quantize".into(), toml::Value::String(q.clone()));
         }
         let mut generate = toml::Table::new();
         generate.insert("prompts".into(), path_value(prompts));

@@ -38,6 +38,10 @@ pub struct ScoreArgs {
     /// The weights' float type: f32 (default), bf16 or f16.
     #[arg(long, value_parser = ["f32", "bf16", "f16"])]
     pub dtype: Option<String>,
+    /// Compute the backbone's projections with 8-bit weights and activations (llama.cpp's Q8_0
+    /// blocks): q8_0. CPU only, with f32 weights; `seq-cls`, `skywork` and `armorm` models.
+    #[arg(long, value_parser = ["q8_0"])]
+    pub quantize: Option<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -68,6 +72,9 @@ pub(crate) fn score_cmd(args: ScoreArgs, quiet: bool) -> Result<(), Failure> {
         }
         if let Some(d) = &args.dtype {
             reward.insert("dtype".into(), toml::Value::String(d.clone()));
+        }
+        if let Some(q) = &args.quantize {
+            reward.insert("quantize".into(), toml::Value::String(q.clone()));
         }
         let mut score = toml::Table::new();
         score.insert("input".into(), path_value(input));

@@ -21,6 +21,7 @@
 
 pub mod bf16;
 mod cpu;
+pub mod q8;
 
 use std::sync::Arc;
 
@@ -54,6 +55,10 @@ pub struct AttnMask {
     pub window: usize,
 }
 
+/// A weight in Q8_0 for [`matmul_q8`] (shared, never copied).
+#[derive(Debug, Clone)]
+pub struct Q8Weight(pub Arc<q8::Q8Matrix>);
+
 /// Row targets of a [`token_logprob`] call.
 #[derive(Debug, Clone)]
 pub struct Targets(pub Arc<Vec<u32>>);
@@ -78,6 +83,9 @@ pub trait SweetspotKernels: Backend {
         weight: FloatTensor<Self>,
         targets: Targets,
     ) -> FloatTensor<Self>;
+
+    /// See [`matmul_q8`].
+    fn sweetspot_matmul_q8(x: FloatTensor<Self>, w: Q8Weight) -> FloatTensor<Self>;
 
     /// See [`matmul_bf16`].
     fn sweetspot_matmul_bf16(
@@ -227,6 +235,25 @@ fn swiglu_flex(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
     flex_tensor(out, shape.to_vec())
 }
 
+fn matmul_q8_flex(x: &FlexTensor, w: &Q8Weight) -> FlexTensor {
+    let x = f32s(x);
+    let shape = x.layout().shape().to_vec();
+    let k = *shape.last().expect("matmul_q8: x has a last axis");
+    let m = shape.iter().rev().skip(1).product::<usize>();
+    assert_eq!(
+        k,
+        w.0.k(),
+        "matmul_q8: x {shape:?} and a weight of {} inputs",
+        w.0.k()
+    );
+    let n = w.0.n();
+    let mut out = vec![0f32; m * n];
+    q8::matmul(x.storage(), &w.0, &mut out, m);
+    let mut out_shape = shape;
+    *out_shape.last_mut().expect("a last axis") = n;
+    flex_tensor(out, out_shape)
+}
+
 fn matmul_bf16_flex(x: &FlexTensor, w: &FlexTensor, layout: bf16::Layout) -> FlexTensor {
     use burn::tensor::bf16 as B;
     assert!(
@@ -259,6 +286,10 @@ fn matmul_bf16_flex(x: &FlexTensor, w: &FlexTensor, layout: bf16::Layout) -> Fle
 }
 
 impl SweetspotKernels for Flex {
+    fn sweetspot_matmul_q8(x: FloatTensor<Self>, w: Q8Weight) -> FloatTensor<Self> {
+        matmul_q8_flex(&x, &w)
+    }
+
     fn sweetspot_matmul_bf16(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
@@ -380,6 +411,14 @@ impl Backward<Flex, 2> for LogprobBackward {
 }
 
 impl<C: CheckpointStrategy> SweetspotKernels for Autodiff<Flex, C> {
+    /// No gradient flows through an 8-bit product (inference only: `Llama::quantize` refuses a
+    /// model that trains, so this is never reached with a tracked input).
+    fn sweetspot_matmul_q8(x: FloatTensor<Self>, w: Q8Weight) -> FloatTensor<Self> {
+        use burn::backend::AutodiffBackend as _;
+        let (x, _) = x.into_parts();
+        Self::from_inner(matmul_q8_flex(&x, &w))
+    }
+
     /// Not a kernel of its own under autodiff ([`matmul_bf16`] is for inference): burn's
     /// product, with its backward.
     fn sweetspot_matmul_bf16(
@@ -516,6 +555,18 @@ pub fn matmul_bf16<const D: usize>(
             x.clone().into_dispatch(),
             w.clone().into_dispatch(),
             layout,
+        ))
+    })
+}
+
+/// `x [.., k] · w` with `w` in Q8_0 and `x` quantized per row as the product starts
+/// ([`q8`]): 8-bit inference on burn-flex, f32 in and out. `None` where it does not apply (not
+/// f32 on burn-flex).
+pub fn matmul_q8<const D: usize>(x: &Tensor<D>, w: &Q8Weight) -> Option<Tensor<D>> {
+    applies(&x.device(), x.dtype()).then(|| {
+        Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_matmul_q8(
+            x.clone().into_dispatch(),
+            w.clone(),
         ))
     })
 }
