@@ -26,6 +26,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
 }
 
 /// A tensor's values in f32 on the host.
+#[cfg(feature = "flex")]
 pub(crate) fn host_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ModelError> {
     Ok(host(t)?.1)
 }

@@ -396,8 +396,10 @@ pub struct Llama {
     q8: Option<Arc<ModelQ8>>,
 }
 
-/// The projections of every decoder layer and the output projection in Q8_0.
+/// The projections of every decoder layer and the output projection in Q8_0 (only made with the
+/// CPU backend).
 #[derive(Debug)]
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
 struct ModelQ8 {
     layers: Vec<LayerQ8>,
     /// `None` for a reward model's backbone.

@@ -17,7 +17,6 @@
 //! rows still give every core columns of its own).
 
 use burn::tensor::bf16;
-use rayon::prelude::*;
 
 /// Where the weight's `k` axis runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,12 +49,6 @@ const MR: usize = 6;
 const NK_R: usize = 4;
 /// Output columns per tile of an `NK` product.
 const NK_COLS: usize = 64;
-/// Up to this many rows are one tile: a decode step's rows are (each weight read once).
-const ROWS_PER_TILE: usize = 96;
-/// Rows of a tile when there are more (a multiple of both register blocks, 6 and 4).
-const ROWS_PER_LONG_TILE: usize = 48;
-/// Below this many multiply-adds the product runs on the calling thread.
-const PARALLEL_MACS: usize = 1 << 18;
 
 /// `out [m, n] = x [m, k] · w` (see [`Layout`]), f32 sums rounded to bf16.
 ///
@@ -81,26 +74,14 @@ pub fn matmul(
         Layout::NK => NK_COLS,
     };
     let col_tiles = n.div_ceil(cols);
-    // Enough tiles for every thread to get several (a decode step's 192-column product has 3
-    // column tiles): rows are split, in whole register blocks, until there are.
-    let want = 4 * rayon::current_num_threads();
+    // (a decode step's 192-column product has 3 column tiles: its rows are split)
     let block = match layout {
         Layout::KN => MR,
         Layout::NK => NK_R,
     };
-    let rows = if m <= ROWS_PER_TILE {
-        m
-    } else {
-        ROWS_PER_LONG_TILE
-    };
-    let rows = if col_tiles * m.div_ceil(rows) < want {
-        let split = want.div_ceil(col_tiles);
-        m.div_ceil(split).div_ceil(block).max(1) * block
-    } else {
-        rows
-    };
+    let rows = super::tile_rows(m, col_tiles, block);
     let row_tiles = m.div_ceil(rows);
-    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let out_ptr = super::SyncPtr(out.as_mut_ptr());
     let simd = available();
     let tile = |t: usize| {
         let (r0, c0) = ((t / col_tiles) * rows, (t % col_tiles) * cols);
@@ -123,12 +104,7 @@ pub fn matmul(
             }
         }
     };
-    let tiles = row_tiles * col_tiles;
-    if m * n * k < PARALLEL_MACS || tiles == 1 {
-        (0..tiles).for_each(tile);
-    } else {
-        (0..tiles).into_par_iter().for_each(tile);
-    }
+    super::run_tiles(row_tiles * col_tiles, m * n * k, tile);
 }
 
 /// A block of the output: its rows and columns, the depth and the output's row length.
@@ -137,17 +113,6 @@ struct Tile {
     cols: std::ops::Range<usize>,
     k: usize,
     n: usize,
-}
-
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut bf16);
-// SAFETY: the tiles write disjoint elements through it.
-unsafe impl Sync for SyncPtr {}
-unsafe impl Send for SyncPtr {}
-impl SyncPtr {
-    fn get(self) -> *mut bf16 {
-        self.0
-    }
 }
 
 /// The same sums one product at a time (in `k` order, f32).

@@ -36,6 +36,55 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 
 pub(crate) use cpu::AttnDims;
 
+/// Up to this many rows are one tile of an inference product ([`bf16`], [`q8`]): a decode
+/// step's rows are, so each weight is read once per step.
+const ROWS_PER_TILE: usize = 96;
+/// Rows of a tile when there are more.
+const ROWS_PER_LONG_TILE: usize = 48;
+/// Below this many multiply-adds an inference product runs on the calling thread.
+const PARALLEL_MACS: usize = 1 << 18;
+
+/// Rows per tile of an `m`-row product with `col_tiles` column tiles: enough tiles for every
+/// thread to get several (a decode step's narrow products have few column tiles), rows split in
+/// whole register blocks of `block` rows until there are.
+fn tile_rows(m: usize, col_tiles: usize, block: usize) -> usize {
+    let want = 4 * rayon::current_num_threads();
+    let rows = if m <= ROWS_PER_TILE {
+        m
+    } else {
+        ROWS_PER_LONG_TILE
+    };
+    if col_tiles * m.div_ceil(rows) < want {
+        let split = want.div_ceil(col_tiles);
+        m.div_ceil(split).div_ceil(block).max(1) * block
+    } else {
+        rows
+    }
+}
+
+/// `tile(t)` for every tile `t`: on the calling thread for a small product (`macs`
+/// multiply-adds) or a single tile, on rayon's threads otherwise.
+fn run_tiles(tiles: usize, macs: usize, tile: impl Fn(usize) + Send + Sync) {
+    use rayon::prelude::*;
+    if macs < PARALLEL_MACS || tiles == 1 {
+        (0..tiles).for_each(tile);
+    } else {
+        (0..tiles).into_par_iter().for_each(tile);
+    }
+}
+
+/// The output of a product whose tiles write disjoint elements of it from several threads.
+#[derive(Clone, Copy)]
+struct SyncPtr<T>(*mut T);
+// SAFETY: the tiles write disjoint elements through it.
+unsafe impl<T> Sync for SyncPtr<T> {}
+unsafe impl<T> Send for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 /// Whether the kernels apply to tensors of `dtype` on `device`: f32 on burn-flex.
 pub fn applies(device: &Device, dtype: DType) -> bool {
     // A device compares equal by hardware alone (autodiff and checkpointing ignored), so this

@@ -24,14 +24,8 @@ pub const BLOCK: usize = 32;
 const COLS: usize = 16;
 /// Column groups per tile.
 const GROUPS_PER_TILE: usize = 4;
-/// Up to this many rows are one tile (a decode step's rows: each weight read once).
-const ROWS_PER_TILE: usize = 96;
-/// Rows of a tile when there are more.
-const ROWS_PER_LONG_TILE: usize = 48;
 /// Rows per register block.
 const MR: usize = 4;
-/// Below this many multiply-adds the product runs on the calling thread.
-const PARALLEL_MACS: usize = 1 << 18;
 
 /// Whether this CPU runs the products with AVX512-VNNI.
 pub fn available() -> bool {
@@ -249,20 +243,9 @@ pub fn matmul_with(x: &[f32], w: &Q8Matrix, out: &mut [f32], m: usize, simd: boo
     let xq = quantize_rows(x, m, k, simd);
     let groups = n.div_ceil(COLS);
     let group_tiles = groups.div_ceil(GROUPS_PER_TILE);
-    let want = 4 * rayon::current_num_threads();
-    let rows = if m <= ROWS_PER_TILE {
-        m
-    } else {
-        ROWS_PER_LONG_TILE
-    };
-    let rows = if group_tiles * m.div_ceil(rows) < want {
-        let split = want.div_ceil(group_tiles);
-        m.div_ceil(split).div_ceil(MR).max(1) * MR
-    } else {
-        rows
-    };
+    let rows = super::tile_rows(m, group_tiles, MR);
     let row_tiles = m.div_ceil(rows);
-    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let out_ptr = super::SyncPtr(out.as_mut_ptr());
     let tile = |t: usize| {
         let r0 = (t / group_tiles) * rows;
         let g0 = (t % group_tiles) * GROUPS_PER_TILE;
@@ -282,28 +265,12 @@ pub fn matmul_with(x: &[f32], w: &Q8Matrix, out: &mut [f32], m: usize, simd: boo
             scalar_tile(&xq, w, out, &tile);
         }
     };
-    let tiles = row_tiles * group_tiles;
-    if m * k * n < PARALLEL_MACS || tiles == 1 {
-        (0..tiles).for_each(tile);
-    } else {
-        (0..tiles).into_par_iter().for_each(tile);
-    }
+    super::run_tiles(row_tiles * group_tiles, m * k * n, tile);
 }
 
 struct Tile {
     rows: std::ops::Range<usize>,
     groups: std::ops::Range<usize>,
-}
-
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: the tiles write disjoint elements.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-impl SyncPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// The same sums as the SIMD path, one output at a time.
