@@ -374,6 +374,93 @@ fn a_failing_server_loses_and_duplicates_nothing() {
     assert!(stderr(&o).contains("retrying"), "{}", stderr(&o));
 }
 
+/// `serve --quantize q8_0`: the policy and the reward model in 8 bits, as the in-process
+/// plugins with `quantize = "q8_0"` compute them (the same samples, the same scores), and not as
+/// f32 does (the scores move); refused with another dtype or device before the model loads.
+#[test]
+fn an_8bit_server_gives_the_in_process_8bit_samples_and_scores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let seq_cls = fixture("seq-cls");
+    let server = Server::start(
+        dir,
+        "q8",
+        &[
+            "--quantize",
+            "q8_0",
+            "--reward-model",
+            seq_cls.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("quantize = \"q8_0\""), "{log}");
+    let n = 4;
+    let q8 = "\nquantize = \"q8_0\"";
+    let native = recipe(
+        dir,
+        "native-q8",
+        &(native_sampler(0.8) + q8),
+        &(seq_cls_native() + q8),
+        n,
+    );
+    let f32 = recipe(
+        dir,
+        "native-f32",
+        &native_sampler(0.8),
+        &seq_cls_native(),
+        n,
+    );
+    let remote_reward = format!(
+        "type = \"http\"\nendpoints = [{:?}]\nmodel = \"seq-cls\"\ntokenizer = {seq_cls:?}",
+        server.url
+    );
+    let remote = recipe(
+        dir,
+        "remote-q8",
+        &remote_sampler(&server.url, 4, 0.8, ""),
+        &remote_reward,
+        n,
+    );
+    for r in [&native, &f32, &remote] {
+        assert_ok(&run(r, &[]));
+    }
+    let run_dir = |name: &str| dir.join("runs").join(name);
+    assert_same_samples(
+        &run_dir("native-q8").join("samples.jsonl"),
+        &run_dir("remote-q8").join("samples.jsonl"),
+    );
+    assert_same_scores(
+        &run_dir("native-q8").join("scored.jsonl"),
+        &run_dir("remote-q8").join("scored.jsonl"),
+    );
+    // The 8-bit scores are not the f32 ones (so the server did compute in 8 bits).
+    let rewards = |name: &str| -> Vec<f64> {
+        rows(&run_dir(name).join("scored.jsonl"))
+            .iter()
+            .map(|r| r.2["reward"].as_f64().unwrap())
+            .collect()
+    };
+    let (a, b) = (rewards("native-q8"), rewards("native-f32"));
+    assert_eq!(a.len(), b.len());
+    assert!(
+        a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-4),
+        "8-bit and f32 scores agree: {a:?}"
+    );
+    // Refused by flag before anything loads.
+    for extra in [["--dtype", "bf16"], ["--device", "wgpu"]] {
+        let o = Command::new(bin())
+            .arg("serve")
+            .arg(fixture("policy"))
+            .args(["--port", "0", "--quantize", "q8_0"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--quantize"), "{}", stderr(&o));
+    }
+}
+
 fn seq_cls_native() -> String {
     format!("type = \"seq-cls\"\nmodel = {:?}", fixture("seq-cls"))
 }

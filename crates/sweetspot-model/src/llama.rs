@@ -496,23 +496,26 @@ impl Llama {
                     self.precision()
                 )));
             }
-            let block = crate::kernels::q8::BLOCK;
-            let weight = |name: String, lin: &Linear| -> Result<Q8Weight, ModelError> {
-                let [k, n] = lin.weight.val().dims();
-                if !k.is_multiple_of(block) {
-                    return Err(ModelError::Input(format!(
-                        "quantize = \"{quantize}\": {name} takes {k} inputs, not a multiple of \
-                         {block}"
-                    )));
-                }
-                let w = crate::export::host_f32(lin.weight.val())?;
-                Ok(Q8Weight(Arc::new(crate::kernels::q8::Q8Matrix::quantize(
-                    &w,
-                    k,
-                    n,
-                    crate::kernels::q8::Layout::KN,
-                ))))
-            };
+            use crate::kernels::q8::{BLOCK, Layout, Q8Matrix};
+            // A weight stored [in, out] (a `Linear`) or [out, in] (the tied embeddings).
+            let weight =
+                |name: &str, w: Tensor<2>, layout: Layout| -> Result<Q8Weight, ModelError> {
+                    let [k, n] = match layout {
+                        Layout::KN => w.dims(),
+                        Layout::NK => {
+                            let [n, k] = w.dims();
+                            [k, n]
+                        }
+                    };
+                    if !k.is_multiple_of(BLOCK) {
+                        return Err(ModelError::Input(format!(
+                            "quantize = \"{quantize}\": {name} takes {k} inputs, not a multiple of \
+                         {BLOCK}"
+                        )));
+                    }
+                    let w = crate::export::host_f32(w)?;
+                    Ok(Q8Weight(Arc::new(Q8Matrix::quantize(&w, k, n, layout))))
+                };
             let mut layers = Vec::with_capacity(self.params.model.layers.len());
             for (i, layer) in self.params.model.layers.iter().enumerate() {
                 let (a, m) = (&layer.self_attn, &layer.mlp);
@@ -526,30 +529,19 @@ impl Llama {
                     ("up_proj", &m.up_proj),
                     ("down_proj", &m.down_proj),
                 ] {
-                    named.push((name, weight(format!("layer {i} {name}"), lin)?));
+                    let w = weight(&format!("layer {i} {name}"), lin.weight.val(), Layout::KN)?;
+                    named.push((name, w));
                 }
                 layers.push(LayerQ8(named));
             }
             let head = match &self.params.lm_head {
                 _ if !head => None,
-                Some(lin) => Some(weight("lm_head".into(), lin)?),
-                None => {
-                    let w = self.params.model.embed_tokens.weight.val();
-                    let [n, k] = w.dims();
-                    if !k.is_multiple_of(block) {
-                        return Err(ModelError::Input(format!(
-                            "quantize = \"{quantize}\": the output projection takes {k} inputs, \
-                             not a multiple of {block}"
-                        )));
-                    }
-                    let w = crate::export::host_f32(w)?;
-                    Some(Q8Weight(Arc::new(crate::kernels::q8::Q8Matrix::quantize(
-                        &w,
-                        k,
-                        n,
-                        crate::kernels::q8::Layout::NK,
-                    ))))
-                }
+                Some(lin) => Some(weight("lm_head", lin.weight.val(), Layout::KN)?),
+                None => Some(weight(
+                    "the output projection (tied to the embeddings)",
+                    self.params.model.embed_tokens.weight.val(),
+                    Layout::NK,
+                )?),
             };
             Ok(Self {
                 q8: Some(Arc::new(ModelQ8 { layers, head })),

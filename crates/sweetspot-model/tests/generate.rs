@@ -288,8 +288,8 @@ fn bf16_samples_alone_or_batched() {
         };
         // The kernel runs on burn-flex only (a build with both backends may test on wgpu).
         #[cfg(feature = "flex")]
-        let exact = sweetspot_model::kernels::bf16::available()
-            && device == burn::tensor::Device::flex();
+        let exact =
+            sweetspot_model::kernels::bf16::available() && device == burn::tensor::Device::flex();
         #[cfg(not(feature = "flex"))]
         let exact = false;
         alone_equals_batched(&m, name, if exact { 0.0 } else { 1e-3 });

@@ -34,7 +34,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sweetspot_model::reward::LLAMA3_GATING_PATTERN;
-use sweetspot_model::{ModelError, Precision, RewardNet, Tokenizer, resolve_device};
+use sweetspot_model::{ModelError, Precision, Quantize, RewardNet, Tokenizer, resolve_device};
 
 use crate::engine::{PolicyInfo, RewardInfo};
 use crate::state::{AppState, RewardState};
@@ -63,6 +63,8 @@ pub struct ServeOptions {
     pub device: String,
     /// The weights' float type.
     pub dtype: Precision,
+    /// 8-bit projections (`--quantize q8_0`) for the policy and the reward model; CPU, f32.
+    pub quantize: Option<Quantize>,
     /// Most sequences per device batch.
     pub batch_size: usize,
     /// A reward model folder to serve on `/classify`, and its kind.
@@ -184,6 +186,20 @@ pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<()
             path: opts.model.clone(),
             source,
         })?;
+    let model = match opts.quantize {
+        None => model,
+        Some(q) => {
+            let model = model.quantize(q).map_err(|source| ServeError::Model {
+                path: opts.model.clone(),
+                source,
+            })?;
+            eprintln!(
+                "quantize = \"{q}\": the policy's projections in 8 bits ({} MB beside the weights)",
+                model.quantized_bytes() / 1_000_000
+            );
+            model
+        }
+    };
     let stop = tokenizer.stop_ids().to_vec();
     let (max_sequences, max_tokens, free) = request_caps(&opts);
     let c = &model.config;
@@ -259,6 +275,10 @@ pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<()
                 RewardKind::ArmoRm => RewardNet::armorm_from_pretrained(dir, &device, opts.dtype),
             }
             .map_err(err)?;
+            let net = match opts.quantize {
+                None => net,
+                Some(q) => net.quantize(q).map_err(err)?,
+            };
             let tokenizer = Tokenizer::from_dir(dir, &[]).map_err(err)?;
             let gating_pattern = match kind {
                 RewardKind::ArmoRm => Some(

@@ -140,6 +140,10 @@ pub struct JudgeConfig {
     /// Float type of the model's weights (`f32`, `bf16`, `f16`); heads compute in f32.
     #[serde(default)]
     pub dtype: Precision,
+    /// `"q8_0"`: the model's projections, the vocabulary projection included, computed with
+    /// 8-bit weights and activations, on the CPU with `dtype = "f32"`. Unset: the weights' type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<Quantize>,
 }
 
 /// The pairwise judge's default prompt: `{response}` receives both responses, labelled.
@@ -185,6 +189,9 @@ pub struct PairwiseJudgeConfig {
     /// Float type of the model's weights.
     #[serde(default)]
     pub dtype: Precision,
+    /// `"q8_0"`: 8-bit projections, as the `judge` type's `quantize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<Quantize>,
 }
 
 impl PairwiseJudgeConfig {
@@ -199,6 +206,7 @@ impl PairwiseJudgeConfig {
             max_batch_tokens: self.max_batch_tokens,
             device: self.device.clone(),
             dtype: self.dtype,
+            quantize: self.quantize,
         }
     }
 }
@@ -216,7 +224,7 @@ impl RewardModelConfig for PairwiseJudgeConfig {
             batch_size: sweetspot_core::Rows::Fixed(self.batch_size),
             max_batch_tokens: Some(self.max_batch_tokens),
             max_new_tokens: 0,
-            quantize: None,
+            quantize: self.quantize,
         })
     }
     fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
@@ -463,7 +471,7 @@ impl RewardModelConfig for JudgeConfig {
             batch_size: sweetspot_core::Rows::Fixed(self.batch_size),
             max_batch_tokens: Some(self.max_batch_tokens),
             max_new_tokens: 0,
-            quantize: None,
+            quantize: self.quantize,
         })
     }
     fn inputs(&self, _ctx: &BuildContext) -> Vec<PluginInput> {
@@ -488,7 +496,11 @@ impl RewardModelConfig for JudgeConfig {
             .map_err(|e| ConfigIssue::new("model", e.to_string()))?;
         one_token(&tokenizer, "yes", &self.yes)?;
         one_token(&tokenizer, "no", &self.no)?;
-        Ok(())
+        check_quantize(
+            self.quantize,
+            self.dtype,
+            self.device.as_deref().unwrap_or(&ctx.device),
+        )
     }
 
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn RewardModel>, PluginError> {
@@ -508,6 +520,10 @@ impl RewardModelConfig for JudgeConfig {
         let yes = one_token(&tokenizer, "yes", &self.yes).map_err(issue("judge"))?;
         let no = one_token(&tokenizer, "no", &self.no).map_err(issue("judge"))?;
         let net = RewardNet::judge(model, yes, no).map_err(model_err("judge"))?;
+        let net = match self.quantize {
+            Some(q) => net.quantize(q).map_err(model_err("judge"))?,
+            None => net,
+        };
         BurnReward::boxed(
             net,
             tokenizer,

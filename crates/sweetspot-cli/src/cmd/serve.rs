@@ -43,6 +43,10 @@ pub struct ServeArgs {
         default_value = sweetspot_core::recipe::Precision::default().name()
     )]
     pub dtype: String,
+    /// Compute the projections (the policy's and the reward model's) with 8-bit weights and
+    /// activations (llama.cpp's Q8_0 blocks): q8_0. CPU only, with f32 weights.
+    #[arg(long, value_parser = ["q8_0"])]
+    pub quantize: Option<String>,
     /// Most sequences per device batch (concurrent requests are batched together).
     #[arg(long, default_value_t = sweetspot_burn_sampler::default_batch())]
     pub batch_size: usize,
@@ -97,6 +101,17 @@ pub(crate) fn serve_cmd(args: ServeArgs) -> Result<(), Failure> {
                 code: 2,
             }
         })?;
+    let quantize = match &args.quantize {
+        None => None,
+        Some(q) => Some(q.parse().map_err(|e| Failure {
+            message: format!("--quantize: {e}"),
+            code: 2,
+        })?),
+    };
+    sweetspot_core::check_quantize(quantize, dtype, &args.device).map_err(|e| Failure {
+        message: format!("--{}: {}", e.key, e.message),
+        code: 2,
+    })?;
     if !(args.header_read_timeout.is_finite() && args.header_read_timeout > 0.0) {
         return Err(Failure {
             message: format!(
@@ -118,6 +133,7 @@ pub(crate) fn serve_cmd(args: ServeArgs) -> Result<(), Failure> {
         port: args.port,
         device: args.device,
         dtype,
+        quantize,
         batch_size: args.batch_size,
         reward: args.reward_model.map(|dir| {
             let kind = match args.reward_type {
