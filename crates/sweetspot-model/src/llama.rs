@@ -385,8 +385,9 @@ fn cache_append(
 /// A Llama-family causal language model with its RoPE tables.
 #[derive(Debug)]
 pub struct Llama {
-    /// The parameters.
-    pub params: LlamaParams,
+    /// The parameters ([`Llama::params`], [`Llama::params_mut`]): private, so no change of them
+    /// can leave the 8-bit copies standing for other weights.
+    pub(crate) params: LlamaParams,
     /// The configuration.
     pub config: LlamaConfig,
     rope: Rope,
@@ -745,6 +746,23 @@ impl Llama {
     ) -> Result<Tensor<3>, ModelError> {
         let hidden = self.forward_hidden(tokens, positions, key_mask, cache)?;
         Ok(self.logits(hidden))
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &LlamaParams {
+        &self.params
+    }
+
+    /// The parameters, taken out of the model.
+    pub fn into_params(self) -> LlamaParams {
+        self.params
+    }
+
+    /// The parameters, to change in place; the 8-bit copies ([`Llama::quantize`]), if any, are
+    /// dropped first (they would stand for the old weights).
+    pub fn params_mut(&mut self) -> &mut LlamaParams {
+        self.q8 = None;
+        &mut self.params
     }
 
     /// Replaces the parameters (after loading weights).

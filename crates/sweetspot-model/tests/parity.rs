@@ -232,7 +232,7 @@ fn parity_is_sensitive_to_each_rope_type() {
         cfg.rope_scaling = None;
         cfg.rope_theta = theta;
         let loaded = Llama::from_pretrained(&dir, &device).unwrap();
-        let plain = Llama::init(&cfg, &device).with_params(loaded.params);
+        let plain = Llama::init(&cfg, &device).with_params(loaded.into_params());
         let diff = max_abs_diff(&logits_alone(&plain, &r.prompts[1]), &want);
         assert!(
             diff > 100.0 * TOL,
@@ -282,7 +282,7 @@ fn parity_is_sensitive_to_the_qwen_differences() {
     assert_eq!((cfg.sliding_window, cfg.window()), (Some(4), None));
     cfg.model_type = "mistral".into();
     let loaded = Llama::from_pretrained(&dir, &device).unwrap();
-    let windowed = Llama::init(&cfg, &device).with_params(loaded.params);
+    let windowed = Llama::init(&cfg, &device).with_params(loaded.into_params());
     let diff = max_abs_diff(&logits_alone(&windowed, &r.prompts[1]), &want);
     assert!(
         diff > 100.0 * TOL,
@@ -292,7 +292,7 @@ fn parity_is_sensitive_to_the_qwen_differences() {
     let r = Reference::load("qwen3");
     let (_, want) = r.tensor("logits_1");
     let mut m = model("qwen3");
-    for layer in &mut m.params.model.layers {
+    for layer in &mut m.params_mut().model.layers {
         layer.self_attn.q_norm = None;
         layer.self_attn.k_norm = None;
     }
@@ -315,7 +315,7 @@ fn parity_is_sensitive_to_the_sliding_window() {
     assert_eq!(cfg.sliding_window, Some(5));
     cfg.sliding_window = None;
     let loaded = Llama::from_pretrained(&dir, &device).unwrap();
-    let full = Llama::init(&cfg, &device).with_params(loaded.params);
+    let full = Llama::init(&cfg, &device).with_params(loaded.into_params());
     let diff = max_abs_diff(&logits_alone(&full, &r.prompts[0]), &want);
     assert!(
         diff > 100.0 * TOL,
@@ -335,7 +335,7 @@ fn parity_is_sensitive_to_rope_scaling() {
     cfg.rope_scaling = None;
     cfg.rope_theta = 500000.0;
     let loaded = Llama::from_pretrained(&dir, &device).unwrap();
-    let unscaled = Llama::init(&cfg, &device).with_params(loaded.params);
+    let unscaled = Llama::init(&cfg, &device).with_params(loaded.into_params());
     let diff = max_abs_diff(&logits_alone(&unscaled, &r.prompts[1]), &want);
     assert!(
         diff > 100.0 * TOL,

@@ -168,11 +168,11 @@ fn bf16_checkpoint_stays_bf16_when_asked() {
     }
     let m = Llama::from_pretrained_as(&fixture("gqa-bf16"), &device, Precision::Bf16).unwrap();
     assert_eq!(m.precision(), Precision::Bf16);
-    let w = m.params.model.layers[0].self_attn.q_proj.weight.val();
+    let w = m.params().model.layers[0].self_attn.q_proj.weight.val();
     assert_eq!(w.dtype(), DType::BF16);
     // Weights that were bf16 on disk are exactly themselves: f32 then back gives the same bits.
     let f32_model = Llama::from_pretrained(&fixture("gqa-bf16"), &device).unwrap();
-    let a = f32_model.params.model.layers[0]
+    let a = f32_model.params().model.layers[0]
         .self_attn
         .q_proj
         .weight

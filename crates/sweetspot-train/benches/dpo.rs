@@ -67,7 +67,7 @@ fn main() {
         .sum::<usize>() as f64
         / pairs.len() as f64;
     // Reference log-probabilities, computed once (sweetspot caches them on disk).
-    let frozen = Llama::from_params(&policy.config, policy.params.clone().no_grad(), &device)
+    let frozen = Llama::from_params(&policy.config, policy.params().clone().no_grad(), &device)
         .compute_copy(dtype)
         .expect("dtype");
     let mut refs = Vec::new();

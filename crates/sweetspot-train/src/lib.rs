@@ -504,13 +504,13 @@ impl Trainer {
     pub fn replica_params(&self) -> Vec<LlamaParams> {
         self.replicas
             .iter()
-            .map(|r| r.params.clone().map(&mut NoGrad))
+            .map(|r| r.params().clone().map(&mut NoGrad))
             .collect()
     }
 
     /// The policy's parameters off the autodiff graph.
     pub fn policy_params(&self) -> Option<LlamaParams> {
-        self.policy().map(|p| p.params.clone().map(&mut NoGrad))
+        self.policy().map(|p| p.params().clone().map(&mut NoGrad))
     }
 
     /// Optimizer steps taken.
@@ -620,7 +620,7 @@ impl Trainer {
             });
             let weight = chunk.len() as f64 / total as f64;
             let (m, grads) = self.micro_step(policy, chunk, refs, weight)?;
-            acc.accumulate(&policy.params, grads);
+            acc.accumulate(policy.params(), grads);
             for (s, v) in sums.iter_mut().zip(m) {
                 *s += v * weight;
             }
@@ -631,13 +631,13 @@ impl Trainer {
     /// Clips `grads` by their global norm (`max_grad_norm`) and returns the norm before.
     fn clip(&self, policy: &Llama, grads: &mut GradientsParams) -> f64 {
         let mut norm = SquaredNorm { grads, total: 0.0 };
-        policy.params.visit(&mut norm);
+        policy.params().visit(&mut norm);
         let grad_norm = norm.total.sqrt();
         if let Some(max) = self.settings.max_grad_norm {
             // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
             let factor = max / (grad_norm + 1e-6);
             if factor < 1.0 {
-                policy.params.visit(&mut Scale { grads, factor });
+                policy.params().visit(&mut Scale { grads, factor });
             }
         }
         grad_norm
@@ -697,7 +697,8 @@ impl Trainer {
         })?;
         let loss = out.losses.mean();
         let loss_value = loss.clone().into_scalar::<f64>();
-        let grads = GradientsParams::from_grads(loss.mul_scalar(weight).backward(), &policy.params);
+        let grads =
+            GradientsParams::from_grads(loss.mul_scalar(weight).backward(), policy.params());
         let cr = out.chosen_rewards.without_autodiff();
         let rr = out.rejected_rewards.without_autodiff();
         let accuracies = cr.clone().greater(rr.clone()).float();

@@ -37,9 +37,9 @@ pub(crate) fn replicas(policy: &Llama, devices: &[Device]) -> Vec<Llama> {
         .enumerate()
         .map(|(r, d)| {
             let params = if r == 0 {
-                policy.params.clone()
+                policy.params().clone()
             } else {
-                policy.params.clone().fork(d)
+                policy.params().clone().fork(d)
             };
             Llama::from_params(&policy.config, params, d)
         })
@@ -110,7 +110,7 @@ pub(crate) fn step(
         summed: GradientsParams::new(),
         trained: Vec::new(),
     };
-    policy.params.visit(&mut reduce);
+    policy.params().visit(&mut reduce);
     let Reduce {
         mut summed,
         trained,
@@ -121,7 +121,7 @@ pub(crate) fn step(
         from: &mut summed,
         out: (0..d).map(|_| GradientsParams::new()).collect(),
     };
-    policy.params.visit(&mut split);
+    policy.params().visit(&mut split);
     let grads = MultiGradientsParams {
         grads: split.out.into_iter().zip(devices).collect(),
     };
@@ -184,7 +184,7 @@ pub(crate) fn refresh(replicas: &mut Vec<Llama>, policy: &Llama, trained: &[Para
         trained,
         values: GradientsParams::new(),
     };
-    policy.params.visit(&mut values);
+    policy.params().visit(&mut values);
     let values = values.values;
     let old = std::mem::take(replicas);
     *replicas = old

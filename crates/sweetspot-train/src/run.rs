@@ -367,9 +367,9 @@ fn save_checkpoint(
         .save(tmp.join("optimizer.bin"))
         .map_err(|e| TrainError::Input(format!("saving the optimizer: {e:?}")))?;
     let mut ids = Ids(Vec::new());
-    match &policy.params.adapters {
+    match &policy.params().adapters {
         Some(a) => a.visit(&mut ids),
-        None => policy.params.visit(&mut ids),
+        None => policy.params().visit(&mut ids),
     }
     let state = serde_json::to_vec(&State {
         steps,

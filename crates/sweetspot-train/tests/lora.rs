@@ -204,7 +204,7 @@ fn lora_dpo_two_steps_match_trl_peft() {
     let device = resolve_device("cpu").unwrap();
     let base = Llama::from_pretrained(&root().join("models/policy"), &device).unwrap();
     let flat = |l: &Llama| {
-        sweetspot_model::export::hf_tensors(&l.params)
+        sweetspot_model::export::hf_tensors(l.params())
             .unwrap()
             .into_iter()
             .flat_map(|(_, _, v)| v)
@@ -325,7 +325,7 @@ fn lora_dpo_bf16_base_matches_trl_peft() {
     assert!(misses.is_empty(), "{misses:#?}");
     let model = trained(&trainer);
     assert_eq!(model.precision(), Precision::Bf16, "the base stays bf16");
-    let adapters = model.params.adapters.as_ref().unwrap();
+    let adapters = model.params().adapters.as_ref().unwrap();
     let a = adapters.layers[0].q_proj.as_ref().unwrap();
     assert_eq!(
         a.lora_a.val().dtype(),

@@ -224,8 +224,8 @@ fn a_killed_run_resumes_to_the_same_weights() {
     let device = resolve_device("cpu").unwrap();
     let trained = Llama::from_pretrained(&policy, &device).unwrap();
     let initial = Llama::from_pretrained(&fixtures().join("models/policy"), &device).unwrap();
-    let a = sweetspot_model::export::hf_tensors(&trained.params).unwrap();
-    let b = sweetspot_model::export::hf_tensors(&initial.params).unwrap();
+    let a = sweetspot_model::export::hf_tensors(trained.params()).unwrap();
+    let b = sweetspot_model::export::hf_tensors(initial.params()).unwrap();
     let moved = a
         .iter()
         .zip(&b)
@@ -449,7 +449,7 @@ fn lora_on_a_bf16_base_and_runs_from_an_adapter_folder() {
     let folder = s.policy.unwrap();
     let (model, _) = sweetspot_model::load_causal_lm(&folder, &device, Precision::Bf16).unwrap();
     assert_eq!(model.precision(), Precision::Bf16);
-    let lora = model.params.adapters.as_ref().unwrap().layers[0]
+    let lora = model.params().adapters.as_ref().unwrap().layers[0]
         .q_proj
         .as_ref()
         .unwrap();
@@ -599,7 +599,7 @@ fn a_data_parallel_run_resumes_and_matches_one_device() {
     );
     let load = |p: &Path| {
         let m = Llama::from_pretrained(p, &cpu).unwrap();
-        sweetspot_model::export::hf_tensors(&m.params).unwrap()
+        sweetspot_model::export::hf_tensors(m.params()).unwrap()
     };
     let worst = max_diff(
         &load(whole.policy.as_ref().unwrap()),

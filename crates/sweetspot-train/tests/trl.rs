@@ -331,8 +331,11 @@ fn qwen3_dpo_two_steps_match_trl() {
     );
     check_params("after_qwen3_sigmoid", &trainer);
     let policy = trainer.policy().unwrap();
-    assert!(policy.params.lm_head.is_none(), "tied embeddings stay tied");
-    assert!(policy.params.model.layers[0].self_attn.q_norm.is_some());
+    assert!(
+        policy.params().lm_head.is_none(),
+        "tied embeddings stay tied"
+    );
+    assert!(policy.params().model.layers[0].self_attn.q_norm.is_some());
     // Exported in transformers' layout (Qwen3ForCausalLM, q_norm/k_norm included) and loaded
     // back: the same logits.
     let tmp = tempfile::tempdir().unwrap();
