@@ -76,7 +76,7 @@ impl Parse for Args {
 pub fn plugin(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = parse_macro_input!(attr as Args);
     let item = parse_macro_input!(item as ItemImpl);
-    let Some((_, trait_path, _)) = &item.trait_ else {
+    let Some((trait_path, _)) = &item.trait_ else {
         return syn::Error::new_spanned(
             &item.self_ty,
             "#[plugin] goes on an impl of a sweetspot config trait (SamplerConfig, ...)",
