@@ -256,6 +256,18 @@ fn model_err(context: &str) -> impl Fn(ModelError) -> PluginError + '_ {
     move |e| PluginError::other(context, e)
 }
 
+/// `net` with its projections in `quantize` (`RewardNet::quantize`), or as it is when unset.
+fn quantized(
+    net: RewardNet,
+    quantize: Option<Quantize>,
+    plugin: &str,
+) -> Result<RewardNet, PluginError> {
+    match quantize {
+        Some(q) => net.quantize(q).map_err(model_err(plugin)),
+        None => Ok(net),
+    }
+}
+
 /// The checks every reward model shares: batch limits, the device's name, the model's path.
 fn check_common(
     ctx: &BuildContext,
@@ -351,10 +363,7 @@ impl RewardModelConfig for SeqClsConfig {
         tracing::info!(model = %dir.display(), "loading sequence-classification reward model");
         let net = RewardNet::seq_cls_from_pretrained(&dir, &device, self.dtype)
             .map_err(model_err("seq-cls"))?;
-        let net = match self.quantize {
-            Some(q) => net.quantize(q).map_err(model_err("seq-cls"))?,
-            None => net,
-        };
+        let net = quantized(net, self.quantize, "seq-cls")?;
         let tokenizer = Tokenizer::from_dir(&dir, &[]).map_err(model_err("seq-cls"))?;
         BurnReward::boxed(
             net,
@@ -434,10 +443,7 @@ impl RewardModelConfig for ArmoRmConfig {
         tracing::info!(model = %dir.display(), "loading ArmoRM reward model");
         let net = RewardNet::armorm_from_pretrained(&dir, &device, self.dtype)
             .map_err(model_err("armorm"))?;
-        let net = match self.quantize {
-            Some(q) => net.quantize(q).map_err(model_err("armorm"))?,
-            None => net,
-        };
+        let net = quantized(net, self.quantize, "armorm")?;
         let tokenizer = Tokenizer::from_dir(&dir, &[]).map_err(model_err("armorm"))?;
         let pattern = tokenizer
             .encode(&self.gating_pattern, false)
@@ -491,16 +497,17 @@ impl RewardModelConfig for JudgeConfig {
                 return Err(ConfigIssue::new("template", format!("must contain {key}")));
             }
         }
+        check_quantize(
+            self.quantize,
+            self.dtype,
+            self.device.as_deref().unwrap_or(&ctx.device),
+        )?;
         // The answers must be one token each: the tokenizer alone tells (no weights loaded).
         let tokenizer = sweetspot_model::load_tokenizer(&ctx.resolve(&self.model))
             .map_err(|e| ConfigIssue::new("model", e.to_string()))?;
         one_token(&tokenizer, "yes", &self.yes)?;
         one_token(&tokenizer, "no", &self.no)?;
-        check_quantize(
-            self.quantize,
-            self.dtype,
-            self.device.as_deref().unwrap_or(&ctx.device),
-        )
+        Ok(())
     }
 
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn RewardModel>, PluginError> {
@@ -520,10 +527,7 @@ impl RewardModelConfig for JudgeConfig {
         let yes = one_token(&tokenizer, "yes", &self.yes).map_err(issue("judge"))?;
         let no = one_token(&tokenizer, "no", &self.no).map_err(issue("judge"))?;
         let net = RewardNet::judge(model, yes, no).map_err(model_err("judge"))?;
-        let net = match self.quantize {
-            Some(q) => net.quantize(q).map_err(model_err("judge"))?,
-            None => net,
-        };
+        let net = quantized(net, self.quantize, "judge")?;
         BurnReward::boxed(
             net,
             tokenizer,
