@@ -65,6 +65,12 @@ impl Mlp {
                 crate::kernels::swiglu(gate, up),
             );
         }
+        // f32 inference on the CPU: burn's `silu(gate) * up` to the bit, in one pass on every
+        // core.
+        #[cfg(feature = "flex")]
+        if let Some(h) = crate::kernels::swiglu_exact(&gate, &up) {
+            return project(&self.down_proj, q("down_proj"), ad("down_proj"), h);
+        }
         // bf16 inference on the CPU: one pass, rounded where torch's bf16 module rounds.
         #[cfg(feature = "flex")]
         if let Some(h) = crate::kernels::swiglu_bf16(&gate, &up) {

@@ -490,9 +490,24 @@ impl RewardNet {
         }
     }
 
+    /// How many batches [`RewardNet::score_all`] scores at once on this model's device: two on
+    /// the CPU (burn-flex), where one batch's element-wise operations run on the calling thread
+    /// while the other's products keep the cores busy; one elsewhere (a GPU queues one stream).
+    /// The memory plan counts this many batches' activations.
+    pub fn concurrent_batches(&self) -> usize {
+        if is_cpu(self.backbone.device()) {
+            CPU_CONCURRENT_BATCHES
+        } else {
+            1
+        }
+    }
+
     /// Scores every input, in batches of at most `batch_size` rows and `max_batch_tokens` padded
-    /// tokens, the inputs sorted by length so rows of a batch are of similar length. `progress`
-    /// gets the number of inputs scored after each batch. The outputs are in the inputs' order.
+    /// tokens, the inputs sorted by length so rows of a batch are of similar length, up to
+    /// [`RewardNet::concurrent_batches`] batches at once. `progress` gets the number of inputs
+    /// scored after each batch. The outputs are in the inputs' order; a score does not depend on
+    /// which batch scored it or when (rows are independent, each product's result does not
+    /// depend on the threads that ran it).
     pub fn score_all(
         &self,
         inputs: &[RewardInput],
@@ -502,28 +517,93 @@ impl RewardNet {
     ) -> Result<Vec<RewardOutput>, ModelError> {
         let mut order: Vec<usize> = (0..inputs.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].ids.len()));
-        let mut out: Vec<Option<RewardOutput>> = vec![None; inputs.len()];
+        // Longest first: each batch's first row sets its padded length.
+        let mut batches = Vec::new();
         let mut start = 0;
         while start < order.len() {
-            // Longest first: the first row sets the batch's padded length.
             let longest = inputs[order[start]].ids.len().max(1);
             let fit = (max_batch_tokens / longest).clamp(1, batch_size.max(1));
             let end = (start + fit).min(order.len());
-            let batch: Vec<RewardInput> = order[start..end]
+            batches.push(start..end);
+            start = end;
+        }
+        let score = |range: &std::ops::Range<usize>| {
+            let batch: Vec<RewardInput> = order[range.clone()]
                 .iter()
                 .map(|&i| inputs[i].clone())
                 .collect();
-            for (k, o) in self
-                .score_batch(&batch, Padding::Right)?
-                .into_iter()
-                .enumerate()
-            {
-                out[order[start + k]] = Some(o);
+            self.score_batch(&batch, Padding::Right)
+        };
+        let mut out: Vec<Option<RewardOutput>> = vec![None; inputs.len()];
+        let mut store = |range: &std::ops::Range<usize>, scored: Vec<RewardOutput>| {
+            for (k, o) in scored.into_iter().enumerate() {
+                out[order[range.start + k]] = Some(o);
             }
-            progress(end - start);
-            start = end;
+            progress(range.len());
+        };
+        let workers = self.concurrent_batches().min(batches.len());
+        if workers <= 1 {
+            for range in &batches {
+                store(range, score(range)?);
+            }
+        } else {
+            use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+            let next = AtomicUsize::new(0);
+            let failed = AtomicBool::new(false);
+            let mut first_error: Option<(usize, ModelError)> = None;
+            std::thread::scope(|s| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                for _ in 0..workers {
+                    let tx = tx.clone();
+                    let (next, failed, batches, score) = (&next, &failed, &batches, &score);
+                    s.spawn(move || {
+                        while !failed.load(Ordering::Relaxed) {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(range) = batches.get(i) else { break };
+                            let result = score(range);
+                            if result.is_err() {
+                                failed.store(true, Ordering::Relaxed);
+                            }
+                            if tx.send((i, result)).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                drop(tx);
+                for (i, result) in rx {
+                    match result {
+                        Ok(scored) => store(&batches[i], scored),
+                        // The earliest batch's error, whichever thread met one first.
+                        Err(e) => {
+                            if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
+                                first_error = Some((i, e));
+                            }
+                        }
+                    }
+                }
+            });
+            if let Some((_, e)) = first_error {
+                return Err(e);
+            }
         }
         Ok(out.into_iter().flatten().collect())
+    }
+}
+
+/// Batches scored at once on the CPU ([`RewardNet::concurrent_batches`]).
+pub const CPU_CONCURRENT_BATCHES: usize = 2;
+
+/// Whether `device` is burn-flex (the CPU) without autodiff.
+fn is_cpu(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    {
+        !device.is_autodiff() && *device == Device::flex()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
+        false
     }
 }
 

@@ -638,3 +638,56 @@ fn q8_matmul_on_tensors() {
     let bf = bf.cast(burn::tensor::FloatDType::BF16);
     assert!(kernels::matmul_q8(&bf, &q).is_none(), "bf16 is not taken");
 }
+
+#[test]
+fn f32_inference_swiglu_is_burns_silu_times_up_to_the_bit() {
+    // f32 samples must not move: the one-pass kernel gives burn-flex's composed `silu(gate) *
+    // up` bit for bit, over the whole range (large and tiny, both signs, zeros, infinities and
+    // NaN), on a shape of several parallel pieces.
+    let device = Device::flex();
+    let n = 3 * (1 << 14) + 77;
+    let mut gate = values(n, 41, 12.0);
+    let up = values(n, 42, 3.0);
+    let special = [
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        88.8,
+        -88.8,
+        104.0,
+        -104.0,
+        f32::MAX,
+        f32::MIN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MIN_POSITIVE,
+        -f32::MIN_POSITIVE * 0.5,
+    ];
+    for (i, s) in special.iter().enumerate() {
+        gate[i * 997] = *s;
+    }
+    let shape = [3, n / 3 + 1, 1];
+    let pad = |mut v: Vec<f32>| {
+        v.resize(3 * (n / 3 + 1), 0.5);
+        Tensor::<3>::from_data(TensorData::new(v, shape), &device)
+    };
+    let (g, u) = (pad(gate), pad(up));
+    let ours = kernels::swiglu_exact(&g, &u).expect("applies to f32 on flex");
+    let burns = burn::tensor::activation::silu(g.clone()) * u.clone();
+    let a = ours.into_data().try_to_vec::<f32>().unwrap();
+    let b = burns.into_data().try_to_vec::<f32>().unwrap();
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        // NaN is NaN (its payload is the hardware's business).
+        assert!(
+            x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+            "element {i}: {x} vs {y}"
+        );
+    }
+    // Not for training: the composed operations there.
+    let ad = Device::flex().autodiff();
+    let ga = Tensor::<3>::from_data(g.into_data(), &ad);
+    let ua = Tensor::<3>::from_data(u.into_data(), &ad);
+    assert!(kernels::swiglu_exact(&ga, &ua).is_none());
+}

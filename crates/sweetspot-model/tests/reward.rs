@@ -315,3 +315,71 @@ fn wrong_architectures_and_missing_positions_are_errors() {
         .unwrap_err();
     assert!(e.to_string().contains("gating position"), "{e}");
 }
+
+#[test]
+fn batches_scored_at_once_give_the_scores_of_one_batch_at_a_time() {
+    // `score_all` scores two batches at once on the CPU: every score is bit for bit the one its
+    // batch gives scored alone (the same length-sorted batches, one after the other), the
+    // outputs come back in the inputs' order, progress counts every input once, and a bad batch
+    // is an error.
+    let device = resolve_device(&test_device()).unwrap();
+    let net =
+        RewardNet::armorm_from_pretrained(&fixture("armorm"), &device, Precision::F32).unwrap();
+    let tok = tokenizer("armorm");
+    let (_, cases) = reference("armorm");
+    let base = inputs(&tok, &cases, true);
+    // Several copies with their tails cut differently, so there are many batches of mixed
+    // lengths.
+    let mut ins = Vec::new();
+    for cut in 0..6 {
+        for i in &base {
+            let keep = i.ids.len() - cut.min(i.ids.len() - i.gating_position.unwrap() - 1);
+            ins.push(RewardInput {
+                ids: i.ids[..keep].to_vec(),
+                gating_position: i.gating_position,
+            });
+        }
+    }
+    let batch_size = 3;
+    let mut order: Vec<usize> = (0..ins.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(ins[i].ids.len()));
+    let mut expected = vec![None; ins.len()];
+    for chunk in order.chunks(batch_size) {
+        let batch: Vec<RewardInput> = chunk.iter().map(|&i| ins[i].clone()).collect();
+        for (&i, o) in chunk
+            .iter()
+            .zip(net.score_batch(&batch, Padding::Right).unwrap())
+        {
+            expected[i] = Some(o);
+        }
+    }
+    assert!(ins.len() / batch_size >= 4, "too few batches");
+    if test_device() == "cpu" {
+        assert_eq!(net.concurrent_batches(), 2);
+    }
+    for round in 0..3 {
+        let mut seen = 0;
+        let outs = net
+            .score_all(&ins, batch_size, 1 << 20, |n| seen += n)
+            .unwrap();
+        assert_eq!(seen, ins.len(), "round {round}: progress");
+        assert_eq!(outs.len(), ins.len());
+        for (i, (o, e)) in outs.iter().zip(&expected).enumerate() {
+            let e = e.as_ref().unwrap();
+            assert_eq!(
+                o.score.to_bits(),
+                e.score.to_bits(),
+                "round {round} input {i}"
+            );
+            assert_eq!(o.rewards, e.rewards, "round {round} input {i} rewards");
+            assert_eq!(o.gating, e.gating, "round {round} input {i} gating");
+        }
+    }
+    // A row without a gating position fails its batch, and the whole call.
+    let mut bad = ins.clone();
+    bad[5].gating_position = None;
+    let e = net
+        .score_all(&bad, batch_size, 1 << 20, |_| {})
+        .unwrap_err();
+    assert!(e.to_string().contains("gating position"), "{e}");
+}

@@ -637,7 +637,9 @@ fn prefill(s: &Shape, batch: u64, tokens: u64, wb: u64, place: Place) -> u64 {
     live + scores
 }
 
-/// The estimated peak of a score node: weights and one batch's forward at the longest sequence.
+/// The estimated peak of a score node: weights and the forward passes of the batches scored at
+/// once (`sweetspot_model::reward::CPU_CONCURRENT_BATCHES` on the CPU, one elsewhere) at the
+/// longest sequence.
 pub fn score(s: &Shape, g: &InferSetup, place: Place, gguf: bool) -> Estimate {
     let mut e = Estimate::default();
     let wb = bytes_of(g.dtype);
@@ -647,8 +649,18 @@ pub fn score(s: &Shape, g: &InferSetup, place: Place, gguf: bool) -> Estimate {
     if let Some(m) = g.max_batch_tokens {
         batch = batch.min((m / seq.max(1)).max(1));
     }
-    let run = prefill(s, batch, seq, wb, place);
-    e.add(format!("activations ({batch} x {seq} tokens)"), run);
+    let at_once = if place == Place::Cpu {
+        sweetspot_model::reward::CPU_CONCURRENT_BATCHES as u64
+    } else {
+        1
+    };
+    let run = at_once * prefill(s, batch, seq, wb, place);
+    let what = if at_once > 1 {
+        format!("activations ({at_once} batches at once, {batch} x {seq} tokens each)")
+    } else {
+        format!("activations ({batch} x {seq} tokens)")
+    };
+    e.add(what, run);
     let (name, bytes) = place.overhead();
     e.add(name, bytes);
     if load > run {

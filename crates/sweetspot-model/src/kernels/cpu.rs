@@ -556,6 +556,33 @@ pub(crate) fn swiglu_bf16_forward(gate: &[bf16], up: &[bf16]) -> Vec<bf16> {
     out
 }
 
+/// burn-flex's logistic function, as its `sigmoid` computes each f32 (through libm's `expf`).
+#[inline(always)]
+fn burn_sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// `silu(g) * u`, elementwise, bit for bit burn-flex's composed `silu(gate) * up`: `g *
+/// sigmoid(g)`, then times `u` (f32 inference, whose samples must not move).
+pub(crate) fn swiglu_exact_forward(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; gate.len()];
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(gate.par_chunks(ELEMENTWISE_CHUNK))
+        .zip(up.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|((o, g), u)| {
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                let act = g * burn_sigmoid(g);
+                *o = act * u;
+            }
+        });
+    out
+}
+
 /// Gradients of [`swiglu_forward`] for upstream `grad`: of `gate` and of `up`.
 pub(crate) fn swiglu_backward(gate: &[f32], up: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let mut dg = vec![0f32; gate.len()];

@@ -126,6 +126,9 @@ pub trait SweetspotKernels: Backend {
     /// See [`swiglu`].
     fn sweetspot_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
 
+    /// See [`swiglu_exact`].
+    fn sweetspot_swiglu_exact(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+
     /// See [`token_logprob`].
     fn sweetspot_token_logprob(
         hidden: FloatTensor<Self>,
@@ -351,6 +354,17 @@ impl SweetspotKernels for Flex {
         swiglu_flex(&gate, &up)
     }
 
+    fn sweetspot_swiglu_exact(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = gate.layout().shape().to_vec();
+        assert_eq!(
+            &shape[..],
+            &up.layout().shape()[..],
+            "swiglu: gate and up differ in shape"
+        );
+        let (g, u) = (f32s(&gate), f32s(&up));
+        flex_tensor(cpu::swiglu_exact_forward(g.storage(), u.storage()), shape)
+    }
+
     fn sweetspot_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -468,6 +482,14 @@ impl<C: CheckpointStrategy> SweetspotKernels for Autodiff<Flex, C> {
         Self::from_inner(matmul_q8_flex(&x, &w))
     }
 
+    /// Not a kernel of its own under autodiff ([`swiglu_exact`] is for inference): burn's
+    /// composed `silu(gate) * up`, with its backward.
+    fn sweetspot_swiglu_exact(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        use burn::backend::ops::{ActivationOps as _, FloatTensorOps as _};
+        let act = Self::float_mul(gate.clone(), Self::sigmoid(gate));
+        Self::float_mul(act, up)
+    }
+
     /// Not a kernel of its own under autodiff ([`matmul_bf16`] is for inference): burn's
     /// product, with its backward.
     fn sweetspot_matmul_bf16(
@@ -559,6 +581,25 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
         gate.into_dispatch(),
         up.into_dispatch(),
     ))
+}
+
+/// `silu(gate) * up` of f32 tensors for inference, every element computed exactly as burn's
+/// composed `silu(gate) * up` computes it on burn-flex (the same logistic function through the
+/// same `expf`, the same products in the same order: the same bits), in one pass on every core
+/// instead of three passes on the calling thread, each allocating its output. `None` where it
+/// does not apply: not f32 on burn-flex without autodiff.
+pub fn swiglu_exact<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Option<Tensor<D>> {
+    let device = gate.device();
+    let fits = gate.dtype() == DType::F32
+        && up.dtype() == DType::F32
+        && !device.is_autodiff()
+        && device == Device::flex();
+    fits.then(|| {
+        Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_swiglu_exact(
+            gate.clone().into_dispatch(),
+            up.clone().into_dispatch(),
+        ))
+    })
 }
 
 /// Whether the bf16 inference operations apply: both operands bf16, on burn-flex without
