@@ -798,10 +798,11 @@ impl Llama {
     }
 }
 
-/// Whether `device` is burn-flex's CPU device without autodiff, where burn-flex's fused attention
-/// serves the float types sweetspot's own kernel does not take (bf16, f16). Its backward does not
-/// handle grouped-query heads, so training in those types takes the explicit path.
-fn is_flex(device: &Device) -> bool {
+/// Whether `device` is burn-flex's CPU device without autodiff: where burn-flex's fused attention
+/// serves the float types sweetspot's own kernel does not take (bf16, f16; its backward does not
+/// handle grouped-query heads, so training in those types takes the explicit path), and where
+/// scoring runs two batches at once.
+pub(crate) fn is_flex(device: &Device) -> bool {
     #[cfg(feature = "flex")]
     {
         !device.is_autodiff() && *device == Device::flex()

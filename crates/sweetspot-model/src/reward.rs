@@ -495,7 +495,7 @@ impl RewardNet {
     /// while the other's products keep the cores busy; one elsewhere (a GPU queues one stream).
     /// The memory plan counts this many batches' activations.
     pub fn concurrent_batches(&self) -> usize {
-        if is_cpu(self.backbone.device()) {
+        if crate::llama::is_flex(self.backbone.device()) {
             CPU_CONCURRENT_BATCHES
         } else {
             1
@@ -593,19 +593,6 @@ impl RewardNet {
 
 /// Batches scored at once on the CPU ([`RewardNet::concurrent_batches`]).
 pub const CPU_CONCURRENT_BATCHES: usize = 2;
-
-/// Whether `device` is burn-flex (the CPU) without autodiff.
-fn is_cpu(device: &Device) -> bool {
-    #[cfg(feature = "flex")]
-    {
-        !device.is_autodiff() && *device == Device::flex()
-    }
-    #[cfg(not(feature = "flex"))]
-    {
-        let _ = device;
-        false
-    }
-}
 
 fn backbone(config: &LlamaConfig, model: LlamaModel, device: &Device) -> Llama {
     Llama::from_params(
