@@ -864,6 +864,18 @@ fn own_kernel_mask(
     None
 }
 
+/// RoPE of `x` `[batch, tokens, heads, dim]` (as projected), `[batch, heads, tokens, dim]` out:
+/// `x' * cos + rotate_half(x') * sin` of `x' = x.swap_dims(1, 2)`; f32 inference on the CPU in
+/// one pass that gives the same bits.
+fn rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if let Some(out) = crate::kernels::rope_exact(&x, cos, sin) {
+        return out;
+    }
+    let x = x.swap_dims(1, 2);
+    x.clone() * cos.clone() + rotate_half(x) * sin.clone()
+}
+
 fn rotate_half(x: Tensor<4>) -> Tensor<4> {
     let d = x.dims()[3];
     let x1 = x.clone().narrow(3, 0, d / 2);
@@ -894,18 +906,16 @@ fn attention(
     let q = match &attn.q_norm {
         Some(n) => n.forward(q),
         None => q,
-    }
-    .swap_dims(1, 2);
+    };
     let k = match &attn.k_norm {
         Some(n) => n.forward(k),
         None => k,
-    }
-    .swap_dims(1, 2);
+    };
     let v = project(&attn.v_proj, w8("v_proj"), ad("v_proj"), x)
         .reshape([b, t, kvh, hd])
         .swap_dims(1, 2);
-    let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
-    let k = k.clone() * cos.clone() + rotate_half(k) * sin.clone();
+    let q = rope(q, cos, sin);
+    let k = rope(k, cos, sin);
     // sweetspot's kernel computes in f32: a bf16 or f16 model's keys and values are cached in
     // f32 (converted once, as they are made), its queries converted per step, its output back.
     let dtype = q.dtype();

@@ -691,3 +691,51 @@ fn f32_inference_swiglu_is_burns_silu_times_up_to_the_bit() {
     let ua = Tensor::<3>::from_data(u.into_data(), &ad);
     assert!(kernels::swiglu_exact(&ga, &ua).is_none());
 }
+
+#[test]
+fn f32_inference_rope_is_the_composed_rotation_to_the_bit() {
+    // `x' * cos + rotate_half(x') * sin` of `x' = x.swap_dims(1, 2)` as burn-flex composes it,
+    // against the one-pass kernel: the same bits, on a prefill's shape (several tokens, pieces
+    // bigger than one thread's share) and a decoding step's (one token, many small pieces), with
+    // zeros of both signs and infinities among the values.
+    let device = Device::flex();
+    for (case, [b, t, h, d]) in [[2, 37, 3, 64], [64, 1, 9, 64], [3, 5, 2, 8]]
+        .into_iter()
+        .enumerate()
+    {
+        let mut xs = values(b * t * h * d, 50 + case as u64, 4.0);
+        for (i, s) in [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 1e-38, -1e-38]
+            .iter()
+            .enumerate()
+        {
+            xs[i * 7 + 1] = *s;
+        }
+        let table = |seed| {
+            let mut v = values(b * t * d, seed, 1.0);
+            v[3] = 0.0;
+            v[4] = -0.0;
+            Tensor::<4>::from_data(TensorData::new(v, [b, 1, t, d]), &device)
+        };
+        let (cos, sin) = (table(60 + case as u64), table(70 + case as u64));
+        let x = Tensor::<4>::from_data(TensorData::new(xs, [b, t, h, d]), &device);
+        let ours = kernels::rope_exact(&x, &cos, &sin).expect("applies to f32 on flex");
+        assert_eq!(ours.dims(), [b, h, t, d]);
+        let xt = x.clone().swap_dims(1, 2);
+        let x1 = xt.clone().narrow(3, 0, d / 2);
+        let x2 = xt.clone().narrow(3, d / 2, d / 2);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        let composed = xt * cos.clone() + rotated * sin.clone();
+        let a = ours.into_data().try_to_vec::<f32>().unwrap();
+        let c = composed.into_data().try_to_vec::<f32>().unwrap();
+        for (i, (p, q)) in a.iter().zip(&c).enumerate() {
+            assert!(
+                p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan()),
+                "case {case} element {i}: {p} vs {q}"
+            );
+        }
+        // Not under autodiff: the composed operations there.
+        let ad = Device::flex().autodiff();
+        let on = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &ad);
+        assert!(kernels::rope_exact(&on(&x), &on(&cos), &on(&sin)).is_none());
+    }
+}

@@ -583,6 +583,45 @@ pub(crate) fn swiglu_exact_forward(gate: &[f32], up: &[f32]) -> Vec<f32> {
     out
 }
 
+/// Rotary position embedding, `x` `[b, t, h, d]`, `cos`/`sin` `[b, t, d]` (one row per token),
+/// out `[b, h, t, d]`: `x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x[d/2..],
+/// x[..d/2]]`, each product rounded, then the sum (as the composed operations compute it).
+pub(crate) fn rope_exact_forward(
+    x: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    [b, t, h, d]: [usize; 4],
+) -> Vec<f32> {
+    let half = d / 2;
+    let mut out = vec![0f32; b * h * t * d];
+    // One piece per (row, head): `t * d` outputs; a decoding step's pieces are small, so several
+    // go to a thread at once.
+    let min_pieces = (ELEMENTWISE_CHUNK / (t * d).max(1)).max(1);
+    out.par_chunks_mut((t * d).max(1))
+        .with_min_len(min_pieces)
+        .enumerate()
+        .for_each(|(bh, o)| {
+            let (row, head) = (bh / h, bh % h);
+            for ti in 0..t {
+                let xi = &x[((row * t + ti) * h + head) * d..][..d];
+                let c = &cos[(row * t + ti) * d..][..d];
+                let s = &sin[(row * t + ti) * d..][..d];
+                let o = &mut o[ti * d..][..d];
+                for j in 0..d {
+                    let rotated = if j < half {
+                        -xi[j + half]
+                    } else {
+                        xi[j - half]
+                    };
+                    let a = xi[j] * c[j];
+                    let r = rotated * s[j];
+                    o[j] = a + r;
+                }
+            }
+        });
+    out
+}
+
 /// Gradients of [`swiglu_forward`] for upstream `grad`: of `gate` and of `up`.
 pub(crate) fn swiglu_backward(gate: &[f32], up: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let mut dg = vec![0f32; gate.len()];

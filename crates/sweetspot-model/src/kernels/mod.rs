@@ -129,6 +129,13 @@ pub trait SweetspotKernels: Backend {
     /// See [`swiglu_exact`].
     fn sweetspot_swiglu_exact(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
 
+    /// See [`rope_exact`].
+    fn sweetspot_rope_exact(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
     /// See [`token_logprob`].
     fn sweetspot_token_logprob(
         hidden: FloatTensor<Self>,
@@ -287,6 +294,21 @@ fn swiglu_flex(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
     flex_tensor(out, shape.to_vec())
 }
 
+fn rope_flex(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor) -> FlexTensor {
+    let [b, t, h, d] = dims4(x);
+    let table = [b, 1, t, d];
+    assert!(
+        dims4(cos) == table && dims4(sin) == table && d % 2 == 0,
+        "rope: x {:?}, cos {:?}, sin {:?}",
+        dims4(x),
+        dims4(cos),
+        dims4(sin)
+    );
+    let (x, cos, sin) = (f32s(x), f32s(cos), f32s(sin));
+    let out = cpu::rope_exact_forward(x.storage(), cos.storage(), sin.storage(), [b, t, h, d]);
+    flex_tensor(out, vec![b, h, t, d])
+}
+
 fn matmul_q8_flex(x: &FlexTensor, w: &Q8Weight) -> FlexTensor {
     let x = f32s(x);
     let shape = x.layout().shape().to_vec();
@@ -363,6 +385,14 @@ impl SweetspotKernels for Flex {
         );
         let (g, u) = (f32s(&gate), f32s(&up));
         flex_tensor(cpu::swiglu_exact_forward(g.storage(), u.storage()), shape)
+    }
+
+    fn sweetspot_rope_exact(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        rope_flex(&x, &cos, &sin)
     }
 
     fn sweetspot_attention(
@@ -482,6 +512,20 @@ impl<C: CheckpointStrategy> SweetspotKernels for Autodiff<Flex, C> {
         Self::from_inner(matmul_q8_flex(&x, &w))
     }
 
+    /// No gradient flows through it (inference only: [`rope_exact`] does not apply under
+    /// autodiff, so this is never reached with a tracked input).
+    fn sweetspot_rope_exact(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        use burn::backend::AutodiffBackend as _;
+        let (x, _) = x.into_parts();
+        let (cos, _) = cos.into_parts();
+        let (sin, _) = sin.into_parts();
+        Self::from_inner(rope_flex(&x, &cos, &sin))
+    }
+
     /// Not a kernel of its own under autodiff ([`swiglu_exact`] is for inference): burn's
     /// composed `silu(gate) * up`, with its backward.
     fn sweetspot_swiglu_exact(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -598,6 +642,27 @@ pub fn swiglu_exact<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Option<
         Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_swiglu_exact(
             gate.clone().into_dispatch(),
             up.clone().into_dispatch(),
+        ))
+    })
+}
+
+/// Rotary position embedding of f32 queries or keys for inference: `x` `[batch, tokens, heads,
+/// dim]` as the projection makes it, `cos` and `sin` `[batch, 1, tokens, dim]`; returns `[batch,
+/// heads, tokens, dim]`, each element exactly as the composed `x' * cos + rotate_half(x') * sin`
+/// of `x' = x.swap_dims(1, 2)` computes it on burn-flex (the same two products, then their sum:
+/// the same bits), in one pass on every core instead of six operations on the calling thread,
+/// each allocating its output. `None` where it does not apply: not f32 on burn-flex without
+/// autodiff.
+pub fn rope_exact(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Tensor<4>> {
+    let device = x.device();
+    let fits = [x.dtype(), cos.dtype(), sin.dtype()] == [DType::F32; 3]
+        && !device.is_autodiff()
+        && device == Device::flex();
+    fits.then(|| {
+        Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_rope_exact(
+            x.clone().into_dispatch(),
+            cos.clone().into_dispatch(),
+            sin.clone().into_dispatch(),
         ))
     })
 }
