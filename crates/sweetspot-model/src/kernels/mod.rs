@@ -15,9 +15,14 @@
 //!   AVX512-BF16 ([`bf16`]), where burn-flex converts both operands to f32 on every call; and
 //!   [`swiglu_bf16`], the SwiGLU product of bf16 values for inference in one pass.
 //!
+//! - [`swiglu_exact`] and [`rope_exact`]: f32 inference's SwiGLU product and rotary embedding in
+//!   one pass on every core, bit for bit the composed burn-flex operations they replace (so f32
+//!   samples do not move).
+//!
 //! The first three take f32 on burn-flex (with or without autodiff); [`applies`] says when. The
-//! bf16 ones are for inference on burn-flex and say themselves when they apply (`None`). Other
-//! devices and dtypes use the composed burn operations (the parity tests pin both).
+//! inference ones (bf16, the exact f32 ones, 8-bit) are for burn-flex without autodiff and say
+//! themselves when they apply (`None`). Other devices and dtypes use the composed burn operations
+//! (the parity tests pin both).
 
 pub mod bf16;
 mod cpu;
@@ -633,12 +638,7 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
 /// instead of three passes on the calling thread, each allocating its output. `None` where it
 /// does not apply: not f32 on burn-flex without autodiff.
 pub fn swiglu_exact<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Option<Tensor<D>> {
-    let device = gate.device();
-    let fits = gate.dtype() == DType::F32
-        && up.dtype() == DType::F32
-        && !device.is_autodiff()
-        && device == Device::flex();
-    fits.then(|| {
+    inference_in(DType::F32, &gate.device(), &[gate.dtype(), up.dtype()]).then(|| {
         Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_swiglu_exact(
             gate.clone().into_dispatch(),
             up.clone().into_dispatch(),
@@ -654,11 +654,8 @@ pub fn swiglu_exact<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Option<
 /// each allocating its output. `None` where it does not apply: not f32 on burn-flex without
 /// autodiff.
 pub fn rope_exact(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Tensor<4>> {
-    let device = x.device();
-    let fits = [x.dtype(), cos.dtype(), sin.dtype()] == [DType::F32; 3]
-        && !device.is_autodiff()
-        && device == Device::flex();
-    fits.then(|| {
+    let operands = [x.dtype(), cos.dtype(), sin.dtype()];
+    inference_in(DType::F32, &x.device(), &operands).then(|| {
         Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_rope_exact(
             x.clone().into_dispatch(),
             cos.clone().into_dispatch(),
@@ -667,17 +664,17 @@ pub fn rope_exact(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Ten
     })
 }
 
-/// Whether the bf16 inference operations apply: both operands bf16, on burn-flex without
-/// autodiff.
-fn bf16_inference(device: &Device, dtypes: [DType; 2]) -> bool {
-    dtypes == [DType::BF16; 2] && !device.is_autodiff() && *device == Device::flex()
+/// Whether an inference operation in `dtype` applies: every operand of that type, on burn-flex
+/// without autodiff.
+fn inference_in(dtype: DType, device: &Device, operands: &[DType]) -> bool {
+    operands.iter().all(|&d| d == dtype) && !device.is_autodiff() && *device == Device::flex()
 }
 
 /// `silu(gate) * up` of bf16 tensors for inference, the activation rounded to bf16 and then the
 /// product (two roundings, as transformers' bf16 `act_fn(gate_proj(x)) * up_proj(x)`), in one
 /// pass on every core. `None` where it does not apply: not bf16 on burn-flex without autodiff.
 pub fn swiglu_bf16<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Option<Tensor<D>> {
-    bf16_inference(&gate.device(), [gate.dtype(), up.dtype()]).then(|| {
+    inference_in(DType::BF16, &gate.device(), &[gate.dtype(), up.dtype()]).then(|| {
         Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_swiglu(
             gate.clone().into_dispatch(),
             up.clone().into_dispatch(),
@@ -704,7 +701,7 @@ pub fn matmul_bf16<const D: usize>(
     w: &Tensor<2>,
     layout: bf16::Layout,
 ) -> Option<Tensor<D>> {
-    let fits = bf16_inference(&x.device(), [x.dtype(), w.dtype()]) && bf16::available();
+    let fits = inference_in(DType::BF16, &x.device(), &[x.dtype(), w.dtype()]) && bf16::available();
     fits.then(|| {
         Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_matmul_bf16(
             x.clone().into_dispatch(),
