@@ -523,14 +523,25 @@ multiversion!(
 /// Elements per parallel piece of an elementwise kernel.
 const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
-/// `silu(g) * u`, elementwise.
-pub(crate) fn swiglu_forward(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; gate.len()];
+/// `piece(out, gate, up)` over matching pieces of [`ELEMENTWISE_CHUNK`] elements on every core,
+/// into a fresh output of `gate`'s length (a SwiGLU product's pass).
+fn gate_up_pass<T: Copy + Send + Sync>(
+    gate: &[T],
+    up: &[T],
+    zero: T,
+    piece: impl Fn(&mut [T], &[T], &[T]) + Sync + Send,
+) -> Vec<T> {
+    let mut out = vec![zero; gate.len()];
     out.par_chunks_mut(ELEMENTWISE_CHUNK)
         .zip(gate.par_chunks(ELEMENTWISE_CHUNK))
         .zip(up.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|((o, g), u)| swiglu_piece(o, g, u));
+        .for_each(|((o, g), u)| piece(o, g, u));
     out
+}
+
+/// `silu(g) * u`, elementwise.
+pub(crate) fn swiglu_forward(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gate_up_pass(gate, up, 0.0, swiglu_piece)
 }
 
 #[inline(always)]
@@ -548,12 +559,7 @@ multiversion!(swiglu_bf16_piece, swiglu_bf16_body, (out: &mut [bf16], gate: &[bf
 /// `silu(g) * u` of bf16 values for inference: the activation rounded to bf16, then the product,
 /// as a bf16 `act_fn(gate) * up` rounds.
 pub(crate) fn swiglu_bf16_forward(gate: &[bf16], up: &[bf16]) -> Vec<bf16> {
-    let mut out = vec![bf16::ZERO; gate.len()];
-    out.par_chunks_mut(ELEMENTWISE_CHUNK)
-        .zip(gate.par_chunks(ELEMENTWISE_CHUNK))
-        .zip(up.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|((o, g), u)| swiglu_bf16_piece(o, g, u));
-    out
+    gate_up_pass(gate, up, bf16::ZERO, swiglu_bf16_piece)
 }
 
 /// burn-flex's logistic function, as its `sigmoid` computes each f32 (through libm's `expf`).
@@ -570,17 +576,12 @@ fn burn_sigmoid(x: f32) -> f32 {
 /// `silu(g) * u`, elementwise, bit for bit burn-flex's composed `silu(gate) * up`: `g *
 /// sigmoid(g)`, then times `u` (f32 inference, whose samples must not move).
 pub(crate) fn swiglu_exact_forward(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; gate.len()];
-    out.par_chunks_mut(ELEMENTWISE_CHUNK)
-        .zip(gate.par_chunks(ELEMENTWISE_CHUNK))
-        .zip(up.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|((o, g), u)| {
-            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                let act = g * burn_sigmoid(g);
-                *o = act * u;
-            }
-        });
-    out
+    gate_up_pass(gate, up, 0.0, |o, g, u| {
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            let act = g * burn_sigmoid(g);
+            *o = act * u;
+        }
+    })
 }
 
 /// Rotary position embedding, `x` `[b, t, h, d]`, `cos`/`sin` `[b, t, d]` (one row per token),
