@@ -6,7 +6,7 @@ use burn::tensor::bf16;
 use rayon::prelude::*;
 
 /// Query rows per tile: a tile's keys end where its last query's causal range ends.
-const QUERY_TILE: usize = 64;
+pub(crate) const QUERY_TILE: usize = 64;
 
 /// Rows of hidden states projected to the vocabulary at a time.
 pub(crate) const VOCAB_ROWS: usize = 128;
@@ -44,11 +44,33 @@ impl AttnDims {
         )
     }
 
+    /// The query tiles `[q0, q1)`: at most [`QUERY_TILE`] queries each, their bounds at
+    /// multiples of [`QUERY_TILE`] in key slots (`past + q`), so a query falls in the same tile,
+    /// and sees the same span of keys, whether the slots before it come from a cache or are
+    /// computed in the same call (scoring with a shared prompt prefix gives the bits of scoring
+    /// the whole sequence). Without a cache the tiles start at 0, 64, 128, ...
+    fn query_tiles(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
+        let (past, t) = (self.past, self.queries);
+        let first = (QUERY_TILE - past % QUERY_TILE).min(t);
+        std::iter::once((0, first)).filter(|&(_, q1)| q1 > 0).chain(
+            (first..t)
+                .step_by(QUERY_TILE)
+                .map(move |q0| (q0, (q0 + QUERY_TILE).min(t))),
+        )
+    }
+
     /// Keys `[lo, hi)` a tile of queries `[q0, q1)` of a row may see, given the row's first and
-    /// one-past-last real key.
+    /// one-past-last real key. With a window, a tile's first key is its first query slot's
+    /// (the slot at the tile's bound in a call of several queries, the same whether the queries
+    /// before it are in the call or in the cache; a decode step's own query otherwise).
     fn span(&self, q0: usize, q1: usize, real: (usize, usize)) -> (usize, usize) {
         let hi = (self.past + q1).min(self.keys).min(real.1);
-        let lo = (self.past + q0 + 1).saturating_sub(self.window).max(real.0);
+        let first = if self.queries > 1 {
+            (self.past + q0) / QUERY_TILE * QUERY_TILE
+        } else {
+            self.past + q0
+        };
+        let lo = (first + 1).saturating_sub(self.window).max(real.0);
         (lo, hi.max(lo))
     }
 
@@ -250,14 +272,12 @@ fn mask_row(row: &mut [f32], lo: usize, visible: (usize, usize), mask: &[bool], 
     }
 }
 
-/// Raw scores of queries `[q0, q0 + rows)` against keys `[lo, lo + span)` of one head:
-/// `scores[i, j] = q[q0 + i] · k[lo + j]`, `[rows, span]`.
-#[allow(clippy::too_many_arguments)]
+/// Raw scores of `rows` queries (`q`'s first rows) against keys `[lo, lo + span)` of one head:
+/// `scores[i, j] = q[i] · k[lo + j]`, `[rows, span]`.
 fn tile_scores(
     scores: &mut Vec<f32>,
     q: &[f32],
     k: &[f32],
-    q0: usize,
     rows: usize,
     lo: usize,
     span: usize,
@@ -271,13 +291,32 @@ fn tile_scores(
         scores,
         span,
         false,
-        &q[q0 * d..],
+        q,
         (d, 1),
         &k[lo * d..],
         (1, d),
         false,
     );
 }
+
+/// Rows of a tile's score product for `rows` queries against `span` keys in a call of
+/// `queries` queries. The gemm crate computes a product of at most 256 elements (and a one-row
+/// product) of two operands contiguous along the sum with other kernels than a larger one,
+/// whose sums round differently; a query has more company in its tile in another call (a batch
+/// padded further, or the whole sequence where this call has a cached prefix), so a call of
+/// several queries computes small tiles with copies of their last query up to a larger product,
+/// and a query's scores are the same bits in every call. A decode step (one query) keeps its
+/// own small product.
+fn score_rows(rows: usize, span: usize, queries: usize) -> usize {
+    if queries == 1 {
+        rows
+    } else {
+        rows.max(2).max(SMALL_PRODUCT / span.max(1) + 1)
+    }
+}
+
+/// The gemm crate's largest product (`m * n`) for its dot-product kernels (gemm-common 0.19).
+const SMALL_PRODUCT: usize = 256;
 
 /// Attention forward. `q` is `[batch, heads, queries, dim]`, `k`/`v` `[batch, kv_heads, keys,
 /// dim]`, `mask` `[batch, keys]` (true: a real key). Writes `out` `[batch, heads, queries, dim]`
@@ -298,55 +337,85 @@ pub(crate) fn attention_forward(
     out.par_chunks_mut(t * d)
         .zip(lse.par_chunks_mut(t))
         .enumerate()
-        // One score buffer per rayon job, reused across the heads it runs.
-        .for_each_init(Vec::new, |scores, (bh, (out, lse))| {
-            let (b, h) = (bh / heads, bh % heads);
-            let g = h / rep;
-            let q = &q[bh * t * d..(bh + 1) * t * d];
-            let kv = b * kv_heads + g;
-            let k = &k[kv * k_block..kv * k_block + s * d];
-            let v = &v[kv * v_block..kv * v_block + s * d];
-            let mask = &mask[b * s..(b + 1) * s];
-            for q0 in (0..t).step_by(QUERY_TILE) {
-                let q1 = (q0 + QUERY_TILE).min(t);
-                let rows = q1 - q0;
-                let (lo, hi) = dims.span(q0, q1, real[b]);
-                let span = hi - lo;
-                let out = &mut out[q0 * d..q1 * d];
-                if span == 0 {
-                    out.fill(0.0);
-                    lse[q0..q1].fill(f32::NEG_INFINITY);
-                    continue;
-                }
-                tile_scores(scores, q, k, q0, rows, lo, span, d);
-                for (i, row) in scores.chunks_exact_mut(span).enumerate() {
-                    mask_row(row, lo, dims.row_range(q0 + i), mask, dims.scale);
-                    let m = row_max(row);
-                    if m == f32::NEG_INFINITY {
-                        row.fill(0.0);
-                        lse[q0 + i] = f32::NEG_INFINITY;
+        // One score buffer (and one of padded queries) per rayon job, reused across the heads it
+        // runs.
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(scores, padded), (bh, (out, lse))| {
+                let (b, h) = (bh / heads, bh % heads);
+                let g = h / rep;
+                let q = &q[bh * t * d..(bh + 1) * t * d];
+                let kv = b * kv_heads + g;
+                let k = &k[kv * k_block..kv * k_block + s * d];
+                let v = &v[kv * v_block..kv * v_block + s * d];
+                let mask = &mask[b * s..(b + 1) * s];
+                for (q0, q1) in dims.query_tiles() {
+                    let rows = q1 - q0;
+                    let (lo, hi) = dims.span(q0, q1, real[b]);
+                    let span = hi - lo;
+                    let out = &mut out[q0 * d..q1 * d];
+                    if span == 0 {
+                        out.fill(0.0);
+                        lse[q0..q1].fill(f32::NEG_INFINITY);
                         continue;
                     }
-                    let sum = exp_shift_sum(row, m);
-                    lse[q0 + i] = m + sum.ln();
-                    let inv = 1.0 / sum;
-                    row.iter_mut().for_each(|p| *p *= inv);
+                    let m = score_rows(rows, span, t);
+                    if m > rows {
+                        // The tile's queries, then copies of its last one.
+                        padded.clear();
+                        padded.extend_from_slice(&q[q0 * d..q1 * d]);
+                        for _ in rows..m {
+                            padded.extend_from_within((rows - 1) * d..rows * d);
+                        }
+                        tile_scores(scores, padded, k, m, lo, span, d);
+                    } else {
+                        tile_scores(scores, &q[q0 * d..], k, rows, lo, span, d);
+                    }
+                    // Probabilities of every row, the copies' too (the product below takes two).
+                    for (i, row) in scores.chunks_exact_mut(span).enumerate() {
+                        let qi = q0 + i.min(rows - 1);
+                        mask_row(row, lo, dims.row_range(qi), mask, dims.scale);
+                        let m = row_max(row);
+                        if m == f32::NEG_INFINITY {
+                            row.fill(0.0);
+                            lse[qi] = f32::NEG_INFINITY;
+                            continue;
+                        }
+                        let sum = exp_shift_sum(row, m);
+                        lse[qi] = m + sum.ln();
+                        let inv = 1.0 / sum;
+                        row.iter_mut().for_each(|p| *p *= inv);
+                    }
+                    // The gemm crate's one-row product rounds differently too: a lone query of a
+                    // call of several goes with a copy of itself.
+                    let pv = if t > 1 { rows.max(2) } else { rows };
+                    if pv > rows {
+                        padded.clear();
+                        padded.resize(pv * d, 0.0);
+                    }
+                    gemm(
+                        pv,
+                        d,
+                        span,
+                        if pv > rows {
+                            &mut padded[..]
+                        } else {
+                            &mut *out
+                        },
+                        d,
+                        false,
+                        scores,
+                        (span, 1),
+                        &v[lo * d..],
+                        (d, 1),
+                        false,
+                    );
+                    if pv > rows {
+                        out.copy_from_slice(&padded[..rows * d]);
+                    }
                 }
-                gemm(
-                    rows,
-                    d,
-                    span,
-                    out,
-                    d,
-                    false,
-                    scores,
-                    (span, 1),
-                    &v[lo * d..],
-                    (d, 1),
-                    false,
-                );
-            }
-        });
+            },
+        );
 }
 
 /// Attention backward from the forward's inputs, its output and `lse`, and the output's
@@ -392,8 +461,7 @@ pub(crate) fn attention_backward(
                         .zip(dout.chunks_exact(d))
                         .map(|(o, g)| o.iter().zip(g).map(|(a, b)| a * b).sum())
                         .collect();
-                    for q0 in (0..t).step_by(QUERY_TILE) {
-                        let q1 = (q0 + QUERY_TILE).min(t);
+                    for (q0, q1) in dims.query_tiles() {
                         let rows = q1 - q0;
                         let (lo, hi) = dims.span(q0, q1, real[b]);
                         let span = hi - lo;
@@ -402,7 +470,7 @@ pub(crate) fn attention_backward(
                         }
                         dp.resize(rows * span, 0.0);
                         // P = softmax probabilities, recomputed from the scores and lse.
-                        tile_scores(p, q, k, q0, rows, lo, span, d);
+                        tile_scores(p, &q[q0 * d..], k, rows, lo, span, d);
                         for (i, row) in p.chunks_exact_mut(span).enumerate() {
                             let l = lse[q0 + i];
                             if l == f32::NEG_INFINITY {
@@ -788,5 +856,82 @@ mod tests {
         assert_eq!(sa.to_bits(), sb.to_bits());
         assert_eq!(a, b);
         assert_eq!(row_max(&row), max_body(&row));
+    }
+
+    /// A query's attention is the same bits in every call that computes it: the whole sequence
+    /// at once, the rest after a cached prefix of any length, one row padded in a longer batch.
+    #[test]
+    fn a_query_does_not_depend_on_its_call() {
+        let mut x = 12345u64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 1000) as f32 / 500.0 - 1.0
+        };
+        let d = 16;
+        for (s, window) in [(400usize, usize::MAX), (200, 5), (150, 70)] {
+            let q: Vec<f32> = (0..s * d).map(|_| rnd()).collect();
+            let k: Vec<f32> = (0..s * d).map(|_| rnd()).collect();
+            let v: Vec<f32> = (0..s * d).map(|_| rnd()).collect();
+            let dims = |batch: usize, past: usize, t: usize, keys: usize| AttnDims {
+                batch,
+                heads: 1,
+                kv_heads: 1,
+                queries: t,
+                keys,
+                head_dim: d,
+                past,
+                window,
+                scale: 0.25,
+            };
+            let run = |q: &[f32], k: &[f32], v: &[f32], mask: &[bool], dims: AttnDims| {
+                let mut out = vec![0f32; dims.batch * dims.queries * d];
+                let mut lse = vec![0f32; dims.batch * dims.queries];
+                let block = dims.keys * d;
+                attention_forward(q, (k, block), (v, block), mask, &dims, &mut out, &mut lse);
+                out
+            };
+            let whole = run(&q, &k, &v, &vec![true; s], dims(1, 0, s, s));
+            let row = |out: &[f32], i: usize| out[i * d..(i + 1) * d].to_vec();
+            // The rest after a cached prefix: first tiles of 1, 2, 3, 63 queries, spans past 256.
+            for past in [1, 2, 5, 37, 61, 62, 63, 64, 65, 127, 191, 317, 319] {
+                if past >= s {
+                    continue;
+                }
+                let t = s - past;
+                let out = run(&q[past * d..], &k, &v, &vec![true; s], dims(1, past, t, s));
+                for i in 0..t {
+                    assert_eq!(
+                        row(&out, i),
+                        row(&whole, past + i),
+                        "s {s} past {past} query {i}"
+                    );
+                }
+            }
+            // A shorter sequence alone and as the first row of a batch padded further (its last
+            // tile of 1 to 3 queries has 64 there).
+            for len in [3, 5, 16, 17, 65, 66, 67, 129, 193] {
+                if len + 40 > s {
+                    continue;
+                }
+                let alone = run(
+                    &q[..len * d],
+                    &k[..len * d],
+                    &v[..len * d],
+                    &vec![true; len],
+                    dims(1, 0, len, len),
+                );
+                let t = len + 40;
+                let mut mask = vec![false; 2 * t];
+                mask[..len].fill(true);
+                mask[t..].fill(true);
+                let cat = |x: &[f32]| [&x[..t * d], &x[..t * d]].concat();
+                let batch = run(&cat(&q), &cat(&k), &cat(&v), &mask, dims(2, 0, t, t));
+                for i in 0..len {
+                    assert_eq!(row(&batch, i), row(&alone, i), "s {s} len {len} query {i}");
+                }
+            }
+        }
     }
 }

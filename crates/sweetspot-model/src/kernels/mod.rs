@@ -39,7 +39,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
-pub(crate) use cpu::AttnDims;
+pub(crate) use cpu::{AttnDims, QUERY_TILE};
 
 /// Up to this many rows are one tile of an inference product ([`bf16`], [`q8`]): a decode
 /// step's rows are, so each weight is read once per step.
