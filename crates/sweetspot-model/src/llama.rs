@@ -314,6 +314,11 @@ impl KvCache {
         self.len = keep;
     }
 
+    /// Keeps the first `len` slots (the later ones become stale, never read).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// The rows of `parts`, in order, as one cache (all with the same number of slots).
     pub fn cat_rows(parts: Vec<KvCache>) -> Result<KvCache, ModelError> {
         let Some(first) = parts.first() else {
@@ -630,8 +635,47 @@ impl Llama {
         key_mask: Tensor<2, Bool>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor<3>, ModelError> {
+        let past = match cache {
+            Some(c) => Past::Cache(c),
+            None => Past::None,
+        };
+        self.forward_past(tokens, positions, key_mask, past)
+    }
+
+    /// [`Llama::forward_hidden`] after the slots of `prefix`, a one-row cache whose keys and
+    /// values come before every row's tokens (a prompt shared by the batch, computed once): they
+    /// are put under each row layer by layer, and `prefix` is not extended. `key_mask` covers
+    /// the prefix's slots and the tokens.
+    pub fn forward_hidden_after(
+        &self,
+        tokens: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        key_mask: Tensor<2, Bool>,
+        prefix: &KvCache,
+    ) -> Result<Tensor<3>, ModelError> {
+        if prefix.rows() != 1 || prefix.layers.len() != self.params.model.layers.len() {
+            return Err(ModelError::Input(format!(
+                "a shared prefix is one row of every layer; this one has {} rows and {} layers",
+                prefix.rows(),
+                prefix.layers.len()
+            )));
+        }
+        self.forward_past(tokens, positions, key_mask, Past::Prefix(prefix))
+    }
+
+    fn forward_past(
+        &self,
+        tokens: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        key_mask: Tensor<2, Bool>,
+        cache: Past<'_>,
+    ) -> Result<Tensor<3>, ModelError> {
         let [b, t] = tokens.dims();
-        let past = cache.as_ref().map_or(0, |c| c.len);
+        let past = match &cache {
+            Past::None => 0,
+            Past::Cache(c) => c.len,
+            Past::Prefix(c) => c.len,
+        };
         let [mb, ms] = key_mask.dims();
         if mb != b || ms != past + t {
             return Err(ModelError::Input(format!(
@@ -679,13 +723,20 @@ impl Llama {
 
         let (cos, sin) = (to_dtype(cos, x.dtype()), to_dtype(sin, x.dtype()));
         let mut cache = cache;
-        if let Some(c) = cache.as_deref_mut()
+        if let Past::Cache(c) = &mut cache
             && c.layers.len() != self.params.model.layers.len()
         {
             c.layers = vec![None; self.params.model.layers.len()];
         }
         for (i, layer) in self.params.model.layers.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let slot = match &mut cache {
+                Past::None => LayerPast::None,
+                Past::Cache(c) => LayerPast::Append(&mut c.layers[i]),
+                Past::Prefix(c) => match &c.layers[i] {
+                    Some(kv) => LayerPast::Prefix(kv, c.len),
+                    None => return Err(ModelError::Input(format!("prefix layer {i} is empty"))),
+                },
+            };
             let lora = self.params.adapters.as_ref().and_then(|a| a.layers.get(i));
             let q8 = self.q8.as_ref().map(|q| &q.layers[i]);
             let h = layer.input_layernorm.forward(x.clone());
@@ -694,7 +745,7 @@ impl Llama {
             let h = layer.post_attention_layernorm.forward(x.clone());
             x = x + layer.mlp.forward(h, lora, q8);
         }
-        if let Some(c) = cache {
+        if let Past::Cache(c) = cache {
             c.len += t;
         }
         Ok(self.params.model.norm.forward(x))
@@ -814,6 +865,44 @@ pub(crate) fn is_flex(device: &Device) -> bool {
     }
 }
 
+impl Llama {
+    /// Whether inference computes attention with sweetspot's kernel, whose query tiles are
+    /// aligned to key slots: then a query's result does not depend on whether the slots before
+    /// it come from a [`KvCache`] or from the same call, and a prompt prefix shared by several
+    /// sequences can be computed once (scoring does; the invariant is in `kernels`).
+    pub fn cached_prefix_is_exact(&self) -> bool {
+        #[cfg(feature = "flex")]
+        {
+            !self.device.is_autodiff()
+                && own_kernel_applies(
+                    &self.device,
+                    self.params.model.embed_tokens.weight.val().dtype(),
+                )
+        }
+        #[cfg(not(feature = "flex"))]
+        {
+            false
+        }
+    }
+}
+
+/// The key slots before a forward pass's tokens.
+enum Past<'a> {
+    None,
+    /// A cache the pass extends.
+    Cache(&'a mut KvCache),
+    /// A one-row cache put under every row, not extended.
+    Prefix(&'a KvCache),
+}
+
+/// One layer's [`Past`].
+enum LayerPast<'a> {
+    None,
+    Append(&'a mut Option<(Tensor<4>, Tensor<4>)>),
+    /// One row's keys and values and how many of their slots are filled.
+    Prefix(&'a (Tensor<4>, Tensor<4>), usize),
+}
+
 /// How a forward pass computes attention.
 enum AttnPath {
     /// sweetspot's kernel ([`crate::kernels::attention`]): f32 on burn-flex, with or without
@@ -827,7 +916,18 @@ enum AttnPath {
     Explicit(Tensor<4, Bool>),
 }
 
-/// The key mask for sweetspot's attention kernel where it applies (f32 on burn-flex).
+/// Whether a forward pass in `dtype` on `device` computes attention with sweetspot's kernel:
+/// f32 on burn-flex (inference and training), and inference in bf16 or f16 there (its queries,
+/// keys and values go to the kernel in f32; the cache holds f32; see `attention`).
+#[cfg(feature = "flex")]
+fn own_kernel_applies(device: &Device, dtype: burn::tensor::DType) -> bool {
+    let inference_half = !device.is_autodiff()
+        && matches!(dtype, burn::tensor::DType::BF16 | burn::tensor::DType::F16);
+    crate::kernels::applies(device, burn::tensor::DType::F32)
+        && (dtype == burn::tensor::DType::F32 || inference_half)
+}
+
+/// The key mask for sweetspot's attention kernel where it applies ([`own_kernel_applies`]).
 #[cfg(feature = "flex")]
 fn own_kernel_mask(
     device: &Device,
@@ -836,13 +936,7 @@ fn own_kernel_mask(
     past: usize,
     window: usize,
 ) -> Option<crate::kernels::AttnMask> {
-    // f32 (inference and training), and inference in bf16 or f16: its queries, keys and values
-    // go to the kernel in f32 (the cache holds f32; see `attention`).
-    let inference_half = !device.is_autodiff()
-        && matches!(dtype, burn::tensor::DType::BF16 | burn::tensor::DType::F16);
-    if !crate::kernels::applies(device, burn::tensor::DType::F32)
-        || !(dtype == burn::tensor::DType::F32 || inference_half)
-    {
+    if !own_kernel_applies(device, dtype) {
         return None;
     }
     let mask = key_mask.clone().into_data().try_to_vec::<bool>().ok()?;
@@ -891,7 +985,7 @@ fn attention(
     x: Tensor<3>,
     cos: &Tensor<4>,
     sin: &Tensor<4>,
-    cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    cache: LayerPast<'_>,
     past: usize,
     path: &AttnPath,
 ) -> Tensor<3> {
@@ -925,8 +1019,22 @@ fn attention(
         _ => (q, k, v),
     };
     let (k, v) = match cache {
-        Some(slot) => cache_append(slot, k, v, past),
-        None => (k, v),
+        LayerPast::Append(slot) => cache_append(slot, k, v, past),
+        LayerPast::Prefix((pk, pv), len) => {
+            // The prefix's slots under every row, then the new ones, in one buffer per layer
+            // (dropped with the layer).
+            let under = |p: &Tensor<4>, x: Tensor<4>| {
+                let [_, h, _, d] = p.dims();
+                let p = p
+                    .clone()
+                    .narrow(0, 0, 1)
+                    .narrow(2, 0, len)
+                    .expand([b, h, len, d]);
+                Tensor::cat(vec![p, x], 2)
+            };
+            (under(pk, k), under(pv, v))
+        }
+        LayerPast::None => (k, v),
     };
     let masked = match path {
         #[cfg(feature = "flex")]

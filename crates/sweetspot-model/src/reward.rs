@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
-use crate::llama::{Llama, LlamaModel, LlamaParams};
+use crate::llama::{KvCache, Llama, LlamaModel, LlamaParams};
 use crate::precision::{Precision, cast_module, check_supported, to_f32};
 use crate::weights::load_safetensors;
 
@@ -365,14 +365,52 @@ impl RewardNet {
         inputs: &[RewardInput],
         padding: Padding,
     ) -> Result<Vec<RewardOutput>, ModelError> {
+        let rows: Vec<&RewardInput> = inputs.iter().collect();
+        self.score_rows(&rows, padding, None)
+    }
+
+    /// The keys and values of `ids[..prefix]` for [`RewardNet::score_rows`]: the forward pass
+    /// runs on `ids[..end]` (`end` at the end of `prefix`'s query tile, or the sequence's), so
+    /// each prefix query sees the span of keys it sees in the whole sequence.
+    fn prefix_cache(&self, ids: &[u32], prefix: usize, end: usize) -> Result<KvCache, ModelError> {
+        let device = self.backbone.device().clone();
+        let ids = &ids[..end];
+        let tokens: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
+        let positions: Vec<i64> = (0..end as i64).collect();
+        let mut cache = KvCache::new();
+        self.backbone.forward_hidden(
+            Tensor::<2, Int>::from_data(TensorData::new(tokens, [1, end]), &device),
+            Tensor::<2, Int>::from_data(TensorData::new(positions, [1, end]), &device),
+            Tensor::<2, Bool>::from_data(TensorData::new(vec![true; end], [1, end]), &device),
+            Some(&mut cache),
+        )?;
+        cache.truncate(prefix);
+        Ok(cache)
+    }
+
+    /// Scores `inputs` as one batch, padded on `padding`'s side; with `prefix = (cache, p)`,
+    /// every row's first `p` tokens are the cached ones (right padding only) and only the rest
+    /// is computed.
+    fn score_rows(
+        &self,
+        inputs: &[&RewardInput],
+        padding: Padding,
+        prefix: Option<(&KvCache, usize)>,
+    ) -> Result<Vec<RewardOutput>, ModelError> {
+        if prefix.is_some() && padding == Padding::Left {
+            return Err(ModelError::Input(
+                "a cached prefix needs right padding".into(),
+            ));
+        }
         let b = inputs.len();
-        let Some(t) = inputs.iter().map(|i| i.ids.len()).max() else {
+        let p = prefix.map_or(0, |(_, p)| p);
+        let Some(t) = inputs.iter().map(|i| i.ids.len().saturating_sub(p)).max() else {
             return Ok(Vec::new());
         };
         let device = self.backbone.device().clone();
         let mut tokens = vec![0i64; b * t];
         let mut positions = vec![0i64; b * t];
-        let mut mask = vec![false; b * t];
+        let mut mask = vec![false; b * (p + t)];
         let mut last = Vec::with_capacity(b);
         let mut gate = Vec::with_capacity(b);
         for (r, input) in inputs.iter().enumerate() {
@@ -380,38 +418,62 @@ impl RewardNet {
             if len == 0 {
                 return Err(ModelError::Input(format!("batch row {r} has no tokens")));
             }
-            let offset = match padding {
-                Padding::Left => t - len,
-                Padding::Right => 0,
-            };
-            for (i, &id) in input.ids.iter().enumerate() {
-                tokens[r * t + offset + i] = i64::from(id);
-                positions[r * t + offset + i] = i as i64;
-                mask[r * t + offset + i] = true;
-            }
-            last.push((r * t + offset + self.read_position(&input.ids)) as i64);
-            if self.needs_gating_position() {
+            let read = self.read_position(&input.ids);
+            let gating = if self.needs_gating_position() {
                 let Some(g) = input.gating_position.filter(|&g| g < len) else {
                     return Err(ModelError::Input(format!(
                         "batch row {r} has no gating position inside its {len} tokens"
                     )));
                 };
-                gate.push((r * t + offset + g) as i64);
+                Some(g)
+            } else {
+                None
+            };
+            if read < p || gating.is_some_and(|g| g < p) {
+                return Err(ModelError::Input(format!(
+                    "batch row {r} is read inside its {p} cached tokens"
+                )));
+            }
+            let offset = match padding {
+                Padding::Left => t - (len - p),
+                Padding::Right => 0,
+            };
+            for (i, &id) in input.ids.iter().enumerate().skip(p) {
+                tokens[r * t + offset + i - p] = i64::from(id);
+                positions[r * t + offset + i - p] = i as i64;
+            }
+            let keys = &mut mask[r * (p + t)..(r + 1) * (p + t)];
+            keys[..p].fill(true);
+            keys[p + offset..p + offset + len - p].fill(true);
+            last.push((r * t + offset + read - p) as i64);
+            if let Some(g) = gating {
+                gate.push((r * t + offset + g - p) as i64);
             }
         }
         let ints = |v: Vec<i64>, shape: Vec<usize>| {
             Tensor::<2, Int>::from_data(TensorData::new(v, shape), &device)
         };
-        let hidden = self.backbone.forward_hidden(
-            ints(tokens, vec![b, t]),
-            ints(positions, vec![b, t]),
-            Tensor::<2, Bool>::from_data(TensorData::new(mask, [b, t]), &device),
-            None,
-        )?;
+        let (tokens, positions) = (ints(tokens, vec![b, t]), ints(positions, vec![b, t]));
+        let mask = Tensor::<2, Bool>::from_data(TensorData::new(mask, [b, p + t]), &device);
+        let hidden = match prefix {
+            Some((cache, _)) => self
+                .backbone
+                .forward_hidden_after(tokens, positions, mask, cache)?,
+            None => self
+                .backbone
+                .forward_hidden(tokens, positions, mask, None)?,
+        };
         let width = hidden.dims()[2];
         // Heads read the hidden states in f32 (the judge's logits are f32 already).
         let flat = hidden.reshape([b * t, width]);
+        // A head reads at least two rows (a lone row twice): the gemm crate's one-row products
+        // round differently, and a score must not depend on its batch's size.
         let rows = |idx: Vec<i64>| {
+            let idx = if idx.len() == 1 {
+                vec![idx[0], idx[0]]
+            } else {
+                idx
+            };
             let n = idx.len();
             flat.clone().select(
                 0,
@@ -430,6 +492,7 @@ impl RewardNet {
         match &self.head {
             RewardHead::SeqCls { score } => Ok(vec2(score.forward(to_f32(h_last)))?
                 .into_iter()
+                .take(b)
                 .map(|row| RewardOutput {
                     score: row[0],
                     rewards: None,
@@ -437,15 +500,17 @@ impl RewardNet {
                 })
                 .collect()),
             RewardHead::Judge { yes, no } => {
+                let h_rows = h_last.dims()[0];
                 let logits = self.backbone.logits(h_last.unsqueeze_dim::<3>(1));
                 let v = logits.dims()[2];
-                let logits = logits.reshape([b, v]);
+                let logits = logits.reshape([h_rows, v]);
                 let idx = Tensor::<1, Int>::from_data(
                     TensorData::new(vec![i64::from(*yes), i64::from(*no)], [2]),
                     &device,
                 );
                 Ok(vec2(logits.select(1, idx))?
                     .into_iter()
+                    .take(b)
                     .map(|row| RewardOutput {
                         score: row[0] - row[1],
                         rewards: None,
@@ -480,6 +545,7 @@ impl RewardNet {
                     .into_iter()
                     .zip(rewards)
                     .zip(weights)
+                    .take(b)
                     .map(|((s, r), g)| RewardOutput {
                         score: s[0],
                         rewards: Some(r),
@@ -503,11 +569,15 @@ impl RewardNet {
     }
 
     /// Scores every input, in batches of at most `batch_size` rows and `max_batch_tokens` padded
-    /// tokens, the inputs sorted by length so rows of a batch are of similar length, up to
-    /// [`RewardNet::concurrent_batches`] batches at once. `progress` gets the number of inputs
-    /// scored after each batch. The outputs are in the inputs' order; a score does not depend on
-    /// which batch scored it or when (rows are independent, each product's result does not
-    /// depend on the threads that ran it).
+    /// tokens (counting a shared prefix's slots), the inputs sorted by length so rows of a batch
+    /// are of similar length, up to [`RewardNet::concurrent_batches`] batches at once. Where the
+    /// model's cached prefix is exact ([`Llama::cached_prefix_is_exact`]: f32, and bf16 or f16
+    /// inference, on the CPU), inputs that begin with the same tokens (the samples of one
+    /// prompt) are batched together and their shared first tokens computed once
+    /// ([`prefix_groups`]). `progress` gets the number of inputs scored after each batch. The
+    /// outputs are in the inputs' order; a score does not depend on which batch scored it, on
+    /// a shared prefix, or on when (rows are independent, each product's result does not depend
+    /// on the threads that ran it, and a query sees the same keys in the same tile from a cache).
     pub fn score_all(
         &self,
         inputs: &[RewardInput],
@@ -515,24 +585,99 @@ impl RewardNet {
         max_batch_tokens: usize,
         mut progress: impl FnMut(usize),
     ) -> Result<Vec<RewardOutput>, ModelError> {
-        let mut order: Vec<usize> = (0..inputs.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].ids.len()));
-        // Longest first: each batch's first row sets its padded length.
-        let mut batches = Vec::new();
-        let mut start = 0;
-        while start < order.len() {
-            let longest = inputs[order[start]].ids.len().max(1);
-            let fit = (max_batch_tokens / longest).clamp(1, batch_size.max(1));
-            let end = (start + fit).min(order.len());
-            batches.push(start..end);
-            start = end;
+        let groups = if self.backbone.cached_prefix_is_exact() {
+            let caps: Vec<usize> = inputs.iter().map(|i| self.prefix_cap(i)).collect();
+            prefix_groups(inputs, &caps, prefix_tile())
+        } else {
+            Vec::new()
+        };
+        let by_length = |rows: &mut Vec<usize>| {
+            rows.sort_by_key(|&i| std::cmp::Reverse(inputs[i].ids.len()));
+        };
+        // Each batch a range of `order`: a group's batches, then the other inputs' (longest
+        // first: each batch's first row sets its padded length).
+        let mut order: Vec<usize> = Vec::with_capacity(inputs.len());
+        let mut batches: Vec<(std::ops::Range<usize>, Option<usize>)> = Vec::new();
+        let mut cut = |order: &mut Vec<usize>, rows: Vec<usize>, group: Option<usize>| {
+            let skip = group.map_or(0, |g| groups[g].prefix);
+            let lens: Vec<usize> = rows.iter().map(|&i| inputs[i].ids.len().max(1)).collect();
+            let mut at = order.len();
+            order.extend(rows);
+            for n in length_batches(&lens, skip, batch_size, max_batch_tokens) {
+                batches.push((at..at + n, group));
+                at += n;
+            }
+        };
+        let mut grouped = vec![false; inputs.len()];
+        for (g, group) in groups.iter().enumerate() {
+            let mut rows = group.members.clone();
+            rows.iter().for_each(|&i| grouped[i] = true);
+            by_length(&mut rows);
+            cut(&mut order, rows, Some(g));
         }
-        let score = |range: &std::ops::Range<usize>| {
-            let batch: Vec<RewardInput> = order[range.clone()]
-                .iter()
-                .map(|&i| inputs[i].clone())
-                .collect();
-            self.score_batch(&batch, Padding::Right)
+        let mut rest: Vec<usize> = (0..inputs.len()).filter(|&i| !grouped[i]).collect();
+        by_length(&mut rest);
+        cut(&mut order, rest, None);
+        // Groups taken as many at a time as batches run at once, their batches in turn: the
+        // batches running together mostly belong to different groups, so no thread waits while
+        // another computes the prefix they share (and few prefixes are held at once).
+        let at_once = self.concurrent_batches();
+        if at_once > 1 && groups.len() > 1 {
+            let mut lists: Vec<Vec<(std::ops::Range<usize>, Option<usize>)>> =
+                vec![Vec::new(); groups.len() + 1];
+            for batch in batches.drain(..) {
+                lists[batch.1.unwrap_or(groups.len())].push(batch);
+            }
+            let plain = lists.pop().unwrap_or_default();
+            for chunk in lists.chunks_mut(at_once) {
+                let mut queues: Vec<_> = chunk.iter_mut().map(|l| l.drain(..)).collect();
+                loop {
+                    let before = batches.len();
+                    batches.extend(queues.iter_mut().filter_map(Iterator::next));
+                    if batches.len() == before {
+                        break;
+                    }
+                }
+            }
+            batches.extend(plain);
+        }
+        // A group's prefix cache, made by its first batch and dropped after its last.
+        let slots: Vec<std::sync::Mutex<(Option<KvCache>, usize)>> = groups
+            .iter()
+            .enumerate()
+            .map(|(g, _)| {
+                let n = batches.iter().filter(|(_, b)| *b == Some(g)).count();
+                std::sync::Mutex::new((None, n))
+            })
+            .collect();
+        let score = |(range, group): &(std::ops::Range<usize>, Option<usize>)| {
+            let rows: Vec<&RewardInput> =
+                order[range.clone()].iter().map(|&i| &inputs[i]).collect();
+            let Some(g) = *group else {
+                return self.score_rows(&rows, Padding::Right, None);
+            };
+            let plan = &groups[g];
+            let lock = || slots[g].lock().unwrap_or_else(|e| e.into_inner());
+            let cache = {
+                let mut slot = lock();
+                match &slot.0 {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c =
+                            self.prefix_cache(&inputs[plan.source].ids, plan.prefix, plan.end)?;
+                        slot.0 = Some(c.clone());
+                        c
+                    }
+                }
+            };
+            let scored = self.score_rows(&rows, Padding::Right, Some((&cache, plan.prefix)));
+            drop(cache);
+            let mut slot = lock();
+            slot.1 = slot.1.saturating_sub(1);
+            if slot.1 == 0 {
+                slot.0 = None;
+            }
+            scored
         };
         let mut out: Vec<Option<RewardOutput>> = vec![None; inputs.len()];
         let mut store = |range: &std::ops::Range<usize>, scored: Vec<RewardOutput>| {
@@ -543,8 +688,8 @@ impl RewardNet {
         };
         let workers = self.concurrent_batches().min(batches.len());
         if workers <= 1 {
-            for range in &batches {
-                store(range, score(range)?);
+            for batch in &batches {
+                store(&batch.0, score(batch)?);
             }
         } else {
             use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -559,8 +704,8 @@ impl RewardNet {
                     s.spawn(move || {
                         while !failed.load(Ordering::Relaxed) {
                             let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(range) = batches.get(i) else { break };
-                            let result = score(range);
+                            let Some(batch) = batches.get(i) else { break };
+                            let result = score(batch);
                             if result.is_err() {
                                 failed.store(true, Ordering::Relaxed);
                             }
@@ -573,7 +718,7 @@ impl RewardNet {
                 drop(tx);
                 for (i, result) in rx {
                     match result {
-                        Ok(scored) => store(&batches[i], scored),
+                        Ok(scored) => store(&batches[i].0, scored),
                         // The earliest batch's error, whichever thread met one first.
                         Err(e) => {
                             if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
@@ -589,10 +734,192 @@ impl RewardNet {
         }
         Ok(out.into_iter().flatten().collect())
     }
+
+    /// The most tokens of `input` a shared prefix may hold: the head's read position and
+    /// ArmoRM's gating position must be computed with the rest, and the rest is at least two
+    /// tokens (a one-row product takes the gemm crate's one-row path, which rounds differently);
+    /// 0 for a row the batch would refuse, so it is scored, and refused, as it would be alone.
+    fn prefix_cap(&self, input: &RewardInput) -> usize {
+        if input.ids.len() < 3 {
+            return 0;
+        }
+        let read = self.read_position(&input.ids).min(input.ids.len() - 2);
+        if self.needs_gating_position() {
+            match input.gating_position.filter(|&g| g < input.ids.len()) {
+                Some(g) => read.min(g),
+                None => 0,
+            }
+        } else {
+            read
+        }
+    }
+}
+
+/// What a batch costs beyond its padded tokens, in tokens (for [`length_batches`]): a forward
+/// pass's fixed work, and a shared prefix's copy under its rows.
+const BATCH_COST_TOKENS: usize = 64;
+
+/// Batch sizes for rows of lengths `lens` (longest first), each batch of at most `batch_size`
+/// rows and `max_tokens` padded tokens (a longer row alone), the rows' first `skip` tokens
+/// cached (computed once, not per batch): the split with the fewest padded computed tokens,
+/// counting [`BATCH_COST_TOKENS`] per batch (a group of one prompt's samples of many lengths is
+/// cut where lengths fall, rather than padded to its longest).
+fn length_batches(lens: &[usize], skip: usize, batch_size: usize, max_tokens: usize) -> Vec<usize> {
+    let n = lens.len();
+    // cost[i]: the least cost of the first i rows; from[i]: where its last batch starts.
+    let mut cost = vec![usize::MAX; n + 1];
+    let mut from = vec![0; n + 1];
+    cost[0] = 0;
+    for i in 1..=n {
+        for j in (0..i).rev() {
+            let rows = i - j;
+            if rows > batch_size.max(1) || (rows > 1 && rows * lens[j] > max_tokens) {
+                break;
+            }
+            let c = cost[j]
+                .saturating_add(rows * lens[j].saturating_sub(skip))
+                .saturating_add(BATCH_COST_TOKENS);
+            if c < cost[i] {
+                cost[i] = c;
+                from[i] = j;
+            }
+        }
+    }
+    let mut sizes = Vec::new();
+    let mut i = n;
+    while i > 0 {
+        sizes.push(i - from[i]);
+        i = from[i];
+    }
+    sizes.reverse();
+    sizes
+}
+
+/// The alignment of attention's query tiles in key slots (a shared prefix computed alone ends
+/// its last tile where the whole sequence's would).
+fn prefix_tile() -> usize {
+    #[cfg(feature = "flex")]
+    {
+        crate::kernels::QUERY_TILE
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        1
+    }
+}
+
+/// Inputs scored on one computation of their first `prefix` tokens ([`prefix_groups`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefixGroup {
+    /// The inputs (indices), each at least `end` tokens long.
+    pub members: Vec<usize>,
+    /// Tokens every member begins with, computed once.
+    pub prefix: usize,
+    /// The prefix's forward pass runs on `source`'s first `end` tokens: `prefix` rounded up to
+    /// the attention tile, so each prefix query sees the span of keys it sees in every member.
+    pub end: usize,
+    /// The member whose tokens up to `end` are computed.
+    pub source: usize,
+}
+
+/// Groups of `inputs` that begin with the same tokens, to compute those once: the inputs sorted
+/// by their ids, each run of them sharing a prefix one candidate group, the runs chosen (a run,
+/// or its sub-runs that share longer prefixes) for the most tokens saved. `caps[i]` bounds input
+/// `i`'s prefix (its read positions come after it). A group's `end` is its prefix rounded up to
+/// a multiple of `tile`; members shorter than `end` are left out (their last prefix tile would
+/// see fewer keys), and a group is kept only where it saves tokens. Depends only on the inputs,
+/// not on their order.
+pub fn prefix_groups(inputs: &[RewardInput], caps: &[usize], tile: usize) -> Vec<PrefixGroup> {
+    let mut sorted: Vec<usize> = (0..inputs.len()).collect();
+    sorted.sort_by(|&a, &b| inputs[a].ids.cmp(&inputs[b].ids).then(a.cmp(&b)));
+    // lcp[k]: the prefix sorted[k] and sorted[k + 1] may share.
+    let lcp: Vec<usize> = sorted
+        .windows(2)
+        .map(|w| {
+            let (a, b) = (&inputs[w[0]].ids, &inputs[w[1]].ids);
+            let same = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+            same.min(caps[w[0]]).min(caps[w[1]])
+        })
+        .collect();
+    let plan = |lo: usize, hi: usize, prefix: usize| -> Option<(usize, PrefixGroup)> {
+        if prefix == 0 {
+            return None;
+        }
+        let end = prefix.div_ceil(tile.max(1)) * tile.max(1);
+        let members: Vec<usize> = sorted[lo..hi]
+            .iter()
+            .copied()
+            .filter(|&i| inputs[i].ids.len() >= end)
+            .collect();
+        // Tokens saved: each member's prefix, less the one forward pass over `end` tokens.
+        let saved = (members.len() * prefix).checked_sub(end)?;
+        if members.len() < 2 || saved == 0 {
+            return None;
+        }
+        let mut members = members;
+        members.sort_unstable();
+        let source = members[0];
+        Some((
+            saved,
+            PrefixGroup {
+                members,
+                prefix,
+                end,
+                source,
+            },
+        ))
+    };
+    // The best choice within sorted[lo..hi]: the whole run on its shared prefix, or its sub-runs
+    // (split where the shared prefix is shortest) each chosen the same way.
+    fn best(
+        lo: usize,
+        hi: usize,
+        lcp: &[usize],
+        plan: &dyn Fn(usize, usize, usize) -> Option<(usize, PrefixGroup)>,
+        depth: usize,
+    ) -> (usize, Vec<PrefixGroup>) {
+        if hi - lo < 2 {
+            return (0, Vec::new());
+        }
+        let shared = lcp[lo..hi - 1].iter().copied().min().unwrap_or(0);
+        let whole = plan(lo, hi, shared);
+        // Sub-runs nest at most as deep as prefixes are long; very deep nests take the run.
+        if depth > 4096 {
+            return whole.map_or((0, Vec::new()), |(s, g)| (s, vec![g]));
+        }
+        let mut split = (0, Vec::new());
+        let mut start = lo;
+        for k in lo..hi {
+            if k + 1 == hi || lcp[k] == shared {
+                let (s, g) = best(start, k + 1, lcp, plan, depth + 1);
+                split.0 += s;
+                split.1.extend(g);
+                start = k + 1;
+            }
+        }
+        match whole {
+            Some((s, g)) if s >= split.0 => (s, vec![g]),
+            _ => split,
+        }
+    }
+    let mut groups = best(0, sorted.len(), &lcp, &plan, 0).1;
+    groups.sort_by_key(|g| g.source);
+    groups
 }
 
 /// Batches scored at once on the CPU ([`RewardNet::concurrent_batches`]).
 pub const CPU_CONCURRENT_BATCHES: usize = 2;
+
+/// The most shared prefixes [`RewardNet::score_all`] holds at once on the CPU: the groups of
+/// the batches running and of those it takes next (groups are taken
+/// [`CPU_CONCURRENT_BATCHES`] at a time, a prefix dropped after its group's last batch).
+pub const CPU_PREFIXES_HELD: usize = 2 * CPU_CONCURRENT_BATCHES;
+
+/// Key/value slots a shared prefix of a `prompt_tokens`-token prompt takes (computed up to the
+/// end of its attention tile, then cut to the prompt; the buffer keeps the computed slots).
+pub fn prefix_slots(prompt_tokens: usize) -> usize {
+    prompt_tokens.div_ceil(prefix_tile()) * prefix_tile()
+}
 
 fn backbone(config: &LlamaConfig, model: LlamaModel, device: &Device) -> Llama {
     Llama::from_params(

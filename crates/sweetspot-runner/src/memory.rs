@@ -639,7 +639,8 @@ fn prefill(s: &Shape, batch: u64, tokens: u64, wb: u64, place: Place) -> u64 {
 
 /// The estimated peak of a score node: weights and the forward passes of the batches scored at
 /// once (`sweetspot_model::reward::CPU_CONCURRENT_BATCHES` on the CPU, one elsewhere) at the
-/// longest sequence.
+/// longest sequence, and on the CPU the shared prompt prefixes held
+/// (`sweetspot_model::reward::CPU_PREFIXES_HELD`).
 pub fn score(s: &Shape, g: &InferSetup, place: Place, gguf: bool) -> Estimate {
     let mut e = Estimate::default();
     let wb = bytes_of(g.dtype);
@@ -661,6 +662,16 @@ pub fn score(s: &Shape, g: &InferSetup, place: Place, gguf: bool) -> Estimate {
         format!("activations ({batch} x {seq} tokens)")
     };
     e.add(what, run);
+    if place == Place::Cpu {
+        // Shared prompt prefixes: each group's keys and values of every layer, in f32 (the CPU
+        // attention kernel's type).
+        let held = sweetspot_model::reward::CPU_PREFIXES_HELD as u64;
+        let slots = sweetspot_model::reward::prefix_slots(g.prompt_tokens as usize) as u64;
+        e.add(
+            format!("shared prompt prefixes ({held} x {slots} key/value slots)"),
+            held * slots * 2 * s.layers * s.kv_dim() * 4,
+        );
+    }
     let (name, bytes) = place.overhead();
     e.add(name, bytes);
     if load > run {
