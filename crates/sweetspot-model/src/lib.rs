@@ -32,6 +32,9 @@ pub mod generation_config;
 pub mod gguf;
 #[cfg(feature = "flex")]
 pub mod kernels;
+// The f32 half serves the CPU kernels (`flex`) only.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+mod libm_exp;
 pub mod llama;
 pub mod lora;
 pub mod precision;

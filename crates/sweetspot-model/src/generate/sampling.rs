@@ -10,6 +10,10 @@
 //! - The filters apply in transformers' order (repetition penalty, temperature, top-k, top-p,
 //!   min-p), and every filter keeps the most likely token.
 //! - [`token_probabilities`] is exactly the distribution [`pick`] draws from.
+//! - A row's weights over the whole vocabulary come from [`exp_scaled`] (libm's `exp` in vector
+//!   lanes): the bits of `(l as f64 / t - max).exp()` token by token, summed in id order.
+
+use crate::libm_exp::exp_scaled;
 
 /// How to pick each next token.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -98,15 +102,13 @@ fn candidates(logits: &[f32], p: &SamplingParams) -> Candidates {
             (idx, total)
         }
         None if p.top_p >= 1.0 => {
-            let m = logits
-                .iter()
-                .filter(|&&l| weight(l) >= min_p)
-                .count()
-                .max(1);
-            (top_k_order(logits, m), 0.0)
+            let m = with_weights(logits, t, max, |w| {
+                w.iter().filter(|&&w| w >= min_p).count()
+            });
+            (top_k_order(logits, m.max(1)), 0.0)
         }
         None => {
-            let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+            let total: f64 = with_weights(logits, t, max, |w| w.iter().sum());
             let mut m = 64;
             loop {
                 let idx = top_k_order(logits, m.min(logits.len()));
@@ -148,8 +150,18 @@ fn candidates(logits: &[f32], p: &SamplingParams) -> Candidates {
 }
 
 thread_local! {
-    /// [`pick`]'s weights over the vocabulary, reused from call to call.
+    /// A row's weights over the vocabulary ([`with_weights`]), reused from call to call.
     static WEIGHTS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `f` of the row's weights `exp(l / t - max)` in id order, computed into this thread's
+/// [`WEIGHTS`] (so `f` must not call it again).
+fn with_weights<R>(logits: &[f32], t: f64, max: f64, f: impl FnOnce(&[f64]) -> R) -> R {
+    WEIGHTS.with_borrow_mut(|w| {
+        w.resize(logits.len(), 0.0);
+        exp_scaled(logits, t, max, w);
+        f(w)
+    })
 }
 
 /// Picks a token from `logits` (one row) with uniform draw `u` in [0, 1).
@@ -171,9 +183,7 @@ pub fn pick(logits: &[f32], p: &SamplingParams, u: f64) -> u32 {
             let t = p.temperature as f64;
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 / t;
             // Each weight is computed once and kept for the search (a buffer per thread).
-            WEIGHTS.with_borrow_mut(|weights| {
-                weights.clear();
-                weights.extend(logits.iter().map(|&l| (l as f64 / t - max).exp()));
+            with_weights(logits, t, max, |weights| {
                 let total: f64 = weights.iter().sum();
                 let target = u * total;
                 let mut acc = 0.0;
@@ -217,11 +227,12 @@ pub fn token_probabilities(logits: &[f32], p: &SamplingParams) -> Vec<f64> {
         Candidates::All => {
             let t = p.temperature as f64;
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 / t;
-            let w: Vec<f64> = logits.iter().map(|&l| (l as f64 / t - max).exp()).collect();
-            let total: f64 = w.iter().sum();
-            for (o, w) in out.iter_mut().zip(w) {
-                *o = w / total;
-            }
+            with_weights(logits, t, max, |w| {
+                let total: f64 = w.iter().sum();
+                for (o, w) in out.iter_mut().zip(w) {
+                    *o = w / total;
+                }
+            });
         }
         Candidates::Kept(idx, weights) => {
             let total: f64 = weights.iter().sum();
@@ -288,7 +299,8 @@ fn argmax(row: &[f32]) -> u32 {
 /// filters): what a [`super::Generation`]'s `logprob` sums.
 pub(super) fn log_softmax_at(row: &[f32], token: u32) -> f64 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+    // Temperature 1: `x as f64 / 1.0` is `x as f64`, so these are the bits of `(x - max).exp()`.
+    let sum: f64 = with_weights(row, 1.0, max, |w| w.iter().sum());
     row[token as usize] as f64 - max - sum.ln()
 }
 
