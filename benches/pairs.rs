@@ -12,9 +12,6 @@
 //! (`sweetspot`), with samples/s and the peak RSS of the pairs stage alone.
 
 use std::io::{BufRead, BufWriter, Read, Write};
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::Path;
 use std::time::Instant;
 
@@ -22,6 +19,10 @@ use sweetspot::core::BuildContext;
 use sweetspot::core::recipe::{InputLayout, OnBadGroup};
 use sweetspot::runner::{PairsJob, run_pairs};
 use sweetspot::strategies::{Grid, MaxMin, MaxOfNMinOfK};
+
+// The allocator the `sweetspot` binary uses, with its settings.
+#[path = "../src/alloc.rs"]
+mod alloc;
 
 /// SplitMix64: a small deterministic generator for the synthetic data.
 struct Rng(u64);
@@ -111,6 +112,7 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    alloc::configure();
     // `cargo bench` passes `--bench`; nothing else to parse.
     let prompts = env("SWEETSPOT_BENCH_PROMPTS", 10_000);
     let samples = env("SWEETSPOT_BENCH_SAMPLES", 200);

@@ -23,14 +23,15 @@ use sweetspot_model::gguf::Gguf;
 use sweetspot_model::reward::{Padding, RewardHead};
 use sweetspot_model::{Llama, RewardInput, RewardNet, Tokenizer, resolve_device};
 
-// The allocator the `sweetspot` binary uses.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The allocator the `sweetspot` binary uses, with its settings.
+#[path = "../../../src/alloc.rs"]
+mod alloc;
 
 const BATCH: usize = 16;
 const TOKENS: usize = 512;
 
 fn main() {
+    alloc::configure();
     let path = std::env::var_os("SWEETSPOT_SMOLLM2_GGUF")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

@@ -18,8 +18,9 @@ use sweetspot_losses::DpoConfig;
 use sweetspot_model::{Llama, Precision, resolve_device};
 use sweetspot_train::{OptimizerSettings, Trainer, pair_sequences, response_logps};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The allocator the `sweetspot` binary uses, with its settings.
+#[path = "../../../src/alloc.rs"]
+mod alloc;
 
 const BATCH: usize = 8;
 const STEPS: usize = 5;
@@ -36,6 +37,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() {
+    alloc::configure();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let gguf = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let pairs_path = std::env::var_os("SWEETSPOT_BENCH_PAIRS")
