@@ -573,9 +573,13 @@ fn run(
         }
         // Rows whose sequence ended stay in the batch (their keys masked, their outputs unused)
         // for the next requests to take in place; once an eighth of the rows or more are free
-        // (the queue is dry, or the key/value budget holds requests back), they are dropped.
+        // and no request will take them at the next step (the queue is dry, or a key/value
+        // budget may hold requests back), they are dropped. Dropping rows that requests then
+        // join would copy the whole cache twice (the kept rows, then the joining rows after
+        // them) where taking them in place copies only the joining rows' prefill.
         let free = rows.len() - live;
-        let dropped = free > 0 && free * 8 >= rows.len();
+        let refilled = next < requests.len() && limits.max_tokens.is_none();
+        let dropped = free > 0 && free * 8 >= rows.len() && !refilled;
         if dropped {
             let keep: Vec<i64> = (0..rows.len())
                 .filter(|&r| rows[r].is_some())
