@@ -739,3 +739,59 @@ fn f32_inference_rope_is_the_composed_rotation_to_the_bit() {
         assert!(kernels::rope_exact(&on(&x), &on(&cos), &on(&sin)).is_none());
     }
 }
+
+#[test]
+fn f32_inference_products_are_burns_to_the_bit() {
+    // f32 samples must not move: a linear layer's product through `kernels::matmul_f32` (the
+    // weight copied into panels per call) gives burn-flex's product bit for bit, for a decode
+    // step's row counts (every remainder of the 6-row register block), one depth block and
+    // several (k = 1536: gemm's blocks of 512), with zeros, tiny and huge values among the inputs.
+    let device = Device::flex();
+    let mut tried = 0;
+    for (k, n) in [
+        (576, 192),
+        (576, 1536),
+        (1536, 576),
+        (100, 128),
+        (1000, 320),
+    ] {
+        let mut w = values(k * n, 7 + k as u64, 0.2);
+        for (i, s) in [0.0, -0.0, 1e-38, -3e30, 5e-8].iter().enumerate() {
+            w[i * 131] = *s;
+        }
+        let w = Tensor::<2>::from_data(TensorData::new(w, [k, n]), &device);
+        for m in [2, 3, 5, 6, 7, 13, 16, 33, 64, 65, 96] {
+            let x = values(m * k, 11 + m as u64, 1.5);
+            let x = Tensor::<3>::from_data(TensorData::new(x, [1, m, k]), &device);
+            let burns = x.clone().matmul(w.clone().unsqueeze());
+            let Some(ours) = kernels::matmul_f32(&x, &w) else {
+                assert!(!kernels::f32mm::applies(m, k, n));
+                continue;
+            };
+            tried += 1;
+            let a = ours.into_data().try_to_vec::<f32>().unwrap();
+            let b = burns.into_data().try_to_vec::<f32>().unwrap();
+            let differ = a
+                .iter()
+                .zip(&b)
+                .filter(|(x, y)| x.to_bits() != y.to_bits())
+                .count();
+            assert_eq!(
+                differ, 0,
+                "[{m}, {k}] x [{k}, {n}]: {differ} outputs differ"
+            );
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        assert_eq!(
+            tried, 55,
+            "every product above runs the kernel on an AVX-512 CPU"
+        );
+    }
+    // Where it does not apply, burn's product runs: one row, narrow outputs, many rows.
+    assert!(!kernels::f32mm::applies(1, 576, 1536));
+    assert!(!kernels::f32mm::applies(8, 576, 64));
+    assert!(!kernels::f32mm::applies(8, 576, 200));
+    assert!(!kernels::f32mm::applies(97, 576, 1536));
+}

@@ -17,7 +17,8 @@
 //!
 //! - [`swiglu_exact`] and [`rope_exact`]: f32 inference's SwiGLU product and rotary embedding in
 //!   one pass on every core, bit for bit the composed burn-flex operations they replace (so f32
-//!   samples do not move).
+//!   samples do not move); and [`matmul_f32`], f32 inference's linear products for a decode
+//!   step's few rows, bit for bit burn-flex's (gemm's) product ([`f32mm`]).
 //!
 //! The first three take f32 on burn-flex (with or without autodiff); [`applies`] says when. The
 //! inference ones (bf16, the exact f32 ones, 8-bit) are for burn-flex without autodiff and say
@@ -26,6 +27,7 @@
 
 pub mod bf16;
 mod cpu;
+pub mod f32mm;
 pub mod q8;
 
 use std::sync::Arc;
@@ -157,6 +159,9 @@ pub trait SweetspotKernels: Backend {
         w: FloatTensor<Self>,
         layout: bf16::Layout,
     ) -> FloatTensor<Self>;
+
+    /// See [`matmul_f32`].
+    fn sweetspot_matmul_f32(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 fn f32s(t: &FlexTensor) -> FlexTensor {
@@ -364,7 +369,45 @@ fn matmul_bf16_flex(x: &FlexTensor, w: &FlexTensor, layout: bf16::Layout) -> Fle
     FlexTensor::from_data(TensorData::new(out, out_shape))
 }
 
+/// `x [.., k] · w [k, n]` through [`f32mm`] where it applies (a contiguous weight), burn-flex's
+/// product otherwise: the same bits either way.
+fn matmul_f32_flex(x: FlexTensor, w: FlexTensor) -> FlexTensor {
+    use burn::backend::ops::FloatTensorOps as _;
+    let shape = x.layout().shape().to_vec();
+    let ws = w.layout().shape();
+    let k = *shape.last().expect("matmul_f32: x has a last axis");
+    let m = shape.iter().rev().skip(1).product::<usize>();
+    let n = ws[1];
+    let fits = x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && ws[0] == k
+        && w.layout().is_contiguous()
+        && w.layout().start_offset() == 0
+        && f32mm::applies(m, k, n);
+    if !fits {
+        let rank = shape.len();
+        let w = if rank > 2 {
+            let mut s = vec![1; rank - 2];
+            s.extend([ws[0], n]);
+            Flex::float_reshape(w, burn::tensor::Shape::from(s))
+        } else {
+            w
+        };
+        return Flex::float_matmul(x, w);
+    }
+    let x = x.to_contiguous();
+    let mut out = vec![0f32; m * n];
+    f32mm::matmul(x.storage(), w.storage(), &mut out, m, k, n);
+    let mut out_shape = shape;
+    *out_shape.last_mut().expect("a last axis") = n;
+    flex_tensor(out, out_shape)
+}
+
 impl SweetspotKernels for Flex {
+    fn sweetspot_matmul_f32(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        matmul_f32_flex(x, w)
+    }
+
     fn sweetspot_matmul_q8(x: FloatTensor<Self>, w: Q8Weight) -> FloatTensor<Self> {
         matmul_q8_flex(&x, &w)
     }
@@ -539,6 +582,23 @@ impl<C: CheckpointStrategy> SweetspotKernels for Autodiff<Flex, C> {
         Self::float_mul(act, up)
     }
 
+    /// Not a kernel of its own under autodiff ([`matmul_f32`] is for inference): burn's
+    /// product, with its backward.
+    fn sweetspot_matmul_f32(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        use burn::backend::TensorMetadata as _;
+        use burn::backend::ops::FloatTensorOps as _;
+        let rank = x.shape().num_dims();
+        let w = if rank > 2 {
+            let ws = w.shape();
+            let mut s = vec![1; rank - 2];
+            s.extend([ws[0], ws[1]]);
+            Self::float_reshape(w, burn::tensor::Shape::from(s))
+        } else {
+            w
+        };
+        Self::float_matmul(x, w)
+    }
+
     /// Not a kernel of its own under autodiff ([`matmul_bf16`] is for inference): burn's
     /// product, with its backward.
     fn sweetspot_matmul_bf16(
@@ -707,6 +767,25 @@ pub fn matmul_bf16<const D: usize>(
             x.clone().into_dispatch(),
             w.clone().into_dispatch(),
             layout,
+        ))
+    })
+}
+
+/// `x [.., k] · w [k, n]` in f32 for inference (a linear layer's weight as burn holds it), in
+/// exactly burn-flex's arithmetic, faster for a decode step's few rows ([`f32mm`]). `None` where
+/// it does not apply: not f32 on burn-flex without autodiff, or a product [`f32mm::applies`]
+/// does not take (burn's product then).
+pub fn matmul_f32<const D: usize>(x: &Tensor<D>, w: &Tensor<2>) -> Option<Tensor<D>> {
+    let [k, n] = w.dims();
+    let dims = x.dims();
+    let m = dims[..D - 1].iter().product::<usize>();
+    let fits = inference_in(DType::F32, &x.device(), &[x.dtype(), w.dtype()])
+        && dims[D - 1] == k
+        && f32mm::applies(m, k, n);
+    fits.then(|| {
+        Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_matmul_f32(
+            x.clone().into_dispatch(),
+            w.clone().into_dispatch(),
         ))
     })
 }

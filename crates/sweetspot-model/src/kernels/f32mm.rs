@@ -1,0 +1,249 @@
+//! f32 products of inference's linear layers, `out [m, n] = x [m, k] · w [k, n]` (`w` as burn
+//! holds a linear layer's weight), in exactly the arithmetic burn-flex's product (the gemm
+//! crate) does on an AVX-512 CPU, so f32 results keep their bits, only faster for a decode
+//! step's few rows.
+//!
+//! What gemm computes there (its AVX-512 f32 microkernel, 64 outputs of `n` by 6 rows, after it
+//! swaps the row-major product into its column-major form): each output is a chain of fused
+//! multiply-adds over `k` in order, from zero, cut into blocks of `kc` (from the cache sizes,
+//! [`gemm_common::cache::kernel_params`]); the first block's sum is stored and each later block's
+//! sum is added to it. For fewer than 97 rows gemm reads the weight where it lies, 256 bytes per
+//! `k` strided by the row length, which the hardware prefetchers do not follow (measured: 60-70%
+//! of this CPU's FMA rate at 64 rows, 45% at 16). Here each tile first copies its 64 columns of
+//! the weight into a contiguous panel (software prefetch ahead of the copy) and runs the same
+//! FMA chains over it in the same order: the same results, at 80-90% of the FMA rate.
+//!
+//! [`applies`] says where the arithmetic is known to be gemm's: AVX-512 (gemm's AVX-512 kernel
+//! then runs), at least 2 rows (one row takes gemm's vector-matrix path), `n` a multiple of 64
+//! above 64 (smaller products take gemm's small-size path), `k >= 3`; and where this is faster:
+//! at most 96 rows (with more, gemm copies the weight into panels itself, once for all rows,
+//! where tiles here would each copy theirs). Elsewhere burn-flex's product runs.
+//! `tests/kernels.rs` holds the products to burn-flex's bits.
+
+use super::{SyncPtr, run_tiles, tile_rows};
+
+/// Output columns of a panel (gemm's 4 vectors of 16).
+const COLS: usize = 64;
+/// Rows of a register block (gemm's 6).
+const ROWS: usize = 6;
+
+/// Whether [`matmul`] computes an `[m, k] · [k, n]` product in gemm's arithmetic on this CPU.
+pub fn applies(m: usize, k: usize, n: usize) -> bool {
+    available()
+        && (2..=super::ROWS_PER_TILE).contains(&m)
+        && k >= 3
+        && n > COLS
+        && n.is_multiple_of(COLS)
+}
+
+fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The depth of gemm's blocks for this product (gemm's own computation of it, after its swap:
+/// `n` outputs by `m` rows, its AVX-512 f32 register block of 64 by 6).
+fn block_depth(m: usize, k: usize, n: usize) -> usize {
+    gemm_common::cache::kernel_params(n, m, k, COLS, ROWS, size_of::<f32>())
+        .kc
+        .clamp(1, k)
+}
+
+/// `out [m, n] = x [m, k] · w [k, n]`, all row-major, in gemm's arithmetic (see the module).
+///
+/// # Panics
+/// When a slice's length does not match the sizes, or where [`applies`] does not hold.
+pub fn matmul(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
+    assert!(
+        applies(m, k, n),
+        "f32mm: [{m}, {k}] x [{k}, {n}] is not for this kernel"
+    );
+    assert_eq!(x.len(), m * k, "f32mm: x is not [{m}, {k}]");
+    assert_eq!(w.len(), k * n, "f32mm: w is not [{k}, {n}]");
+    assert_eq!(out.len(), m * n, "f32mm: out is not [{m}, {n}]");
+    let kc = block_depth(m, k, n);
+    let col_tiles = n / COLS;
+    let rows = tile_rows(m, col_tiles, ROWS);
+    let row_tiles = m.div_ceil(rows);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let tile = |t: usize| {
+        let (r0, c0) = ((t / col_tiles) * rows, (t % col_tiles) * COLS);
+        let r1 = (r0 + rows).min(m);
+        PANEL.with_borrow_mut(|panel| {
+            panel.resize(k * COLS, 0.0);
+            // SAFETY: the CPU has AVX-512 (`applies`); the tile's rows and columns lie inside
+            // `x`, `w` and `out` (checked sizes); tiles write disjoint parts of `out`, which
+            // outlives the loop.
+            unsafe {
+                avx512::pack(w, n, k, c0, panel);
+                avx512::tile(x, k, panel, out_ptr.get(), n, r0..r1, c0, kc);
+            }
+        });
+    };
+    run_tiles(row_tiles * col_tiles, m * n * k, tile);
+}
+
+thread_local! {
+    /// A tile's copy of its 64 columns of the weight, `[k][64]`.
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{COLS, ROWS};
+
+    /// Weight rows ahead of the copy that are prefetched.
+    const AHEAD: usize = 8;
+
+    /// Columns `c0..c0 + 64` of `w [k, n]` into `panel [k][64]`.
+    ///
+    /// # Safety
+    /// AVX-512F; `c0 + 64 <= n`, `w` holds `k * n`, `panel` `k * 64`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack(w: &[f32], n: usize, k: usize, c0: usize, panel: &mut [f32]) {
+        let src = w.as_ptr().wrapping_add(c0);
+        let dst = panel.as_mut_ptr();
+        for i in 0..k {
+            // SAFETY: row `i` (and the prefetched row, when inside `w`) of the 64 columns
+            // lies in `w`; row `i` of the panel in `panel` (the caller's sizes).
+            unsafe {
+                if i + AHEAD < k {
+                    let p = src.add((i + AHEAD) * n) as *const i8;
+                    _mm_prefetch::<_MM_HINT_T0>(p);
+                    _mm_prefetch::<_MM_HINT_T0>(p.add(64));
+                    _mm_prefetch::<_MM_HINT_T0>(p.add(128));
+                    _mm_prefetch::<_MM_HINT_T0>(p.add(192));
+                }
+                let s = src.add(i * n);
+                let d = dst.add(i * COLS);
+                for v in 0..4 {
+                    _mm512_storeu_ps(d.add(16 * v), _mm512_loadu_ps(s.add(16 * v)));
+                }
+            }
+        }
+    }
+
+    /// Rows `rows` of `out [.., n]`, columns `c0..c0 + 64`, from the panel, in blocks of `kc`.
+    ///
+    /// # Safety
+    /// AVX-512F; `x` holds the rows' `k` inputs, `panel` `k * 64`, `out` the rows' `n` outputs;
+    /// nothing else writes these outputs meanwhile.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile(
+        x: &[f32],
+        k: usize,
+        panel: &[f32],
+        out: *mut f32,
+        n: usize,
+        rows: std::ops::Range<usize>,
+        c0: usize,
+        kc: usize,
+    ) {
+        let mut d0 = 0;
+        while d0 < k {
+            let d1 = (d0 + kc).min(k);
+            let mut r = rows.start;
+            while r < rows.end {
+                let take = (rows.end - r).min(ROWS);
+                // SAFETY: rows `r..r + take` lie in `x` and `out` (the caller's promise).
+                unsafe {
+                    let xr = x.as_ptr().add(r * k);
+                    let o = out.add(r * n + c0);
+                    match take {
+                        6 => block::<6>(xr, k, panel, o, n, d0..d1),
+                        5 => block::<5>(xr, k, panel, o, n, d0..d1),
+                        4 => block::<4>(xr, k, panel, o, n, d0..d1),
+                        3 => block::<3>(xr, k, panel, o, n, d0..d1),
+                        2 => block::<2>(xr, k, panel, o, n, d0..d1),
+                        _ => block::<1>(xr, k, panel, o, n, d0..d1),
+                    }
+                }
+                r += take;
+            }
+            d0 = d1;
+        }
+    }
+
+    /// `R` rows by 64 outputs over depths `depth`: each output's fused multiply-adds in `k`
+    /// order from zero, then stored (the first block) or added to what the earlier blocks
+    /// stored.
+    ///
+    /// # Safety
+    /// AVX-512F; `x` holds `R` rows of `k`, `out` `R` rows of `n` from its start (64 of them
+    /// written), `panel` covers `depth`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn block<const R: usize>(
+        x: *const f32,
+        k: usize,
+        panel: &[f32],
+        out: *mut f32,
+        n: usize,
+        depth: std::ops::Range<usize>,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        let p = panel.as_ptr();
+        for i in depth.clone() {
+            // SAFETY: depth `i` lies in the panel and in each row of `x` (the caller's promise).
+            unsafe {
+                let wp = p.add(i * COLS);
+                let w = [
+                    _mm512_loadu_ps(wp),
+                    _mm512_loadu_ps(wp.add(16)),
+                    _mm512_loadu_ps(wp.add(32)),
+                    _mm512_loadu_ps(wp.add(48)),
+                ];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let xb = _mm512_set1_ps(*x.add(r * k + i));
+                    for v in 0..4 {
+                        acc[v] = _mm512_fmadd_ps(w[v], xb, acc[v]);
+                    }
+                }
+            }
+        }
+        let first = depth.start == 0;
+        for (r, acc) in acc.iter().enumerate() {
+            for (v, &a) in acc.iter().enumerate() {
+                // SAFETY: output row `r`, columns `16 v .. 16 v + 16` lie in `out`.
+                unsafe {
+                    let o = out.add(r * n + 16 * v);
+                    let s = if first {
+                        a
+                    } else {
+                        _mm512_add_ps(a, _mm512_loadu_ps(o))
+                    };
+                    _mm512_storeu_ps(o, s);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx512 {
+    pub(super) unsafe fn pack(_: &[f32], _: usize, _: usize, _: usize, _: &mut [f32]) {
+        unreachable!("f32mm runs on x86-64 only (`applies`)")
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile(
+        _: &[f32],
+        _: usize,
+        _: &[f32],
+        _: *mut f32,
+        _: usize,
+        _: std::ops::Range<usize>,
+        _: usize,
+        _: usize,
+    ) {
+        unreachable!("f32mm runs on x86-64 only (`applies`)")
+    }
+}
