@@ -789,6 +789,16 @@ fn f32_inference_products_are_burns_to_the_bit() {
             "every product above runs the kernel on an AVX-512 CPU"
         );
     }
+    // A weight that is a view (not contiguous) goes through burn's linear layer: the same values.
+    let (k, n, m) = (576, 192, 8);
+    let wt = Tensor::<2>::from_data(TensorData::new(values(n * k, 5, 0.2), [n, k]), &device);
+    let w = wt.transpose();
+    let x = Tensor::<3>::from_data(TensorData::new(values(m * k, 6, 1.0), [1, m, k]), &device);
+    let ours = kernels::matmul_f32(&x, &w).expect("applies to f32 on flex");
+    let burns = x.matmul(w.unsqueeze());
+    let a = ours.into_data().try_to_vec::<f32>().unwrap();
+    let b = burns.into_data().try_to_vec::<f32>().unwrap();
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
     // Where it does not apply, burn's product runs: one row, narrow outputs, many rows.
     assert!(!kernels::f32mm::applies(1, 576, 1536));
     assert!(!kernels::f32mm::applies(8, 576, 64));

@@ -369,10 +369,12 @@ fn matmul_bf16_flex(x: &FlexTensor, w: &FlexTensor, layout: bf16::Layout) -> Fle
     FlexTensor::from_data(TensorData::new(out, out_shape))
 }
 
-/// `x [.., k] · w [k, n]` through [`f32mm`] where it applies (a contiguous weight), burn-flex's
-/// product otherwise: the same bits either way.
+/// `x [.., k] · w [k, n]` through [`f32mm`] where it applies (a contiguous weight), burn's
+/// linear layer otherwise: the same bits either way (burn's linear layer runs a decode step's
+/// rows, `[rows, 1, k]`, as one `[rows, k]` product, whose outputs do not depend on the rows
+/// beside them).
 fn matmul_f32_flex(x: FlexTensor, w: FlexTensor) -> FlexTensor {
-    use burn::backend::ops::FloatTensorOps as _;
+    use burn::backend::ops::ModuleOps as _;
     let shape = x.layout().shape().to_vec();
     let ws = w.layout().shape();
     let k = *shape.last().expect("matmul_f32: x has a last axis");
@@ -385,15 +387,7 @@ fn matmul_f32_flex(x: FlexTensor, w: FlexTensor) -> FlexTensor {
         && w.layout().start_offset() == 0
         && f32mm::applies(m, k, n);
     if !fits {
-        let rank = shape.len();
-        let w = if rank > 2 {
-            let mut s = vec![1; rank - 2];
-            s.extend([ws[0], n]);
-            Flex::float_reshape(w, burn::tensor::Shape::from(s))
-        } else {
-            w
-        };
-        return Flex::float_matmul(x, w);
+        return Flex::linear(x, w, None);
     }
     let x = x.to_contiguous();
     let mut out = vec![0f32; m * n];
@@ -583,20 +577,10 @@ impl<C: CheckpointStrategy> SweetspotKernels for Autodiff<Flex, C> {
     }
 
     /// Not a kernel of its own under autodiff ([`matmul_f32`] is for inference): burn's
-    /// product, with its backward.
+    /// linear layer, with its backward.
     fn sweetspot_matmul_f32(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        use burn::backend::TensorMetadata as _;
-        use burn::backend::ops::FloatTensorOps as _;
-        let rank = x.shape().num_dims();
-        let w = if rank > 2 {
-            let ws = w.shape();
-            let mut s = vec![1; rank - 2];
-            s.extend([ws[0], ws[1]]);
-            Self::float_reshape(w, burn::tensor::Shape::from(s))
-        } else {
-            w
-        };
-        Self::float_matmul(x, w)
+        use burn::backend::ops::ModuleOps as _;
+        Self::linear(x, w, None)
     }
 
     /// Not a kernel of its own under autodiff ([`matmul_bf16`] is for inference): burn's
