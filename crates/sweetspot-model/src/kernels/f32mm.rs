@@ -14,11 +14,12 @@
 //! FMA chains over it in the same order: the same results, at 80-90% of the FMA rate.
 //!
 //! [`applies`] says where the arithmetic is known to be gemm's: AVX-512 (gemm's AVX-512 kernel
-//! then runs: gemm is built with its `x86-v4` feature, which this crate's `flex` turns on), at least 2 rows (one row takes gemm's vector-matrix path), `n` a multiple of 64
-//! above 64 (smaller products take gemm's small-size path), `k >= 3`; and where this is faster:
-//! at most 96 rows (with more, gemm copies the weight into panels itself, once for all rows,
-//! where tiles here would each copy theirs). Elsewhere burn-flex's product runs.
-//! `tests/kernels.rs` holds the products to burn-flex's bits.
+//! then runs: gemm is built with its `x86-v4` feature, which this crate's `flex` turns on), at
+//! least 2 rows (one row takes gemm's vector-matrix path), `n` a multiple of 64 above 64
+//! (smaller products take gemm's small-size path), `k >= 3`; and where this is faster: at most
+//! 96 rows (with more, gemm copies the weight into panels itself, once for all rows, where tiles
+//! here would each copy theirs). Elsewhere burn-flex's product runs. `tests/kernels.rs` holds the
+//! products to burn-flex's bits.
 
 use super::{SyncPtr, run_tiles, tile_rows};
 
