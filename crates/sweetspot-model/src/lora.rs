@@ -176,11 +176,13 @@ pub(crate) fn linear_forward(lin: &Linear, q8: Option<&Q8Weight>, x: Tensor<3>) 
             None => y,
         };
     }
+    // burn's linear layer adds the bias to its product element by element, as here.
     #[cfg(feature = "flex")]
-    if lin.bias.is_none()
-        && let Some(y) = crate::kernels::matmul_f32(&x, &lin.weight.val())
-    {
-        return y;
+    if let Some(y) = crate::kernels::matmul_f32(&x, &lin.weight.val()) {
+        return match &lin.bias {
+            Some(b) => y + b.val().unsqueeze(),
+            None => y,
+        };
     }
     lin.forward(x)
 }

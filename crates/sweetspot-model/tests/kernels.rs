@@ -764,11 +764,8 @@ fn f32_inference_products_are_burns_to_the_bit() {
             let x = values(m * k, 11 + m as u64, 1.5);
             let x = Tensor::<3>::from_data(TensorData::new(x, [1, m, k]), &device);
             let burns = x.clone().matmul(w.clone().unsqueeze());
-            let Some(ours) = kernels::matmul_f32(&x, &w) else {
-                assert!(!kernels::f32mm::applies(m, k, n));
-                continue;
-            };
-            tried += 1;
+            let ours = kernels::matmul_f32(&x, &w).expect("applies to f32 on flex");
+            tried += usize::from(kernels::f32mm::applies(m, k, n));
             let a = ours.into_data().try_to_vec::<f32>().unwrap();
             let b = burns.into_data().try_to_vec::<f32>().unwrap();
             let differ = a
@@ -804,4 +801,82 @@ fn f32_inference_products_are_burns_to_the_bit() {
     assert!(!kernels::f32mm::applies(8, 576, 64));
     assert!(!kernels::f32mm::applies(8, 576, 200));
     assert!(!kernels::f32mm::applies(97, 576, 1536));
+}
+
+#[test]
+fn f32_inference_products_through_burns_gemm_calls_are_burns_to_the_bit() {
+    // Products f32mm does not take run the gemm calls burn's linear layer makes
+    // (`f32mm::burn_linear`), into an output of their own: every path of burn's split (one
+    // product; the batches merged into the rows; kept batches one after the other on every core,
+    // side by side, or on one core), a row-major and a transposed input, 2 and 3 axes, and a
+    // bias added after, give burn's linear layer bit for bit.
+    use burn::tensor::module::linear;
+    let device = Device::flex();
+    let weight = |k: usize, n: usize| {
+        let mut w = values(k * n, 3 + (k * n) as u64, 0.2);
+        for (i, s) in [0.0, -0.0, 1e-38, -3e30, 5e-8].iter().enumerate() {
+            w[i * 97 % (k * n)] = *s;
+        }
+        Tensor::<2>::from_data(TensorData::new(w, [k, n]), &device)
+    };
+    let same = |ours: Tensor<3>, burns: Tensor<3>, what: &str| {
+        assert_eq!(ours.dims(), burns.dims(), "{what}");
+        let a = ours.into_data().try_to_vec::<f32>().unwrap();
+        let b = burns.into_data().try_to_vec::<f32>().unwrap();
+        let differ = a
+            .iter()
+            .zip(&b)
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count();
+        assert_eq!(differ, 0, "{what}: {differ} of {} outputs differ", a.len());
+    };
+    for [b, t, k, n] in [
+        [1, 200, 576, 1536],  // one product on every core
+        [1, 1, 576, 1536],    // one row: gemm's vector path
+        [16, 100, 576, 1536], // merged into 1,600 rows
+        [2, 7, 576, 200],     // merged, outputs not a multiple of 64
+        [5, 1, 576, 64],      // a decode step's rows, 64 outputs
+        [2, 64, 576, 1536],   // kept batches, one after the other on every core
+        [4, 64, 576, 192],    // kept, side by side
+        [8, 32, 128, 128],    // kept, side by side, each product small
+        [3, 32, 100, 64],     // kept, one core
+        [2, 96, 1536, 576],   // kept, several depth blocks
+    ] {
+        let w = weight(k, n);
+        let x = values(b * t * k, (b * t + k) as u64, 1.5);
+        let x = Tensor::<3>::from_data(TensorData::new(x, [b, t, k]), &device);
+        let ours = kernels::matmul_f32(&x, &w).expect("applies to f32 on flex");
+        same(
+            ours,
+            linear(x.clone(), w.clone(), None),
+            &format!("[{b}, {t}, {k}] x [{k}, {n}]"),
+        );
+        // The same input as a view: `[b, k, t]` transposed.
+        let xt = x.clone().swap_dims(1, 2).into_data();
+        let xt = Tensor::<3>::from_data(xt, &device).swap_dims(1, 2);
+        let ours = kernels::matmul_f32(&xt, &w).expect("applies to f32 on flex");
+        same(
+            ours,
+            linear(xt, w.clone(), None),
+            &format!("[{b}, {t}, {k}] as a view"),
+        );
+        // A bias, as `lora::linear_forward` adds it.
+        let bias = Tensor::<1>::from_data(TensorData::new(values(n, 17, 3.0), [n]), &device);
+        let ours = kernels::matmul_f32(&x, &w).expect("applies") + bias.clone().unsqueeze();
+        same(
+            ours,
+            linear(x, w, Some(bias)),
+            &format!("[{b}, {t}, {k}] with a bias"),
+        );
+    }
+    // Two axes.
+    let (w, x) = (weight(576, 192), values(300 * 576, 9, 1.0));
+    let x = Tensor::<2>::from_data(TensorData::new(x, [300, 576]), &device);
+    let ours = kernels::matmul_f32(&x, &w).expect("applies to f32 on flex");
+    let burns = linear(x, w, None);
+    same(
+        ours.unsqueeze(),
+        burns.unsqueeze(),
+        "[300, 576] x [576, 192]",
+    );
 }

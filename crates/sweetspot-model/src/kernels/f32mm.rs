@@ -18,8 +18,9 @@
 //! least 2 rows (one row takes gemm's vector-matrix path), `n` a multiple of 64 above 64
 //! (smaller products take gemm's small-size path), `k >= 3`; and where this is faster: at most
 //! 96 rows (with more, gemm copies the weight into panels itself, once for all rows, where tiles
-//! here would each copy theirs). Elsewhere burn-flex's product runs. `tests/kernels.rs` holds the
-//! products to burn-flex's bits.
+//! here would each copy theirs). Elsewhere [`burn_linear`] makes the gemm calls burn's linear
+//! layer makes, into an output that is not first zero-filled and copied. `tests/kernels.rs` holds
+//! the products to burn-flex's bits.
 
 use super::{SyncPtr, run_tiles, tile_rows};
 
@@ -88,6 +89,98 @@ pub fn matmul(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usiz
         });
     };
     run_tiles(row_tiles * col_tiles, m * n * k, tile);
+}
+
+/// burn-flex's threshold (multiply-adds) above which one product runs on every core.
+const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
+/// burn-flex's threshold (multiply-adds of all batches) above which batches run side by side.
+const BATCH_PARALLEL_THRESHOLD: usize = 128 * 128 * 128;
+/// burn's row tile: batches of a multiple of it rows are kept as batches
+/// (`MatmulTransformPolicy::BetterTiling`).
+const ROW_TILE: usize = 32;
+
+/// `x [dims] · w [k, n]` (`dims = [.., rows, k]`, all row-major, `w` as burn holds a linear
+/// layer's weight) through exactly the gemm calls burn's linear layer makes on burn-flex
+/// (`burn_backend`'s `linear`, then burn-flex's `matmul`): the same split into products (burn's
+/// policy: the leading axes merged into the rows where that tiles better, else one product per
+/// batch), each with the same arguments and the same threading. So the results are burn's to the
+/// bit by construction; what differs is the output: burn-flex's `FlexTensor::empty` fills a byte
+/// vector with zeros and copies it into an aligned buffer (cubecl's `Bytes::from_bytes_vec`)
+/// before gemm overwrites it, work on the calling thread while the cores wait; here gemm writes
+/// into fresh memory.
+///
+/// # Panics
+/// When `dims` has fewer than two axes or a slice's length does not match the sizes.
+pub fn burn_linear(x: &[f32], dims: &[usize], w: &[f32], n: usize) -> Vec<f32> {
+    let rank = dims.len();
+    assert!(rank >= 2, "burn_linear: x has {rank} axes, not at least 2");
+    let (k, rows) = (dims[rank - 1], dims[rank - 2]);
+    let batches: usize = dims[..rank - 2].iter().product();
+    let m = batches * rows;
+    assert_eq!(x.len(), m * k, "burn_linear: x is not {dims:?}");
+    assert_eq!(w.len(), k * n, "burn_linear: w is not [{k}, {n}]");
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0.0; m * n];
+    }
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    let dst = SyncPtr(out.as_mut_ptr());
+    // burn's policy (`MatmulTransformPolicy::BetterTiling` on a weight shared by every batch).
+    let squarer = |merged: usize| merged.min(n) * rows.max(n) > rows.min(n) * merged.max(n);
+    let merge = batches > 1 && !rows.is_multiple_of(ROW_TILE) && squarer(m);
+    let product = |b: usize, rows: usize, parallel: bool| {
+        // SAFETY: product `b` reads rows `b * rows..` of `x` and writes the same rows of `out`
+        // (`m * n` reserved), inside the checked sizes; products write disjoint rows; gemm
+        // does not read the destination (`read_dst` false) and writes every element of it.
+        unsafe {
+            gemm::gemm(
+                rows,
+                n,
+                k,
+                dst.get().add(b * rows * n),
+                1,
+                n as isize,
+                false,
+                x.as_ptr().add(b * rows * k),
+                1,
+                k as isize,
+                w.as_ptr(),
+                1,
+                n as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                if parallel {
+                    gemm::Parallelism::Rayon(0)
+                } else {
+                    gemm::Parallelism::None
+                },
+            );
+        }
+    };
+    if batches == 1 || merge {
+        product(0, m, m * n * k >= PARALLEL_THRESHOLD);
+    } else {
+        // burn-flex's batched product: large products one after the other on every core,
+        // batches side by side when there are enough of them, else one core.
+        use rayon::prelude::*;
+        let each = rows * n * k;
+        let total = batches * each;
+        let side_by_side = batches >= 4 && total >= BATCH_PARALLEL_THRESHOLD;
+        if each >= PARALLEL_THRESHOLD && !side_by_side {
+            (0..batches).for_each(|b| product(b, rows, true));
+        } else if total >= BATCH_PARALLEL_THRESHOLD {
+            (0..batches)
+                .into_par_iter()
+                .for_each(|b| product(b, rows, false));
+        } else {
+            (0..batches).for_each(|b| product(b, rows, false));
+        }
+    }
+    // SAFETY: the products above wrote all `m * n` elements.
+    unsafe { out.set_len(m * n) };
+    out
 }
 
 thread_local! {

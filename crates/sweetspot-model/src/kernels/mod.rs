@@ -369,10 +369,11 @@ fn matmul_bf16_flex(x: &FlexTensor, w: &FlexTensor, layout: bf16::Layout) -> Fle
     FlexTensor::from_data(TensorData::new(out, out_shape))
 }
 
-/// `x [.., k] · w [k, n]` through [`f32mm`] where it applies (a contiguous weight), burn's
-/// linear layer otherwise: the same bits either way (burn's linear layer runs a decode step's
-/// rows, `[rows, 1, k]`, as one `[rows, k]` product, whose outputs do not depend on the rows
-/// beside them).
+/// `x [.., k] · w [k, n]` through [`f32mm`] where it applies, through the gemm calls burn's
+/// linear layer makes otherwise ([`f32mm::burn_linear`], into fresh memory), burn's linear
+/// layer itself for a weight that is a view: the same bits every way (burn's linear layer runs a
+/// decode step's rows, `[rows, 1, k]`, as one `[rows, k]` product, whose outputs do not depend
+/// on the rows beside them).
 fn matmul_f32_flex(x: FlexTensor, w: FlexTensor) -> FlexTensor {
     use burn::backend::ops::ModuleOps as _;
     let shape = x.layout().shape().to_vec();
@@ -382,16 +383,21 @@ fn matmul_f32_flex(x: FlexTensor, w: FlexTensor) -> FlexTensor {
     let n = ws[1];
     let fits = x.dtype() == DType::F32
         && w.dtype() == DType::F32
+        && shape.len() >= 2
         && ws[0] == k
         && w.layout().is_contiguous()
-        && w.layout().start_offset() == 0
-        && f32mm::applies(m, k, n);
+        && w.layout().start_offset() == 0;
     if !fits {
         return Flex::linear(x, w, None);
     }
     let x = x.to_contiguous();
-    let mut out = vec![0f32; m * n];
-    f32mm::matmul(x.storage(), w.storage(), &mut out, m, k, n);
+    let out = if f32mm::applies(m, k, n) {
+        let mut out = vec![0f32; m * n];
+        f32mm::matmul(x.storage(), w.storage(), &mut out, m, k, n);
+        out
+    } else {
+        f32mm::burn_linear(x.storage(), &shape, w.storage(), n)
+    };
     let mut out_shape = shape;
     *out_shape.last_mut().expect("a last axis") = n;
     flex_tensor(out, out_shape)
@@ -756,16 +762,16 @@ pub fn matmul_bf16<const D: usize>(
 }
 
 /// `x [.., k] · w [k, n]` in f32 for inference (a linear layer's weight as burn holds it), in
-/// exactly burn-flex's arithmetic, faster for a decode step's few rows ([`f32mm`]). `None` where
-/// it does not apply: not f32 on burn-flex without autodiff, or a product [`f32mm::applies`]
-/// does not take (burn's product then).
+/// exactly burn-flex's arithmetic: faster for a decode step's few rows ([`f32mm`]), and for
+/// more rows burn's own gemm calls without burn-flex's zero-filled and copied output
+/// ([`f32mm::burn_linear`]). `None` where it does not apply: not f32 on burn-flex without
+/// autodiff, or fewer than two axes (burn's product then).
 pub fn matmul_f32<const D: usize>(x: &Tensor<D>, w: &Tensor<2>) -> Option<Tensor<D>> {
-    let [k, n] = w.dims();
+    let [k, _] = w.dims();
     let dims = x.dims();
-    let m = dims[..D - 1].iter().product::<usize>();
     let fits = inference_in(DType::F32, &x.device(), &[x.dtype(), w.dtype()])
-        && dims[D - 1] == k
-        && f32mm::applies(m, k, n);
+        && D >= 2
+        && dims[D - 1] == k;
     fits.then(|| {
         Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_matmul_f32(
             x.clone().into_dispatch(),
