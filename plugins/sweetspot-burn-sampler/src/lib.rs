@@ -59,7 +59,7 @@ pub struct BurnSamplerConfig {
     /// Sequences on the device at once (continuous batching: a row that stops takes the next
     /// waiting sequence): a number, or `"auto"` (the default): as many rows as the key/value
     /// cache of each at its longest fits in memory (half the host's available RAM on a CPU; 90%
-    /// of `[run] device_memory` less the weights on a GPU), at most 64 on a CPU and 256 on a GPU
+    /// of `[run] device_memory` less the weights on a GPU), at most 128 on a CPU and 256 on a GPU
     /// (16 on a GPU whose memory is not given), within `max_batch_tokens`. The rows chosen are
     /// logged at the start.
     #[serde(default)]

@@ -51,7 +51,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = sweetspot_burn_sampler::default_max_new())]
     pub max_new_tokens: usize,
     /// Sequences on the device at once (continuous batching); by default as many as the
-    /// memory holds, at most 64 on a CPU (`batch_size = "auto"`).
+    /// memory holds, at most 128 on a CPU (`batch_size = "auto"`).
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Key/value slots on the device at once (rows x slots); unbounded when absent.
