@@ -740,6 +740,17 @@ fn f32_inference_rope_is_the_composed_rotation_to_the_bit() {
     }
 }
 
+/// How many elements of two tensors of one shape differ in their bits.
+fn bits_differ<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> usize {
+    let a = a.into_data().try_to_vec::<f32>().unwrap();
+    let b = b.into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .filter(|(x, y)| x.to_bits() != y.to_bits())
+        .count()
+}
+
 #[test]
 fn f32_inference_products_are_burns_to_the_bit() {
     // f32 samples must not move: a linear layer's product through `kernels::matmul_f32` (the
@@ -766,13 +777,7 @@ fn f32_inference_products_are_burns_to_the_bit() {
             let burns = x.clone().matmul(w.clone().unsqueeze());
             let ours = kernels::matmul_f32(&x, &w).expect("applies to f32 on flex");
             tried += usize::from(kernels::f32mm::applies(m, k, n));
-            let a = ours.into_data().try_to_vec::<f32>().unwrap();
-            let b = burns.into_data().try_to_vec::<f32>().unwrap();
-            let differ = a
-                .iter()
-                .zip(&b)
-                .filter(|(x, y)| x.to_bits() != y.to_bits())
-                .count();
+            let differ = bits_differ(ours, burns);
             assert_eq!(
                 differ, 0,
                 "[{m}, {k}] x [{k}, {n}]: {differ} outputs differ"
@@ -821,14 +826,8 @@ fn f32_inference_products_through_burns_gemm_calls_are_burns_to_the_bit() {
     };
     let same = |ours: Tensor<3>, burns: Tensor<3>, what: &str| {
         assert_eq!(ours.dims(), burns.dims(), "{what}");
-        let a = ours.into_data().try_to_vec::<f32>().unwrap();
-        let b = burns.into_data().try_to_vec::<f32>().unwrap();
-        let differ = a
-            .iter()
-            .zip(&b)
-            .filter(|(x, y)| x.to_bits() != y.to_bits())
-            .count();
-        assert_eq!(differ, 0, "{what}: {differ} of {} outputs differ", a.len());
+        let differ = bits_differ(ours, burns);
+        assert_eq!(differ, 0, "{what}: {differ} outputs differ");
     };
     for [b, t, k, n] in [
         [1, 200, 576, 1536],  // one product on every core

@@ -138,18 +138,49 @@ fn gemm(
     );
     // SAFETY: the bounds are checked above; the slices do not overlap (distinct borrows).
     unsafe {
+        gemm_raw(
+            [m, n, k],
+            dst.as_mut_ptr(),
+            dst_rs,
+            accumulate,
+            (lhs.as_ptr(), lhs_rs, lhs_cs),
+            (rhs.as_ptr(), rhs_rs, rhs_cs),
+            parallel,
+        );
+    }
+}
+
+/// The gemm crate's `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` (row stride `dst_rs`, column stride
+/// 1; each operand a pointer with its row and column strides), on every core or one.
+///
+/// # Safety
+/// Every element the strides reach lies inside the memory behind its pointer, and `dst` does
+/// not overlap the operands; `dst` may be uninitialized unless `accumulate` (gemm then does not
+/// read it, and writes each of its `m * n` elements).
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_raw(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (*const f32, usize, usize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
+    parallel: bool,
+) {
+    // SAFETY: as the caller guarantees.
+    unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             dst_rs as isize,
             accumulate,
-            lhs.as_ptr(),
+            lhs,
             lhs_cs as isize,
             lhs_rs as isize,
-            rhs.as_ptr(),
+            rhs,
             rhs_cs as isize,
             rhs_rs as isize,
             if accumulate { 1.0 } else { 0.0 },

@@ -132,30 +132,14 @@ pub fn burn_linear(x: &[f32], dims: &[usize], w: &[f32], n: usize) -> Vec<f32> {
         // (`m * n` reserved), inside the checked sizes; products write disjoint rows; gemm
         // does not read the destination (`read_dst` false) and writes every element of it.
         unsafe {
-            gemm::gemm(
-                rows,
-                n,
-                k,
+            super::cpu::gemm_raw(
+                [rows, n, k],
                 dst.get().add(b * rows * n),
-                1,
-                n as isize,
+                n,
                 false,
-                x.as_ptr().add(b * rows * k),
-                1,
-                k as isize,
-                w.as_ptr(),
-                1,
-                n as isize,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                if parallel {
-                    gemm::Parallelism::Rayon(0)
-                } else {
-                    gemm::Parallelism::None
-                },
+                (x.as_ptr().add(b * rows * k), k, 1),
+                (w.as_ptr(), n, 1),
+                parallel,
             );
         }
     };
