@@ -193,29 +193,127 @@ pub struct LlamaParams {
 /// Each layer holds a `[batch, kv_heads, capacity, head_dim]` buffer of which the first
 /// [`KvCache::len`] slots are filled: a decoding step writes its slots in place (burn-flex
 /// assigns into a buffer nothing else holds without copying it) and attention reads the filled
-/// slots as a view, so a step costs no copy of the cache; the buffer is copied into a larger one
-/// only when it is full ([`KV_CACHE_ROOM`](sweetspot_core::rows::KV_CACHE_ROOM) slots at a
-/// time: [`cache_slots`], as the memory plan counts it), and when rows are dropped or joined.
-/// Slots past `len` are zeros or stale and never read.
+/// slots as a view, so a step costs no copy of the cache. The filled slots are copied into new
+/// buffers only when the rows change ([`KvCache::stack`], [`KvCache::retain_rows`]), when every
+/// row is padded or trimmed in front, and when a buffer is full: [`KvCache::reserve`] makes
+/// room ahead for what a batch can still write (the scheduler reserves a row's prompt plus
+/// `max_new_tokens`, what the memory plan counts), else a step adds
+/// [`KV_CACHE_ROOM`](sweetspot_core::rows::KV_CACHE_ROOM) slots at a time ([`cache_slots`]).
+/// On the CPU the layers are copied on every core, into buffers the allocator hands over
+/// zeroed ([`zero_buffer`]). Slots past `len` are zeros or stale and never read.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
     len: usize,
 }
 
+/// Rows of a cache for [`KvCache::stack`]: rows `rows` of `cache`, their key slots from `skip`
+/// on.
+#[derive(Debug, Clone)]
+pub struct CacheRows<'a> {
+    /// The cache.
+    pub cache: &'a KvCache,
+    /// Its rows.
+    pub rows: std::ops::Range<usize>,
+    /// Leading key slots left out.
+    pub skip: usize,
+}
+
+/// A zero-filled `[batch, kv_heads, slots, head_dim]` buffer. On burn-flex, a vector the
+/// allocator hands over zeroed, which burn takes as it is: burn-flex's own `zeros` fills a byte
+/// vector and then copies it into an aligned one, so every page of a new cache buffer was
+/// written twice, once more than the copy into it (a page's first write costs about four later
+/// ones on the machines measured: the kernel clears it first).
+fn zero_buffer(shape: [usize; 4], dtype: burn::tensor::DType, device: &Device) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if *device == Device::flex() {
+        use burn::tensor::DType;
+        let n = shape.iter().product();
+        let data = match dtype {
+            DType::F32 => Some(TensorData::new(vec![0f32; n], shape)),
+            DType::BF16 => Some(TensorData::new(vec![burn::tensor::bf16::ZERO; n], shape)),
+            DType::F16 => Some(TensorData::new(vec![burn::tensor::f16::ZERO; n], shape)),
+            _ => None,
+        };
+        if let Some(data) = data {
+            return Tensor::from_data(data, (device, dtype));
+        }
+    }
+    to_dtype(Tensor::<4>::zeros(shape, device), dtype)
+}
+
+/// Rows `rows` of the layer buffer `src`, their key slots `from..from + len`, written at slots
+/// `at..at + len` of [`assemble`]'s buffer.
+struct Block<'a> {
+    src: &'a Tensor<4>,
+    rows: std::ops::Range<usize>,
+    from: usize,
+    len: usize,
+    at: usize,
+}
+
+/// A new buffer of `capacity` key slots holding `blocks` one after the other on the row axis
+/// (their other slots zero), shaped and typed as `like` otherwise.
+fn assemble(like: &Tensor<4>, blocks: &[Block<'_>], capacity: usize) -> Tensor<4> {
+    let [_, h, _, d] = like.dims();
+    let rows = blocks.iter().map(|b| b.rows.len()).sum();
+    let mut out = zero_buffer([rows, h, capacity, d], like.dtype(), &like.device());
+    let mut row = 0;
+    for b in blocks {
+        let n = b.rows.len();
+        if n > 0 && b.len > 0 {
+            out = out.slice_assign(
+                [row..row + n, 0..h, b.at..b.at + b.len, 0..d],
+                b.src
+                    .clone()
+                    .narrow(0, b.rows.start, n)
+                    .narrow(2, b.from, b.len),
+            );
+        }
+        row += n;
+    }
+    out
+}
+
 /// `x`'s first `len` slots (dimension 2) in a fresh buffer of `capacity` slots, `front` empty
 /// slots before them.
 fn rebuffer(x: &Tensor<4>, front: usize, len: usize, capacity: usize) -> Tensor<4> {
-    let [b, h, _, d] = x.dims();
-    let zeros = Tensor::<4>::zeros([b, h, capacity, d], &x.device());
-    let zeros = crate::precision::to_dtype(zeros, x.dtype());
-    if len == 0 {
-        return zeros;
+    let block = Block {
+        src: x,
+        rows: 0..x.dims()[0],
+        from: 0,
+        len,
+        at: front,
+    };
+    assemble(x, &[block], capacity)
+}
+
+/// `f(layer)` for every layer of `depth`: on every core on the CPU, where copying a batch's
+/// cache is most of the work between two decoding steps (and the cores are idle otherwise).
+fn per_layer<T: Send>(
+    depth: usize,
+    device: &Device,
+    f: impl Fn(usize) -> T + Send + Sync,
+) -> Vec<T> {
+    #[cfg(feature = "flex")]
+    if *device == Device::flex() {
+        use rayon::prelude::*;
+        return (0..depth).into_par_iter().map(f).collect();
     }
-    zeros.slice_assign(
-        [0..b, 0..h, front..front + len, 0..d],
-        x.clone().narrow(2, 0, len),
-    )
+    let _ = device;
+    (0..depth).map(f).collect()
+}
+
+/// Ascending runs of consecutive values of `rows`, as ranges.
+fn runs(rows: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for &r in rows {
+        match out.last_mut() {
+            Some(last) if last.end == r => last.end += 1,
+            _ => out.push(r..r + 1),
+        }
+    }
+    out
 }
 
 impl KvCache {
@@ -236,11 +334,32 @@ impl KvCache {
 
     /// Batch rows (0 for an empty cache).
     pub fn rows(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .next()
-            .map_or(0, |(k, _)| k.dims()[0])
+        self.first().map_or(0, |k| k.dims()[0])
+    }
+
+    /// Key slots every row's buffers hold, filled or not (0 for an empty cache).
+    pub fn capacity(&self) -> usize {
+        self.first().map_or(0, |k| k.dims()[2])
+    }
+
+    fn first(&self) -> Option<&Tensor<4>> {
+        self.layers.iter().flatten().next().map(|(k, _)| k)
+    }
+
+    /// Every layer's buffers replaced by `f(buffer)`, the layers on every core on the CPU.
+    fn rebuild(&mut self, f: impl Fn(Tensor<4>) -> Tensor<4> + Send + Sync) {
+        let Some(device) = self.first().map(Tensor::device) else {
+            return;
+        };
+        let layers: Vec<std::sync::Mutex<Option<(Tensor<4>, Tensor<4>)>>> =
+            std::mem::take(&mut self.layers)
+                .into_iter()
+                .map(std::sync::Mutex::new)
+                .collect();
+        self.layers = per_layer(layers.len(), &device, |l| {
+            let taken = layers[l].lock().map_or(None, |mut x| x.take());
+            taken.map(|(k, v)| (f(k), f(v)))
+        });
     }
 
     /// Writes row `src_row` of `src` (all its slots) into row `row` of this cache, right-aligned:
@@ -276,12 +395,32 @@ impl KvCache {
         Ok(())
     }
 
-    /// Keeps only the batch rows in `rows` (for dropping finished sequences).
-    pub fn retain_rows(&mut self, rows: &Tensor<1, Int>) {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.clone().select(0, rows.clone());
-            *v = v.clone().select(0, rows.clone());
-        }
+    /// Keeps only the batch rows `rows`, in that order (for dropping finished sequences); the
+    /// buffers keep their capacity. Ascending rows on the CPU move down in place
+    /// ([`crate::kernels::keep_rows`]); otherwise they are copied. Panics if a row is out of
+    /// range.
+    pub fn retain_rows(&mut self, rows: &[usize]) {
+        let (len, capacity) = (self.len, self.capacity());
+        let runs = runs(rows);
+        self.rebuild(|x| {
+            #[cfg(feature = "flex")]
+            let x = match crate::kernels::keep_rows(x, rows, len) {
+                Ok(kept) => return kept,
+                Err(x) => *x,
+            };
+            let x = &x;
+            let blocks: Vec<Block<'_>> = runs
+                .iter()
+                .map(|r| Block {
+                    src: x,
+                    rows: r.clone(),
+                    from: 0,
+                    len,
+                    at: 0,
+                })
+                .collect();
+            assemble(x, &blocks, capacity)
+        });
     }
 
     /// Puts `n` empty key slots before every row's (zeros: the caller's key mask must mark them
@@ -290,27 +429,22 @@ impl KvCache {
         if n == 0 {
             return;
         }
-        let (len, capacity) = (self.len, cache_slots(self.len + n));
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = rebuffer(k, n, len, capacity);
-            *v = rebuffer(v, n, len, capacity);
-        }
+        let len = self.len;
+        let capacity = cache_slots(len + n).max(self.capacity());
+        self.rebuild(|x| rebuffer(&x, n, len, capacity));
         self.len += n;
     }
 
     /// Drops the first `n` key slots of every row (slots the key mask marks as padding in every
-    /// row, or the rows' attention changes).
+    /// row, or the rows' attention changes); the room after the filled slots stays as it was.
     pub fn trim_front(&mut self, n: usize) {
         let n = n.min(self.len);
         if n == 0 {
             return;
         }
         let keep = self.len - n;
-        let capacity = cache_slots(keep);
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = rebuffer(&k.clone().narrow(2, n, keep), 0, keep, capacity);
-            *v = rebuffer(&v.clone().narrow(2, n, keep), 0, keep, capacity);
-        }
+        let capacity = cache_slots(keep + (self.capacity() - self.len));
+        self.rebuild(|x| rebuffer(&x.narrow(2, n, keep), 0, keep, capacity));
         self.len = keep;
     }
 
@@ -319,43 +453,70 @@ impl KvCache {
         self.len = self.len.min(len);
     }
 
-    /// The rows of `parts`, in order, as one cache (all with the same number of slots).
-    pub fn cat_rows(parts: Vec<KvCache>) -> Result<KvCache, ModelError> {
+    /// Makes room for `slots` key slots in every buffer (the filled slots copied into buffers
+    /// of [`cache_slots`]`(slots)` if they hold fewer), so that the steps up to there write in
+    /// place.
+    pub fn reserve(&mut self, slots: usize) {
+        if self.capacity() >= slots {
+            return;
+        }
+        let (len, capacity) = (self.len, cache_slots(slots));
+        self.rebuild(|x| rebuffer(&x, 0, len, capacity));
+    }
+
+    /// The rows of `parts`, in order, as one cache of `len` key slots and room for `capacity`
+    /// (at least [`cache_slots`]`(len)`): each part's slots (after its `skip`) right-aligned at
+    /// `len`, a shorter part's row padded in front with zeros that the caller's key mask must
+    /// mark as padding.
+    pub fn stack(
+        parts: &[CacheRows<'_>],
+        len: usize,
+        capacity: usize,
+    ) -> Result<KvCache, ModelError> {
         let Some(first) = parts.first() else {
             return Ok(KvCache::new());
         };
-        let (len, depth) = (first.len, first.layers.len());
-        if let Some(p) = parts
-            .iter()
-            .find(|p| p.len != len || p.layers.len() != depth)
-        {
-            return Err(ModelError::Input(format!(
-                "cannot put a cache of {} slots beside one of {len}",
-                p.len
-            )));
-        }
-        let capacity = cache_slots(len);
-        let mut layers = Vec::with_capacity(depth);
-        for l in 0..depth {
-            let mut ks = Vec::with_capacity(parts.len());
-            let mut vs = Vec::with_capacity(parts.len());
-            for p in &parts {
-                let Some((k, v)) = &p.layers[l] else {
-                    return Err(ModelError::Input(format!("cache layer {l} is empty")));
-                };
-                // Buffers of one capacity side by side; others are copied to it first.
-                let fit = |x: &Tensor<4>| {
-                    if x.dims()[2] == capacity {
-                        x.clone()
-                    } else {
-                        rebuffer(x, 0, len, capacity)
-                    }
-                };
-                ks.push(fit(k));
-                vs.push(fit(v));
+        let depth = first.cache.layers.len();
+        for p in parts {
+            let (n, rows) = (p.cache.len.saturating_sub(p.skip), p.cache.rows());
+            if p.cache.layers.len() != depth
+                || p.skip > p.cache.len
+                || n > len
+                || p.rows.start > p.rows.end
+                || p.rows.end > rows
+                || p.cache.layers.iter().any(Option::is_none)
+            {
+                return Err(ModelError::Input(format!(
+                    "cannot put rows {:?} of a cache of {rows} rows and {} slots (from slot {}) \
+                     into a cache of {len} slots and {depth} layers",
+                    p.rows, p.cache.len, p.skip
+                )));
             }
-            layers.push(Some((Tensor::cat(ks, 0), Tensor::cat(vs, 0))));
         }
+        let Some(device) = first.cache.first().map(Tensor::device) else {
+            return Ok(KvCache::new());
+        };
+        let capacity = capacity.max(cache_slots(len));
+        let layers = per_layer(depth, &device, |l| {
+            let layer = |pick: fn(&(Tensor<4>, Tensor<4>)) -> &Tensor<4>| {
+                let blocks: Vec<Block<'_>> = parts
+                    .iter()
+                    .filter_map(|p| {
+                        let src = pick(p.cache.layers[l].as_ref()?);
+                        let n = p.cache.len - p.skip;
+                        Some(Block {
+                            src,
+                            rows: p.rows.clone(),
+                            from: p.skip,
+                            len: n,
+                            at: len - n,
+                        })
+                    })
+                    .collect();
+                assemble(blocks[0].src, &blocks, capacity)
+            };
+            Some((layer(|kv| &kv.0), layer(|kv| &kv.1)))
+        });
         Ok(KvCache { layers, len })
     }
 }
@@ -1270,8 +1431,9 @@ mod cache_tests {
 
     /// Decoding one token at a time through the cache, past several growths of its buffer
     /// (150 slots, room for 64 at a time), and through the operations the scheduler applies
-    /// between steps (empty slots put in front and trimmed again, rows dropped, rows joined),
-    /// gives the logits of one forward pass over the whole sequence.
+    /// between steps (empty slots put in front and trimmed again, rows dropped in place and by
+    /// copy, rows joined, room reserved ahead), gives the logits of one forward pass over the
+    /// whole sequence.
     #[test]
     fn cached_decoding_matches_a_full_forward_pass() {
         let m = model();
@@ -1330,15 +1492,41 @@ mod cache_tests {
                     });
                 }
                 90 => {
-                    // Row 0 joins again beside itself, then the first copy is dropped.
-                    cache = KvCache::cat_rows(vec![cache.clone(), cache.clone()]).unwrap();
+                    // Row 0 joins again beside itself, then the first copy is dropped (rows
+                    // that ascend: moved in place on the CPU).
+                    let both = CacheRows {
+                        cache: &cache,
+                        rows: 0..2,
+                        skip: 0,
+                    };
+                    let n = cache.len();
+                    cache = KvCache::stack(&[both.clone(), both], n, 0).unwrap();
                     key_mask = [key_mask.clone(), key_mask.clone()].concat();
                     live = [live.clone(), live.clone()].concat();
-                    let keep: Tensor<1, Int> =
-                        Tensor::from_data(TensorData::new(vec![1i64, 2], [2]), &Device::default());
-                    cache.retain_rows(&keep);
+                    cache.retain_rows(&[1, 2]);
                     key_mask = vec![key_mask[1].clone(), key_mask[2].clone()];
                     live = vec![live[1], live[2]];
+                }
+                100 => {
+                    // The rows swapped (not ascending: copied), and room made ahead.
+                    cache.retain_rows(&[1, 0]);
+                    key_mask.swap(0, 1);
+                    live.swap(0, 1);
+                    cache.reserve(len + 20);
+                    assert!(cache.capacity() >= len + 20);
+                }
+                120 => {
+                    // Each row stacked on its own, padded in front by two slots.
+                    let n = cache.len();
+                    let one = |r: usize| CacheRows {
+                        cache: &cache,
+                        rows: r..r + 1,
+                        skip: 0,
+                    };
+                    cache = KvCache::stack(&[one(0), one(1)], n + 2, 0).unwrap();
+                    key_mask
+                        .iter_mut()
+                        .for_each(|k| drop(k.splice(0..0, [false; 2])));
                 }
                 _ => {}
             }
@@ -1355,6 +1543,6 @@ mod cache_tests {
                 );
             }
         }
-        assert_eq!(cache.len(), len);
+        assert_eq!(cache.len(), len + 2); // the two slots put in front at 120
     }
 }

@@ -13,10 +13,13 @@
 //!   within it until every row could have ended.
 //! - Requests join in order. A joining request takes the row of a sequence that ended, its keys
 //!   and values written into that row of the cache in place (no copy of the batch); rows no
-//!   request takes are dropped once an eighth of the batch or more is free, and key slots no row
-//!   uses any more are dropped (continuous batching).
+//!   request takes are dropped once an eighth of the batch or more is free (on the CPU the kept
+//!   rows move down in place, [`KvCache::retain_rows`]), and key slots no row uses any more are
+//!   dropped (continuous batching).
 //! - Between steps nothing else copies the cache: a decoding step writes its keys into the
-//!   cache's buffers ([`KvCache`]), and the rows' draws run on all cores.
+//!   cache's buffers ([`KvCache`]), which a batch's cache gets with room for every row's prompt
+//!   plus `max_new_tokens` when rows join (what the memory plan counts), so no step grows them;
+//!   the rows' draws run on all cores.
 
 use std::collections::HashMap;
 
@@ -29,7 +32,8 @@ use sweetspot_core::FinishReason;
 use super::sampling::{SamplingParams, log_softmax_at, penalize, pick};
 use super::seed::{sample_seed, sequence_rng};
 use crate::error::ModelError;
-use crate::llama::{KvCache, Llama};
+use crate::llama::{CacheRows, KvCache, Llama};
+use sweetspot_core::rows::cache_slots;
 
 /// One sequence to generate.
 #[derive(Debug, Clone)]
@@ -256,11 +260,13 @@ fn prefill(model: &Llama, requests: &[SeqRequest]) -> Result<Prefilled, ModelErr
 
 /// The rows for the requests that join the batch, from `prefixes`: each distinct prompt's
 /// prefill (one row, no padding), computed for the prompts not in it yet. With a prompt's n
-/// samples joining at different times, the prompt is prefilled once.
+/// samples joining at different times, the prompt is prefilled once. The cache has room for
+/// `room` more slots (what the rows can still write).
 fn join<'a>(
     model: &Llama,
     new: &'a [SeqRequest],
     prefixes: &mut HashMap<&'a [u32], Prefilled>,
+    room: usize,
 ) -> Result<Prefilled, ModelError> {
     let vocab = model.config.vocab_size;
     prefill_prompts(model, new, prefixes)?;
@@ -274,17 +280,18 @@ fn join<'a>(
     let mut logits = Vec::with_capacity(new.len() * vocab);
     for r in new {
         let e = &prefixes[r.prompt_ids.as_slice()];
-        let pad = slots - e.cache.len();
-        let mut cache = e.cache.clone();
-        cache.pad_front(pad);
-        parts.push(cache);
-        let mut m = vec![false; pad];
+        parts.push(CacheRows {
+            cache: &e.cache,
+            rows: 0..1,
+            skip: 0,
+        });
+        let mut m = vec![false; slots - e.cache.len()];
         m.extend_from_slice(&e.key_mask[0]);
         key_mask.push(m);
         logits.extend_from_slice(&e.logits);
     }
     Ok(Prefilled {
-        cache: KvCache::cat_rows(parts)?,
+        cache: KvCache::stack(&parts, slots, cache_slots(slots + room))?,
         key_mask,
         logits,
     })
@@ -316,11 +323,13 @@ fn prefill_prompts<'a>(
         let p = prefill(model, &reqs)?;
         for (i, ids) in missing.into_iter().enumerate() {
             let pad = p.key_mask[i].iter().position(|&x| x).unwrap_or(0);
-            let mut cache = p.cache.clone();
-            let row: Tensor<1, Int> =
-                Tensor::from_data(TensorData::new(vec![i as i64], [1]), model.device());
-            cache.retain_rows(&row);
-            cache.trim_front(pad);
+            let row = CacheRows {
+                cache: &p.cache,
+                rows: i..i + 1,
+                skip: pad,
+            };
+            let len = p.cache.len() - pad;
+            let cache = KvCache::stack(&[row], len, cache_slots(len))?;
             prefixes.insert(
                 ids,
                 Prefilled {
@@ -428,7 +437,7 @@ fn run(
             if live == 0 {
                 // A new batch: the joining rows side by side.
                 let p = if limits.share_prefill {
-                    join(model, new, &mut prefixes)?
+                    join(model, new, &mut prefixes, params.max_new_tokens)?
                 } else {
                     prefill(model, new)?
                 };
@@ -474,6 +483,7 @@ fn run(
                 let free_rows: Vec<usize> =
                     (0..rows.len()).filter(|&r| rows[r].is_none()).collect();
                 let mut free = free_rows.into_iter();
+                let held = rows.len();
                 let mut extra = Vec::new();
                 for (src, a) in sources.into_iter().zip(joining) {
                     let (part, part_row, part_mask, part_logits) = src;
@@ -489,25 +499,29 @@ fn run(
                         }
                         // No free row: a new row after the others.
                         None => {
-                            let mut c = part.clone();
-                            if c.rows() > 1 {
-                                let one = Tensor::<1, Int>::from_data(
-                                    TensorData::new(vec![part_row as i64], [1]),
-                                    &device,
-                                );
-                                c.retain_rows(&one);
-                            }
-                            c.pad_front(slots - c.len());
-                            extra.push(c);
+                            extra.push(CacheRows {
+                                cache: part,
+                                rows: part_row..part_row + 1,
+                                skip: 0,
+                            });
                             key_mask.push(m);
                             logits.extend_from_slice(part_logits);
                             rows.push(Some(a));
                         }
                     }
                 }
-                if !extra.is_empty() {
-                    extra.insert(0, std::mem::take(&mut cache));
-                    cache = KvCache::cat_rows(extra)?;
+                let capacity = cache_slots(slots + params.max_new_tokens);
+                if extra.is_empty() {
+                    // The joining rows may write up to max_new_tokens past the batch's slots.
+                    cache.reserve(slots + params.max_new_tokens);
+                } else {
+                    let mut parts = vec![CacheRows {
+                        cache: &cache,
+                        rows: 0..held,
+                        skip: 0,
+                    }];
+                    parts.extend(extra);
+                    cache = KvCache::stack(&parts, slots, capacity.max(cache.capacity()))?;
                 }
             }
             if limits.share_prefill {
@@ -581,12 +595,8 @@ fn run(
         let refilled = next < requests.len() && limits.max_tokens.is_none();
         let dropped = free > 0 && free * 8 >= rows.len() && !refilled;
         if dropped {
-            let keep: Vec<i64> = (0..rows.len())
-                .filter(|&r| rows[r].is_some())
-                .map(|r| r as i64)
-                .collect();
-            let n = keep.len();
-            cache.retain_rows(&Tensor::from_data(TensorData::new(keep, [n]), &device));
+            let keep: Vec<usize> = (0..rows.len()).filter(|&r| rows[r].is_some()).collect();
+            cache.retain_rows(&keep);
             let mut kept = rows.iter().map(Option::is_some);
             key_mask.retain(|_| kept.next() == Some(true));
             let mut kept = rows.iter().map(Option::is_some);

@@ -872,6 +872,24 @@ pub(crate) fn token_logprob_backward(
     (dh, dw)
 }
 
+/// Moves row `rows[i]` of a `[batch, heads, cap, dim]` buffer to row `i`, in place: its first
+/// `slots` key slots of every head (`shape` is `[heads, cap, dim, slots]`). `rows` ascend, so
+/// a row only moves down, onto rows already moved or dropped.
+pub(crate) fn keep_rows<E: Copy>(buf: &mut [E], rows: &[usize], shape: [usize; 4]) {
+    let [heads, cap, dim, slots] = shape;
+    let (head, row) = (cap * dim, heads * cap * dim);
+    for (i, &r) in rows.iter().enumerate() {
+        debug_assert!(r >= i, "keep_rows: rows must ascend");
+        if r == i {
+            continue;
+        }
+        for hd in 0..heads {
+            let src = r * row + hd * head;
+            buf.copy_within(src..src + slots * dim, i * row + hd * head);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -115,6 +115,10 @@ pub struct AttnMask {
 #[derive(Debug, Clone)]
 pub struct Q8Weight(pub Arc<q8::Q8Matrix>);
 
+/// The rows a [`keep_rows`] call keeps: ascending, each below the row count.
+#[derive(Debug, Clone)]
+pub struct KeptRows(pub Arc<Vec<usize>>);
+
 /// Row targets of a [`token_logprob`] call.
 #[derive(Debug, Clone)]
 pub struct Targets(pub Arc<Vec<u32>>);
@@ -162,6 +166,10 @@ pub trait SweetspotKernels: Backend {
 
     /// See [`matmul_f32`].
     fn sweetspot_matmul_f32(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// See [`keep_rows`].
+    fn sweetspot_keep_rows(x: FloatTensor<Self>, rows: KeptRows, slots: usize)
+    -> FloatTensor<Self>;
 }
 
 fn f32s(t: &FlexTensor) -> FlexTensor {
@@ -408,6 +416,14 @@ impl SweetspotKernels for Flex {
         matmul_f32_flex(x, w)
     }
 
+    fn sweetspot_keep_rows(
+        x: FloatTensor<Self>,
+        rows: KeptRows,
+        slots: usize,
+    ) -> FloatTensor<Self> {
+        keep_rows_flex(x, &rows.0, slots)
+    }
+
     fn sweetspot_matmul_q8(x: FloatTensor<Self>, w: Q8Weight) -> FloatTensor<Self> {
         matmul_q8_flex(&x, &w)
     }
@@ -589,6 +605,24 @@ impl<C: CheckpointStrategy> SweetspotKernels for Autodiff<Flex, C> {
         Self::linear(x, w, None)
     }
 
+    /// Not in place under autodiff ([`keep_rows`] is for a cache): burn's `select` of the rows.
+    fn sweetspot_keep_rows(
+        x: FloatTensor<Self>,
+        rows: KeptRows,
+        _slots: usize,
+    ) -> FloatTensor<Self> {
+        use burn::backend::TensorMetadata as _;
+        use burn::backend::ops::{FloatTensorOps as _, IntTensorOps as _};
+        let device = x.device();
+        let idx: Vec<i64> = rows.0.iter().map(|&r| r as i64).collect();
+        let n = idx.len();
+        Self::float_select(
+            x,
+            0,
+            Self::int_from_data(TensorData::new(idx, [n]), &device),
+        )
+    }
+
     /// Not a kernel of its own under autodiff ([`matmul_bf16`] is for inference): burn's
     /// product, with its backward.
     fn sweetspot_matmul_bf16(
@@ -759,6 +793,49 @@ pub fn matmul_bf16<const D: usize>(
             layout,
         ))
     })
+}
+
+/// Rows `rows` (ascending) of a `[batch, heads, slots, dim]` cache buffer, in place where
+/// nothing else holds the buffer (else in a copy): each kept row's first `slots` key slots
+/// moved down to its new row, the result a view of the buffer's first `rows.len()` rows (its
+/// later slots stale). Dropping finished rows from a batch's cache so costs no allocation and
+/// moves only the rows after the first dropped one. `Err(x)` where it does not apply: not f32,
+/// bf16 or f16 on burn-flex without autodiff, or rows not ascending below the row count.
+pub fn keep_rows(x: Tensor<4>, rows: &[usize], slots: usize) -> Result<Tensor<4>, Box<Tensor<4>>> {
+    let [b, ..] = x.dims();
+    let dtype = x.dtype();
+    let fits = matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+        && inference_in(dtype, &x.device(), &[dtype])
+        && rows.windows(2).all(|w| w[0] < w[1])
+        && rows.last().is_none_or(|&r| r < b);
+    if !fits {
+        return Err(Box::new(x));
+    }
+    Ok(Tensor::from_dispatch(
+        <Dispatch as SweetspotKernels>::sweetspot_keep_rows(
+            x.into_dispatch(),
+            KeptRows(Arc::new(rows.to_vec())),
+            slots,
+        ),
+    ))
+}
+
+fn keep_rows_flex(x: FlexTensor, rows: &[usize], slots: usize) -> FlexTensor {
+    let mut x = if x.layout().is_contiguous() && x.layout().start_offset() == 0 {
+        x
+    } else {
+        x.to_contiguous()
+    };
+    let [_, h, cap, d] = dims4(&x);
+    let shape = [h, cap, d, slots.min(cap)];
+    // `storage_mut` copies the buffer first only if something else holds it.
+    match x.dtype() {
+        DType::F32 => cpu::keep_rows(x.storage_mut::<f32>(), rows, shape),
+        DType::BF16 => cpu::keep_rows(x.storage_mut::<burn::tensor::bf16>(), rows, shape),
+        DType::F16 => cpu::keep_rows(x.storage_mut::<burn::tensor::f16>(), rows, shape),
+        other => panic!("keep_rows: {other:?} is not a cache dtype"),
+    }
+    x.narrow(0, 0, rows.len())
 }
 
 /// `x [.., k] · w [k, n]` in f32 for inference (a linear layer's weight as burn holds it), in
