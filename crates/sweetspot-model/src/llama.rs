@@ -351,15 +351,18 @@ impl KvCache {
         let Some(device) = self.first().map(Tensor::device) else {
             return;
         };
-        let layers: Vec<std::sync::Mutex<Option<(Tensor<4>, Tensor<4>)>>> =
-            std::mem::take(&mut self.layers)
-                .into_iter()
-                .map(std::sync::Mutex::new)
-                .collect();
-        self.layers = per_layer(layers.len(), &device, |l| {
-            let taken = layers[l].lock().map_or(None, |mut x| x.take());
-            taken.map(|(k, v)| (f(k), f(v)))
-        });
+        // Each buffer moved into `f`, not cloned: a clone would make every in-place write copy.
+        let apply = |slot: &mut Option<(Tensor<4>, Tensor<4>)>| {
+            *slot = slot.take().map(|(k, v)| (f(k), f(v)));
+        };
+        #[cfg(feature = "flex")]
+        if device == Device::flex() {
+            use rayon::prelude::*;
+            self.layers.par_iter_mut().for_each(apply);
+            return;
+        }
+        let _ = device;
+        self.layers.iter_mut().for_each(apply);
     }
 
     /// Writes row `src_row` of `src` (all its slots) into row `row` of this cache, right-aligned:

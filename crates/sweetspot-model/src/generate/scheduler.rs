@@ -510,10 +510,10 @@ fn run(
                         }
                     }
                 }
-                let capacity = cache_slots(slots + params.max_new_tokens);
+                // The joining rows may write up to max_new_tokens past the batch's slots.
+                let reach = slots + params.max_new_tokens;
                 if extra.is_empty() {
-                    // The joining rows may write up to max_new_tokens past the batch's slots.
-                    cache.reserve(slots + params.max_new_tokens);
+                    cache.reserve(reach);
                 } else {
                     let mut parts = vec![CacheRows {
                         cache: &cache,
@@ -521,7 +521,8 @@ fn run(
                         skip: 0,
                     }];
                     parts.extend(extra);
-                    cache = KvCache::stack(&parts, slots, capacity.max(cache.capacity()))?;
+                    let capacity = cache_slots(reach).max(cache.capacity());
+                    cache = KvCache::stack(&parts, slots, capacity)?;
                 }
             }
             if limits.share_prefill {
