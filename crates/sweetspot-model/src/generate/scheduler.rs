@@ -217,7 +217,7 @@ fn upload(m: &[Vec<bool>], device: &burn::tensor::Device) -> Tensor<2, Bool> {
 fn to_vec(x: Tensor<3>) -> Result<Vec<f32>, ModelError> {
     x.into_data()
         .convert::<f32>()
-        .try_to_vec::<f32>()
+        .try_into_vec::<f32>()
         .map_err(|e| ModelError::Input(format!("cannot read logits: {e:?}")))
 }
 

@@ -622,7 +622,7 @@ multiversion!(
 );
 
 /// Elements per parallel piece of an elementwise kernel.
-const ELEMENTWISE_CHUNK: usize = 1 << 14;
+pub(crate) const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 /// `piece(out, gate, up)` over matching pieces of [`ELEMENTWISE_CHUNK`] elements on every core,
 /// into a fresh output of `gate`'s length (a SwiGLU product's pass).
@@ -632,12 +632,26 @@ fn gate_up_pass<T: Copy + Send + Sync>(
     zero: T,
     piece: impl Fn(&mut [T], &[T], &[T]) + Sync + Send,
 ) -> Vec<T> {
-    let mut out = vec![zero; gate.len()];
-    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+    // Each piece zero-fills its own part of the output just before writing it (on the thread
+    // that writes it, not all of it first on the calling thread).
+    let mut out: Vec<T> = Vec::with_capacity(gate.len());
+    out.spare_capacity_mut()[..gate.len()]
+        .par_chunks_mut(ELEMENTWISE_CHUNK)
         .zip(gate.par_chunks(ELEMENTWISE_CHUNK))
         .zip(up.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|((o, g), u)| piece(o, g, u));
+        .for_each(|((o, g), u)| piece(filled(o, zero), g, u));
+    // SAFETY: the pieces cover the first `gate.len()` elements, each written by `filled`.
+    unsafe { out.set_len(gate.len()) };
     out
+}
+
+/// `piece` with every element set to `zero`, as initialized values.
+fn filled<T: Copy>(piece: &mut [std::mem::MaybeUninit<T>], zero: T) -> &mut [T] {
+    for x in piece.iter_mut() {
+        x.write(zero);
+    }
+    // SAFETY: every element was written just above; `MaybeUninit<T>` has `T`'s layout.
+    unsafe { &mut *(piece as *mut [std::mem::MaybeUninit<T>] as *mut [T]) }
 }
 
 /// `silu(g) * u`, elementwise.
@@ -708,14 +722,17 @@ pub(crate) fn rope_exact_forward(
     [b, t, h, d]: [usize; 4],
 ) -> Vec<f32> {
     let half = d / 2;
-    let mut out = vec![0f32; b * h * t * d];
-    // One piece per (row, head): `t * d` outputs; a decoding step's pieces are small, so several
-    // go to a thread at once.
+    let len = b * h * t * d;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    // One piece per (row, head): `t * d` outputs, zero-filled by the thread that then writes
+    // them; a decoding step's pieces are small, so several go to a thread at once.
     let min_pieces = (ELEMENTWISE_CHUNK / (t * d).max(1)).max(1);
-    out.par_chunks_mut((t * d).max(1))
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut((t * d).max(1))
         .with_min_len(min_pieces)
         .enumerate()
         .for_each(|(bh, o)| {
+            let o = filled(o, 0.0);
             let (row, head) = (bh / h, bh % h);
             for ti in 0..t {
                 let xi = &x[((row * t + ti) * h + head) * d..][..d];
@@ -734,6 +751,8 @@ pub(crate) fn rope_exact_forward(
                 }
             }
         });
+    // SAFETY: the pieces cover the first `len` elements, each written by `filled`.
+    unsafe { out.set_len(len) };
     out
 }
 

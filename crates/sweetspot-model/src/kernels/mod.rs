@@ -80,6 +80,31 @@ fn run_tiles(tiles: usize, macs: usize, tile: impl Fn(usize) + Send + Sync) {
     }
 }
 
+/// Outputs of at least this many elements are zero-filled on every core ([`zeroed`]).
+const PARALLEL_ZEROS: usize = 1 << 15;
+
+/// `n` copies of `zero`: the fresh output of a kernel, which then writes it. A large one is
+/// written in pieces on every core, so its first write (and the kernel's clearing of the fresh
+/// pages under it) no longer runs on the calling thread alone while rayon's threads wait; a
+/// small one as `vec!` makes it.
+pub(crate) fn zeroed<T: Copy + Send + Sync>(n: usize, zero: T) -> Vec<T> {
+    use rayon::prelude::*;
+    if n < PARALLEL_ZEROS {
+        return vec![zero; n];
+    }
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    v.spare_capacity_mut()
+        .par_chunks_mut(cpu::ELEMENTWISE_CHUNK)
+        .for_each(|piece| {
+            for x in piece {
+                x.write(zero);
+            }
+        });
+    // SAFETY: the loop above wrote each of the first `n` elements (the capacity is at least n).
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// The output of a product whose tiles write disjoint elements of it from several threads.
 #[derive(Clone, Copy)]
 struct SyncPtr<T>(*mut T);
@@ -250,7 +275,7 @@ fn attention_flex(
     let q = f32s(q);
     let (k, k_block) = kv_blocks(k);
     let (v, v_block) = kv_blocks(v);
-    let mut out = vec![0f32; q.storage::<f32>().len()];
+    let mut out = zeroed(q.storage::<f32>().len(), 0f32);
     let mut lse = vec![0f32; dims.batch * dims.heads * dims.queries];
     cpu::attention_forward(
         q.storage(),
@@ -339,7 +364,7 @@ fn matmul_q8_flex(x: &FlexTensor, w: &Q8Weight) -> FlexTensor {
         w.0.k()
     );
     let n = w.0.n();
-    let mut out = vec![0f32; m * n];
+    let mut out = zeroed(m * n, 0f32);
     q8::matmul(x.storage(), &w.0, &mut out, m);
     let mut out_shape = shape;
     *out_shape.last_mut().expect("a last axis") = n;
@@ -362,7 +387,7 @@ fn matmul_bf16_flex(x: &FlexTensor, w: &FlexTensor, layout: bf16::Layout) -> Fle
         bf16::Layout::NK => (ws[1], ws[0]),
     };
     assert_eq!(wk, k, "matmul_bf16: x {shape:?} and w {ws:?} do not fit");
-    let mut out = vec![B::ZERO; m * n];
+    let mut out = zeroed(m * n, B::ZERO);
     bf16::matmul(
         x.storage::<B>(),
         w.storage::<B>(),
@@ -400,7 +425,7 @@ fn matmul_f32_flex(x: FlexTensor, w: FlexTensor) -> FlexTensor {
     }
     let x = x.to_contiguous();
     let out = if f32mm::applies(m, k, n) {
-        let mut out = vec![0f32; m * n];
+        let mut out = zeroed(m * n, 0f32);
         f32mm::matmul(x.storage(), w.storage(), &mut out, m, k, n);
         out
     } else {
@@ -867,4 +892,29 @@ pub fn matmul_q8<const D: usize>(x: &Tensor<D>, w: &Q8Weight) -> Option<Tensor<D
             w.clone(),
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeroed_outputs_are_every_element_zero_at_every_size() {
+        // Below, at and past the parallel threshold, and not a whole number of pieces.
+        for n in [
+            0,
+            1,
+            PARALLEL_ZEROS - 1,
+            PARALLEL_ZEROS,
+            PARALLEL_ZEROS + 7,
+            5 * cpu::ELEMENTWISE_CHUNK + 3,
+        ] {
+            let v = zeroed(n, 0f32);
+            assert_eq!(v.len(), n);
+            assert!(v.iter().all(|&x| x.to_bits() == 0), "n = {n}");
+            let b = zeroed(n, burn::tensor::bf16::ZERO);
+            assert_eq!(b.len(), n);
+            assert!(b.iter().all(|&x| x.to_bits() == 0), "bf16, n = {n}");
+        }
+    }
 }
