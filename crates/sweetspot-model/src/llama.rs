@@ -903,16 +903,16 @@ impl Llama {
             };
             let lora = self.params.adapters.as_ref().and_then(|a| a.layers.get(i));
             let q8 = self.q8.as_ref().map(|q| &q.layers[i]);
-            let h = layer.input_layernorm.forward(x.clone());
+            let h = rms_norm(&layer.input_layernorm, x.clone());
             let h = attention(&layer.self_attn, lora, q8, h, &cos, &sin, slot, past, &path);
             x = x + h;
-            let h = layer.post_attention_layernorm.forward(x.clone());
+            let h = rms_norm(&layer.post_attention_layernorm, x.clone());
             x = x + layer.mlp.forward(h, lora, q8);
         }
         if let Past::Cache(c) = cache {
             c.len += t;
         }
-        Ok(self.params.model.norm.forward(x))
+        Ok(rms_norm(&self.params.model.norm, x))
     }
 
     /// Logits `[batch, tokens, vocab]` from hidden states, in f32 whatever the weights' type.
@@ -1122,6 +1122,16 @@ fn own_kernel_mask(
     None
 }
 
+/// `norm` of `x` over its last axis: f32 inference on the CPU in one pass that gives the same
+/// bits ([`crate::kernels::rms_norm_exact`]), burn's `RmsNorm` otherwise.
+fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = crate::kernels::rms_norm_exact(&x, norm) {
+        return y;
+    }
+    norm.forward(x)
+}
+
 /// RoPE of `x` `[batch, tokens, heads, dim]` (as projected), `[batch, heads, tokens, dim]` out:
 /// `x' * cos + rotate_half(x') * sin` of `x' = x.swap_dims(1, 2)`; f32 inference on the CPU in
 /// one pass that gives the same bits.
@@ -1162,11 +1172,11 @@ fn attention(
     let k = project(&attn.k_proj, w8("k_proj"), ad("k_proj"), x.clone()).reshape([b, t, kvh, hd]);
     // Qwen3: each head's queries and keys normalized over the head's width, before RoPE.
     let q = match &attn.q_norm {
-        Some(n) => n.forward(q),
+        Some(n) => rms_norm(n, q),
         None => q,
     };
     let k = match &attn.k_norm {
-        Some(n) => n.forward(k),
+        Some(n) => rms_norm(n, k),
         None => k,
     };
     let v = project(&attn.v_proj, w8("v_proj"), ad("v_proj"), x)

@@ -877,3 +877,85 @@ fn f32_inference_products_through_burns_gemm_calls_are_burns_to_the_bit() {
         "[300, 576] x [576, 192]",
     );
 }
+
+#[test]
+fn f32_inference_rms_norm_is_burns_to_the_bit() {
+    // burn's `RmsNorm::forward` as burn-flex composes it, against the one-pass kernel: the same
+    // bits on a decoding step's shape (many one-token rows), a prefill's (pieces of several
+    // rows, a last piece shorter), Qwen3's per-head norm (four axes, width 64) and widths that
+    // are not a whole number of vector lanes; with zeros, tiny, huge and infinite values, an
+    // all-zero row and a NaN.
+    use burn::nn::RmsNormConfig;
+    let device = Device::flex();
+    for (case, shape) in [
+        vec![128, 1, 576],
+        vec![3, 37, 576],
+        vec![2, 5, 4, 64],
+        vec![7, 13],
+        vec![5, 3, 1],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let width = *shape.last().unwrap();
+        let n: usize = shape.iter().product();
+        let mut xs = values(n, 80 + case as u64, 3.0);
+        for (i, s) in [0.0, -0.0, 1e-30, -1e-38, 3e18, f32::INFINITY]
+            .iter()
+            .enumerate()
+        {
+            xs[(i * 37 + 5) % n] = *s;
+        }
+        if n > 2 * width {
+            xs[width..2 * width].fill(0.0);
+            xs[n - 1] = f32::NAN;
+        }
+        let eps = [1e-5, 1e-6, 1e-5, 1e-6, 1e-5][case];
+        let mut norm = RmsNormConfig::new(width).with_epsilon(eps).init(&device);
+        let g = values(width, 90 + case as u64, 2.0);
+        norm.gamma = burn::module::Param::from_tensor(Tensor::<1>::from_data(
+            TensorData::new(g, [width]),
+            &device,
+        ));
+        let check = |ours: Vec<f32>, burns: Vec<f32>| {
+            for (i, (p, q)) in ours.iter().zip(&burns).enumerate() {
+                assert!(
+                    p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan()),
+                    "case {case} element {i}: {p} vs {q}"
+                );
+            }
+        };
+        let data = TensorData::new(xs, shape.clone());
+        match shape.len() {
+            2 => {
+                let x = Tensor::<2>::from_data(data, &device);
+                let ours = kernels::rms_norm_exact(&x, &norm).expect("applies to f32 on flex");
+                check(
+                    ours.into_data().try_to_vec().unwrap(),
+                    norm.forward(x).into_data().try_to_vec().unwrap(),
+                );
+            }
+            3 => {
+                let x = Tensor::<3>::from_data(data, &device);
+                let ours = kernels::rms_norm_exact(&x, &norm).expect("applies to f32 on flex");
+                check(
+                    ours.into_data().try_to_vec().unwrap(),
+                    norm.forward(x.clone()).into_data().try_to_vec().unwrap(),
+                );
+                // Not under autodiff: burn's module there.
+                let ad = Device::flex().autodiff();
+                let xa = Tensor::<3>::from_data(x.into_data(), &ad);
+                let na = RmsNormConfig::new(width).init(&ad);
+                assert!(kernels::rms_norm_exact(&xa, &na).is_none());
+            }
+            _ => {
+                let x = Tensor::<4>::from_data(data, &device);
+                let ours = kernels::rms_norm_exact(&x, &norm).expect("applies to f32 on flex");
+                check(
+                    ours.into_data().try_to_vec().unwrap(),
+                    norm.forward(x).into_data().try_to_vec().unwrap(),
+                );
+            }
+        }
+    }
+}

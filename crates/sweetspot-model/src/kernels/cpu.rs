@@ -756,6 +756,46 @@ pub(crate) fn rope_exact_forward(
     out
 }
 
+/// RMSNorm of rows of `gamma.len()` values (`x` a whole number of them): each row's squares
+/// summed by burn-flex's own row sum (`simd::kernels::sum_rows_f32`, the same vector dispatch,
+/// so the same order of additions), the sum divided by the width, `eps` added, the square root
+/// taken; each value divided by it, then times `gamma`: burn's `RmsNorm::forward` in f32 on
+/// burn-flex, each operation rounded as there (the same bits), in one pass on every core.
+pub(crate) fn rms_norm_exact_forward(x: &[f32], gamma: &[f32], eps: f32) -> Vec<f32> {
+    let width = gamma.len();
+    assert!(
+        width > 0 && x.len().is_multiple_of(width),
+        "rms_norm: {} values are not rows of {width}",
+        x.len()
+    );
+    let len = x.len();
+    let piece = (ELEMENTWISE_CHUNK / width).max(1) * width;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(piece)
+        .zip(x.par_chunks(piece))
+        .for_each_init(
+            || vec![0f32; width],
+            |squares, (o, x)| {
+                let o = filled(o, 0.0);
+                for (o, x) in o.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
+                    for (s, &v) in squares.iter_mut().zip(x) {
+                        *s = v * v;
+                    }
+                    let mut sum = [0f32];
+                    burn::backend::flex::simd::kernels::sum_rows_f32(squares, &mut sum, 1, width);
+                    let rms = (sum[0] / width as f32 + eps).sqrt();
+                    for ((o, &v), &g) in o.iter_mut().zip(x).zip(gamma) {
+                        *o = (v / rms) * g;
+                    }
+                }
+            },
+        );
+    // SAFETY: the pieces cover the first `len` elements, each written by `filled`.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// Gradients of [`swiglu_forward`] for upstream `grad`: of `gate` and of `up`.
 pub(crate) fn swiglu_backward(gate: &[f32], up: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let mut dg = vec![0f32; gate.len()];

@@ -15,9 +15,9 @@
 //!   AVX512-BF16 ([`bf16`]), where burn-flex converts both operands to f32 on every call; and
 //!   [`swiglu_bf16`], the SwiGLU product of bf16 values for inference in one pass.
 //!
-//! - [`swiglu_exact`] and [`rope_exact`]: f32 inference's SwiGLU product and rotary embedding in
-//!   one pass on every core, bit for bit the composed burn-flex operations they replace (so f32
-//!   samples do not move); and [`matmul_f32`], f32 inference's linear products for a decode
+//! - [`swiglu_exact`], [`rope_exact`] and [`rms_norm_exact`]: f32 inference's SwiGLU product,
+//!   rotary embedding and RMSNorm in one pass on every core, bit for bit the composed burn-flex
+//!   operations they replace (so f32 samples do not move); and [`matmul_f32`], f32 inference's linear products for a decode
 //!   step's few rows, bit for bit burn-flex's (gemm's) product ([`f32mm`]).
 //!
 //! The first three take f32 on burn-flex (with or without autodiff); [`applies`] says when. The
@@ -170,6 +170,13 @@ pub trait SweetspotKernels: Backend {
         x: FloatTensor<Self>,
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// See [`rms_norm_exact`].
+    fn sweetspot_rms_norm_exact(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f32,
     ) -> FloatTensor<Self>;
 
     /// See [`token_logprob`].
@@ -352,6 +359,18 @@ fn rope_flex(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor) -> FlexTensor {
     flex_tensor(out, vec![b, h, t, d])
 }
 
+fn rms_norm_flex(x: &FlexTensor, gamma: &FlexTensor, eps: f32) -> FlexTensor {
+    let shape = x.layout().shape().to_vec();
+    let width = gamma.layout().shape().num_elements();
+    assert!(
+        shape.last() == Some(&width),
+        "rms_norm: x {shape:?} and gamma of {width}"
+    );
+    let (x, gamma) = (f32s(x), f32s(gamma));
+    let out = cpu::rms_norm_exact_forward(x.storage(), gamma.storage(), eps);
+    flex_tensor(out, shape)
+}
+
 fn matmul_q8_flex(x: &FlexTensor, w: &Q8Weight) -> FlexTensor {
     let x = f32s(x);
     let shape = x.layout().shape().to_vec();
@@ -484,6 +503,14 @@ impl SweetspotKernels for Flex {
         rope_flex(&x, &cos, &sin)
     }
 
+    fn sweetspot_rms_norm_exact(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        rms_norm_flex(&x, &gamma, eps)
+    }
+
     fn sweetspot_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -613,6 +640,19 @@ impl<C: CheckpointStrategy> SweetspotKernels for Autodiff<Flex, C> {
         let (cos, _) = cos.into_parts();
         let (sin, _) = sin.into_parts();
         Self::from_inner(rope_flex(&x, &cos, &sin))
+    }
+
+    /// Inference only ([`rms_norm_exact`] does not apply under autodiff): the forward of the
+    /// inner tensors, untracked, as [`rope_exact`]'s.
+    fn sweetspot_rms_norm_exact(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        use burn::backend::AutodiffBackend as _;
+        let (x, _) = x.into_parts();
+        let (gamma, _) = gamma.into_parts();
+        Self::from_inner(rms_norm_flex(&x, &gamma, eps))
     }
 
     /// Not a kernel of its own under autodiff ([`swiglu_exact`] is for inference): burn's
@@ -769,6 +809,30 @@ pub fn rope_exact(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Ten
             x.clone().into_dispatch(),
             cos.clone().into_dispatch(),
             sin.clone().into_dispatch(),
+        ))
+    })
+}
+
+/// burn's `RmsNorm` of f32 values for inference (over the last axis, `norm.gamma` and
+/// `norm.epsilon`), each element exactly as its composed operations compute it on burn-flex
+/// (squares, burn-flex's row sum, the mean, `+ eps`, the square root, the division, then the
+/// weight: the same bits), in one pass on every core instead of seven operations on the calling
+/// thread, each allocating its output. `None` where it does not apply: not f32 on burn-flex
+/// without autodiff.
+pub fn rms_norm_exact<const D: usize>(
+    x: &Tensor<D>,
+    norm: &burn::nn::RmsNorm,
+) -> Option<Tensor<D>> {
+    let gamma = norm.gamma.val();
+    let width = gamma.dims()[0];
+    (width > 0
+        && x.dims()[D - 1] == width
+        && inference_in(DType::F32, &x.device(), &[x.dtype(), gamma.dtype()]))
+    .then(|| {
+        Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_rms_norm_exact(
+            x.clone().into_dispatch(),
+            gamma.into_dispatch(),
+            norm.epsilon as f32,
         ))
     })
 }
