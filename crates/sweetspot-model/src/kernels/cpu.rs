@@ -646,7 +646,7 @@ fn gate_up_pass<T: Copy + Send + Sync>(
 }
 
 /// `piece` with every element set to `zero`, as initialized values.
-fn filled<T: Copy>(piece: &mut [std::mem::MaybeUninit<T>], zero: T) -> &mut [T] {
+pub(crate) fn filled<T: Copy>(piece: &mut [std::mem::MaybeUninit<T>], zero: T) -> &mut [T] {
     for x in piece.iter_mut() {
         x.write(zero);
     }

@@ -17,8 +17,9 @@
 //!
 //! - [`swiglu_exact`], [`rope_exact`] and [`rms_norm_exact`]: f32 inference's SwiGLU product,
 //!   rotary embedding and RMSNorm in one pass on every core, bit for bit the composed burn-flex
-//!   operations they replace (so f32 samples do not move); and [`matmul_f32`], f32 inference's linear products for a decode
-//!   step's few rows, bit for bit burn-flex's (gemm's) product ([`f32mm`]).
+//!   operations they replace (so f32 samples do not move); and [`matmul_f32`], f32 inference's
+//!   linear products for a decode step's few rows, bit for bit burn-flex's (gemm's) product
+//!   ([`f32mm`]).
 //!
 //! The first three take f32 on burn-flex (with or without autodiff); [`applies`] says when. The
 //! inference ones (bf16, the exact f32 ones, 8-bit) are for burn-flex without autodiff and say
@@ -93,14 +94,12 @@ pub(crate) fn zeroed<T: Copy + Send + Sync>(n: usize, zero: T) -> Vec<T> {
         return vec![zero; n];
     }
     let mut v: Vec<T> = Vec::with_capacity(n);
-    v.spare_capacity_mut()
+    v.spare_capacity_mut()[..n]
         .par_chunks_mut(cpu::ELEMENTWISE_CHUNK)
         .for_each(|piece| {
-            for x in piece {
-                x.write(zero);
-            }
+            cpu::filled(piece, zero);
         });
-    // SAFETY: the loop above wrote each of the first `n` elements (the capacity is at least n).
+    // SAFETY: the pieces cover the first `n` elements, each written by `filled`.
     unsafe { v.set_len(n) };
     v
 }
