@@ -803,20 +803,63 @@ impl Llama {
             Some(c) => Past::Cache(c),
             None => Past::None,
         };
-        self.forward_past(tokens, positions, key_mask, past)
+        self.forward_past(tokens, positions, key_mask, past, Outputs::All)
     }
 
-    /// [`Llama::forward_hidden`] after the slots of `prefix`, a one-row cache whose keys and
-    /// values come before every row's tokens (a prompt shared by the batch, computed once): they
-    /// are put under each row layer by layer, and `prefix` is not extended. `key_mask` covers
-    /// the prefix's slots and the tokens.
+    /// The hidden states of `rows` only (indices into the `[batch * tokens]` positions, row
+    /// major), `[rows.len(), hidden]`: [`Llama::forward_hidden`]'s rows, the same bits. Where
+    /// `rows` is one position per row, in row order, each its row's last real key (every later
+    /// slot masked; with a sliding window, every row's last slot), the last layer computes its
+    /// queries, attention, output projection and feed-forward for those positions only (its
+    /// keys and values for all); otherwise the whole pass runs and `rows` are taken from it.
+    pub fn forward_hidden_rows(
+        &self,
+        tokens: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        key_mask: Tensor<2, Bool>,
+        cache: Option<&mut KvCache>,
+        rows: &[usize],
+    ) -> Result<Tensor<2>, ModelError> {
+        let past = match cache {
+            Some(c) => Past::Cache(c),
+            None => Past::None,
+        };
+        let h = self.forward_past(tokens, positions, key_mask, past, Outputs::Rows(rows))?;
+        let [n, _, width] = h.dims();
+        Ok(h.reshape([n, width]))
+    }
+
+    /// Extends `cache` with the keys and values of `tokens` (as [`Llama::forward_hidden`] does)
+    /// and returns nothing: the last layer computes its keys and values only.
+    pub fn fill_cache(
+        &self,
+        tokens: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        key_mask: Tensor<2, Bool>,
+        cache: &mut KvCache,
+    ) -> Result<(), ModelError> {
+        self.forward_past(
+            tokens,
+            positions,
+            key_mask,
+            Past::Cache(cache),
+            Outputs::CacheOnly,
+        )?;
+        Ok(())
+    }
+
+    /// [`Llama::forward_hidden_rows`] after the slots of `prefix`, a one-row cache whose keys
+    /// and values come before every row's tokens (a prompt shared by the batch, computed once):
+    /// they are put under each row layer by layer, and `prefix` is not extended. `key_mask`
+    /// covers the prefix's slots and the tokens.
     pub fn forward_hidden_after(
         &self,
         tokens: Tensor<2, Int>,
         positions: Tensor<2, Int>,
         key_mask: Tensor<2, Bool>,
         prefix: &KvCache,
-    ) -> Result<Tensor<3>, ModelError> {
+        rows: &[usize],
+    ) -> Result<Tensor<2>, ModelError> {
         if prefix.rows() != 1 || prefix.layers.len() != self.params.model.layers.len() {
             return Err(ModelError::Input(format!(
                 "a shared prefix is one row of every layer; this one has {} rows and {} layers",
@@ -824,7 +867,15 @@ impl Llama {
                 prefix.layers.len()
             )));
         }
-        self.forward_past(tokens, positions, key_mask, Past::Prefix(prefix))
+        let h = self.forward_past(
+            tokens,
+            positions,
+            key_mask,
+            Past::Prefix(prefix),
+            Outputs::Rows(rows),
+        )?;
+        let [n, _, width] = h.dims();
+        Ok(h.reshape([n, width]))
     }
 
     fn forward_past(
@@ -833,6 +884,7 @@ impl Llama {
         positions: Tensor<2, Int>,
         key_mask: Tensor<2, Bool>,
         cache: Past<'_>,
+        outputs: Outputs<'_>,
     ) -> Result<Tensor<3>, ModelError> {
         let [b, t] = tokens.dims();
         let past = match &cache {
@@ -862,6 +914,19 @@ impl Llama {
         // tokens, so a distance in slots is the distance in positions (transformers' sliding
         // mask is on cache positions too).
         let window = self.config.window().unwrap_or(usize::MAX);
+        if let Outputs::Rows(rows) = outputs
+            && let Some(&r) = rows.iter().find(|&&r| r >= b * t)
+        {
+            return Err(ModelError::Input(format!(
+                "position {r} asked of a pass of {b} rows of {t} tokens"
+            )));
+        }
+        let picks = match outputs {
+            Outputs::Rows(rows) if !self.params.model.layers.is_empty() => {
+                picks(rows, &key_mask, b, t, past, window)
+            }
+            _ => None,
+        };
         let mut x = self.params.model.embed_tokens.forward(tokens);
         let kernel = own_kernel_mask(&self.device, x.dtype(), &key_mask, past, window);
         let masked = || {
@@ -892,6 +957,27 @@ impl Llama {
         {
             c.layers = vec![None; self.params.model.layers.len()];
         }
+        let n_layers = self.params.model.layers.len();
+        let width = x.dims()[2];
+        // The picked positions as rows of `[batch * tokens, ..]`, and the path of their queries.
+        let picked = picks.map(|rows| {
+            let n = rows.len();
+            let idx = Tensor::<1, Int>::from_data(
+                TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [n]),
+                &self.device,
+            );
+            let path = match &path {
+                #[cfg(feature = "flex")]
+                AttnPath::Own(mask) => AttnPath::Own(crate::kernels::AttnMask {
+                    past: past + t - 1,
+                    picked: true,
+                    ..mask.clone()
+                }),
+                AttnPath::Fused(m) => AttnPath::Fused(m.clone().narrow(2, t - 1, 1)),
+                AttnPath::Explicit(m) => AttnPath::Explicit(m.clone().narrow(2, t - 1, 1)),
+            };
+            (idx, path)
+        });
         for (i, layer) in self.params.model.layers.iter().enumerate() {
             let slot = match &mut cache {
                 Past::None => LayerPast::None,
@@ -904,7 +990,62 @@ impl Llama {
             let lora = self.params.adapters.as_ref().and_then(|a| a.layers.get(i));
             let q8 = self.q8.as_ref().map(|q| &q.layers[i]);
             let h = rms_norm(&layer.input_layernorm, x.clone());
-            let h = attention(&layer.self_attn, lora, q8, h, &cos, &sin, slot, past, &path);
+            let last = i + 1 == n_layers;
+            if last && matches!(outputs, Outputs::CacheOnly) {
+                // Only the keys and values: nothing reads this layer's output.
+                let (k, v) = keys_values(&layer.self_attn, lora, q8, h, &cos, &sin, &path);
+                with_past(slot, k, v, past, b);
+                break;
+            }
+            if last && let Some((idx, path)) = &picked {
+                // Queries, attention, output projection and feed-forward of the picked
+                // positions only, each computed as in the whole pass (the same bits).
+                let take4 = |x: &Tensor<4>| {
+                    let d = x.dims()[3];
+                    x.clone()
+                        .reshape([b * t, d])
+                        .select(0, idx.clone())
+                        .reshape([b, 1, 1, d])
+                };
+                let take = |x: Tensor<3>| {
+                    x.reshape([b * t, width])
+                        .select(0, idx.clone())
+                        .reshape([b, 1, width])
+                };
+                let queries = Picked {
+                    x: take(h.clone()),
+                    cos: take4(&cos),
+                    sin: take4(&sin),
+                };
+                let a = attention(
+                    &layer.self_attn,
+                    lora,
+                    q8,
+                    h,
+                    Some(&queries),
+                    &cos,
+                    &sin,
+                    slot,
+                    past,
+                    path,
+                );
+                x = take(x) + a;
+                let h = rms_norm(&layer.post_attention_layernorm, x.clone());
+                x = x + two_rows(h, |h| layer.mlp.forward(h, lora, q8));
+                break;
+            }
+            let h = attention(
+                &layer.self_attn,
+                lora,
+                q8,
+                h,
+                None,
+                &cos,
+                &sin,
+                slot,
+                past,
+                &path,
+            );
             x = x + h;
             let h = rms_norm(&layer.post_attention_layernorm, x.clone());
             x = x + layer.mlp.forward(h, lora, q8);
@@ -912,6 +1053,21 @@ impl Llama {
         if let Past::Cache(c) = cache {
             c.len += t;
         }
+        let x = match outputs {
+            Outputs::CacheOnly => return Ok(x),
+            Outputs::Rows(rows) if picked.is_none() => {
+                // The whole pass ran: its rows (a row's norm does not depend on the others).
+                let n = rows.len();
+                let idx = Tensor::<1, Int>::from_data(
+                    TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [n]),
+                    &self.device,
+                );
+                x.reshape([b * t, width])
+                    .select(0, idx)
+                    .reshape([n, 1, width])
+            }
+            _ => x,
+        };
         Ok(rms_norm(&self.params.model.norm, x))
     }
 
@@ -1059,6 +1215,69 @@ enum Past<'a> {
     Prefix(&'a KvCache),
 }
 
+/// What a forward pass returns.
+#[derive(Clone, Copy)]
+enum Outputs<'a> {
+    /// Every position's hidden state, `[batch, tokens, hidden]`.
+    All,
+    /// These positions' (indices into `[batch * tokens]`), `[rows, 1, hidden]`.
+    Rows(&'a [usize]),
+    /// Nothing: the pass extends its cache, and the last layer computes only its keys and
+    /// values.
+    CacheOnly,
+}
+
+/// The positions a pass's last layer may compute alone, one per row (indices into `[batch *
+/// tokens]`, row `r`'s first): where `rows` is one position per row, in row order, each its
+/// row's last real key, and more than one token per row (with one, every position is read).
+/// Each picked query then sees the keys it sees in the whole pass; the attention kernel puts
+/// it at the call's last slot (`past + tokens - 1`), which is its own slot or is followed only
+/// by masked keys in its row. A sliding window counts back from the query's slot, so with one
+/// every row's position must be its last slot.
+fn picks(
+    rows: &[usize],
+    key_mask: &Tensor<2, Bool>,
+    b: usize,
+    t: usize,
+    past: usize,
+    window: usize,
+) -> Option<Vec<usize>> {
+    if t < 2 || rows.len() != b || rows.iter().enumerate().any(|(r, &i)| i / t != r) {
+        return None;
+    }
+    if window != usize::MAX && rows.iter().any(|&i| i % t != t - 1) {
+        return None;
+    }
+    let keys = past + t;
+    let mask = key_mask.clone().into_data().try_to_vec::<bool>().ok()?;
+    if mask.len() != b * keys {
+        return None;
+    }
+    let after_masked = rows.iter().enumerate().all(|(r, &i)| {
+        let slot = past + i % t;
+        !mask[r * keys + slot + 1..(r + 1) * keys].contains(&true)
+    });
+    after_masked.then(|| rows.to_vec())
+}
+
+/// `f` of `x` `[rows, 1, width]` with at least two rows (a lone row goes with a copy of
+/// itself): the gemm crate's one-row product rounds differently from the product of several
+/// rows that a picked position's row is part of in the whole pass.
+fn two_rows(x: Tensor<3>, f: impl FnOnce(Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+    if x.dims()[0] * x.dims()[1] > 1 {
+        return f(x);
+    }
+    f(Tensor::cat(vec![x.clone(), x], 0)).narrow(0, 0, 1)
+}
+
+/// The queries a layer computes when it computes only some positions ([`picks`]): their
+/// inputs `[batch, 1, hidden]` and RoPE tables `[batch, 1, 1, head_dim]`.
+struct Picked {
+    x: Tensor<3>,
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+}
+
 /// One layer's [`Past`].
 enum LayerPast<'a> {
     None,
@@ -1108,6 +1327,7 @@ fn own_kernel_mask(
         key_mask: std::sync::Arc::new(mask),
         past,
         window,
+        picked: false,
     })
 }
 
@@ -1151,30 +1371,24 @@ fn rotate_half(x: Tensor<4>) -> Tensor<4> {
     Tensor::cat(vec![x2.neg(), x1], 3)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn attention(
+/// A layer's keys and values of `x` `[batch, tokens, hidden]` (projected, Qwen3's key norm,
+/// RoPE), `[batch, kv_heads, tokens, head_dim]`; in f32 for sweetspot's kernel (a bf16 or f16
+/// model's keys and values are cached in f32, converted once, as they are made).
+fn keys_values(
     attn: &Attention,
     lora: Option<&LayerLora>,
     q8: Option<&LayerQ8>,
     x: Tensor<3>,
     cos: &Tensor<4>,
     sin: &Tensor<4>,
-    cache: LayerPast<'_>,
-    past: usize,
     path: &AttnPath,
-) -> Tensor<3> {
+) -> (Tensor<4>, Tensor<4>) {
     let [b, t, _] = x.dims();
-    let (h, kvh, hd) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
+    let (kvh, hd) = (attn.n_kv_heads, attn.head_dim);
     let ad = |name: &str| lora.and_then(|l| l.get(name));
     let w8 = |name: &str| q8.and_then(|l| l.get(name));
-    let o_proj = |x: Tensor<3>| project(&attn.o_proj, w8("o_proj"), ad("o_proj"), x);
-    let q = project(&attn.q_proj, w8("q_proj"), ad("q_proj"), x.clone()).reshape([b, t, h, hd]);
     let k = project(&attn.k_proj, w8("k_proj"), ad("k_proj"), x.clone()).reshape([b, t, kvh, hd]);
-    // Qwen3: each head's queries and keys normalized over the head's width, before RoPE.
-    let q = match &attn.q_norm {
-        Some(n) => rms_norm(n, q),
-        None => q,
-    };
+    // Qwen3: each head's keys normalized over the head's width, before RoPE.
     let k = match &attn.k_norm {
         Some(n) => rms_norm(n, k),
         None => k,
@@ -1182,17 +1396,24 @@ fn attention(
     let v = project(&attn.v_proj, w8("v_proj"), ad("v_proj"), x)
         .reshape([b, t, kvh, hd])
         .swap_dims(1, 2);
-    let q = rope(q, cos, sin);
     let k = rope(k, cos, sin);
-    // sweetspot's kernel computes in f32: a bf16 or f16 model's keys and values are cached in
-    // f32 (converted once, as they are made), its queries converted per step, its output back.
-    let dtype = q.dtype();
-    #[cfg(feature = "flex")]
-    let (q, k, v) = match path {
-        AttnPath::Own(_) => (to_f32(q), to_f32(k), to_f32(v)),
-        _ => (q, k, v),
-    };
-    let (k, v) = match cache {
+    match path {
+        #[cfg(feature = "flex")]
+        AttnPath::Own(_) => (to_f32(k), to_f32(v)),
+        _ => (k, v),
+    }
+}
+
+/// A layer's keys and values of the earlier slots, then `k` and `v`'s (`b` rows): appended to
+/// the cache, or a shared prefix's under every row.
+fn with_past(
+    cache: LayerPast<'_>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    past: usize,
+    b: usize,
+) -> (Tensor<4>, Tensor<4>) {
+    match cache {
         LayerPast::Append(slot) => cache_append(slot, k, v, past),
         LayerPast::Prefix((pk, pv), len) => {
             // The prefix's slots under every row, then the new ones, in one buffer per layer
@@ -1209,6 +1430,59 @@ fn attention(
             (under(pk, k), under(pv, v))
         }
         LayerPast::None => (k, v),
+    }
+}
+
+/// A layer's attention over `x` `[batch, tokens, hidden]` with its output projection:
+/// `[batch, tokens, hidden]`, or with `picked` the picked positions' only, `[batch, 1,
+/// hidden]` (the keys and values are every token's either way).
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    attn: &Attention,
+    lora: Option<&LayerLora>,
+    q8: Option<&LayerQ8>,
+    x: Tensor<3>,
+    picked: Option<&Picked>,
+    cos: &Tensor<4>,
+    sin: &Tensor<4>,
+    cache: LayerPast<'_>,
+    past: usize,
+    path: &AttnPath,
+) -> Tensor<3> {
+    let b = x.dims()[0];
+    let (h, kvh, hd) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
+    let ad = |name: &str| lora.and_then(|l| l.get(name));
+    let w8 = |name: &str| q8.and_then(|l| l.get(name));
+    let (k, v) = keys_values(attn, lora, q8, x.clone(), cos, sin, path);
+    let (k, v) = with_past(cache, k, v, past, b);
+    let (xq, cos, sin) = match picked {
+        Some(p) => (p.x.clone(), &p.cos, &p.sin),
+        None => (x, cos, sin),
+    };
+    let t = xq.dims()[1];
+    // A picked position's products with a copy of itself where it is alone (see `two_rows`).
+    let proj = |lin: &Linear, name: &str, x: Tensor<3>| {
+        if picked.is_some() {
+            two_rows(x, |x| project(lin, w8(name), ad(name), x))
+        } else {
+            project(lin, w8(name), ad(name), x)
+        }
+    };
+    let o_proj = |x: Tensor<3>| proj(&attn.o_proj, "o_proj", x);
+    let q = proj(&attn.q_proj, "q_proj", xq).reshape([b, t, h, hd]);
+    // Qwen3: each head's queries normalized over the head's width, before RoPE.
+    let q = match &attn.q_norm {
+        Some(n) => rms_norm(n, q),
+        None => q,
+    };
+    let q = rope(q, cos, sin);
+    // sweetspot's kernel computes in f32: a bf16 or f16 model's queries converted per step, its
+    // output back.
+    let dtype = q.dtype();
+    #[cfg(feature = "flex")]
+    let q = match path {
+        AttnPath::Own(_) => to_f32(q),
+        _ => q,
     };
     let masked = match path {
         #[cfg(feature = "flex")]
@@ -1557,5 +1831,35 @@ mod cache_tests {
             }
         }
         assert_eq!(cache.len(), len + 2); // the two slots put in front at 120
+    }
+}
+
+#[cfg(test)]
+mod pick_tests {
+    use super::*;
+
+    #[test]
+    fn the_last_layer_computes_alone_only_rows_read_at_their_last_key() {
+        let device = Device::default();
+        // Two rows of 4 slots after 1 cached one: row 0 has 3 real tokens (right padding), row 1
+        // has 4.
+        let mask = Tensor::<2, Bool>::from_data(
+            TensorData::new(
+                vec![true, true, true, true, false, true, true, true, true, true],
+                [2, 5],
+            ),
+            &device,
+        );
+        let picks =
+            |rows: &[usize], t: usize, window: usize| super::picks(rows, &mask, 2, t, 1, window);
+        assert_eq!(picks(&[2, 7], 4, usize::MAX), Some(vec![2, 7]));
+        // Row 0 read before a real key; out of row order; one row only; one token per row.
+        assert_eq!(picks(&[1, 7], 4, usize::MAX), None);
+        assert_eq!(picks(&[7, 2], 4, usize::MAX), None);
+        assert_eq!(picks(&[2], 4, usize::MAX), None);
+        assert_eq!(picks(&[0, 1], 1, usize::MAX), None);
+        // A window counts from the call's last slot: every row must be read there.
+        assert_eq!(picks(&[2, 7], 4, 8), None);
+        assert_eq!(picks(&[3, 7], 4, 8), Some(vec![3, 7]));
     }
 }

@@ -378,11 +378,11 @@ impl RewardNet {
         let tokens: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
         let positions: Vec<i64> = (0..end as i64).collect();
         let mut cache = KvCache::new();
-        self.backbone.forward_hidden(
+        self.backbone.fill_cache(
             Tensor::<2, Int>::from_data(TensorData::new(tokens, [1, end]), &device),
             Tensor::<2, Int>::from_data(TensorData::new(positions, [1, end]), &device),
             Tensor::<2, Bool>::from_data(TensorData::new(vec![true; end], [1, end]), &device),
-            Some(&mut cache),
+            &mut cache,
         )?;
         cache.truncate(prefix);
         Ok(cache)
@@ -455,32 +455,33 @@ impl RewardNet {
         };
         let (tokens, positions) = (ints(tokens, vec![b, t]), ints(positions, vec![b, t]));
         let mask = Tensor::<2, Bool>::from_data(TensorData::new(mask, [b, p + t]), &device);
+        // The read positions' hidden states (then ArmoRM's gating positions'), `[rows, width]`.
+        let n_last = last.len();
+        let reads: Vec<usize> = last.iter().chain(&gate).map(|&i| i as usize).collect();
         let hidden = match prefix {
             Some((cache, _)) => self
                 .backbone
-                .forward_hidden_after(tokens, positions, mask, cache)?,
+                .forward_hidden_after(tokens, positions, mask, cache, &reads)?,
             None => self
                 .backbone
-                .forward_hidden(tokens, positions, mask, None)?,
+                .forward_hidden_rows(tokens, positions, mask, None, &reads)?,
         };
-        let width = hidden.dims()[2];
         // Heads read the hidden states in f32 (the judge's logits are f32 already).
-        let flat = hidden.reshape([b * t, width]);
         // A head reads at least two rows (a lone row twice): the gemm crate's one-row products
         // round differently, and a score must not depend on its batch's size.
-        let rows = |idx: Vec<i64>| {
-            let idx = if idx.len() == 1 {
-                vec![idx[0], idx[0]]
+        let rows = |from: usize, n: usize| {
+            let idx: Vec<i64> = if n == 1 {
+                vec![from as i64; 2]
             } else {
-                idx
+                (from..from + n).map(|i| i as i64).collect()
             };
-            let n = idx.len();
-            flat.clone().select(
+            let m = idx.len();
+            hidden.clone().select(
                 0,
-                Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &device),
+                Tensor::<1, Int>::from_data(TensorData::new(idx, [m]), &device),
             )
         };
-        let h_last = rows(last);
+        let h_last = rows(0, n_last);
         let vec2 = |x: Tensor<2>| -> Result<Vec<Vec<f32>>, ModelError> {
             let [_, c] = x.dims();
             let v = x
@@ -526,7 +527,7 @@ impl RewardNet {
                     transform,
                 } = armo.as_ref();
                 let rewards = regression.forward(to_f32(h_last));
-                let mut x = to_f32(rows(gate));
+                let mut x = to_f32(rows(n_last, gate.len()));
                 let n_layers = gating.layers.len();
                 for (i, layer) in gating.layers.iter().enumerate() {
                     x = layer.forward(x);

@@ -100,6 +100,7 @@ fn run(case: &Case) {
         key_mask: Arc::new(key_mask),
         past: case.past,
         window: case.window,
+        picked: false,
     };
     let q = tensor([case.batch, case.heads, case.queries, case.dim], 1, 2.0);
     let k = tensor([case.batch, case.kv_heads, keys, case.dim], 2, 2.0);
@@ -272,6 +273,7 @@ fn chain_grads(device: &Device) -> Vec<Vec<f32>> {
         key_mask: Arc::new(key_mask),
         past: 0,
         window: usize::MAX,
+        picked: false,
     };
     let a = kernels::attention(q.clone(), k.clone(), v.clone(), mask);
     let h = kernels::swiglu(a.clone(), a.exp() * 0.5);
@@ -330,6 +332,7 @@ fn attention_reads_the_filled_slots_of_a_larger_buffer() {
         key_mask: Arc::new(key_mask),
         past,
         window: usize::MAX,
+        picked: false,
     };
     for device in [Device::flex(), Device::flex().autodiff()] {
         let make = |shape: [usize; 4], seed| {

@@ -249,8 +249,19 @@ fn prefill(model: &Llama, requests: &[SeqRequest]) -> Result<Prefilled, ModelErr
     let mut cache = KvCache::new();
     let input: Tensor<2, Int> = Tensor::from_data(TensorData::new(tokens, [b, t]), &device);
     let pos: Tensor<2, Int> = Tensor::from_data(TensorData::new(positions, [b, t]), &device);
-    let hidden = model.forward_hidden(input, pos, upload(&key_mask, &device), Some(&mut cache))?;
-    let logits = to_vec(model.logits(hidden.narrow(1, t - 1, 1)))?;
+    if t == 0 {
+        return Err(ModelError::Input("a prompt without tokens".into()));
+    }
+    // Only each row's last position is read (left padding: every row's last slot).
+    let last: Vec<usize> = (0..b).map(|r| r * t + t - 1).collect();
+    let hidden = model.forward_hidden_rows(
+        input,
+        pos,
+        upload(&key_mask, &device),
+        Some(&mut cache),
+        &last,
+    )?;
+    let logits = to_vec(model.logits(hidden.unsqueeze_dim::<3>(1)))?;
     Ok(Prefilled {
         cache,
         key_mask,

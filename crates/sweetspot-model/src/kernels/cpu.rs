@@ -31,6 +31,11 @@ pub(crate) struct AttnDims {
     pub past: usize,
     /// A query sees keys fewer than this many slots back (`usize::MAX`: all).
     pub window: usize,
+    /// Whether the queries are computed as a call of several queries computes them (tiles of
+    /// products of at least two rows, a window from the tile's bound): a call of several, or one
+    /// query picked from such a call ([`super::AttnMask::picked`]); a decode step's lone query
+    /// otherwise.
+    pub several: bool,
     pub scale: f32,
 }
 
@@ -67,7 +72,7 @@ impl AttnDims {
     /// before it are in the call or in the cache; a decode step's own query otherwise).
     fn span(&self, q0: usize, q1: usize, real: (usize, usize)) -> (usize, usize) {
         let hi = (self.past + q1).min(self.keys).min(real.1);
-        let first = if self.queries > 1 {
+        let first = if self.several {
             (self.past + q0) / QUERY_TILE * QUERY_TILE
         } else {
             self.past + q0
@@ -332,16 +337,16 @@ fn tile_scores(
     );
 }
 
-/// Rows of a tile's score product for `rows` queries against `span` keys in a call of
-/// `queries` queries. The gemm crate computes a product of at most 256 elements (and a one-row
+/// Rows of a tile's score product for `rows` queries against `span` keys, in a call of
+/// `several` queries (or one picked from such a call) or of a decode step's one. The gemm crate computes a product of at most 256 elements (and a one-row
 /// product) of two operands contiguous along the sum with other kernels than a larger one,
 /// whose sums round differently; a query has more company in its tile in another call (a batch
 /// padded further, or the whole sequence where this call has a cached prefix), so a call of
 /// several queries computes small tiles with copies of their last query up to a larger product,
-/// and a query's scores are the same bits in every call. A decode step (one query) keeps its
-/// own small product.
-fn score_rows(rows: usize, span: usize, queries: usize) -> usize {
-    if queries == 1 {
+/// and a query's scores are the same bits in every call. A decode step (one query, not
+/// picked) keeps its own small product.
+fn score_rows(rows: usize, span: usize, several: bool) -> usize {
+    if !several {
         rows
     } else {
         rows.max(2).max(SMALL_PRODUCT / span.max(1) + 1)
@@ -392,7 +397,7 @@ pub(crate) fn attention_forward(
                         lse[q0..q1].fill(f32::NEG_INFINITY);
                         continue;
                     }
-                    let m = score_rows(rows, span, t);
+                    let m = score_rows(rows, span, dims.several);
                     if m > rows {
                         // The tile's queries, then copies of its last one.
                         padded.clear();
@@ -421,7 +426,7 @@ pub(crate) fn attention_forward(
                     }
                     // The gemm crate's one-row product rounds differently too: a lone query of a
                     // call of several goes with a copy of itself.
-                    let pv = if t > 1 { rows.max(2) } else { rows };
+                    let pv = if dims.several { rows.max(2) } else { rows };
                     if pv > rows {
                         padded.clear();
                         padded.resize(pv * d, 0.0);
@@ -1006,6 +1011,7 @@ mod tests {
                 head_dim: d,
                 past,
                 window,
+                several: t > 1,
                 scale: 0.25,
             };
             let run = |q: &[f32], k: &[f32], v: &[f32], mask: &[bool], dims: AttnDims| {

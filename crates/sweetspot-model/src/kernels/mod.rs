@@ -133,6 +133,10 @@ pub struct AttnMask {
     pub past: usize,
     /// A query sees keys fewer than this many slots back (`usize::MAX`: all).
     pub window: usize,
+    /// The call's one query per row was picked from a call of several queries (a forward
+    /// pass's last layer computing only the positions it returns): it is computed as it is
+    /// there, in a tile of products of at least two rows, not as a decode step's lone query.
+    pub picked: bool,
 }
 
 /// A weight in Q8_0 for [`matmul_q8`] (shared, never copied).
@@ -266,6 +270,7 @@ fn attn_dims(q: &FlexTensor, k: &FlexTensor, mask: &AttnMask) -> AttnDims {
         head_dim,
         past: mask.past,
         window: mask.window,
+        several: queries > 1 || mask.picked,
         scale: 1.0 / (head_dim as f32).sqrt(),
     }
 }
