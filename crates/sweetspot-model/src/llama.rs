@@ -1094,7 +1094,14 @@ impl Llama {
                 // transposed copy of it), only the small activations and logits are transposed.
                 let [b, t, h] = hidden.dims();
                 let v = w.dims()[0];
-                w.matmul(hidden.reshape([b * t, h]).transpose())
+                let rows = hidden.reshape([b * t, h]);
+                // f32 inference on the CPU: the same product without gemm's copy of W.
+                #[cfg(feature = "flex")]
+                let product = crate::kernels::matmul_nt_f32(&w, &rows);
+                #[cfg(not(feature = "flex"))]
+                let product = None;
+                product
+                    .unwrap_or_else(|| w.matmul(rows.transpose()))
                     .transpose()
                     .reshape([b, t, v])
             }

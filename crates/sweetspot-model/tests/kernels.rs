@@ -755,6 +755,56 @@ fn bits_differ<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> usize {
 }
 
 #[test]
+fn f32_inference_vocabulary_products_are_burns_to_the_bit() {
+    // f32 samples must not move: the tied vocabulary projection `e · x^T` through
+    // `kernels::matmul_nt_f32` (`e` read where it lies, rows in vector lanes) gives burn-flex's
+    // product bit for bit: every remainder of the 16-row vectors and of the 3-vector and 8-column
+    // blocks, one depth block and several (gemm's blocks of 512), zeros, tiny and huge values.
+    let device = Device::flex();
+    let mut tried = 0;
+    for (k, n) in [(576, 1000), (1536, 129), (3, 65), (100, 4099)] {
+        let mut e = values(n * k, 3 + k as u64, 0.2);
+        for (i, s) in [0.0, -0.0, 1e-38, -3e30, 5e-8].iter().enumerate() {
+            e[(i * 131) % (n * k)] = *s;
+        }
+        let e = Tensor::<2>::from_data(TensorData::new(e, [n, k]), &device);
+        for m in [2, 3, 15, 16, 17, 33, 48, 49, 64, 100, 128, 200] {
+            let x = Tensor::<2>::from_data(
+                TensorData::new(values(m * k, 19 + m as u64, 1.5), [m, k]),
+                &device,
+            );
+            let burns = e.clone().matmul(x.clone().transpose());
+            let Some(ours) = kernels::matmul_nt_f32(&e, &x) else {
+                assert!(
+                    !kernels::f32mm::applies_nt(m, k, n),
+                    "[{n}, {k}] x [{m}, {k}]^T"
+                );
+                continue;
+            };
+            tried += 1;
+            let differ = bits_differ(ours, burns);
+            assert_eq!(
+                differ, 0,
+                "[{n}, {k}] x [{m}, {k}]^T: {differ} outputs differ"
+            );
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // All but [65, 3] x [2 or 3, 3]^T (gemm's small products).
+        assert_eq!(tried, 46, "the kernel runs on an AVX-512 CPU");
+    }
+    // One row, and autodiff, are burn's (the kernel does not apply).
+    let e = Tensor::<2>::from_data(TensorData::new(values(64 * 8, 1, 0.2), [64, 8]), &device);
+    let x = Tensor::<2>::from_data(TensorData::new(values(8, 2, 1.0), [1, 8]), &device);
+    assert!(kernels::matmul_nt_f32(&e, &x).is_none());
+    let x2 = Tensor::<2>::from_data(TensorData::new(values(16, 2, 1.0), [2, 8]), &device);
+    let on_autodiff =
+        |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &Device::flex().autodiff());
+    assert!(kernels::matmul_nt_f32(&on_autodiff(&e), &on_autodiff(&x2)).is_none());
+}
+
+#[test]
 fn f32_inference_products_are_burns_to_the_bit() {
     // f32 samples must not move: a linear layer's product through `kernels::matmul_f32` (the
     // weight copied into panels per call) gives burn-flex's product bit for bit, for a decode

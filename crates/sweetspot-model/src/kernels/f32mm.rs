@@ -91,6 +91,70 @@ pub fn matmul(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usiz
     run_tiles(row_tiles * col_tiles, m * n * k, tile);
 }
 
+/// Vocabulary columns of a tile of [`matmul_nt`].
+const NT_TILE: usize = 64;
+/// Columns of a register block of [`matmul_nt`].
+const NT_COLS: usize = 8;
+/// Rows of a register block of [`matmul_nt`]: three vectors of 16.
+const NT_ROW_VECTORS: usize = 3;
+
+/// Whether [`matmul_nt`] computes `e [n, k] · x [m, k]^T` in gemm's arithmetic on this CPU:
+/// AVX-512, at least 2 rows of `x` (gemm takes one row's product down its vector-matrix path),
+/// `k >= 3`, more than 64 columns and 256 outputs (gemm's small products, both operands
+/// contiguous along the sum as here, take its dot-product kernels and other block depths).
+pub fn applies_nt(m: usize, k: usize, n: usize) -> bool {
+    available()
+        && m >= 2
+        && k >= 3
+        && n > NT_TILE
+        && m.checked_mul(n).is_some_and(|mn| mn > SMALL_OUTPUTS)
+}
+
+/// gemm's largest product (outputs) for its dot-product kernels (gemm-common 0.19).
+const SMALL_OUTPUTS: usize = 256;
+
+/// `out [n, m] = e [n, k] · x [m, k]^T`, all row-major (`e` an embedding matrix as held, `x` a
+/// step's hidden rows: the tied vocabulary projection as `Llama::logits` computes it, its
+/// output transposed), in exactly burn-flex's (gemm's) arithmetic: each output a chain of fused
+/// multiply-adds over `k` in order, from zero, cut at gemm's block depth (the first block's sum
+/// stored, each later one's added). gemm copies all of `e` into panels on every call; here `x`
+/// is transposed once (`[k][rows]`, rows in the vector lanes) and each output column's row of
+/// `e` is read where it lies, one element broadcast per step.
+///
+/// # Panics
+/// When a slice's length does not match the sizes, or where [`applies_nt`] does not hold.
+pub fn matmul_nt(e: &[f32], x: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert!(
+        applies_nt(m, k, n),
+        "f32mm: [{n}, {k}] x [{m}, {k}]^T is not for this kernel"
+    );
+    assert_eq!(e.len(), n * k, "f32mm: e is not [{n}, {k}]");
+    assert_eq!(x.len(), m * k, "f32mm: x is not [{m}, {k}]");
+    // gemm's block depth depends on `k` and its register block only (not on `m` or `n`).
+    let kc = block_depth(m, k, n);
+    let lanes = m.div_ceil(16) * 16;
+    let mut xt = vec![0f32; k * lanes];
+    for (r, row) in x.chunks_exact(k).enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            xt[i * lanes + r] = v;
+        }
+    }
+    let mut out = Vec::<f32>::with_capacity(n * m);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let tiles = n.div_ceil(NT_TILE);
+    let tile = |t: usize| {
+        let (c0, c1) = (t * NT_TILE, ((t + 1) * NT_TILE).min(n));
+        // SAFETY: the CPU has AVX-512 (`applies_nt`); the tile's columns are rows `c0..c1` of
+        // `e` and of `out` (`n * m` reserved), inside the checked sizes; tiles write disjoint
+        // rows of `out`, every element of them.
+        unsafe { avx512::tile_nt(e, k, &xt, lanes, m, out_ptr.get(), c0..c1, kc) };
+    };
+    run_tiles(tiles, m * n * k, tile);
+    // SAFETY: the tiles wrote all `n * m` elements.
+    unsafe { out.set_len(n * m) };
+    out
+}
+
 /// burn-flex's threshold (multiply-adds) above which one product runs on every core.
 const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
 /// burn-flex's threshold (multiply-adds of all batches) above which batches run side by side.
@@ -176,7 +240,7 @@ thread_local! {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{COLS, ROWS};
+    use super::{COLS, NT_COLS, NT_ROW_VECTORS, ROWS};
 
     /// Weight rows ahead of the copy that are prefetched.
     const AHEAD: usize = 8;
@@ -204,6 +268,118 @@ mod avx512 {
                 let d = dst.add(i * COLS);
                 for v in 0..4 {
                     _mm512_storeu_ps(d.add(16 * v), _mm512_loadu_ps(s.add(16 * v)));
+                }
+            }
+        }
+    }
+
+    /// Rows in one vector.
+    const NT_LANES: usize = 16;
+
+    /// Rows `cols` of `out [n, m]` (`e`'s rows `cols` times `x`), in blocks of `kc`, from `xt`
+    /// (`x` transposed, `[k][lanes]`, its rows past `m` zeros).
+    ///
+    /// # Safety
+    /// AVX-512F; `e` holds `n * k` with `cols` inside `n`, `xt` `k * lanes` (`lanes` the
+    /// multiple of 16 from `m`), `out` rows `cols` of `m`; nothing else writes these outputs
+    /// meanwhile.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile_nt(
+        e: &[f32],
+        k: usize,
+        xt: &[f32],
+        lanes: usize,
+        m: usize,
+        out: *mut f32,
+        cols: std::ops::Range<usize>,
+        kc: usize,
+    ) {
+        let mut d0 = 0;
+        while d0 < k {
+            let d1 = (d0 + kc).min(k);
+            let mut c = cols.start;
+            while c < cols.end {
+                let take = (cols.end - c).min(NT_COLS);
+                // Rows of `e` for the block's columns; past the tile's last column, its last
+                // row again (computed, not stored).
+                let rows: [*const f32; NT_COLS] =
+                    std::array::from_fn(|j| e.as_ptr().wrapping_add((c + j.min(take - 1)) * k));
+                let mut r = 0;
+                while r < m {
+                    let vectors = (m - r).div_ceil(NT_LANES).min(NT_ROW_VECTORS);
+                    // SAFETY: rows `r..r + 16 * vectors` lie in `xt` (`lanes` per depth),
+                    // columns `c..c + take` in `out`, depths `d0..d1` in `e`'s rows (the
+                    // caller's promise).
+                    unsafe {
+                        match vectors {
+                            3 => block_nt::<3>(&rows, xt, lanes, m, out, c, take, r, d0..d1),
+                            2 => block_nt::<2>(&rows, xt, lanes, m, out, c, take, r, d0..d1),
+                            _ => block_nt::<1>(&rows, xt, lanes, m, out, c, take, r, d0..d1),
+                        }
+                    }
+                    r += vectors * NT_LANES;
+                }
+                c += take;
+            }
+            d0 = d1;
+        }
+    }
+
+    /// `V` vectors of 16 rows from row `r`, by the block's `take` columns from `c`, over depths
+    /// `depth`: each output's fused multiply-adds in `k` order from zero, then stored (the first
+    /// block) or added to what the earlier blocks stored; rows past `m` are not stored.
+    ///
+    /// # Safety
+    /// As [`tile_nt`]'s.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block_nt<const V: usize>(
+        rows: &[*const f32; NT_COLS],
+        xt: &[f32],
+        lanes: usize,
+        m: usize,
+        out: *mut f32,
+        c: usize,
+        take: usize,
+        r: usize,
+        depth: std::ops::Range<usize>,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NT_COLS]; V];
+        let xp = xt.as_ptr();
+        for i in depth.clone() {
+            // SAFETY: depth `i` lies in `xt` and in each row of `e` (the caller's promise).
+            unsafe {
+                let xv: [__m512; V] =
+                    std::array::from_fn(|v| _mm512_loadu_ps(xp.add(i * lanes + r + 16 * v)));
+                for (j, row) in rows.iter().enumerate() {
+                    let w = _mm512_set1_ps(*row.add(i));
+                    for v in 0..V {
+                        acc[v][j] = _mm512_fmadd_ps(xv[v], w, acc[v][j]);
+                    }
+                }
+            }
+        }
+        let first = depth.start == 0;
+        for (v, acc) in acc.iter().enumerate() {
+            let r0 = r + 16 * v;
+            let live = (m - r0).min(NT_LANES);
+            let mask: __mmask16 = if live == NT_LANES {
+                0xffff
+            } else {
+                (1u16 << live) - 1
+            };
+            for (j, &a) in acc.iter().enumerate().take(take) {
+                // SAFETY: output row `c + j`, columns `r0..r0 + live` lie in `out`.
+                unsafe {
+                    let o = out.add((c + j) * m + r0);
+                    let s = if first {
+                        a
+                    } else {
+                        _mm512_add_ps(a, _mm512_maskz_loadu_ps(mask, o))
+                    };
+                    _mm512_mask_storeu_ps(o, mask, s);
                 }
             }
         }
@@ -308,6 +484,19 @@ mod avx512 {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod avx512 {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile_nt(
+        _: &[f32],
+        _: usize,
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: *mut f32,
+        _: std::ops::Range<usize>,
+        _: usize,
+    ) {
+        unreachable!("f32mm runs on x86-64 only (`applies_nt`)")
+    }
     pub(super) unsafe fn pack(_: &[f32], _: usize, _: usize, _: usize, _: &mut [f32]) {
         unreachable!("f32mm runs on x86-64 only (`applies`)")
     }

@@ -19,7 +19,8 @@
 //!   rotary embedding and RMSNorm in one pass on every core, bit for bit the composed burn-flex
 //!   operations they replace (so f32 samples do not move); and [`matmul_f32`], f32 inference's
 //!   linear products for a decode step's few rows, bit for bit burn-flex's (gemm's) product
-//!   ([`f32mm`]).
+//!   ([`f32mm`]); and [`matmul_nt_f32`], the tied vocabulary projection `e · x^T`, bit for
+//!   bit burn-flex's, without gemm's copy of the whole embedding matrix on every call.
 //!
 //! The first three take f32 on burn-flex (with or without autodiff); [`applies`] says when. The
 //! inference ones (bf16, the exact f32 ones, 8-bit) are for burn-flex without autodiff and say
@@ -201,6 +202,9 @@ pub trait SweetspotKernels: Backend {
 
     /// See [`matmul_f32`].
     fn sweetspot_matmul_f32(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// See [`matmul_nt_f32`].
+    fn sweetspot_matmul_nt_f32(e: FloatTensor<Self>, x: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// See [`keep_rows`].
     fn sweetspot_keep_rows(x: FloatTensor<Self>, rows: KeptRows, slots: usize)
@@ -425,6 +429,18 @@ fn matmul_bf16_flex(x: &FlexTensor, w: &FlexTensor, layout: bf16::Layout) -> Fle
     FlexTensor::from_data(TensorData::new(out, out_shape))
 }
 
+/// `e [n, k] · x [m, k]^T` through [`f32mm::matmul_nt`] (the caller checks that it applies).
+fn matmul_nt_flex(e: &FlexTensor, x: &FlexTensor) -> FlexTensor {
+    let (e, x) = (f32s(e), f32s(x));
+    let (es, xs) = (e.layout().shape(), x.layout().shape());
+    let (n, k, m) = (es[0], es[1], xs[0]);
+    assert_eq!(xs[1], k, "matmul_nt_f32: x is not [m, {k}]");
+    flex_tensor(
+        f32mm::matmul_nt(e.storage(), x.storage(), m, k, n),
+        vec![n, m],
+    )
+}
+
 /// `x [.., k] · w [k, n]` through [`f32mm`] where it applies, through the gemm calls burn's
 /// linear layer makes otherwise ([`f32mm::burn_linear`], into fresh memory), burn's linear
 /// layer itself for a weight that is a view: the same bits every way (burn's linear layer runs a
@@ -462,6 +478,10 @@ fn matmul_f32_flex(x: FlexTensor, w: FlexTensor) -> FlexTensor {
 impl SweetspotKernels for Flex {
     fn sweetspot_matmul_f32(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         matmul_f32_flex(x, w)
+    }
+
+    fn sweetspot_matmul_nt_f32(e: FloatTensor<Self>, x: FloatTensor<Self>) -> FloatTensor<Self> {
+        matmul_nt_flex(&e, &x)
     }
 
     fn sweetspot_keep_rows(
@@ -672,6 +692,13 @@ impl<C: CheckpointStrategy> SweetspotKernels for Autodiff<Flex, C> {
     fn sweetspot_matmul_f32(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         use burn::backend::ops::ModuleOps as _;
         Self::linear(x, w, None)
+    }
+
+    /// Not a kernel of its own under autodiff ([`matmul_nt_f32`] is for inference): burn's
+    /// product with the transposed view, with its backward.
+    fn sweetspot_matmul_nt_f32(e: FloatTensor<Self>, x: FloatTensor<Self>) -> FloatTensor<Self> {
+        use burn::backend::ops::FloatTensorOps as _;
+        Self::float_matmul(e, Self::float_swap_dims(x, 0, 1))
     }
 
     /// Not in place under autodiff ([`keep_rows`] is for a cache): burn's `select` of the rows.
@@ -946,6 +973,24 @@ pub fn matmul_f32<const D: usize>(x: &Tensor<D>, w: &Tensor<2>) -> Option<Tensor
         Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_matmul_f32(
             x.clone().into_dispatch(),
             w.clone().into_dispatch(),
+        ))
+    })
+}
+
+/// `e [n, k] · x [m, k]^T` in f32 for inference (the tied vocabulary projection: `e` the
+/// embedding matrix, `x` the hidden rows), `[n, m]`, in exactly burn-flex's arithmetic for
+/// `e.matmul(x.transpose())`, without gemm's copy of all of `e` on every call
+/// ([`f32mm::matmul_nt`]). `None` where it does not apply: not f32 on burn-flex without
+/// autodiff, fewer than two rows, or a CPU without AVX-512 (burn's product then).
+pub fn matmul_nt_f32(e: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2>> {
+    let ([n, k], [m, kx]) = (e.dims(), x.dims());
+    let fits = inference_in(DType::F32, &x.device(), &[x.dtype(), e.dtype()])
+        && k == kx
+        && f32mm::applies_nt(m, k, n);
+    fits.then(|| {
+        Tensor::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_matmul_nt_f32(
+            e.clone().into_dispatch(),
+            x.clone().into_dispatch(),
         ))
     })
 }
