@@ -6,27 +6,11 @@
 mod common;
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use common::{fixture, test_device};
+use common::{fixture, pseudo_ids as ids, test_device};
 use sweetspot_model::reward::prefix_groups;
 use sweetspot_model::{
     KvCache, Llama, Precision, Quantize, RewardInput, RewardNet, resolve_device,
 };
-
-/// Deterministic pseudo-random ids in `1..vocab`, none equal to `avoid`.
-fn ids(seed: u64, n: usize, vocab: u32, avoid: &[u32]) -> Vec<u32> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let id = 1 + (x % u64::from(vocab - 1)) as u32;
-        if !avoid.contains(&id) {
-            out.push(id);
-        }
-    }
-    out
-}
 
 fn hidden(m: &Llama, ids: &[u32], cache: Option<&mut KvCache>, past: usize) -> Vec<f32> {
     let device = m.device().clone();

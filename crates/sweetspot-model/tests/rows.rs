@@ -8,20 +8,12 @@
 mod common;
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use common::{fixture, test_device};
+use common::{fixture, pseudo_ids, test_device};
 use sweetspot_model::{KvCache, Llama, LlamaConfig, Precision, Quantize, resolve_device};
 
 /// Deterministic pseudo-random ids in `1..vocab`.
 fn ids(seed: u64, n: usize, vocab: u32) -> Vec<u32> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            1 + (x % u64::from(vocab - 1)) as u32
-        })
-        .collect()
+    pseudo_ids(seed, n, vocab, &[])
 }
 
 /// One batch of `seqs`, padded on the left or the right, after `past` cached slots: tokens,

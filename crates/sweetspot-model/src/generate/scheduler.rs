@@ -231,6 +231,9 @@ fn prefill(model: &Llama, requests: &[SeqRequest]) -> Result<Prefilled, ModelErr
         .map(|r| r.prompt_ids.len())
         .max()
         .unwrap_or(0);
+    if t == 0 {
+        return Err(ModelError::Input("a prompt without tokens".into()));
+    }
     let mut tokens = Vec::with_capacity(b * t);
     let mut positions = Vec::with_capacity(b * t);
     let mut mask = Vec::with_capacity(b * t);
@@ -249,9 +252,6 @@ fn prefill(model: &Llama, requests: &[SeqRequest]) -> Result<Prefilled, ModelErr
     let mut cache = KvCache::new();
     let input: Tensor<2, Int> = Tensor::from_data(TensorData::new(tokens, [b, t]), &device);
     let pos: Tensor<2, Int> = Tensor::from_data(TensorData::new(positions, [b, t]), &device);
-    if t == 0 {
-        return Err(ModelError::Input("a prompt without tokens".into()));
-    }
     // Only each row's last position is read (left padding: every row's last slot).
     let last: Vec<usize> = (0..b).map(|r| r * t + t - 1).collect();
     let hidden = model.forward_hidden_rows(

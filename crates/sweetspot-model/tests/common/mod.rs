@@ -57,3 +57,19 @@ pub fn logits_alone(m: &sweetspot_model::Llama, ids: &[u32]) -> Vec<f32> {
     .try_to_vec::<f32>()
     .unwrap()
 }
+
+/// Deterministic pseudo-random ids in `1..vocab`, none equal to `avoid`.
+pub fn pseudo_ids(seed: u64, n: usize, vocab: u32, avoid: &[u32]) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let id = 1 + (x % u64::from(vocab - 1)) as u32;
+        if !avoid.contains(&id) {
+            out.push(id);
+        }
+    }
+    out
+}
