@@ -923,7 +923,7 @@ impl Llama {
         }
         let picks = match outputs {
             Outputs::Rows(rows) if !self.params.model.layers.is_empty() => {
-                picks(rows, &key_mask, b, t, past, window)
+                picks(rows, &key_mask, b, t, past, window).then_some(rows)
             }
             _ => None,
         };
@@ -961,11 +961,7 @@ impl Llama {
         let width = x.dims()[2];
         // The picked positions as rows of `[batch * tokens, ..]`, and the path of their queries.
         let picked = picks.map(|rows| {
-            let n = rows.len();
-            let idx = Tensor::<1, Int>::from_data(
-                TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [n]),
-                &self.device,
-            );
+            let idx = row_index(rows, &self.device);
             let path = match &path {
                 #[cfg(feature = "flex")]
                 AttnPath::Own(mask) => AttnPath::Own(crate::kernels::AttnMask {
@@ -1057,14 +1053,9 @@ impl Llama {
             Outputs::CacheOnly => return Ok(x),
             Outputs::Rows(rows) if picked.is_none() => {
                 // The whole pass ran: its rows (a row's norm does not depend on the others).
-                let n = rows.len();
-                let idx = Tensor::<1, Int>::from_data(
-                    TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [n]),
-                    &self.device,
-                );
                 x.reshape([b * t, width])
-                    .select(0, idx)
-                    .reshape([n, 1, width])
+                    .select(0, row_index(rows, &self.device))
+                    .reshape([rows.len(), 1, width])
             }
             _ => x,
         };
@@ -1095,7 +1086,7 @@ impl Llama {
                 let [b, t, h] = hidden.dims();
                 let v = w.dims()[0];
                 let rows = hidden.reshape([b * t, h]);
-                // f32 inference on the CPU: the same product without gemm's copy of W.
+                // f32 inference on the CPU: the same product, W read where it lies.
                 #[cfg(feature = "flex")]
                 let product = crate::kernels::matmul_nt_f32(&w, &rows);
                 #[cfg(not(feature = "flex"))]
@@ -1234,9 +1225,9 @@ enum Outputs<'a> {
     CacheOnly,
 }
 
-/// The positions a pass's last layer may compute alone, one per row (indices into `[batch *
-/// tokens]`, row `r`'s first): where `rows` is one position per row, in row order, each its
-/// row's last real key, and more than one token per row (with one, every position is read).
+/// Whether a pass's last layer may compute the positions `rows` alone (indices into `[batch *
+/// tokens]`): where `rows` is one position per row, in row order, each its row's last real key,
+/// and more than one token per row (with one, every position is read).
 /// Each picked query then sees the keys it sees in the whole pass; the attention kernel puts
 /// it at the call's last slot (`past + tokens - 1`), which is its own slot or is followed only
 /// by masked keys in its row. A sliding window counts back from the query's slot, so with one
@@ -1248,23 +1239,28 @@ fn picks(
     t: usize,
     past: usize,
     window: usize,
-) -> Option<Vec<usize>> {
+) -> bool {
     if t < 2 || rows.len() != b || rows.iter().enumerate().any(|(r, &i)| i / t != r) {
-        return None;
+        return false;
     }
     if window != usize::MAX && rows.iter().any(|&i| i % t != t - 1) {
-        return None;
+        return false;
     }
     let keys = past + t;
-    let mask = key_mask.clone().into_data().try_to_vec::<bool>().ok()?;
-    if mask.len() != b * keys {
-        return None;
-    }
-    let after_masked = rows.iter().enumerate().all(|(r, &i)| {
-        let slot = past + i % t;
-        !mask[r * keys + slot + 1..(r + 1) * keys].contains(&true)
-    });
-    after_masked.then(|| rows.to_vec())
+    let Ok(mask) = key_mask.clone().into_data().try_to_vec::<bool>() else {
+        return false;
+    };
+    mask.len() == b * keys
+        && rows.iter().enumerate().all(|(r, &i)| {
+            let slot = past + i % t;
+            !mask[r * keys + slot + 1..(r + 1) * keys].contains(&true)
+        })
+}
+
+/// `rows` as an index tensor on `device`.
+fn row_index(rows: &[usize], device: &Device) -> Tensor<1, Int> {
+    let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    Tensor::from_data(TensorData::new(idx, [rows.len()]), device)
 }
 
 /// `f` of `x` `[rows, 1, width]` with at least two rows (a lone row goes with a copy of
@@ -1859,14 +1855,14 @@ mod pick_tests {
         );
         let picks =
             |rows: &[usize], t: usize, window: usize| super::picks(rows, &mask, 2, t, 1, window);
-        assert_eq!(picks(&[2, 7], 4, usize::MAX), Some(vec![2, 7]));
+        assert!(picks(&[2, 7], 4, usize::MAX));
         // Row 0 read before a real key; out of row order; one row only; one token per row.
-        assert_eq!(picks(&[1, 7], 4, usize::MAX), None);
-        assert_eq!(picks(&[7, 2], 4, usize::MAX), None);
-        assert_eq!(picks(&[2], 4, usize::MAX), None);
-        assert_eq!(picks(&[0, 1], 1, usize::MAX), None);
+        assert!(!picks(&[1, 7], 4, usize::MAX));
+        assert!(!picks(&[7, 2], 4, usize::MAX));
+        assert!(!picks(&[2], 4, usize::MAX));
+        assert!(!picks(&[0, 1], 1, usize::MAX));
         // A window counts from the call's last slot: every row must be read there.
-        assert_eq!(picks(&[2, 7], 4, 8), None);
-        assert_eq!(picks(&[3, 7], 4, 8), Some(vec![3, 7]));
+        assert!(!picks(&[2, 7], 4, 8));
+        assert!(picks(&[3, 7], 4, 8));
     }
 }

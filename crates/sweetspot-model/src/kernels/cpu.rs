@@ -338,13 +338,13 @@ fn tile_scores(
 }
 
 /// Rows of a tile's score product for `rows` queries against `span` keys, in a call of
-/// `several` queries (or one picked from such a call) or of a decode step's one. The gemm crate computes a product of at most 256 elements (and a one-row
-/// product) of two operands contiguous along the sum with other kernels than a larger one,
-/// whose sums round differently; a query has more company in its tile in another call (a batch
-/// padded further, or the whole sequence where this call has a cached prefix), so a call of
-/// several queries computes small tiles with copies of their last query up to a larger product,
-/// and a query's scores are the same bits in every call. A decode step (one query, not
-/// picked) keeps its own small product.
+/// `several` queries (or one picked from such a call) or of a decode step's one. The gemm
+/// crate computes a product of at most 256 elements (and a one-row product) of two operands
+/// contiguous along the sum with other kernels than a larger one, whose sums round differently;
+/// a query has more company in its tile in another call (a batch padded further, or the whole
+/// sequence where this call has a cached prefix), so a call of several queries computes small
+/// tiles with copies of their last query up to a larger product, and a query's scores are the
+/// same bits in every call. A decode step (one query, not picked) keeps its own small product.
 fn score_rows(rows: usize, span: usize, several: bool) -> usize {
     if !several {
         rows

@@ -117,9 +117,9 @@ const SMALL_OUTPUTS: usize = 256;
 /// step's hidden rows: the tied vocabulary projection as `Llama::logits` computes it, its
 /// output transposed), in exactly burn-flex's (gemm's) arithmetic: each output a chain of fused
 /// multiply-adds over `k` in order, from zero, cut at gemm's block depth (the first block's sum
-/// stored, each later one's added). gemm copies all of `e` into panels on every call; here `x`
-/// is transposed once (`[k][rows]`, rows in the vector lanes) and each output column's row of
-/// `e` is read where it lies, one element broadcast per step.
+/// stored, each later one's added). Here `x` is transposed once (`[k][rows]`, rows in the
+/// vector lanes), each output column's row of `e` is read where it lies, one element broadcast
+/// per step, and the output is not first zero-filled (as burn-flex's is).
 ///
 /// # Panics
 /// When a slice's length does not match the sizes, or where [`applies_nt`] does not hold.

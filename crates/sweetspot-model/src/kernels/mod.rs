@@ -20,7 +20,7 @@
 //!   operations they replace (so f32 samples do not move); and [`matmul_f32`], f32 inference's
 //!   linear products for a decode step's few rows, bit for bit burn-flex's (gemm's) product
 //!   ([`f32mm`]); and [`matmul_nt_f32`], the tied vocabulary projection `e · x^T`, bit for
-//!   bit burn-flex's, without gemm's copy of the whole embedding matrix on every call.
+//!   bit burn-flex's, the embedding read where it lies.
 //!
 //! The first three take f32 on burn-flex (with or without autodiff); [`applies`] says when. The
 //! inference ones (bf16, the exact f32 ones, 8-bit) are for burn-flex without autodiff and say
@@ -979,7 +979,7 @@ pub fn matmul_f32<const D: usize>(x: &Tensor<D>, w: &Tensor<2>) -> Option<Tensor
 
 /// `e [n, k] · x [m, k]^T` in f32 for inference (the tied vocabulary projection: `e` the
 /// embedding matrix, `x` the hidden rows), `[n, m]`, in exactly burn-flex's arithmetic for
-/// `e.matmul(x.transpose())`, without gemm's copy of all of `e` on every call
+/// `e.matmul(x.transpose())`, `e` read where it lies and the output not first zero-filled
 /// ([`f32mm::matmul_nt`]). `None` where it does not apply: not f32 on burn-flex without
 /// autodiff, fewer than two rows, or a CPU without AVX-512 (burn's product then).
 pub fn matmul_nt_f32(e: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2>> {
