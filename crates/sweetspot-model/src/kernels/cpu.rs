@@ -5,6 +5,7 @@
 use burn::tensor::bf16;
 use rayon::prelude::*;
 
+use super::decode;
 use crate::libm_exp::expf_in_place;
 
 /// Query rows per tile: a tile's keys end where its last query's causal range ends.
@@ -372,6 +373,49 @@ pub(crate) fn attention_forward(
     let (heads, kv_heads, t, s, d) = dims.sizes();
     let rep = heads / kv_heads;
     let real = real_ranges(mask, dims.batch, s);
+    let group = |kv: usize| {
+        let b = kv / kv_heads;
+        (
+            &k[kv * k_block..kv * k_block + s * d],
+            &v[kv * v_block..kv * v_block + s * d],
+            &mask[b * s..(b + 1) * s],
+            real[b],
+        )
+    };
+    if t == 1 && !dims.several && decode::applies(3, d) {
+        // A decode step: the query heads of a key/value head together, its keys and values read
+        // once for them all, in the arithmetic of gemm's calls below (`decode`).
+        out.par_chunks_mut(rep * d)
+            .zip(lse.par_chunks_mut(rep))
+            .enumerate()
+            .for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(scores, padded), (kv, (out, lse))| {
+                    let (k, v, mask, real) = group(kv);
+                    let q = &q[kv * rep * d..(kv + 1) * rep * d];
+                    let (lo, hi) = dims.span(0, 1, real);
+                    let span = hi - lo;
+                    if !decode::applies(span, d) {
+                        for (r, (out, lse)) in out
+                            .chunks_exact_mut(d)
+                            .zip(lse.chunks_exact_mut(1))
+                            .enumerate()
+                        {
+                            let q = &q[r * d..(r + 1) * d];
+                            head_forward(q, (k, v, mask, real), dims, out, lse, scores, padded);
+                        }
+                        return;
+                    }
+                    scores.resize(rep * span, 0.0);
+                    decode::scores(q, &k[lo * d..hi * d], d, scores);
+                    for (row, lse) in scores.chunks_exact_mut(span).zip(lse.iter_mut()) {
+                        *lse = probabilities(row, lo, dims.row_range(0), mask, dims.scale);
+                    }
+                    decode::output(scores, &v[lo * d..hi * d], d, out);
+                },
+            );
+        return;
+    }
     out.par_chunks_mut(t * d)
         .zip(lse.par_chunks_mut(t))
         .enumerate()
@@ -381,79 +425,103 @@ pub(crate) fn attention_forward(
             || (Vec::new(), Vec::new()),
             |(scores, padded), (bh, (out, lse))| {
                 let (b, h) = (bh / heads, bh % heads);
-                let g = h / rep;
                 let q = &q[bh * t * d..(bh + 1) * t * d];
-                let kv = b * kv_heads + g;
-                let k = &k[kv * k_block..kv * k_block + s * d];
-                let v = &v[kv * v_block..kv * v_block + s * d];
-                let mask = &mask[b * s..(b + 1) * s];
-                for (q0, q1) in dims.query_tiles() {
-                    let rows = q1 - q0;
-                    let (lo, hi) = dims.span(q0, q1, real[b]);
-                    let span = hi - lo;
-                    let out = &mut out[q0 * d..q1 * d];
-                    if span == 0 {
-                        out.fill(0.0);
-                        lse[q0..q1].fill(f32::NEG_INFINITY);
-                        continue;
-                    }
-                    let m = score_rows(rows, span, dims.several);
-                    if m > rows {
-                        // The tile's queries, then copies of its last one.
-                        padded.clear();
-                        padded.extend_from_slice(&q[q0 * d..q1 * d]);
-                        for _ in rows..m {
-                            padded.extend_from_within((rows - 1) * d..rows * d);
-                        }
-                        tile_scores(scores, padded, k, m, lo, span, d);
-                    } else {
-                        tile_scores(scores, &q[q0 * d..], k, rows, lo, span, d);
-                    }
-                    // Probabilities of every row, the copies' too (the product below takes two).
-                    for (i, row) in scores.chunks_exact_mut(span).enumerate() {
-                        let qi = q0 + i.min(rows - 1);
-                        mask_row(row, lo, dims.row_range(qi), mask, dims.scale);
-                        let m = row_max(row);
-                        if m == f32::NEG_INFINITY {
-                            row.fill(0.0);
-                            lse[qi] = f32::NEG_INFINITY;
-                            continue;
-                        }
-                        let sum = exp_shift_sum(row, m);
-                        lse[qi] = m + sum.ln();
-                        let inv = 1.0 / sum;
-                        row.iter_mut().for_each(|p| *p *= inv);
-                    }
-                    // The gemm crate's one-row product rounds differently too: a lone query of a
-                    // call of several goes with a copy of itself.
-                    let pv = if dims.several { rows.max(2) } else { rows };
-                    if pv > rows {
-                        padded.clear();
-                        padded.resize(pv * d, 0.0);
-                    }
-                    gemm(
-                        pv,
-                        d,
-                        span,
-                        if pv > rows {
-                            &mut padded[..]
-                        } else {
-                            &mut *out
-                        },
-                        d,
-                        false,
-                        scores,
-                        (span, 1),
-                        &v[lo * d..],
-                        (d, 1),
-                        false,
-                    );
-                    if pv > rows {
-                        out.copy_from_slice(&padded[..rows * d]);
-                    }
-                }
+                let kv = group(b * kv_heads + h / rep);
+                head_forward(q, kv, dims, out, lse, scores, padded);
             },
         );
+}
+
+/// One row's scaled, masked scores (keys from slot `lo`) turned into probabilities in place;
+/// returns the log of the softmax's denominator with its max (`-inf`, and zeros, where the
+/// query sees no key).
+fn probabilities(
+    row: &mut [f32],
+    lo: usize,
+    visible: (usize, usize),
+    mask: &[bool],
+    scale: f32,
+) -> f32 {
+    mask_row(row, lo, visible, mask, scale);
+    let m = row_max(row);
+    if m == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return f32::NEG_INFINITY;
+    }
+    let sum = exp_shift_sum(row, m);
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|p| *p *= inv);
+    m + sum.ln()
+}
+
+/// One head of one row: its queries `q` `[queries, dim]` against the row's keys and values of
+/// its key/value head (with the row's key mask and real range), into `out` and `lse`.
+#[allow(clippy::type_complexity)]
+fn head_forward(
+    q: &[f32],
+    (k, v, mask, real): (&[f32], &[f32], &[bool], (usize, usize)),
+    dims: &AttnDims,
+    out: &mut [f32],
+    lse: &mut [f32],
+    scores: &mut Vec<f32>,
+    padded: &mut Vec<f32>,
+) {
+    let d = dims.head_dim;
+    for (q0, q1) in dims.query_tiles() {
+        let rows = q1 - q0;
+        let (lo, hi) = dims.span(q0, q1, real);
+        let span = hi - lo;
+        let out = &mut out[q0 * d..q1 * d];
+        if span == 0 {
+            out.fill(0.0);
+            lse[q0..q1].fill(f32::NEG_INFINITY);
+            continue;
+        }
+        let m = score_rows(rows, span, dims.several);
+        if m > rows {
+            // The tile's queries, then copies of its last one.
+            padded.clear();
+            padded.extend_from_slice(&q[q0 * d..q1 * d]);
+            for _ in rows..m {
+                padded.extend_from_within((rows - 1) * d..rows * d);
+            }
+            tile_scores(scores, padded, k, m, lo, span, d);
+        } else {
+            tile_scores(scores, &q[q0 * d..], k, rows, lo, span, d);
+        }
+        // Probabilities of every row, the copies' too (the product below takes two).
+        for (i, row) in scores.chunks_exact_mut(span).enumerate() {
+            let qi = q0 + i.min(rows - 1);
+            lse[qi] = probabilities(row, lo, dims.row_range(qi), mask, dims.scale);
+        }
+        // The gemm crate's one-row product rounds differently too: a lone query of a call of
+        // several goes with a copy of itself.
+        let pv = if dims.several { rows.max(2) } else { rows };
+        if pv > rows {
+            padded.clear();
+            padded.resize(pv * d, 0.0);
+        }
+        gemm(
+            pv,
+            d,
+            span,
+            if pv > rows {
+                &mut padded[..]
+            } else {
+                &mut *out
+            },
+            d,
+            false,
+            scores,
+            (span, 1),
+            &v[lo * d..],
+            (d, 1),
+            false,
+        );
+        if pv > rows {
+            out.copy_from_slice(&padded[..rows * d]);
+        }
+    }
 }
 
 /// Attention backward from the forward's inputs, its output and `lse`, and the output's

@@ -1,0 +1,322 @@
+//! A decode step's attention products (one query per row) for the query heads that share a key
+//! and value head, in exactly the arithmetic the gemm crate uses for them on an AVX-512 CPU, so
+//! samples keep their bits; only faster: the keys and values of a row are read once for the
+//! group's heads while they sit in the cache, the scores of 16 keys are reduced together, and
+//! the output stays in registers.
+//!
+//! What gemm computes for one query (gemm-common 0.19, after it swaps the row-major product
+//! into its column-major form):
+//! - scores `q · k[j]` for at most 256 keys: its horizontal kernels: per key, a vector of 16
+//!   lanes from zero, one fused multiply-add of `k[j]` and `q` per 16 elements of the head, in
+//!   order; then the lanes summed as a tree (lane `l` plus lane `l + 8`, then `+ 4`, `+ 2`,
+//!   `+ 1`);
+//! - the output `Σ_j p[j] v[j]` for at least 3 keys: its column-major vector-matrix path: the
+//!   first key's product `v[0] * p[0]`, then one fused multiply-add per key in order, each
+//!   output element on its own.
+//!
+//! [`applies`] says where that holds: AVX-512 (where gemm runs those kernels), 3 to 256 keys
+//! (fewer take other paths for the output, more another path for the scores), a head of 64 or
+//! 128 elements. Elsewhere the caller makes gemm's own calls. The unit tests below hold both
+//! products to the gemm crate's bits.
+
+/// Keys whose scores are reduced together (one vector of 16 lanes).
+const KEYS: usize = 16;
+
+/// Whether [`scores`] and [`output`] compute a decode step's products over `span` keys of a
+/// head of `d` elements in gemm's arithmetic on this CPU.
+pub(super) fn applies(span: usize, d: usize) -> bool {
+    available() && (3..=256).contains(&span) && (d == 64 || d == 128)
+}
+
+fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[h][j] = q[h] · k[j]` for the `q.len() / d` query heads of a group and the keys of `k`
+/// (`[span, d]`), `out` `[heads, span]`, in gemm's horizontal-kernel arithmetic.
+///
+/// # Panics
+/// Where [`applies`] does not hold, or a slice does not match the sizes.
+pub(super) fn scores(q: &[f32], k: &[f32], d: usize, out: &mut [f32]) {
+    let span = k.len() / d;
+    assert!(
+        applies(span, d),
+        "decode: {span} keys of {d} are not for this kernel"
+    );
+    assert!(k.len() == span * d && q.len().is_multiple_of(d));
+    assert_eq!(
+        out.len(),
+        q.len() / d * span,
+        "decode: scores are not [heads, keys]"
+    );
+    // SAFETY: AVX-512F (`applies`); the sizes are checked above.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        match d {
+            64 => avx512::scores::<4>(q, k, out),
+            _ => avx512::scores::<8>(q, k, out),
+        }
+    }
+}
+
+/// `out[h] = Σ_j p[h][j] v[j]` for the group's heads (`p` `[heads, span]`, `v` `[span, d]`,
+/// `out` `[heads, d]`), in gemm's column-major vector-matrix arithmetic.
+///
+/// # Panics
+/// Where [`applies`] does not hold, or a slice does not match the sizes.
+pub(super) fn output(p: &[f32], v: &[f32], d: usize, out: &mut [f32]) {
+    let span = v.len() / d;
+    assert!(
+        applies(span, d),
+        "decode: {span} keys of {d} are not for this kernel"
+    );
+    assert!(v.len() == span * d && p.len().is_multiple_of(span));
+    assert_eq!(
+        out.len(),
+        p.len() / span * d,
+        "decode: outputs are not [heads, d]"
+    );
+    // SAFETY: as above.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        match d {
+            64 => avx512::output::<4>(p, v, out),
+            _ => avx512::output::<8>(p, v, out),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::KEYS;
+
+    /// Lane `4k + m` of the last level holds key `4m + k`; this puts key `j` in lane `j`.
+    const ORDER: [i32; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
+
+    /// Each of the 16 vectors' lanes summed as gemm's `reduce_sum` sums one vector (halves of
+    /// 8, then 4, then 2, then 1 lane, each pair added once), the sums in one vector, key `j`'s
+    /// in lane `j`. Additions pair the same lanes as gemm's, so each sum has its bits.
+    #[target_feature(enable = "avx512f")]
+    fn reduce16(acc: &[__m512; KEYS]) -> __m512 {
+        // Lanes l + (l + 8): two keys per vector, eight partial sums each.
+        let mut l1 = [_mm512_setzero_ps(); 8];
+        for (i, out) in l1.iter_mut().enumerate() {
+            let (a, b) = (acc[2 * i], acc[2 * i + 1]);
+            let lo = _mm512_shuffle_f32x4::<0x44>(a, b);
+            let hi = _mm512_shuffle_f32x4::<0xEE>(a, b);
+            *out = _mm512_add_ps(lo, hi);
+        }
+        // Lanes l + (l + 4): four keys per vector, one per 128-bit quarter, four sums each.
+        let mut l2 = [_mm512_setzero_ps(); 4];
+        for (i, out) in l2.iter_mut().enumerate() {
+            let (x, y) = (l1[2 * i], l1[2 * i + 1]);
+            let lo = _mm512_shuffle_f32x4::<0x88>(x, y);
+            let hi = _mm512_shuffle_f32x4::<0xDD>(x, y);
+            *out = _mm512_add_ps(lo, hi);
+        }
+        // Lanes l + (l + 2) within each quarter: quarter k holds keys 4i + k and 4i + 4 + k.
+        let mut l3 = [_mm512_setzero_ps(); 2];
+        for (i, out) in l3.iter_mut().enumerate() {
+            let (x, y) = (l2[2 * i], l2[2 * i + 1]);
+            let lo = _mm512_shuffle_ps::<0x44>(x, y);
+            let hi = _mm512_shuffle_ps::<0xEE>(x, y);
+            *out = _mm512_add_ps(lo, hi);
+        }
+        // Lane 0 + lane 1 of each key: quarter k, lane m holds key 4m + k.
+        let lo = _mm512_shuffle_ps::<0x88>(l3[0], l3[1]);
+        let hi = _mm512_shuffle_ps::<0xDD>(l3[0], l3[1]);
+        let sums = _mm512_add_ps(lo, hi);
+        // SAFETY: `ORDER` holds 16 i32.
+        let order = unsafe { _mm512_loadu_si512(ORDER.as_ptr().cast()) };
+        _mm512_permutexvar_ps(order, sums)
+    }
+
+    /// See [`super::scores`]; `C` vectors of 16 per head.
+    ///
+    /// # Safety
+    /// AVX-512F; `k` is `[span, 16 C]`, `q` `[heads, 16 C]`, `out` `[heads, span]`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scores<const C: usize>(q: &[f32], k: &[f32], out: &mut [f32]) {
+        let d = 16 * C;
+        let span = k.len() / d;
+        let kp = k.as_ptr();
+        for j0 in (0..span).step_by(KEYS) {
+            let n = KEYS.min(span - j0);
+            for (h, qh) in q.chunks_exact(d).enumerate() {
+                // SAFETY: head `h` of `q` holds `d` values.
+                let qv: [__m512; C] =
+                    std::array::from_fn(|c| unsafe { _mm512_loadu_ps(qh.as_ptr().add(16 * c)) });
+                let mut acc = [_mm512_setzero_ps(); KEYS];
+                for (j, a) in acc.iter_mut().enumerate().take(n) {
+                    for (c, qc) in qv.iter().enumerate() {
+                        // SAFETY: key `j0 + j < span` of `k` holds `d` values.
+                        let kv = unsafe { _mm512_loadu_ps(kp.add((j0 + j) * d + 16 * c)) };
+                        *a = _mm512_fmadd_ps(kv, *qc, *a);
+                    }
+                }
+                let sums = reduce16(&acc);
+                let row = &mut out[h * span + j0..h * span + j0 + n];
+                // SAFETY: `row` holds `n <= 16` values; lanes past `n` are not written.
+                unsafe {
+                    _mm512_mask_storeu_ps(row.as_mut_ptr(), ((1u32 << n) - 1) as u16, sums);
+                }
+            }
+        }
+    }
+
+    /// See [`super::output`]; `C` vectors of 16 per head.
+    ///
+    /// # Safety
+    /// AVX-512F; `v` is `[span, 16 C]` with `span >= 1`, `p` `[heads, span]`, `out`
+    /// `[heads, 16 C]`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn output<const C: usize>(p: &[f32], v: &[f32], out: &mut [f32]) {
+        let d = 16 * C;
+        let span = v.len() / d;
+        let vp = v.as_ptr();
+        for (ph, oh) in p.chunks_exact(span).zip(out.chunks_exact_mut(d)) {
+            let w = _mm512_set1_ps(ph[0]);
+            // SAFETY: key 0 of `v` holds `d` values.
+            let mut acc: [__m512; C] = std::array::from_fn(|c| {
+                _mm512_mul_ps(unsafe { _mm512_loadu_ps(vp.add(16 * c)) }, w)
+            });
+            for (j, &pj) in ph.iter().enumerate().skip(1) {
+                let w = _mm512_set1_ps(pj);
+                for (c, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: key `j < span` of `v` holds `d` values.
+                    let x = unsafe { _mm512_loadu_ps(vp.add(j * d + 16 * c)) };
+                    *a = _mm512_fmadd_ps(x, w, *a);
+                }
+            }
+            for (c, a) in acc.iter().enumerate() {
+                // SAFETY: `oh` holds `d` values.
+                unsafe { _mm512_storeu_ps(oh.as_mut_ptr().add(16 * c), *a) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values of every magnitude and both signs, a few exact zeros (pseudo-random, fixed).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                if i % 29 == 0 {
+                    return if i % 58 == 0 { 0.0 } else { -0.0 };
+                }
+                let m = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                let e = ((s >> 8) % 9) as i32 - 4;
+                m * 2f32.powi(e)
+            })
+            .collect()
+    }
+
+    /// The gemm crate's call for one query, as the attention kernel makes it.
+    fn gemm_scores(q: &[f32], k: &[f32], span: usize, d: usize) -> Vec<f32> {
+        let mut out = vec![f32::NAN; span];
+        // SAFETY: `q` holds `d`, `k` `span * d`, `out` `span` values.
+        unsafe {
+            super::super::cpu::gemm_raw(
+                [1, span, d],
+                out.as_mut_ptr(),
+                span,
+                false,
+                (q.as_ptr(), d, 1),
+                (k.as_ptr(), 1, d),
+                false,
+            );
+        }
+        out
+    }
+
+    fn gemm_output(p: &[f32], v: &[f32], span: usize, d: usize) -> Vec<f32> {
+        let mut out = vec![f32::NAN; d];
+        // SAFETY: `p` holds `span`, `v` `span * d`, `out` `d` values.
+        unsafe {
+            super::super::cpu::gemm_raw(
+                [1, d, span],
+                out.as_mut_ptr(),
+                d,
+                false,
+                (p.as_ptr(), span, 1),
+                (v.as_ptr(), d, 1),
+                false,
+            );
+        }
+        out
+    }
+
+    /// Every key count from 3 to 256 (every remainder of 16), heads of 64 and 128, one to four
+    /// query heads per group: the scores and the outputs are gemm's to the bit.
+    #[test]
+    fn decode_products_are_gemms_to_the_bit() {
+        if !available() {
+            eprintln!("no AVX-512 here: gemm's own calls run, nothing to compare");
+            return;
+        }
+        let mut tried = 0;
+        for d in [64, 128] {
+            for span in 3..=256 {
+                let heads = 1 + span % 4;
+                let q = values(heads * d, span as u64);
+                let k = values(span * d, 7 * span as u64 + d as u64);
+                let v = values(span * d, 11 * span as u64 + d as u64);
+                let mut got = vec![f32::NAN; heads * span];
+                scores(&q, &k, d, &mut got);
+                let p: Vec<f32> = values(heads * span, 13 * span as u64)
+                    .into_iter()
+                    .map(f32::abs)
+                    .collect();
+                let mut out = vec![f32::NAN; heads * d];
+                output(&p, &v, d, &mut out);
+                for h in 0..heads {
+                    let want = gemm_scores(&q[h * d..(h + 1) * d], &k, span, d);
+                    let row = &got[h * span..(h + 1) * span];
+                    for (j, (a, b)) in row.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "score d {d} span {span} head {h} key {j}"
+                        );
+                    }
+                    let want = gemm_output(&p[h * span..(h + 1) * span], &v, span, d);
+                    let row = &out[h * d..(h + 1) * d];
+                    for (c, (a, b)) in row.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "output d {d} span {span} head {h} at {c}"
+                        );
+                    }
+                }
+                tried += 1;
+            }
+        }
+        assert_eq!(tried, 2 * 254);
+    }
+
+    #[test]
+    fn applies_only_where_gemms_paths_are_these() {
+        for (span, d) in [(2, 64), (257, 64), (16, 80), (16, 256), (0, 64)] {
+            assert!(!applies(span, d), "{span} keys of {d}");
+        }
+        assert_eq!(applies(3, 64), available());
+        assert_eq!(applies(256, 128), available());
+    }
+}
