@@ -87,96 +87,111 @@ pub fn half_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-/// Dequantizes `n` elements of type `ty` from `raw`.
+/// Blocks decoded per task when a tensor is dequantized on every core (at least 32K elements a
+/// task: large enough that scheduling costs nothing, small enough to spread a layer's matrices).
+const TASK_ELEMENTS: usize = 1 << 15;
+
+/// Dequantizes `n` elements of type `ty` from `raw` (whole blocks), on every core: each task
+/// decodes its own blocks into its own part of the output, so the result is the same whichever
+/// thread decodes what.
 pub fn dequantize(ty: GgmlType, raw: &[u8], n: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n);
-    match ty {
-        GgmlType::F32 => out.extend(
-            raw.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        ),
-        GgmlType::F16 => out.extend(raw.chunks_exact(2).map(f16)),
-        GgmlType::BF16 => out.extend(
-            raw.chunks_exact(2)
-                .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
-        ),
-        GgmlType::Q8_0 => {
-            for blk in raw.chunks_exact(34) {
-                let d = f16(&blk[0..2]);
-                out.extend(blk[2..34].iter().map(|&q| q as i8 as f32 * d));
-            }
-        }
-        GgmlType::Q4_0 => {
-            for blk in raw.chunks_exact(18) {
-                let d = f16(&blk[0..2]);
-                let qs = &blk[2..18];
-                out.extend(qs.iter().map(|&q| ((q & 0xf) as i32 - 8) as f32 * d));
-                out.extend(qs.iter().map(|&q| ((q >> 4) as i32 - 8) as f32 * d));
-            }
-        }
-        GgmlType::Q4_1 => {
-            for blk in raw.chunks_exact(20) {
-                let d = f16(&blk[0..2]);
-                let m = f16(&blk[2..4]);
-                let qs = &blk[4..20];
-                out.extend(qs.iter().map(|&q| (q & 0xf) as f32 * d + m));
-                out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
-            }
-        }
-        GgmlType::Q4K => {
-            for blk in raw.chunks_exact(144) {
-                let d = f16(&blk[0..2]);
-                let dmin = f16(&blk[2..4]);
-                let scales = &blk[4..16];
-                let qs = &blk[16..144];
-                let scale_min = |j: usize| -> (u8, u8) {
-                    if j < 4 {
-                        (scales[j] & 63, scales[j + 4] & 63)
-                    } else {
-                        (
-                            (scales[j + 4] & 0xf) | ((scales[j - 4] >> 6) << 4),
-                            (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
-                        )
-                    }
-                };
-                for (chunk, q) in qs.chunks_exact(32).enumerate() {
-                    let (sc1, m1) = scale_min(2 * chunk);
-                    let (sc2, m2) = scale_min(2 * chunk + 1);
-                    let (d1, min1) = (d * sc1 as f32, dmin * m1 as f32);
-                    let (d2, min2) = (d * sc2 as f32, dmin * m2 as f32);
-                    out.extend(q.iter().map(|&b| d1 * (b & 0xf) as f32 - min1));
-                    out.extend(q.iter().map(|&b| d2 * (b >> 4) as f32 - min2));
-                }
-            }
-        }
-        GgmlType::Q6K => {
-            for blk in raw.chunks_exact(210) {
-                let ql = &blk[0..128];
-                let qh = &blk[128..192];
-                let sc = &blk[192..208];
-                let d = f16(&blk[208..210]);
-                for half in 0..2 {
-                    let ql = &ql[64 * half..];
-                    let qh = &qh[32 * half..];
-                    let sc = &sc[8 * half..];
-                    let mut y = [0f32; 128];
-                    for l in 0..32 {
-                        let is = l / 16;
-                        let q1 = ((ql[l] & 0xf) | ((qh[l] & 3) << 4)) as i32 - 32;
-                        let q2 = ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                        let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                        let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-                        y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
-                        y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
-                        y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
-                        y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
-                    }
-                    out.extend_from_slice(&y);
-                }
-            }
-        }
-    }
+    use rayon::prelude::*;
+    let (per_block, block_bytes) = ty.block();
+    let blocks = TASK_ELEMENTS.div_ceil(per_block);
+    let mut out = vec![0f32; n];
+    out.par_chunks_mut(blocks * per_block)
+        .zip(raw.par_chunks(blocks * block_bytes))
+        .for_each(|(out, raw)| decode(ty, raw, out));
     out
+}
+
+/// Decodes the whole blocks of `raw` into `out` (as many elements as the blocks hold).
+fn decode(ty: GgmlType, raw: &[u8], out: &mut [f32]) {
+    let (per_block, block_bytes) = ty.block();
+    let blocks = out
+        .chunks_exact_mut(per_block)
+        .zip(raw.chunks_exact(block_bytes));
+    match ty {
+        GgmlType::F32 => {
+            blocks.for_each(|(o, b)| o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        GgmlType::F16 => blocks.for_each(|(o, b)| o[0] = f16(b)),
+        GgmlType::BF16 => blocks.for_each(|(o, b)| {
+            o[0] = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)
+        }),
+        GgmlType::Q8_0 => blocks.for_each(|(o, blk)| {
+            let d = f16(&blk[0..2]);
+            for (o, &q) in o.iter_mut().zip(&blk[2..34]) {
+                *o = q as i8 as f32 * d;
+            }
+        }),
+        GgmlType::Q4_0 => blocks.for_each(|(o, blk)| {
+            let d = f16(&blk[0..2]);
+            let (lo, hi) = o.split_at_mut(16);
+            for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&blk[2..18]) {
+                *l = ((q & 0xf) as i32 - 8) as f32 * d;
+                *h = ((q >> 4) as i32 - 8) as f32 * d;
+            }
+        }),
+        GgmlType::Q4_1 => blocks.for_each(|(o, blk)| {
+            let d = f16(&blk[0..2]);
+            let m = f16(&blk[2..4]);
+            let (lo, hi) = o.split_at_mut(16);
+            for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&blk[4..20]) {
+                *l = (q & 0xf) as f32 * d + m;
+                *h = (q >> 4) as f32 * d + m;
+            }
+        }),
+        GgmlType::Q4K => blocks.for_each(|(o, blk)| {
+            let d = f16(&blk[0..2]);
+            let dmin = f16(&blk[2..4]);
+            let scales = &blk[4..16];
+            let qs = &blk[16..144];
+            let scale_min = |j: usize| -> (u8, u8) {
+                if j < 4 {
+                    (scales[j] & 63, scales[j + 4] & 63)
+                } else {
+                    (
+                        (scales[j + 4] & 0xf) | ((scales[j - 4] >> 6) << 4),
+                        (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
+                    )
+                }
+            };
+            for (chunk, (q, o)) in qs.chunks_exact(32).zip(o.chunks_exact_mut(64)).enumerate() {
+                let (sc1, m1) = scale_min(2 * chunk);
+                let (sc2, m2) = scale_min(2 * chunk + 1);
+                let (d1, min1) = (d * sc1 as f32, dmin * m1 as f32);
+                let (d2, min2) = (d * sc2 as f32, dmin * m2 as f32);
+                let (lo, hi) = o.split_at_mut(32);
+                for ((l, h), &b) in lo.iter_mut().zip(hi).zip(q) {
+                    *l = d1 * (b & 0xf) as f32 - min1;
+                    *h = d2 * (b >> 4) as f32 - min2;
+                }
+            }
+        }),
+        GgmlType::Q6K => blocks.for_each(|(o, blk)| {
+            let ql = &blk[0..128];
+            let qh = &blk[128..192];
+            let sc = &blk[192..208];
+            let d = f16(&blk[208..210]);
+            for (half, y) in o.chunks_exact_mut(128).enumerate() {
+                let ql = &ql[64 * half..];
+                let qh = &qh[32 * half..];
+                let sc = &sc[8 * half..];
+                for l in 0..32 {
+                    let is = l / 16;
+                    let q1 = ((ql[l] & 0xf) | ((qh[l] & 3) << 4)) as i32 - 32;
+                    let q2 = ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                    y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+                    y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+                    y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+                    y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+                }
+            }
+        }),
+    }
 }
 
 #[cfg(test)]

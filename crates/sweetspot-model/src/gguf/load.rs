@@ -8,7 +8,9 @@
 //! - Every tensor of the file must find its place in the model: one the model has no use for
 //!   is refused by name.
 //! - Tensors are dequantized to f32 one at a time, each as it is put in place, and checked
-//!   against the shape the configuration gives it.
+//!   against the shape the configuration gives it; a tensor's decoding, un-permuting and
+//!   transposing run on every core, each task writing its own part of the output (the weights
+//!   are the same bits whatever the thread count).
 
 use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -18,37 +20,51 @@ use crate::error::ModelError;
 use crate::llama::Llama;
 
 /// Undoes llama.cpp's row permutation of a q/k projection `[rows, cols]` with `heads` heads:
-/// its rows were reordered from (head, half, i) to (head, i, half).
+/// its rows were reordered from (head, half, i) to (head, i, half). The heads on every core.
 pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    use rayon::prelude::*;
     let per_head = rows / heads;
     let half = per_head / 2;
     let mut out = vec![0f32; w.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for p in 0..2 {
-                // GGUF row (h, i, p) holds HF row (h, p, i).
-                let src = h * per_head + i * 2 + p;
-                let dst = h * per_head + p * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
+    out.par_chunks_mut(per_head * cols)
+        .zip(w.par_chunks(per_head * cols))
+        .for_each(|(out, w)| {
+            for i in 0..half {
+                for p in 0..2 {
+                    // GGUF row (h, i, p) holds HF row (h, p, i).
+                    let (src, dst) = (i * 2 + p, p * half + i);
+                    out[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&w[src * cols..(src + 1) * cols]);
+                }
             }
-        }
-    }
+        });
     out
 }
 
-/// `[rows, cols]` row-major to `[cols, rows]` row-major.
+/// `[rows, cols]` row-major to `[cols, rows]` row-major, in tiles; each task writes its own
+/// band of output rows, the bands on every core.
 fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; w.len()];
+    use rayon::prelude::*;
     const TILE: usize = 32;
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    out[c * rows + r] = w[r * cols + c];
+    let mut out = vec![0f32; w.len()];
+    if rows == 0 {
+        return out;
+    }
+    out.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(band, out)| {
+            let c0 = band * TILE;
+            let width = out.len() / rows;
+            for r0 in (0..rows).step_by(TILE) {
+                for c in 0..width {
+                    let src = &w[r0 * cols + c0 + c..];
+                    let dst = &mut out[c * rows + r0..c * rows + (r0 + TILE).min(rows)];
+                    for (i, o) in dst.iter_mut().enumerate() {
+                        *o = src[i * cols];
+                    }
                 }
             }
-        }
-    }
+        });
     out
 }
 
@@ -181,6 +197,24 @@ impl Llama {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transpose_moves_every_element() {
+        for (rows, cols) in [(1, 1), (3, 70), (33, 2), (65, 97), (64, 64), (0, 5)] {
+            let w: Vec<f32> = (0..rows * cols).map(|x| x as f32).collect();
+            let t = transpose(&w, rows, cols);
+            assert_eq!(t.len(), w.len());
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        t[c * rows + r],
+                        w[r * cols + c],
+                        "{rows}x{cols} at ({r}, {c})"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn unpermute_inverts_llama_cpp_permute() {
