@@ -29,6 +29,7 @@
 
 pub mod bf16;
 mod cpu;
+mod decode;
 pub mod f32mm;
 pub mod q8;
 
@@ -707,16 +708,7 @@ impl<C: CheckpointStrategy> SweetspotKernels for Autodiff<Flex, C> {
         rows: KeptRows,
         _slots: usize,
     ) -> FloatTensor<Self> {
-        use burn::backend::TensorMetadata as _;
-        use burn::backend::ops::{FloatTensorOps as _, IntTensorOps as _};
-        let device = x.device();
-        let idx: Vec<i64> = rows.0.iter().map(|&r| r as i64).collect();
-        let n = idx.len();
-        Self::float_select(
-            x,
-            0,
-            Self::int_from_data(TensorData::new(idx, [n]), &device),
-        )
+        select_rows::<Self>(x, &rows.0)
     }
 
     /// Not a kernel of its own under autodiff ([`matmul_bf16`] is for inference): burn's
@@ -953,9 +945,19 @@ fn keep_rows_flex(x: FlexTensor, rows: &[usize], slots: usize) -> FlexTensor {
         DType::F32 => cpu::keep_rows(x.storage_mut::<f32>(), rows, shape),
         DType::BF16 => cpu::keep_rows(x.storage_mut::<burn::tensor::bf16>(), rows, shape),
         DType::F16 => cpu::keep_rows(x.storage_mut::<burn::tensor::f16>(), rows, shape),
-        other => panic!("keep_rows: {other:?} is not a cache dtype"),
+        // Not a cache's type (`keep_rows` sends none here): burn's copy of the rows.
+        _ => return select_rows::<Flex>(x, rows),
     }
     x.narrow(0, 0, rows.len())
+}
+
+/// Rows `rows` of `x` (its first axis), in that order, in a new tensor: burn's `select`.
+fn select_rows<B: Backend>(x: FloatTensor<B>, rows: &[usize]) -> FloatTensor<B> {
+    use burn::backend::TensorMetadata as _;
+    let device = x.device();
+    let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    let n = idx.len();
+    B::float_select(x, 0, B::int_from_data(TensorData::new(idx, [n]), &device))
 }
 
 /// `x [.., k] · w [k, n]` in f32 for inference (a linear layer's weight as burn holds it), in
@@ -1029,5 +1031,48 @@ mod tests {
             assert_eq!(b.len(), n);
             assert!(b.iter().all(|&x| x.to_bits() == 0), "bf16, n = {n}");
         }
+    }
+
+    /// A tensor of a type no cache has (f64) handed to the burn-flex operation directly gets
+    /// its rows copied, not a panic; the cache types move in place to the same values.
+    #[test]
+    fn kept_rows_of_every_float_type() {
+        let device = Device::flex();
+        let shape = [3, 2, 4, 5];
+        let n: usize = shape.iter().product();
+        let values: Vec<f64> = (0..n).map(|i| i as f64).collect();
+        let want: Vec<f64> = [0usize, 2]
+            .iter()
+            .flat_map(|&r| values[r * 40..(r + 1) * 40].to_vec())
+            .collect();
+        let x = Tensor::<4>::from_data(
+            TensorData::new(values.clone(), shape),
+            (&device, DType::F64),
+        );
+        let kept = Tensor::<4>::from_dispatch(<Dispatch as SweetspotKernels>::sweetspot_keep_rows(
+            x.into_dispatch(),
+            KeptRows(Arc::new(vec![0, 2])),
+            4,
+        ));
+        assert_eq!(kept.dims(), [2, 2, 4, 5]);
+        assert_eq!(kept.into_data().try_to_vec::<f64>().unwrap(), want);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(values.clone(), shape),
+            (&device, DType::F64),
+        );
+        assert!(
+            keep_rows(x, &[0, 2], 4).is_err(),
+            "keep_rows takes cache types only"
+        );
+        let x = Tensor::<4>::from_data(TensorData::new(values, shape), &device);
+        let kept = keep_rows(x, &[0, 2], 4).expect("f32 is a cache type");
+        let got: Vec<f64> = kept
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        assert_eq!(got, want);
     }
 }
