@@ -10,22 +10,26 @@
 //!   lanes from zero, one fused multiply-add of `k[j]` and `q` per 16 elements of the head, in
 //!   order; then the lanes summed as a tree (lane `l` plus lane `l + 8`, then `+ 4`, `+ 2`,
 //!   `+ 1`);
+//! - scores for more keys: its row-major vector-matrix path: per key, eight vectors of 16 lanes
+//!   from zero for each 128 elements of the head (one fused multiply-add each), added as a
+//!   tree (0+1, 2+3, 4+5, 6+7, then pairs, then the two halves), then one fused multiply-add per
+//!   further 16 elements into that sum, then its lanes added one after the other, lane 0 to 15;
 //! - the output `Σ_j p[j] v[j]` for at least 3 keys: its column-major vector-matrix path: the
 //!   first key's product `v[0] * p[0]`, then one fused multiply-add per key in order, each
 //!   output element on its own.
 //!
-//! [`applies`] says where that holds: AVX-512 (where gemm runs those kernels), 3 to 256 keys
-//! (fewer take other paths for the output, more another path for the scores), a head of 64 or
-//! 128 elements. Elsewhere the caller makes gemm's own calls. The unit tests below hold both
-//! products to the gemm crate's bits.
+//! [`applies`] says where that holds: AVX-512 (where gemm runs those kernels), at least 3 keys
+//! (fewer take other paths for the output), a head of 64 or 128 elements. Elsewhere the caller
+//! makes gemm's own calls. The unit tests below hold both products to the gemm crate's bits.
 
-/// Keys whose scores are reduced together (one vector of 16 lanes).
-const KEYS: usize = 16;
+/// The most keys gemm scores with its horizontal kernels (its largest product, `m * n`, for
+/// them, gemm-common 0.19).
+const SMALL_PRODUCT: usize = 256;
 
 /// Whether [`scores`] and [`output`] compute a decode step's products over `span` keys of a
 /// head of `d` elements in gemm's arithmetic on this CPU.
 pub(super) fn applies(span: usize, d: usize) -> bool {
-    available() && (3..=256).contains(&span) && (d == 64 || d == 128)
+    available() && span >= 3 && (d == 64 || d == 128)
 }
 
 fn available() -> bool {
@@ -40,7 +44,7 @@ fn available() -> bool {
 }
 
 /// `out[h][j] = q[h] · k[j]` for the `q.len() / d` query heads of a group and the keys of `k`
-/// (`[span, d]`), `out` `[heads, span]`, in gemm's horizontal-kernel arithmetic.
+/// (`[span, d]`), `out` `[heads, span]`, in the arithmetic of gemm's path for `span` keys.
 ///
 /// # Panics
 /// Where [`applies`] does not hold, or a slice does not match the sizes.
@@ -59,9 +63,11 @@ pub(super) fn scores(q: &[f32], k: &[f32], d: usize, out: &mut [f32]) {
     // SAFETY: AVX-512F (`applies`); the sizes are checked above.
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        match d {
-            64 => avx512::scores::<4>(q, k, out),
-            _ => avx512::scores::<8>(q, k, out),
+        match (d, span <= SMALL_PRODUCT) {
+            (64, true) => avx512::scores::<4>(q, k, out),
+            (_, true) => avx512::scores::<8>(q, k, out),
+            (64, false) => avx512::scores_long::<4>(q, k, out),
+            (_, false) => avx512::scores_long::<8>(q, k, out),
         }
     }
 }
@@ -97,7 +103,8 @@ pub(super) fn output(p: &[f32], v: &[f32], d: usize, out: &mut [f32]) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::KEYS;
+    /// Keys whose scores are reduced together (one vector of 16 lanes).
+    const KEYS: usize = 16;
 
     /// Lane `4k + m` of the last level holds key `4m + k`; this puts key `j` in lane `j`.
     const ORDER: [i32; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
@@ -164,6 +171,97 @@ mod avx512 {
                     }
                 }
                 let sums = reduce16(&acc);
+                let row = &mut out[h * span + j0..h * span + j0 + n];
+                // SAFETY: `row` holds `n <= 16` values; lanes past `n` are not written.
+                unsafe {
+                    _mm512_mask_storeu_ps(row.as_mut_ptr(), ((1u32 << n) - 1) as u16, sums);
+                }
+            }
+        }
+    }
+
+    /// Each of the 16 vectors' lanes added one after the other (lane 0, + lane 1, ..., + lane
+    /// 15), as gemm's row-major vector-matrix path sums one, the sums in one vector, key `j`'s
+    /// in lane `j`: the 16 vectors transposed in registers, then 15 additions of whole vectors.
+    #[target_feature(enable = "avx512f")]
+    fn sum_lanes16(acc: &[__m512; KEYS]) -> __m512 {
+        // Pairs of rows interleaved, then fours: u[4i + m] holds, in its quarter q, lane
+        // 4q + m of rows 4i..4i + 4.
+        let mut u = [_mm512_setzero_ps(); KEYS];
+        for i in 0..4 {
+            let r = &acc[4 * i..4 * i + 4];
+            let t0 = _mm512_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm512_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm512_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm512_unpackhi_ps(r[2], r[3]);
+            u[4 * i] = _mm512_shuffle_ps::<0x44>(t0, t2);
+            u[4 * i + 1] = _mm512_shuffle_ps::<0xEE>(t0, t2);
+            u[4 * i + 2] = _mm512_shuffle_ps::<0x44>(t1, t3);
+            u[4 * i + 3] = _mm512_shuffle_ps::<0xEE>(t1, t3);
+        }
+        // Lane 4q + m of every row, in row order: quarters q of u[m], u[4 + m], u[8 + m],
+        // u[12 + m].
+        let mut col = [_mm512_setzero_ps(); KEYS];
+        for m in 0..4 {
+            let w0 = _mm512_shuffle_f32x4::<0x44>(u[m], u[4 + m]);
+            let w1 = _mm512_shuffle_f32x4::<0xEE>(u[m], u[4 + m]);
+            let w2 = _mm512_shuffle_f32x4::<0x44>(u[8 + m], u[12 + m]);
+            let w3 = _mm512_shuffle_f32x4::<0xEE>(u[8 + m], u[12 + m]);
+            col[m] = _mm512_shuffle_f32x4::<0x88>(w0, w2);
+            col[4 + m] = _mm512_shuffle_f32x4::<0xDD>(w0, w2);
+            col[8 + m] = _mm512_shuffle_f32x4::<0x88>(w1, w3);
+            col[12 + m] = _mm512_shuffle_f32x4::<0xDD>(w1, w3);
+        }
+        let mut sum = col[0];
+        for c in &col[1..] {
+            sum = _mm512_add_ps(sum, *c);
+        }
+        sum
+    }
+
+    /// See [`super::scores`], for more keys than gemm's horizontal kernels take; `C` vectors of
+    /// 16 per head.
+    ///
+    /// # Safety
+    /// AVX-512F; `k` is `[span, 16 C]`, `q` `[heads, 16 C]`, `out` `[heads, span]`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scores_long<const C: usize>(q: &[f32], k: &[f32], out: &mut [f32]) {
+        let d = 16 * C;
+        let span = k.len() / d;
+        let kp = k.as_ptr();
+        for j0 in (0..span).step_by(KEYS) {
+            let n = KEYS.min(span - j0);
+            for (h, qh) in q.chunks_exact(d).enumerate() {
+                // SAFETY: head `h` of `q` holds `d` values.
+                let qv: [__m512; C] =
+                    std::array::from_fn(|c| unsafe { _mm512_loadu_ps(qh.as_ptr().add(16 * c)) });
+                let mut acc = [_mm512_setzero_ps(); KEYS];
+                for (j, a) in acc.iter_mut().enumerate().take(n) {
+                    // SAFETY: key `j0 + j < span` of `k` holds `d` values.
+                    let kv = |c: usize| unsafe { _mm512_loadu_ps(kp.add((j0 + j) * d + 16 * c)) };
+                    // Eight vectors per 128 elements, added as a tree.
+                    let mut part = [_mm512_setzero_ps(); 8];
+                    let mut c = 0;
+                    while c + 8 <= C {
+                        for (i, p) in part.iter_mut().enumerate() {
+                            *p = _mm512_fmadd_ps(kv(c + i), qv[c + i], *p);
+                        }
+                        c += 8;
+                    }
+                    let p01 = _mm512_add_ps(part[0], part[1]);
+                    let p23 = _mm512_add_ps(part[2], part[3]);
+                    let p45 = _mm512_add_ps(part[4], part[5]);
+                    let p67 = _mm512_add_ps(part[6], part[7]);
+                    let lo = _mm512_add_ps(p01, p23);
+                    let hi = _mm512_add_ps(p45, p67);
+                    let mut sum = _mm512_add_ps(lo, hi);
+                    while c < C {
+                        sum = _mm512_fmadd_ps(kv(c), qv[c], sum);
+                        c += 1;
+                    }
+                    *a = sum;
+                }
+                let sums = sum_lanes16(&acc);
                 let row = &mut out[h * span + j0..h * span + j0 + n];
                 // SAFETY: `row` holds `n <= 16` values; lanes past `n` are not written.
                 unsafe {
@@ -262,8 +360,9 @@ mod tests {
         out
     }
 
-    /// Every key count from 3 to 256 (every remainder of 16), heads of 64 and 128, one to four
-    /// query heads per group: the scores and the outputs are gemm's to the bit.
+    /// Every key count from 3 to 256 (every remainder of 16, gemm's horizontal kernels) and
+    /// beyond (its row-major path), heads of 64 and 128, one to four query heads per group: the
+    /// scores and the outputs are gemm's to the bit.
     #[test]
     fn decode_products_are_gemms_to_the_bit() {
         if !available() {
@@ -272,7 +371,7 @@ mod tests {
         }
         let mut tried = 0;
         for d in [64, 128] {
-            for span in 3..=256 {
+            for span in (3..=300).chain([511, 512, 700, 1029]) {
                 let heads = 1 + span % 4;
                 let q = values(heads * d, span as u64);
                 let k = values(span * d, 7 * span as u64 + d as u64);
@@ -308,15 +407,16 @@ mod tests {
                 tried += 1;
             }
         }
-        assert_eq!(tried, 2 * 254);
+        assert_eq!(tried, 2 * 302);
     }
 
     #[test]
     fn applies_only_where_gemms_paths_are_these() {
-        for (span, d) in [(2, 64), (257, 64), (16, 80), (16, 256), (0, 64)] {
+        for (span, d) in [(2, 64), (1, 128), (16, 80), (16, 256), (0, 64)] {
             assert!(!applies(span, d), "{span} keys of {d}");
         }
         assert_eq!(applies(3, 64), available());
         assert_eq!(applies(256, 128), available());
+        assert_eq!(applies(4096, 64), available());
     }
 }
