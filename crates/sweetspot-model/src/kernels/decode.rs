@@ -64,10 +64,10 @@ pub(super) fn scores(q: &[f32], k: &[f32], d: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     unsafe {
         match (d, span <= SMALL_PRODUCT) {
-            (64, true) => avx512::scores::<4>(q, k, out),
-            (_, true) => avx512::scores::<8>(q, k, out),
-            (64, false) => avx512::scores_long::<4>(q, k, out),
-            (_, false) => avx512::scores_long::<8>(q, k, out),
+            (64, true) => avx512::scores::<4, false>(q, k, out),
+            (_, true) => avx512::scores::<8, false>(q, k, out),
+            (64, false) => avx512::scores::<4, true>(q, k, out),
+            (_, false) => avx512::scores::<8, true>(q, k, out),
         }
     }
 }
@@ -147,39 +147,6 @@ mod avx512 {
         _mm512_permutexvar_ps(order, sums)
     }
 
-    /// See [`super::scores`]; `C` vectors of 16 per head.
-    ///
-    /// # Safety
-    /// AVX-512F; `k` is `[span, 16 C]`, `q` `[heads, 16 C]`, `out` `[heads, span]`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn scores<const C: usize>(q: &[f32], k: &[f32], out: &mut [f32]) {
-        let d = 16 * C;
-        let span = k.len() / d;
-        let kp = k.as_ptr();
-        for j0 in (0..span).step_by(KEYS) {
-            let n = KEYS.min(span - j0);
-            for (h, qh) in q.chunks_exact(d).enumerate() {
-                // SAFETY: head `h` of `q` holds `d` values.
-                let qv: [__m512; C] =
-                    std::array::from_fn(|c| unsafe { _mm512_loadu_ps(qh.as_ptr().add(16 * c)) });
-                let mut acc = [_mm512_setzero_ps(); KEYS];
-                for (j, a) in acc.iter_mut().enumerate().take(n) {
-                    for (c, qc) in qv.iter().enumerate() {
-                        // SAFETY: key `j0 + j < span` of `k` holds `d` values.
-                        let kv = unsafe { _mm512_loadu_ps(kp.add((j0 + j) * d + 16 * c)) };
-                        *a = _mm512_fmadd_ps(kv, *qc, *a);
-                    }
-                }
-                let sums = reduce16(&acc);
-                let row = &mut out[h * span + j0..h * span + j0 + n];
-                // SAFETY: `row` holds `n <= 16` values; lanes past `n` are not written.
-                unsafe {
-                    _mm512_mask_storeu_ps(row.as_mut_ptr(), ((1u32 << n) - 1) as u16, sums);
-                }
-            }
-        }
-    }
-
     /// Each of the 16 vectors' lanes added one after the other (lane 0, + lane 1, ..., + lane
     /// 15), as gemm's row-major vector-matrix path sums one, the sums in one vector, key `j`'s
     /// in lane `j`: the 16 vectors transposed in registers, then 15 additions of whole vectors.
@@ -219,13 +186,17 @@ mod avx512 {
         sum
     }
 
-    /// See [`super::scores`], for more keys than gemm's horizontal kernels take; `C` vectors of
-    /// 16 per head.
+    /// See [`super::scores`]; `C` vectors of 16 per head; `LONG`: gemm's row-major path (more
+    /// than 256 keys), else its horizontal kernels.
     ///
     /// # Safety
     /// AVX-512F; `k` is `[span, 16 C]`, `q` `[heads, 16 C]`, `out` `[heads, span]`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn scores_long<const C: usize>(q: &[f32], k: &[f32], out: &mut [f32]) {
+    pub(super) unsafe fn scores<const C: usize, const LONG: bool>(
+        q: &[f32],
+        k: &[f32],
+        out: &mut [f32],
+    ) {
         let d = 16 * C;
         let span = k.len() / d;
         let kp = k.as_ptr();
@@ -239,29 +210,32 @@ mod avx512 {
                 for (j, a) in acc.iter_mut().enumerate().take(n) {
                     // SAFETY: key `j0 + j < span` of `k` holds `d` values.
                     let kv = |c: usize| unsafe { _mm512_loadu_ps(kp.add((j0 + j) * d + 16 * c)) };
-                    // Eight vectors per 128 elements, added as a tree.
-                    let mut part = [_mm512_setzero_ps(); 8];
                     let mut c = 0;
-                    while c + 8 <= C {
-                        for (i, p) in part.iter_mut().enumerate() {
-                            *p = _mm512_fmadd_ps(kv(c + i), qv[c + i], *p);
+                    if LONG {
+                        // Eight vectors per 128 elements, added as a tree.
+                        let mut part = [_mm512_setzero_ps(); 8];
+                        while c + 8 <= C {
+                            for (i, p) in part.iter_mut().enumerate() {
+                                *p = _mm512_fmadd_ps(kv(c + i), qv[c + i], *p);
+                            }
+                            c += 8;
                         }
-                        c += 8;
+                        let p01 = _mm512_add_ps(part[0], part[1]);
+                        let p23 = _mm512_add_ps(part[2], part[3]);
+                        let p45 = _mm512_add_ps(part[4], part[5]);
+                        let p67 = _mm512_add_ps(part[6], part[7]);
+                        *a = _mm512_add_ps(_mm512_add_ps(p01, p23), _mm512_add_ps(p45, p67));
                     }
-                    let p01 = _mm512_add_ps(part[0], part[1]);
-                    let p23 = _mm512_add_ps(part[2], part[3]);
-                    let p45 = _mm512_add_ps(part[4], part[5]);
-                    let p67 = _mm512_add_ps(part[6], part[7]);
-                    let lo = _mm512_add_ps(p01, p23);
-                    let hi = _mm512_add_ps(p45, p67);
-                    let mut sum = _mm512_add_ps(lo, hi);
                     while c < C {
-                        sum = _mm512_fmadd_ps(kv(c), qv[c], sum);
+                        *a = _mm512_fmadd_ps(kv(c), qv[c], *a);
                         c += 1;
                     }
-                    *a = sum;
                 }
-                let sums = sum_lanes16(&acc);
+                let sums = if LONG {
+                    sum_lanes16(&acc)
+                } else {
+                    reduce16(&acc)
+                };
                 let row = &mut out[h * span + j0..h * span + j0 + n];
                 // SAFETY: `row` holds `n <= 16` values; lanes past `n` are not written.
                 unsafe {
