@@ -355,7 +355,7 @@ fn score_rows(rows: usize, span: usize, several: bool) -> usize {
 }
 
 /// The gemm crate's largest product (`m * n`) for its dot-product kernels (gemm-common 0.19).
-const SMALL_PRODUCT: usize = 256;
+pub(super) const SMALL_PRODUCT: usize = 256;
 
 /// Attention forward. `q` is `[batch, heads, queries, dim]`, `k`/`v` `[batch, kv_heads, keys,
 /// dim]`, `mask` `[batch, keys]` (true: a real key). Writes `out` `[batch, heads, queries, dim]`

@@ -22,25 +22,13 @@
 //! (fewer take other paths for the output), a head of 64 or 128 elements. Elsewhere the caller
 //! makes gemm's own calls. The unit tests below hold both products to the gemm crate's bits.
 
-/// The most keys gemm scores with its horizontal kernels (its largest product, `m * n`, for
-/// them, gemm-common 0.19).
-const SMALL_PRODUCT: usize = 256;
+use super::cpu::SMALL_PRODUCT;
+use super::f32mm::available;
 
 /// Whether [`scores`] and [`output`] compute a decode step's products over `span` keys of a
 /// head of `d` elements in gemm's arithmetic on this CPU.
 pub(super) fn applies(span: usize, d: usize) -> bool {
     available() && span >= 3 && (d == 64 || d == 128)
-}
-
-fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// `out[h][j] = q[h] · k[j]` for the `q.len() / d` query heads of a group and the keys of `k`

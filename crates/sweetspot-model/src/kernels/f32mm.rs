@@ -38,7 +38,9 @@ pub fn applies(m: usize, k: usize, n: usize) -> bool {
         && n.is_multiple_of(COLS)
 }
 
-fn available() -> bool {
+/// Whether this CPU has AVX-512F, where the gemm crate runs its AVX-512 kernels (and the
+/// kernels here that repeat their arithmetic apply).
+pub(super) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
