@@ -808,7 +808,8 @@ fn f32_inference_vocabulary_products_are_burns_to_the_bit() {
 fn f32_inference_products_are_burns_to_the_bit() {
     // f32 samples must not move: a linear layer's product through `kernels::matmul_f32` (the
     // weight copied into panels per call) gives burn-flex's product bit for bit, for a decode
-    // step's row counts (every remainder of the 6-row register block), one depth block and
+    // step's row counts up to 256 (every remainder of the 6-row register block; all rows in one
+    // tile or split, as the column tiles are many or few for the threads), one depth block and
     // several (k = 1536: gemm's blocks of 512), with zeros, tiny and huge values among the inputs.
     let device = Device::flex();
     let mut tried = 0;
@@ -824,7 +825,7 @@ fn f32_inference_products_are_burns_to_the_bit() {
             w[i * 131] = *s;
         }
         let w = Tensor::<2>::from_data(TensorData::new(w, [k, n]), &device);
-        for m in [2, 3, 5, 6, 7, 13, 16, 33, 64, 65, 96] {
+        for m in [2, 3, 5, 6, 7, 13, 16, 33, 64, 65, 96, 97, 128, 131, 256] {
             let x = values(m * k, 11 + m as u64, 1.5);
             let x = Tensor::<3>::from_data(TensorData::new(x, [1, m, k]), &device);
             let burns = x.clone().matmul(w.clone().unsqueeze());
@@ -840,7 +841,7 @@ fn f32_inference_products_are_burns_to_the_bit() {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         assert_eq!(
-            tried, 55,
+            tried, 75,
             "every product above runs the kernel on an AVX-512 CPU"
         );
     }
@@ -856,7 +857,7 @@ fn f32_inference_products_are_burns_to_the_bit() {
     assert!(!kernels::f32mm::applies(1, 576, 1536));
     assert!(!kernels::f32mm::applies(8, 576, 64));
     assert!(!kernels::f32mm::applies(8, 576, 200));
-    assert!(!kernels::f32mm::applies(97, 576, 1536));
+    assert!(!kernels::f32mm::applies(257, 576, 1536));
 }
 
 #[test]
@@ -881,16 +882,16 @@ fn f32_inference_products_through_burns_gemm_calls_are_burns_to_the_bit() {
         assert_eq!(differ, 0, "{what}: {differ} outputs differ");
     };
     for [b, t, k, n] in [
-        [1, 200, 576, 1536],  // one product on every core
+        [1, 300, 576, 1536],  // one product on every core
         [1, 1, 576, 1536],    // one row: gemm's vector path
         [16, 100, 576, 1536], // merged into 1,600 rows
         [2, 7, 576, 200],     // merged, outputs not a multiple of 64
         [5, 1, 576, 64],      // a decode step's rows, 64 outputs
-        [2, 64, 576, 1536],   // kept batches, one after the other on every core
-        [4, 64, 576, 192],    // kept, side by side
-        [8, 32, 128, 128],    // kept, side by side, each product small
+        [2, 160, 576, 1536],  // kept batches, one after the other on every core
+        [5, 64, 576, 192],    // kept, side by side
+        [9, 32, 128, 128],    // kept, side by side, each product small
         [3, 32, 100, 64],     // kept, one core
-        [2, 96, 1536, 576],   // kept, several depth blocks
+        [3, 96, 1536, 576],   // kept, several depth blocks
     ] {
         let w = weight(k, n);
         let x = values(b * t * k, (b * t + k) as u64, 1.5);

@@ -13,29 +13,33 @@
 //! the weight into a contiguous panel (software prefetch ahead of the copy) and runs the same
 //! FMA chains over it in the same order: the same results, at 80-90% of the FMA rate.
 //!
+//! With more rows gemm copies the weight into panels itself (its `pack_lhs`, without prefetch:
+//! 7.7% of an f32 generation profile at 128 rows) into buffers it allocates per call; here, where
+//! a product has enough column tiles for every thread to get several, a tile takes all the rows
+//! of its 64 columns, so each panel is copied once. `kc` depends on `k` and the caches only, not
+//! on the row count, so the rows a tile takes do not change a bit.
+//!
 //! [`applies`] says where the arithmetic is known to be gemm's: AVX-512 (gemm's AVX-512 kernel
 //! then runs: gemm is built with its `x86-v4` feature, which this crate's `flex` turns on), at
 //! least 2 rows (one row takes gemm's vector-matrix path), `n` a multiple of 64 above 64
-//! (smaller products take gemm's small-size path), `k >= 3`; and where this is faster: at most
-//! 96 rows (with more, gemm copies the weight into panels itself, once for all rows, where tiles
-//! here would each copy theirs). Elsewhere [`burn_linear`] makes the gemm calls burn's linear
-//! layer makes, into an output that is not first zero-filled and copied. `tests/kernels.rs` holds
-//! the products to burn-flex's bits.
+//! (smaller products take gemm's small-size path), `k >= 3`; and where this is measured no
+//! slower: at most 256 rows, a decode step's (with more, a prefill's or a scoring batch's, gemm's blocking keeps
+//! the rows in cache, where tiles here would read all of them once per 64 columns). Elsewhere
+//! [`burn_linear`] makes the gemm calls burn's linear layer makes, into an output that is not
+//! first zero-filled and copied. `tests/kernels.rs` holds the products to burn-flex's bits.
 
-use super::{SyncPtr, run_tiles, tile_rows};
+use super::{SyncPtr, run_tiles, tile_rows, tiles_wanted};
 
 /// Output columns of a panel (gemm's 4 vectors of 16).
 const COLS: usize = 64;
 /// Rows of a register block (gemm's 6).
 const ROWS: usize = 6;
+/// The most rows [`matmul`] takes (see the module).
+const MAX_ROWS: usize = 256;
 
 /// Whether [`matmul`] computes an `[m, k] · [k, n]` product in gemm's arithmetic on this CPU.
 pub fn applies(m: usize, k: usize, n: usize) -> bool {
-    available()
-        && (2..=super::ROWS_PER_TILE).contains(&m)
-        && k >= 3
-        && n > COLS
-        && n.is_multiple_of(COLS)
+    available() && (2..=MAX_ROWS).contains(&m) && k >= 3 && n > COLS && n.is_multiple_of(COLS)
 }
 
 /// Whether this CPU has AVX-512F, where the gemm crate runs its AVX-512 kernels (and the
@@ -73,7 +77,13 @@ pub fn matmul(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usiz
     assert_eq!(out.len(), m * n, "f32mm: out is not [{m}, {n}]");
     let kc = block_depth(m, k, n);
     let col_tiles = n / COLS;
-    let rows = tile_rows(m, col_tiles, ROWS);
+    // All rows in one tile where the column tiles are enough for the threads (one copy of each
+    // panel), else rows split as the other kernels split them.
+    let rows = if col_tiles >= tiles_wanted() {
+        m
+    } else {
+        tile_rows(m, col_tiles, ROWS)
+    };
     let row_tiles = m.div_ceil(rows);
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let tile = |t: usize| {

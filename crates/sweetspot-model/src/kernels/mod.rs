@@ -54,11 +54,16 @@ const ROWS_PER_LONG_TILE: usize = 48;
 /// Below this many multiply-adds an inference product runs on the calling thread.
 const PARALLEL_MACS: usize = 1 << 18;
 
+/// Tiles a product wants for rayon's threads to share it evenly: several per thread.
+fn tiles_wanted() -> usize {
+    4 * rayon::current_num_threads()
+}
+
 /// Rows per tile of an `m`-row product with `col_tiles` column tiles: enough tiles for every
 /// thread to get several (a decode step's narrow products have few column tiles), rows split in
 /// whole register blocks of `block` rows until there are.
 fn tile_rows(m: usize, col_tiles: usize, block: usize) -> usize {
-    let want = 4 * rayon::current_num_threads();
+    let want = tiles_wanted();
     let rows = if m <= ROWS_PER_TILE {
         m
     } else {
