@@ -1086,14 +1086,14 @@ impl Llama {
                 let [b, t, h] = hidden.dims();
                 let v = w.dims()[0];
                 let rows = hidden.reshape([b * t, h]);
-                // f32 inference on the CPU: the same product, W read where it lies.
+                // f32 inference on the CPU: the same product, W read where it lies, the logits
+                // written in their own layout (no transposed copy).
                 #[cfg(feature = "flex")]
                 let product = crate::kernels::matmul_nt_f32(&w, &rows);
                 #[cfg(not(feature = "flex"))]
                 let product = None;
                 product
-                    .unwrap_or_else(|| w.matmul(rows.transpose()))
-                    .transpose()
+                    .unwrap_or_else(|| w.matmul(rows.transpose()).transpose())
                     .reshape([b, t, v])
             }
         };

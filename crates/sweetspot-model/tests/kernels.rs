@@ -757,9 +757,10 @@ fn bits_differ<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> usize {
 #[test]
 fn f32_inference_vocabulary_products_are_burns_to_the_bit() {
     // f32 samples must not move: the tied vocabulary projection `e · x^T` through
-    // `kernels::matmul_nt_f32` (`e` read where it lies, rows in vector lanes) gives burn-flex's
-    // product bit for bit: every remainder of the 16-row vectors and of the 3-vector and 8-column
-    // blocks, one depth block and several (gemm's blocks of 512), zeros, tiny and huge values.
+    // `kernels::matmul_nt_f32` (`e` read where it lies, rows in vector lanes, the output in the
+    // logits' layout `[m, n]`) gives burn-flex's product bit for bit: every remainder of the
+    // 16-row vectors and of the 3-vector and 8-column blocks, one depth block and several
+    // (gemm's blocks of 512), zeros, tiny and huge values.
     let device = Device::flex();
     let mut tried = 0;
     for (k, n) in [(576, 1000), (1536, 129), (3, 65), (100, 4099)] {
@@ -773,7 +774,7 @@ fn f32_inference_vocabulary_products_are_burns_to_the_bit() {
                 TensorData::new(values(m * k, 19 + m as u64, 1.5), [m, k]),
                 &device,
             );
-            let burns = e.clone().matmul(x.clone().transpose());
+            let burns = e.clone().matmul(x.clone().transpose()).transpose();
             let Some(ours) = kernels::matmul_nt_f32(&e, &x) else {
                 assert!(
                     !kernels::f32mm::applies_nt(m, k, n),
@@ -782,6 +783,7 @@ fn f32_inference_vocabulary_products_are_burns_to_the_bit() {
                 continue;
             };
             tried += 1;
+            assert_eq!(ours.dims(), [m, n], "the logits' layout");
             let differ = bits_differ(ours, burns);
             assert_eq!(
                 differ, 0,

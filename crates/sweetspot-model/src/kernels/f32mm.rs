@@ -125,13 +125,16 @@ pub fn applies_nt(m: usize, k: usize, n: usize) -> bool {
 /// gemm's largest product (outputs) for its dot-product kernels (gemm-common 0.19).
 const SMALL_OUTPUTS: usize = 256;
 
-/// `out [n, m] = e [n, k] · x [m, k]^T`, all row-major (`e` an embedding matrix as held, `x` a
-/// step's hidden rows: the tied vocabulary projection as `Llama::logits` computes it, its
-/// output transposed), in exactly burn-flex's (gemm's) arithmetic: each output a chain of fused
-/// multiply-adds over `k` in order, from zero, cut at gemm's block depth (the first block's sum
-/// stored, each later one's added). Here `x` is transposed once (`[k][rows]`, rows in the
-/// vector lanes), each output column's row of `e` is read where it lies, one element broadcast
-/// per step, and the output is not first zero-filled (as burn-flex's is).
+/// `out [m, n] = (e [n, k] · x [m, k]^T)^T`, all row-major (`e` an embedding matrix as held,
+/// `x` a step's hidden rows: the tied vocabulary projection as `Llama::logits` computes it, and
+/// in the logits' own layout, a row per hidden row), in exactly burn-flex's (gemm's) arithmetic
+/// for `e.matmul(x.transpose())`: each output a chain of fused multiply-adds over `k` in order,
+/// from zero, cut at gemm's block depth (the first block's sum stored, each later one's added).
+/// Here `x` is transposed once (`[k][rows]`, rows in the vector lanes), each output column's row
+/// of `e` is read where it lies, one element broadcast per step, and each register block is
+/// stored transposed, straight into its rows: the output is neither first zero-filled (as
+/// burn-flex's is) nor copied into the logits' layout afterwards (burn-flex's strided copy of a
+/// transposed view, one element at a time).
 ///
 /// # Panics
 /// When a slice's length does not match the sizes, or where [`applies_nt`] does not hold.
@@ -151,19 +154,19 @@ pub fn matmul_nt(e: &[f32], x: &[f32], m: usize, k: usize, n: usize) -> Vec<f32>
             xt[i * lanes + r] = v;
         }
     }
-    let mut out = Vec::<f32>::with_capacity(n * m);
+    let mut out = Vec::<f32>::with_capacity(m * n);
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let tiles = n.div_ceil(NT_TILE);
     let tile = |t: usize| {
         let (c0, c1) = (t * NT_TILE, ((t + 1) * NT_TILE).min(n));
         // SAFETY: the CPU has AVX-512 (`applies_nt`); the tile's columns are rows `c0..c1` of
-        // `e` and of `out` (`n * m` reserved), inside the checked sizes; tiles write disjoint
-        // rows of `out`, every element of them.
-        unsafe { avx512::tile_nt(e, k, &xt, lanes, m, out_ptr.get(), c0..c1, kc) };
+        // `e` and columns `c0..c1` of `out` (`m * n` reserved), inside the checked sizes; tiles
+        // write disjoint columns of `out`, every element of them.
+        unsafe { avx512::tile_nt(e, k, &xt, lanes, m, out_ptr.get(), n, c0..c1, kc) };
     };
     run_tiles(tiles, m * n * k, tile);
-    // SAFETY: the tiles wrote all `n * m` elements.
-    unsafe { out.set_len(n * m) };
+    // SAFETY: the tiles wrote all `m * n` elements.
+    unsafe { out.set_len(m * n) };
     out
 }
 
@@ -288,12 +291,12 @@ mod avx512 {
     /// Rows in one vector.
     const NT_LANES: usize = 16;
 
-    /// Rows `cols` of `out [n, m]` (`e`'s rows `cols` times `x`), in blocks of `kc`, from `xt`
-    /// (`x` transposed, `[k][lanes]`, its rows past `m` zeros).
+    /// Columns `cols` of `out [m, n]` (`x` times `e`'s rows `cols`), in blocks of `kc`, from
+    /// `xt` (`x` transposed, `[k][lanes]`, its rows past `m` zeros).
     ///
     /// # Safety
     /// AVX-512F; `e` holds `n * k` with `cols` inside `n`, `xt` `k * lanes` (`lanes` the
-    /// multiple of 16 from `m`), `out` rows `cols` of `m`; nothing else writes these outputs
+    /// multiple of 16 from `m`), `out` `m * n`; nothing else writes columns `cols` of `out`
     /// meanwhile.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
@@ -304,6 +307,7 @@ mod avx512 {
         lanes: usize,
         m: usize,
         out: *mut f32,
+        n: usize,
         cols: std::ops::Range<usize>,
         kc: usize,
     ) {
@@ -325,9 +329,9 @@ mod avx512 {
                     // caller's promise).
                     unsafe {
                         match vectors {
-                            3 => block_nt::<3>(&rows, xt, lanes, m, out, c, take, r, d0..d1),
-                            2 => block_nt::<2>(&rows, xt, lanes, m, out, c, take, r, d0..d1),
-                            _ => block_nt::<1>(&rows, xt, lanes, m, out, c, take, r, d0..d1),
+                            3 => block_nt::<3>(&rows, xt, lanes, m, out, n, c, take, r, d0..d1),
+                            2 => block_nt::<2>(&rows, xt, lanes, m, out, n, c, take, r, d0..d1),
+                            _ => block_nt::<1>(&rows, xt, lanes, m, out, n, c, take, r, d0..d1),
                         }
                     }
                     r += vectors * NT_LANES;
@@ -340,7 +344,9 @@ mod avx512 {
 
     /// `V` vectors of 16 rows from row `r`, by the block's `take` columns from `c`, over depths
     /// `depth`: each output's fused multiply-adds in `k` order from zero, then stored (the first
-    /// block) or added to what the earlier blocks stored; rows past `m` are not stored.
+    /// block) or added to what the earlier blocks stored; rows past `m` are not stored. The
+    /// block's sums (a vector of rows per column) are stored transposed: through a copy on the
+    /// stack, each row's `take` columns side by side in `out [m, n]`.
     ///
     /// # Safety
     /// As [`tile_nt`]'s.
@@ -353,6 +359,7 @@ mod avx512 {
         lanes: usize,
         m: usize,
         out: *mut f32,
+        n: usize,
         c: usize,
         take: usize,
         r: usize,
@@ -374,24 +381,22 @@ mod avx512 {
             }
         }
         let first = depth.start == 0;
+        let mut sums = [[0f32; NT_LANES]; NT_COLS];
         for (v, acc) in acc.iter().enumerate() {
+            for (s, &a) in sums.iter_mut().zip(acc) {
+                // SAFETY: `s` holds 16 floats.
+                unsafe { _mm512_storeu_ps(s.as_mut_ptr(), a) };
+            }
             let r0 = r + 16 * v;
-            let live = (m - r0).min(NT_LANES);
-            let mask: __mmask16 = if live == NT_LANES {
-                0xffff
-            } else {
-                (1u16 << live) - 1
-            };
-            for (j, &a) in acc.iter().enumerate().take(take) {
-                // SAFETY: output row `c + j`, columns `r0..r0 + live` lie in `out`.
-                unsafe {
-                    let o = out.add((c + j) * m + r0);
-                    let s = if first {
-                        a
-                    } else {
-                        _mm512_add_ps(a, _mm512_maskz_loadu_ps(mask, o))
-                    };
-                    _mm512_mask_storeu_ps(o, mask, s);
+            for lane in 0..(m - r0).min(NT_LANES) {
+                // SAFETY: row `r0 + lane` (below `m`), columns `c..c + take` lie in `out`.
+                let o = unsafe { out.add((r0 + lane) * n + c) };
+                for (j, s) in sums.iter().enumerate().take(take) {
+                    // SAFETY: as above.
+                    unsafe {
+                        let a = s[lane];
+                        *o.add(j) = if first { a } else { a + *o.add(j) };
+                    }
                 }
             }
         }
@@ -504,6 +509,7 @@ mod avx512 {
         _: usize,
         _: usize,
         _: *mut f32,
+        _: usize,
         _: std::ops::Range<usize>,
         _: usize,
     ) {

@@ -19,8 +19,8 @@
 //!   rotary embedding and RMSNorm in one pass on every core, bit for bit the composed burn-flex
 //!   operations they replace (so f32 samples do not move); and [`matmul_f32`], f32 inference's
 //!   linear products for a decode step's few rows, bit for bit burn-flex's (gemm's) product
-//!   ([`f32mm`]); and [`matmul_nt_f32`], the tied vocabulary projection `e · x^T`, bit for
-//!   bit burn-flex's, the embedding read where it lies.
+//!   ([`f32mm`]); and [`matmul_nt_f32`], the tied vocabulary projection `(e · x^T)^T`, bit
+//!   for bit burn-flex's, the embedding read where it lies, the logits in their own layout.
 //!
 //! The first three take f32 on burn-flex (with or without autodiff); [`applies`] says when. The
 //! inference ones (bf16, the exact f32 ones, 8-bit) are for burn-flex without autodiff and say
@@ -435,7 +435,8 @@ fn matmul_bf16_flex(x: &FlexTensor, w: &FlexTensor, layout: bf16::Layout) -> Fle
     FlexTensor::from_data(TensorData::new(out, out_shape))
 }
 
-/// `e [n, k] · x [m, k]^T` through [`f32mm::matmul_nt`] (the caller checks that it applies).
+/// `(e [n, k] · x [m, k]^T)^T`, `[m, n]`, through [`f32mm::matmul_nt`] (the caller checks that
+/// it applies).
 fn matmul_nt_flex(e: &FlexTensor, x: &FlexTensor) -> FlexTensor {
     let (e, x) = (f32s(e), f32s(x));
     let (es, xs) = (e.layout().shape(), x.layout().shape());
@@ -443,7 +444,7 @@ fn matmul_nt_flex(e: &FlexTensor, x: &FlexTensor) -> FlexTensor {
     assert_eq!(xs[1], k, "matmul_nt_f32: x is not [m, {k}]");
     flex_tensor(
         f32mm::matmul_nt(e.storage(), x.storage(), m, k, n),
-        vec![n, m],
+        vec![m, n],
     )
 }
 
@@ -701,10 +702,10 @@ impl<C: CheckpointStrategy> SweetspotKernels for Autodiff<Flex, C> {
     }
 
     /// Not a kernel of its own under autodiff ([`matmul_nt_f32`] is for inference): burn's
-    /// product with the transposed view, with its backward.
+    /// product with the transposed view, transposed, with its backward.
     fn sweetspot_matmul_nt_f32(e: FloatTensor<Self>, x: FloatTensor<Self>) -> FloatTensor<Self> {
         use burn::backend::ops::FloatTensorOps as _;
-        Self::float_matmul(e, Self::float_swap_dims(x, 0, 1))
+        Self::float_swap_dims(Self::float_matmul(e, Self::float_swap_dims(x, 0, 1)), 0, 1)
     }
 
     /// Not in place under autodiff ([`keep_rows`] is for a cache): burn's `select` of the rows.
@@ -984,9 +985,10 @@ pub fn matmul_f32<const D: usize>(x: &Tensor<D>, w: &Tensor<2>) -> Option<Tensor
     })
 }
 
-/// `e [n, k] · x [m, k]^T` in f32 for inference (the tied vocabulary projection: `e` the
-/// embedding matrix, `x` the hidden rows), `[n, m]`, in exactly burn-flex's arithmetic for
-/// `e.matmul(x.transpose())`, `e` read where it lies and the output not first zero-filled
+/// `(e [n, k] · x [m, k]^T)^T` in f32 for inference (the tied vocabulary projection: `e` the
+/// embedding matrix, `x` the hidden rows), `[m, n]` (the logits' layout, a row per hidden row),
+/// in exactly burn-flex's arithmetic for `e.matmul(x.transpose())`, `e` read where it lies, the
+/// output neither first zero-filled nor copied out of a transposed view
 /// ([`f32mm::matmul_nt`]). `None` where it does not apply: not f32 on burn-flex without
 /// autodiff, fewer than two rows, or a CPU without AVX-512 (burn's product then).
 pub fn matmul_nt_f32(e: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2>> {
