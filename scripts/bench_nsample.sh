@@ -22,11 +22,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 head -n 8 "$prompts_all" > "$work/prompts.jsonl"
 cores=$(nproc)
-cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-flags=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' \
-    | grep -E '^(avx2|fma|avx512f|avx512_bf16|avx512_vnni|avx512_fp16|avx_vnni|amx_bf16|amx_int8|amx_tile)$' \
-    | tr '\n' ' ')
-echo "machine: $cpu, $cores cores; flags: $flags"
+. scripts/lib/machine.sh
+machine_line
 echo "workload: 8 prompts x n = $n, up to $max_new new tokens, T = 0.8, real stops, ${DTYPE:-f32}; $(date -u +%F)"
 echo
 echo "| run | tokens | wall s | tokens/s | CPU busy (of $cores cores) | ratio |"

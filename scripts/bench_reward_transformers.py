@@ -13,7 +13,8 @@ With a samples file (lines with "prompt" and "response"): the realistic mix inst
 as a transformers user batches them: 16 at a time in file order, padded to the longest of each
 batch (right padding with an attention mask).
 
-DTYPE=bf16 in the environment runs the model in bfloat16 (as the Rust bench's
+ROUNDS in the environment sets the rounds (default 3), as the Rust bench's
+SWEETSPOT_BENCH_ROUNDS. DTYPE=bf16 runs the model in bfloat16 (as the Rust bench's
 SWEETSPOT_BENCH_DTYPE=bf16; transformers' head then computes in bf16 too).
 """
 
@@ -27,7 +28,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForSequenceCl
 
 DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BATCH, TOKENS, ROUNDS = 16, 512, 3
+BATCH, TOKENS = 16, 512
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
 
 
 def main():
