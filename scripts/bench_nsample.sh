@@ -43,10 +43,10 @@ read -r tf_wall tf_user tf_sys < "$work/tf.time"
 tf_tokens=$(grep -oE '[0-9]+ tokens' "$work/tf.out" | head -1 | cut -d' ' -f1)
 
 row() { # name tokens wall user sys ratio-base
-    awk -v name="$1" -v t="$2" -v w="$3" -v u="$4" -v s="$5" -v c="$cores" -v base="$6" 'BEGIN {
-        tps = t / w; busy = (u + s) / w;
+    awk -v name="$1" -v t="$2" -v w="$3" -v busy="$(busy "$3" "$4" "$5")" -v base="$6" 'BEGIN {
+        tps = t / w;
         ratio = (base > 0) ? sprintf("%.2fx", tps / base) : "";
-        printf "| %s | %d | %.1f | %.1f | %.2f (%.0f%%) | %s |\n", name, t, w, tps, busy, 100 * busy / c, ratio }'
+        printf "| %s | %d | %.1f | %.1f | %s | %s |\n", name, t, w, tps, busy, ratio }'
 }
 tf_tps=$(awk -v t="$tf_tokens" -v w="$tf_wall" 'BEGIN { print t / w }')
 row "transformers (whole process)" "$tf_tokens" "$tf_wall" "$tf_user" "$tf_sys" 0
