@@ -23,10 +23,11 @@
 //! then runs: gemm is built with its `x86-v4` feature, which this crate's `flex` turns on), at
 //! least 2 rows (one row takes gemm's vector-matrix path), `n` a multiple of 64 above 64
 //! (smaller products take gemm's small-size path), `k >= 3`; and where this is measured no
-//! slower: at most 256 rows, a decode step's (with more, a prefill's or a scoring batch's, gemm's blocking keeps
-//! the rows in cache, where tiles here would read all of them once per 64 columns). Elsewhere
-//! [`burn_linear`] makes the gemm calls burn's linear layer makes, into an output that is not
-//! first zero-filled and copied. `tests/kernels.rs` holds the products to burn-flex's bits.
+//! slower: at most 256 rows, a decode step's (with more, a prefill's or a scoring batch's,
+//! gemm's blocking keeps the rows in cache, where tiles here would read all of them once per 64
+//! columns). Elsewhere [`burn_linear`] makes the gemm calls burn's linear layer makes, into an
+//! output that is not first zero-filled and copied. `tests/kernels.rs` holds the products to
+//! burn-flex's bits.
 
 use super::{SyncPtr, run_tiles, tile_rows, tiles_wanted};
 
